@@ -1,0 +1,56 @@
+"""fedsim: federated-learning simulation on Flower with a virtual clock.
+
+The public Python API::
+
+    import fedsim
+    scenario = fedsim.load_scenario("scenarios/quickstart.yaml")
+    result = fedsim.run(scenario)            # one run -> RunResult
+    results = fedsim.run_experiment(scenario)  # variants x seeds -> ExperimentResult
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExperimentResult",
+    "RunResult",
+    "Scenario",
+    "ScenarioError",
+    "load_scenario",
+    "register_model",
+    "register_strategy",
+    "run",
+    "run_experiment",
+]
+
+if TYPE_CHECKING:
+    from fedsim.errors import ScenarioError
+    from fedsim.models import register_model
+    from fedsim.runner import ExperimentResult, RunResult, run, run_experiment
+    from fedsim.scenario import Scenario
+    from fedsim.scenario_loading import load_scenario
+    from fedsim.strategies import register_strategy
+
+_LAZY = {
+    "ScenarioError": "fedsim.errors",
+    "register_model": "fedsim.models",
+    "ExperimentResult": "fedsim.runner",
+    "RunResult": "fedsim.runner",
+    "run": "fedsim.runner",
+    "run_experiment": "fedsim.runner",
+    "Scenario": "fedsim.scenario",
+    "load_scenario": "fedsim.scenario_loading",
+    "register_strategy": "fedsim.strategies",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import fedsim` stays cheap (torch and flwr load only when needed).
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

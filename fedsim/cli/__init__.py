@@ -1,0 +1,1 @@
+"""The ``fedsim`` command line; the only code in fedsim that prints or exits."""

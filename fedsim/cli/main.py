@@ -1,0 +1,40 @@
+"""The ``fedsim`` Typer application: wires the commands defined in their own modules."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from fedsim.cli.list_cmd import list_registry
+from fedsim.cli.run_cmd import run
+from fedsim.cli.validate_cmd import validate
+
+app = typer.Typer(
+    name="fedsim",
+    help="Federated-learning simulation on Flower with a virtual clock.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(run)
+app.command("validate")(validate)
+app.command("list")(list_registry)
+
+
+@app.callback()
+def _configure(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower's own log."),
+) -> None:
+    """Federated-learning simulation on Flower with a virtual clock."""
+    # Flower logs every round at INFO; fedsim's progress bar and files replace that.
+    import flwr  # noqa: F401  (configures the 'flwr' logger, which we then adjust)
+
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,34 @@
+"""In-memory dataset arrays shared by loaders, partitioners and clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Features and integer labels, optionally with a provided test split.
+
+    Attributes
+    ----------
+    x, y : ndarray
+        Training features (float32, leading sample axis) and labels (int64).
+    x_test, y_test : ndarray or None
+        The dataset's own test split, where it has one.
+    num_classes : int
+        Number of label values (labels are ``0..num_classes-1``).
+    """
+
+    x: NDArray[np.float32]
+    y: NDArray[np.int64]
+    num_classes: int
+    x_test: NDArray[np.float32] | None = None
+    y_test: NDArray[np.int64] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example (without the sample axis)."""
+        return tuple(int(d) for d in self.x.shape[1:])

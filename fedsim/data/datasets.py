@@ -1,0 +1,123 @@
+"""Dataset loaders, by registry name.
+
+``digits`` and ``mnist1d`` need no network. ``npz`` reads a local file. ``hf`` goes
+through flwr-datasets and fails with a clear error when the machine is offline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsim.data.arrays import ArrayDataset
+from fedsim.errors import DataUnavailableError
+from fedsim.registry import Registry
+from fedsim.scenario import DigitsDataset, HubDataset, Mnist1dDataset, NpzDataset
+
+Loader = Callable[[Any], ArrayDataset]
+DATASETS: Registry[Loader] = Registry("datasets")
+
+
+def cache_dir() -> Path:
+    """Return the directory for generated datasets (``$FEDSIM_CACHE_DIR`` or ``~/.cache``)."""
+    root = os.environ.get("FEDSIM_CACHE_DIR") or Path.home() / ".cache" / "fedsim"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@DATASETS.register("digits", help="scikit-learn handwritten digits, 1,797 8x8 images, offline")
+def load_digits(cfg: DigitsDataset) -> ArrayDataset:
+    """Load scikit-learn's digits as (N, 1, 8, 8) images scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    return ArrayDataset(x=x, y=bunch.target.astype(np.int64), num_classes=10)
+
+
+@DATASETS.register("mnist1d", help="MNIST-1D generated locally (40-step sequences), offline")
+def load_mnist1d(cfg: Mnist1dDataset) -> ArrayDataset:
+    """Generate MNIST-1D with ``cfg.num_samples`` samples, cached as ``.npz``."""
+    path = cache_dir() / f"mnist1d-{cfg.num_samples}.npz"
+    if not path.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = cfg.num_samples
+        data = make_dataset(args)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+        tmp.replace(path)  # atomic: concurrent runs never read half a file
+    with np.load(path) as f:
+        return ArrayDataset(
+            x=f["x"].astype(np.float32),
+            y=f["y"].astype(np.int64),
+            x_test=f["x_test"].astype(np.float32),
+            y_test=f["y_test"].astype(np.int64),
+            num_classes=10,
+        )
+
+
+@DATASETS.register("npz", help="local .npz with arrays x, y (and optionally x_test, y_test)")
+def load_npz(cfg: NpzDataset) -> ArrayDataset:
+    """Load a local ``.npz`` file."""
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise DataUnavailableError(f"data.dataset.path: file not found: {path}")
+    with np.load(path, allow_pickle=False) as f:
+        missing = {"x", "y"} - set(f.files)
+        if missing:
+            raise DataUnavailableError(
+                f"data.dataset.path: {path} lacks arrays {sorted(missing)} (has {f.files})"
+            )
+        y = f["y"].astype(np.int64)
+        has_test = "x_test" in f.files and "y_test" in f.files
+        y_test = f["y_test"].astype(np.int64) if has_test else None
+        num_classes = int(max(y.max(), -1 if y_test is None else y_test.max())) + 1
+        return ArrayDataset(
+            x=f["x"].astype(np.float32),
+            y=y,
+            x_test=f["x_test"].astype(np.float32) if has_test else None,
+            y_test=y_test,
+            num_classes=num_classes,
+        )
+
+
+@DATASETS.register("hf", help="Hugging Face Hub dataset via flwr-datasets (needs network)")
+def load_hub(cfg: HubDataset) -> ArrayDataset:
+    """Download a Hub dataset through flwr-datasets and convert it to arrays."""
+    try:
+        from flwr_datasets import FederatedDataset
+        from flwr_datasets.partitioner import IidPartitioner
+
+        fds = FederatedDataset(dataset=cfg.path, partitioners={"train": IidPartitioner(1)})
+        train = fds.load_split("train")
+        test = fds.load_split("test")
+    except Exception as exc:  # the hub raises many types; all mean "not available"
+        raise DataUnavailableError(
+            f"data.dataset: cannot load '{cfg.path}' from the Hugging Face Hub "
+            f"(offline?): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+            "save it as .npz and use 'npz:PATH' instead"
+        ) from None
+
+    def to_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
+        x = np.stack([np.asarray(v, dtype=np.float32) for v in split[cfg.image_key]])
+        if x.ndim == 3:  # (N, H, W) images get a channel axis
+            x = x[:, None]
+        if x.max() > 1.5:
+            x = x / 255.0
+        return x.astype(np.float32), np.asarray(split[cfg.label_key], dtype=np.int64)
+
+    x, y = to_arrays(train)
+    xt, yt = to_arrays(test)
+    return ArrayDataset(x=x, y=y, x_test=xt, y_test=yt, num_classes=int(max(y.max(), yt.max())) + 1)
+
+
+def load_dataset(cfg: Any) -> ArrayDataset:
+    """Load the dataset a ``data.dataset`` section names."""
+    return DATASETS.get(cfg.name)(cfg)

@@ -1,0 +1,108 @@
+"""One run's data: the training arrays split over clients plus a central test set."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedsim.data.arrays import ArrayDataset
+from fedsim.data.datasets import load_dataset
+from fedsim.data.partitioners import partition
+from fedsim.scenario import DataConfig, DatasetConfig
+
+# The held-out test split is drawn with a fixed seed so that every run seed and every
+# variant of a comparison is scored on the same examples.
+TEST_SPLIT_SEED = 20240401
+
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Training data split over clients, and the central test set.
+
+    Attributes
+    ----------
+    x, y : ndarray
+        All training examples.
+    parts : list of ndarray
+        ``parts[k]`` holds the indices into ``x``/``y`` of client ``k``'s examples.
+    x_test, y_test : ndarray
+        The held-out central test set.
+    num_classes : int
+        Number of classes.
+    """
+
+    x: NDArray[np.float32]
+    y: NDArray[np.int64]
+    parts: list[NDArray[np.int64]]
+    x_test: NDArray[np.float32]
+    y_test: NDArray[np.int64]
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example."""
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    @property
+    def num_clients(self) -> int:
+        """Number of partitions."""
+        return len(self.parts)
+
+    def client_arrays(self, partition_id: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Return client ``partition_id``'s features and labels."""
+        idx = self.parts[partition_id]
+        return self.x[idx], self.y[idx]
+
+
+def _split_test(ds: ArrayDataset, test_fraction: float) -> ArrayDataset:
+    """Carve a test split out of the training arrays when the dataset has none."""
+    if ds.x_test is not None and ds.y_test is not None:
+        return ds
+    order = np.random.default_rng(TEST_SPLIT_SEED).permutation(len(ds.y))
+    n_test = max(1, round(test_fraction * len(ds.y)))
+    test, train = order[:n_test], np.sort(order[n_test:])
+    return ArrayDataset(
+        x=ds.x[train],
+        y=ds.y[train],
+        x_test=ds.x[test],
+        y_test=ds.y[test],
+        num_classes=ds.num_classes,
+    )
+
+
+# Frozen pydantic sections hash by value, so they key the caches directly.
+@lru_cache(maxsize=8)
+def _dataset(dataset: DatasetConfig, test_fraction: float) -> ArrayDataset:
+    return _split_test(load_dataset(dataset), test_fraction)
+
+
+@lru_cache(maxsize=8)
+def _federated(cfg: DataConfig, seed: int) -> FederatedData:
+    ds = _dataset(cfg.dataset, cfg.test_fraction)
+    parts = partition(cfg.partitioner, ds.y, cfg.num_clients, seed)
+    assert ds.x_test is not None and ds.y_test is not None  # _split_test guarantees both
+    return FederatedData(
+        x=ds.x,
+        y=ds.y,
+        parts=parts,
+        x_test=ds.x_test,
+        y_test=ds.y_test,
+        num_classes=ds.num_classes,
+    )
+
+
+def federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+    """Return the run's federated data, computed once per process per (data, seed).
+
+    Every client of an in-process run and the server's evaluation share one copy; the
+    partition depends only on the ``data`` section and the seed, so a deployed node
+    that computes it alone gets the same partition.
+    """
+    with _lock:  # worker threads must not partition the same data twice
+        return _federated(cfg, seed)

@@ -1,0 +1,1 @@
+"""Engines that run fedsim's ServerApp and ClientApp (generic: no strategy or client import)."""

@@ -1,0 +1,38 @@
+"""Engines by registry name (the ``engine.name`` key)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from flwr.app import UserConfig
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fedsim.registry import Registry
+from fedsim.scenario import Scenario
+
+
+class Engine(Protocol):
+    """Runs a ServerApp against a population of ClientApp nodes to completion."""
+
+    def __call__(
+        self,
+        server_app: ServerApp,
+        client_app: ClientApp,
+        scenario: Scenario,
+        run_config: UserConfig,
+    ) -> None:
+        """Run the apps; the ServerApp writes the run's outputs."""
+
+
+ENGINES: Registry[Callable[..., None]] = Registry("engines")
+
+
+def _register_builtin() -> None:
+    from fedsim.engine.inprocess_engine import run_inprocess
+
+    ENGINES.add("inprocess", run_inprocess, help="in-process grid with a virtual clock (default)")
+
+
+_register_builtin()

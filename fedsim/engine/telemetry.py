@@ -1,0 +1,50 @@
+"""Per-round counters an engine keeps about the messages it carried."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RoundStats:
+    """What the engine saw since the last :meth:`Telemetry.pop`.
+
+    ``participants`` counts train replies delivered to the strategy; ``stragglers``
+    replies that missed the deadline; ``dropouts`` messages never answered;
+    ``failures`` error replies (a client raised).
+    """
+
+    participants: int = 0
+    stragglers: int = 0
+    dropouts: int = 0
+    failures: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    train_loss_sum: float = 0.0
+    train_examples: int = 0
+
+    @property
+    def train_loss(self) -> float | None:
+        """Example-weighted mean train loss of the delivered train replies."""
+        return self.train_loss_sum / self.train_examples if self.train_examples else None
+
+    def as_record(self) -> dict[str, float | int | None]:
+        """Return the fields that go into ``metrics.jsonl``."""
+        out: dict[str, float | int | None] = {
+            k: v for k, v in asdict(self).items() if k not in ("train_loss_sum", "train_examples")
+        }
+        out["train_loss"] = self.train_loss
+        return out
+
+
+@dataclass
+class Telemetry:
+    """Accumulates :class:`RoundStats`; the server pops them once per round."""
+
+    current: RoundStats = field(default_factory=RoundStats)
+    failure_reasons: list[str] = field(default_factory=list)
+
+    def pop(self) -> RoundStats:
+        """Return the stats since the last call and start afresh."""
+        stats, self.current = self.current, RoundStats()
+        return stats

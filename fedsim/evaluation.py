@@ -1,0 +1,26 @@
+"""Loss and accuracy of a classifier on arrays (used by clients and the server)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from torch import nn
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, x: NDArray[np.float32], y: NDArray[np.int64], batch_size: int = 512
+) -> tuple[float, float]:
+    """Return (mean cross-entropy, accuracy) of ``model`` on ``(x, y)``."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb = torch.from_numpy(x[start : start + batch_size])
+        yb = torch.from_numpy(y[start : start + batch_size])
+        logits = model(xb)
+        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == yb).sum())
+    n = max(len(y), 1)
+    return total_loss / n, correct / n

@@ -1,0 +1,62 @@
+"""Model registry shared by the server (initial weights, central evaluation) and clients.
+
+A model factory is called as ``factory(input_shape, num_classes, **params)`` and returns
+an ``nn.Module`` mapping a batch of shape ``(B, *input_shape)`` to ``(B, num_classes)``
+logits. Users add models with :func:`register_model` or name ``pkg.module:factory``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from fedsim.errors import Problem, ScenarioError, UnknownNameError
+from fedsim.registry import Registry
+
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[ModelFactory] = Registry("models", allow_import=True)
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a model factory under ``name`` for use in scenarios.
+
+    Examples
+    --------
+    >>> @register_model("tiny")
+    ... def tiny(input_shape, num_classes, hidden=8):
+    ...     ...
+    """
+    return MODELS.register(name)
+
+
+def build_model(
+    name: str, params: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
+) -> nn.Module:
+    """Build a registered model for the given data shape.
+
+    Raises
+    ------
+    ScenarioError
+        If the name is unknown or the model cannot take this data (key ``model.name``
+        or ``model.params``).
+    """
+    try:
+        factory = MODELS.get(name)
+    except UnknownNameError as exc:
+        raise ScenarioError([Problem("model.name", f"unknown model: {exc}")]) from None
+    try:
+        return factory(input_shape, num_classes, **params)
+    except IncompatibleDataError as exc:
+        raise ScenarioError([Problem("model.name", str(exc))]) from None
+    except TypeError as exc:
+        raise ScenarioError([Problem("model.params", str(exc))]) from None
+
+
+class IncompatibleDataError(ValueError):
+    """A model factory was given data of a shape it cannot take."""
+
+
+# Built-in models register themselves on import.
+from fedsim.models import cnn, lstm, mlp  # noqa: E402, F401

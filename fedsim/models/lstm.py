@@ -1,0 +1,47 @@
+"""LSTM sequence classifier (image rows or sequence steps as time steps)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedsim.models import IncompatibleDataError, register_model
+
+
+class LSTMClassifier(nn.Module):
+    """An LSTM over time steps whose last hidden state feeds a linear classifier.
+
+    Inputs of shape (B, T) are read as T steps of one feature; (B, C, H, W) images as
+    H steps of C*W features (the rows of the image).
+    """
+
+    def __init__(self, features: int, hidden: int, num_layers: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.lstm = nn.LSTM(features, hidden, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits (B, num_classes)."""
+        if x.dim() == 4:  # (B, C, H, W) -> (B, H, C*W)
+            x = x.permute(0, 2, 1, 3).flatten(2)
+        elif x.dim() == 2:  # (B, T) -> (B, T, 1)
+            x = x.unsqueeze(-1)
+        out, _ = self.lstm(x)  # (B, T, H)
+        return self.head(out[:, -1])  # type: ignore[no-any-return]
+
+
+@register_model("lstm")
+def lstm(
+    input_shape: tuple[int, ...], num_classes: int, hidden: int = 64, num_layers: int = 1
+) -> nn.Module:
+    """LSTM classifier for sequences (T,) / (T, F) or images (C, H, W)."""
+    if len(input_shape) == 1:
+        features = 1
+    elif len(input_shape) == 2:
+        features = input_shape[1]
+    elif len(input_shape) == 3:
+        features = input_shape[0] * input_shape[2]
+    else:
+        raise IncompatibleDataError(f"'lstm' cannot read inputs of shape {input_shape}")
+    return LSTMClassifier(features, hidden, num_layers, num_classes)

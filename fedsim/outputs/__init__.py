@@ -1,0 +1,1 @@
+"""What a run writes: metrics log, summary, plots, comparison tables."""

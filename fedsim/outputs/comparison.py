@@ -1,0 +1,75 @@
+"""Comparison of variants x seeds: a table (CSV and Markdown) and plots."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    "variant",
+    "runs",
+    "final_acc_mean",
+    "final_acc_std",
+    "best_acc_mean",
+    "rounds_to_target_mean",
+    "virtual_time_to_target_mean_s",
+    "reached_target",
+)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def comparison_rows(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per variant, aggregating its runs' summaries over seeds."""
+    rows = []
+    for name, summaries in groups.items():
+        finals = [
+            s["final_eval_accuracy"] for s in summaries if s["final_eval_accuracy"] is not None
+        ]
+        rows.append(
+            {
+                "variant": name,
+                "runs": len(summaries),
+                "final_acc_mean": _mean(finals),
+                "final_acc_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                "best_acc_mean": _mean([s["best_eval_accuracy"] for s in summaries]),
+                "rounds_to_target_mean": _mean([s["rounds_to_target"] for s in summaries]),
+                "virtual_time_to_target_mean_s": _mean(
+                    [s["virtual_time_to_target_s"] for s in summaries]
+                ),
+                "reached_target": sum(s["rounds_to_target"] is not None for s in summaries),
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Render comparison rows as a Markdown table."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``comparison.csv`` and ``comparison.md``."""
+    csv_path, md_path = out_dir / "comparison.csv", out_dir / "comparison.md"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path.write_text(markdown_table(rows), encoding="utf-8")
+    return csv_path, md_path

@@ -1,0 +1,70 @@
+"""PNG plots of one run and of a comparison (accuracy and loss vs round and virtual time)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from fedsim.outputs.metrics_log import Record
+
+_AXES = (("round", "round"), ("virtual_time_s", "virtual time (s)"))
+_PANELS = (("eval_accuracy", "test accuracy"), ("eval_loss", "test loss"))
+
+
+def _series(records: Sequence[Record], x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r[x], r[y]) for r in records if r.get(x) is not None and r.get(y) is not None]
+    if not pts:
+        return np.empty(0), np.empty(0)
+    xs, ys = zip(*pts, strict=True)
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def plot_run(records: Sequence[Record], out_dir: Path, title: str) -> list[Path]:
+    """Write ``accuracy.png`` and ``loss.png`` (each vs round and vs virtual time)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return plot_comparison({title: [records]}, out_dir, title, prefix="")
+
+
+def plot_comparison(
+    groups: Mapping[str, Sequence[Sequence[Record]]],
+    out_dir: Path,
+    title: str,
+    prefix: str = "comparison_",
+) -> list[Path]:
+    """One curve per group (mean over its runs, shaded min-max), vs round and virtual time."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for metric, label in _PANELS:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        for ax, (x, xlabel) in zip(axes, _AXES, strict=True):
+            for name, runs in groups.items():
+                curves = [_series(r, x, metric) for r in runs]
+                curves = [c for c in curves if len(c[0])]
+                if not curves:
+                    continue
+                n = min(len(c[0]) for c in curves)
+                xs = np.mean([c[0][:n] for c in curves], axis=0)
+                ys = np.stack([c[1][:n] for c in curves])
+                line = ax.plot(xs, ys.mean(axis=0), label=name)[0]
+                if len(curves) > 1:
+                    ax.fill_between(
+                        xs, ys.min(axis=0), ys.max(axis=0), alpha=0.2, color=line.get_color()
+                    )
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        if len(groups) > 1 or prefix:
+            axes[0].legend(fontsize=8)
+        fig.suptitle(title)
+        path = out_dir / f"{prefix}{metric.removeprefix('eval_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,52 @@
+"""``summary.json``: the numbers a comparison needs from one run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedsim.outputs.metrics_log import Record
+
+
+def _first_reaching(records: list[Record], target: float | None, key: str) -> Any:
+    if target is None:
+        return None
+    for r in records:
+        acc = r.get("eval_accuracy")
+        if acc is not None and acc >= target:
+            return r.get(key)
+    return None
+
+
+def summarize(
+    records: list[Record], *, variant: str | None, seed: int, target_accuracy: float | None
+) -> dict[str, Any]:
+    """Condense a run's round records.
+
+    ``rounds_to_target`` and ``virtual_time_to_target_s`` are those of the first
+    evaluated round whose accuracy reaches ``target_accuracy`` (None if never).
+    """
+    evaluated = [r for r in records if r.get("eval_accuracy") is not None]
+    last = evaluated[-1] if evaluated else {}
+
+    def total(key: str) -> int:
+        return int(sum(r.get(key) or 0 for r in records))
+
+    return {
+        "variant": variant,
+        "seed": seed,
+        "rounds": max((r["round"] for r in records), default=0),
+        "final_eval_accuracy": last.get("eval_accuracy"),
+        "final_eval_loss": last.get("eval_loss"),
+        "best_eval_accuracy": max((r["eval_accuracy"] for r in evaluated), default=None),
+        "target_accuracy": target_accuracy,
+        "rounds_to_target": _first_reaching(evaluated, target_accuracy, "round"),
+        "virtual_time_to_target_s": _first_reaching(evaluated, target_accuracy, "virtual_time_s"),
+        "virtual_time_s": records[-1].get("virtual_time_s") if records else None,
+        "wall_time_s": records[-1].get("wall_time_s") if records else None,
+        "participants": total("participants"),
+        "stragglers": total("stragglers"),
+        "dropouts": total("dropouts"),
+        "failures": total("failures"),
+        "bytes_up": total("bytes_up"),
+        "bytes_down": total("bytes_down"),
+    }

@@ -1,0 +1,160 @@
+"""Run scenarios: one run directory per concrete run, a comparison for variants x seeds.
+
+This is the Python API behind ``fedsim run``::
+
+    import fedsim
+    result = fedsim.run(fedsim.load_scenario("scenarios/quickstart.yaml"))
+    print(result.summary["final_eval_accuracy"], result.run_dir)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsim import wire
+from fedsim.data.federated import federated_data
+from fedsim.engine.registry import ENGINES
+from fedsim.errors import Problem, RunDirectoryError, ScenarioError, UnknownNameError
+from fedsim.models import build_model
+from fedsim.outputs.comparison import comparison_rows, write_comparison
+from fedsim.outputs.metrics_log import Record, read_metrics
+from fedsim.outputs.plots import plot_comparison, plot_run
+from fedsim.outputs.summary import summarize
+from fedsim.scenario import Scenario
+from fedsim.scenario_loading import expand, run_label, to_yaml
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One finished run.
+
+    Attributes
+    ----------
+    scenario : Scenario
+        The concrete scenario that ran.
+    run_dir : Path
+        Its run directory.
+    metrics : list of dict
+        The records of ``metrics.jsonl``.
+    summary : dict
+        The content of ``summary.json``.
+    """
+
+    scenario: Scenario
+    run_dir: Path
+    metrics: list[Record]
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """All runs of a scenario (variants x seeds) and their comparison table."""
+
+    out_dir: Path
+    runs: list[RunResult]
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_out_dir(scenario: Scenario) -> Path:
+    """``output.dir`` or ``runs/<name>-<timestamp>`` (never an existing directory)."""
+    if scenario.output.dir:
+        return Path(scenario.output.dir)
+    base = Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, k = base, 1
+    while candidate.exists():
+        k += 1
+        candidate = base.with_name(f"{base.name}-{k}")
+    return candidate
+
+
+def _prepare_dir(path: Path) -> Path:
+    if (path / "metrics.jsonl").exists() or (path / "summary.json").exists():
+        raise RunDirectoryError(f"{path} already holds a run; choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot create run directory {path}: {exc}") from None
+    return path
+
+
+def preflight(scenario: Scenario) -> None:
+    """Fail before any training if the data cannot be had or the model cannot take it."""
+    try:
+        ENGINES.get(scenario.engine.name)
+    except UnknownNameError as exc:
+        raise ScenarioError([Problem("engine.name", f"unknown engine: {exc}")]) from None
+    data = federated_data(scenario.data, scenario.seed)
+    build_model(scenario.model.name, scenario.model.params, data.input_shape, data.num_classes)
+
+
+def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
+    """Run one concrete scenario and write its run directory.
+
+    Parameters
+    ----------
+    scenario : Scenario
+        A scenario without ``variants``/``seeds`` (see :func:`run_experiment`).
+    out_dir : path, optional
+        The run directory (default :func:`default_out_dir`).
+    """
+    if not scenario.is_expanded:
+        raise ValueError("this scenario declares variants/seeds: use fedsim.run_experiment")
+    preflight(scenario)
+    run_dir = _prepare_dir(Path(out_dir) if out_dir is not None else default_out_dir(scenario))
+    resolved = run_dir / "scenario.resolved.yaml"
+    resolved.write_text(to_yaml(scenario), encoding="utf-8")
+    run_config = {wire.RUN_SCENARIO: str(resolved.resolve()), wire.RUN_DIR: str(run_dir.resolve())}
+
+    # The apps are imported here, not at module level: engines and apps stay independent.
+    from fedsim.clients.app import app as client_app
+    from fedsim.server import app as server_app
+
+    ENGINES.get(scenario.engine.name)(server_app, client_app, scenario, run_config)
+    records = read_metrics(run_dir)
+    summary = summarize(
+        records,
+        variant=scenario.variant,
+        seed=scenario.seed,
+        target_accuracy=scenario.output.target_accuracy,
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if scenario.output.plots:
+        plot_run(records, run_dir / "plots", f"{scenario.name} ({run_label(scenario)})")
+    return RunResult(scenario, run_dir, records, summary)
+
+
+def run_experiment(
+    scenario: Scenario,
+    out_dir: str | Path | None = None,
+    on_run_start: Callable[[int, int, Scenario], None] | None = None,
+) -> ExperimentResult:
+    """Run every variant x seed of a scenario and compare them.
+
+    A scenario with a single run writes its run directory at ``out_dir`` itself;
+    otherwise ``out_dir`` holds one ``<variant>-seed<k>`` directory per run plus
+    ``comparison.csv``, ``comparison.md`` and ``comparison_*.png``.
+    """
+    runs = expand(scenario)
+    root = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
+    for r in runs:  # fail fast on every run's data/model before the first one trains
+        preflight(r)
+    results: list[RunResult] = []
+    for i, concrete in enumerate(runs):
+        if on_run_start is not None:
+            on_run_start(i, len(runs), concrete)
+        target = root if len(runs) == 1 else root / run_label(concrete)
+        results.append(run(concrete, target))
+    if len(runs) == 1:
+        return ExperimentResult(root, results)
+    groups: dict[str, list[RunResult]] = {}
+    for res in results:
+        groups.setdefault(res.scenario.variant or "base", []).append(res)
+    rows = comparison_rows({k: [r.summary for r in v] for k, v in groups.items()})
+    write_comparison(rows, root)
+    plot_comparison({k: [r.metrics for r in v] for k, v in groups.items()}, root, scenario.name)
+    return ExperimentResult(root, results, rows)

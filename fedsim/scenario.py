@@ -1,0 +1,294 @@
+"""The scenario schema: one frozen, validated description of an experiment.
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so a typo is an
+error that names its key. Components receive only their own section. Loading from
+YAML, ``--set`` overrides and variant expansion live in :mod:`fedsim.scenario_loading`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every scenario section: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DigitsDataset(Section):
+    """scikit-learn's 1,797 handwritten digits (8x8 grey images, 10 classes)."""
+
+    name: Literal["digits"] = "digits"
+
+
+class Mnist1dDataset(Section):
+    """MNIST-1D, generated locally by the ``mnist1d`` package (40-step sequences)."""
+
+    name: Literal["mnist1d"] = "mnist1d"
+    num_samples: Annotated[int, Field(ge=100, description="samples generated in total")] = 5000
+
+
+class NpzDataset(Section):
+    """A local ``.npz`` file with arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``)."""
+
+    name: Literal["npz"] = "npz"
+    path: str
+
+
+class HubDataset(Section):
+    """A Hugging Face dataset loaded through flwr-datasets (needs the network once)."""
+
+    name: Literal["hf"] = "hf"
+    path: str = Field(description="Hub name, e.g. 'ylecun/mnist'")
+    image_key: str = "image"
+    label_key: str = "label"
+
+
+DatasetConfig = Annotated[
+    DigitsDataset | Mnist1dDataset | NpzDataset | HubDataset, Field(discriminator="name")
+]
+
+
+class IidPartitioner(Section):
+    """Uniformly random, equal-sized partitions."""
+
+    name: Literal["iid"] = "iid"
+
+
+class DirichletPartitioner(Section):
+    """Label proportions per client drawn from Dirichlet(alpha)."""
+
+    name: Literal["dirichlet"] = "dirichlet"
+    alpha: PositiveFloat = 0.5
+    min_partition_size: Annotated[int, Field(ge=0)] = 2
+    self_balancing: bool = False
+
+
+class PathologicalPartitioner(Section):
+    """Each client holds a fixed number of classes."""
+
+    name: Literal["pathological"] = "pathological"
+    classes_per_client: Annotated[int, Field(ge=1)] = 2
+
+
+class ShardsPartitioner(Section):
+    """Sort by label, cut into shards, deal each client a number of shards."""
+
+    name: Literal["shards"] = "shards"
+    shards_per_client: Annotated[int, Field(ge=1)] = 2
+
+
+class OneClassPartitioner(Section):
+    """Each client holds exactly one label (clients of one label split its data)."""
+
+    name: Literal["one-class"] = "one-class"
+
+
+PartitionerConfig = Annotated[
+    IidPartitioner
+    | DirichletPartitioner
+    | PathologicalPartitioner
+    | ShardsPartitioner
+    | OneClassPartitioner,
+    Field(discriminator="name"),
+]
+
+
+def _name_shorthand(value: Any) -> Any:
+    """Accept ``"digits"`` or ``"npz:PATH"`` where a mapping with ``name`` is expected."""
+    if isinstance(value, str):
+        prefix, sep, rest = value.partition(":")
+        if sep and prefix in ("npz", "hf"):
+            return {"name": prefix, "path": rest}
+        return {"name": value}
+    return value
+
+
+class DataConfig(Section):
+    """Where the data comes from and how it is split over clients."""
+
+    dataset: DatasetConfig = Field(default_factory=DigitsDataset)
+    num_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 10
+    partitioner: PartitionerConfig = Field(default_factory=IidPartitioner)
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+
+    @field_validator("dataset", "partitioner", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _name_shorthand(value)
+
+
+# -------------------------------------------------------------------------- model
+
+
+class ModelConfig(Section):
+    """A registered model name (or ``pkg.module:factory``) and its keyword parameters."""
+
+    name: str = "mlp"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------- client
+
+
+class OptimizerConfig(Section):
+    """The client's local optimizer."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ClientConfig(Section):
+    """Local training on each client."""
+
+    local_epochs: Annotated[int, Field(ge=1)] = 1
+    local_steps: Annotated[int | None, Field(ge=1)] = None
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    eval_batch_size: Annotated[int, Field(ge=1)] = 512
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+
+
+# ----------------------------------------------------------------------- strategy
+
+
+class StrategyConfig(Section):
+    """A registered strategy name (or ``pkg.module:Class``) and its keyword parameters."""
+
+    name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------- system
+
+
+class ConstantDist(Section):
+    """Every node gets the same value."""
+
+    distribution: Literal["constant"] = "constant"
+    value: PositiveFloat = 1.0
+
+
+class UniformDist(Section):
+    """Values drawn uniformly from ``[low, high]``."""
+
+    distribution: Literal["uniform"] = "uniform"
+    low: PositiveFloat
+    high: PositiveFloat
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformDist:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+
+class LognormalDist(Section):
+    """Values ``median * exp(sigma * N(0, 1))``: heavy-tailed device populations."""
+
+    distribution: Literal["lognormal"] = "lognormal"
+    median: PositiveFloat = 1.0
+    sigma: Annotated[float, Field(ge=0)] = 0.5
+
+
+class TraceDist(Section):
+    """Values read from a CSV column, one row per node (cycled if shorter)."""
+
+    distribution: Literal["trace"] = "trace"
+    path: str
+    column: str = "speed"
+
+
+DistributionConfig = Annotated[
+    ConstantDist | UniformDist | LognormalDist | TraceDist, Field(discriminator="distribution")
+]
+
+
+def _number_shorthand(value: Any) -> Any:
+    """Accept a bare number where a distribution is expected (a constant)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {"distribution": "constant", "value": value}
+    return value
+
+
+class SystemConfig(Section):
+    """The simulated device population that drives the virtual clock."""
+
+    speed: DistributionConfig = Field(default_factory=ConstantDist)
+    seconds_per_sample: PositiveFloat = 0.002
+    uplink_mbps: DistributionConfig = Field(default_factory=lambda: ConstantDist(value=10.0))
+    downlink_mbps: DistributionConfig = Field(default_factory=lambda: ConstantDist(value=50.0))
+    latency_s: Annotated[float, Field(ge=0)] = 0.05
+    straggle_prob: Probability = 0.0
+    straggle_slowdown: Annotated[float, Field(ge=1)] = 10.0
+    dropout_prob: Probability = 0.0
+    failure_prob: Probability = 0.0
+    deadline_s: PositiveFloat | None = None
+
+    @field_validator("speed", "uplink_mbps", "downlink_mbps", mode="before")
+    @classmethod
+    def _constant_shorthand(cls, value: Any) -> Any:
+        return _number_shorthand(value)
+
+
+# ------------------------------------------------------------------ engine, output
+
+
+class EngineConfig(Section):
+    """Which engine runs the ServerApp and ClientApp."""
+
+    name: str = "inprocess"
+
+
+class OutputConfig(Section):
+    """What a run writes."""
+
+    dir: str | None = None
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
+    evaluate_every: Annotated[int, Field(ge=1)] = 1
+    plots: bool = True
+
+
+# ----------------------------------------------------------------------- scenario
+
+
+class Scenario(Section):
+    """A whole experiment. See ``docs/scenarios.md`` for every key."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
+    seed: int = 0
+    rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    seeds: Annotated[list[int], Field(min_length=1)] | None = None
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    variant: str | None = Field(default=None, description="set by expansion; not user-facing")
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in value:
+            if not name or not all(c.isalnum() or c in "._-" for c in name):
+                raise ValueError(f"variant name '{name}' may use letters, digits, '.', '_', '-'")
+        return value
+
+    @property
+    def is_expanded(self) -> bool:
+        """Whether this is one concrete run (no ``seeds`` list, no ``variants``)."""
+        return self.seeds is None and not self.variants

@@ -1,0 +1,322 @@
+"""Scenario files to validated :class:`~fedsim.scenario.Scenario` objects.
+
+Reading YAML, ``--set key=value`` overrides, variant x seed expansion and the
+conversion of every validation failure into :class:`~fedsim.errors.Problem` lines
+that name the dotted key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fedsim.errors import Problem, ScenarioError, UnknownNameError
+from fedsim.registry import choices_text, suggest
+from fedsim.scenario import Scenario
+
+# ------------------------------------------------------------------ raw mappings
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a scenario file into a plain mapping.
+
+    Raises
+    ------
+    ScenarioError
+        If the file is missing, empty, not YAML, or not a mapping at the top.
+    """
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError([Problem("", "file not found")], source)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError([Problem("", f"YAML syntax error at {where}{what}")], source) from None
+    except UnicodeDecodeError:
+        raise ScenarioError([Problem("", "not a UTF-8 text file")], source) from None
+    if raw is None:
+        raise ScenarioError([Problem("", "the file is empty")], source)
+    if not isinstance(raw, dict):
+        raise ScenarioError(
+            [Problem("", f"expected a mapping of sections, got {type(raw).__name__}")], source
+        )
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``dotted.key=value``; the value is parsed as YAML (``0.1``, ``[1, 2]``, ``null``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ScenarioError([Problem("--set", f"'{text}' is not of the form dotted.key=value")])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key == "a.b.c"``, creating mappings on the way."""
+    parts = key.split(".")
+    node: dict[str, Any] = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str):
+            # A shorthand such as `dataset: digits` becomes a mapping when a sub-key is set.
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise ScenarioError(
+                [Problem(".".join(parts[: i + 1]), "is not a mapping, cannot set a sub-key")]
+            )
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``; dotted keys in ``override`` are paths."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if "." in key:
+            set_dotted(merged, key, copy.deepcopy(value))
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# ----------------------------------------------------------- pydantic to Problems
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, dict[str, type[BaseModel]]]:
+    """Return (model, {tag: member}) for a field annotation (plain model or tagged union)."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, {}
+    members: dict[str, type[BaseModel]] = {}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                for fname in ("name", "distribution"):
+                    field = arg.model_fields.get(fname)
+                    if field is not None and isinstance(field.default, str):
+                        members[field.default] = arg
+    return None, members
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
+    """Drop discriminator tags from a pydantic location; return the model at its parent."""
+    model: type[BaseModel] | None = Scenario
+    path: list[str] = []
+    i = 0
+    parent: type[BaseModel] | None = Scenario
+    while i < len(loc):
+        part = loc[i]
+        path.append(str(part))
+        parent = model
+        if model is None or str(part) not in model.model_fields:
+            model = None
+            i += 1
+            continue
+        nested, tagged = _model_in(model.model_fields[str(part)].annotation)
+        if tagged and i + 1 < len(loc) and str(loc[i + 1]) in tagged:
+            model = tagged[str(loc[i + 1])]
+            i += 2
+            continue
+        model = nested
+        i += 1
+    return path, parent
+
+
+def problems_from_validation(exc: ValidationError) -> list[Problem]:
+    """Convert pydantic's errors into one :class:`Problem` per mistake."""
+    problems: list[Problem] = []
+    for err in exc.errors():
+        path, parent = _walk(tuple(err["loc"]))
+        key = ".".join(path)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            valid = sorted(parent.model_fields) if parent is not None else []
+            valid = [v for v in valid if v != "variant"]
+            msg = f"unknown key{suggest(path[-1], valid)}; valid keys: {', '.join(valid)}"
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+            discriminator = str(ctx.get("discriminator", "name")).strip("'")
+            what = path[-1] if discriminator == "name" else discriminator
+            msg = f"unknown {what}: " + choices_text(str(ctx.get("tag")), tags)
+        elif kind == "union_tag_not_found":
+            msg = f"missing key {err.get('ctx', {}).get('discriminator', 'name')}"
+        elif kind == "literal_error":
+            msg = f"{err['msg'].lower()}, got {err.get('input')!r}"
+        else:
+            msg = err["msg"]
+            if kind not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
+                msg += f" (got {err['input']!r})"
+        problems.append(Problem(key, msg))
+    return problems
+
+
+# ------------------------------------------------------------- component checks
+
+
+def unknown_params(
+    factory: Callable[..., Any], params: Mapping[str, Any], key: str, skip: Iterable[str] = ()
+) -> list[Problem]:
+    """Check ``params`` against ``factory``'s keyword parameters."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return []
+    accepted = [
+        n
+        for n, p in sig.parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in set(skip)
+    ]
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return []
+    return [
+        Problem(
+            f"{key}.{name}",
+            f"unknown key{suggest(name, accepted)}; valid keys: "
+            f"{', '.join(sorted(accepted)) or '(none)'}",
+        )
+        for name in params
+        if name not in accepted
+    ]
+
+
+def check_components(scenario: Scenario) -> list[Problem]:
+    """Check the names and parameters that refer to registries."""
+    # Imported here: the registries pull in torch and flwr, which plain schema use avoids.
+    from fedsim.engine.registry import ENGINES
+    from fedsim.models import MODELS
+    from fedsim.strategies import STRATEGIES
+
+    problems: list[Problem] = []
+    lookups: list[tuple[str, Any, str, Mapping[str, Any] | None, tuple[str, ...]]] = [
+        ("strategy", STRATEGIES, scenario.strategy.name, scenario.strategy.params, ()),
+        (
+            "model",
+            MODELS,
+            scenario.model.name,
+            scenario.model.params,
+            ("input_shape", "num_classes"),
+        ),
+        ("engine", ENGINES, scenario.engine.name, None, ()),
+    ]
+    for section, registry, name, params, skip in lookups:
+        try:
+            component = registry.get(name)
+        except UnknownNameError as exc:
+            problems.append(Problem(f"{section}.name", f"unknown {section}: {exc}"))
+            continue
+        if params is not None:
+            target = (
+                getattr(component, "__init__", component)
+                if inspect.isclass(component)
+                else component
+            )
+            problems += unknown_params(target, params, f"{section}.params", skip=(*skip, "self"))
+    return problems
+
+
+# --------------------------------------------------------------------- public API
+
+
+def validate_mapping(raw: Mapping[str, Any]) -> Scenario:
+    """Validate a raw mapping into a :class:`Scenario`, checking registry names too."""
+    try:
+        scenario = Scenario.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ScenarioError(problems_from_validation(exc)) from None
+    problems = check_components(scenario)
+    if problems:
+        raise ScenarioError(problems)
+    return scenario
+
+
+def load_scenario(
+    source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()
+) -> Scenario:
+    """Load and validate a scenario (and every variant it declares).
+
+    Parameters
+    ----------
+    source : str, Path or mapping
+        A YAML file, or an already-parsed mapping.
+    overrides : iterable of str
+        ``dotted.key=value`` strings applied before validation.
+
+    Returns
+    -------
+    Scenario
+        The validated scenario; use :func:`expand` for its concrete runs.
+
+    Raises
+    ------
+    ScenarioError
+        Listing every problem, each naming its dotted key.
+    """
+    label = None if isinstance(source, Mapping) else str(source)
+    try:
+        raw = dict(copy.deepcopy(source)) if isinstance(source, Mapping) else read_yaml(source)
+        for text in overrides:
+            set_dotted(raw, *parse_override(text))
+        scenario = validate_mapping(raw)
+        expand(scenario)  # a variant that breaks the schema is an error of the file
+    except ScenarioError as exc:
+        raise (exc.with_source(label) if label and exc.source is None else exc) from None
+    return scenario
+
+
+def expand(scenario: Scenario) -> list[Scenario]:
+    """Return one concrete scenario per variant x seed, in declaration order."""
+    base = scenario.model_dump(mode="json", exclude={"variants", "seeds", "variant"})
+    seeds = scenario.seeds or [scenario.seed]
+    variants: dict[str, dict[str, Any]] = scenario.variants or {"": {}}
+    runs: list[Scenario] = []
+    for vname, override in variants.items():
+        try:
+            merged = deep_merge(base, override)
+        except ScenarioError as exc:
+            raise exc.with_prefix(f"variants.{vname}") from None
+        if "variants" in override or "seeds" in override:
+            raise ScenarioError(
+                [Problem(f"variants.{vname}", "a variant cannot nest variants/seeds")]
+            )
+        for seed in seeds:
+            merged["seed"] = seed
+            merged["variant"] = vname or None
+            try:
+                runs.append(validate_mapping(merged))
+            except ScenarioError as exc:
+                raise (exc.with_prefix(f"variants.{vname}") if vname else exc) from None
+    return runs
+
+
+def run_label(scenario: Scenario) -> str:
+    """Return a directory-safe label ``variant-seedN`` (or ``seedN``) for one run."""
+    return f"{scenario.variant}-seed{scenario.seed}" if scenario.variant else f"seed{scenario.seed}"
+
+
+def to_yaml(scenario: Scenario) -> str:
+    """Serialise a scenario as YAML that :func:`load_scenario` reads back identically."""
+    data = scenario.model_dump(mode="json", exclude_none=False)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,135 @@
+"""fedsim's ServerApp: ``fedsim.server:app``.
+
+Reads the scenario from ``run_config["scenario"]``, builds the strategy by registry
+name and lets Flower's ``Strategy.start`` own the round loop, with a central
+evaluation on the held-out test set that also writes one ``metrics.jsonl`` record per
+round (the engine's telemetry supplies participants, stragglers, bytes and time).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from fedsim import wire
+from fedsim.data.federated import FederatedData, federated_data
+from fedsim.engine.telemetry import Telemetry
+from fedsim.errors import Problem, ScenarioError, UnknownNameError
+from fedsim.evaluation import evaluate_model
+from fedsim.models import build_model
+from fedsim.outputs.metrics_log import MetricsLog
+from fedsim.run_config import scenario_from_run_config
+from fedsim.scenario import Scenario
+from fedsim.strategies import STRATEGIES
+
+app = ServerApp()
+
+
+def strategy_defaults(num_clients: int) -> dict[str, Any]:
+    """fedsim's defaults for Flower strategy parameters the scenario leaves unset.
+
+    Central evaluation replaces Flower's federated evaluation by default
+    (``fraction_evaluate=0``), and a round waits until the whole population is
+    connected (``min_available_nodes``), so a deployment's first round does not train
+    fewer clients than a simulation's.
+    """
+    return {"fraction_evaluate": 0.0, "min_available_nodes": num_clients}
+
+
+def build_strategy(scenario: Scenario) -> Strategy:
+    """Instantiate the scenario's strategy with its params (plus fedsim's defaults)."""
+    try:
+        cls = STRATEGIES.get(scenario.strategy.name)
+    except UnknownNameError as exc:
+        raise ScenarioError([Problem("strategy.name", f"unknown strategy: {exc}")]) from None
+    accepted = inspect.signature(cls).parameters
+    params = {
+        k: v for k, v in strategy_defaults(scenario.data.num_clients).items() if k in accepted
+    }
+    params.update(scenario.strategy.params)
+    try:
+        strategy = cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError([Problem("strategy.params", str(exc))]) from None
+    if not isinstance(strategy, Strategy):
+        raise ScenarioError([Problem("strategy.name", f"{cls!r} is not a flwr Strategy")])
+    return strategy
+
+
+class RoundRecorder:
+    """Central evaluation (``evaluate_fn``) that also logs each round's record."""
+
+    def __init__(self, scenario: Scenario, data: FederatedData, grid: Grid, log: MetricsLog):
+        self.scenario = scenario
+        self.data = data
+        self.grid = grid
+        self.log = log
+        self.telemetry: Telemetry = getattr(grid, "telemetry", None) or Telemetry()
+        self.model = build_model(
+            scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
+        )
+        self.started = time.perf_counter()
+        self.final_arrays: ArrayRecord | None = None
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Evaluate on the test set (every ``output.evaluate_every`` rounds) and log."""
+        every = self.scenario.output.evaluate_every
+        evaluate = server_round % every == 0 or server_round == self.scenario.rounds
+        loss = acc = None
+        if evaluate:
+            self.model.load_state_dict(arrays.to_torch_state_dict())
+            loss, acc = evaluate_model(
+                self.model, self.data.x_test, self.data.y_test, self.scenario.client.eval_batch_size
+            )
+        self.final_arrays = arrays
+        record: dict[str, Any] = {
+            "round": server_round,
+            "virtual_time_s": getattr(self.grid, "virtual_time_s", None),
+            "wall_time_s": time.perf_counter() - self.started,
+            "eval_loss": loss,
+            "eval_accuracy": acc,
+        }
+        record.update(self.telemetry.pop().as_record())
+        self.log.append(record)
+        if loss is None or acc is None:
+            return None
+        return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
+
+
+def save_arrays(arrays: ArrayRecord, path: Path) -> None:
+    """Write a model's arrays as ``.npz`` (name -> ndarray)."""
+    np.savez(path, **{k: v.numpy() for k, v in arrays.items()})  # type: ignore[arg-type]
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the scenario's strategy for ``rounds`` rounds."""
+    scenario = scenario_from_run_config(context.run_config)
+    run_dir = Path(str(context.run_config.get(wire.RUN_DIR, ".")))
+    # Flower samples nodes with the global `random` module; seed everything up front.
+    random.seed(scenario.seed)
+    np.random.seed(scenario.seed % 2**32)
+    torch.manual_seed(scenario.seed)
+    data = federated_data(scenario.data, scenario.seed)
+    initial = build_model(
+        scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
+    )
+    strategy = build_strategy(scenario)
+    recorder = RoundRecorder(scenario, data, grid, MetricsLog(run_dir))
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial.state_dict()),
+        num_rounds=scenario.rounds,
+        evaluate_fn=recorder,
+    )
+    if recorder.final_arrays is not None:
+        save_arrays(recorder.final_arrays, run_dir / "final_arrays.npz")

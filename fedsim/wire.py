@@ -1,0 +1,36 @@
+"""Keys that cross the wire between ServerApp and ClientApp, defined once.
+
+Strategies and clients never import each other; both import these constants. Keys
+follow Flower's kebab-case convention (``num-examples``, ``proximal-mu``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Record names inside a message's RecordDict (Flower's defaults).
+ARRAYS: Final = "arrays"
+CONFIG: Final = "config"
+METRICS: Final = "metrics"
+
+# Run config (pyproject [tool.flwr.app.config] or --run-config).
+RUN_SCENARIO: Final = "scenario"  # path of the resolved scenario YAML
+RUN_DIR: Final = "run-dir"  # where the ServerApp writes metrics
+
+# Node config (per node; `flower-supernode --node-config`).
+PARTITION_ID: Final = "partition-id"
+NUM_PARTITIONS: Final = "num-partitions"
+DATA_PATH: Final = "data-path"
+
+# Server -> client config.
+SERVER_ROUND: Final = "server-round"  # set by Flower's strategies
+LOCAL_STEP: Final = "local-step"  # name of the client step to run (default: inferred)
+PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
+
+# Client -> server metrics.
+NUM_EXAMPLES: Final = "num-examples"
+TRAIN_LOSS: Final = "train-loss"
+TRAIN_SAMPLES: Final = "train-samples"  # examples processed: drives the virtual clock
+DURATION_S: Final = "duration-s"  # wall-clock seconds of local work
+EVAL_LOSS: Final = "eval-loss"
+EVAL_ACCURACY: Final = "eval-accuracy"

@@ -1,0 +1,55 @@
+"""Server strategies by registry name.
+
+Flower's own strategies are registered under lower-case names; fedsim's strategies
+(one per module in this package) register themselves; user code adds more with
+:func:`register_strategy` or names ``pkg.module:Class`` in a scenario.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.registry import Registry
+
+S = TypeVar("S", bound=type[Strategy])
+STRATEGIES: Registry[type[Strategy]] = Registry("strategies", allow_import=True)
+
+
+def register_strategy(name: str) -> Callable[[S], S]:
+    """Register a :class:`flwr.serverapp.strategy.Strategy` subclass under ``name``.
+
+    Examples
+    --------
+    >>> from flwr.serverapp.strategy import FedAvg
+    >>> @register_strategy("my-fedavg")
+    ... class MyFedAvg(FedAvg):
+    ...     pass
+    """
+
+    def decorator(cls: S) -> S:
+        STRATEGIES.add(name, cls)
+        return cls
+
+    return decorator
+
+
+_FLOWER = {
+    "fedavg": ("FedAvg", "Federated averaging (McMahan et al. 2017)"),
+    "fedprox": ("FedProx", "FedAvg with a proximal term on clients (Li et al. 2020)"),
+    "fedadam": ("FedAdam", "server-side Adam on the averaged update (Reddi et al. 2021)"),
+    "fedyogi": ("FedYogi", "server-side Yogi (Reddi et al. 2021)"),
+    "fedadagrad": ("FedAdagrad", "server-side Adagrad (Reddi et al. 2021)"),
+    "fedavgm": ("FedAvgM", "FedAvg with server momentum (Hsu et al. 2019)"),
+    "fedmedian": ("FedMedian", "coordinate-wise median (Yin et al. 2018)"),
+    "fedtrimmedavg": ("FedTrimmedAvg", "coordinate-wise trimmed mean (Yin et al. 2018)"),
+    "krum": ("Krum", "Byzantine-robust Krum selection (Blanchard et al. 2017)"),
+    "multikrum": ("MultiKrum", "Multi-Krum (Blanchard et al. 2017)"),
+    "bulyan": ("Bulyan", "Bulyan robust aggregation (El Mhamdi et al. 2018)"),
+    "qfedavg": ("QFedAvg", "q-fair federated averaging (Li et al. 2020)"),
+}
+for _name, (_cls, _help) in _FLOWER.items():
+    STRATEGIES.add(_name, getattr(flwr_strategies, _cls), help=f"Flower: {_help}")

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny scenario, an isolated dataset cache, quiet Flower logs."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 3,
+    "rounds": 2,
+    "data": {
+        "dataset": "digits",
+        "num_clients": 4,
+        "partitioner": {"name": "iid"},
+    },
+    "model": {"name": "mlp", "params": {"hidden": [16]}},
+    "client": {"local_epochs": 1, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1}},
+    "strategy": {"name": "fedavg", "params": {"fraction_train": 1.0}},
+    "system": {"speed": {"distribution": "lognormal", "sigma": 0.5}},
+    "output": {"plots": False, "target_accuracy": 0.5},
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path_factory.getbasetemp() / "fedsim-cache"
+    monkeypatch.setenv("FEDSIM_CACHE_DIR", str(cache))
+    import flwr  # noqa: F401
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+@pytest.fixture
+def tiny() -> dict[str, Any]:
+    """A 4-client, 2-round digits scenario that runs in about a second."""
+    return copy.deepcopy(TINY)
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,58 @@
+"""Embedded and local datasets, and the federated split built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.data.datasets import DATASETS, load_dataset
+from fedsim.data.federated import federated_data
+from fedsim.errors import DataUnavailableError
+from fedsim.scenario import DataConfig
+
+
+def test_digits_is_embedded() -> None:
+    ds = load_dataset(DataConfig().dataset)
+    assert ds.x.shape == (1797, 1, 8, 8) and ds.y.shape == (1797,)
+    assert ds.x.dtype == np.float32 and 0.0 <= ds.x.min() and ds.x.max() <= 1.0
+    assert ds.num_classes == 10
+
+
+def test_mnist1d_is_generated_and_cached(tmp_path: Path) -> None:
+    cfg = DataConfig.model_validate({"dataset": {"name": "mnist1d", "num_samples": 400}}).dataset
+    ds = load_dataset(cfg)
+    assert ds.x.shape == (320, 40) and ds.x_test is not None and ds.x_test.shape == (80, 40)
+    again = load_dataset(cfg)  # second call reads the cached file
+    assert np.array_equal(ds.x, again.x)
+
+
+def test_npz_roundtrip(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    y = np.arange(50) % 4
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cfg = DataConfig.model_validate({"dataset": f"npz:{tmp_path / 'd.npz'}"}).dataset
+    ds = load_dataset(cfg)
+    assert np.array_equal(ds.x, x) and ds.num_classes == 4
+
+
+def test_npz_without_arrays(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", features=np.zeros(3))
+    cfg = DataConfig.model_validate({"dataset": f"npz:{tmp_path / 'd.npz'}"}).dataset
+    with pytest.raises(DataUnavailableError, match=r"lacks arrays \['x', 'y'\]"):
+        load_dataset(cfg)
+
+
+def test_registry_lists_the_embedded_datasets() -> None:
+    assert {"digits", "mnist1d", "npz", "hf"} <= set(DATASETS.names())
+
+
+def test_federated_split_is_disjoint_and_test_set_fixed_across_seeds() -> None:
+    cfg = DataConfig.model_validate({"num_clients": 5, "partitioner": "iid"})
+    a, b = federated_data(cfg, 0), federated_data(cfg, 1)
+    assert len(a.y) + len(a.y_test) == 1797
+    assert np.array_equal(a.y_test, b.y_test)  # every seed is scored on the same test set
+    assert sum(len(p) for p in a.parts) == len(a.y)
+    assert not all(np.array_equal(p, q) for p, q in zip(a.parts, b.parts, strict=True))
+    assert federated_data(cfg, 0) is a  # computed once per process

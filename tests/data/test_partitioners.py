@@ -1,0 +1,77 @@
+"""Partitioners: disjoint covers, the skew they promise, determinism in the seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsim.data.partitioners import PARTITIONERS, partition
+from fedsim.errors import ScenarioError
+from fedsim.scenario import DataConfig
+
+LABELS = np.random.default_rng(0).integers(0, 10, size=2000).astype(np.int64)
+
+
+def _cfg(spec: dict) -> object:  # type: ignore[type-arg]
+    return DataConfig.model_validate({"partitioner": spec}).partitioner
+
+
+SPECS = [
+    {"name": "iid"},
+    {"name": "dirichlet", "alpha": 0.3, "min_partition_size": 5},
+    {"name": "pathological", "classes_per_client": 2},
+    {"name": "shards", "shards_per_client": 2},
+    {"name": "one-class"},
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s["name"] for s in SPECS])
+def test_partitions_are_disjoint_nonempty_and_deterministic(spec: dict) -> None:  # type: ignore[type-arg]
+    parts = partition(_cfg(spec), LABELS, 20, seed=1)
+    assert len(parts) == 20 and all(len(p) > 0 for p in parts)
+    joined = np.concatenate(parts)
+    assert len(np.unique(joined)) == len(joined)  # disjoint
+    assert joined.max() < len(LABELS)
+    again = partition(_cfg(spec), LABELS, 20, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    other = partition(_cfg(spec), LABELS, 20, seed=2)
+    assert any(not np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
+
+
+def test_every_registered_partitioner_is_tested() -> None:
+    assert sorted(PARTITIONERS.names()) == sorted(s["name"] for s in SPECS)
+
+
+def test_iid_covers_everything_evenly() -> None:
+    parts = partition(_cfg({"name": "iid"}), LABELS, 7, seed=0)
+    assert sum(len(p) for p in parts) == len(LABELS)
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+def test_pathological_gives_each_client_its_classes() -> None:
+    parts = partition(_cfg({"name": "pathological", "classes_per_client": 2}), LABELS, 20, 0)
+    assert all(len(np.unique(LABELS[p])) == 2 for p in parts)
+
+
+def test_one_class_gives_each_client_one_label() -> None:
+    parts = partition(_cfg({"name": "one-class"}), LABELS, 20, seed=0)
+    assert all(len(np.unique(LABELS[p])) == 1 for p in parts)
+    assert sorted({int(LABELS[p][0]) for p in parts}) == list(range(10))
+    assert sum(len(p) for p in parts) == len(LABELS)
+
+
+def test_dirichlet_skews_labels() -> None:
+    parts = partition(_cfg({"name": "dirichlet", "alpha": 0.1, "min_partition_size": 5}),
+                      LABELS, 10, 0)
+    top_share = [np.bincount(LABELS[p], minlength=10).max() / len(p) for p in parts]
+    assert np.mean(top_share) > 0.4  # iid would give about 0.1-0.15
+    assert min(len(p) for p in parts) >= 5
+
+
+def test_impossible_requests_name_the_key() -> None:
+    with pytest.raises(ScenarioError, match="data.num_clients"):
+        partition(_cfg({"name": "one-class"}), LABELS, 5, seed=0)
+    with pytest.raises(ScenarioError, match="data.partitioner.classes_per_client"):
+        partition(_cfg({"name": "pathological", "classes_per_client": 11}), LABELS, 5, 0)
+    with pytest.raises(ScenarioError, match="data.partitioner.min_partition_size"):
+        partition(_cfg({"name": "dirichlet", "min_partition_size": 500}), LABELS, 10, 0)

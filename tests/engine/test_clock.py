@@ -1,0 +1,59 @@
+"""Virtual clock: the timing formula and seeded, order-independent draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsim.engine.clock import Fate, VirtualClock
+from fedsim.engine.devices import DeviceProfile, sample_population
+from fedsim.scenario import SystemConfig
+
+
+def test_round_trip_components() -> None:
+    """latency 0.1 s; 1 MB down at 8 Mbit/s = 1 s; 500 samples x 2 ms / speed 2 = 0.5 s."""
+    cfg = SystemConfig(latency_s=0.1, seconds_per_sample=0.002, straggle_slowdown=4.0)
+    clock = VirtualClock(cfg, seed=0)
+    dev = DeviceProfile(speed=2.0, uplink_mbps=4.0, downlink_mbps=8.0)
+    assert clock.download_s(dev, 1_000_000) == pytest.approx(0.1 + 1.0)
+    assert clock.upload_s(dev, 1_000_000) == pytest.approx(0.1 + 2.0)
+    assert clock.compute_s(dev, 500, Fate.OK) == pytest.approx(0.5)
+    assert clock.compute_s(dev, 500, Fate.STRAGGLE) == pytest.approx(2.0)
+
+
+def test_draws_are_seeded_and_order_independent() -> None:
+    cfg = SystemConfig(straggle_prob=0.3, dropout_prob=0.2, failure_prob=0.1)
+    a, b = VirtualClock(cfg, seed=7), VirtualClock(cfg, seed=7)
+    forward = [a.draw(1, n) for n in range(50)]
+    backward = [b.draw(1, n) for n in reversed(range(50))][::-1]
+    assert forward == backward
+    assert forward != [VirtualClock(cfg, seed=8).draw(1, n) for n in range(50)]
+
+
+def test_draw_frequencies_match_probabilities() -> None:
+    cfg = SystemConfig(straggle_prob=0.3, dropout_prob=0.2, failure_prob=0.1)
+    clock = VirtualClock(cfg, seed=1)
+    fates = [clock.draw(d, n) for d in range(100) for n in range(100)]
+    freq = {f: fates.count(f) / len(fates) for f in Fate}
+    # Drawn in order dropout, failure, straggle, each on an independent uniform.
+    assert freq[Fate.DROPOUT] == pytest.approx(0.2, abs=0.015)
+    assert freq[Fate.FAILURE] == pytest.approx(0.8 * 0.1, abs=0.015)
+    assert freq[Fate.STRAGGLE] == pytest.approx(0.8 * 0.9 * 0.3, abs=0.015)
+
+
+def test_population_distributions(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    trace = tmp_path / "speeds.csv"
+    trace.write_text("speed\n1.0\n0.25\n4.0\n", encoding="utf-8")
+    cfg = SystemConfig.model_validate(
+        {"speed": {"distribution": "trace", "path": str(trace)}, "uplink_mbps": 5,
+         "downlink_mbps": {"distribution": "uniform", "low": 10, "high": 20}}
+    )
+    pop = sample_population(cfg, 7, seed=0)
+    assert [d.speed for d in pop] == [1.0, 0.25, 4.0, 1.0, 0.25, 4.0, 1.0]
+    assert all(d.uplink_mbps == 5.0 for d in pop)
+    assert all(10 <= d.downlink_mbps <= 20 for d in pop)
+    logn = SystemConfig.model_validate({"speed": {"distribution": "lognormal", "median": 2.0,
+                                                  "sigma": 0.5}})
+    speeds = np.array([d.speed for d in sample_population(logn, 4000, seed=0)])
+    assert np.median(speeds) == pytest.approx(2.0, rel=0.05)
+    assert np.std(np.log(speeds)) == pytest.approx(0.5, rel=0.05)

@@ -1,0 +1,116 @@
+"""The in-process grid: copies, failures, deadlines, dropouts, virtual-time ordering."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+
+from fedsim import wire
+from fedsim.engine.clock import VirtualClock
+from fedsim.engine.devices import DeviceProfile
+from fedsim.engine.flower_compat import set_task_identity
+from fedsim.engine.inprocess import NODE_ID_OFFSET, InProcessGrid, node_contexts
+from fedsim.scenario import SystemConfig
+
+
+def _grid(client, n: int = 4, speeds=None, **system) -> InProcessGrid:  # type: ignore[no-untyped-def]
+    set_task_identity(1)
+    contexts = node_contexts(n, {})
+    speeds = speeds or [1.0] * n
+    devices = {nid: DeviceProfile(s, 1e6, 1e6) for nid, s in zip(contexts, speeds, strict=True)}
+    cfg = SystemConfig(latency_s=0.0, seconds_per_sample=1.0, **system)
+    return InProcessGrid(client, contexts, devices, VirtualClock(cfg, 0), cfg.deadline_s)
+
+
+def _reply(msg: Message, samples: int = 10, **extra: float) -> Message:
+    metrics = MetricRecord({wire.NUM_EXAMPLES: samples, wire.TRAIN_SAMPLES: samples,
+                            wire.TRAIN_LOSS: 1.0, **extra})
+    return Message(RecordDict({"arrays": ArrayRecord(), "metrics": metrics}), reply_to=msg)
+
+
+def _messages(grid: InProcessGrid, content: RecordDict | None = None) -> list[Message]:
+    content = content or RecordDict({"config": ConfigRecord({"x": 1})})
+    return [Message(content, nid, "train") for nid in grid.get_node_ids()]
+
+
+def test_clients_get_private_copies_of_shared_content() -> None:
+    seen: list[int] = []
+
+    def greedy(msg: Message, ctx: Context) -> Message:
+        cfg = msg.content["config"]
+        seen.append(int(cfg["x"]))
+        cfg["x"] = 99  # a client scribbling on what it received
+        return _reply(msg)
+
+    grid = _grid(greedy)
+    shared = RecordDict({"config": ConfigRecord({"x": 1})})
+    grid.send_and_receive(_messages(grid, shared))
+    assert seen == [1, 1, 1, 1]
+    assert shared["config"]["x"] == 1
+
+
+def test_raising_client_is_a_counted_failure_and_the_round_goes_on() -> None:
+    def flaky(msg: Message, ctx: Context) -> Message:
+        if int(ctx.node_config[wire.PARTITION_ID]) % 2:
+            raise RuntimeError("sensor unplugged")
+        return _reply(msg)
+
+    grid = _grid(flaky)
+    replies = grid.send_and_receive(_messages(grid))
+    assert len(replies) == 4
+    assert sum(r.has_error() for r in replies) == 2
+    assert "RuntimeError: sensor unplugged" in replies[[r.has_error() for r in replies].index(True)].error.reason
+    stats = grid.telemetry.pop()
+    assert (stats.failures, stats.participants) == (2, 2)
+
+
+def test_deadline_turns_slow_replies_into_stragglers() -> None:
+    """Work 10 samples x 1 s / speed: speeds 1, 2, 0.5, 10 -> 10, 5, 20, 1 s; deadline 12 s."""
+    grid = _grid(lambda m, c: _reply(m), speeds=[1.0, 2.0, 0.5, 10.0], deadline_s=12.0)
+    replies = grid.send_and_receive(_messages(grid))
+    assert len(replies) == 3
+    # Arrival order: 1 s, 5 s, 10 s (bytes are ~0 at 1e6 Mbit/s).
+    order = [r.metadata.src_node_id - NODE_ID_OFFSET for r in replies]
+    assert order == [3, 1, 0]
+    assert grid.virtual_time_s == 12.0  # the round waited for the deadline
+    assert grid.telemetry.pop().stragglers == 1
+
+
+def test_without_deadline_the_round_lasts_as_long_as_the_slowest() -> None:
+    grid = _grid(lambda m, c: _reply(m), speeds=[1.0, 2.0, 0.5, 10.0])
+    grid.send_and_receive(_messages(grid))
+    assert np.isclose(grid.virtual_time_s, 20.0, atol=1e-3)
+
+
+def test_dropouts_never_reply() -> None:
+    grid = _grid(lambda m, c: _reply(m), n=50, dropout_prob=0.5)
+    replies = grid.send_and_receive(_messages(grid))
+    stats = grid.telemetry.pop()
+    assert stats.dropouts + len(replies) == 50
+    assert 10 < stats.dropouts < 40
+
+
+def test_push_pull_hands_out_replies_in_virtual_time_order() -> None:
+    grid = _grid(lambda m, c: _reply(m), speeds=[1.0, 4.0, 0.5, 2.0])
+    ids = list(grid.push_messages(_messages(grid)))
+    arrivals = []
+    while ids:
+        replies = list(grid.pull_messages(ids))
+        assert len(replies) == 1
+        arrivals.append((grid.virtual_time_s, replies[0].metadata.src_node_id - NODE_ID_OFFSET))
+        ids.remove(replies[0].metadata.reply_to_message_id)
+    assert [n for _, n in arrivals] == [1, 3, 0, 2]
+    assert np.allclose([t for t, _ in arrivals], [2.5, 5.0, 10.0, 20.0], atol=1e-3)
+
+
+def test_contexts_persist_across_rounds() -> None:
+    def counting(msg: Message, ctx: Context) -> Message:
+        rec = ctx.state.config_records.get("count", ConfigRecord({"n": 0}))
+        rec["n"] = int(rec["n"]) + 1
+        ctx.state["count"] = rec
+        return _reply(msg, calls=float(rec["n"]))
+
+    grid = _grid(counting)
+    for _ in range(3):
+        replies = grid.send_and_receive(_messages(grid))
+    assert [r.content["metrics"]["calls"] for r in replies] == [3.0] * 4

@@ -1,0 +1,50 @@
+"""Every registered model on every input shape it accepts, and clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedsim.errors import ScenarioError
+from fedsim.models import MODELS, build_model, register_model
+
+SHAPES = {
+    "mlp": [(1, 8, 8), (40,)],
+    "cnn": [(1, 8, 8), (1, 28, 28)],
+    "cnn1d": [(40,), (2, 40)],
+    "lstm": [(40,), (1, 8, 8), (1, 28, 28)],
+}
+
+
+@pytest.mark.parametrize(("name", "shape"), [(n, s) for n, ss in SHAPES.items() for s in ss])
+def test_model_output_shape(name: str, shape: tuple[int, ...]) -> None:
+    model = build_model(name, {}, shape, 10)
+    out = model(torch.randn(3, *shape))
+    assert out.shape == (3, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_every_builtin_model_is_covered() -> None:
+    assert set(SHAPES) <= set(MODELS.names())
+
+
+def test_cnn_refuses_sequences() -> None:
+    with pytest.raises(ScenarioError, match=r"model.name: 'cnn' needs image data"):
+        build_model("cnn", {}, (40,), 10)
+
+
+def test_bad_params_name_model_params() -> None:
+    with pytest.raises(ScenarioError, match="model.params"):
+        build_model("mlp", {"depth": 3}, (4,), 2)
+
+
+def test_user_models_by_decorator_and_import_path() -> None:
+    @register_model("test-linear")
+    def linear(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], num_classes))
+
+    assert isinstance(build_model("test-linear", {}, (4,), 2), nn.Sequential)
+    imported = build_model("fedsim.models.mlp:mlp", {"hidden": [3]}, (4,), 2)
+    assert imported[1].out_features == 3
