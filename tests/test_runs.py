@@ -16,11 +16,24 @@ from fedsim.errors import RunDirectoryError
 from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS
 
 REQUIRED_ROUND_KEYS = {
-    "round", "virtual_time_s", "wall_time_s", "train_loss", "eval_loss", "eval_accuracy",
-    "participants", "stragglers", "failures", "bytes_up", "bytes_down",
+    "round",
+    "virtual_time_s",
+    "wall_time_s",
+    "train_loss",
+    "eval_loss",
+    "eval_accuracy",
+    "participants",
+    "stragglers",
+    "failures",
+    "bytes_up",
+    "bytes_down",
 }
 REQUIRED_SUMMARY_KEYS = {
-    "variant", "seed", "final_eval_accuracy", "best_eval_accuracy", "rounds_to_target",
+    "variant",
+    "seed",
+    "final_eval_accuracy",
+    "best_eval_accuracy",
+    "rounds_to_target",
     "virtual_time_to_target_s",
 }
 
@@ -33,17 +46,22 @@ def test_run_writes_the_run_directory(tiny: dict[str, Any], tmp_path: Path) -> N
     tiny["output"]["plots"] = True
     result = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "run")
     files = {p.name for p in result.run_dir.iterdir()}
-    assert {"scenario.resolved.yaml", "metrics.jsonl", "summary.json", "plots",
-            "final_arrays.npz"} <= files
+    assert {
+        "scenario.resolved.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "plots",
+        "final_arrays.npz",
+    } <= files
     assert {p.name for p in (result.run_dir / "plots").iterdir()} == {"accuracy.png", "loss.png"}
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines]
     assert [r["round"] for r in records] == [0, 1, 2]
-    assert all(REQUIRED_ROUND_KEYS <= set(r) for r in records)
+    assert all(set(r) >= REQUIRED_ROUND_KEYS for r in records)
     assert records[2]["participants"] == 4 and records[2]["bytes_up"] > 0
     assert records[2]["virtual_time_s"] > records[1]["virtual_time_s"] > 0
     summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert REQUIRED_SUMMARY_KEYS <= set(summary)
+    assert set(summary) >= REQUIRED_SUMMARY_KEYS
     assert summary["final_eval_accuracy"] == records[-1]["eval_accuracy"]
     # The resolved scenario reloads to the very same scenario.
     assert fedsim.load_scenario(result.run_dir / "scenario.resolved.yaml") == result.scenario
@@ -75,8 +93,12 @@ def test_variants_and_seeds_make_one_directory_each(tiny: dict[str, Any], tmp_pa
     assert dirs == [f"{v}-seed{s}" for v in ("fedavg", "fedprox", "slow-lr") for s in (0, 1)]
     for d in dirs:
         assert (result.out_dir / d / "summary.json").exists()
-    assert {"comparison.csv", "comparison.md", "comparison_accuracy.png",
-            "comparison_loss.png"} <= {p.name for p in result.out_dir.iterdir()}
+    assert {
+        "comparison.csv",
+        "comparison.md",
+        "comparison_accuracy.png",
+        "comparison_loss.png",
+    } <= {p.name for p in result.out_dir.iterdir()}
     table = (result.out_dir / "comparison.md").read_text()
     assert "| fedprox | 2 |" in table
     assert [r["variant"] for r in result.table] == ["fedavg", "fedprox", "slow-lr"]
@@ -123,8 +145,6 @@ def test_a_client_app_that_raises_on_some_nodes(tiny: dict[str, Any], tmp_path: 
     assert [r["failures"] for r in records] == [0, 2, 2]
     assert [r["participants"] for r in records] == [0, 2, 2]
     assert any("ValueError: disk full" in reason for reason in grid.telemetry.failure_reasons)
-
-
 
 
 def test_run_refuses_to_overwrite(tiny: dict[str, Any], tmp_path: Path) -> None:

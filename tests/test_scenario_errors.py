@@ -32,24 +32,88 @@ def _without(section: str, key: str) -> dict[str, Any]:
 # (case id, scenario mapping, text that must appear in the error line)
 CASES: list[tuple[str, Any, str]] = [
     ("typo-top-level", _with("roundz", 3), "roundz: unknown key (did you mean 'rounds'?)"),
-    ("typo-depth-2", _with("data.num_client", 3), "data.num_client: unknown key (did you mean 'num_clients'?)"),
-    ("typo-depth-3", _with("client.optimizer.lrr", 0.1), "client.optimizer.lrr: unknown key (did you mean 'lr'?)"),
-    ("typo-in-union", _with("data.partitioner", {"name": "dirichlet", "alpah": 1}), "data.partitioner.alpah: unknown key (did you mean 'alpha'?)"),
+    (
+        "typo-depth-2",
+        _with("data.num_client", 3),
+        "data.num_client: unknown key (did you mean 'num_clients'?)",
+    ),
+    (
+        "typo-depth-3",
+        _with("client.optimizer.lrr", 0.1),
+        "client.optimizer.lrr: unknown key (did you mean 'lr'?)",
+    ),
+    (
+        "typo-in-union",
+        _with("data.partitioner", {"name": "dirichlet", "alpah": 1}),
+        "data.partitioner.alpah: unknown key (did you mean 'alpha'?)",
+    ),
     ("wrong-type", _with("rounds", "ten"), "rounds: Input should be a valid integer"),
-    ("wrong-type-nested", _with("client.batch_size", [32]), "client.batch_size: Input should be a valid integer"),
+    (
+        "wrong-type-nested",
+        _with("client.batch_size", [32]),
+        "client.batch_size: Input should be a valid integer",
+    ),
     ("out-of-range", _with("rounds", 0), "rounds: Input should be greater than or equal to 1"),
-    ("probability>1", _with("system.straggle_prob", 1.5), "system.straggle_prob: Input should be less than or equal to 1"),
-    ("uniform-order", _with("system.speed", {"distribution": "uniform", "low": 2, "high": 1}), "system.speed: Value error, high must be >= low"),
-    ("unknown-strategy", _with("strategy.name", "fedavgg"), "strategy.name: unknown strategy: 'fedavgg' is not one of:"),
-    ("unknown-model", _with("model.name", "resnet"), "model.name: unknown model: 'resnet' is not one of: cnn, cnn1d, lstm, mlp"),
-    ("unknown-dataset", _with("data.dataset", "cifar"), "data.dataset: unknown dataset: 'cifar' is not one of: digits, hf, mnist1d, npz"),
-    ("unknown-partitioner", _with("data.partitioner", {"name": "dirichlett"}), "(did you mean 'dirichlet'?)"),
-    ("unknown-distribution", _with("system.speed", {"distribution": "gamma"}), "system.speed: unknown distribution: 'gamma' is not one of: constant, lognormal, trace, uniform"),
-    ("unknown-strategy-param", _with("strategy.params", {"proximal_muu": 0.1}), "strategy.params.proximal_muu: unknown key"),
-    ("unknown-model-param", _with("model.params", {"hiddn": [8]}), "model.params.hiddn: unknown key (did you mean 'hidden'?)"),
-    ("missing-name", _without("data", "partitioner") | {"name": None}, "name: Input should be a valid string"),
-    ("bad-variant", _with("variants", {"fast": {"rounds": -1}}), "variants.fast.rounds: Input should be greater than or equal to 1"),
-    ("variant-typo", _with("variants", {"fast": {"strategy.nme": "fedprox"}}), "variants.fast.strategy.nme: unknown key"),
+    (
+        "probability>1",
+        _with("system.straggle_prob", 1.5),
+        "system.straggle_prob: Input should be less than or equal to 1",
+    ),
+    (
+        "uniform-order",
+        _with("system.speed", {"distribution": "uniform", "low": 2, "high": 1}),
+        "system.speed: Value error, high must be >= low",
+    ),
+    (
+        "unknown-strategy",
+        _with("strategy.name", "fedavgg"),
+        "strategy.name: unknown strategy: 'fedavgg' is not one of:",
+    ),
+    (
+        "unknown-model",
+        _with("model.name", "resnet"),
+        "model.name: unknown model: 'resnet' is not one of: cnn, cnn1d, lstm, mlp",
+    ),
+    (
+        "unknown-dataset",
+        _with("data.dataset", "cifar"),
+        "data.dataset: unknown dataset: 'cifar' is not one of: digits, hf, mnist1d, npz",
+    ),
+    (
+        "unknown-partitioner",
+        _with("data.partitioner", {"name": "dirichlett"}),
+        "(did you mean 'dirichlet'?)",
+    ),
+    (
+        "unknown-distribution",
+        _with("system.speed", {"distribution": "gamma"}),
+        "system.speed: unknown distribution: 'gamma' is not one of: constant, lognormal, trace, uniform",
+    ),
+    (
+        "unknown-strategy-param",
+        _with("strategy.params", {"proximal_muu": 0.1}),
+        "strategy.params.proximal_muu: unknown key",
+    ),
+    (
+        "unknown-model-param",
+        _with("model.params", {"hiddn": [8]}),
+        "model.params.hiddn: unknown key (did you mean 'hidden'?)",
+    ),
+    (
+        "missing-name",
+        _without("data", "partitioner") | {"name": None},
+        "name: Input should be a valid string",
+    ),
+    (
+        "bad-variant",
+        _with("variants", {"fast": {"rounds": -1}}),
+        "variants.fast.rounds: Input should be greater than or equal to 1",
+    ),
+    (
+        "variant-typo",
+        _with("variants", {"fast": {"strategy.nme": "fedprox"}}),
+        "variants.fast.strategy.nme: unknown key",
+    ),
     ("top-level-list", [1, 2, 3], "expected a mapping of sections, got list"),
 ]
 

@@ -16,7 +16,7 @@ from fedsim.scenario import DataConfig
 def test_digits_is_embedded() -> None:
     ds = load_dataset(DataConfig().dataset)
     assert ds.x.shape == (1797, 1, 8, 8) and ds.y.shape == (1797,)
-    assert ds.x.dtype == np.float32 and 0.0 <= ds.x.min() and ds.x.max() <= 1.0
+    assert ds.x.dtype == np.float32 and ds.x.min() >= 0.0 and ds.x.max() <= 1.0
     assert ds.num_classes == 10
 
 

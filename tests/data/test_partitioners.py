@@ -61,17 +61,18 @@ def test_one_class_gives_each_client_one_label() -> None:
 
 
 def test_dirichlet_skews_labels() -> None:
-    parts = partition(_cfg({"name": "dirichlet", "alpha": 0.1, "min_partition_size": 5}),
-                      LABELS, 10, 0)
+    parts = partition(
+        _cfg({"name": "dirichlet", "alpha": 0.1, "min_partition_size": 5}), LABELS, 10, 0
+    )
     top_share = [np.bincount(LABELS[p], minlength=10).max() / len(p) for p in parts]
     assert np.mean(top_share) > 0.4  # iid would give about 0.1-0.15
     assert min(len(p) for p in parts) >= 5
 
 
 def test_impossible_requests_name_the_key() -> None:
-    with pytest.raises(ScenarioError, match="data.num_clients"):
+    with pytest.raises(ScenarioError, match=r"data\.num_clients"):
         partition(_cfg({"name": "one-class"}), LABELS, 5, seed=0)
-    with pytest.raises(ScenarioError, match="data.partitioner.classes_per_client"):
+    with pytest.raises(ScenarioError, match=r"data\.partitioner\.classes_per_client"):
         partition(_cfg({"name": "pathological", "classes_per_client": 11}), LABELS, 5, 0)
-    with pytest.raises(ScenarioError, match="data.partitioner.min_partition_size"):
+    with pytest.raises(ScenarioError, match=r"data\.partitioner\.min_partition_size"):
         partition(_cfg({"name": "dirichlet", "min_partition_size": 500}), LABELS, 10, 0)

@@ -45,15 +45,19 @@ def test_population_distributions(tmp_path) -> None:  # type: ignore[no-untyped-
     trace = tmp_path / "speeds.csv"
     trace.write_text("speed\n1.0\n0.25\n4.0\n", encoding="utf-8")
     cfg = SystemConfig.model_validate(
-        {"speed": {"distribution": "trace", "path": str(trace)}, "uplink_mbps": 5,
-         "downlink_mbps": {"distribution": "uniform", "low": 10, "high": 20}}
+        {
+            "speed": {"distribution": "trace", "path": str(trace)},
+            "uplink_mbps": 5,
+            "downlink_mbps": {"distribution": "uniform", "low": 10, "high": 20},
+        }
     )
     pop = sample_population(cfg, 7, seed=0)
     assert [d.speed for d in pop] == [1.0, 0.25, 4.0, 1.0, 0.25, 4.0, 1.0]
     assert all(d.uplink_mbps == 5.0 for d in pop)
     assert all(10 <= d.downlink_mbps <= 20 for d in pop)
-    logn = SystemConfig.model_validate({"speed": {"distribution": "lognormal", "median": 2.0,
-                                                  "sigma": 0.5}})
+    logn = SystemConfig.model_validate(
+        {"speed": {"distribution": "lognormal", "median": 2.0, "sigma": 0.5}}
+    )
     speeds = np.array([d.speed for d in sample_population(logn, 4000, seed=0)])
     assert np.median(speeds) == pytest.approx(2.0, rel=0.05)
     assert np.std(np.log(speeds)) == pytest.approx(0.5, rel=0.05)

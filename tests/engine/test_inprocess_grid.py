@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim import wire
 from fedsim.engine.clock import VirtualClock
@@ -23,8 +23,9 @@ def _grid(client, n: int = 4, speeds=None, **system) -> InProcessGrid:  # type: 
 
 
 def _reply(msg: Message, samples: int = 10, **extra: float) -> Message:
-    metrics = MetricRecord({wire.NUM_EXAMPLES: samples, wire.TRAIN_SAMPLES: samples,
-                            wire.TRAIN_LOSS: 1.0, **extra})
+    metrics = MetricRecord(
+        {wire.NUM_EXAMPLES: samples, wire.TRAIN_SAMPLES: samples, wire.TRAIN_LOSS: 1.0, **extra}
+    )
     return Message(RecordDict({"arrays": ArrayRecord(), "metrics": metrics}), reply_to=msg)
 
 
@@ -59,7 +60,10 @@ def test_raising_client_is_a_counted_failure_and_the_round_goes_on() -> None:
     replies = grid.send_and_receive(_messages(grid))
     assert len(replies) == 4
     assert sum(r.has_error() for r in replies) == 2
-    assert "RuntimeError: sensor unplugged" in replies[[r.has_error() for r in replies].index(True)].error.reason
+    assert (
+        "RuntimeError: sensor unplugged"
+        in replies[[r.has_error() for r in replies].index(True)].error.reason
+    )
     stats = grid.telemetry.pop()
     assert (stats.failures, stats.participants) == (2, 2)
 

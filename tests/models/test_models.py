@@ -36,7 +36,7 @@ def test_cnn_refuses_sequences() -> None:
 
 
 def test_bad_params_name_model_params() -> None:
-    with pytest.raises(ScenarioError, match="model.params"):
+    with pytest.raises(ScenarioError, match=r"model\.params"):
         build_model("mlp", {"depth": 3}, (4,), 2)
 
 
