@@ -176,26 +176,44 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
 # ------------------------------------------------------------- component checks
 
 
+def accepted_params(factory: Callable[..., Any], skip: Iterable[str] = ()) -> list[str] | None:
+    """Keyword parameters ``factory`` accepts, or None if it takes any keyword.
+
+    For a class, ``**kwargs`` forwarded to a base class (the usual way to extend a Flower
+    strategy) is followed up the MRO, so the base's parameters count as accepted.
+    """
+    if inspect.isclass(factory):
+        targets = [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)]
+    else:
+        targets = [factory]
+    names: list[str] = []
+    for target in targets:
+        try:
+            sig = inspect.signature(target)
+        except (TypeError, ValueError):
+            return None
+        names += [
+            n
+            for n, p in sig.parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in {"self", *skip}
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return names
+    return None
+
+
 def unknown_params(
     factory: Callable[..., Any], params: Mapping[str, Any], key: str, skip: Iterable[str] = ()
 ) -> list[Problem]:
     """Check ``params`` against ``factory``'s keyword parameters."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return []
-    accepted = [
-        n
-        for n, p in sig.parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in set(skip)
-    ]
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+    accepted = accepted_params(factory, skip)
+    if accepted is None:
         return []
     return [
         Problem(
             f"{key}.{name}",
             f"unknown key{suggest(name, accepted)}; valid keys: "
-            f"{', '.join(sorted(accepted)) or '(none)'}",
+            f"{', '.join(sorted(set(accepted))) or '(none)'}",
         )
         for name in params
         if name not in accepted
@@ -228,12 +246,7 @@ def check_components(scenario: Scenario) -> list[Problem]:
             problems.append(Problem(f"{section}.name", f"unknown {section}: {exc}"))
             continue
         if params is not None:
-            target = (
-                getattr(component, "__init__", component)
-                if inspect.isclass(component)
-                else component
-            )
-            problems += unknown_params(target, params, f"{section}.params", skip=(*skip, "self"))
+            problems += unknown_params(component, params, f"{section}.params", skip=skip)
     return problems
 
 

@@ -1,0 +1,1 @@
+"""Examples referenced from the docs (and run by the tests)."""
