@@ -202,14 +202,35 @@ def accepted_params(factory: Callable[..., Any], skip: Iterable[str] = ()) -> li
     return None
 
 
+def required_params(factory: Callable[..., Any], skip: Iterable[str] = ()) -> list[str]:
+    """Parameters of ``factory`` (its ``__init__`` for a class) that have no default."""
+    target = vars(factory).get("__init__", factory) if inspect.isclass(factory) else factory
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    return [
+        n
+        for n, p in sig.parameters.items()
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in {"self", *skip}
+    ]
+
+
 def unknown_params(
     factory: Callable[..., Any], params: Mapping[str, Any], key: str, skip: Iterable[str] = ()
 ) -> list[Problem]:
     """Check ``params`` against ``factory``'s keyword parameters."""
     accepted = accepted_params(factory, skip)
+    missing = [
+        Problem(f"{key}.{name}", "required parameter is missing")
+        for name in required_params(factory, skip)
+        if name not in params
+    ]
     if accepted is None:
-        return []
-    return [
+        return missing
+    return missing + [
         Problem(
             f"{key}.{name}",
             f"unknown key{suggest(name, accepted)}; valid keys: "

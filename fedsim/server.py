@@ -38,11 +38,16 @@ def strategy_defaults(num_clients: int) -> dict[str, Any]:
     """fedsim's defaults for Flower strategy parameters the scenario leaves unset.
 
     Central evaluation replaces Flower's federated evaluation by default
-    (``fraction_evaluate=0``), and a round waits until the whole population is
-    connected (``min_available_nodes``), so a deployment's first round does not train
-    fewer clients than a simulation's.
+    (``fraction_evaluate=0``), a round waits until the whole population is connected
+    (``min_available_nodes``), so a deployment's first round does not train fewer
+    clients than a simulation's, and strategies that read a training loss read
+    fedsim's ``train-loss`` metric.
     """
-    return {"fraction_evaluate": 0.0, "min_available_nodes": num_clients}
+    return {
+        "fraction_evaluate": 0.0,
+        "min_available_nodes": num_clients,
+        "train_loss_key": wire.TRAIN_LOSS,  # QFedAvg reads the clients' training loss
+    }
 
 
 def build_strategy(scenario: Scenario) -> Strategy:

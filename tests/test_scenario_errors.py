@@ -202,3 +202,10 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 2
+
+
+def test_required_strategy_param(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "bad.yaml", _with("strategy", {"name": "qfedavg"}))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "strategy.params.client_learning_rate: required parameter is missing" in result.output

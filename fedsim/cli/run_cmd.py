@@ -43,5 +43,5 @@ def run(
             f"failures {s['failures']}"
         )
     else:
-        console.print(markdown_table(result.table), markup=False)
+        console.print(markdown_table(result.table), markup=False, soft_wrap=True)
     console.print(f"run directory: {result.out_dir}")

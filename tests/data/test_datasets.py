@@ -56,3 +56,17 @@ def test_federated_split_is_disjoint_and_test_set_fixed_across_seeds() -> None:
     assert sum(len(p) for p in a.parts) == len(a.y)
     assert not all(np.array_equal(p, q) for p, q in zip(a.parts, b.parts, strict=True))
     assert federated_data(cfg, 0) is a  # computed once per process
+
+
+def test_hub_dataset_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr_datasets
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Couldn't reach the Hugging Face Hub")
+
+    monkeypatch.setattr(flwr_datasets, "FederatedDataset", offline)
+    cfg = DataConfig.model_validate({"dataset": "hf:ylecun/mnist"}).dataset
+    with pytest.raises(
+        DataUnavailableError, match=r"cannot load 'ylecun/mnist' .*offline.*npz:PATH"
+    ):
+        load_dataset(cfg)

@@ -1,0 +1,30 @@
+"""Every registered Flower strategy runs a round through the in-process grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fedsim
+from fedsim.strategies import STRATEGIES
+
+# Parameters some strategies need to make sense on 4 clients.
+PARAMS: dict[str, dict[str, Any]] = {
+    "fedprox": {"proximal_mu": 0.01},
+    "krum": {"num_malicious_nodes": 1},
+    "multikrum": {"num_malicious_nodes": 1, "num_nodes_to_select": 2},
+    "bulyan": {"num_malicious_nodes": 0},
+    "fedtrimmedavg": {"beta": 0.25},
+    "qfedavg": {"client_learning_rate": 0.1},
+}
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_strategy_runs(name: str, tiny: dict[str, Any], tmp_path: Path) -> None:
+    tiny["rounds"] = 1
+    tiny["strategy"] = {"name": name, "params": PARAMS.get(name, {})}
+    result = fedsim.run(fedsim.load_scenario(tiny), tmp_path)
+    assert result.metrics[-1]["participants"] == 4
+    assert result.summary["final_eval_accuracy"] is not None
