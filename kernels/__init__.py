@@ -1,1 +1,24 @@
-"""Fast local compute (a leaf package: tensor code that imports nothing else of fedsim)."""
+"""Fast local compute: a leaf package (tensor code importing nothing else of fedsim).
+
+- :func:`per_example_grad_norms` and :func:`clip_and_accumulate`: per-example gradient
+  norms and the clipped gradient sum in one forward/backward pass, through a registry of
+  per-layer kernels keyed by layer type (:func:`register_kernel`), with a ``torch.func``
+  fallback for layers without one.
+- :class:`LSTM`: an ``nn.LSTM``-compatible layer built so that those kernels apply.
+"""
+
+from fedsim.kernels import conv, embedding, linear, norm_layers  # noqa: F401  (register kernels)
+from fedsim.kernels.clipping import clip_and_accumulate, per_example_grad_norms
+from fedsim.kernels.lstm import LSTM
+from fedsim.kernels.registry import KERNELS, Kernel, Record, UnsupportedModuleError, register_kernel
+
+__all__ = [
+    "KERNELS",
+    "LSTM",
+    "Kernel",
+    "Record",
+    "UnsupportedModuleError",
+    "clip_and_accumulate",
+    "per_example_grad_norms",
+    "register_kernel",
+]
