@@ -10,7 +10,8 @@ train
     Receives ``arrays`` (the global model) and ``config`` (``server-round``, and
     whatever selects a local step, see :mod:`fedsim.clients.steps`). Replies with the
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
-    ``train-samples``, ``duration-s``.
+    ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
+    spent so far at ``client.dp.delta``).
 evaluate
     Receives ``arrays``; replies with ``metrics``: ``num-examples``, ``eval-loss``,
     ``eval-accuracy`` on the node's own data.
@@ -29,8 +30,9 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
+from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.steps import select_step
-from fedsim.clients.training import train_local
+from fedsim.clients.training import Gradient, plain_gradient, train_local
 from fedsim.data.federated import federated_data
 from fedsim.evaluation import evaluate_model
 from fedsim.models import build_model
@@ -85,8 +87,14 @@ def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context, purpose=0)
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
     step = select_step(config)(config, job.model)
+    cfg = job.scenario.client
     generator = torch.Generator().manual_seed(int(torch.initial_seed()))
-    result = train_local(job.model, job.x, job.y, job.scenario.client, step, generator)
+    gradient: Gradient = plain_gradient
+    if cfg.dp is not None:
+        noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
+        expected = float(min(cfg.batch_size, len(job.y)))  # q·n with q = batch / n
+        gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
+    result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient)
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: len(job.y),
@@ -95,6 +103,9 @@ def train(msg: Message, context: Context) -> Message:
             wire.DURATION_S: time.perf_counter() - start,
         }
     )
+    if cfg.dp is not None:
+        rate = min(cfg.batch_size, len(job.y)) / len(job.y)
+        metrics[wire.EPSILON] = spend(context.state, cfg.dp, rate, result.steps)
     arrays = ArrayRecord(job.model.state_dict())
     return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=msg)
 

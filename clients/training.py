@@ -1,8 +1,13 @@
-"""The one local training loop; algorithms change it only through a :class:`LocalStep`."""
+"""The one local training loop.
+
+Algorithms change it only through a :class:`LocalStep`, and differential privacy only
+through the gradient it plugs in.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +18,10 @@ from torch import nn
 from fedsim.clients.optimizers import make_optimizer
 from fedsim.clients.steps import LocalStep
 from fedsim.scenario import ClientConfig
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Fills p.grad for one batch; returns the per-example losses.
+Gradient = Callable[[nn.Module, LossFn, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,40 @@ def num_local_steps(num_examples: int, cfg: ClientConfig) -> int:
     return cfg.local_epochs * math.ceil(num_examples / min(cfg.batch_size, num_examples))
 
 
+def plain_gradient(
+    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Ordinary gradient of the mean batch loss."""
+    losses = loss_fn(model(x), y)
+    losses.mean().backward()
+    return losses.detach()
+
+
+def batches(
+    n: int, cfg: ClientConfig, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Index batches for ``steps`` steps.
+
+    Reshuffled epochs of ``batch_size`` by default; with ``client.dp.sampling: poisson``
+    every example joins each batch independently with probability ``batch_size / n``
+    (the sampling DP-SGD's accounting assumes).
+    """
+    batch = min(cfg.batch_size, n)
+    if cfg.dp is not None and cfg.dp.sampling == "poisson":
+        q = batch / n
+        for _ in range(steps):
+            yield torch.nonzero(torch.rand(n, generator=generator) < q).flatten()
+        return
+    taken = 0
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch):
+            if taken == steps:
+                return
+            yield order[start : start + batch]
+            taken += 1
+
+
 def train_local(
     model: nn.Module,
     x: NDArray[np.float32],
@@ -48,35 +91,27 @@ def train_local(
     cfg: ClientConfig,
     step: LocalStep,
     generator: torch.Generator,
+    gradient: Gradient = plain_gradient,
 ) -> TrainResult:
-    """Train ``model`` in place on ``(x, y)`` with the injected ``step``.
+    """Train ``model`` in place on ``(x, y)`` with the injected ``step`` and ``gradient``.
 
-    Mini-batches come from reshuffles of the local data drawn from ``generator``; the
-    job takes :func:`num_local_steps` optimizer steps.
+    Each of :func:`num_local_steps` steps fills ``p.grad`` from the data loss (plainly,
+    or privately when ``gradient`` is a DP-SGD gradient), adds the step's penalty
+    gradient (data-independent, so it costs no privacy), and takes an optimizer step.
     """
     model.train()
     optimizer = make_optimizer(model.parameters(), cfg.optimizer)
-    n = len(y)
-    batch = min(cfg.batch_size, n)
-    total_steps = num_local_steps(n, cfg)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    total_steps = num_local_steps(len(y), cfg)
     loss_sum, samples, taken = 0.0, 0, 0
-    while taken < total_steps:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch):
-            if taken == total_steps:
-                break
-            idx = order[start : start + batch]
-            xb, yb = xt[idx], yt[idx]
-            optimizer.zero_grad(set_to_none=True)
-            per_example = step.data_loss(model(xb), yb)  # (B,)
-            loss = per_example.mean()
-            penalty = step.penalty(model)
-            if penalty is not None:
-                loss = loss + penalty
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(per_example.detach().sum())
-            samples += len(idx)
-            taken += 1
+    for idx in batches(len(y), cfg, total_steps, generator):
+        optimizer.zero_grad(set_to_none=True)
+        losses = gradient(model, step.data_loss, xt[idx], yt[idx])
+        penalty = step.penalty(model)
+        if penalty is not None:
+            penalty.backward()
+        optimizer.step()
+        loss_sum += float(losses.sum())
+        samples += len(idx)
+        taken += 1
     return TrainResult(mean_loss=loss_sum / max(samples, 1), samples=samples, steps=taken)

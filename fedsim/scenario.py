@@ -150,6 +150,16 @@ class OptimizerConfig(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
 
 
+class DPConfig(Section):
+    """Differentially private local training (DP-SGD) on each client."""
+
+    noise_multiplier: Annotated[float, Field(ge=0)] = 1.0
+    max_grad_norm: PositiveFloat = 1.0
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    sampling: Literal["poisson", "fixed"] = "poisson"
+    mode: Literal["fast", "opacus-hooks", "opacus-ghost", "naive"] = "fast"
+
+
 class ClientConfig(Section):
     """Local training on each client."""
 
@@ -158,6 +168,7 @@ class ClientConfig(Section):
     batch_size: Annotated[int, Field(ge=1)] = 32
     eval_batch_size: Annotated[int, Field(ge=1)] = 512
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    dp: DPConfig | None = None
 
 
 # ----------------------------------------------------------------------- strategy

@@ -34,3 +34,4 @@ TRAIN_SAMPLES: Final = "train-samples"  # examples processed: drives the virtual
 DURATION_S: Final = "duration-s"  # wall-clock seconds of local work
 EVAL_LOSS: Final = "eval-loss"
 EVAL_ACCURACY: Final = "eval-accuracy"
+EPSILON: Final = "epsilon"  # DP-SGD: the client's privacy spent so far (at its delta)

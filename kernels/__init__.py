@@ -8,17 +8,24 @@
 """
 
 from fedsim.kernels import conv, embedding, linear, norm_layers  # noqa: F401  (register kernels)
-from fedsim.kernels.clipping import clip_and_accumulate, per_example_grad_norms
+from fedsim.kernels.clipping import (
+    ClipResult,
+    clip_and_accumulate,
+    clipped_gradient,
+    per_example_grad_norms,
+)
 from fedsim.kernels.lstm import LSTM
 from fedsim.kernels.registry import KERNELS, Kernel, Record, UnsupportedModuleError, register_kernel
 
 __all__ = [
     "KERNELS",
     "LSTM",
+    "ClipResult",
     "Kernel",
     "Record",
     "UnsupportedModuleError",
     "clip_and_accumulate",
+    "clipped_gradient",
     "per_example_grad_norms",
     "register_kernel",
 ]

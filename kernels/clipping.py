@@ -9,6 +9,8 @@ materialising it cheaper than a ghost norm.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -41,6 +43,31 @@ def per_example_grad_norms(
     return _norms(layers, records)
 
 
+class ClipResult(NamedTuple):
+    """Per-example gradient norms (B,) and per-example losses (B,) of one clipped pass."""
+
+    norms: torch.Tensor
+    losses: torch.Tensor
+
+
+def clipped_gradient(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    max_norm: float,
+) -> ClipResult:
+    """Like :func:`clip_and_accumulate`, also returning the per-example losses."""
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    layers, records, losses = backprop_per_example(model, loss_fn, inputs, targets)
+    norms = _norms(layers, records)
+    coef = (max_norm / (norms + EPS)).clamp(max=1.0)
+    for path, module, kernel in layers:
+        kernel.accumulate(module, records[path], coef)
+    return ClipResult(norms, losses)
+
+
 def clip_and_accumulate(
     model: nn.Module,
     loss_fn: LossFn,
@@ -52,14 +79,7 @@ def clip_and_accumulate(
 
     Existing ``.grad`` values are replaced. Noise is not added here.
     """
-    if max_norm <= 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
-    layers, records, _ = backprop_per_example(model, loss_fn, inputs, targets)
-    norms = _norms(layers, records)
-    coef = (max_norm / (norms + EPS)).clamp(max=1.0)
-    for path, module, kernel in layers:
-        kernel.accumulate(module, records[path], coef)
-    return norms
+    return clipped_gradient(model, loss_fn, inputs, targets, max_norm).norms
 
 
 def _norms(layers: list, records: dict) -> torch.Tensor:  # type: ignore[type-arg]

@@ -1,10 +1,15 @@
 """nn.Linear, and the shared math of a weight applied at many positions.
 
 For a weight used at T positions of example i with inputs ``A_i`` (T, d) and output
-gradients ``Δ_i`` (T, p), ``g_i = Δ_iᵀ A_i``. Its squared norm is either
-``‖Δ_iᵀ A_i‖²`` (materialise, cost T·d·p) or ``⟨A_i A_iᵀ, Δ_i Δ_iᵀ⟩`` (ghost norm,
-Li et al. 2021, cost T²·(d+p)); :func:`seq_norm_sq` picks the cheaper. With T = 1 both
-reduce to ``‖δ_i‖²·‖a_i‖²``.
+gradients ``Δ_i`` (T, p), ``g_i = Δ_iᵀ A_i``. Two routes to norm and clipped sum:
+
+* materialise every ``g_i`` (one batched GEMM, cost T·d·p per example); the clipped sum
+  is then their weighted sum (d·p per example);
+* ghost norms ``⟨A_i A_iᵀ, Δ_i Δ_iᵀ⟩`` (Li et al. 2021, cost T²·(d+p)); the clipped sum
+  is then one GEMM over all positions with re-weighted ``Δ`` (T·d·p per example).
+
+Materialising is cheaper unless ``T²·(d+p) < d·p``, or unless the per-example gradients
+would not fit :data:`MATERIALISE_MAX` floats. With T = 1 the norm is ``‖δ_i‖²·‖a_i‖²``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,14 @@ import torch
 from torch import nn
 
 from fedsim.kernels.registry import Kernel, Record, register_kernel, set_grad
+
+# Largest per-example gradient tensor (B·p·d floats) a kernel materialises: 256 MiB.
+MATERIALISE_MAX = 64 * 2**20
+
+
+def prefer_ghost(batch: int, positions: int, d_in: int, d_out: int) -> bool:
+    """Whether ghost norms beat materialising per-example gradients (see module doc)."""
+    return positions * (d_in + d_out) < d_in * d_out or batch * d_in * d_out > MATERIALISE_MAX
 
 
 def seq_norm_sq(
@@ -26,7 +39,7 @@ def seq_norm_sq(
     t, din, dout = a.shape[1], a.shape[2], d.shape[2]
     if t == 1:
         return a[:, 0].pow(2).sum(1) * d[:, 0].pow(2).sum(1)
-    if t * (din + dout) < din * dout:
+    if prefer_ghost(a.shape[0], t, din, dout):
         aa = torch.bmm(a, a.transpose(1, 2))  # (B, T, T)
         dd = torch.bmm(d, d.transpose(1, 2))  # (B, T, T)
         return (aa * dd).sum((1, 2))

@@ -55,22 +55,20 @@ class _LSTMLayer(torch.autograd.Function):
         cs = x.new_empty(t + 1, b, hid)
         tcs = x.new_empty(t, b, hid)  # tanh(c_t)
         acts = x.new_empty(t, b, 4 * hid)  # activated gates i, f, g, o
-        dact = x.new_empty(t, b, 4 * hid)  # d(activated gate) / d(pre-activation)
-        oq = x.new_empty(t, b, hid)  # o_t · (1 - tanh²(c_t)) = dc_t/dh_t
         hs[0], cs[0] = h0, c0
         w_hh_t = w_hh.t()
-        for s in range(t):
+        for s in range(t):  # only what the recurrence needs happens step by step
             gates = torch.addmm(gx[s], hs[s], w_hh_t)  # (B, 4H) pre-activations
             act = torch.sigmoid(gates, out=acts[s])
             torch.tanh(gates[:, 2 * hid : 3 * hid], out=act[:, 2 * hid : 3 * hid])
             i, f, g, o = act.chunk(4, 1)
             torch.addcmul(f * cs[s], i, g, out=cs[s + 1])
-            tc = torch.tanh(cs[s + 1], out=tcs[s])
-            torch.mul(o, tc, out=hs[s + 1])
-            d = dact[s]
-            torch.mul(act, 1 - act, out=d)  # sigmoid' for i, f, o
-            torch.mul(g, g, out=d[:, 2 * hid : 3 * hid]).neg_().add_(1)  # tanh' for g
-            torch.mul(o, 1 - tc * tc, out=oq[s])
+            torch.mul(o, torch.tanh(cs[s + 1], out=tcs[s]), out=hs[s + 1])
+        # Derivative factors for the backward pass, for all steps at once (big ops).
+        dact = acts * (1 - acts)  # sigmoid' for i, f, o: (T, B, 4H)
+        g_all = acts[..., 2 * hid : 3 * hid]
+        dact[..., 2 * hid : 3 * hid] = 1 - g_all * g_all  # tanh' for g
+        oq = acts[..., 3 * hid :] * (1 - tcs * tcs)  # o · tanh'(c) = dc_t/dh_t: (T, B, H)
         ctx.save_for_backward(x, w_ih, w_hh, hs, cs, tcs, acts, dact, oq)
         ctx.capture = capture  # type: ignore[attr-defined]
         return hs[1:].transpose(0, 1), hs[t].clone(), cs[t].clone()

@@ -239,6 +239,10 @@ class InProcessGrid(Grid):
             return t + self.clock.upload_s(device, 0), reply
         up = content_bytes(reply)
         self.telemetry.current.bytes_up += up
+        eps = _metrics(reply).get(wire.EPSILON)
+        if isinstance(eps, int | float):
+            stats = self.telemetry.current
+            stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
         t += self.clock.compute_s(device, _work(message, reply), fate)
         return t + self.clock.upload_s(device, up), reply
 

@@ -11,7 +11,9 @@ class RoundStats:
 
     ``participants`` counts train replies delivered to the strategy; ``stragglers``
     replies that missed the deadline; ``dropouts`` messages never answered;
-    ``failures`` error replies (a client raised).
+    ``failures`` error replies (a client raised); ``epsilon`` the largest DP-SGD privacy
+    spend any client reported (replies that missed the deadline included: their devices
+    trained, and spent privacy, all the same).
     """
 
     participants: int = 0
@@ -22,6 +24,7 @@ class RoundStats:
     bytes_down: int = 0
     train_loss_sum: float = 0.0
     train_examples: int = 0
+    epsilon: float | None = None
 
     @property
     def train_loss(self) -> float | None:

@@ -1,10 +1,15 @@
-"""LSTM sequence classifier (image rows or sequence steps as time steps)."""
+"""LSTM sequence classifier (image rows or sequence steps as time steps).
+
+Built on :class:`fedsim.kernels.LSTM` (parameters named as in ``nn.LSTM``), so DP-SGD's
+fast per-example clipping applies to it.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from fedsim.kernels import LSTM
 from fedsim.models import IncompatibleDataError, register_model
 
 
@@ -18,7 +23,7 @@ class LSTMClassifier(nn.Module):
     def __init__(self, features: int, hidden: int, num_layers: int, num_classes: int) -> None:
         super().__init__()
         self.features = features
-        self.lstm = nn.LSTM(features, hidden, num_layers=num_layers, batch_first=True)
+        self.lstm = LSTM(features, hidden, num_layers=num_layers)
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
