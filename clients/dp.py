@@ -92,7 +92,7 @@ def opacus_hooks(model: nn.Module) -> Clipper:
         losses = loss_fn(gsm(x), y)
         losses.sum().backward()
         # Opacus attaches `grad_sample` (B, *shape) to every trainable parameter.
-        samples = {n: p.grad_sample for n, p in m.named_parameters() if p.requires_grad}
+        samples = {n: p.grad_sample for n, p in m.named_parameters() if p.requires_grad}  # type: ignore[attr-defined]
         _weighted_sum(m, samples, c)
         for p in m.parameters():
             p.grad_sample = None  # type: ignore[attr-defined]
@@ -125,6 +125,24 @@ def opacus_ghost(model: nn.Module) -> Clipper:
 
     state: dict[str, Any] = {}
     return clip
+
+
+def check_model(cfg: DPConfig, model: nn.Module) -> None:
+    """Refuse combinations that cannot work before any training starts.
+
+    Raises
+    ------
+    ValueError
+        Opacus modes on fedsim's LSTM (Opacus has no grad sampler for it, and
+        ``torch.func`` cannot trace its hand-written backward), or layers that mix
+        examples within a batch (any mode).
+    """
+    from fedsim.kernels import LSTM
+    from fedsim.kernels.capture import trainable_layers
+
+    trainable_layers(model)  # raises UnsupportedModuleError (a TypeError) naming the module
+    if cfg.mode.startswith("opacus") and any(isinstance(m, LSTM) for m in model.modules()):
+        raise ValueError(f"'{cfg.mode}' cannot train fedsim's LSTM layers; use mode: fast")
 
 
 class PrivateGradient:

@@ -89,7 +89,16 @@ def preflight(scenario: Scenario) -> None:
     except UnknownNameError as exc:
         raise ScenarioError([Problem("engine.name", f"unknown engine: {exc}")]) from None
     data = federated_data(scenario.data, scenario.seed)
-    build_model(scenario.model.name, scenario.model.params, data.input_shape, data.num_classes)
+    model = build_model(
+        scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
+    )
+    if scenario.client.dp is not None:
+        from fedsim.clients.dp import check_model
+
+        try:
+            check_model(scenario.client.dp, model)
+        except (TypeError, ValueError) as exc:
+            raise ScenarioError([Problem("client.dp.mode", str(exc))]) from None
 
 
 def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:

@@ -209,3 +209,15 @@ def test_required_strategy_param(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
     assert "strategy.params.client_learning_rate: required parameter is missing" in result.output
+
+
+def test_dp_mode_incompatible_with_model(tmp_path: Path) -> None:
+    data = _with("client.dp", {"mode": "opacus-hooks"})
+    data["model"] = {"name": "lstm"}
+    path = write_yaml(tmp_path / "bad.yaml", data)
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert (
+        "client.dp.mode: 'opacus-hooks' cannot train fedsim's LSTM layers; use mode: fast"
+        in result.output
+    )
