@@ -14,7 +14,8 @@ from fedsim.kernels.clipping import (
     clipped_gradient,
     per_example_grad_norms,
 )
-from fedsim.kernels.lstm import LSTM
+from fedsim.kernels.gathered import gathered_linear
+from fedsim.kernels.lstm import LSTM, StructuredDropoutLSTM
 from fedsim.kernels.registry import KERNELS, Kernel, Record, UnsupportedModuleError, register_kernel
 
 __all__ = [
@@ -23,9 +24,11 @@ __all__ = [
     "ClipResult",
     "Kernel",
     "Record",
+    "StructuredDropoutLSTM",
     "UnsupportedModuleError",
     "clip_and_accumulate",
     "clipped_gradient",
+    "gathered_linear",
     "per_example_grad_norms",
     "register_kernel",
 ]

@@ -1,6 +1,8 @@
-"""An LSTM built for per-example gradients: BPTT written out by hand.
+"""LSTMs built for speed and per-example gradients.
 
-One autograd function per layer keeps the gate gradients of every time step at hand.
+BPTT is written out by hand, and structured dropout shrinks the GEMMs that consume the
+dropped units. One autograd function per layer runs the recurrence and keeps the gate gradients of
+every time step at hand.
 
 For layer l with inputs ``X`` (B, T, I), previous hidden states ``Hprev`` (B, T, H) and
 gate pre-activation gradients ``G`` (B, T, 4H), the weight gradients are single GEMMs
@@ -22,39 +24,35 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx
 
+from fedsim.kernels.gathered import draw_keep_masks, gathered_linear
 from fedsim.kernels.linear import seq_norm_sq, seq_weighted_sum
 from fedsim.kernels.registry import Kernel, Record, register_kernel, set_grad
 
 
-class _LSTMLayer(torch.autograd.Function):
-    """One LSTM layer over a whole sequence (batch first in and out, time major inside).
+class _Recurrence(torch.autograd.Function):
+    """The recurrent part of one LSTM layer, given the input projections of all steps.
 
     The forward pass stores each step's activated gates and their derivative factors,
     so the backward pass is a few elementwise ops and one GEMM per step, on contiguous
-    time-major slices.
+    time-major slices. In capture mode it records ``(H_prev, G)`` for the kernel and
+    returns no gradient for ``w_hh``.
     """
 
     @staticmethod
     def forward(
         ctx: FunctionCtx,
-        x: torch.Tensor,  # (B, T, I)
+        gx: torch.Tensor,  # (T, B, 4H) input projections plus both biases
         h0: torch.Tensor,  # (B, H)
         c0: torch.Tensor,  # (B, H)
-        w_ih: torch.Tensor,  # (4H, I)
         w_hh: torch.Tensor,  # (4H, H)
-        b_ih: torch.Tensor,  # (4H,)
-        b_hh: torch.Tensor,  # (4H,)
-        capture: tuple[Record, int] | None,
+        capture: dict[str, Any] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, t, _ = x.shape
+        t, b, _ = gx.shape
         hid = w_hh.shape[1]
-        xt = x.transpose(0, 1).reshape(t * b, -1)  # (T·B, I), time major
-        # Input projections of all steps at once: one GEMM instead of T small ones.
-        gx = torch.addmm(b_ih + b_hh, xt, w_ih.t()).view(t, b, 4 * hid)
-        hs = x.new_empty(t + 1, b, hid)  # hs[0] = h0, hs[s + 1] = h after step s
-        cs = x.new_empty(t + 1, b, hid)
-        tcs = x.new_empty(t, b, hid)  # tanh(c_t)
-        acts = x.new_empty(t, b, 4 * hid)  # activated gates i, f, g, o
+        hs = gx.new_empty(t + 1, b, hid)  # hs[0] = h0, hs[s + 1] = h after step s
+        cs = gx.new_empty(t + 1, b, hid)
+        tcs = gx.new_empty(t, b, hid)  # tanh(c_t)
+        acts = gx.new_empty(t, b, 4 * hid)  # activated gates i, f, g, o
         hs[0], cs[0] = h0, c0
         w_hh_t = w_hh.t()
         for s in range(t):  # only what the recurrence needs happens step by step
@@ -69,7 +67,7 @@ class _LSTMLayer(torch.autograd.Function):
         g_all = acts[..., 2 * hid : 3 * hid]
         dact[..., 2 * hid : 3 * hid] = 1 - g_all * g_all  # tanh' for g
         oq = acts[..., 3 * hid :] * (1 - tcs * tcs)  # o · tanh'(c) = dc_t/dh_t: (T, B, H)
-        ctx.save_for_backward(x, w_ih, w_hh, hs, cs, tcs, acts, dact, oq)
+        ctx.save_for_backward(w_hh, hs, cs, tcs, acts, dact, oq)
         ctx.capture = capture  # type: ignore[attr-defined]
         return hs[1:].transpose(0, 1), hs[t].clone(), cs[t].clone()
 
@@ -77,12 +75,12 @@ class _LSTMLayer(torch.autograd.Function):
     def backward(
         ctx: Any, d_hs: torch.Tensor, d_ht: torch.Tensor, d_ct: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        x, w_ih, w_hh, hs, cs, tcs, acts, dact, oq = ctx.saved_tensors
-        b, t, _ = x.shape
+        w_hh, hs, cs, tcs, acts, dact, oq = ctx.saved_tensors
+        t, b, _ = acts.shape
         hid = w_hh.shape[1]
         d_hs_t = d_hs.transpose(0, 1)  # (T, B, H)
-        dg_all = x.new_empty(t, b, 4 * hid)  # gate pre-activation gradients, time major
-        buf = x.new_empty(b, 4 * hid)
+        dg_all = acts.new_empty(t, b, 4 * hid)  # gate pre-activation gradients
+        buf = acts.new_empty(b, 4 * hid)
         bi, bf, bg, bo = buf.chunk(4, 1)
         dh = d_ht.clone()
         dc = d_ct.clone()
@@ -97,22 +95,28 @@ class _LSTMLayer(torch.autograd.Function):
             torch.mul(buf, dact[s], out=dg_all[s])
             dc = dc * f
             dh = torch.mm(dg_all[s], w_hh)  # (B, H)
-        flat = dg_all.view(t * b, -1)  # (T·B, 4H)
-        dx = (flat @ w_ih).view(t, b, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
-        if ctx.capture is not None:
-            record, layer = ctx.capture
-            layers = record.cache.setdefault("layers", {})
+        capture = ctx.capture
+        if capture is not None:
             # Per-example kernels want (B, T, ·) views.
-            layers[layer] = (x, hs[:-1].transpose(0, 1), dg_all.transpose(0, 1))
-            return dx, dh, dc, None, None, None, None, None
-        dw_ih = flat.t() @ x.transpose(0, 1).reshape(t * b, -1)
-        dw_hh = flat.t() @ hs[:-1].reshape(t * b, -1)
-        db = flat.sum(0)
-        return dx, dh, dc, dw_ih, dw_hh, db, db.clone(), None
+            capture["hprev"], capture["dg"] = hs[:-1].transpose(0, 1), dg_all.transpose(0, 1)
+            dw_hh = None
+        else:
+            dw_hh = dg_all.view(t * b, -1).t() @ hs[:-1].reshape(t * b, -1)
+        return dg_all, dh, dc, dw_hh, None
 
 
-class LSTM(nn.Module):
-    """Drop-in for ``nn.LSTM(batch_first=True)`` (no projections, unidirectional).
+class StructuredDropoutLSTM(nn.Module):
+    """``nn.LSTM(batch_first=True)`` plus structured dropout on every layer's output.
+
+    Dropout sits on each layer's output: the next layer's input and, for the last
+    layer, the module's output; the recurrent connection is never dropped. A keep-mask
+    of shape (num_layers, T, hidden_size) is shared by the whole batch and redrawn at
+    every time step (Sarma et al. 2021, "structured in space, randomized in time");
+    kept units are scaled by ``1/(1-p)``. Because a dropped unit is a whole column of
+    the (B, H) activations, the next layer's input GEMMs are computed on the kept
+    columns only (:func:`~fedsim.kernels.gathered.gathered_linear`), forward and
+    backward; :attr:`last_masks` lets a consumer of the output (an LM decoder) do the
+    same. Parameters are named as in ``nn.LSTM``, so state dicts load either way.
 
     Parameters
     ----------
@@ -120,29 +124,42 @@ class LSTM(nn.Module):
         Feature sizes.
     num_layers : int
         Stacked layers.
+    dropout : float
+        Drop probability p in [0, 1).
     batch_first : bool
-        Only ``True`` is supported (inputs are (B, T, I)).
+        Only ``True`` (inputs are (B, T, I)).
+    per_element : bool
+        Comparison baseline: ordinary per-element masks (B, T, H) applied densely,
+        with the same implementation otherwise.
     """
 
     def __init__(
-        self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = True
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        batch_first: bool = True,
+        per_element: bool = False,
     ) -> None:
         super().__init__()
         if not batch_first:
-            raise ValueError("fedsim.kernels.LSTM supports batch_first=True only")
+            raise ValueError("fedsim's LSTM supports batch_first=True only")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.batch_first = True
+        self.dropout, self.per_element, self.batch_first = dropout, per_element, True
         for k in range(num_layers):
             fan_in = input_size if k == 0 else hidden_size
+            gates = 4 * hidden_size
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(gates, fan_in)))
             self.register_parameter(
-                f"weight_ih_l{k}", nn.Parameter(torch.empty(4 * hidden_size, fan_in))
+                f"weight_hh_l{k}", nn.Parameter(torch.empty(gates, hidden_size))
             )
-            self.register_parameter(
-                f"weight_hh_l{k}", nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-            )
-            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(4 * hidden_size)))
-            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(4 * hidden_size)))
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(gates)))
+            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(gates)))
         self.dp_capture: Record | None = None
+        self.last_masks: torch.Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -153,62 +170,112 @@ class LSTM(nn.Module):
 
     def layer_params(self, k: int) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter, nn.Parameter]:
         """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of layer ``k``."""
-        return tuple(
-            getattr(self, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        )
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        return tuple(getattr(self, f"{n}_l{k}") for n in names)
 
-    def layer_input(self, k: int, out: torch.Tensor) -> torch.Tensor:
-        """What layer ``k`` + 1 receives from layer ``k``'s output (identity here)."""
-        return out
+    def _masks(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.training or (self.dropout == 0.0 and masks is None):
+            return None
+        if masks is not None:
+            return masks.to(torch.bool)
+        b, t = x.shape[:2]
+        if self.per_element:
+            return (
+                torch.rand(self.num_layers, b, t, self.hidden_size, device=x.device) >= self.dropout
+            )
+        return draw_keep_masks(self.num_layers, t, self.hidden_size, self.dropout, x.device)
 
     def forward(
-        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
+        masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Return ``(output (B, T, H), (h_n, c_n))`` with ``h_n`` of shape (L, B, H)."""
-        b = x.shape[0]
+        """Return ``(output (B, T, H), (h_n, c_n))``, ``h_n`` of shape (L, B, H).
+
+        ``masks``: boolean keep-masks (num_layers, T, H) to use instead of drawing them
+        (training mode only; (num_layers, B, T, H) when ``per_element``).
+        """
+        b, t = x.shape[:2]
         if state is None:
             zeros = x.new_zeros(self.num_layers, b, self.hidden_size)
             state = (zeros, zeros)
+        keep = self._masks(x, masks)
+        self.last_masks = keep
+        scale = 1.0 / (1.0 - self.dropout)
         h_n, c_n = [], []
-        out = x
+        out = x  # layer k's input: raw output of layer k-1 (dropped via `keep[k-1]`)
         for k in range(self.num_layers):
-            capture = None if self.dp_capture is None else (self.dp_capture, k)
-            seq, h, c = _LSTMLayer.apply(
-                out, state[0][k], state[1][k], *self.layer_params(k), capture
-            )
+            w_ih: torch.Tensor
+            b_ih: torch.Tensor
+            b_hh: torch.Tensor
+            w_ih, w_hh, b_ih, b_hh = self.layer_params(k)
+            capture: dict[str, Any] | None = None
+            if self.dp_capture is not None:  # clipped sums come from the kernel instead
+                capture = self.dp_capture.cache.setdefault("layers", {}).setdefault(k, {})
+                w_ih, b_ih, b_hh = w_ih.detach(), b_ih.detach(), b_hh.detach()
+            bias = b_ih + b_hh
+            if k == 0 or keep is None:
+                gx = torch.addmm(bias, out.transpose(0, 1).reshape(t * b, -1), w_ih.t())
+                gx = gx.view(t, b, -1)
+                x_eff = out
+            elif self.per_element:
+                x_eff = out * keep[k - 1] * scale
+                gx = torch.addmm(bias, x_eff.transpose(0, 1).reshape(t * b, -1), w_ih.t())
+                gx = gx.view(t, b, -1)
+            else:  # structured: only the kept columns of each step enter the GEMMs
+                gx = gathered_linear(out, keep[k - 1], w_ih, bias, scale)
+                x_eff = out * keep[k - 1] * scale if capture is not None else out
+            if capture is not None:
+                capture["x"] = x_eff.detach()
+            seq, h, c = _Recurrence.apply(gx, state[0][k], state[1][k], w_hh, capture)
             h_n.append(h)
             c_n.append(c)
-            out = self.layer_input(k, seq)
+            out = seq
+        if keep is not None:
+            out = out * keep[-1] * scale
         return out, (torch.stack(h_n), torch.stack(c_n))
 
 
-@register_kernel(LSTM)
+class LSTM(StructuredDropoutLSTM):
+    """Drop-in for ``nn.LSTM(batch_first=True)`` (unidirectional, no projections)."""
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = True
+    ) -> None:
+        super().__init__(input_size, hidden_size, num_layers, 0.0, batch_first)
+
+
+@register_kernel(StructuredDropoutLSTM, LSTM)
 class LSTMKernel(Kernel):
-    """Per-example norms of every layer's four parameters from the captured BPTT terms."""
+    """Per-example norms of every layer's four parameters from the captured BPTT terms.
+
+    Layer k's weights are sequence-Linear cases: ``W_ih`` sees the (dropped) input
+    ``X̃_k`` and ``W_hh`` the previous hidden states, both against the gate gradients
+    ``G_k``; each bias gets ``Σ_t G_k``.
+    """
 
     captures_itself = True
 
-    def _layers(self, record: Record) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _layers(self, record: Record) -> dict[int, dict[str, torch.Tensor]]:
         return record.cache.get("layers", {})  # type: ignore[no-any-return]
 
     def norm_sq(self, module: nn.Module, record: Record) -> torch.Tensor:
-        """``‖G_iᵀX_i‖² + ‖G_iᵀHprev_i‖² + 2‖Σ_t G_it‖²`` summed over layers."""
+        """``‖G_iᵀX̃_i‖² + ‖G_iᵀH_i‖² + 2‖Σ_t G_it‖²`` summed over layers."""
         total: torch.Tensor | int = 0
-        for k, (x, hprev, dg) in self._layers(record).items():
+        for k, rec in self._layers(record).items():
+            x, hprev, dg = rec["x"], rec["hprev"], rec["dg"]
             bias = dg.sum(1).pow(2).sum(1)
-            total = (
-                total
-                + seq_norm_sq(x, dg, record.cache, f"ih{k}")
-                + seq_norm_sq(hprev, dg, record.cache, f"hh{k}")
-                + 2 * bias
-            )
+            ih = seq_norm_sq(x, dg, record.cache, f"ih{k}")
+            total = total + ih + seq_norm_sq(hprev, dg, record.cache, f"hh{k}") + 2 * bias
         assert isinstance(total, torch.Tensor), "LSTM ran no layer in capture mode"
         return total
 
     def accumulate(self, module: nn.Module, record: Record, coef: torch.Tensor) -> None:
         """Clipped sums as three GEMM-shaped contractions per layer."""
-        assert isinstance(module, LSTM)
-        for k, (x, hprev, dg) in self._layers(record).items():
+        assert isinstance(module, StructuredDropoutLSTM)
+        for k, rec in self._layers(record).items():
+            x, hprev, dg = rec["x"], rec["hprev"], rec["dg"]
             w_ih, w_hh, b_ih, b_hh = module.layer_params(k)
             set_grad(w_ih, seq_weighted_sum(x, dg, coef, record.cache, f"ih{k}"))
             set_grad(w_hh, seq_weighted_sum(hprev, dg, coef, record.cache, f"hh{k}"))

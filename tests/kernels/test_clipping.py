@@ -19,6 +19,7 @@ from torch import nn
 from fedsim.kernels import (
     KERNELS,
     LSTM,
+    StructuredDropoutLSTM,
     UnsupportedModuleError,
     clip_and_accumulate,
     per_example_grad_norms,
@@ -305,6 +306,7 @@ def test_every_kernel_type_is_exercised() -> None:
         nn.LayerNorm,
         nn.GroupNorm,
         LSTM,
+        StructuredDropoutLSTM,
     }
 
 

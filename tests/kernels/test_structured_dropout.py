@@ -1,0 +1,158 @@
+"""Structured-dropout LSTM against an independently written masked dense LSTM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedsim.kernels import StructuredDropoutLSTM, clip_and_accumulate, gathered_linear
+from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
+
+
+@pytest.fixture(autouse=True)
+def _float64() -> None:
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def reference_lstm(x, params, masks, p, layers):  # type: ignore[no-untyped-def]
+    """A textbook LSTM (gate order i, f, g, o) with dense dropout on layer outputs.
+
+    ``masks`` (L, T, H) multiplies every batch row alike; kept units scaled 1/(1-p).
+    """
+    b, t, _ = x.shape
+    inp, hs_n, cs_n = x, [], []
+    for k in range(layers):
+        w_ih, w_hh, b_ih, b_hh = (
+            params[f"{n}_l{k}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
+        hid = w_hh.shape[1]
+        h = torch.zeros(b, hid)
+        c = torch.zeros(b, hid)
+        outs = []
+        for s in range(t):
+            z = inp[:, s] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+            i, f, g, o = (
+                z[:, :hid].sigmoid(),
+                z[:, hid : 2 * hid].sigmoid(),
+                z[:, 2 * hid : 3 * hid].tanh(),
+                z[:, 3 * hid :].sigmoid(),
+            )
+            c = f * c + i * g
+            h = o * c.tanh()
+            outs.append(h)
+        hs_n.append(h)
+        cs_n.append(c)
+        inp = torch.stack(outs, 1)
+        if masks is not None:
+            inp = inp * masks[k].to(inp.dtype) / (1 - p)
+    return inp, torch.stack(hs_n), torch.stack(cs_n)
+
+
+@pytest.mark.parametrize(("layers", "p"), [(1, 0.3), (2, 0.5), (3, 0.65)])
+def test_given_masks_match_the_masked_dense_reference(layers: int, p: float) -> None:
+    torch.manual_seed(layers)
+    b, t, i, h = 4, 6, 3, 5
+    lstm = StructuredDropoutLSTM(i, h, layers, dropout=p).train()
+    masks = torch.rand(layers, t, h) >= p
+    x = torch.randn(b, t, i, requires_grad=True)
+    out, (hn, cn) = lstm(x, masks=masks)
+    w = torch.randn_like(out)
+    (out * w).sum().add(hn.sum() * 0.3 + cn.sum() * 0.7).backward()
+    ours = {n: q.grad.clone() for n, q in lstm.named_parameters()}
+    dx = x.grad.clone()
+
+    params = {n: q.detach().clone().requires_grad_(True) for n, q in lstm.named_parameters()}
+    x2 = x.detach().clone().requires_grad_(True)
+    ref_out, ref_h, ref_c = reference_lstm(x2, params, masks, p, layers)
+    (ref_out * w).sum().add(ref_h.sum() * 0.3 + ref_c.sum() * 0.7).backward()
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-9)
+    torch.testing.assert_close(hn, ref_h, rtol=0, atol=1e-9)
+    torch.testing.assert_close(cn, ref_c, rtol=0, atol=1e-9)
+    torch.testing.assert_close(dx, x2.grad, rtol=0, atol=1e-9)
+    for n, g in ours.items():
+        torch.testing.assert_close(g, params[n].grad, rtol=0, atol=1e-9, msg=n)
+
+
+def test_drawn_masks_are_structured_in_space_random_in_time() -> None:
+    torch.manual_seed(0)
+    p, t, h = 0.4, 200, 64
+    lstm = StructuredDropoutLSTM(3, h, 2, dropout=p).train()
+    out, _ = lstm(torch.randn(8, t, 3))
+    zero = out == 0  # (B, T, H): dropped units of the last layer
+    assert torch.equal(zero, zero[:1].expand_as(zero))  # every row shares the pattern
+    masks = lstm.last_masks
+    assert masks is not None and masks.shape == (2, t, h)
+    assert torch.equal(zero[0], ~masks[-1])
+    assert not torch.equal(masks[0, 0], masks[0, 1])  # redrawn every step
+    n = masks.numel()
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(masks.double().mean().item() - (1 - p)) < 3 * sigma
+
+
+def test_eval_mode_is_the_plain_lstm() -> None:
+    torch.manual_seed(1)
+    ours = StructuredDropoutLSTM(4, 6, 2, dropout=0.5).eval()
+    ref = nn.LSTM(4, 6, 2, batch_first=True)
+    ref.load_state_dict(ours.state_dict())  # same parameter names either way
+    x = torch.randn(3, 7, 4)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=0, atol=1e-12)
+    assert ours.last_masks is None
+
+
+def test_per_element_variant_masks_each_row() -> None:
+    torch.manual_seed(2)
+    lstm = StructuredDropoutLSTM(3, 8, 1, dropout=0.5, per_element=True).train()
+    out, _ = lstm(torch.randn(6, 20, 3))
+    zero = out == 0
+    assert not torch.equal(zero, zero[:1].expand_as(zero))
+
+
+def test_gathered_linear_equals_the_dense_masked_linear() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(5, 7, 9, requires_grad=True)
+    keep = torch.rand(7, 9) > 0.5
+    lin = nn.Linear(9, 4)
+    y = gathered_linear(x, keep, lin.weight, lin.bias, scale=2.0)  # (T, B, out)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    got = (x.grad.clone(), lin.weight.grad.clone(), lin.bias.grad.clone())
+    x.grad = lin.weight.grad = lin.bias.grad = None
+    ref = lin(x * keep * 2.0).transpose(0, 1)
+    (ref * w).sum().backward()
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    for a, b in zip(got, (x.grad, lin.weight.grad, lin.bias.grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+class _FixedMaskLM(nn.Module):
+    """A char-LM whose dropout masks are fixed, so a batch-of-one oracle sees the same."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(9, 4)
+        self.lstm = StructuredDropoutLSTM(4, 6, 2, dropout=0.5)
+        self.dec = nn.Linear(6, 9)
+        self.masks = masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dec(self.lstm(self.emb(x), masks=self.masks)[0]).transpose(1, 2)
+
+
+def test_fast_clipping_serves_the_structured_lstm() -> None:
+    torch.manual_seed(4)
+    model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
+    x, y = torch.randint(0, 9, (5, 7)), torch.randint(0, 9, (5, 7))
+
+    def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, t, reduction="none").mean(1)
+
+    ref = per_example_grads_loop(model, loss, x, y)
+    norms = clip_and_accumulate(model, loss, x, y, 0.3)
+    torch.testing.assert_close(norms, norms_of(ref), rtol=1e-5, atol=1e-12)
+    expected = clipped_sum_of(ref, 0.3)
+    for n, q in model.named_parameters():
+        torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
