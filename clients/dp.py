@@ -137,11 +137,12 @@ def check_model(cfg: DPConfig, model: nn.Module) -> None:
         ``torch.func`` cannot trace its hand-written backward), or layers that mix
         examples within a batch (any mode).
     """
-    from fedsim.kernels import LSTM
+    from fedsim.kernels import StructuredDropoutLSTM
     from fedsim.kernels.capture import trainable_layers
 
     trainable_layers(model)  # raises UnsupportedModuleError (a TypeError) naming the module
-    if cfg.mode.startswith("opacus") and any(isinstance(m, LSTM) for m in model.modules()):
+    lstm = any(isinstance(m, StructuredDropoutLSTM) for m in model.modules())
+    if cfg.mode.startswith("opacus") and lstm:
         raise ValueError(f"'{cfg.mode}' cannot train fedsim's LSTM layers; use mode: fast")
 
 

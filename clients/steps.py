@@ -38,8 +38,14 @@ class LocalStep:
         self.config = config
 
     def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Return the per-example losses, shape (B,)."""
-        return F.cross_entropy(logits, targets, reduction="none")
+        """Return the per-example losses, shape (B,).
+
+        For sequence targets (B, T) an example's loss is its mean token loss: a whole
+        sequence is one example (DP-SGD's privacy unit) and the scale matches the
+        per-token loss the server reports.
+        """
+        loss = F.cross_entropy(logits, targets, reduction="none")
+        return loss.flatten(1).mean(1) if loss.dim() > 1 else loss
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """Return a scalar added to the mean batch loss, or None."""

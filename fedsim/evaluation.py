@@ -13,7 +13,11 @@ from torch import nn
 def evaluate_model(
     model: nn.Module, x: NDArray[np.float32], y: NDArray[np.int64], batch_size: int = 512
 ) -> tuple[float, float]:
-    """Return (mean cross-entropy, accuracy) of ``model`` on ``(x, y)``."""
+    """Return (mean cross-entropy, accuracy) of ``model`` on ``(x, y)``.
+
+    Both are per target: per example for classification, per position for sequence
+    targets (a language model's loss is then per token; perplexity = exp(loss)).
+    """
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
@@ -22,5 +26,5 @@ def evaluate_model(
         logits = model(xb)
         total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(dim=1) == yb).sum())
-    n = max(len(y), 1)
+    n = max(y.size, 1)
     return total_loss / n, correct / n

@@ -92,6 +92,16 @@ def preflight(scenario: Scenario) -> None:
     model = build_model(
         scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
     )
+    import torch
+
+    try:  # a forward pass on two examples catches shape and dtype mismatches
+        with torch.no_grad():
+            model.eval()(torch.from_numpy(data.x[:2]))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ScenarioError(
+            [Problem("model.name", f"'{scenario.model.name}' cannot read this data: {first}")]
+        ) from None
     if scenario.client.dp is not None:
         from fedsim.clients.dp import check_model
 

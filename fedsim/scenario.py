@@ -38,6 +38,21 @@ class Mnist1dDataset(Section):
     num_samples: Annotated[int, Field(ge=100, description="samples generated in total")] = 5000
 
 
+class TextDataset(Section):
+    """Character-level text: Python's own reference docs (``pydoc_data``), offline.
+
+    Sequences of ``seq_len`` characters, each target the next character; the 79 most
+    frequent characters plus one unknown symbol form an 80-symbol vocabulary (the LEAF
+    Shakespeare shape). The last ``test_fraction`` of the text (not a random sample)
+    is the held-out test set.
+    """
+
+    name: Literal["text"] = "text"
+    seq_len: Annotated[int, Field(ge=2, le=10_000)] = 80
+    max_chars: Annotated[int, Field(ge=1_000)] = 200_000
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+
 class NpzDataset(Section):
     """A local ``.npz`` file with arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``)."""
 
@@ -55,7 +70,8 @@ class HubDataset(Section):
 
 
 DatasetConfig = Annotated[
-    DigitsDataset | Mnist1dDataset | NpzDataset | HubDataset, Field(discriminator="name")
+    DigitsDataset | Mnist1dDataset | TextDataset | NpzDataset | HubDataset,
+    Field(discriminator="name"),
 ]
 
 
@@ -88,6 +104,12 @@ class ShardsPartitioner(Section):
     shards_per_client: Annotated[int, Field(ge=1)] = 2
 
 
+class ContiguousPartitioner(Section):
+    """Client k gets the k-th contiguous block of examples, in dataset order."""
+
+    name: Literal["contiguous"] = "contiguous"
+
+
 class OneClassPartitioner(Section):
     """Each client holds exactly one label (clients of one label split its data)."""
 
@@ -99,6 +121,7 @@ PartitionerConfig = Annotated[
     | DirichletPartitioner
     | PathologicalPartitioner
     | ShardsPartitioner
+    | ContiguousPartitioner
     | OneClassPartitioner,
     Field(discriminator="name"),
 ]

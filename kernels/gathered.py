@@ -38,7 +38,9 @@ class _GatheredLinear(torch.autograd.Function):
         b, t, _ = x.shape
         idx = [torch.nonzero(keep[s]).flatten() for s in range(t)]
         out = x.new_empty(t, b, weight.shape[0])
-        wt = weight.t()  # (H, out): the kept rows of Wᵀ are what each step needs
+        # (H, out), contiguous once per call: each step then gathers whole rows (memcpy)
+        # instead of striding through W's columns.
+        wt = weight.t().contiguous()
         for s in range(t):
             xs = x[:, s].index_select(1, idx[s]).mul_(scale)  # (B, k_t)
             ws = wt.index_select(0, idx[s])  # (k_t, out)
@@ -46,18 +48,16 @@ class _GatheredLinear(torch.autograd.Function):
                 torch.mm(xs, ws, out=out[s])
             else:
                 torch.addmm(bias, xs, ws, out=out[s])
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, wt)
         ctx.idx, ctx.scale, ctx.has_bias = idx, scale, bias is not None  # type: ignore[attr-defined]
         return out
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
+        x, wt = ctx.saved_tensors
         idx, scale = ctx.idx, ctx.scale
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        need_w = ctx.needs_input_grad[2]
-        dwt = weight.new_zeros(weight.shape[1], weight.shape[0]) if need_w else None
-        wt = weight.t()
+        dwt = torch.zeros_like(wt) if ctx.needs_input_grad[2] else None
         for s in range(x.shape[1]):
             d = d_out[s]  # (B, out)
             if dx is not None:  # (B, k_t): the data-gradient GEMM, shrunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -15,17 +16,18 @@ class ArrayDataset:
     Attributes
     ----------
     x, y : ndarray
-        Training features (float32, leading sample axis) and labels (int64).
+        Training features (float32, or int64 token ids; leading sample axis) and labels
+        (int64; one per example, or one per position for sequence targets).
     x_test, y_test : ndarray or None
         The dataset's own test split, where it has one.
     num_classes : int
         Number of label values (labels are ``0..num_classes-1``).
     """
 
-    x: NDArray[np.float32]
+    x: NDArray[Any]
     y: NDArray[np.int64]
     num_classes: int
-    x_test: NDArray[np.float32] | None = None
+    x_test: NDArray[Any] | None = None
     y_test: NDArray[np.int64] | None = None
 
     @property

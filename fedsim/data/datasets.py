@@ -16,7 +16,7 @@ import numpy as np
 from fedsim.data.arrays import ArrayDataset
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
-from fedsim.scenario import DigitsDataset, HubDataset, Mnist1dDataset, NpzDataset
+from fedsim.scenario import DigitsDataset, HubDataset, Mnist1dDataset, NpzDataset, TextDataset
 
 Loader = Callable[[Any], ArrayDataset]
 DATASETS: Registry[Loader] = Registry("datasets")
@@ -61,6 +61,30 @@ def load_mnist1d(cfg: Mnist1dDataset) -> ArrayDataset:
             y_test=f["y_test"].astype(np.int64),
             num_classes=10,
         )
+
+
+@DATASETS.register("text", help="character-level text of Python's reference docs, offline")
+def load_text(cfg: TextDataset) -> ArrayDataset:
+    """Next-character sequences from ``pydoc_data.topics`` (ships with CPython)."""
+    from collections import Counter
+    from pydoc_data.topics import topics
+
+    text = "".join(topics[k] for k in sorted(topics))[: cfg.max_chars]
+    # Vocabulary: id 0 is "unknown", then the 79 most frequent characters.
+    ranked = [ch for ch, _ in sorted(Counter(text).items(), key=lambda kv: (-kv[1], kv[0]))]
+    index = {ch: i + 1 for i, ch in enumerate(ranked[:79])}
+    ids = np.fromiter((index.get(ch, 0) for ch in text), dtype=np.int64, count=len(text))
+    n = (len(ids) - 1) // cfg.seq_len
+    if n < 4:
+        raise DataUnavailableError(
+            f"data.dataset.max_chars: too few characters for seq_len {cfg.seq_len}"
+        )
+    x = ids[: n * cfg.seq_len].reshape(n, cfg.seq_len)
+    y = ids[1 : n * cfg.seq_len + 1].reshape(n, cfg.seq_len)
+    n_test = max(1, round(cfg.test_fraction * n))
+    return ArrayDataset(
+        x=x[:-n_test], y=y[:-n_test], x_test=x[-n_test:], y_test=y[-n_test:], num_classes=80
+    )
 
 
 @DATASETS.register("npz", help="local .npz with arrays x, y (and optionally x_test, y_test)")

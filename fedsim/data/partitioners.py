@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from fedsim.errors import Problem, ScenarioError
 from fedsim.registry import Registry
 from fedsim.scenario import (
+    ContiguousPartitioner,
     DirichletPartitioner,
     IidPartitioner,
     OneClassPartitioner,
@@ -23,6 +24,8 @@ from fedsim.scenario import (
 )
 
 Indices = list[NDArray[np.int64]]
+# Partitioners that never look at the labels (so sequence targets are fine).
+LABEL_FREE = frozenset({"iid", "contiguous"})
 PartitionFn = Callable[[Any, NDArray[np.int64], int, int], Indices]
 PARTITIONERS: Registry[PartitionFn] = Registry("partitioners")
 
@@ -98,6 +101,14 @@ def shards(
     return _with_flwr_datasets(impl, labels, num_clients)
 
 
+@PARTITIONERS.register("contiguous", help="contiguous blocks in dataset order (text shards)")
+def contiguous(
+    cfg: ContiguousPartitioner, labels: NDArray[np.int64], num_clients: int, seed: int
+) -> Indices:
+    """Client k gets the k-th of ``num_clients`` nearly equal contiguous blocks."""
+    return [part.astype(np.int64) for part in np.array_split(np.arange(len(labels)), num_clients)]
+
+
 @PARTITIONERS.register("one-class", help="each client holds exactly one label")
 def one_class(
     cfg: OneClassPartitioner, labels: NDArray[np.int64], num_clients: int, seed: int
@@ -128,6 +139,16 @@ def one_class(
 
 def partition(cfg: Any, labels: NDArray[np.int64], num_clients: int, seed: int) -> Indices:
     """Split sample indices over clients as the ``data.partitioner`` section says."""
+    if labels.ndim > 1 and cfg.name not in LABEL_FREE:
+        raise ScenarioError(
+            [
+                Problem(
+                    "data.partitioner.name",
+                    f"'{cfg.name}' needs one label per "
+                    f"example; use one of {sorted(LABEL_FREE)} for sequence targets",
+                )
+            ]
+        )
     parts = PARTITIONERS.get(cfg.name)(cfg, labels, num_clients, seed)
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:

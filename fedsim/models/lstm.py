@@ -1,7 +1,7 @@
 """LSTM sequence classifier (image rows or sequence steps as time steps).
 
-Built on :class:`fedsim.kernels.LSTM` (parameters named as in ``nn.LSTM``), so DP-SGD's
-fast per-example clipping applies to it.
+Built on :class:`fedsim.kernels.StructuredDropoutLSTM` (parameters named as in
+``nn.LSTM``), so structured dropout and DP-SGD's fast per-example clipping apply to it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.kernels import LSTM
+from fedsim.kernels import StructuredDropoutLSTM
 from fedsim.models import IncompatibleDataError, register_model
 
 
@@ -20,10 +20,12 @@ class LSTMClassifier(nn.Module):
     H steps of C*W features (the rows of the image).
     """
 
-    def __init__(self, features: int, hidden: int, num_layers: int, num_classes: int) -> None:
+    def __init__(
+        self, features: int, hidden: int, num_layers: int, num_classes: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.features = features
-        self.lstm = LSTM(features, hidden, num_layers=num_layers)
+        self.lstm = StructuredDropoutLSTM(features, hidden, num_layers, dropout)
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +40,11 @@ class LSTMClassifier(nn.Module):
 
 @register_model("lstm")
 def lstm(
-    input_shape: tuple[int, ...], num_classes: int, hidden: int = 64, num_layers: int = 1
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: int = 64,
+    num_layers: int = 1,
+    dropout: float = 0.0,
 ) -> nn.Module:
     """LSTM classifier for sequences (T,) / (T, F) or images (C, H, W)."""
     if len(input_shape) == 1:
@@ -49,4 +55,4 @@ def lstm(
         features = input_shape[0] * input_shape[2]
     else:
         raise IncompatibleDataError(f"'lstm' cannot read inputs of shape {input_shape}")
-    return LSTMClassifier(features, hidden, num_layers, num_classes)
+    return LSTMClassifier(features, hidden, num_layers, num_classes, dropout)

@@ -70,3 +70,43 @@ def test_hub_dataset_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
         DataUnavailableError, match=r"cannot load 'ylecun/mnist' .*offline.*npz:PATH"
     ):
         load_dataset(cfg)
+
+
+def test_text_corpus_is_embedded() -> None:
+    cfg = DataConfig.model_validate({"dataset": {"name": "text", "seq_len": 20, "max_chars": 5000}})
+    ds = load_dataset(cfg.dataset)
+    assert ds.x.dtype == np.int64 and ds.x.shape[1] == 20 and ds.num_classes == 80
+    assert ds.x.max() < 80 and ds.x_test is not None and ds.y_test is not None
+    # Targets are the inputs shifted by one character, across sequence boundaries too.
+    stream_x = np.concatenate([ds.x.ravel(), ds.x_test.ravel()])
+    stream_y = np.concatenate([ds.y.ravel(), ds.y_test.ravel()])
+    assert np.array_equal(stream_x[1:], stream_y[:-1])
+    assert len(ds.x_test) == round(0.1 * (len(ds.x) + len(ds.x_test)))  # the last 10%
+
+
+def test_contiguous_partitioner_and_sequence_targets() -> None:
+    from fedsim.errors import ScenarioError
+
+    cfg = DataConfig.model_validate(
+        {
+            "dataset": {"name": "text", "max_chars": 8000},
+            "num_clients": 3,
+            "partitioner": "contiguous",
+        }
+    )
+    fed = federated_data(cfg, 0)
+    assert [p[0] for p in fed.parts] == [
+        0,
+        len(fed.parts[0]),
+        len(fed.parts[0]) + len(fed.parts[1]),
+    ]
+    assert np.array_equal(np.concatenate(fed.parts), np.arange(len(fed.y)))
+    bad = DataConfig.model_validate(
+        {
+            "dataset": {"name": "text", "max_chars": 8000},
+            "num_clients": 3,
+            "partitioner": "dirichlet",
+        }
+    )
+    with pytest.raises(ScenarioError, match="needs one label per example"):
+        federated_data(bad, 0)

@@ -52,11 +52,12 @@ def reference_lstm(x, params, masks, p, layers):  # type: ignore[no-untyped-def]
     return inp, torch.stack(hs_n), torch.stack(cs_n)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "step-loop+gathered"])
 @pytest.mark.parametrize(("layers", "p"), [(1, 0.3), (2, 0.5), (3, 0.65)])
-def test_given_masks_match_the_masked_dense_reference(layers: int, p: float) -> None:
+def test_given_masks_match_the_masked_dense_reference(layers: int, p: float, fused: bool) -> None:
     torch.manual_seed(layers)
     b, t, i, h = 4, 6, 3, 5
-    lstm = StructuredDropoutLSTM(i, h, layers, dropout=p).train()
+    lstm = StructuredDropoutLSTM(i, h, layers, dropout=p, fused=fused).train()
     masks = torch.rand(layers, t, h) >= p
     x = torch.randn(b, t, i, requires_grad=True)
     out, (hn, cn) = lstm(x, masks=masks)

@@ -48,3 +48,29 @@ def test_user_models_by_decorator_and_import_path() -> None:
     assert isinstance(build_model("test-linear", {}, (4,), 2), nn.Sequential)
     imported = build_model("fedsim.models.mlp:mlp", {"hidden": [3]}, (4,), 2)
     assert imported[1].out_features == 3
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_charlm_logits_layout(dropout: float) -> None:
+    torch.manual_seed(0)
+    model = build_model("charlm", {"hidden": 16, "dropout": dropout}, (12,), 80)
+    x = torch.randint(0, 80, (3, 12))
+    for mode in (model.train, model.eval):
+        mode()
+        out = model(x)
+        assert out.shape == (3, 80, 12)  # (B, V, T) for cross-entropy against (B, T)
+    torch.nn.functional.cross_entropy(out, x).backward()
+
+
+def test_charlm_gathered_decoder_equals_dense() -> None:
+    """With the same masks, the decoder on kept columns gives the dense decoder's logits."""
+    from fedsim.models.charlm import GATHER_MIN_BATCH
+
+    torch.manual_seed(1)
+    model = build_model("charlm", {"hidden": 16, "dropout": 0.5}, (9,), 80).train()
+    x = torch.randint(0, 80, (GATHER_MIN_BATCH, 9))
+    gathered = model(x)
+    masks = model.lstm.last_masks
+    out, _ = model.lstm(model.emb(x), masks=masks)
+    dense = model.dec(out).permute(0, 2, 1)
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,79 @@
+"""Character-level LSTM language model (LEAF Shakespeare shape by default)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedsim.kernels import StructuredDropoutLSTM, gathered_linear
+from fedsim.models import IncompatibleDataError, register_model
+
+# Below this batch size the per-step gathered decoder GEMMs (B rows each) run so far
+# below the throughput of one dense (B·T)-row GEMM that gathering loses time on CPU
+# (docs/benchmarks.md: 0.65-0.95x at B = 20, 1.13-1.26x at B = 64 for p >= 0.5), and
+# below this drop rate too little is skipped (0.90x at B = 64, p = 0.3).
+GATHER_MIN_BATCH = 48
+GATHER_MIN_P = 0.4
+
+
+class CharLM(nn.Module):
+    """Embedding -> structured-dropout LSTM -> decoder over every position.
+
+    In training with structured dropout of at least :data:`GATHER_MIN_P` and batches
+    of at least :data:`GATHER_MIN_BATCH` sequences (where it pays on CPU), the decoder
+    reads only the kept units of each step (:func:`~fedsim.kernels.gathered_linear`),
+    so its forward and backward GEMMs shrink with the keep ratio too. Logits are (B, V, T)
+    (time major (T, B, V) with ``time_major=True``), ready for a cross-entropy against
+    (B, T) targets.
+    """
+
+    def __init__(
+        self,
+        vocab: int,
+        embed: int = 8,
+        hidden: int = 256,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        per_element: bool = False,
+        time_major: bool = False,
+    ) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, embed)
+        self.lstm = StructuredDropoutLSTM(
+            embed, hidden, num_layers, dropout, per_element=per_element
+        )
+        self.dec = nn.Linear(hidden, vocab)
+        self.time_major = time_major
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for next-token prediction at every position of ``x`` (B, T)."""
+        out, _ = self.lstm(self.emb(x))  # (B, T, H), dropped units are zero
+        masks = self.lstm.last_masks
+        gather = (
+            x.shape[0] >= GATHER_MIN_BATCH
+            and self.lstm.dropout >= GATHER_MIN_P
+            and not self.lstm.per_element
+        )
+        if masks is not None and gather and self.lstm.dp_capture is None:
+            logits = gathered_linear(out, masks[-1], self.dec.weight, self.dec.bias)  # (T, B, V)
+        else:  # eval, per-element dropout, or a DP pass (the decoder's kernel needs its hook)
+            logits = self.dec(out).transpose(0, 1)
+        return logits if self.time_major else logits.permute(1, 2, 0)
+
+
+@register_model("charlm")
+def charlm(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    embed: int = 8,
+    hidden: int = 256,
+    num_layers: int = 2,
+    dropout: float = 0.0,
+    per_element: bool = False,
+) -> nn.Module:
+    """Character LSTM LM for token sequences (T,); ``num_classes`` is the vocabulary."""
+    if len(input_shape) != 1:
+        raise IncompatibleDataError(
+            f"'charlm' needs token sequences of shape (T,), got {input_shape}"
+        )
+    return CharLM(num_classes, embed, hidden, num_layers, dropout, per_element)
