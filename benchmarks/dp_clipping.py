@@ -17,12 +17,11 @@ Prints a table and, last, ``worst_fast_over_nonprivate: X``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved_medians
 from torch import nn
 
 from fedsim.clients.dp import PrivateGradient
@@ -123,26 +122,6 @@ def step_fn(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Ca
         opt.step()
 
     return private
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
-) -> dict[str, float]:
-    """Median seconds per call of each function, timed round-robin.
-
-    Interleaving gives every mode the same share of the shared machine's background
-    load, so the ratios between them are fair even when absolute times drift.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:

@@ -22,12 +22,11 @@ Last line: ``speedup_vs_torch_lstm_p0.5: X`` (PTB-medium, B = 64).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved_medians
 from torch import nn
 
 from fedsim.models.charlm import CharLM
@@ -72,20 +71,6 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
         opt.step()
 
     return step
-
-
-def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds per call, timed round-robin after two warm-up calls each."""
-    for fn in fns.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
