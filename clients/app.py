@@ -24,14 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
+from fedsim.clients import curvature  # noqa: F401  (registers the curvature step)
 from fedsim.clients.dp import PrivateGradient, spend
-from fedsim.clients.steps import select_step
+from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, plain_gradient, train_local
 from fedsim.data.federated import federated_data
 from fedsim.evaluation import evaluate_model
@@ -50,6 +51,7 @@ class _Job:
     y: NDArray[np.int64]
     model: nn.Module
     server_round: int
+    extras: dict[str, np.ndarray]
 
 
 def _job(msg: Message, context: Context, purpose: int) -> _Job:
@@ -75,9 +77,14 @@ def _job(msg: Message, context: Context, purpose: int) -> _Job:
     model = build_model(
         scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
     )
-    arrays = next(iter(msg.content.array_records.values()))
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return _Job(scenario, pid, x, y, model, server_round)
+    records = msg.content.array_records
+    arrays = records.get(wire.ARRAYS) or next(iter(records.values()))
+    # Strategies may ship extra arrays beside the model (prefixed keys, e.g. FedCurv's).
+    extras = {k: v.numpy() for k, v in arrays.items() if k.startswith(wire.CURV_PREFIX)}
+    model.load_state_dict(
+        {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k not in extras}
+    )
+    return _Job(scenario, pid, x, y, model, server_round, extras)
 
 
 @app.train()
@@ -86,8 +93,9 @@ def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     job = _job(msg, context, purpose=0)
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
-    step = select_step(config)(config, job.model)
     cfg = job.scenario.client
+    inputs = StepInputs(config, job.model, job.extras, context.state, cfg.batch_size)
+    step = select_step(config)(inputs)
     generator = torch.Generator().manual_seed(int(torch.initial_seed()))
     gradient: Gradient = plain_gradient
     if cfg.dp is not None:
@@ -107,6 +115,9 @@ def train(msg: Message, context: Context) -> Message:
         rate = min(cfg.batch_size, len(job.y)) / len(job.y)
         metrics[wire.EPSILON] = spend(context.state, cfg.dp, rate, result.steps)
     arrays = ArrayRecord(job.model.state_dict())
+    xt, yt = torch.from_numpy(job.x), torch.from_numpy(job.y)
+    for key, value in step.finish(job.model, xt, yt).items():
+        arrays[key] = Array(np.ascontiguousarray(value))
     return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=msg)
 
 

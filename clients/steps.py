@@ -10,10 +10,13 @@ data loss and an optional penalty on the parameters; the loop in
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from flwr.app import RecordDict
 from torch import nn
 
 from fedsim import wire
@@ -21,21 +24,41 @@ from fedsim.errors import UnknownNameError
 from fedsim.registry import Registry
 
 
-class LocalStep:
-    """Plain empirical risk minimisation with cross-entropy.
+@dataclass(frozen=True)
+class StepInputs:
+    """What a step may read when a train message arrives.
 
-    Parameters
+    Attributes
     ----------
     config : mapping
         The train message's config record.
     global_model : nn.Module
-        The model as received from the server (not trained; steps may anchor to it).
+        The model as received (a copy; steps may anchor to it).
+    extras : mapping of str to ndarray
+        Arrays the server sent besides the model (e.g. FedCurv's sums).
+    state : RecordDict
+        The node's persistent ``context.state``.
+    batch_size : int
+        The client's ``client.batch_size``.
+
+    The model is the one about to be trained: read it in ``__init__`` (copy what must
+    stay fixed, as the proximal step does with its anchor).
     """
+
+    config: Mapping[str, Any]
+    global_model: nn.Module
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    state: RecordDict = field(default_factory=RecordDict)
+    batch_size: int = 32
+
+
+class LocalStep:
+    """Plain empirical risk minimisation with cross-entropy."""
 
     trigger_key: ClassVar[str | None] = None
 
-    def __init__(self, config: Mapping[str, Any], global_model: nn.Module) -> None:
-        self.config = config
+    def __init__(self, inputs: StepInputs) -> None:
+        self.config = inputs.config
 
     def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Return the per-example losses, shape (B,).
@@ -51,16 +74,20 @@ class LocalStep:
         """Return a scalar added to the mean batch loss, or None."""
         return None
 
+    def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+        """After training: extra arrays for the reply (and any state to keep)."""
+        return {}
+
 
 class ProximalStep(LocalStep):
     """FedProx: add (mu/2)·||w - w_global||² (Li et al. 2020)."""
 
     trigger_key = wire.PROXIMAL_MU
 
-    def __init__(self, config: Mapping[str, Any], global_model: nn.Module) -> None:
-        super().__init__(config, global_model)
-        self.mu = float(config[wire.PROXIMAL_MU])
-        self.anchor = [p.detach().clone() for p in global_model.parameters()]
+    def __init__(self, inputs: StepInputs) -> None:
+        super().__init__(inputs)
+        self.mu = float(inputs.config[wire.PROXIMAL_MU])
+        self.anchor = [p.detach().clone() for p in inputs.global_model.parameters()]
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """Return the proximal term (None when mu is 0)."""

@@ -8,7 +8,6 @@ round (the engine's telemetry supplies participants, stragglers, bytes and time)
 
 from __future__ import annotations
 
-import inspect
 import random
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from fedsim.models import build_model
 from fedsim.outputs.metrics_log import MetricsLog
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
+from fedsim.scenario_loading import accepted_params
 from fedsim.strategies import STRATEGIES
 
 app = ServerApp()
@@ -56,7 +56,8 @@ def build_strategy(scenario: Scenario) -> Strategy:
         cls = STRATEGIES.get(scenario.strategy.name)
     except UnknownNameError as exc:
         raise ScenarioError([Problem("strategy.name", f"unknown strategy: {exc}")]) from None
-    accepted = inspect.signature(cls).parameters
+    # Follows **kwargs into the Flower base class, so subclasses get the defaults too.
+    accepted = accepted_params(cls) or []
     params = {
         k: v for k, v in strategy_defaults(scenario.data.num_clients).items() if k in accepted
     }

@@ -26,6 +26,11 @@ DATA_PATH: Final = "data-path"
 SERVER_ROUND: Final = "server-round"  # set by Flower's strategies
 LOCAL_STEP: Final = "local-step"  # name of the client step to run (default: inferred)
 PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
+CURV_LAMBDA: Final = "curv-lambda"  # FedCurv: penalty weight (selects the curvature step)
+CURV_FISHER: Final = "curv-fisher"  # FedCurv: "empirical" | "batch" Fisher estimate
+# FedCurv array keys, "<prefix><kind>.<parameter name>" in the one ArrayRecord of a
+# message: server -> client U, V, W (sums over other clients); client -> server F, FT.
+CURV_PREFIX: Final = "curv."
 
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients.steps import LocalStep, ProximalStep, select_step
+from fedsim.clients.steps import LocalStep, ProximalStep, StepInputs, select_step
 from fedsim.clients.training import num_local_steps, train_local
 from fedsim.scenario import ClientConfig
 
@@ -24,7 +24,7 @@ def test_step_selection() -> None:
 def test_proximal_penalty_value() -> None:
     """mu/2 * ||w - w0||^2 with w - w0 = 0.5 on all 4+1 parameters: 0.1/2 * 5 * 0.25."""
     model = nn.Linear(4, 1)
-    step = ProximalStep({wire.PROXIMAL_MU: 0.1}, model)
+    step = ProximalStep(StepInputs({wire.PROXIMAL_MU: 0.1}, model))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5)
@@ -52,7 +52,9 @@ def test_training_is_deterministic_given_the_generator() -> None:
     for _ in range(2):
         torch.manual_seed(0)
         model = nn.Linear(5, 2)
-        res = train_local(model, x, y, cfg, LocalStep({}, model), torch.Generator().manual_seed(1))
+        res = train_local(
+            model, x, y, cfg, LocalStep(StepInputs({}, model)), torch.Generator().manual_seed(1)
+        )
         weights.append(model.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
     assert res.samples == 3 * 64 and res.steps == 24
@@ -63,6 +65,10 @@ def test_training_reduces_loss() -> None:
     torch.manual_seed(0)
     model = nn.Linear(5, 2)
     cfg = ClientConfig(local_epochs=1, batch_size=8, optimizer={"lr": 0.5})
-    first = train_local(model, x, y, cfg, LocalStep({}, model), torch.Generator().manual_seed(1))
-    later = train_local(model, x, y, cfg, LocalStep({}, model), torch.Generator().manual_seed(2))
+    first = train_local(
+        model, x, y, cfg, LocalStep(StepInputs({}, model)), torch.Generator().manual_seed(1)
+    )
+    later = train_local(
+        model, x, y, cfg, LocalStep(StepInputs({}, model)), torch.Generator().manual_seed(2)
+    )
     assert later.mean_loss < first.mean_loss

@@ -57,3 +57,14 @@ def test_bad_params_are_scenario_errors(tiny: dict[str, Any]) -> None:
         assert exc.problems[0].key == "strategy.params.etta"
     else:
         raise AssertionError("no error")
+
+
+def test_fedsim_defaults_reach_strategies_that_forward_kwargs() -> None:
+    from fedsim.server import build_strategy
+
+    scenario = fedsim.load_scenario(
+        {"name": "x", "strategy": {"name": "examples.server_lr_fedavg:ServerLrFedAvg"}}
+    )
+    strategy = build_strategy(scenario)
+    assert strategy.fraction_evaluate == 0.0  # type: ignore[attr-defined]
+    assert strategy.min_available_nodes == scenario.data.num_clients  # type: ignore[attr-defined]
