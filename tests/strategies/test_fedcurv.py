@@ -138,3 +138,20 @@ def test_shipped_comparison_orders_the_variants(tmp_path: Path) -> None:
         r["rounds_to_target_mean"] is not None or r["reached_target"] == 0 for r in rows.values()
     )
     assert rows["fedcurv-large"]["final_acc_mean"] < 0.2  # stalls at chance level
+
+
+def test_batch_fisher_is_the_squared_mean_gradient_of_the_last_batch() -> None:
+    """OpenFL's estimate, kept for comparison: (∇ mean loss of the last batch)²."""
+    from fedsim.clients.curvature import batch_fisher
+
+    torch.manual_seed(1)
+    model = nn.Linear(5, 3).to(torch.float64)
+    x, y = torch.randn(20, 5, dtype=torch.float64), torch.randint(0, 3, (20,))
+
+    def ce(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, t, reduction="none")
+
+    got = batch_fisher(model, ce, x, y, batch=8)
+    ce(model(x[-8:]), y[-8:]).mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad.pow(2))
