@@ -25,6 +25,7 @@ from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
 from fedsim.kernels import clipped_gradient
+from fedsim.kernels.oracle import clipped_sum_of, per_example_grads_loop
 from fedsim.registry import Registry
 from fedsim.scenario import DPConfig
 
@@ -32,16 +33,15 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # A clipper fills p.grad with the clipped sum and returns the per-example losses (B,).
 Clipper = Callable[[nn.Module, LossFn, torch.Tensor, torch.Tensor, float], torch.Tensor]
 CLIPPERS: Registry[Callable[[nn.Module], Clipper]] = Registry("DP modes")
-EPS = 1e-6  # clipping factor min(1, C / (‖g‖ + EPS)), as Opacus
 
 
-def _weighted_sum(model: nn.Module, per_example: dict[str, torch.Tensor], max_norm: float) -> None:
-    """Clip materialised per-example gradients {name: (B, ...)} and sum into p.grad."""
-    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in per_example.values()))  # type: ignore[arg-type]
-    coef = (max_norm / (norms + EPS)).clamp(max=1.0)
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            p.grad = torch.tensordot(coef, per_example[name], dims=1).to(p.dtype)
+def _set_clipped_sum(
+    model: nn.Module, per_example: dict[str, torch.Tensor], max_norm: float
+) -> None:
+    """Clip materialised per-example gradients {name: (B, ...)} and sum them into p.grad."""
+    for name, grad in clipped_sum_of(per_example, max_norm).items():
+        param = model.get_parameter(name)
+        param.grad = grad.to(param.dtype)
 
 
 @CLIPPERS.register("fast", help="fedsim kernels: one forward/backward, no per-example gradients")
@@ -63,18 +63,9 @@ def naive(model: nn.Module) -> Clipper:
     def clip(
         m: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, c: float
     ) -> torch.Tensor:
-        params = {n: p for n, p in m.named_parameters() if p.requires_grad}
-        grads: dict[str, list[torch.Tensor]] = {n: [] for n in params}
-        losses = []
-        for i in range(x.shape[0]):
-            m.zero_grad(set_to_none=True)
-            loss = loss_fn(m(x[i : i + 1]), y[i : i + 1]).sum()
-            loss.backward()
-            losses.append(loss.detach())
-            for n, p in params.items():
-                grads[n].append(torch.zeros_like(p) if p.grad is None else p.grad.clone())
-        _weighted_sum(m, {n: torch.stack(v) for n, v in grads.items()}, c)
-        return torch.stack(losses)
+        _set_clipped_sum(m, per_example_grads_loop(m, loss_fn, x, y), c)
+        with torch.no_grad():
+            return loss_fn(m(x), y)
 
     return clip
 
@@ -93,7 +84,7 @@ def opacus_hooks(model: nn.Module) -> Clipper:
         losses.sum().backward()
         # Opacus attaches `grad_sample` (B, *shape) to every trainable parameter.
         samples = {n: p.grad_sample for n, p in m.named_parameters() if p.requires_grad}  # type: ignore[attr-defined]
-        _weighted_sum(m, samples, c)
+        _set_clipped_sum(m, samples, c)
         for p in m.parameters():
             p.grad_sample = None  # type: ignore[attr-defined]
         return losses.detach()
