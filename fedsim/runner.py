@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flwr.app import UserConfig
+
 from fedsim import wire
 from fedsim.data.federated import federated_data
 from fedsim.engine.registry import ENGINES
@@ -127,7 +129,10 @@ def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
     run_dir = _prepare_dir(Path(out_dir) if out_dir is not None else default_out_dir(scenario))
     resolved = run_dir / "scenario.resolved.yaml"
     resolved.write_text(to_yaml(scenario), encoding="utf-8")
-    run_config = {wire.RUN_SCENARIO: str(resolved.resolve()), wire.RUN_DIR: str(run_dir.resolve())}
+    run_config: UserConfig = {
+        wire.RUN_SCENARIO: str(resolved.resolve()),
+        wire.RUN_DIR: str(run_dir.resolve()),
+    }
 
     # The apps are imported here, not at module level: engines and apps stay independent.
     from fedsim.clients.app import app as client_app

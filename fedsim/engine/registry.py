@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from flwr.app import UserConfig
@@ -26,7 +25,7 @@ class Engine(Protocol):
         """Run the apps; the ServerApp writes the run's outputs."""
 
 
-ENGINES: Registry[Callable[..., None]] = Registry("engines")
+ENGINES: Registry[Engine] = Registry("engines")
 
 
 def _register_builtin() -> None:
