@@ -18,7 +18,8 @@ def report(exc: FedsimError) -> None:
     """Print an error as one line per problem (no traceback)."""
     lines = exc.lines() if isinstance(exc, ScenarioError) else [str(exc)]
     for line in lines:
-        stderr.print(f"[bold red]error:[/] {line}", markup=True)
+        # soft_wrap: an error stays one line however narrow the terminal.
+        stderr.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
 
 
 @contextmanager

@@ -40,8 +40,9 @@ def run(
         console.print(
             f"final accuracy {s['final_eval_accuracy']:.4f} (best {s['best_eval_accuracy']:.4f}), "
             f"virtual time {s['virtual_time_s']:.1f} s, stragglers {s['stragglers']}, "
-            f"failures {s['failures']}"
+            f"failures {s['failures']}",
+            soft_wrap=True,  # one line whatever the terminal width (scripts grep it)
         )
     else:
         console.print(markdown_table(result.table), markup=False, soft_wrap=True)
-    console.print(f"run directory: {result.out_dir}")
+    console.print(f"run directory: {result.out_dir}", soft_wrap=True)

@@ -24,6 +24,6 @@ def validate(
             report(exc)
             failed = True
             continue
-        stderr.print(f"{path}: ok ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+        stderr.print(f"{path}: ok ({len(runs)} run{'s' if len(runs) != 1 else ''})", soft_wrap=True)
     if failed:
         raise typer.Exit(USAGE_ERROR)
