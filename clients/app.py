@@ -12,6 +12,8 @@ train
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
     spent so far at ``client.dp.delta``).
+query.labels
+    Replies with ``metrics``: ``labels``, the distinct labels of the node's data.
 evaluate
     Receives ``arrays``; replies with ``metrics``: ``num-examples``, ``eval-loss``,
     ``eval-accuracy`` on the node's own data.
@@ -30,11 +32,11 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients import curvature  # noqa: F401  (registers the curvature step)
+from fedsim.clients import curvature, positive  # noqa: F401  (register their steps)
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, plain_gradient, train_local
-from fedsim.data.federated import federated_data
+from fedsim.data.federated import FederatedData, federated_data
 from fedsim.evaluation import evaluate_model
 from fedsim.models import build_model
 from fedsim.run_config import scenario_from_run_config
@@ -52,10 +54,11 @@ class _Job:
     model: nn.Module
     server_round: int
     extras: dict[str, np.ndarray]
+    missing: frozenset[str]
 
 
-def _job(msg: Message, context: Context, purpose: int) -> _Job:
-    """Resolve scenario, data partition and received model; seed this job's RNG."""
+def _partition(context: Context) -> tuple[Scenario, int, FederatedData]:
+    """Resolve the scenario, this node's partition id and the federated data."""
     scenario = scenario_from_run_config(context.run_config)
     pid = int(context.node_config[wire.PARTITION_ID])
     n_parts = int(context.node_config.get(wire.NUM_PARTITIONS, scenario.data.num_clients))
@@ -64,7 +67,12 @@ def _job(msg: Message, context: Context, purpose: int) -> _Job:
             f"node config {wire.PARTITION_ID}={pid}, {wire.NUM_PARTITIONS}={n_parts} does not "
             f"fit data.num_clients={scenario.data.num_clients}"
         )
-    data = federated_data(scenario.data, scenario.seed)
+    return scenario, pid, federated_data(scenario.data, scenario.seed)
+
+
+def _job(msg: Message, context: Context, purpose: int) -> _Job:
+    """Resolve scenario, data partition and received model; seed this job's RNG."""
+    scenario, pid, data = _partition(context)
     x, y = data.client_arrays(pid)
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
@@ -79,12 +87,19 @@ def _job(msg: Message, context: Context, purpose: int) -> _Job:
     )
     records = msg.content.array_records
     arrays = records.get(wire.ARRAYS) or next(iter(records.values()))
-    # Strategies may ship extra arrays beside the model (prefixed keys, e.g. FedCurv's).
-    extras = {k: v.numpy() for k, v in arrays.items() if k.startswith(wire.CURV_PREFIX)}
-    model.load_state_dict(
-        {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k not in extras}
-    )
-    return _Job(scenario, pid, x, y, model, server_round, extras)
+    own = set(model.state_dict())
+    # Strategies may ship extra arrays beside the model (FedCurv's sums, FedAwS's row)
+    # and withhold model arrays (FedAwS's class embeddings): a local step handles both.
+    extras = {k: v.numpy() for k, v in arrays.items() if k not in own}
+    received = {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k in own}
+    model.load_state_dict(received, strict=False)
+    return _Job(scenario, pid, x, y, model, server_round, extras, frozenset(own - set(received)))
+
+
+def _check_complete(missing: frozenset[str], filled: frozenset[str] = frozenset()) -> None:
+    """Refuse to run a model whose arrays the server neither sent nor a step supplies."""
+    if missing - filled:
+        raise ValueError(f"the message lacks model arrays {sorted(missing - filled)}")
 
 
 @app.train()
@@ -96,6 +111,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = job.scenario.client
     inputs = StepInputs(config, job.model, job.extras, context.state, cfg.batch_size)
     step = select_step(config)(inputs)
+    _check_complete(job.missing, step.withheld)
     generator = torch.Generator().manual_seed(int(torch.initial_seed()))
     gradient: Gradient = plain_gradient
     if cfg.dp is not None:
@@ -115,6 +131,8 @@ def train(msg: Message, context: Context) -> Message:
         rate = min(cfg.batch_size, len(job.y)) / len(job.y)
         metrics[wire.EPSILON] = spend(context.state, cfg.dp, rate, result.steps)
     arrays = ArrayRecord(job.model.state_dict())
+    for key in step.withheld:  # arrays the algorithm keeps off the wire
+        del arrays[key]
     xt, yt = torch.from_numpy(job.x), torch.from_numpy(job.y)
     for key, value in step.finish(job.model, xt, yt).items():
         arrays[key] = Array(np.ascontiguousarray(value))
@@ -125,8 +143,17 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on the node's own data."""
     job = _job(msg, context, purpose=1)
+    _check_complete(job.missing)
     loss, acc = evaluate_model(job.model, job.x, job.y, job.scenario.client.eval_batch_size)
     metrics = MetricRecord(
         {wire.NUM_EXAMPLES: len(job.y), wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc}
     )
     return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
+
+
+@app.query(wire.QUERY_LABELS)
+def labels(msg: Message, context: Context) -> Message:
+    """Reply with the distinct labels this node holds (FedAwS asks once per node)."""
+    _, pid, data = _partition(context)
+    held = sorted({int(v) for v in np.unique(data.client_arrays(pid)[1])})
+    return Message(RecordDict({wire.METRICS: MetricRecord({wire.LABELS: held})}), reply_to=msg)

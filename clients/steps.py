@@ -56,6 +56,9 @@ class LocalStep:
     """Plain empirical risk minimisation with cross-entropy."""
 
     trigger_key: ClassVar[str | None] = None
+    # Model arrays the server does not send in full and the reply must not carry
+    # (the step fills them from its extras and returns what it may in ``finish``).
+    withheld: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, inputs: StepInputs) -> None:
         self.config = inputs.config

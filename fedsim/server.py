@@ -105,6 +105,10 @@ class RoundRecorder:
             "eval_accuracy": acc,
         }
         record.update(self.telemetry.pop().as_record())
+        diagnostics = getattr(self.model, "diagnostics", None)
+        if evaluate and callable(diagnostics):
+            # Model-specific numbers (e.g. how spread out class embeddings are).
+            record["diagnostics"] = diagnostics()
         self.log.append(record)
         if loss is None or acc is None:
             return None

@@ -31,6 +31,16 @@ CURV_FISHER: Final = "curv-fisher"  # FedCurv: "empirical" | "batch" Fisher esti
 # FedCurv array keys, "<prefix><kind>.<parameter name>" in the one ArrayRecord of a
 # message: server -> client U, V, W (sums over other clients); client -> server F, FT.
 CURV_PREFIX: Final = "curv."
+# FedAwS: the class a client holds and the one class-embedding row it may see (never
+# the whole matrix). Config: the class, the positive margin, whether to train the row;
+# array key (both directions): the row.
+FEDAWS_CLASS: Final = "fedaws-class"
+FEDAWS_POSITIVE_MARGIN: Final = "fedaws-positive-margin"
+FEDAWS_TRAIN_ROW: Final = "fedaws-train-row"
+FEDAWS_ROW: Final = "fedaws.row"
+
+# Query actions (message type "query.<action>").
+QUERY_LABELS: Final = "labels"  # reply metrics: LABELS, the distinct labels the node holds
 
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"
@@ -40,3 +50,4 @@ DURATION_S: Final = "duration-s"  # wall-clock seconds of local work
 EVAL_LOSS: Final = "eval-loss"
 EVAL_ACCURACY: Final = "eval-accuracy"
 EPSILON: Final = "epsilon"  # DP-SGD: the client's privacy spent so far (at its delta)
+LABELS: Final = "labels"  # reply to a labels query: list of ints

@@ -72,7 +72,7 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "unknown-model",
         _with("model.name", "resnet"),
-        "model.name: unknown model: 'resnet' is not one of: charlm, cnn, cnn1d, lstm, mlp",
+        "model.name: unknown model: 'resnet' is not one of: charlm, cnn, cnn1d, cosine, lstm, mlp",
     ),
     (
         "unknown-dataset",

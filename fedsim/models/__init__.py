@@ -59,4 +59,4 @@ class IncompatibleDataError(ValueError):
 
 
 # Built-in models register themselves on import.
-from fedsim.models import charlm, cnn, lstm, mlp  # noqa: E402, F401
+from fedsim.models import charlm, cnn, cosine, lstm, mlp  # noqa: E402, F401

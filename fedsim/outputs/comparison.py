@@ -46,7 +46,18 @@ def comparison_rows(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[d
                 "reached_target": sum(s["rounds_to_target"] is not None for s in summaries),
             }
         )
+        keys = sorted({k for s in summaries for k in s.get("diagnostics") or {}})
+        for key in keys:  # model diagnostics: their mean over seeds
+            rows[-1][f"{key}_mean"] = _mean(
+                [(s.get("diagnostics") or {}).get(key) for s in summaries]
+            )
     return rows
+
+
+def columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The fixed columns, then any diagnostic columns some row has."""
+    extra = sorted({k for r in rows for k in r if k not in COLUMNS})
+    return [*COLUMNS, *extra]
 
 
 def _fmt(value: Any) -> str:
@@ -59,8 +70,9 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render comparison rows as a Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -68,7 +80,7 @@ def write_comparison(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[
     """Write ``comparison.csv`` and ``comparison.md``."""
     csv_path, md_path = out_dir / "comparison.csv", out_dir / "comparison.md"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns(rows))
         writer.writeheader()
         writer.writerows(rows)
     md_path.write_text(markdown_table(rows), encoding="utf-8")

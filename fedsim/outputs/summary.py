@@ -49,6 +49,8 @@ def summarize(
         "failures": total("failures"),
         "bytes_up": total("bytes_up"),
         "bytes_down": total("bytes_down"),
+        # Model diagnostics of the last evaluated round (e.g. embedding_mean_cosine).
+        "diagnostics": last.get("diagnostics") or {},
         # DP-SGD: the largest privacy spend of any client (null without DP).
         "epsilon": max(
             (r["epsilon"] for r in records if r.get("epsilon") is not None), default=None

@@ -1,4 +1,4 @@
-"""Every registered Flower strategy runs a round through the in-process grid."""
+"""Every registered strategy runs a round through the in-process grid."""
 
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ PARAMS: dict[str, dict[str, Any]] = {
     "fedtrimmedavg": {"beta": 0.25},
     "qfedavg": {"client_learning_rate": 0.1},
 }
+# Strategies that need a particular model or split (one-class needs a client per class).
+SCENARIO: dict[str, dict[str, Any]] = {
+    "fedaws": {
+        "data": {"dataset": "digits", "num_clients": 10, "partitioner": "one-class"},
+        "model": {"name": "cosine"},
+    },
+}
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
 def test_strategy_runs(name: str, tiny: dict[str, Any], tmp_path: Path) -> None:
     tiny["rounds"] = 1
     tiny["strategy"] = {"name": name, "params": PARAMS.get(name, {})}
+    tiny.update(SCENARIO.get(name, {}))
     result = fedsim.run(fedsim.load_scenario(tiny), tmp_path)
-    assert result.metrics[-1]["participants"] == 4
+    assert result.metrics[-1]["participants"] == tiny["data"]["num_clients"]
     assert result.summary["final_eval_accuracy"] is not None
