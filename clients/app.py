@@ -11,7 +11,8 @@ train
     whatever selects a local step, see :mod:`fedsim.clients.steps`). Replies with the
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
-    spent so far at ``client.dp.delta``).
+    spent so far at ``client.dp.delta``). A step that does not train (AGC's coded
+    gradient, selected by ``agc-d``) replies with its own arrays instead of the model.
 evaluate
     Receives ``arrays``; replies with ``metrics``: ``num-examples``, ``eval-loss``,
     ``eval-accuracy`` on the node's own data.
@@ -30,7 +31,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients import curvature  # noqa: F401  (registers the curvature step)
+from fedsim.clients import coded, curvature  # noqa: F401  (register their steps)
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, plain_gradient, train_local
@@ -94,7 +95,9 @@ def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context, purpose=0)
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
     cfg = job.scenario.client
-    inputs = StepInputs(config, job.model, job.extras, context.state, cfg.batch_size)
+    inputs = StepInputs(
+        config, job.model, job.extras, context.state, cfg.batch_size, job.scenario, job.partition_id
+    )
     step = select_step(config)(inputs)
     generator = torch.Generator().manual_seed(int(torch.initial_seed()))
     gradient: Gradient = plain_gradient
@@ -102,10 +105,12 @@ def train(msg: Message, context: Context) -> Message:
         noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
         expected = float(min(cfg.batch_size, len(job.y)))  # q·n with q = batch / n
         gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
-    result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient)
+    result = step.run(job.model, cfg, generator)
+    if result is None:
+        result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient)
     metrics = MetricRecord(
         {
-            wire.NUM_EXAMPLES: len(job.y),
+            wire.NUM_EXAMPLES: len(job.y) if result.num_examples is None else result.num_examples,
             wire.TRAIN_LOSS: result.mean_loss,
             wire.TRAIN_SAMPLES: result.samples,
             wire.DURATION_S: time.perf_counter() - start,
@@ -114,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.dp is not None:
         rate = min(cfg.batch_size, len(job.y)) / len(job.y)
         metrics[wire.EPSILON] = spend(context.state, cfg.dp, rate, result.steps)
-    arrays = ArrayRecord(job.model.state_dict())
+    arrays = ArrayRecord(job.model.state_dict()) if step.trains_model else ArrayRecord()
     xt, yt = torch.from_numpy(job.x), torch.from_numpy(job.y)
     for key, value in step.finish(job.model, xt, yt).items():
         arrays[key] = Array(np.ascontiguousarray(value))

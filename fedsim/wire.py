@@ -31,6 +31,13 @@ CURV_FISHER: Final = "curv-fisher"  # FedCurv: "empirical" | "batch" Fisher esti
 # FedCurv array keys, "<prefix><kind>.<parameter name>" in the one ArrayRecord of a
 # message: server -> client U, V, W (sums over other clients); client -> server F, FT.
 CURV_PREFIX: Final = "curv."
+# Approximate gradient coding (AGC): the sharing plan's c and d and the straggle
+# probability p the encoding weights assume; the reply's arrays are the encoded
+# gradient, "<prefix><parameter name>".
+AGC_C: Final = "agc-c"
+AGC_D: Final = "agc-d"
+AGC_P: Final = "agc-p"
+AGC_GRAD_PREFIX: Final = "agc.grad."
 
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"
