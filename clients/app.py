@@ -11,7 +11,8 @@ train
     whatever selects a local step, see :mod:`fedsim.clients.steps`). Replies with the
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
-    spent so far at ``client.dp.delta``).
+    spent so far at ``client.dp.delta``). A step that does not train (AGC's coded
+    gradient, selected by ``agc-d``) replies with its own arrays instead of the model.
 query.labels
     Replies with ``metrics``: ``labels``, the distinct labels of the node's data.
 evaluate
@@ -32,7 +33,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients import curvature, positive  # noqa: F401  (register their steps)
+from fedsim.clients import coded, curvature, positive  # noqa: F401  (register their steps)
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, plain_gradient, train_local
@@ -109,7 +110,9 @@ def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context, purpose=0)
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
     cfg = job.scenario.client
-    inputs = StepInputs(config, job.model, job.extras, context.state, cfg.batch_size)
+    inputs = StepInputs(
+        config, job.model, job.extras, context.state, cfg.batch_size, job.scenario, job.partition_id
+    )
     step = select_step(config)(inputs)
     _check_complete(job.missing, step.withheld)
     generator = torch.Generator().manual_seed(int(torch.initial_seed()))
@@ -118,10 +121,12 @@ def train(msg: Message, context: Context) -> Message:
         noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
         expected = float(min(cfg.batch_size, len(job.y)))  # q·n with q = batch / n
         gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
-    result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient)
+    result = step.run(job.model, cfg, generator)
+    if result is None:
+        result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient)
     metrics = MetricRecord(
         {
-            wire.NUM_EXAMPLES: len(job.y),
+            wire.NUM_EXAMPLES: len(job.y) if result.num_examples is None else result.num_examples,
             wire.TRAIN_LOSS: result.mean_loss,
             wire.TRAIN_SAMPLES: result.samples,
             wire.DURATION_S: time.perf_counter() - start,
@@ -130,8 +135,8 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.dp is not None:
         rate = min(cfg.batch_size, len(job.y)) / len(job.y)
         metrics[wire.EPSILON] = spend(context.state, cfg.dp, rate, result.steps)
-    arrays = ArrayRecord(job.model.state_dict())
-    for key in step.withheld:  # arrays the algorithm keeps off the wire
+    arrays = ArrayRecord(job.model.state_dict()) if step.trains_model else ArrayRecord()
+    for key in step.withheld & set(arrays):  # arrays the algorithm keeps off the wire
         del arrays[key]
     xt, yt = torch.from_numpy(job.x), torch.from_numpy(job.y)
     for key, value in step.finish(job.model, xt, yt).items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +22,10 @@ from torch import nn
 from fedsim import wire
 from fedsim.errors import UnknownNameError
 from fedsim.registry import Registry
+from fedsim.scenario import ClientConfig, Scenario
+
+if TYPE_CHECKING:  # training.py imports this module
+    from fedsim.clients.training import TrainResult
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,10 @@ class StepInputs:
         The node's persistent ``context.state``.
     batch_size : int
         The client's ``client.batch_size``.
+    scenario : Scenario, optional
+        The run's scenario (steps that need more of the node's data read it here).
+    partition_id : int
+        The node's ``partition-id``.
 
     The model is the one about to be trained: read it in ``__init__`` (copy what must
     stay fixed, as the proximal step does with its anchor).
@@ -50,6 +58,8 @@ class StepInputs:
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     state: RecordDict = field(default_factory=RecordDict)
     batch_size: int = 32
+    scenario: Scenario | None = None
+    partition_id: int = 0
 
 
 class LocalStep:
@@ -59,9 +69,18 @@ class LocalStep:
     # Model arrays the server does not send in full and the reply must not carry
     # (the step fills them from its extras and returns what it may in ``finish``).
     withheld: ClassVar[frozenset[str]] = frozenset()
+    # False for steps whose reply is computed at the received model (AGC's coded
+    # gradient): the reply then carries only ``finish``'s arrays, not the model.
+    trains_model: ClassVar[bool] = True
 
     def __init__(self, inputs: StepInputs) -> None:
         self.config = inputs.config
+
+    def run(
+        self, model: nn.Module, cfg: ClientConfig, generator: torch.Generator
+    ) -> TrainResult | None:
+        """Do the local work instead of the shared training loop (None: run the loop)."""
+        return None
 
     def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Return the per-example losses, shape (B,).

@@ -36,11 +36,14 @@ class TrainResult:
         Examples processed (an example seen in two epochs counts twice).
     steps : int
         Optimizer steps taken.
+    num_examples : float, optional
+        Examples the reply stands for (``num-examples``); None: the local dataset size.
     """
 
     mean_loss: float
     samples: int
     steps: int
+    num_examples: float | None = None
 
 
 def num_local_steps(num_examples: int, cfg: ClientConfig) -> int:

@@ -146,6 +146,9 @@ def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
         seed=scenario.seed,
         target_accuracy=scenario.output.target_accuracy,
     )
+    sharing = run_dir / "sharing.json"  # written by strategies with an offline phase
+    if sharing.exists():
+        summary.update(json.loads(sharing.read_text(encoding="utf-8")))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if scenario.output.plots:
         plot_run(records, run_dir / "plots", f"{scenario.name} ({run_label(scenario)})")

@@ -8,6 +8,7 @@ round (the engine's telemetry supplies participants, stragglers, bytes and time)
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from fedsim.scenario_loading import accepted_params
 from fedsim.strategies import STRATEGIES
 
 app = ServerApp()
+SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
 
 
 def strategy_defaults(num_clients: int) -> dict[str, Any]:
@@ -134,6 +136,14 @@ def main(grid: Grid, context: Context) -> None:
         scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
     )
     strategy = build_strategy(scenario)
+    offline = getattr(strategy, "offline_phase", None)
+    if callable(offline):  # a one-time data phase before round 1 (AGC's sharing plan)
+        try:
+            transfer = offline(data, scenario.seed)
+        except ValueError as exc:
+            raise ScenarioError([Problem("strategy.params", str(exc))]) from None
+        text = json.dumps(transfer, indent=2) + "\n"
+        (run_dir / SHARING_FILE).write_text(text, encoding="utf-8")
     recorder = RoundRecorder(scenario, data, grid, MetricsLog(run_dir))
     strategy.start(
         grid=grid,

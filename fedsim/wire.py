@@ -41,6 +41,13 @@ FEDAWS_ROW: Final = "fedaws.row"
 
 # Query actions (message type "query.<action>").
 QUERY_LABELS: Final = "labels"  # reply metrics: LABELS, the distinct labels the node holds
+# Approximate gradient coding (AGC): the sharing plan's c and d and the straggle
+# probability p the encoding weights assume; the reply's arrays are the encoded
+# gradient, "<prefix><parameter name>".
+AGC_C: Final = "agc-c"
+AGC_D: Final = "agc-d"
+AGC_P: Final = "agc-p"
+AGC_GRAD_PREFIX: Final = "agc.grad."
 
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"

@@ -45,3 +45,20 @@ def tiny() -> dict[str, Any]:
 def write_yaml(path: Path, data: Any) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+def block_data(sizes: list[int], features: int, num_classes: int, seed: int = 0) -> Any:
+    """Generated FederatedData: client k owns the k-th consecutive block of ``sizes``."""
+    import itertools
+
+    import numpy as np
+
+    from fedsim.data.federated import FederatedData
+
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    x = rng.random((n, features), dtype=np.float32)
+    y = rng.integers(0, num_classes, n).astype(np.int64)
+    bounds = np.cumsum([0, *sizes])
+    parts = [np.arange(a, b, dtype=np.int64) for a, b in itertools.pairwise(bounds)]
+    return FederatedData(x, y, parts, x[:2], y[:2], num_classes=num_classes)

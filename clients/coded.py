@@ -1,0 +1,74 @@
+"""AGC's client step: the encoded gradient of the examples this client holds.
+
+After the offline sharing phase (:mod:`fedsim.data.sharing`) client k holds its private
+examples ``P_k`` and the non-private examples ``S_k`` (its own and those received). At
+the received model it returns, without training,
+``e_k = Σ_{x∈P_k} g(x)/(1−p) + Σ_{x∈S_k} g(x)/(d(1−p))``, with ``g`` the gradient of
+the per-example loss, summed over all held examples in mini-batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsim import wire
+from fedsim.clients.steps import STEPS, LocalStep, StepInputs
+from fedsim.clients.training import TrainResult, batches
+from fedsim.data.federated import federated_data
+from fedsim.data.sharing import sharing_plan
+from fedsim.scenario import ClientConfig
+
+
+class CodedGradientStep(LocalStep):
+    """Encode the gradient over the held examples (selected by ``agc-d``)."""
+
+    trigger_key = wire.AGC_D
+    trains_model = False
+
+    def __init__(self, inputs: StepInputs) -> None:
+        super().__init__(inputs)
+        if inputs.scenario is None:
+            raise ValueError("the coded-gradient step needs the run's scenario")
+        scenario = inputs.scenario
+        c, d = float(inputs.config[wire.AGC_C]), int(inputs.config[wire.AGC_D])
+        self.p = float(inputs.config[wire.AGC_P])
+        plan = sharing_plan(scenario.data, scenario.seed, c, d)
+        idx, weights = plan.held(inputs.partition_id, self.p)
+        data = federated_data(scenario.data, scenario.seed)
+        self.x, self.y = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx])
+        self.weights = torch.from_numpy(weights).float()
+        self.gradient: dict[str, np.ndarray] = {}
+
+    def run(
+        self, model: nn.Module, cfg: ClientConfig, generator: torch.Generator
+    ) -> TrainResult | None:
+        """Accumulate ``Σ w(x)·g(x)`` over one pass of mini-batches; no optimizer step."""
+        model.train()
+        model.zero_grad(set_to_none=True)
+        n = len(self.y)
+        steps = math.ceil(n / min(cfg.batch_size, n)) if n else 0
+        loss_sum = 0.0
+        for idx in batches(n, cfg, steps, generator):  # one epoch: every example once
+            losses = self.data_loss(model(self.x[idx]), self.y[idx])
+            (losses * self.weights[idx]).sum().backward()  # grads add up across batches
+            loss_sum += float(losses.detach().sum())
+        self.gradient = {
+            f"{wire.AGC_GRAD_PREFIX}{name}": (
+                p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(p.shape)
+            ).astype(np.float32)
+            for name, p in model.named_parameters()
+        }
+        # The reply stands for Σ w·(1−p) examples: |P_k| + |S_k|/d.
+        effective = float(self.weights.double().sum()) * (1.0 - self.p)
+        return TrainResult(loss_sum / max(n, 1), n, 0, num_examples=effective)
+
+    def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+        """Return the encoded gradient (the reply's only arrays)."""
+        return self.gradient
+
+
+STEPS.add("coded-gradient", CodedGradientStep)
