@@ -12,6 +12,10 @@ train
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
     spent so far at ``client.dp.delta``).
+train.lasgd
+    An LASGD block (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
+    config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
+    ``context.state``), keeps the result and replies with it like ``train``.
 evaluate
     Receives ``arrays``; replies with ``metrics``: ``num-examples``, ``eval-loss``,
     ``eval-accuracy`` on the node's own data.
@@ -30,7 +34,10 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients import curvature  # noqa: F401  (registers the curvature step)
+from fedsim.clients import (
+    curvature,  # noqa: F401  (registers the curvature step)
+    lasgd,
+)
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, plain_gradient, train_local
@@ -54,8 +61,12 @@ class _Job:
     extras: dict[str, np.ndarray]
 
 
-def _job(msg: Message, context: Context, purpose: int) -> _Job:
-    """Resolve scenario, data partition and received model; seed this job's RNG."""
+def _job(msg: Message, context: Context, purpose: int, *, received_model: bool = True) -> _Job:
+    """Resolve scenario, data partition and received model; seed this job's RNG.
+
+    With ``received_model=False`` the model keeps its fresh initialisation: the caller
+    loads the weights itself (an LASGD worker computes them from its kept model).
+    """
     scenario = scenario_from_run_config(context.run_config)
     pid = int(context.node_config[wire.PARTITION_ID])
     n_parts = int(context.node_config.get(wire.NUM_PARTITIONS, scenario.data.num_clients))
@@ -77,13 +88,15 @@ def _job(msg: Message, context: Context, purpose: int) -> _Job:
     model = build_model(
         scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
     )
-    records = msg.content.array_records
-    arrays = records.get(wire.ARRAYS) or next(iter(records.values()))
-    # Strategies may ship extra arrays beside the model (prefixed keys, e.g. FedCurv's).
-    extras = {k: v.numpy() for k, v in arrays.items() if k.startswith(wire.CURV_PREFIX)}
-    model.load_state_dict(
-        {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k not in extras}
-    )
+    extras: dict[str, np.ndarray] = {}
+    if received_model:
+        records = msg.content.array_records
+        arrays = records.get(wire.ARRAYS) or next(iter(records.values()))
+        # Strategies may ship extra arrays beside the model (prefixed keys, e.g. FedCurv's).
+        extras = {k: v.numpy() for k, v in arrays.items() if k.startswith(wire.CURV_PREFIX)}
+        model.load_state_dict(
+            {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k not in extras}
+        )
     return _Job(scenario, pid, x, y, model, server_round, extras)
 
 
@@ -91,7 +104,28 @@ def _job(msg: Message, context: Context, purpose: int) -> _Job:
 def train(msg: Message, context: Context) -> Message:
     """Run local training with the step the server asked for."""
     start = time.perf_counter()
-    job = _job(msg, context, purpose=0)
+    return _train(_job(msg, context, purpose=0), msg, context, start)
+
+
+@app.train(wire.LASGD_ACTION)
+def train_lasgd_block(msg: Message, context: Context) -> Message:
+    """One LASGD block: merge what arrived into the kept model, train, keep, reply.
+
+    The reply's arrays are the block's snapshot (the model after its local steps); the
+    worker keeps that model in ``context.state`` and computes on from it next block.
+    """
+    start = time.perf_counter()
+    job = _job(msg, context, purpose=0, received_model=False)
+    config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
+    offset = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
+    lasgd.load_merged(job.model, context.state, float(config[wire.LASGD_SCALE]), offset)  # type: ignore[arg-type]
+    reply = _train(job, msg, context, start)
+    lasgd.keep(context.state, job.model)  # only after training: a failed block changes nothing
+    return reply
+
+
+def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
+    """Train ``job.model`` with the step the server asked for; reply with it and metrics."""
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
     cfg = job.scenario.client
     inputs = StepInputs(config, job.model, job.extras, context.state, cfg.batch_size)

@@ -31,6 +31,10 @@ CURV_FISHER: Final = "curv-fisher"  # FedCurv: "empirical" | "batch" Fisher esti
 # FedCurv array keys, "<prefix><kind>.<parameter name>" in the one ArrayRecord of a
 # message: server -> client U, V, W (sums over other clients); client -> server F, FT.
 CURV_PREFIX: Final = "curv."
+# LASGD: block messages are "train.<LASGD_ACTION>"; the worker merges x <- a*x + b with
+# a = LASGD_SCALE from the config and b the message's ArrayRecord (none: keep computing).
+LASGD_ACTION: Final = "lasgd"
+LASGD_SCALE: Final = "lasgd-scale"
 
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"
