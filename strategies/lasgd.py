@@ -196,7 +196,7 @@ class LASGD(Strategy):
     """
 
     def __init__(
-        self, *, alpha: float = 1.0, staleness: int | None = 4, eval_interval_s: float = 10.0
+        self, *, alpha: float = 1.0, staleness: int | None = None, eval_interval_s: float = 10.0
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")

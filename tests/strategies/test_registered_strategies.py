@@ -26,5 +26,7 @@ def test_strategy_runs(name: str, tiny: dict[str, Any], tmp_path: Path) -> None:
     tiny["rounds"] = 1
     tiny["strategy"] = {"name": name, "params": PARAMS.get(name, {})}
     result = fedsim.run(fedsim.load_scenario(tiny), tmp_path)
-    assert result.metrics[-1]["participants"] == 4
+    # Every client trained: once per round, or (asynchronous LASGD) at least once in the
+    # first evaluation interval.
+    assert result.metrics[-1]["participants"] >= 4
     assert result.summary["final_eval_accuracy"] is not None
