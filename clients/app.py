@@ -13,6 +13,10 @@ train
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
     spent so far at ``client.dp.delta``). A step that does not train (AGC's coded
     gradient, selected by ``agc-d``) replies with its own arrays instead of the model.
+train.lasgd
+    An LASGD block (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
+    config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
+    ``context.state``), keeps the result and replies with it like ``train``.
 query.labels
     Replies with ``metrics``: ``labels``, the distinct labels of the node's data.
 evaluate
@@ -33,7 +37,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients import coded, curvature, positive  # noqa: F401  (register their steps)
+from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, plain_gradient, train_local
@@ -71,8 +75,12 @@ def _partition(context: Context) -> tuple[Scenario, int, FederatedData]:
     return scenario, pid, federated_data(scenario.data, scenario.seed)
 
 
-def _job(msg: Message, context: Context, purpose: int) -> _Job:
-    """Resolve scenario, data partition and received model; seed this job's RNG."""
+def _job(msg: Message, context: Context, purpose: int, *, received_model: bool = True) -> _Job:
+    """Resolve scenario, data partition and received model; seed this job's RNG.
+
+    With ``received_model=False`` the model keeps its fresh initialisation: the caller
+    loads the weights itself (an LASGD worker computes them from its kept model).
+    """
     scenario, pid, data = _partition(context)
     x, y = data.client_arrays(pid)
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
@@ -86,6 +94,8 @@ def _job(msg: Message, context: Context, purpose: int) -> _Job:
     model = build_model(
         scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
     )
+    if not received_model:
+        return _Job(scenario, pid, x, y, model, server_round, {}, frozenset())
     records = msg.content.array_records
     arrays = records.get(wire.ARRAYS) or next(iter(records.values()))
     own = set(model.state_dict())
@@ -107,7 +117,28 @@ def _check_complete(missing: frozenset[str], filled: frozenset[str] = frozenset(
 def train(msg: Message, context: Context) -> Message:
     """Run local training with the step the server asked for."""
     start = time.perf_counter()
-    job = _job(msg, context, purpose=0)
+    return _train(_job(msg, context, purpose=0), msg, context, start)
+
+
+@app.train(wire.LASGD_ACTION)
+def train_lasgd_block(msg: Message, context: Context) -> Message:
+    """One LASGD block: merge what arrived into the kept model, train, keep, reply.
+
+    The reply's arrays are the block's snapshot (the model after its local steps); the
+    worker keeps that model in ``context.state`` and computes on from it next block.
+    """
+    start = time.perf_counter()
+    job = _job(msg, context, purpose=0, received_model=False)
+    config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
+    offset = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
+    lasgd.load_merged(job.model, context.state, float(config[wire.LASGD_SCALE]), offset)  # type: ignore[arg-type]
+    reply = _train(job, msg, context, start)
+    lasgd.keep(context.state, job.model)  # only after training: a failed block changes nothing
+    return reply
+
+
+def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
+    """Train ``job.model`` with the step the server asked for; reply with it and metrics."""
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
     cfg = job.scenario.client
     inputs = StepInputs(

@@ -168,7 +168,7 @@ class OptimizerConfig(Section):
     """The client's local optimizer."""
 
     name: Literal["sgd", "adam"] = "sgd"
-    lr: PositiveFloat = 0.05
+    lr: Annotated[float, Field(ge=0)] = 0.05  # 0 freezes local training (averaging alone)
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
 
@@ -269,6 +269,9 @@ class SystemConfig(Section):
     dropout_prob: Probability = 0.0
     failure_prob: Probability = 0.0
     deadline_s: PositiveFloat | None = None
+    # Pin a few persistently slow devices on top of the drawn speeds (nodes 0, 1, ...).
+    slow_nodes: Annotated[int, Field(ge=0)] = 0
+    slow_node_slowdown: Annotated[float, Field(ge=1)] = 4.0
 
     @field_validator("speed", "uplink_mbps", "downlink_mbps", mode="before")
     @classmethod

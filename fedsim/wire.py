@@ -49,6 +49,11 @@ AGC_D: Final = "agc-d"
 AGC_P: Final = "agc-p"
 AGC_GRAD_PREFIX: Final = "agc.grad."
 
+# LASGD: block messages are "train.<LASGD_ACTION>"; the worker merges x <- a*x + b with
+# a = LASGD_SCALE from the config and b the message's ArrayRecord (none: keep computing).
+LASGD_ACTION: Final = "lasgd"
+LASGD_SCALE: Final = "lasgd-scale"
+
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"
 TRAIN_LOSS: Final = "train-loss"

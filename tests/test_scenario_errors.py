@@ -175,7 +175,7 @@ def test_override_value_is_validated(tmp_path: Path) -> None:
     path = write_yaml(tmp_path / "ok.yaml", TINY)
     result = CliRunner().invoke(app, ["run", str(path), "--set", "client.optimizer.lr=-1"])
     assert result.exit_code == 2
-    assert "client.optimizer.lr: Input should be greater than 0" in result.output
+    assert "client.optimizer.lr: Input should be greater than or equal to 0" in result.output
 
 
 def test_incompatible_model_and_data(tmp_path: Path) -> None:

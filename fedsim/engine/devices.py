@@ -86,6 +86,9 @@ def sample_population(cfg: SystemConfig, num_nodes: int, seed: int) -> list[Devi
             ("downlink_mbps", cfg.downlink_mbps),
         )
     }
+    # Persistently slow devices (e.g. old phones) on top of the drawn distribution.
+    columns["speed"] = columns["speed"].astype(float)
+    columns["speed"][: cfg.slow_nodes] /= cfg.slow_node_slowdown
     return [
         DeviceProfile(float(s), float(u), float(d))
         for s, u, d in zip(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -161,11 +162,25 @@ class InProcessGrid(Grid):
         Replies already arrived are all returned; if none has, simulated time moves to
         the earliest arrival among those asked for. Replies never come for dropouts.
         """
+        return self.pull_messages_until(message_ids, math.inf)
+
+    def pull_messages_until(self, message_ids: Iterable[str], until_s: float) -> list[Message]:
+        """:meth:`pull_messages` that never moves simulated time past ``until_s``.
+
+        The virtual-clock form of polling with a timeout: if no reply among
+        ``message_ids`` arrives by ``until_s``, the clock moves to ``until_s`` and
+        nothing is returned. Asynchronous strategies use it to act at fixed simulated
+        times (central evaluation every so many seconds).
+        """
         wanted = set(message_ids)
         mine = [p for p in self._pending if p.message_id in wanted]
+        first = min((p.arrival for p in mine), default=math.inf)
+        if first > until_s:
+            self.clock.now = max(self.clock.now, until_s)
+            return []
         if not mine:
             return []
-        self.clock.now = max(self.clock.now, min(p.arrival for p in mine))
+        self.clock.now = max(self.clock.now, first)
         ready = [p for p in mine if p.arrival <= self.clock.now]
         ready_ids = {p.message_id for p in ready}
         self._pending = [p for p in self._pending if p.message_id not in ready_ids]

@@ -61,3 +61,14 @@ def test_population_distributions(tmp_path) -> None:  # type: ignore[no-untyped-
     speeds = np.array([d.speed for d in sample_population(logn, 4000, seed=0)])
     assert np.median(speeds) == pytest.approx(2.0, rel=0.05)
     assert np.std(np.log(speeds)) == pytest.approx(0.5, rel=0.05)
+
+
+def test_slow_nodes_divide_the_drawn_speed() -> None:
+    """The same draw, with the first two devices persistently 4x slower."""
+    base = {"speed": {"distribution": "lognormal", "sigma": 0.5}}
+    plain = sample_population(SystemConfig.model_validate(base), 6, seed=3)
+    slow = sample_population(
+        SystemConfig.model_validate({**base, "slow_nodes": 2, "slow_node_slowdown": 4.0}), 6, 3
+    )
+    ratio = [p.speed / s.speed for p, s in zip(plain, slow, strict=True)]
+    assert ratio == pytest.approx([4.0, 4.0, 1.0, 1.0, 1.0, 1.0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim import wire
@@ -105,6 +106,20 @@ def test_push_pull_hands_out_replies_in_virtual_time_order() -> None:
         ids.remove(replies[0].metadata.reply_to_message_id)
     assert [n for _, n in arrivals] == [1, 3, 0, 2]
     assert np.allclose([t for t, _ in arrivals], [2.5, 5.0, 10.0, 20.0], atol=1e-3)
+
+
+def test_pull_until_never_passes_its_time() -> None:
+    """Replies at 2.5, 5, 10, 20 s: polling until 4 s gets the first, then nothing with
+    the clock at 4 s; until 12 s gets the next (at 5 s) and leaves the clock there."""
+    grid = _grid(lambda m, c: _reply(m), speeds=[1.0, 4.0, 0.5, 2.0])
+    ids = list(grid.push_messages(_messages(grid)))
+    assert len(grid.pull_messages_until(ids, 4.0)) == 1
+    assert grid.virtual_time_s == pytest.approx(2.5, abs=1e-3)
+    assert grid.pull_messages_until(ids, 4.0) == []
+    assert grid.virtual_time_s == 4.0
+    (reply,) = grid.pull_messages_until(ids, 12.0)
+    assert reply.metadata.src_node_id - NODE_ID_OFFSET == 3
+    assert grid.virtual_time_s == pytest.approx(5.0, abs=1e-3)
 
 
 def test_contexts_persist_across_rounds() -> None:

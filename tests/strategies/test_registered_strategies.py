@@ -34,5 +34,7 @@ def test_strategy_runs(name: str, tiny: dict[str, Any], tmp_path: Path) -> None:
     tiny["strategy"] = {"name": name, "params": PARAMS.get(name, {})}
     tiny.update(SCENARIO.get(name, {}))
     result = fedsim.run(fedsim.load_scenario(tiny), tmp_path)
-    assert result.metrics[-1]["participants"] == tiny["data"]["num_clients"]
+    # Every client trained: once per round, or (asynchronous LASGD) at least once in the
+    # first evaluation interval.
+    assert result.metrics[-1]["participants"] >= tiny["data"]["num_clients"]
     assert result.summary["final_eval_accuracy"] is not None
