@@ -292,6 +292,7 @@ class OutputConfig(Section):
     target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
     evaluate_every: Annotated[int, Field(ge=1)] = 1
     plots: bool = True
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
 
 
 # ----------------------------------------------------------------------- scenario

@@ -14,6 +14,7 @@ import copy
 import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import (
     ArrayRecord,
@@ -199,6 +200,32 @@ class InProcessGrid(Grid):
         for _, reply in on_time:
             self._account(reply)
         return [r for _, r in on_time]
+
+    # ------------------------------------------------------------- checkpoints
+
+    def engine_state(self) -> dict[str, Any]:
+        """Return what a resumed run needs: node states, clock, counters, telemetry.
+
+        Taken between rounds, when no reply is in flight.
+        """
+        if self._pending:
+            raise RuntimeError("cannot checkpoint the grid while replies are in flight")
+        return {
+            "now": self.clock.now,
+            "dispatch": self._dispatch,
+            "seq": self._seq,
+            "telemetry": self.telemetry,
+            # Only nodes that keep something: most of a large population never trains.
+            "node_states": {n: c.state for n, c in self.contexts.items() if len(c.state)},
+        }
+
+    def restore_engine_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`engine_state` returned."""
+        self.clock.now = state["now"]
+        self._dispatch, self._seq = state["dispatch"], state["seq"]
+        self.telemetry = state["telemetry"]
+        for node, node_state in state["node_states"].items():
+            self.contexts[node].state = node_state
 
     # ---------------------------------------------------------------- internals
 
