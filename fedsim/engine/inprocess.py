@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +105,8 @@ class InProcessGrid(Grid):
         run_id: int = 1,
     ) -> None:
         self.client_app = client_app
-        self.contexts = dict(contexts)
+        # A NodeContexts stays lazy; any other mapping is copied as before.
+        self.contexts = contexts if isinstance(contexts, NodeContexts) else dict(contexts)
         self.devices = dict(devices)
         self.clock = clock
         self.deadline_s = deadline_s
@@ -216,7 +217,7 @@ class InProcessGrid(Grid):
             "seq": self._seq,
             "telemetry": self.telemetry,
             # Only nodes that keep something: most of a large population never trains.
-            "node_states": {n: c.state for n, c in self.contexts.items() if len(c.state)},
+            "node_states": {n: c.state for n, c in self._built_contexts() if len(c.state)},
         }
 
     def restore_engine_state(self, state: dict[str, Any]) -> None:
@@ -228,6 +229,12 @@ class InProcessGrid(Grid):
             self.contexts[node].state = node_state
 
     # ---------------------------------------------------------------- internals
+
+    def _built_contexts(self) -> Iterable[tuple[int, Context]]:
+        """The Contexts that exist (a lazy population's untouched nodes have none)."""
+        if isinstance(self.contexts, NodeContexts):
+            return list(self.contexts.built.items())
+        return list(self.contexts.items())
 
     def _dispatch_all(self, messages: Iterable[Message]) -> list[tuple[float, str, Message | None]]:
         """Handle every message of one dispatch; return (arrival, id, reply or None)."""
@@ -306,15 +313,51 @@ def _work(message: Message, reply: Message) -> float:
     return 0.0
 
 
-def node_contexts(num_nodes: int, run_config: UserConfig, run_id: int = 1) -> dict[int, Context]:
+class NodeContexts(Mapping[int, Context]):
+    """One persistent Context per node, built the first time the node is looked up.
+
+    A large population where each round samples a few nodes never builds the Contexts
+    of the nodes that are never sent a message (10,000 nodes at 1% per round build a
+    few hundred).
+
+    Parameters
+    ----------
+    num_nodes : int
+        Population size; node ids are ``NODE_ID_OFFSET + k`` for partition ``k``.
+    run_config : UserConfig
+        Flower's run config every Context carries (each gets its own copy).
+    run_id : int
+        Flower run id.
+    """
+
+    def __init__(self, num_nodes: int, run_config: UserConfig, run_id: int = 1) -> None:
+        self.num_nodes = num_nodes
+        self.run_config = dict(run_config)
+        self.run_id = run_id
+        self.built: dict[int, Context] = {}
+
+    def __getitem__(self, node_id: int) -> Context:
+        context = self.built.get(node_id)
+        if context is None:
+            k = node_id - NODE_ID_OFFSET
+            if not 0 <= k < self.num_nodes:
+                raise KeyError(node_id)
+            context = self.built[node_id] = Context(
+                run_id=self.run_id,
+                node_id=node_id,
+                node_config={wire.PARTITION_ID: k, wire.NUM_PARTITIONS: self.num_nodes},
+                state=RecordDict(),
+                run_config=dict(self.run_config),
+            )
+        return context
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(NODE_ID_OFFSET, NODE_ID_OFFSET + self.num_nodes))
+
+    def __len__(self) -> int:
+        return self.num_nodes
+
+
+def node_contexts(num_nodes: int, run_config: UserConfig, run_id: int = 1) -> NodeContexts:
     """One persistent Context per node, with Flower's partition keys in node_config."""
-    return {
-        NODE_ID_OFFSET + k: Context(
-            run_id=run_id,
-            node_id=NODE_ID_OFFSET + k,
-            node_config={wire.PARTITION_ID: k, wire.NUM_PARTITIONS: num_nodes},
-            state=RecordDict(),
-            run_config=dict(run_config),
-        )
-        for k in range(num_nodes)
-    }
+    return NodeContexts(num_nodes, run_config, run_id)
