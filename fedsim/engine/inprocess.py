@@ -52,12 +52,20 @@ def copy_content(content: RecordDict) -> RecordDict:
     """
     out = RecordDict()
     for key, record in content.items():
+        # Item by item into an empty record: ~5x faster than ArrayRecord(dict), which
+        # inspects its argument to pick one of its three constructors (flwr 1.41).
         if isinstance(record, ArrayRecord):
-            out[key] = ArrayRecord(dict(record.items()))
+            arrays = out[key] = ArrayRecord()
+            for name, array in record.items():
+                arrays[name] = array
         elif isinstance(record, ConfigRecord):
-            out[key] = ConfigRecord({k: copy.copy(v) for k, v in record.items()})
+            config = out[key] = ConfigRecord()
+            for name, value in record.items():
+                config[name] = copy.copy(value)
         elif isinstance(record, MetricRecord):
-            out[key] = MetricRecord({k: copy.copy(v) for k, v in record.items()})
+            metrics = out[key] = MetricRecord()
+            for name, metric in record.items():
+                metrics[name] = copy.copy(metric)
     return out
 
 
@@ -298,8 +306,11 @@ class InProcessGrid(Grid):
 
 
 def _metrics(reply: Message) -> MetricRecord:
-    records = list(reply.content.metric_records.values())
-    return records[0] if records else MetricRecord()
+    """The reply's first MetricRecord (``content.metric_records`` builds a new view per call)."""
+    for record in reply.content.values():
+        if isinstance(record, MetricRecord):
+            return record
+    return MetricRecord()
 
 
 def _work(message: Message, reply: Message) -> float:
