@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import statistics
 import tempfile
 import time
@@ -126,9 +127,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (Ray actors: 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # as the fedsim CLI does
     base = fedsim.load_scenario(WORKLOAD)
+    # One core for the clients on both engines: in-process runs them one after another,
+    # Ray gets one CPU and one 1-CPU actor (Flower's default, 2-CPU actors on this 2-core
+    # machine, also gives one actor at a time).
     ray = fedsim.load_scenario(
-        {**WORKLOAD, "engine": {"name": "ray", "num_cpus": 2, "object_store_mb": 256}}
+        {
+            **WORKLOAD,
+            "engine": {
+                "name": "ray",
+                "num_cpus": 1,
+                "client_resources": {"num_cpus": 1},
+                "object_store_mb": 256,
+            },
+        }
     )
     with tempfile.TemporaryDirectory(prefix="engine-overhead-") as tmp:
         root = Path(tmp)

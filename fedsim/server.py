@@ -33,6 +33,7 @@ from fedsim.checkpoint import (
     strategy_state,
 )
 from fedsim.data.federated import FederatedData, federated_data
+from fedsim.engine.counting_grid import CountingGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
 from fedsim.evaluation import evaluate_model
@@ -179,6 +180,8 @@ def main(grid: Grid, context: Context) -> None:
     """Run the scenario's strategy for ``rounds`` rounds (from a checkpoint if resuming)."""
     scenario = scenario_from_run_config(context.run_config)
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR, ".")))
+    if not isinstance(getattr(grid, "telemetry", None), Telemetry):
+        grid = CountingGrid(grid)  # Flower's grids (ray, deployment) count nothing
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))
     # Flower samples nodes with the global `random` module; seed everything up front.
     random.seed(scenario.seed)

@@ -32,7 +32,7 @@ from fedsim import wire
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.flower_compat import assign_message_id, empty_run
-from fedsim.engine.telemetry import Telemetry
+from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 
 ClientCallable = Callable[[Message, Context], Message]
 
@@ -67,13 +67,6 @@ def copy_content(content: RecordDict) -> RecordDict:
             for name, metric in record.items():
                 metrics[name] = copy.copy(metric)
     return out
-
-
-def content_bytes(message: Message) -> int:
-    """Bytes a message's payload would occupy on the wire."""
-    if not message.has_content():
-        return 0
-    return sum(record.count_bytes() for record in message.content.values())
 
 
 @dataclass(order=True)
@@ -182,7 +175,7 @@ class InProcessGrid(Grid):
         heapq.heapify(self._pending)
         replies = [p.reply for p in sorted(ready)]
         for reply in replies:
-            self._account(reply)
+            self.telemetry.count_delivered(reply)
         return replies
 
     def send_and_receive(
@@ -207,7 +200,7 @@ class InProcessGrid(Grid):
         self.telemetry.current.stragglers += late
         self.clock.now = cutoff if late else max(a for a, _ in on_time)
         for _, reply in on_time:
-            self._account(reply)
+            self.telemetry.count_delivered(reply)
         return [r for _, r in on_time]
 
     # ------------------------------------------------------------- checkpoints
@@ -281,41 +274,17 @@ class InProcessGrid(Grid):
             return t + self.clock.upload_s(device, 0), reply
         up = content_bytes(reply)
         self.telemetry.current.bytes_up += up
-        eps = _metrics(reply).get(wire.EPSILON)
+        eps = reply_metrics(reply).get(wire.EPSILON)
         if isinstance(eps, int | float):
             stats = self.telemetry.current
             stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
         t += self.clock.compute_s(device, _work(message, reply), fate)
         return t + self.clock.upload_s(device, up), reply
 
-    def _account(self, reply: Message) -> None:
-        """Count a reply handed to the strategy."""
-        stats = self.telemetry.current
-        if reply.has_error():
-            stats.failures += 1
-            self.telemetry.failure_reasons.append(reply.error.reason or "")
-            return
-        if not reply.metadata.message_type.startswith("train"):
-            return
-        stats.participants += 1
-        metrics = _metrics(reply)
-        loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
-        if isinstance(loss, int | float) and isinstance(n, int | float):
-            stats.train_loss_sum += float(loss) * float(n)
-            stats.train_examples += int(n)
-
-
-def _metrics(reply: Message) -> MetricRecord:
-    """The reply's first MetricRecord (``content.metric_records`` builds a new view per call)."""
-    for record in reply.content.values():
-        if isinstance(record, MetricRecord):
-            return record
-    return MetricRecord()
-
 
 def _work(message: Message, reply: Message) -> float:
     """Training examples' worth of compute a reply represents (drives the clock)."""
-    metrics = _metrics(reply)
+    metrics = reply_metrics(reply)
     kind = message.metadata.message_type
     if kind.startswith("train"):
         return float(metrics.get(wire.TRAIN_SAMPLES, metrics.get(wire.NUM_EXAMPLES, 0)))  # type: ignore[arg-type]

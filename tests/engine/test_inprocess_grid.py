@@ -140,3 +140,23 @@ def test_a_large_population_builds_contexts_only_for_nodes_it_uses() -> None:
     # A checkpoint carries only the nodes that keep something.
     assert sorted(grid.engine_state()["node_states"]) == chosen
     assert contexts[chosen[3]].state["seen"]["n"] == chosen[3] - NODE_ID_OFFSET
+
+
+def test_counting_grid_counts_what_the_in_process_grid_counts() -> None:
+    """Wrapped around the in-process grid (which counts for itself), the wrapper must agree."""
+    from fedsim.engine.counting_grid import CountingGrid
+
+    def flaky(msg: Message, ctx: Context) -> Message:
+        if int(ctx.node_config[wire.PARTITION_ID]) == 1:
+            raise RuntimeError("broken")
+        return _reply(msg, samples=10 + int(ctx.node_config[wire.PARTITION_ID]))
+
+    inner = _grid(flaky)
+    outer = CountingGrid(inner)
+    shared = RecordDict({"arrays": ArrayRecord([np.ones(3, dtype=np.float32)])})
+    replies = list(outer.send_and_receive(_messages(inner, shared)))
+    assert len(replies) == 4 and list(outer.get_node_ids()) == inner.get_node_ids()
+    mine, theirs = outer.telemetry.pop(), inner.telemetry.pop()
+    assert mine == theirs
+    assert (mine.participants, mine.failures, mine.train_examples) == (3, 1, 10 + 12 + 13)
+    assert mine.bytes_down == 4 * shared["arrays"].count_bytes() and mine.bytes_up > 0

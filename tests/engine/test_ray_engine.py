@@ -70,6 +70,12 @@ def test_fedavg_gives_the_same_weights_on_inprocess_and_ray(
     for key in a.files:
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6)
     assert [r["round"] for r in on_ray.metrics] == [0, 1, 2]
+    # Telemetry on Flower's grid (counted by the ServerApp's CountingGrid) agrees too.
+    for ray_round, local_round in zip(on_ray.metrics, in_process.metrics, strict=True):
+        assert ray_round["participants"] == local_round["participants"]
+        assert ray_round["bytes_up"] == local_round["bytes_up"]
+        assert ray_round["train_loss"] == pytest.approx(local_round["train_loss"], abs=1e-6)
+    assert on_ray.metrics[-1]["participants"] == 4
     # The engine really ran Ray (a Flower run log exists), and left no process behind.
     assert "Successfully started run" in (on_ray.run_dir / "flower" / "flwr_run.log").read_text()
     ((tree, sessions),) = started
