@@ -84,7 +84,7 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_same_metrics(tiny: dict[str, Any], tmp_path: Path) -> None:
     """A `fedsim run` subprocess is SIGKILLed mid-way after a checkpoint; `--resume` finishes it."""
-    tiny["rounds"] = 40
+    tiny["rounds"] = 24
     tiny["strategy"] = {"name": "fedadam", "params": {"fraction_train": 0.5, "eta": 0.05}}
     tiny["system"].update(straggle_prob=0.2, deadline_s=1.0)
     tiny["output"]["checkpoint_every"] = 3

@@ -40,7 +40,7 @@ def run(
     ] = None,
 ) -> None:
     """Run a scenario (every variant x seed) and write its run directory."""
-    console = Console()
+    console = Console(soft_wrap=True)  # paths and summaries stay on one line each
     if (scenario_file is None) == (resume_dir is None):
         stderr.print("[bold red]error:[/] give a SCENARIO file or --resume RUN_DIR (not both)")
         raise typer.Exit(USAGE_ERROR)
@@ -60,10 +60,11 @@ def run(
                 result = run_experiment(scenario, out, on_run_start=bar.run_started)
     if len(result.runs) == 1:
         s = result.runs[0].summary
+        # The ray engine has no virtual clock: its runs have no virtual time.
+        vt = "-" if s["virtual_time_s"] is None else f"{s['virtual_time_s']:.1f} s"
         console.print(
             f"final accuracy {s['final_eval_accuracy']:.4f} (best {s['best_eval_accuracy']:.4f}), "
-            f"virtual time {s['virtual_time_s']:.1f} s, stragglers {s['stragglers']}, "
-            f"failures {s['failures']}"
+            f"virtual time {vt}, stragglers {s['stragglers']}, failures {s['failures']}"
         )
     else:
         console.print(markdown_table(result.table), markup=False, soft_wrap=True)
