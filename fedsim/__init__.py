@@ -5,6 +5,7 @@ The public Python API::
     import fedsim
     scenario = fedsim.load_scenario("scenarios/quickstart.yaml")
     result = fedsim.run(scenario)            # one run -> RunResult
+    result = fedsim.resume(result.run_dir)   # continue from its last checkpoint
     results = fedsim.run_experiment(scenario)  # variants x seeds -> ExperimentResult
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "load_scenario",
     "register_model",
     "register_strategy",
+    "resume",
     "run",
     "run_experiment",
 ]
@@ -29,7 +31,7 @@ __all__ = [
 if TYPE_CHECKING:
     from fedsim.errors import ScenarioError
     from fedsim.models import register_model
-    from fedsim.runner import ExperimentResult, RunResult, run, run_experiment
+    from fedsim.runner import ExperimentResult, RunResult, resume, run, run_experiment
     from fedsim.scenario import Scenario
     from fedsim.scenario_loading import load_scenario
     from fedsim.strategies import register_strategy
@@ -39,6 +41,7 @@ _LAZY = {
     "register_model": "fedsim.models",
     "ExperimentResult": "fedsim.runner",
     "RunResult": "fedsim.runner",
+    "resume": "fedsim.runner",
     "run": "fedsim.runner",
     "run_experiment": "fedsim.runner",
     "Scenario": "fedsim.scenario",

@@ -19,8 +19,9 @@ from typing import Any
 from flwr.app import UserConfig
 
 from fedsim import wire
+from fedsim.checkpoint import load_checkpoint
 from fedsim.data.federated import federated_data
-from fedsim.engine.registry import ENGINES
+from fedsim.engine.registry import ENGINES, RESUMABLE_ENGINES
 from fedsim.errors import Problem, RunDirectoryError, ScenarioError, UnknownNameError
 from fedsim.models import build_model
 from fedsim.outputs.comparison import comparison_rows, write_comparison
@@ -28,7 +29,9 @@ from fedsim.outputs.metrics_log import Record, read_metrics
 from fedsim.outputs.plots import plot_comparison, plot_run
 from fedsim.outputs.summary import summarize
 from fedsim.scenario import Scenario
-from fedsim.scenario_loading import expand, run_label, to_yaml
+from fedsim.scenario_loading import expand, load_scenario, run_label, to_yaml
+
+RESOLVED = "scenario.resolved.yaml"
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ def preflight(scenario: Scenario) -> None:
         ENGINES.get(scenario.engine.name)
     except UnknownNameError as exc:
         raise ScenarioError([Problem("engine.name", f"unknown engine: {exc}")]) from None
+    if scenario.output.checkpoint_every is not None:
+        _check_resumable(scenario)
     data = federated_data(scenario.data, scenario.seed)
     model = build_model(
         scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
@@ -113,6 +118,36 @@ def preflight(scenario: Scenario) -> None:
             raise ScenarioError([Problem("client.dp.mode", str(exc))]) from None
 
 
+def _check_resumable(scenario: Scenario) -> None:
+    """Checkpoints need an engine that can save its nodes and Flower's round loop."""
+    problems = []
+    if scenario.engine.name not in RESUMABLE_ENGINES:
+        problems.append(
+            Problem(
+                "output.checkpoint_every",
+                f"engine '{scenario.engine.name}' cannot checkpoint its nodes' state; "
+                f"engines that can: {', '.join(sorted(RESUMABLE_ENGINES))}",
+            )
+        )
+    from fedsim.rounds import uses_flower_loop_class
+    from fedsim.strategies import STRATEGIES
+
+    try:
+        cls = STRATEGIES.get(scenario.strategy.name)
+    except UnknownNameError:
+        cls = None  # reported when the strategy is built
+    if cls is not None and not uses_flower_loop_class(cls):
+        problems.append(
+            Problem(
+                "output.checkpoint_every",
+                f"strategy '{scenario.strategy.name}' runs its own loop (overrides start) "
+                "and cannot be checkpointed",
+            )
+        )
+    if problems:
+        raise ScenarioError(problems)
+
+
 def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
     """Run one concrete scenario and write its run directory.
 
@@ -127,11 +162,32 @@ def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
         raise ValueError("this scenario declares variants/seeds: use fedsim.run_experiment")
     preflight(scenario)
     run_dir = _prepare_dir(Path(out_dir) if out_dir is not None else default_out_dir(scenario))
-    resolved = run_dir / "scenario.resolved.yaml"
-    resolved.write_text(to_yaml(scenario), encoding="utf-8")
+    (run_dir / RESOLVED).write_text(to_yaml(scenario), encoding="utf-8")
+    return _execute(scenario, run_dir, resume=False)
+
+
+def resume(run_dir: str | Path) -> RunResult:
+    """Continue a run from the last checkpoint in its run directory.
+
+    The run must have been started with ``output.checkpoint_every``; the metrics of
+    the rounds after the checkpoint are cut and rerun, so the finished run directory
+    equals that of an uninterrupted run (apart from wall-clock times).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / RESOLVED).is_file():
+        raise RunDirectoryError(f"{run_dir} is not a run directory (no {RESOLVED})")
+    scenario = load_scenario(run_dir / RESOLVED)
+    load_checkpoint(run_dir)  # fail before any work when there is nothing to resume
+    preflight(scenario)
+    return _execute(scenario, run_dir, resume=True)
+
+
+def _execute(scenario: Scenario, run_dir: Path, *, resume: bool) -> RunResult:
+    """Run the engine on a prepared run directory, then write summary and plots."""
     run_config: UserConfig = {
-        wire.RUN_SCENARIO: str(resolved.resolve()),
+        wire.RUN_SCENARIO: str((run_dir / RESOLVED).resolve()),
         wire.RUN_DIR: str(run_dir.resolve()),
+        wire.RUN_RESUME: resume,
     }
 
     # The apps are imported here, not at module level: engines and apps stay independent.

@@ -282,10 +282,21 @@ class SystemConfig(Section):
 # ------------------------------------------------------------------ engine, output
 
 
+class ClientResources(Section):
+    """Ray resources one ClientApp actor reserves (engine ``ray``)."""
+
+    num_cpus: Annotated[int, Field(ge=1)] = 1
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+
+
 class EngineConfig(Section):
-    """Which engine runs the ServerApp and ClientApp."""
+    """Which engine runs the ServerApp and ClientApp (the other keys are ``ray``'s)."""
 
     name: str = "inprocess"
+    client_resources: ClientResources = Field(default_factory=ClientResources)
+    num_cpus: Annotated[int, Field(ge=1)] | None = None
+    object_store_mb: Annotated[int, Field(ge=80)] = 512
+    ray_address: str | None = None
 
 
 class OutputConfig(Section):
@@ -295,6 +306,7 @@ class OutputConfig(Section):
     target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
     evaluate_every: Annotated[int, Field(ge=1)] = 1
     plots: bool = True
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
 
 
 # ----------------------------------------------------------------------- scenario

@@ -1,9 +1,11 @@
 """fedsim's ServerApp: ``fedsim.server:app``.
 
 Reads the scenario from ``run_config["scenario"]``, builds the strategy by registry
-name and lets Flower's ``Strategy.start`` own the round loop, with a central
-evaluation on the held-out test set that also writes one ``metrics.jsonl`` record per
-round (the engine's telemetry supplies participants, stragglers, bytes and time).
+name and runs Flower's round loop (:mod:`fedsim.rounds`: the hooks of
+``Strategy.start`` in its order, resumable from a checkpoint; strategies that override
+``start`` run their own), with a central evaluation on the held-out test set that also
+writes one ``metrics.jsonl`` record per round (the engine's telemetry supplies
+participants, stragglers, bytes and time).
 """
 
 from __future__ import annotations
@@ -21,12 +23,24 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import wire
+from fedsim.checkpoint import (
+    Checkpoint,
+    ResumableGrid,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    restore_strategy,
+    save_checkpoint,
+    strategy_state,
+)
 from fedsim.data.federated import FederatedData, federated_data
+from fedsim.engine.counting_grid import CountingGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
 from fedsim.evaluation import evaluate_model
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import MetricsLog
+from fedsim.rounds import LoopState, run_rounds, uses_flower_loop
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import accepted_params
@@ -122,18 +136,68 @@ def save_arrays(arrays: ArrayRecord, path: Path) -> None:
     np.savez(path, **{k: v.numpy() for k, v in arrays.items()})  # type: ignore[arg-type]
 
 
+class Checkpointer:
+    """``after_round`` hook: a checkpoint every ``output.checkpoint_every`` rounds."""
+
+    def __init__(
+        self, run_dir: Path, every: int, strategy: Strategy, grid: Grid, log: MetricsLog
+    ) -> None:
+        if not isinstance(grid, ResumableGrid):
+            raise ScenarioError(
+                [Problem("output.checkpoint_every", "this engine cannot checkpoint its nodes")]
+            )
+        self.run_dir, self.every, self.strategy, self.grid, self.log = (
+            run_dir,
+            every,
+            strategy,
+            grid,
+            log,
+        )
+
+    def __call__(self, server_round: int, state: LoopState) -> None:
+        """Save the run's state if ``server_round`` is a multiple of ``every``."""
+        if server_round % self.every:
+            return
+        save_checkpoint(
+            self.run_dir,
+            Checkpoint(
+                server_round=server_round,
+                loop=state,
+                strategy_state=strategy_state(self.strategy),
+                engine_state=self.grid.engine_state(),
+                rng_state=capture_rng(),
+                metrics_bytes=self.log.size,
+            ),
+        )
+
+
+def _resume(run_dir: Path, strategy: Strategy, grid: Grid) -> Checkpoint:
+    """Load the run's checkpoint and put strategy and engine back in its state."""
+    checkpoint = load_checkpoint(run_dir)
+    if not isinstance(grid, ResumableGrid):
+        raise ScenarioError([Problem("engine.name", "this engine cannot resume a run")])
+    restore_strategy(strategy, checkpoint.strategy_state)
+    grid.restore_engine_state(checkpoint.engine_state)
+    return checkpoint
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the scenario's strategy for ``rounds`` rounds."""
+    """Run the scenario's strategy for ``rounds`` rounds (from a checkpoint if resuming)."""
     scenario = scenario_from_run_config(context.run_config)
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR, ".")))
+    if not isinstance(getattr(grid, "telemetry", None), Telemetry):
+        grid = CountingGrid(grid)  # Flower's grids (ray, deployment) count nothing
+    resume = bool(context.run_config.get(wire.RUN_RESUME, False))
     # Flower samples nodes with the global `random` module; seed everything up front.
     random.seed(scenario.seed)
     np.random.seed(scenario.seed % 2**32)
     torch.manual_seed(scenario.seed)
     data = federated_data(scenario.data, scenario.seed)
-    initial = build_model(
-        scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
+    initial = ArrayRecord(
+        build_model(
+            scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
+        ).state_dict()
     )
     strategy = build_strategy(scenario)
     offline = getattr(strategy, "offline_phase", None)
@@ -144,12 +208,38 @@ def main(grid: Grid, context: Context) -> None:
             raise ScenarioError([Problem("strategy.params", str(exc))]) from None
         text = json.dumps(transfer, indent=2) + "\n"
         (run_dir / SHARING_FILE).write_text(text, encoding="utf-8")
-    recorder = RoundRecorder(scenario, data, grid, MetricsLog(run_dir))
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(initial.state_dict()),
-        num_rounds=scenario.rounds,
-        evaluate_fn=recorder,
-    )
+    every = scenario.output.checkpoint_every
+    if not uses_flower_loop(strategy):
+        # Asynchronous strategies own their loop; they run as written, without checkpoints.
+        if every is not None or resume:
+            raise ScenarioError(
+                [Problem("output.checkpoint_every", "this strategy runs its own loop")]
+            )
+        recorder = RoundRecorder(scenario, data, grid, MetricsLog(run_dir))
+        strategy.start(
+            grid=grid, initial_arrays=initial, num_rounds=scenario.rounds, evaluate_fn=recorder
+        )
+    else:
+        checkpoint = _resume(run_dir, strategy, grid) if resume else None
+        log = MetricsLog(run_dir, checkpoint.metrics_bytes if checkpoint else 0)
+        recorder = RoundRecorder(scenario, data, grid, log)
+        if checkpoint is None:
+            state = LoopState(initial)
+            recorder(0, initial)
+        else:
+            state = checkpoint.loop
+            recorder.final_arrays = state.arrays
+            restore_rng(checkpoint.rng_state)  # last: building models above drew from torch
+        run_rounds(
+            strategy,
+            grid,
+            state,
+            first_round=1 if checkpoint is None else checkpoint.server_round + 1,
+            num_rounds=scenario.rounds,
+            evaluate_fn=recorder,
+            after_round=None
+            if every is None
+            else Checkpointer(run_dir, every, strategy, grid, log),
+        )
     if recorder.final_arrays is not None:
         save_arrays(recorder.final_arrays, run_dir / "final_arrays.npz")

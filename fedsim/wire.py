@@ -16,6 +16,7 @@ METRICS: Final = "metrics"
 # Run config (pyproject [tool.flwr.app.config] or --run-config).
 RUN_SCENARIO: Final = "scenario"  # path of the resolved scenario YAML
 RUN_DIR: Final = "run-dir"  # where the ServerApp writes metrics
+RUN_RESUME: Final = "resume"  # true: continue from the run dir's checkpoint
 
 # Node config (per node; `flower-supernode --node-config`).
 PARTITION_ID: Final = "partition-id"

@@ -21,7 +21,7 @@ from fedsim.scenario_loading import run_label
 class RoundProgress:
     """Progress bar fed by ``metrics.jsonl`` records and run starts."""
 
-    def __init__(self, total_rounds: int, enabled: bool = True) -> None:
+    def __init__(self, total_rounds: int | None, enabled: bool = True) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

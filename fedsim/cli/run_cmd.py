@@ -8,16 +8,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedsim.cli.errors import user_errors
+from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
 from fedsim.cli.progress import RoundProgress
+from fedsim.errors import RunDirectoryError
 from fedsim.outputs.comparison import markdown_table
 from fedsim.outputs.metrics_log import listening
-from fedsim.runner import run_experiment
+from fedsim.runner import ExperimentResult, resume, run_experiment
 from fedsim.scenario_loading import expand, load_scenario
 
 
 def run(
-    scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.", metavar="SCENARIO")],
+    scenario_file: Annotated[
+        Path | None, typer.Argument(help="Scenario YAML file.", metavar="[SCENARIO]")
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a key: --set strategy.params.proximal_mu=0.1"),
@@ -26,21 +29,42 @@ def run(
         Path | None, typer.Option("--out", help="Run directory (default runs/<name>-<time>).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    resume_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run in this directory from its last checkpoint "
+            "(output.checkpoint_every); no SCENARIO then.",
+            metavar="RUN_DIR",
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario (every variant x seed) and write its run directory."""
-    console = Console()
+    console = Console(soft_wrap=True)  # paths and summaries stay on one line each
+    if (scenario_file is None) == (resume_dir is None):
+        stderr.print("[bold red]error:[/] give a SCENARIO file or --resume RUN_DIR (not both)")
+        raise typer.Exit(USAGE_ERROR)
     with user_errors():
-        scenario = load_scenario(scenario_file, set_ or [])
-        runs = expand(scenario)
-        total = sum(r.rounds for r in runs)
-        with RoundProgress(total, enabled=not quiet) as bar, listening(bar.on_record):
-            result = run_experiment(scenario, out, on_run_start=bar.run_started)
+        if resume_dir is not None:
+            if set_ or out is not None:
+                raise RunDirectoryError("--resume continues a run as it was: no --set or --out")
+            with RoundProgress(None, enabled=not quiet) as bar, listening(bar.on_record):
+                one = resume(resume_dir)
+            result = ExperimentResult(one.run_dir, [one])
+        else:
+            assert scenario_file is not None  # checked above
+            scenario = load_scenario(scenario_file, set_ or [])
+            runs = expand(scenario)
+            total = sum(r.rounds for r in runs)
+            with RoundProgress(total, enabled=not quiet) as bar, listening(bar.on_record):
+                result = run_experiment(scenario, out, on_run_start=bar.run_started)
     if len(result.runs) == 1:
         s = result.runs[0].summary
+        # The ray engine has no virtual clock: its runs have no virtual time.
+        vt = "-" if s["virtual_time_s"] is None else f"{s['virtual_time_s']:.1f} s"
         console.print(
             f"final accuracy {s['final_eval_accuracy']:.4f} (best {s['best_eval_accuracy']:.4f}), "
-            f"virtual time {s['virtual_time_s']:.1f} s, stragglers {s['stragglers']}, "
-            f"failures {s['failures']}",
+            f"virtual time {vt}, stragglers {s['stragglers']}, failures {s['failures']}",
             soft_wrap=True,  # one line whatever the terminal width (scripts grep it)
         )
     else:

@@ -45,6 +45,8 @@ class VirtualClock:
 
     def draw(self, dispatch: int, node_id: int) -> Fate:
         """Draw the fate of the message sent in ``dispatch`` to ``node_id``."""
+        if not (self.cfg.dropout_prob or self.cfg.failure_prob or self.cfg.straggle_prob):
+            return Fate.OK  # what the draw below returns then, without seeding a generator
         rng = np.random.default_rng([self.seed, dispatch, node_id])
         u = rng.random(3)
         if u[0] < self.cfg.dropout_prob:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 import heapq
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import (
     ArrayRecord,
@@ -32,7 +33,7 @@ from fedsim import wire
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.flower_compat import assign_message_id, empty_run
-from fedsim.engine.telemetry import Telemetry
+from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 
 ClientCallable = Callable[[Message, Context], Message]
 
@@ -52,20 +53,21 @@ def copy_content(content: RecordDict) -> RecordDict:
     """
     out = RecordDict()
     for key, record in content.items():
+        # Item by item into an empty record: ~5x faster than ArrayRecord(dict), which
+        # inspects its argument to pick one of its three constructors (flwr 1.41).
         if isinstance(record, ArrayRecord):
-            out[key] = ArrayRecord(dict(record.items()))
+            arrays = out[key] = ArrayRecord()
+            for name, array in record.items():
+                arrays[name] = array
         elif isinstance(record, ConfigRecord):
-            out[key] = ConfigRecord({k: copy.copy(v) for k, v in record.items()})
+            config = out[key] = ConfigRecord()
+            for name, value in record.items():
+                config[name] = copy.copy(value)
         elif isinstance(record, MetricRecord):
-            out[key] = MetricRecord({k: copy.copy(v) for k, v in record.items()})
+            metrics = out[key] = MetricRecord()
+            for name, metric in record.items():
+                metrics[name] = copy.copy(metric)
     return out
-
-
-def content_bytes(message: Message) -> int:
-    """Bytes a message's payload would occupy on the wire."""
-    if not message.has_content():
-        return 0
-    return sum(record.count_bytes() for record in message.content.values())
 
 
 @dataclass(order=True)
@@ -105,7 +107,8 @@ class InProcessGrid(Grid):
         run_id: int = 1,
     ) -> None:
         self.client_app = client_app
-        self.contexts = dict(contexts)
+        # A NodeContexts stays lazy; any other mapping is copied as before.
+        self.contexts = contexts if isinstance(contexts, NodeContexts) else dict(contexts)
         self.devices = dict(devices)
         self.clock = clock
         self.deadline_s = deadline_s
@@ -187,7 +190,7 @@ class InProcessGrid(Grid):
         heapq.heapify(self._pending)
         replies = [p.reply for p in sorted(ready)]
         for reply in replies:
-            self._account(reply)
+            self.telemetry.count_delivered(reply)
         return replies
 
     def send_and_receive(
@@ -212,10 +215,42 @@ class InProcessGrid(Grid):
         self.telemetry.current.stragglers += late
         self.clock.now = cutoff if late else max(a for a, _ in on_time)
         for _, reply in on_time:
-            self._account(reply)
+            self.telemetry.count_delivered(reply)
         return [r for _, r in on_time]
 
+    # ------------------------------------------------------------- checkpoints
+
+    def engine_state(self) -> dict[str, Any]:
+        """Return what a resumed run needs: node states, clock, counters, telemetry.
+
+        Taken between rounds, when no reply is in flight.
+        """
+        if self._pending:
+            raise RuntimeError("cannot checkpoint the grid while replies are in flight")
+        return {
+            "now": self.clock.now,
+            "dispatch": self._dispatch,
+            "seq": self._seq,
+            "telemetry": self.telemetry,
+            # Only nodes that keep something: most of a large population never trains.
+            "node_states": {n: c.state for n, c in self._built_contexts() if len(c.state)},
+        }
+
+    def restore_engine_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`engine_state` returned."""
+        self.clock.now = state["now"]
+        self._dispatch, self._seq = state["dispatch"], state["seq"]
+        self.telemetry = state["telemetry"]
+        for node, node_state in state["node_states"].items():
+            self.contexts[node].state = node_state
+
     # ---------------------------------------------------------------- internals
+
+    def _built_contexts(self) -> Iterable[tuple[int, Context]]:
+        """The Contexts that exist (a lazy population's untouched nodes have none)."""
+        if isinstance(self.contexts, NodeContexts):
+            return list(self.contexts.built.items())
+        return list(self.contexts.items())
 
     def _dispatch_all(self, messages: Iterable[Message]) -> list[tuple[float, str, Message | None]]:
         """Handle every message of one dispatch; return (arrival, id, reply or None)."""
@@ -254,38 +289,17 @@ class InProcessGrid(Grid):
             return t + self.clock.upload_s(device, 0), reply
         up = content_bytes(reply)
         self.telemetry.current.bytes_up += up
-        eps = _metrics(reply).get(wire.EPSILON)
+        eps = reply_metrics(reply).get(wire.EPSILON)
         if isinstance(eps, int | float):
             stats = self.telemetry.current
             stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
         t += self.clock.compute_s(device, _work(message, reply), fate)
         return t + self.clock.upload_s(device, up), reply
 
-    def _account(self, reply: Message) -> None:
-        """Count a reply handed to the strategy."""
-        stats = self.telemetry.current
-        if reply.has_error():
-            stats.failures += 1
-            self.telemetry.failure_reasons.append(reply.error.reason or "")
-            return
-        if not reply.metadata.message_type.startswith("train"):
-            return
-        stats.participants += 1
-        metrics = _metrics(reply)
-        loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
-        if isinstance(loss, int | float) and isinstance(n, int | float):
-            stats.train_loss_sum += float(loss) * float(n)
-            stats.train_examples += int(n)
-
-
-def _metrics(reply: Message) -> MetricRecord:
-    records = list(reply.content.metric_records.values())
-    return records[0] if records else MetricRecord()
-
 
 def _work(message: Message, reply: Message) -> float:
     """Training examples' worth of compute a reply represents (drives the clock)."""
-    metrics = _metrics(reply)
+    metrics = reply_metrics(reply)
     kind = message.metadata.message_type
     if kind.startswith("train"):
         return float(metrics.get(wire.TRAIN_SAMPLES, metrics.get(wire.NUM_EXAMPLES, 0)))  # type: ignore[arg-type]
@@ -294,15 +308,51 @@ def _work(message: Message, reply: Message) -> float:
     return 0.0
 
 
-def node_contexts(num_nodes: int, run_config: UserConfig, run_id: int = 1) -> dict[int, Context]:
+class NodeContexts(Mapping[int, Context]):
+    """One persistent Context per node, built the first time the node is looked up.
+
+    A large population where each round samples a few nodes never builds the Contexts
+    of the nodes that are never sent a message (10,000 nodes at 1% per round build a
+    few hundred).
+
+    Parameters
+    ----------
+    num_nodes : int
+        Population size; node ids are ``NODE_ID_OFFSET + k`` for partition ``k``.
+    run_config : UserConfig
+        Flower's run config every Context carries (each gets its own copy).
+    run_id : int
+        Flower run id.
+    """
+
+    def __init__(self, num_nodes: int, run_config: UserConfig, run_id: int = 1) -> None:
+        self.num_nodes = num_nodes
+        self.run_config = dict(run_config)
+        self.run_id = run_id
+        self.built: dict[int, Context] = {}
+
+    def __getitem__(self, node_id: int) -> Context:
+        context = self.built.get(node_id)
+        if context is None:
+            k = node_id - NODE_ID_OFFSET
+            if not 0 <= k < self.num_nodes:
+                raise KeyError(node_id)
+            context = self.built[node_id] = Context(
+                run_id=self.run_id,
+                node_id=node_id,
+                node_config={wire.PARTITION_ID: k, wire.NUM_PARTITIONS: self.num_nodes},
+                state=RecordDict(),
+                run_config=dict(self.run_config),
+            )
+        return context
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(NODE_ID_OFFSET, NODE_ID_OFFSET + self.num_nodes))
+
+    def __len__(self) -> int:
+        return self.num_nodes
+
+
+def node_contexts(num_nodes: int, run_config: UserConfig, run_id: int = 1) -> NodeContexts:
     """One persistent Context per node, with Flower's partition keys in node_config."""
-    return {
-        NODE_ID_OFFSET + k: Context(
-            run_id=run_id,
-            node_id=NODE_ID_OFFSET + k,
-            node_config={wire.PARTITION_ID: k, wire.NUM_PARTITIONS: num_nodes},
-            state=RecordDict(),
-            run_config=dict(run_config),
-        )
-        for k in range(num_nodes)
-    }
+    return NodeContexts(num_nodes, run_config, run_id)

@@ -26,12 +26,16 @@ class Engine(Protocol):
 
 
 ENGINES: Registry[Engine] = Registry("engines")
+# Engines whose grid can save and restore every node's state (output.checkpoint_every).
+RESUMABLE_ENGINES = frozenset({"inprocess"})
 
 
 def _register_builtin() -> None:
     from fedsim.engine.inprocess_engine import run_inprocess
+    from fedsim.engine.ray_engine import run_ray
 
     ENGINES.add("inprocess", run_inprocess, help="in-process grid with a virtual clock (default)")
+    ENGINES.add("ray", run_ray, help="Flower's Ray simulation engine (fedsim[ray]; clusters too)")
 
 
 _register_builtin()

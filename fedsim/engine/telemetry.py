@@ -4,6 +4,25 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from flwr.app import Message, MetricRecord
+
+from fedsim import wire
+
+
+def content_bytes(message: Message) -> int:
+    """Bytes a message's payload would occupy on the wire."""
+    if not message.has_content():
+        return 0
+    return sum(record.count_bytes() for record in message.content.values())
+
+
+def reply_metrics(reply: Message) -> MetricRecord:
+    """The reply's first MetricRecord (``content.metric_records`` builds a new view per call)."""
+    for record in reply.content.values():
+        if isinstance(record, MetricRecord):
+            return record
+    return MetricRecord()
+
 
 @dataclass
 class RoundStats:
@@ -46,6 +65,22 @@ class Telemetry:
 
     current: RoundStats = field(default_factory=RoundStats)
     failure_reasons: list[str] = field(default_factory=list)
+
+    def count_delivered(self, reply: Message) -> None:
+        """Count a reply handed to the strategy: a failure, or a train participant."""
+        stats = self.current
+        if reply.has_error():
+            stats.failures += 1
+            self.failure_reasons.append(reply.error.reason or "")
+            return
+        if not reply.metadata.message_type.startswith("train"):
+            return
+        stats.participants += 1
+        metrics = reply_metrics(reply)
+        loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
+        if isinstance(loss, int | float) and isinstance(n, int | float):
+            stats.train_loss_sum += float(loss) * float(n)
+            stats.train_examples += int(n)
 
     def pop(self) -> RoundStats:
         """Return the stats since the last call and start afresh."""

@@ -40,12 +40,30 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends round records to ``metrics.jsonl`` in a run directory."""
+    """Appends round records to ``metrics.jsonl`` in a run directory.
 
-    def __init__(self, run_dir: Path) -> None:
+    Parameters
+    ----------
+    run_dir : Path
+        The run directory.
+    keep_bytes : int
+        Length of an existing log to keep (a resumed run cuts the records written
+        after its checkpoint); 0 starts an empty log.
+    """
+
+    def __init__(self, run_dir: Path, keep_bytes: int = 0) -> None:
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("", encoding="utf-8")
+        if keep_bytes:
+            with self.path.open("r+b") as f:
+                f.truncate(keep_bytes)
+        else:
+            self.path.write_text("", encoding="utf-8")
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far (where a checkpoint taken now would resume)."""
+        return self.path.stat().st_size
 
     def append(self, record: Record) -> None:
         """Write one record and notify listeners."""

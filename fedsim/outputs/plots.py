@@ -14,7 +14,7 @@ import numpy as np
 
 from fedsim.outputs.metrics_log import Record
 
-_AXES = (("round", "round"), ("virtual_time_s", "virtual time (s)"))
+_AXES = {"round": "round", "virtual_time_s": "virtual time (s)"}
 _PANELS = (("eval_accuracy", "test accuracy"), ("eval_loss", "test loss"))
 
 
@@ -37,13 +37,20 @@ def plot_comparison(
     out_dir: Path,
     title: str,
     prefix: str = "comparison_",
+    x_axes: Sequence[str] = tuple(_AXES),
 ) -> list[Path]:
-    """One curve per group (mean over its runs, shaded min-max), vs round and virtual time."""
+    """One curve per group (mean over its runs, shaded min-max), vs round and virtual time.
+
+    ``x_axes`` picks the panels: ``round``, ``virtual_time_s`` or both.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for metric, label in _PANELS:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-        for ax, (x, xlabel) in zip(axes, _AXES, strict=True):
+        fig, axes = plt.subplots(
+            1, len(x_axes), figsize=(5.5 * len(x_axes), 4), constrained_layout=True, squeeze=False
+        )
+        for ax, x in zip(axes[0], x_axes, strict=True):
+            xlabel = _AXES[x]
             for name, runs in groups.items():
                 curves = [_series(r, x, metric) for r in runs]
                 curves = [c for c in curves if len(c[0])]
@@ -61,7 +68,7 @@ def plot_comparison(
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         if len(groups) > 1 or prefix:
-            axes[0].legend(fontsize=8)
+            axes[0][0].legend(fontsize=8)
         fig.suptitle(title)
         path = out_dir / f"{prefix}{metric.removeprefix('eval_')}.png"
         fig.savefig(path, dpi=110)

@@ -133,3 +133,45 @@ def test_contexts_persist_across_rounds() -> None:
     for _ in range(3):
         replies = grid.send_and_receive(_messages(grid))
     assert [r.content["metrics"]["calls"] for r in replies] == [3.0] * 4
+
+
+def test_a_large_population_builds_contexts_only_for_nodes_it_uses() -> None:
+    """10,000 nodes, 100 sent a message: 100 Contexts exist, each with its partition keys."""
+    states: dict[int, int] = {}
+
+    def counting(msg: Message, ctx: Context) -> Message:
+        ctx.state["seen"] = ConfigRecord({"n": int(ctx.node_config[wire.PARTITION_ID])})
+        states[ctx.node_id] = int(ctx.node_config[wire.NUM_PARTITIONS])
+        return _reply(msg)
+
+    n = 10_000
+    grid = _grid(counting, n=n)
+    assert len(grid.get_node_ids()) == n
+    chosen = grid.get_node_ids()[::100]
+    grid.send_and_receive([Message(RecordDict(), nid, "train") for nid in chosen])
+    contexts = grid.contexts
+    assert hasattr(contexts, "built") and sorted(contexts.built) == chosen
+    assert set(states.values()) == {n}
+    # A checkpoint carries only the nodes that keep something.
+    assert sorted(grid.engine_state()["node_states"]) == chosen
+    assert contexts[chosen[3]].state["seen"]["n"] == chosen[3] - NODE_ID_OFFSET
+
+
+def test_counting_grid_counts_what_the_in_process_grid_counts() -> None:
+    """Wrapped around the in-process grid (which counts for itself), the wrapper must agree."""
+    from fedsim.engine.counting_grid import CountingGrid
+
+    def flaky(msg: Message, ctx: Context) -> Message:
+        if int(ctx.node_config[wire.PARTITION_ID]) == 1:
+            raise RuntimeError("broken")
+        return _reply(msg, samples=10 + int(ctx.node_config[wire.PARTITION_ID]))
+
+    inner = _grid(flaky)
+    outer = CountingGrid(inner)
+    shared = RecordDict({"arrays": ArrayRecord([np.ones(3, dtype=np.float32)])})
+    replies = list(outer.send_and_receive(_messages(inner, shared)))
+    assert len(replies) == 4 and list(outer.get_node_ids()) == inner.get_node_ids()
+    mine, theirs = outer.telemetry.pop(), inner.telemetry.pop()
+    assert mine == theirs
+    assert (mine.participants, mine.failures, mine.train_examples) == (3, 1, 10 + 12 + 13)
+    assert mine.bytes_down == 4 * shared["arrays"].count_bytes() and mine.bytes_up > 0

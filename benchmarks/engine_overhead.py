@@ -1,0 +1,177 @@
+"""Engine overhead: the same ServerApp/ClientApp on ``inprocess`` and ``ray``, and a plain loop.
+
+Workload (issue 10): a tiny MLP, 64 examples per client, 5 local steps, 100 clients,
+every client trains in each of 5 rounds (FedAvg, ``min_available_nodes`` = 100 on
+both engines). In one process, side by side:
+
+- pure compute: the very same client updates (fedsim's ClientApp called on each node's
+  train message and Context) in a plain loop, 100 per round, 5 rounds;
+- ``inprocess``: ``fedsim.run`` on the in-process engine;
+- ``ray``: ``fedsim.run`` on Flower's Ray simulation engine (a private SuperLink,
+  ``flwr run``, Ray, its actors: all of its start-up counts).
+
+End-to-end times are those of ``fedsim.run`` with the process's data caches cleared
+first (so each engine loads its data as a fresh process would). Steady-state overhead
+per update is the median duration of the rounds after the first (from
+``metrics.jsonl``'s ``wall_time_s``) divided by 100, minus the pure compute per update.
+
+Usage::
+
+    python benchmarks/engine_overhead.py [--repeats 3] [--threads 1]
+
+The last line printed is ``speedup_vs_flower_ray: X`` (ray end to end / inprocess end
+to end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+import fedsim
+from fedsim import wire
+from fedsim.data import federated
+from fedsim.engine.flower_compat import set_task_identity
+from fedsim.engine.inprocess import node_contexts
+from fedsim.models import build_model
+from fedsim.outputs.metrics_log import read_metrics
+from fedsim.run_config import _cache as scenario_cache
+from fedsim.scenario import Scenario
+from fedsim.scenario_loading import to_yaml
+
+CLIENTS, ROUNDS = 100, 5
+
+WORKLOAD: dict[str, Any] = {
+    "name": "engine-overhead",
+    "seed": 0,
+    "rounds": ROUNDS,
+    # 8,000 samples: the package's 80/20 split leaves 6,400 = 100 clients x 64.
+    "data": {"dataset": {"name": "mnist1d", "num_samples": 8000}, "num_clients": CLIENTS},
+    "model": {"name": "mlp", "params": {"hidden": [32]}},
+    "client": {"local_steps": 5, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}},
+    "strategy": {"name": "fedavg", "params": {"fraction_train": 1.0}},
+    # Central evaluation only after the last round: the rounds measure the engines.
+    "output": {"plots": False, "evaluate_every": 1000},
+}
+
+
+def clear_process_caches() -> None:
+    """Forget loaded data and scenarios, as a fresh process would not have them."""
+    federated._federated.cache_clear()
+    federated._dataset.cache_clear()
+    scenario_cache.clear()
+
+
+def round_seconds(run_dir: Path) -> list[float]:
+    """Wall seconds of each round (1..N) from metrics.jsonl."""
+    wall = [r["wall_time_s"] for r in read_metrics(run_dir)]
+    return [b - a for a, b in itertools.pairwise(wall)]
+
+
+def engine_run(scenario: Scenario, out: Path) -> tuple[float, float]:
+    """End-to-end seconds of one run and the median round after the first."""
+    clear_process_caches()
+    start = time.perf_counter()
+    fedsim.run(scenario, out)
+    total = time.perf_counter() - start
+    return total, statistics.median(round_seconds(out)[1:])
+
+
+def pure_compute(scenario: Scenario, work: Path) -> float:
+    """Median seconds of one round of the same 100 client updates in a plain loop."""
+    from fedsim.clients.app import app as client_app
+
+    work.mkdir(parents=True, exist_ok=True)
+    resolved = work / "scenario.resolved.yaml"
+    resolved.write_text(to_yaml(scenario), encoding="utf-8")
+    run_config = {wire.RUN_SCENARIO: str(resolved), wire.RUN_DIR: str(work)}
+    set_task_identity(1)
+    contexts = node_contexts(CLIENTS, run_config)
+    data = federated.federated_data(scenario.data, scenario.seed)
+    model = build_model(scenario.model.name, scenario.model.params, data.input_shape, 10)
+    arrays = ArrayRecord(model.state_dict())
+    rounds = []
+    for server_round in range(1, ROUNDS + 1):
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        wire.ARRAYS: arrays,
+                        wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: server_round}),
+                    }
+                ),
+                node,
+                "train",
+            )
+            for node in contexts
+        ]
+        start = time.perf_counter()
+        for message in messages:
+            client_app(message, contexts[message.metadata.dst_node_id])
+        rounds.append(time.perf_counter() - start)
+    return statistics.median(rounds[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="in-process and pure runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (Ray actors: 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # as the fedsim CLI does
+    base = fedsim.load_scenario(WORKLOAD)
+    # One core for the clients on both engines: in-process runs them one after another,
+    # Ray gets one CPU and one 1-CPU actor (Flower's default, 2-CPU actors on this 2-core
+    # machine, also gives one actor at a time).
+    ray = fedsim.load_scenario(
+        {
+            **WORKLOAD,
+            "engine": {
+                "name": "ray",
+                "num_cpus": 1,
+                "client_resources": {"num_cpus": 1},
+                "object_store_mb": 256,
+            },
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="engine-overhead-") as tmp:
+        root = Path(tmp)
+        federated.federated_data(base.data, base.seed)  # generate MNIST-1D once (cached)
+        pure, inproc, inproc_round = [], [], []
+        for k in range(args.repeats):
+            pure.append(pure_compute(base, root / f"pure{k}"))
+            total, steady = engine_run(base, root / f"inprocess{k}")
+            inproc.append(total)
+            inproc_round.append(steady)
+        ray_total, ray_round = engine_run(ray, root / "ray")
+    pure_update = statistics.median(pure) / CLIENTS
+    inproc_total = statistics.median(inproc)
+    ours = statistics.median(inproc_round) / CLIENTS - pure_update
+    flower = ray_round / CLIENTS - pure_update
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s); {CLIENTS} clients x {ROUNDS} "
+        f"rounds, mlp [32], 64 examples, 5 local steps of batch 32; in-process and pure: "
+        f"median of {args.repeats}"
+    )
+    print(f"pure_compute_per_update_ms: {pure_update * 1e3:.3f}")
+    print(f"pure_compute_total_s: {pure_update * CLIENTS * ROUNDS:.2f}")
+    print(f"inprocess_end_to_end_s: {inproc_total:.2f}")
+    print(f"ray_end_to_end_s: {ray_total:.2f}")
+    print(f"inprocess_steady_overhead_per_update_ms: {ours * 1e3:.3f}")
+    print(f"ray_steady_overhead_per_update_ms: {flower * 1e3:.3f}")
+    print(f"overhead_fraction: {ours / pure_update:.3f}")
+    print(f"steady_overhead_ratio: {flower / ours:.1f}")
+    print(f"speedup_vs_flower_ray: {ray_total / inproc_total:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The `ray` engine runs the same ServerApp and ClientApp as `inprocess`, and agrees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import fedsim
+from fedsim.cli.main import app
+from fedsim.engine import local_superlink
+from fedsim.engine.ray_engine import federation_config, import_spec, write_app
+from fedsim.outputs.metrics_log import read_metrics
+from fedsim.scenario import EngineConfig
+from tests.conftest import write_yaml
+
+
+def test_apps_are_named_by_their_defining_module() -> None:
+    from fedsim.clients.app import app as client_app
+    from fedsim.server import app as server_app
+
+    assert import_spec(server_app) == "fedsim.server:app"
+    assert import_spec(client_app) == "fedsim.clients.app:app"
+
+
+def test_flower_app_carries_the_run_config(tmp_path: Path) -> None:
+    import tomllib
+
+    app = write_app(tmp_path, "a.b:app", "c.d:app", {"scenario": 'C:\\x "y"', "resume": True})
+    config = tomllib.loads((app / "pyproject.toml").read_text())
+    assert config["tool"]["flwr"]["app"]["config"] == {"scenario": 'C:\\x "y"', "resume": True}
+    assert config["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "a.b:app",
+        "clientapp": "c.d:app",
+    }
+
+
+def test_joining_a_cluster_sets_no_local_cpu_count() -> None:
+    local = federation_config(7, EngineConfig(name="ray", num_cpus=2))
+    cluster = federation_config(7, EngineConfig(name="ray", num_cpus=2, ray_address="auto"))
+    assert local["num-supernodes"] == 7 and local["init-args-num-cpus"] == 2
+    assert "init-args-num-cpus" not in cluster  # ray.init refuses resources when joining
+
+
+@pytest.mark.slow
+def test_fedavg_gives_the_same_weights_on_inprocess_and_ray(
+    tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No stragglers, every client trains: both engines must reach the same model.
+
+    Clients seed from (seed, partition, round), never from the engine, so only the
+    order in which FedAvg sums the replies may differ (float rounding, ~1e-8).
+    """
+    tiny["system"] = {}
+    tiny["engine"] = {"name": "ray", "num_cpus": 2, "object_store_mb": 128}
+    started: list[tuple[set[int], set[int]]] = []
+    original = local_superlink.started_by
+
+    def record(root: int) -> tuple[set[int], set[int]]:
+        started.append(original(root))
+        return started[-1]
+
+    monkeypatch.setattr(local_superlink, "started_by", record)
+    ray_dir = tmp_path / "ray"
+    cli = CliRunner().invoke(
+        app, ["run", str(write_yaml(tmp_path / "s.yaml", tiny)), "--out", str(ray_dir), "-q"]
+    )
+    assert cli.exit_code == 0, cli.output
+    assert "virtual time -" in cli.output  # no virtual clock on Flower's engine
+    ray_metrics = read_metrics(ray_dir)
+    tiny["engine"] = {"name": "inprocess"}
+    in_process = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "inprocess")
+
+    a = np.load(ray_dir / "final_arrays.npz")
+    b = np.load(in_process.run_dir / "final_arrays.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6)
+    assert [r["round"] for r in ray_metrics] == [0, 1, 2]
+    # Telemetry on Flower's grid (counted by the ServerApp's CountingGrid) agrees too.
+    for ray_round, local_round in zip(ray_metrics, in_process.metrics, strict=True):
+        assert ray_round["participants"] == local_round["participants"]
+        assert ray_round["bytes_up"] == local_round["bytes_up"]
+        assert ray_round["train_loss"] == pytest.approx(local_round["train_loss"], abs=1e-6)
+    assert ray_metrics[-1]["participants"] == 4
+    # The engine really ran Ray (a Flower run log exists), and left no process behind.
+    assert "Successfully started run" in (ray_dir / "flower" / "flwr_run.log").read_text()
+    ((tree, sessions),) = started
+    assert len(sessions) >= 2  # the SuperLink's and the SuperExec's (Ray runs in the latter)
+    assert local_superlink.leftovers(tree, sessions) == []

@@ -1,0 +1,69 @@
+"""`fedsim report`: overlay runs, one table row per run, CSV and PNG written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import fedsim
+from fedsim.cli.main import app
+from fedsim.outputs.report import write_report
+
+
+@pytest.fixture
+def two_runs(tiny: dict[str, Any], tmp_path: Path) -> list[Path]:
+    fedavg = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "fedavg")
+    tiny["strategy"] = {"name": "fedprox", "params": {"proximal_mu": 0.5}}
+    tiny["rounds"] = 3
+    fedprox = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "fedprox")
+    return [fedavg.run_dir, fedprox.run_dir]
+
+
+def test_report_rows_match_each_runs_summary(two_runs: list[Path], tmp_path: Path) -> None:
+    report = write_report(two_runs, tmp_path / "out", x="virtual_time")
+    assert [r["run"] for r in report.rows] == ["fedavg", "fedprox"]
+    for row, run_dir in zip(report.rows, two_runs, strict=True):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        for key in ("final_eval_accuracy", "best_eval_accuracy", "rounds", "virtual_time_s"):
+            assert row[key] == summary[key]
+        assert row["target_accuracy"] == 0.5  # each run's own output.target_accuracy
+    assert [r["rounds"] for r in report.rows] == [2, 3]
+    with report.csv_path.open() as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["fedavg", "fedprox"]
+    assert {p.name for p in report.plots} == {"report_accuracy.png", "report_loss.png"}
+
+
+def test_a_target_given_on_the_command_line_overrides_the_runs(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    """Target 0 (as a tiny positive number): every run reaches it at round 0."""
+    report = write_report(two_runs, tmp_path / "out", target=1e-9)
+    assert [r["rounds_to_target"] for r in report.rows] == [0, 0]
+    report = write_report(two_runs, tmp_path / "out", target=1.0)
+    assert [r["rounds_to_target"] for r in report.rows] == [None, None]
+
+
+def test_report_command(two_runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(
+        app, ["report", *map(str, two_runs), "--x", "round", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "fedavg" in result.output and "fedprox" in result.output
+    assert {p.name for p in out.iterdir()} == {
+        "report.csv",
+        "report_accuracy.png",
+        "report_loss.png",
+    }
+
+
+def test_report_of_a_directory_that_is_no_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not a run directory" in result.output
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--x", "time"])
+    assert result.exit_code == 2
