@@ -1,8 +1,10 @@
 """fedsim's ClientApp: ``fedsim.clients.app:app``.
 
 It finds its data through ``context.node_config`` (``partition-id``,
-``num-partitions``) and the experiment through ``context.run_config["scenario"]``, so
-the same app runs in-process, on Flower's Ray engine and under ``flower-supernode``.
+``num-partitions``, and optionally ``data-path``: a local ``.npz`` that a deployed device
+holds instead of computing its partition) and the experiment through the run config
+(``scenario``, or ``scenario-yaml`` in a deployment), so the same app runs in-process,
+on Flower's Ray engine and under ``flower-supernode``.
 
 Client contract
 ---------------
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +37,7 @@ from fedsim.clients import curvature  # noqa: F401  (registers the curvature ste
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, plain_gradient, train_local
-from fedsim.data.federated import federated_data
+from fedsim.data.node_data import node_data
 from fedsim.evaluation import evaluate_model
 from fedsim.models import build_model
 from fedsim.run_config import scenario_from_run_config
@@ -47,7 +50,7 @@ app = ClientApp()
 class _Job:
     scenario: Scenario
     partition_id: int
-    x: NDArray[np.float32]
+    x: NDArray[Any]
     y: NDArray[np.int64]
     model: nn.Module
     server_round: int
@@ -64,8 +67,8 @@ def _job(msg: Message, context: Context, purpose: int) -> _Job:
             f"node config {wire.PARTITION_ID}={pid}, {wire.NUM_PARTITIONS}={n_parts} does not "
             f"fit data.num_clients={scenario.data.num_clients}"
         )
-    data = federated_data(scenario.data, scenario.seed)
-    x, y = data.client_arrays(pid)
+    data_path = context.node_config.get(wire.DATA_PATH)
+    data = node_data(scenario.data, scenario.seed, pid, str(data_path) if data_path else None)
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     # Seeded from (run seed, node, round, purpose) so results do not depend on the order
@@ -84,7 +87,7 @@ def _job(msg: Message, context: Context, purpose: int) -> _Job:
     model.load_state_dict(
         {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k not in extras}
     )
-    return _Job(scenario, pid, x, y, model, server_round, extras)
+    return _Job(scenario, pid, data.x, data.y, model, server_round, extras)
 
 
 @app.train()
