@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import wire
 from fedsim.data.federated import FederatedData, federated_data
+from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
 from fedsim.evaluation import evaluate_model
@@ -116,11 +117,24 @@ def save_arrays(arrays: ArrayRecord, path: Path) -> None:
     np.savez(path, **{k: v.numpy() for k, v in arrays.items()})  # type: ignore[arg-type]
 
 
+def wait_for_nodes(grid: Grid, count: int, poll_s: float = 1.0) -> None:
+    """Block until ``count`` nodes are connected (deployed SuperNodes come up one by one).
+
+    A deployment that lets later rounds go on with fewer nodes (a lower
+    ``min_available_nodes``) still starts its first round with the whole population.
+    """
+    while len(list(grid.get_node_ids())) < count:
+        time.sleep(poll_s)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario's strategy for ``rounds`` rounds."""
     scenario = scenario_from_run_config(context.run_config)
-    run_dir = Path(str(context.run_config.get(wire.RUN_DIR, ".")))
+    run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
+    if not hasattr(grid, "telemetry"):  # Flower's own grid: count what passes through it
+        grid = ObservedGrid(grid)
+    wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     # Flower samples nodes with the global `random` module; seed everything up front.
     random.seed(scenario.seed)
     np.random.seed(scenario.seed % 2**32)

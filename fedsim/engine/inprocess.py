@@ -31,7 +31,7 @@ from fedsim import wire
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.flower_compat import assign_message_id, empty_run
-from fedsim.engine.telemetry import Telemetry
+from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 
 ClientCallable = Callable[[Message, Context], Message]
 
@@ -58,13 +58,6 @@ def copy_content(content: RecordDict) -> RecordDict:
         elif isinstance(record, MetricRecord):
             out[key] = MetricRecord({k: copy.copy(v) for k, v in record.items()})
     return out
-
-
-def content_bytes(message: Message) -> int:
-    """Bytes a message's payload would occupy on the wire."""
-    if not message.has_content():
-        return 0
-    return sum(record.count_bytes() for record in message.content.values())
 
 
 @dataclass(order=True)
@@ -172,7 +165,7 @@ class InProcessGrid(Grid):
         heapq.heapify(self._pending)
         replies = [p.reply for p in sorted(ready)]
         for reply in replies:
-            self._account(reply)
+            self.telemetry.record_delivery(reply)
         return replies
 
     def send_and_receive(
@@ -197,7 +190,7 @@ class InProcessGrid(Grid):
         self.telemetry.current.stragglers += late
         self.clock.now = cutoff if late else max(a for a, _ in on_time)
         for _, reply in on_time:
-            self._account(reply)
+            self.telemetry.record_delivery(reply)
         return [r for _, r in on_time]
 
     # ---------------------------------------------------------------- internals
@@ -238,39 +231,14 @@ class InProcessGrid(Grid):
         if reply.has_error():
             return t + self.clock.upload_s(device, 0), reply
         up = content_bytes(reply)
-        self.telemetry.current.bytes_up += up
-        eps = _metrics(reply).get(wire.EPSILON)
-        if isinstance(eps, int | float):
-            stats = self.telemetry.current
-            stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
+        self.telemetry.record_upload(reply)
         t += self.clock.compute_s(device, _work(message, reply), fate)
         return t + self.clock.upload_s(device, up), reply
-
-    def _account(self, reply: Message) -> None:
-        """Count a reply handed to the strategy."""
-        stats = self.telemetry.current
-        if reply.has_error():
-            stats.failures += 1
-            self.telemetry.failure_reasons.append(reply.error.reason or "")
-            return
-        if not reply.metadata.message_type.startswith("train"):
-            return
-        stats.participants += 1
-        metrics = _metrics(reply)
-        loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
-        if isinstance(loss, int | float) and isinstance(n, int | float):
-            stats.train_loss_sum += float(loss) * float(n)
-            stats.train_examples += int(n)
-
-
-def _metrics(reply: Message) -> MetricRecord:
-    records = list(reply.content.metric_records.values())
-    return records[0] if records else MetricRecord()
 
 
 def _work(message: Message, reply: Message) -> float:
     """Training examples' worth of compute a reply represents (drives the clock)."""
-    metrics = _metrics(reply)
+    metrics = reply_metrics(reply)
     kind = message.metadata.message_type
     if kind.startswith("train"):
         return float(metrics.get(wire.TRAIN_SAMPLES, metrics.get(wire.NUM_EXAMPLES, 0)))  # type: ignore[arg-type]

@@ -4,6 +4,27 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from flwr.app import Message, MetricRecord
+
+from fedsim import wire
+
+# flwr.common.constant.ErrorCode: the SuperLink answers a message for a node that went
+# offline (missed its heartbeats) with this error; it is a dropout, not a client failure.
+NODE_UNAVAILABLE = 5
+
+
+def content_bytes(message: Message) -> int:
+    """Bytes a message's payload would occupy on the wire."""
+    if not message.has_content():
+        return 0
+    return sum(record.count_bytes() for record in message.content.values())
+
+
+def reply_metrics(reply: Message) -> MetricRecord:
+    """The first MetricRecord of a reply (empty if it has none)."""
+    records = list(reply.content.metric_records.values())
+    return records[0] if records else MetricRecord()
+
 
 @dataclass
 class RoundStats:
@@ -51,3 +72,32 @@ class Telemetry:
         """Return the stats since the last call and start afresh."""
         stats, self.current = self.current, RoundStats()
         return stats
+
+    def record_upload(self, reply: Message) -> None:
+        """Count a reply that left its device (bytes, privacy spent), on time or not."""
+        if reply.has_error():
+            return
+        stats = self.current
+        stats.bytes_up += content_bytes(reply)
+        eps = reply_metrics(reply).get(wire.EPSILON)
+        if isinstance(eps, int | float):
+            stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
+
+    def record_delivery(self, reply: Message) -> None:
+        """Count a reply handed to the strategy (participant, failure or dropout)."""
+        stats = self.current
+        if reply.has_error():
+            if reply.error.code == NODE_UNAVAILABLE:
+                stats.dropouts += 1
+                return
+            stats.failures += 1
+            self.failure_reasons.append(reply.error.reason or "")
+            return
+        if not reply.metadata.message_type.startswith("train"):
+            return
+        stats.participants += 1
+        metrics = reply_metrics(reply)
+        loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
+        if isinstance(loss, int | float) and isinstance(n, int | float):
+            stats.train_loss_sum += float(loss) * float(n)
+            stats.train_examples += int(n)
