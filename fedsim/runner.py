@@ -20,7 +20,7 @@ from flwr.app import UserConfig
 
 from fedsim import wire
 from fedsim.data.federated import federated_data
-from fedsim.engine.registry import ENGINES
+from fedsim.engine.registry import ENGINES, Engine
 from fedsim.errors import Problem, RunDirectoryError, ScenarioError, UnknownNameError
 from fedsim.models import build_model
 from fedsim.outputs.comparison import comparison_rows, write_comparison
@@ -113,7 +113,9 @@ def preflight(scenario: Scenario) -> None:
             raise ScenarioError([Problem("client.dp.mode", str(exc))]) from None
 
 
-def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
+def run(
+    scenario: Scenario, out_dir: str | Path | None = None, engine: Engine | None = None
+) -> RunResult:
     """Run one concrete scenario and write its run directory.
 
     Parameters
@@ -122,6 +124,9 @@ def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
         A scenario without ``variants``/``seeds`` (see :func:`run_experiment`).
     out_dir : path, optional
         The run directory (default :func:`default_out_dir`).
+    engine : Engine, optional
+        Runs the apps instead of the scenario's ``engine.name`` (``fedsim deploy run``
+        passes a :class:`fedsim.deploy.submission.DeploymentEngine`).
     """
     if not scenario.is_expanded:
         raise ValueError("this scenario declares variants/seeds: use fedsim.run_experiment")
@@ -138,7 +143,7 @@ def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
     from fedsim.clients.app import app as client_app
     from fedsim.server import app as server_app
 
-    ENGINES.get(scenario.engine.name)(server_app, client_app, scenario, run_config)
+    (engine or ENGINES.get(scenario.engine.name))(server_app, client_app, scenario, run_config)
     records = read_metrics(run_dir)
     summary = summarize(
         records,

@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from fedsim.cli.deploy_cmd import app as deploy_app
 from fedsim.cli.list_cmd import list_registry
 from fedsim.cli.run_cmd import run
 from fedsim.cli.validate_cmd import validate
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.command("run")(run)
 app.command("validate")(validate)
 app.command("list")(list_registry)
+app.add_typer(deploy_app, name="deploy")
 
 
 @app.callback()

@@ -12,7 +12,6 @@ from fedsim.cli.errors import user_errors
 from fedsim.cli.progress import RoundProgress
 from fedsim.outputs.comparison import markdown_table
 from fedsim.outputs.metrics_log import listening
-from fedsim.runner import run_experiment
 from fedsim.scenario_loading import expand, load_scenario
 
 
@@ -28,6 +27,10 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run a scenario (every variant x seed) and write its run directory."""
+    # Imported on use: torch loads with the runner, and `fedsim deploy node` on a small
+    # device should not pay for that just to start Flower.
+    from fedsim.runner import run_experiment
+
     console = Console()
     with user_errors():
         scenario = load_scenario(scenario_file, set_ or [])
