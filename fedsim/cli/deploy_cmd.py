@@ -1,4 +1,4 @@
-"""``fedsim deploy superlink|node|run|split``: a real Flower deployment of a scenario."""
+"""``fedsim deploy superlink|node|run|register|split``: a Flower deployment of a scenario."""
 
 from __future__ import annotations
 
@@ -53,8 +53,13 @@ def _one_of_tls(insecure: bool, tls: object) -> None:
 def _exec(cmd: list[str], dry_run: bool) -> None:
     """Print the Flower command, then become it (signals reach Flower directly)."""
     typer.echo(shlex.join(cmd), err=True)
-    if not dry_run:
-        os.execvpe(cmd[0], cmd, flower_env())
+    if dry_run:
+        return
+    with user_errors():
+        try:
+            os.execvpe(cmd[0], cmd, flower_env())
+        except OSError as exc:
+            raise DeploymentError(f"cannot start {cmd[0]}: {exc.strerror}") from None
 
 
 @app.command("superlink")
