@@ -1,8 +1,10 @@
 """fedsim's ClientApp: ``fedsim.clients.app:app``.
 
 It finds its data through ``context.node_config`` (``partition-id``,
-``num-partitions``) and the experiment through ``context.run_config["scenario"]``, so
-the same app runs in-process, on Flower's Ray engine and under ``flower-supernode``.
+``num-partitions``, and optionally ``data-path``: a local ``.npz`` that a deployed device
+holds instead of computing its partition) and the experiment through the run config
+(``scenario``, or ``scenario-yaml`` in a deployment), so the same app runs in-process,
+on Flower's Ray engine and under ``flower-supernode``.
 
 Client contract
 ---------------
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +44,7 @@ from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (reg
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, plain_gradient, train_local
-from fedsim.data.federated import FederatedData, federated_data
+from fedsim.data.node_data import NodeData, node_data
 from fedsim.evaluation import evaluate_model
 from fedsim.models import build_model
 from fedsim.run_config import scenario_from_run_config
@@ -54,7 +57,7 @@ app = ClientApp()
 class _Job:
     scenario: Scenario
     partition_id: int
-    x: NDArray[np.float32]
+    x: NDArray[Any]
     y: NDArray[np.int64]
     model: nn.Module
     server_round: int
@@ -62,8 +65,11 @@ class _Job:
     missing: frozenset[str]
 
 
-def _partition(context: Context) -> tuple[Scenario, int, FederatedData]:
-    """Resolve the scenario, this node's partition id and the federated data."""
+def _partition(context: Context) -> tuple[Scenario, int, NodeData]:
+    """Resolve the scenario, this node's partition id and its examples.
+
+    A deployed node may read its examples from the file named by ``data-path``.
+    """
     scenario = scenario_from_run_config(context.run_config)
     pid = int(context.node_config[wire.PARTITION_ID])
     n_parts = int(context.node_config.get(wire.NUM_PARTITIONS, scenario.data.num_clients))
@@ -72,7 +78,12 @@ def _partition(context: Context) -> tuple[Scenario, int, FederatedData]:
             f"node config {wire.PARTITION_ID}={pid}, {wire.NUM_PARTITIONS}={n_parts} does not "
             f"fit data.num_clients={scenario.data.num_clients}"
         )
-    return scenario, pid, federated_data(scenario.data, scenario.seed)
+    data_path = context.node_config.get(wire.DATA_PATH)
+    return (
+        scenario,
+        pid,
+        node_data(scenario.data, scenario.seed, pid, str(data_path) if data_path else None),
+    )
 
 
 def _job(msg: Message, context: Context, purpose: int, *, received_model: bool = True) -> _Job:
@@ -82,7 +93,7 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     loads the weights itself (an LASGD worker computes them from its kept model).
     """
     scenario, pid, data = _partition(context)
-    x, y = data.client_arrays(pid)
+    x, y = data.x, data.y
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     # Seeded from (run seed, node, round, purpose) so results do not depend on the order
@@ -192,6 +203,6 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query(wire.QUERY_LABELS)
 def labels(msg: Message, context: Context) -> Message:
     """Reply with the distinct labels this node holds (FedAwS asks once per node)."""
-    _, pid, data = _partition(context)
-    held = sorted({int(v) for v in np.unique(data.client_arrays(pid)[1])})
+    _, _, data = _partition(context)
+    held = sorted({int(v) for v in np.unique(data.y)})
     return Message(RecordDict({wire.METRICS: MetricRecord({wire.LABELS: held})}), reply_to=msg)

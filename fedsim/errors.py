@@ -72,3 +72,7 @@ class DataUnavailableError(FedsimError):
 
 class RunDirectoryError(FedsimError):
     """A run directory is missing, unreadable or would be overwritten."""
+
+
+class DeploymentError(FedsimError):
+    """A Flower deployment cannot be started, reached, or finished its run badly."""

@@ -1,15 +1,20 @@
-"""The scenario as ServerApp and ClientApp see it: a path in Flower's run config.
+"""The scenario as ServerApp and ClientApp see it: a path or the text in Flower's run config.
 
-Both apps receive only ``run_config["scenario"]`` (the resolved YAML of one run), so
-they run unchanged in-process, on Flower's Ray engine and under ``flower-supernode``.
+Both apps receive only ``run_config["scenario"]`` (the path of the resolved YAML of one
+run) or, in a deployment whose nodes share no file system with the server,
+``run_config["scenario-yaml"]`` (that YAML's text), so they run unchanged in-process,
+on Flower's Ray engine and under ``flower-supernode``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from fedsim import wire
 from fedsim.errors import Problem, ScenarioError
@@ -21,18 +26,44 @@ _lock = threading.Lock()
 
 
 def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
-    """Load (once per process and file version) the scenario a run config points to."""
-    if wire.RUN_SCENARIO not in run_config:
-        raise ScenarioError([Problem("", f"run config has no '{wire.RUN_SCENARIO}' key")])
-    path = Path(str(run_config[wire.RUN_SCENARIO])).resolve()
-    key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
+    """Load (once per process and file version or text) the scenario of a run config."""
+    text = str(run_config.get(wire.RUN_SCENARIO_YAML) or "")
+    if text:
+        key = ("yaml:" + hashlib.sha256(text.encode()).hexdigest(), 0.0)
+        source = f"run config '{wire.RUN_SCENARIO_YAML}'"
+    elif run_config.get(wire.RUN_SCENARIO):
+        path = Path(str(run_config[wire.RUN_SCENARIO])).resolve()
+        key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
+        source = str(path)
+    else:
+        raise ScenarioError(
+            [
+                Problem(
+                    "",
+                    f"run config has neither '{wire.RUN_SCENARIO}' nor '{wire.RUN_SCENARIO_YAML}'",
+                )
+            ]
+        )
     with _lock:
         if key not in _cache:
-            scenario = load_scenario(path)
+            scenario = _load_text(text, source) if text else load_scenario(path)
             if not scenario.is_expanded:
                 raise ScenarioError(
-                    [Problem("", "the apps need one concrete run (no 'variants'/'seeds')")],
-                    str(path),
+                    [Problem("", "the apps need one concrete run (no 'variants'/'seeds')")], source
                 )
             _cache[key] = scenario
         return _cache[key]
+
+
+def _load_text(text: str, source: str) -> Scenario:
+    """Validate a scenario given as YAML text."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError([Problem("", f"invalid YAML: {exc}")], source) from None
+    if not isinstance(raw, dict):
+        raise ScenarioError([Problem("", "the scenario must be a mapping")], source)
+    try:
+        return load_scenario(raw)
+    except ScenarioError as exc:
+        raise exc.with_source(source) from None

@@ -21,7 +21,7 @@ from flwr.app import UserConfig
 from fedsim import wire
 from fedsim.checkpoint import load_checkpoint
 from fedsim.data.federated import federated_data
-from fedsim.engine.registry import ENGINES, RESUMABLE_ENGINES
+from fedsim.engine.registry import ENGINES, RESUMABLE_ENGINES, Engine
 from fedsim.errors import Problem, RunDirectoryError, ScenarioError, UnknownNameError
 from fedsim.models import build_model
 from fedsim.outputs.comparison import comparison_rows, write_comparison
@@ -148,7 +148,9 @@ def _check_resumable(scenario: Scenario) -> None:
         raise ScenarioError(problems)
 
 
-def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
+def run(
+    scenario: Scenario, out_dir: str | Path | None = None, engine: Engine | None = None
+) -> RunResult:
     """Run one concrete scenario and write its run directory.
 
     Parameters
@@ -157,13 +159,16 @@ def run(scenario: Scenario, out_dir: str | Path | None = None) -> RunResult:
         A scenario without ``variants``/``seeds`` (see :func:`run_experiment`).
     out_dir : path, optional
         The run directory (default :func:`default_out_dir`).
+    engine : Engine, optional
+        Runs the apps instead of the scenario's ``engine.name`` (``fedsim deploy run``
+        passes a :class:`fedsim.deploy.submission.DeploymentEngine`).
     """
     if not scenario.is_expanded:
         raise ValueError("this scenario declares variants/seeds: use fedsim.run_experiment")
     preflight(scenario)
     run_dir = _prepare_dir(Path(out_dir) if out_dir is not None else default_out_dir(scenario))
     (run_dir / RESOLVED).write_text(to_yaml(scenario), encoding="utf-8")
-    return _execute(scenario, run_dir, resume=False)
+    return _execute(scenario, run_dir, resume=False, engine=engine)
 
 
 def resume(run_dir: str | Path) -> RunResult:
@@ -182,7 +187,9 @@ def resume(run_dir: str | Path) -> RunResult:
     return _execute(scenario, run_dir, resume=True)
 
 
-def _execute(scenario: Scenario, run_dir: Path, *, resume: bool) -> RunResult:
+def _execute(
+    scenario: Scenario, run_dir: Path, *, resume: bool, engine: Engine | None = None
+) -> RunResult:
     """Run the engine on a prepared run directory, then write summary and plots."""
     run_config: UserConfig = {
         wire.RUN_SCENARIO: str((run_dir / RESOLVED).resolve()),
@@ -194,7 +201,7 @@ def _execute(scenario: Scenario, run_dir: Path, *, resume: bool) -> RunResult:
     from fedsim.clients.app import app as client_app
     from fedsim.server import app as server_app
 
-    ENGINES.get(scenario.engine.name)(server_app, client_app, scenario, run_config)
+    (engine or ENGINES.get(scenario.engine.name))(server_app, client_app, scenario, run_config)
     records = read_metrics(run_dir)
     summary = summarize(
         records,

@@ -34,7 +34,7 @@ from fedsim.checkpoint import (
     strategy_state,
 )
 from fedsim.data.federated import FederatedData, federated_data
-from fedsim.engine.counting_grid import CountingGrid
+from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
 from fedsim.evaluation import evaluate_model
@@ -181,13 +181,24 @@ def _resume(run_dir: Path, strategy: Strategy, grid: Grid) -> Checkpoint:
     return checkpoint
 
 
+def wait_for_nodes(grid: Grid, count: int, poll_s: float = 1.0) -> None:
+    """Block until ``count`` nodes are connected (deployed SuperNodes come up one by one).
+
+    A deployment that lets later rounds go on with fewer nodes (a lower
+    ``min_available_nodes``) still starts its first round with the whole population.
+    """
+    while len(list(grid.get_node_ids())) < count:
+        time.sleep(poll_s)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario's strategy for ``rounds`` rounds (from a checkpoint if resuming)."""
     scenario = scenario_from_run_config(context.run_config)
-    run_dir = Path(str(context.run_config.get(wire.RUN_DIR, ".")))
+    run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
     if not isinstance(getattr(grid, "telemetry", None), Telemetry):
-        grid = CountingGrid(grid)  # Flower's grids (ray, deployment) count nothing
+        grid = ObservedGrid(grid)  # Flower's own grid (ray, deployment): count what passes
+    wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))
     # Flower samples nodes with the global `random` module; seed everything up front.
     random.seed(scenario.seed)

@@ -17,6 +17,9 @@ METRICS: Final = "metrics"
 RUN_SCENARIO: Final = "scenario"  # path of the resolved scenario YAML
 RUN_DIR: Final = "run-dir"  # where the ServerApp writes metrics
 RUN_RESUME: Final = "resume"  # true: continue from the run dir's checkpoint
+# Deployment: nodes share no file system with the server, so the YAML text travels.
+RUN_SCENARIO_YAML: Final = "scenario-yaml"  # the resolved scenario itself (wins over the path)
+RUN_WAIT_NODES: Final = "wait-nodes"  # nodes the ServerApp waits for before round 1
 
 # Node config (per node; `flower-supernode --node-config`).
 PARTITION_ID: Final = "partition-id"

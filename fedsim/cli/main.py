@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from fedsim.cli.deploy_cmd import app as deploy_app
 from fedsim.cli.list_cmd import list_registry
 from fedsim.cli.report_cmd import report
 from fedsim.cli.run_cmd import run
@@ -23,6 +24,7 @@ app.command("run")(run)
 app.command("validate")(validate)
 app.command("list")(list_registry)
 app.command("report")(report)
+app.add_typer(deploy_app, name="deploy")
 
 
 @app.callback()

@@ -13,7 +13,6 @@ from fedsim.cli.progress import RoundProgress
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.comparison import markdown_table
 from fedsim.outputs.metrics_log import listening
-from fedsim.runner import ExperimentResult, resume, run_experiment
 from fedsim.scenario_loading import expand, load_scenario
 
 
@@ -40,6 +39,10 @@ def run(
     ] = None,
 ) -> None:
     """Run a scenario (every variant x seed) and write its run directory."""
+    # Imported on use: torch loads with the runner, and `fedsim deploy node` on a small
+    # device should not pay for that just to start Flower.
+    from fedsim.runner import ExperimentResult, resume, run_experiment
+
     console = Console(soft_wrap=True)  # paths and summaries stay on one line each
     if (scenario_file is None) == (resume_dir is None):
         stderr.print("[bold red]error:[/] give a SCENARIO file or --resume RUN_DIR (not both)")

@@ -190,7 +190,7 @@ class InProcessGrid(Grid):
         heapq.heapify(self._pending)
         replies = [p.reply for p in sorted(ready)]
         for reply in replies:
-            self.telemetry.count_delivered(reply)
+            self.telemetry.record_delivery(reply)
         return replies
 
     def send_and_receive(
@@ -215,7 +215,7 @@ class InProcessGrid(Grid):
         self.telemetry.current.stragglers += late
         self.clock.now = cutoff if late else max(a for a, _ in on_time)
         for _, reply in on_time:
-            self.telemetry.count_delivered(reply)
+            self.telemetry.record_delivery(reply)
         return [r for _, r in on_time]
 
     # ------------------------------------------------------------- checkpoints
@@ -288,11 +288,7 @@ class InProcessGrid(Grid):
         if reply.has_error():
             return t + self.clock.upload_s(device, 0), reply
         up = content_bytes(reply)
-        self.telemetry.current.bytes_up += up
-        eps = reply_metrics(reply).get(wire.EPSILON)
-        if isinstance(eps, int | float):
-            stats = self.telemetry.current
-            stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
+        self.telemetry.record_upload(reply, up)
         t += self.clock.compute_s(device, _work(message, reply), fate)
         return t + self.clock.upload_s(device, up), reply
 

@@ -8,6 +8,10 @@ from flwr.app import Message, MetricRecord
 
 from fedsim import wire
 
+# flwr.common.constant.ErrorCode: the SuperLink answers a message for a node that went
+# offline (missed its heartbeats) with this error; it is a dropout, not a client failure.
+NODE_UNAVAILABLE = 5
+
 
 def content_bytes(message: Message) -> int:
     """Bytes a message's payload would occupy on the wire."""
@@ -66,10 +70,31 @@ class Telemetry:
     current: RoundStats = field(default_factory=RoundStats)
     failure_reasons: list[str] = field(default_factory=list)
 
-    def count_delivered(self, reply: Message) -> None:
-        """Count a reply handed to the strategy: a failure, or a train participant."""
+    def pop(self) -> RoundStats:
+        """Return the stats since the last call and start afresh."""
+        stats, self.current = self.current, RoundStats()
+        return stats
+
+    def record_upload(self, reply: Message, nbytes: int | None = None) -> None:
+        """Count a reply that left its device (bytes, privacy spent), on time or not.
+
+        ``nbytes`` is the reply's payload size when the caller has measured it already.
+        """
+        if reply.has_error():
+            return
+        stats = self.current
+        stats.bytes_up += content_bytes(reply) if nbytes is None else nbytes
+        eps = reply_metrics(reply).get(wire.EPSILON)
+        if isinstance(eps, int | float):
+            stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
+
+    def record_delivery(self, reply: Message) -> None:
+        """Count a reply handed to the strategy (participant, failure or dropout)."""
         stats = self.current
         if reply.has_error():
+            if reply.error.code == NODE_UNAVAILABLE:
+                stats.dropouts += 1
+                return
             stats.failures += 1
             self.failure_reasons.append(reply.error.reason or "")
             return
@@ -81,8 +106,3 @@ class Telemetry:
         if isinstance(loss, int | float) and isinstance(n, int | float):
             stats.train_loss_sum += float(loss) * float(n)
             stats.train_examples += int(n)
-
-    def pop(self) -> RoundStats:
-        """Return the stats since the last call and start afresh."""
-        stats, self.current = self.current, RoundStats()
-        return stats

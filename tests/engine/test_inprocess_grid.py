@@ -157,9 +157,9 @@ def test_a_large_population_builds_contexts_only_for_nodes_it_uses() -> None:
     assert contexts[chosen[3]].state["seen"]["n"] == chosen[3] - NODE_ID_OFFSET
 
 
-def test_counting_grid_counts_what_the_in_process_grid_counts() -> None:
+def test_observed_grid_counts_what_the_in_process_grid_counts() -> None:
     """Wrapped around the in-process grid (which counts for itself), the wrapper must agree."""
-    from fedsim.engine.counting_grid import CountingGrid
+    from fedsim.engine.observed_grid import ObservedGrid
 
     def flaky(msg: Message, ctx: Context) -> Message:
         if int(ctx.node_config[wire.PARTITION_ID]) == 1:
@@ -167,7 +167,7 @@ def test_counting_grid_counts_what_the_in_process_grid_counts() -> None:
         return _reply(msg, samples=10 + int(ctx.node_config[wire.PARTITION_ID]))
 
     inner = _grid(flaky)
-    outer = CountingGrid(inner)
+    outer = ObservedGrid(inner)
     shared = RecordDict({"arrays": ArrayRecord([np.ones(3, dtype=np.float32)])})
     replies = list(outer.send_and_receive(_messages(inner, shared)))
     assert len(replies) == 4 and list(outer.get_node_ids()) == inner.get_node_ids()

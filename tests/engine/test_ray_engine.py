@@ -80,7 +80,7 @@ def test_fedavg_gives_the_same_weights_on_inprocess_and_ray(
     for key in a.files:
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6)
     assert [r["round"] for r in ray_metrics] == [0, 1, 2]
-    # Telemetry on Flower's grid (counted by the ServerApp's CountingGrid) agrees too.
+    # Telemetry on Flower's grid (counted by the ServerApp's ObservedGrid) agrees too.
     for ray_round, local_round in zip(ray_metrics, in_process.metrics, strict=True):
         assert ray_round["participants"] == local_round["participants"]
         assert ray_round["bytes_up"] == local_round["bytes_up"]
