@@ -32,12 +32,27 @@ def cache_dir() -> Path:
 
 @DATASETS.register("digits", help="scikit-learn handwritten digits, 1,797 8x8 images, offline")
 def load_digits(cfg: DigitsDataset) -> ArrayDataset:
-    """Load scikit-learn's digits as (N, 1, 8, 8) images scaled to [0, 1]."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    """Load scikit-learn's digits as (N, 1, 8, 8) images scaled to [0, 1].
 
-    bunch = sk_load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
-    return ArrayDataset(x=x, y=bunch.target.astype(np.int64), num_classes=10)
+    Cached as ``.npz``: a deployed ClientApp is a fresh process per message, and
+    importing scikit-learn costs it seconds of CPU every time.
+    """
+    path = cache_dir() / "digits.npz"
+    if not path.exists():
+        from sklearn.datasets import load_digits as sk_load_digits
+
+        bunch = sk_load_digits()
+        _save_atomic(path, x=bunch.images.astype(np.float32) / 16.0, y=bunch.target)
+    with np.load(path) as f:
+        x = f["x"].astype(np.float32)[:, None, :, :]
+        return ArrayDataset(x=x, y=f["y"].astype(np.int64), num_classes=10)
+
+
+def _save_atomic(path: Path, **arrays: Any) -> None:
+    """Write ``.npz`` through a temporary file: concurrent runs never read half a file."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
 
 
 @DATASETS.register("mnist1d", help="MNIST-1D generated locally (40-step sequences), offline")
@@ -50,9 +65,7 @@ def load_mnist1d(cfg: Mnist1dDataset) -> ArrayDataset:
         args = get_dataset_args()
         args.num_samples = cfg.num_samples
         data = make_dataset(args)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
-        tmp.replace(path)  # atomic: concurrent runs never read half a file
+        _save_atomic(path, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
     with np.load(path) as f:
         return ArrayDataset(
             x=f["x"].astype(np.float32),

@@ -20,6 +20,17 @@ def test_digits_is_embedded() -> None:
     assert ds.num_classes == 10
 
 
+def test_digits_cache_holds_scikit_learns_images_exactly() -> None:
+    from sklearn.datasets import load_digits
+
+    first = load_dataset(DataConfig().dataset)  # may write the cache
+    cached = load_dataset(DataConfig().dataset)  # reads it
+    reference = load_digits()
+    expected = (reference.images.astype(np.float32) / 16.0)[:, None]
+    assert np.array_equal(first.x, expected) and np.array_equal(cached.x, expected)
+    assert np.array_equal(cached.y, reference.target)
+
+
 def test_mnist1d_is_generated_and_cached(tmp_path: Path) -> None:
     cfg = DataConfig.model_validate({"dataset": {"name": "mnist1d", "num_samples": 400}}).dataset
     ds = load_dataset(cfg)
