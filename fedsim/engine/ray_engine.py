@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import tomli_w
 from flwr.app import UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -52,20 +53,11 @@ def import_spec(obj: object) -> str:
     return f"{name}:{attr}"
 
 
-def _config_value(value: object) -> str:
-    """A run-config value in TOML."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
 def write_app(app_dir: Path, server: str, client: str, run_config: UserConfig) -> Path:
     """Write the Flower App (a ``pyproject.toml`` only; the code is the installed fedsim)."""
     app_dir.mkdir(parents=True, exist_ok=True)
-    config = "\n".join(f'"{k}" = {_config_value(v)}' for k, v in run_config.items())
+    # tomli_w (as `fedsim deploy` uses) escapes any string, newlines included.
+    config = tomli_w.dumps(dict(run_config))
     (app_dir / "pyproject.toml").write_text(
         f"""[build-system]
 requires = ["hatchling"]
@@ -86,8 +78,7 @@ serverapp = "{server}"
 clientapp = "{client}"
 
 [tool.flwr.app.config]
-{config}
-""",
+{config}""",
         encoding="utf-8",
     )
     return app_dir
