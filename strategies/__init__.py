@@ -1,6 +1,7 @@
 """Server strategies by registry name.
 
-Flower's own strategies are registered under lower-case names; fedsim's strategies
+Flower's own strategies are registered under lower-case names (``fedavg`` is Flower's
+FedAvg with a faster aggregation, :mod:`fedsim.strategies.fedavg`); fedsim's strategies
 (one per module in this package) register themselves; user code adds more with
 :func:`register_strategy` or names ``pkg.module:Class`` in a scenario.
 """
@@ -38,7 +39,6 @@ def register_strategy(name: str) -> Callable[[S], S]:
 
 
 _FLOWER = {
-    "fedavg": ("FedAvg", "Federated averaging (McMahan et al. 2017)"),
     "fedprox": ("FedProx", "FedAvg with a proximal term on clients (Li et al. 2020)"),
     "fedadam": ("FedAdam", "server-side Adam on the averaged update (Reddi et al. 2021)"),
     "fedyogi": ("FedYogi", "server-side Yogi (Reddi et al. 2021)"),
@@ -55,4 +55,4 @@ for _name, (_cls, _help) in _FLOWER.items():
     STRATEGIES.add(_name, getattr(flwr_strategies, _cls), help=f"Flower: {_help}")
 
 # fedsim's own strategies (one module each) register themselves on import.
-from fedsim.strategies import coded, fedaws, fedcurv, lasgd  # noqa: E402, F401
+from fedsim.strategies import coded, fedavg, fedaws, fedcurv, lasgd  # noqa: E402, F401

@@ -30,6 +30,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 
 from fedsim import wire
+from fedsim.array_codec import decoding_arrays
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.flower_compat import assign_message_id, empty_run
@@ -53,21 +54,23 @@ def copy_content(content: RecordDict) -> RecordDict:
     """
     out = RecordDict()
     for key, record in content.items():
-        # Item by item into an empty record: ~5x faster than ArrayRecord(dict), which
-        # inspects its argument to pick one of its three constructors (flwr 1.41).
+        # Records' own shallow copy skips the per-item type checks that filling a new
+        # record repeats (1.6 vs 19 µs for four arrays, flwr 1.41); the values are
+        # immutable bytes and numbers, except a config's or metric's lists.
         if isinstance(record, ArrayRecord):
-            arrays = out[key] = ArrayRecord()
-            for name, array in record.items():
-                arrays[name] = array
-        elif isinstance(record, ConfigRecord):
-            config = out[key] = ConfigRecord()
-            for name, value in record.items():
-                config[name] = copy.copy(value)
-        elif isinstance(record, MetricRecord):
-            metrics = out[key] = MetricRecord()
-            for name, metric in record.items():
-                metrics[name] = copy.copy(metric)
+            out[key] = record.copy()
+        elif isinstance(record, ConfigRecord | MetricRecord):
+            out[key] = _with_own_lists(record)
     return out
+
+
+def _with_own_lists(record: ConfigRecord | MetricRecord) -> ConfigRecord | MetricRecord:
+    """A shallow copy of ``record`` with copies of its list values."""
+    copied = record.copy()
+    for name, value in copied.items():
+        if isinstance(value, list):
+            copied[name] = value.copy()  # type: ignore[assignment]  # same type as before
+    return copied
 
 
 @dataclass(order=True)
@@ -287,6 +290,9 @@ class InProcessGrid(Grid):
             )
         if reply.has_error():
             return t + self.clock.upload_s(device, 0), reply
+        for record in reply.content.values():
+            if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
+                decoding_arrays(record)
         up = content_bytes(reply)
         self.telemetry.record_upload(reply, up)
         t += self.clock.compute_s(device, _work(message, reply), fate)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim import wire
 from fedsim.engine.clock import VirtualClock
@@ -36,19 +36,31 @@ def _messages(grid: InProcessGrid, content: RecordDict | None = None) -> list[Me
 
 
 def test_clients_get_private_copies_of_shared_content() -> None:
-    seen: list[int] = []
+    seen: list[tuple[int, list[int], list[str], list[float]]] = []
 
     def greedy(msg: Message, ctx: Context) -> Message:
-        cfg = msg.content["config"]
-        seen.append(int(cfg["x"]))
-        cfg["x"] = 99  # a client scribbling on what it received
+        cfg, arrays, metrics = (msg.content[k] for k in ("config", "arrays", "metrics"))
+        seen.append((int(cfg["x"]), list(cfg["ids"]), sorted(arrays), list(metrics["m"])))
+        # A client scribbling on everything it received.
+        cfg["x"] = 99
+        cfg["ids"].append(7)  # type: ignore[union-attr]
+        metrics["m"].append(2.0)  # type: ignore[union-attr]
+        arrays["extra"] = Array(np.zeros(2))
+        del arrays["w"]
         return _reply(msg)
 
     grid = _grid(greedy)
-    shared = RecordDict({"config": ConfigRecord({"x": 1})})
+    shared = RecordDict(
+        {
+            "config": ConfigRecord({"x": 1, "ids": [1, 2]}),
+            "arrays": ArrayRecord({"w": Array(np.ones(3))}),
+            "metrics": MetricRecord({"m": [1.0]}),
+        }
+    )
     grid.send_and_receive(_messages(grid, shared))
-    assert seen == [1, 1, 1, 1]
-    assert shared["config"]["x"] == 1
+    assert seen == [(1, [1, 2], ["w"], [1.0])] * 4
+    assert shared["config"]["x"] == 1 and shared["config"]["ids"] == [1, 2]
+    assert list(shared["arrays"]) == ["w"] and shared["metrics"]["m"] == [1.0]
 
 
 def test_raising_client_is_a_counted_failure_and_the_round_goes_on() -> None:

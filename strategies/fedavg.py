@@ -1,0 +1,127 @@
+"""``fedavg``: Flower's FedAvg, aggregating the train replies in one pass.
+
+Flower 1.41's ``FedAvg.aggregate_train`` finds each reply's records through views that
+``RecordDict`` builds afresh, with a type check per entry, on every lookup (six per
+reply between its consistency check and its two aggregations), decodes every array
+with ``np.load`` and adds each metric into a type-checked record one value at a time:
+about 0.14 ms of Python per reply on a 2-core machine, for a few microseconds of
+arithmetic. :class:`FedAvg` reads each reply once, decodes with
+:mod:`fedsim.array_codec` and accumulates in plain containers. Its checks are Flower's
+and so is its arithmetic, operation for operation and in the same order: the averaged
+arrays are bit-identical and the metrics equal (a test compares the two on the same
+replies). Replies Flower's checks would reject, and a custom
+``train_metrics_aggr_fn``, go to Flower's own code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.serverapp.strategy.strategy_utils import (
+    aggregate_arrayrecords,
+    aggregate_metricrecords,
+    validate_message_reply_consistency,
+)
+
+from fedsim.array_codec import decode, encode_record
+from fedsim.strategies import register_strategy
+
+
+@register_strategy("fedavg")
+class FedAvg(flwr_strategies.FedAvg):
+    """Federated averaging (McMahan et al. 2017): Flower's, with faster train aggregation.
+
+    Takes Flower's :class:`~flwr.serverapp.strategy.FedAvg` parameters and behaves as it
+    does in every respect but speed (see the module docstring).
+    """
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the replies' arrays and metrics, weighted by ``weighted_by_key``."""
+        if self.train_metrics_aggr_fn is not aggregate_metricrecords:
+            return super().aggregate_train(server_round, replies)
+        valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
+        if not valid:
+            return None, None
+        parts = _single_records(valid, self.weighted_by_key)
+        if parts is None:  # let Flower say what is wrong (or aggregate what it accepts)
+            contents = [msg.content for msg in valid]
+            validate_message_reply_consistency(contents, self.weighted_by_key, True)
+            return aggregate_arrayrecords(contents, self.weighted_by_key), aggregate_metricrecords(
+                contents, self.weighted_by_key
+            )
+        weights = [metrics[self.weighted_by_key] for _, metrics in parts]
+        total = sum(weights)  # type: ignore[arg-type]
+        factors = [w / total for w in weights]  # type: ignore[operator]
+        return (
+            _weighted_arrays([a for a, _ in parts], factors),
+            _weighted_metrics([m for _, m in parts], factors, self.weighted_by_key),
+        )
+
+
+def _single_records(
+    replies: list[Message], weighted_by_key: str
+) -> list[tuple[ArrayRecord, MetricRecord]] | None:
+    """Each reply's one ArrayRecord and one MetricRecord, if Flower's checks would pass.
+
+    The checks of ``validate_message_reply_consistency``: one record of each kind per
+    reply, under the same name and with the same keys in every reply, the weighting
+    metric among them and not a list. None if any fails.
+    """
+    parts: list[tuple[ArrayRecord, MetricRecord]] = []
+    names: tuple[str, str] | None = None
+    keys: tuple[set[str], set[str]] | None = None
+    for reply in replies:
+        arrays = [(k, r) for k, r in reply.content.items() if isinstance(r, ArrayRecord)]
+        metrics = [(k, r) for k, r in reply.content.items() if isinstance(r, MetricRecord)]
+        if len(arrays) != 1 or len(metrics) != 1:
+            return None
+        (array_name, array_record), (metric_name, metric_record) = arrays[0], metrics[0]
+        if names is None:
+            names = (array_name, metric_name)
+            keys = (set(array_record), set(metric_record))
+            if weighted_by_key not in keys[1]:
+                return None
+        elif (array_name, metric_name) != names or (set(array_record), set(metric_record)) != keys:
+            return None
+        if isinstance(metric_record[weighted_by_key], list):
+            return None
+        parts.append((array_record, metric_record))
+    return parts
+
+
+def _weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRecord:
+    """``Σ factor·array`` per key, accumulated as Flower's ``aggregate_arrayrecords`` does."""
+    total: dict[str, np.ndarray] = {}
+    for record, factor in zip(records, factors, strict=True):
+        for key, value in record.items():
+            if key not in total:
+                total[key] = decode(value) * factor
+            else:
+                total[key] += decode(value) * factor
+    return encode_record({k: np.asarray(v) for k, v in total.items()})
+
+
+def _weighted_metrics(
+    records: list[MetricRecord], factors: list[float], weighted_by_key: str
+) -> MetricRecord:
+    """``Σ factor·metric`` per key (lists element-wise), as ``aggregate_metricrecords``."""
+    total: dict[str, Any] = {}
+    for record, factor in zip(records, factors, strict=True):
+        for key, value in record.items():
+            if key == weighted_by_key:
+                continue
+            if key not in total:
+                total[key] = (
+                    [v * factor for v in value] if isinstance(value, list) else value * factor
+                )
+            elif isinstance(value, list):
+                total[key] = [c + v * factor for c, v in zip(total[key], value, strict=True)]
+            else:
+                total[key] = total[key] + value * factor
+    return MetricRecord(total)

@@ -1,0 +1,101 @@
+"""fedsim's ``fedavg`` aggregates exactly as Flower's FedAvg, and falls back to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.serverapp.exception import InconsistentMessageReplies
+
+from fedsim import wire
+from fedsim.array_codec import decoding_arrays
+from fedsim.engine.flower_compat import set_task_identity
+from fedsim.strategies import STRATEGIES
+from fedsim.strategies.fedavg import FedAvg
+
+SHAPES = {"1.weight": (6, 4), "1.bias": (6,), "3.weight": (3, 6), "3.bias": (3,)}
+
+
+def _reply(rng: np.random.Generator, n: int, decoding: bool, **overrides: Any) -> Message:
+    arrays = ArrayRecord(
+        {k: Array(rng.normal(size=s).astype(np.float32)) for k, s in SHAPES.items()}
+    )
+    if decoding:
+        decoding_arrays(arrays)  # as the in-process engine hands them over
+    metrics = {
+        wire.NUM_EXAMPLES: n,
+        wire.TRAIN_LOSS: float(rng.random()),
+        "per-class": [float(v) for v in rng.random(3)],
+        **overrides,
+    }
+    instruction = Message(RecordDict(), 1000 + n, "train")
+    return Message(
+        RecordDict({wire.ARRAYS: arrays, wire.METRICS: MetricRecord(metrics)}), reply_to=instruction
+    )
+
+
+@pytest.fixture(autouse=True)
+def _identity() -> None:
+    set_task_identity(1)
+
+
+@pytest.mark.parametrize("decoding", [False, True])
+def test_bit_identical_to_flowers_fedavg(decoding: bool) -> None:
+    rng = np.random.default_rng(0)
+    replies = [_reply(rng, int(n), decoding) for n in rng.integers(1, 200, 50)]
+    failed = Message(Error(2, "boom"), reply_to=Message(RecordDict(), 999, "train"))
+    replies.insert(7, failed)  # error replies are left out by both
+    ours = FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)
+    flowers = flwr_strategies.FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)
+    assert ours[0] is not None and flowers[0] is not None
+    assert list(ours[0]) == list(flowers[0])
+    for key in SHAPES:
+        assert ours[0][key].data == flowers[0][key].data
+    assert ours[1] == flowers[1]
+
+
+def test_registered_as_fedavg() -> None:
+    assert STRATEGIES.get("fedavg") is FedAvg
+    assert issubclass(FedAvg, flwr_strategies.FedAvg)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda r: r.content[wire.ARRAYS].pop("1.bias"),  # keys differ
+        lambda r: r.content[wire.METRICS].pop(wire.NUM_EXAMPLES),  # weight missing
+        lambda r: r.content.__setitem__("more", MetricRecord({"x": 1.0})),  # two metric records
+    ],
+    ids=["array-keys", "no-weight", "two-metric-records"],
+)
+def test_inconsistent_replies_raise_flowers_error(spoil: Any) -> None:
+    rng = np.random.default_rng(1)
+    replies = [_reply(rng, 10 + k, False) for k in range(4)]
+    spoil(replies[2])
+    with pytest.raises(InconsistentMessageReplies) as flowers:
+        flwr_strategies.FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)
+    with pytest.raises(InconsistentMessageReplies) as ours:
+        FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)
+    assert str(ours.value) == str(flowers.value)
+
+
+def test_custom_metric_aggregation_is_flowers_path() -> None:
+    rng = np.random.default_rng(2)
+    replies = [_reply(rng, 10 + k, False) for k in range(3)]
+    calls: list[int] = []
+
+    def count(records: list[RecordDict], key: str) -> MetricRecord:
+        calls.append(len(records))
+        return MetricRecord({"n": len(records)})
+
+    arrays, metrics = FedAvg(train_metrics_aggr_fn=count).aggregate_train(1, replies)
+    assert calls == [3] and metrics == MetricRecord({"n": 3}) and arrays is not None
+
+
+def test_no_valid_replies() -> None:
+    failed = Message(Error(2, "boom"), reply_to=Message(RecordDict(), 999, "train"))
+    assert FedAvg().aggregate_train(1, [failed]) == (None, None)
+    assert FedAvg().aggregate_train(1, []) == (None, None)
