@@ -34,19 +34,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
+from fedsim.array_codec import decode, encode, encode_record
 from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
 from fedsim.clients.dp import PrivateGradient, spend
+from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.steps import StepInputs, select_step
-from fedsim.clients.training import Gradient, plain_gradient, train_local
+from fedsim.clients.training import Gradient, default_gradient, train_local
 from fedsim.data.node_data import NodeData, node_data
 from fedsim.evaluation import evaluate_model
-from fedsim.models import build_model
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
 
@@ -104,18 +105,25 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     # The CPU generator only: torch.manual_seed also queues CUDA/XPU seeding with a stack
     # trace when those are not initialised (~0.3 ms, a noticeable share of a tiny job).
     torch.default_generator.manual_seed(seed)
-    model = build_model(
-        scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
+    records = msg.content.array_records
+    arrays = (records.get(wire.ARRAYS) or next(iter(records.values()))) if received_model else {}
+    model = model_for_job(
+        scenario.model.name,
+        scenario.model.params,
+        data.input_shape,
+        data.num_classes,
+        overwritten=arrays.keys(),
+        reusable=scenario.client.dp is None,
     )
+    # Again: what follows draws the same numbers whether the model was built or reused.
+    torch.default_generator.manual_seed(seed)
     if not received_model:
         return _Job(scenario, pid, x, y, model, server_round, {}, frozenset())
-    records = msg.content.array_records
-    arrays = records.get(wire.ARRAYS) or next(iter(records.values()))
     own = set(model.state_dict())
     # Strategies may ship extra arrays beside the model (FedCurv's sums, FedAwS's row)
     # and withhold model arrays (FedAwS's class embeddings): a local step handles both.
-    extras = {k: v.numpy() for k, v in arrays.items() if k not in own}
-    received = {k: torch.from_numpy(v.numpy()) for k, v in arrays.items() if k in own}
+    extras = {k: decode(v) for k, v in arrays.items() if k not in own}
+    received = {k: torch.from_numpy(decode(v)) for k, v in arrays.items() if k in own}
     model.load_state_dict(received, strict=False)
     return _Job(scenario, pid, x, y, model, server_round, extras, frozenset(own - set(received)))
 
@@ -160,7 +168,7 @@ def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
     step = select_step(config)(inputs)
     _check_complete(job.missing, step.withheld)
     generator = torch.Generator().manual_seed(int(torch.initial_seed()))
-    gradient: Gradient = plain_gradient
+    gradient: Gradient = default_gradient(job.model, step)
     if cfg.dp is not None:
         noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
         expected = float(min(cfg.batch_size, len(job.y)))  # q·n with q = batch / n
@@ -179,12 +187,12 @@ def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
     if cfg.dp is not None:
         rate = min(cfg.batch_size, len(job.y)) / len(job.y)
         metrics[wire.EPSILON] = spend(context.state, cfg.dp, rate, result.steps)
-    arrays = ArrayRecord(job.model.state_dict()) if step.trains_model else ArrayRecord()
+    arrays = encode_record(job.model.state_dict()) if step.trains_model else ArrayRecord()
     for key in step.withheld & set(arrays):  # arrays the algorithm keeps off the wire
         del arrays[key]
     xt, yt = torch.from_numpy(job.x), torch.from_numpy(job.y)
     for key, value in step.finish(job.model, xt, yt).items():
-        arrays[key] = Array(np.ascontiguousarray(value))
+        arrays[key] = encode(np.ascontiguousarray(value))
     return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=msg)
 
 

@@ -3,30 +3,87 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import torch
 
 from fedsim.registry import Registry
 from fedsim.scenario import OptimizerConfig
 
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter], OptimizerConfig], torch.optim.Optimizer]
+
+class LocalOptimizer(Protocol):
+    """What the training loop needs of an optimizer (any ``torch.optim.Optimizer`` has it)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the parameters' gradients."""
+
+    def step(self) -> Any:
+        """Update the parameters from their gradients."""
+
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter], OptimizerConfig], LocalOptimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizers")
 
 
+class SGD:
+    """``torch.optim.SGD``'s update (no dampening, no Nesterov), without its step wrapper.
+
+    Every ``torch.optim.Optimizer.step`` runs through hooks and a profiler scope that
+    cost more than the update of a small model (~45 of ~60 µs per step for a 1.7k-weight
+    MLP). The arithmetic here is torch's single-tensor SGD, operation for operation, so
+    results are bit-identical (a test compares the two).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self.params = list(params)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.momentum_buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients (to None, or to zeros with ``set_to_none=False``)."""
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Take one step on every parameter that has a gradient."""
+        for i, param in enumerate(self.params):
+            grad = param.grad
+            if grad is None:
+                continue
+            if self.weight_decay != 0:
+                grad = grad.add(param, alpha=self.weight_decay)
+            if self.momentum != 0:
+                buf = self.momentum_buffers[i]
+                if buf is None:
+                    buf = self.momentum_buffers[i] = grad.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad, alpha=1)
+                grad = buf
+            param.add_(grad, alpha=-self.lr)
+
+
 @OPTIMIZERS.register("sgd", help="SGD with optional momentum and weight decay")
-def sgd(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def sgd(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> LocalOptimizer:
     """Plain (momentum) SGD."""
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("adam", help="Adam (momentum is ignored)")
-def adam(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def adam(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> LocalOptimizer:
     """Adam with the configured learning rate and weight decay."""
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig
-) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> LocalOptimizer:
     """Build the optimizer ``cfg`` names."""
     return OPTIMIZERS.get(cfg.name)(params, cfg)

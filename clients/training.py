@@ -17,6 +17,7 @@ from torch import nn
 
 from fedsim.clients.optimizers import make_optimizer
 from fedsim.clients.steps import LocalStep
+from fedsim.kernels import mlp_cross_entropy_grad, mlp_linears
 from fedsim.scenario import ClientConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,6 +61,28 @@ def plain_gradient(
     losses = loss_fn(model(x), y)
     losses.mean().backward()
     return losses.detach()
+
+
+def default_gradient(model: nn.Module, step: LocalStep) -> Gradient:
+    """The non-private gradient for ``model`` under ``step``.
+
+    A plain MLP (:func:`fedsim.kernels.mlp_linears`) trained on the plain cross-entropy
+    gets its gradient from :func:`fedsim.kernels.mlp_cross_entropy_grad`, without
+    autograd's fixed costs; every other model or loss goes through autograd.
+    """
+    linears = mlp_linears(model)
+    if linears is None or type(step).data_loss is not LocalStep.data_loss:
+        return plain_gradient
+    mlp = linears
+
+    def gradient(
+        model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        if y.dim() != 1:  # not class targets: let autograd (and its errors) handle it
+            return plain_gradient(model, loss_fn, x, y)
+        return mlp_cross_entropy_grad(mlp, x, y)
+
+    return gradient
 
 
 def batches(

@@ -9,6 +9,7 @@ on Flower's Ray engine and under ``flower-supernode``.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,8 +33,13 @@ def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
         key = ("yaml:" + hashlib.sha256(text.encode()).hexdigest(), 0.0)
         source = f"run config '{wire.RUN_SCENARIO_YAML}'"
     elif run_config.get(wire.RUN_SCENARIO):
-        path = Path(str(run_config[wire.RUN_SCENARIO])).resolve()
-        key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
+        # Keyed by the path as given (resolving it costs more than a small client's
+        # whole job); the modification time reloads a file rewritten in place.
+        path = Path(str(run_config[wire.RUN_SCENARIO]))
+        try:
+            key = (str(path), os.stat(path).st_mtime)
+        except OSError:
+            key = (str(path), 0.0)
         source = str(path)
     else:
         raise ScenarioError(

@@ -5,6 +5,8 @@
   per-layer kernels keyed by layer type (:func:`register_kernel`), with a ``torch.func``
   fallback for layers without one.
 - :class:`LSTM`: an ``nn.LSTM``-compatible layer built so that those kernels apply.
+- :func:`mlp_cross_entropy_grad`: a plain MLP's cross-entropy gradient without autograd
+  (:func:`mlp_linears` tells whether a model is one).
 """
 
 from fedsim.kernels import conv, embedding, linear, norm_layers  # noqa: F401  (register kernels)
@@ -16,6 +18,7 @@ from fedsim.kernels.clipping import (
 )
 from fedsim.kernels.gathered import gathered_linear
 from fedsim.kernels.lstm import LSTM, StructuredDropoutLSTM
+from fedsim.kernels.mlp import mlp_cross_entropy_grad, mlp_linears
 from fedsim.kernels.registry import KERNELS, Kernel, Record, UnsupportedModuleError, register_kernel
 
 __all__ = [
@@ -29,6 +32,8 @@ __all__ = [
     "clip_and_accumulate",
     "clipped_gradient",
     "gathered_linear",
+    "mlp_cross_entropy_grad",
+    "mlp_linears",
     "per_example_grad_norms",
     "register_kernel",
 ]
