@@ -259,19 +259,22 @@ class InProcessGrid(Grid):
         """Handle every message of one dispatch; return (arrival, id, reply or None)."""
         self._dispatch += 1
         out: list[tuple[float, str, Message | None]] = []
+        sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
         for i, message in enumerate(messages):
             message_id = f"{self._dispatch}-{i}"
             assign_message_id(message, message_id)
-            arrival, reply = self._handle(message)
+            key = id(message.content)  # the contents stay alive, so ids stay unique
+            if key not in sizes:
+                sizes[key] = content_bytes(message)
+            arrival, reply = self._handle(message, sizes[key])
             out.append((arrival, message_id, reply))
         return out
 
-    def _handle(self, message: Message) -> tuple[float, Message | None]:
-        """Run one node on one message; return its reply and simulated arrival time."""
+    def _handle(self, message: Message, nbytes: int) -> tuple[float, Message | None]:
+        """Run one node on one message of ``nbytes``; return its reply and arrival time."""
         node = message.metadata.dst_node_id
         device = self.devices[node]
         fate = self.clock.draw(self._dispatch, node)
-        nbytes = content_bytes(message)
         self.telemetry.current.bytes_down += nbytes
         if fate is Fate.DROPOUT:
             self.telemetry.current.dropouts += 1
@@ -290,19 +293,19 @@ class InProcessGrid(Grid):
             )
         if reply.has_error():
             return t + self.clock.upload_s(device, 0), reply
+        up = 0
         for record in reply.content.values():
+            up += record.count_bytes()
             if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
                 decoding_arrays(record)
-        up = content_bytes(reply)
-        self.telemetry.record_upload(reply, up)
-        t += self.clock.compute_s(device, _work(message, reply), fate)
+        metrics = reply_metrics(reply)
+        self.telemetry.record_upload(reply, up, metrics)
+        t += self.clock.compute_s(device, _work(message.metadata.message_type, metrics), fate)
         return t + self.clock.upload_s(device, up), reply
 
 
-def _work(message: Message, reply: Message) -> float:
+def _work(kind: str, metrics: MetricRecord) -> float:
     """Training examples' worth of compute a reply represents (drives the clock)."""
-    metrics = reply_metrics(reply)
-    kind = message.metadata.message_type
     if kind.startswith("train"):
         return float(metrics.get(wire.TRAIN_SAMPLES, metrics.get(wire.NUM_EXAMPLES, 0)))  # type: ignore[arg-type]
     if kind.startswith("evaluate"):

@@ -75,16 +75,19 @@ class Telemetry:
         stats, self.current = self.current, RoundStats()
         return stats
 
-    def record_upload(self, reply: Message, nbytes: int | None = None) -> None:
+    def record_upload(
+        self, reply: Message, nbytes: int | None = None, metrics: MetricRecord | None = None
+    ) -> None:
         """Count a reply that left its device (bytes, privacy spent), on time or not.
 
-        ``nbytes`` is the reply's payload size when the caller has measured it already.
+        ``nbytes`` and ``metrics`` are the reply's payload size and metrics when the caller
+        has them already.
         """
         if reply.has_error():
             return
         stats = self.current
         stats.bytes_up += content_bytes(reply) if nbytes is None else nbytes
-        eps = reply_metrics(reply).get(wire.EPSILON)
+        eps = (reply_metrics(reply) if metrics is None else metrics).get(wire.EPSILON)
         if isinstance(eps, int | float):
             stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
 
