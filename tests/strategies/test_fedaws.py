@@ -126,8 +126,8 @@ def test_each_train_message_holds_one_row_and_w_never_leaves_the_server(
     seen: list[tuple[Message, Message | None]] = []
     handle = InProcessGrid._handle
 
-    def spy(self: InProcessGrid, message: Message) -> tuple[float, Message | None]:
-        arrival, reply = handle(self, message)
+    def spy(self: InProcessGrid, message: Message, *rest: Any) -> tuple[float, Message | None]:
+        arrival, reply = handle(self, message, *rest)
         # Copies: the strategy strips the row off the replies it aggregates.
         seen.append((copy.deepcopy(message), copy.deepcopy(reply)))
         return arrival, reply
