@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from fedsim.cli.errors import user_errors
+from fedsim.outputs.comparison import format_cell
 from fedsim.outputs.report import COLUMNS, write_report
 
 
@@ -19,14 +20,6 @@ class XAxis(StrEnum):
 
     round = "round"
     virtual_time = "virtual_time"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
 
 
 def report(
@@ -50,7 +43,7 @@ def report(
     for column in COLUMNS[1:]:
         table.add_column(column.replace("_eval", "").replace("_", " "))
     for row in result.rows:
-        table.add_row(*(_cell(row[c]) for c in COLUMNS))
+        table.add_row(*(format_cell(row[c]) for c in COLUMNS))
     console = Console()
     console.print(table)
     for path in [result.csv_path, *result.plots]:

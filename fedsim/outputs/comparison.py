@@ -60,7 +60,8 @@ def columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*COLUMNS, *extra]
 
 
-def _fmt(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A table cell: ``-`` for missing, 4 decimals for small floats, 1 for large."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -72,7 +73,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render comparison rows as a Markdown table."""
     cols = columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
