@@ -293,11 +293,10 @@ class InProcessGrid(Grid):
             )
         if reply.has_error():
             return t + self.clock.upload_s(device, 0), reply
-        up = 0
         for record in reply.content.values():
-            up += record.count_bytes()
             if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
                 decoding_arrays(record)
+        up = content_bytes(reply)
         metrics = reply_metrics(reply)
         self.telemetry.record_upload(reply, up, metrics)
         t += self.clock.compute_s(device, _work(message.metadata.message_type, metrics), fate)
