@@ -73,7 +73,7 @@ def default_gradient(model: nn.Module, step: LocalStep) -> Gradient:
     linears = mlp_linears(model)
     if linears is None or type(step).data_loss is not LocalStep.data_loss:
         return plain_gradient
-    mlp = linears
+    mlp = linears  # a name the closure can see as non-None (mypy does not narrow captures)
 
     def gradient(
         model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
