@@ -23,7 +23,7 @@ rounds with Python's garbage collector frozen (``gc.freeze``), as the engine doe
 
 Usage::
 
-    python benchmarks/engine_overhead.py [--repeats 15] [--ray-repeats 2] [--threads 1]
+    python benchmarks/engine_overhead.py [--repeats 40] [--ray-repeats 2] [--threads 1]
 
 The last line printed is ``speedup_vs_flower_ray: X`` (ray end to end / inprocess end
 to end).
@@ -133,7 +133,7 @@ def pure_compute(scenario: Scenario, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--repeats", type=int, default=15, help="in-process runs (between pure loops)"
+        "--repeats", type=int, default=40, help="in-process runs (between pure loops)"
     )
     parser.add_argument("--ray-repeats", type=int, default=2, help="ray runs (fastest counts)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (Ray actors: 1)")
