@@ -14,7 +14,7 @@ train
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
     spent so far at ``client.dp.delta``). A step that does not train (AGC's coded
-    gradient, selected by ``agc-d``) replies with its own arrays instead of the model.
+    gradient, selected by ``agc-p``) replies with its own arrays instead of the model.
 train.lasgd
     An LASGD block (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
     config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
@@ -30,20 +30,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from numpy.typing import NDArray
 from torch import nn
 
 from fedsim import wire
 from fedsim.array_codec import decode, encode, encode_record
 from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
-from fedsim.clients.dp import PrivateGradient, spend
+from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
 from fedsim.clients.model_cache import model_for_job
+from fedsim.clients.positive import PositiveOnlyStep
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, default_gradient, train_local
 from fedsim.data.node_data import NodeData, node_data
@@ -58,8 +57,7 @@ app = ClientApp()
 class _Job:
     scenario: Scenario
     partition_id: int
-    x: NDArray[Any]
-    y: NDArray[np.int64]
+    data: NodeData
     model: nn.Module
     server_round: int
     extras: dict[str, np.ndarray]
@@ -94,7 +92,6 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     loads the weights itself (an LASGD worker computes them from its kept model).
     """
     scenario, pid, data = _partition(context)
-    x, y = data.x, data.y
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     # Seeded from (run seed, node, round, purpose) so results do not depend on the order
@@ -118,14 +115,14 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     # Again: what follows draws the same numbers whether the model was built or reused.
     torch.default_generator.manual_seed(seed)
     if not received_model:
-        return _Job(scenario, pid, x, y, model, server_round, {}, frozenset())
+        return _Job(scenario, pid, data, model, server_round, {}, frozenset())
     own = set(model.state_dict())
     # Strategies may ship extra arrays beside the model (FedCurv's sums, FedAwS's row)
     # and withhold model arrays (FedAwS's class embeddings): a local step handles both.
     extras = {k: decode(v) for k, v in arrays.items() if k not in own}
     received = {k: torch.from_numpy(decode(v)) for k, v in arrays.items() if k in own}
     model.load_state_dict(received, strict=False)
-    return _Job(scenario, pid, x, y, model, server_round, extras, frozenset(own - set(received)))
+    return _Job(scenario, pid, data, model, server_round, extras, frozenset(own - set(received)))
 
 
 def _check_complete(missing: frozenset[str], filled: frozenset[str] = frozenset()) -> None:
@@ -163,34 +160,47 @@ def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
     cfg = job.scenario.client
     inputs = StepInputs(
-        config, job.model, job.extras, context.state, cfg.batch_size, job.scenario, job.partition_id
+        config,
+        job.model,
+        job.extras,
+        context.state,
+        cfg.batch_size,
+        job.data,
+        job.partition_id,
+        context.node_id,
     )
-    step = select_step(config)(inputs)
+    step_cls = select_step(config)
+    if cfg.dp is not None and step_cls.dp_refusal is not None:
+        raise ValueError(f"client.dp: {step_cls.dp_refusal}")  # validation refuses it first
+    step = step_cls(inputs)
     _check_complete(job.missing, step.withheld)
     generator = torch.Generator().manual_seed(int(torch.initial_seed()))
     gradient: Gradient = default_gradient(job.model, step)
     if cfg.dp is not None:
         noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
-        expected = float(min(cfg.batch_size, len(job.y)))  # q·n with q = batch / n
+        expected = float(min(cfg.batch_size, len(job.data.y)))  # q·n with q = batch / n
         gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
     result = step.run(job.model, cfg, generator)
     if result is None:
-        result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient)
+        result = train_local(job.model, job.data.x, job.data.y, cfg, step, generator, gradient)
     metrics = MetricRecord(
         {
-            wire.NUM_EXAMPLES: len(job.y) if result.num_examples is None else result.num_examples,
-            wire.TRAIN_LOSS: result.mean_loss,
+            wire.NUM_EXAMPLES: len(job.data.y)
+            if result.num_examples is None
+            else result.num_examples,
             wire.TRAIN_SAMPLES: result.samples,
             wire.DURATION_S: time.perf_counter() - start,
         }
     )
-    if cfg.dp is not None:
-        rate = min(cfg.batch_size, len(job.y)) / len(job.y)
-        metrics[wire.EPSILON] = spend(context.state, cfg.dp, rate, result.steps)
+    if cfg.dp is None:
+        metrics[wire.TRAIN_LOSS] = result.mean_loss
+    else:  # the loss is a statistic of the private data: it stays on the device
+        batch = min(cfg.batch_size, len(job.data.y))
+        metrics[wire.EPSILON] = spend(context.state, cfg.dp, len(job.data.y), batch, result.steps)
     arrays = encode_record(job.model.state_dict()) if step.trains_model else ArrayRecord()
     for key in step.withheld & set(arrays):  # arrays the algorithm keeps off the wire
         del arrays[key]
-    xt, yt = torch.from_numpy(job.x), torch.from_numpy(job.y)
+    xt, yt = torch.from_numpy(job.data.x), torch.from_numpy(job.data.y)
     for key, value in step.finish(job.model, xt, yt).items():
         arrays[key] = encode(np.ascontiguousarray(value))
     return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=msg)
@@ -200,10 +210,14 @@ def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on the node's own data."""
     job = _job(msg, context, purpose=1)
+    if job.scenario.client.dp is not None:
+        raise ValueError(f"client.dp: {DP_EVALUATE_REFUSAL}")  # validation refuses it first
     _check_complete(job.missing)
-    loss, acc = evaluate_model(job.model, job.x, job.y, job.scenario.client.eval_batch_size)
+    loss, acc = evaluate_model(
+        job.model, job.data.x, job.data.y, job.scenario.client.eval_batch_size
+    )
     metrics = MetricRecord(
-        {wire.NUM_EXAMPLES: len(job.y), wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc}
+        {wire.NUM_EXAMPLES: len(job.data.y), wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc}
     )
     return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
 
@@ -211,6 +225,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query(wire.QUERY_LABELS)
 def labels(msg: Message, context: Context) -> Message:
     """Reply with the distinct labels this node holds (FedAwS asks once per node)."""
-    _, _, data = _partition(context)
+    scenario, _, data = _partition(context)
+    if scenario.client.dp is not None:
+        raise ValueError(f"client.dp: {PositiveOnlyStep.dp_refusal}")
     held = sorted({int(v) for v in np.unique(data.y)})
     return Message(RecordDict({wire.METRICS: MetricRecord({wire.LABELS: held})}), reply_to=msg)

@@ -1,7 +1,8 @@
 """AGC's client step: the encoded gradient of the examples this client holds.
 
 After the offline sharing phase (:mod:`fedsim.data.sharing`) client k holds its private
-examples ``P_k`` and the non-private examples ``S_k`` (its own and those received). At
+examples ``P_k`` and the non-private examples ``S_k`` (its own and those received): its
+node data, with each example's holder count (1 or ``d``), on a device as in simulation. At
 the received model it returns, without training,
 ``e_k = Σ_{x∈P_k} g(x)/(1−p) + Σ_{x∈S_k} g(x)/(d(1−p))``, with ``g`` the gradient of
 the per-example loss, summed over all held examples in mini-batches.
@@ -18,29 +19,26 @@ from torch import nn
 from fedsim import wire
 from fedsim.clients.steps import STEPS, LocalStep, StepInputs
 from fedsim.clients.training import TrainResult, batches
-from fedsim.data.federated import federated_data
-from fedsim.data.sharing import sharing_plan
 from fedsim.scenario import ClientConfig
 
 
 class CodedGradientStep(LocalStep):
-    """Encode the gradient over the held examples (selected by ``agc-d``)."""
+    """Encode the gradient over the held examples (selected by ``agc-p``)."""
 
-    trigger_key = wire.AGC_D
+    trigger_key = wire.AGC_P
     trains_model = False
+    dp_refusal = "agc clients upload a coded gradient of their data without clipping or noise"
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)
-        if inputs.scenario is None:
-            raise ValueError("the coded-gradient step needs the run's scenario")
-        scenario = inputs.scenario
-        c, d = float(inputs.config[wire.AGC_C]), int(inputs.config[wire.AGC_D])
+        if inputs.data is None:
+            raise ValueError("the coded-gradient step needs the node's data")
         self.p = float(inputs.config[wire.AGC_P])
-        plan = sharing_plan(scenario.data, scenario.seed, c, d)
-        idx, weights = plan.held(inputs.partition_id, self.p)
-        data = federated_data(scenario.data, scenario.seed)
-        self.x, self.y = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx])
-        self.weights = torch.from_numpy(weights).float()
+        data = inputs.data
+        self.x, self.y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        # No sharing plan: every example private (held by its owner alone).
+        holders = np.ones(len(data.y)) if data.holders is None else data.holders
+        self.weights = torch.from_numpy(1.0 / (holders * (1.0 - self.p))).float()
         self.gradient: dict[str, np.ndarray] = {}
 
     def run(

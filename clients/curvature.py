@@ -1,19 +1,27 @@
 """FedCurv's client step: the EWC penalty from server sums, and the Fisher diagonal.
 
 Shoham et al. (2019): client s minimises ``L_s(θ) + λ Σ_{j≠s} Σ F_j ⊙ (θ - θ_j)²``. With
-the server's sums over all last-round participants ``U = Σ F_j``, ``V = Σ F_j ⊙ θ_j``,
-``W = Σ F_j ⊙ θ_j²`` and the client's own last terms ``u, v, w`` (kept in its state),
-the penalty is ``λ Σ [θ² ⊙ (U-u) - 2θ ⊙ (V-v) + (W-w)]``: O(|θ|) whatever the number of
-clients.
+the server's sums over the clients whose replies it aggregated in one round
+``U = Σ F_j``, ``V = Σ F_j ⊙ θ_j``, ``W = Σ F_j ⊙ θ_j²`` the penalty is
+``λ Σ [θ² ⊙ (U-u) - 2θ ⊙ (V-v) + (W-w)]``: O(|θ|) whatever the number of clients.
+
+``u, v, w`` are the client's own terms *if they are in the sums*, and zero otherwise.
+Under client sampling, deadlines, dropouts and failures a client is often absent from
+the round the sums come from (or trained in it, but its reply never arrived); subtracting
+terms that are not in the sums gives the penalty negative weights and makes it unbounded
+below. So the server says which round the sums cover (``curv-sums-round``) and whose
+terms they hold (``curv-members``), and the client keeps its terms per round it trained
+in (``context.state``), dropping those older than any round the server still uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from fedsim import wire
@@ -21,7 +29,8 @@ from fedsim.clients.steps import STEPS, LocalStep, StepInputs
 from fedsim.kernels.oracle import per_example_grads_func, per_example_grads_loop
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-OWN_TERMS = "curv-own"  # context.state record: this client's last F, F⊙θ, F⊙θ²
+# context.state records "curv-own.<round>": this client's F, F⊙θ, F⊙θ² of that round.
+OWN_TERMS = "curv-own"
 FISHER_CHUNK = 64  # examples per vectorised per-example-gradient call
 
 
@@ -75,6 +84,10 @@ class CurvatureStep(LocalStep):
     """The EWC-penalised step FedCurv asks for (config ``curv-lambda``)."""
 
     trigger_key = wire.CURV_LAMBDA
+    dp_refusal = (
+        "fedcurv clients upload the Fisher diagonal of their data (curv.F, curv.FT), "
+        "which DP-SGD's clipping and noise do not cover"
+    )
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)
@@ -82,18 +95,21 @@ class CurvatureStep(LocalStep):
         self.estimator = str(inputs.config.get(wire.CURV_FISHER, "empirical"))
         self.batch = inputs.batch_size
         self.state = inputs.state
-        own = inputs.state.array_records.get(OWN_TERMS, ArrayRecord())
+        self.round = int(inputs.config.get(wire.SERVER_ROUND, 0))
+        own = own_terms_in_sums(inputs.state, inputs.config, inputs.node_id)
+        # Differences in float64 (U - u cancels digits when one client dominates the
+        # sums), the penalty in the parameters' dtype.
         self.others: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        for name, _ in inputs.global_model.named_parameters():
+        for name, param in inputs.global_model.named_parameters():
             key = f"{wire.CURV_PREFIX}U.{name}"
             if key not in inputs.extras:
                 continue  # first round: nobody has sent curvature yet
             terms = []
             for kind, mine in (("U", "F"), ("V", "FT"), ("W", "FTT")):
-                total = inputs.extras[f"{wire.CURV_PREFIX}{kind}.{name}"]
+                total = np.asarray(inputs.extras[f"{wire.CURV_PREFIX}{kind}.{name}"], np.float64)
                 own_key = f"{mine}.{name}"
-                own_term = own[own_key].numpy() if own_key in own else 0.0
-                terms.append(torch.from_numpy(np.asarray(total - own_term, dtype=np.float32)))
+                own_term = own[own_key].numpy().astype(np.float64) if own_key in own else 0.0
+                terms.append(torch.from_numpy(np.asarray(total - own_term)).to(param.dtype))
             self.others[name] = (terms[0], terms[1], terms[2])
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
@@ -121,8 +137,41 @@ class CurvatureStep(LocalStep):
                 f * theta,
                 f * theta * theta,
             )
-        self.state[OWN_TERMS] = ArrayRecord({k: _array(v) for k, v in own.items()})
+        self.state[f"{OWN_TERMS}.{self.round}"] = ArrayRecord(
+            {k: _array(v) for k, v in own.items()}
+        )
         return extra
+
+
+def own_terms_in_sums(state: RecordDict, config: Mapping[str, Any], node_id: int) -> ArrayRecord:
+    """Return this client's terms that the received sums hold (empty if none).
+
+    Forgets the terms of rounds before ``curv-sums-round``: the server's sums only move
+    forward, so no later message can need them.
+
+    Raises
+    ------
+    ValueError
+        If the server counts this client in sums of a round whose terms it no longer
+        has (its state was lost): guessing would give a wrong penalty.
+    """
+    if wire.CURV_SUMS_ROUND not in config:
+        return ArrayRecord()
+    sums_round = int(config[wire.CURV_SUMS_ROUND])
+    prefix = f"{OWN_TERMS}."
+    for key in [k for k in state.array_records if k.startswith(prefix)]:
+        if int(key[len(prefix) :]) < sums_round:
+            del state[key]
+    members = {str(m) for m in config.get(wire.CURV_MEMBERS, [])}
+    if str(node_id) not in members:
+        return ArrayRecord()
+    own = state.array_records.get(f"{prefix}{sums_round}")
+    if own is None:
+        raise ValueError(
+            f"the server's curvature sums of round {sums_round} hold this node's terms, "
+            "but its context.state has none for that round"
+        )
+    return own
 
 
 def _array(v: np.ndarray) -> object:

@@ -185,6 +185,12 @@ class PrivateGradient:
 
 # ---------------------------------------------------------------- accounting
 
+# Federated evaluation on a node's data under client.dp: refused (validation and client).
+DP_EVALUATE_REFUSAL = (
+    "federated evaluation (strategy.params.fraction_evaluate > 0) releases the clients' "
+    "loss and accuracy on their private data outside DP-SGD"
+)
+
 LEDGER = "dp-ledger"
 # Opacus RDPAccountant's default orders.
 ALPHAS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
@@ -192,7 +198,7 @@ ALPHAS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
 @lru_cache(maxsize=1024)
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
-    """RDP of one subsampled-Gaussian step at every order (Opacus's analysis)."""
+    """RDP of one Poisson-subsampled Gaussian step at every order (Opacus's analysis)."""
     from opacus.accountants.analysis import rdp
 
     return tuple(
@@ -203,27 +209,77 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, .
 
 
 def rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
-    """ε at ``delta`` after the ``(noise_multiplier, sample_rate, steps)`` history.
+    """ε at ``delta`` after the Poisson ``(noise_multiplier, sample_rate, steps)`` history.
 
     The same computation as Opacus's ``RDPAccountant.get_epsilon`` (RDP composes by
     adding; Opacus's ``compute_rdp`` is the one-step value times ``steps``), with the
     one-step RDP cached: it is pure-Python and costs ~0.4 s per (σ, q) pair, which a
-    client would otherwise pay again every round.
+    client would otherwise pay again every round. No step taken: nothing was released,
+    so ε = 0 (the RDP-to-DP conversion would report log(1/δ)/(α−1) > 0 for zero RDP).
     """
     from opacus.accountants.analysis import rdp
 
+    if sum(s for _, _, s in history) == 0:
+        return 0.0
     total = sum([np.asarray(_rdp_per_step(n, q)) * s for n, q, s in history])
     eps, _ = rdp.get_privacy_spent(orders=list(ALPHAS), rdp=total, delta=delta)
     return float(eps)
 
 
-def spend(state: RecordDict, cfg: DPConfig, sample_rate: float, steps: int) -> float:
-    """Record ``steps`` DP-SGD steps in the node's state; return ε spent so far at δ."""
-    ledger = state.config_records.get(LEDGER, ConfigRecord({"noise": [], "rate": [], "steps": []}))
+@lru_cache(maxsize=1024)
+def _rdp_per_step_fixed(noise_multiplier: float, n: int, batch: int) -> tuple[float, ...]:
+    """RDP of one step on a uniformly drawn batch of ``batch`` of ``n`` (dp-accounting).
+
+    The library's own event and accountant, read after one composition: RDP composes by
+    adding, and the pure-Python bound costs ~1 s per (σ, n, batch), which a client would
+    otherwise pay again every round (tests compare with the library's ε for a history).
+    """
+    from dp_accounting import dp_event
+    from dp_accounting.privacy_accountant import NeighboringRelation
+    from dp_accounting.rdp import RdpAccountant
+
+    accountant = RdpAccountant(list(ALPHAS), NeighboringRelation.REPLACE_ONE)
+    gaussian = dp_event.GaussianDpEvent(noise_multiplier / 2.0)
+    accountant.compose(dp_event.SampledWithoutReplacementDpEvent(n, batch, gaussian))
+    return tuple(float(v) for v in accountant._rdp)
+
+
+def fixed_epsilon(history: list[tuple[float, int, int, int]], delta: float) -> float:
+    """ε at ``delta`` after ``(σ, n, batch, steps)`` steps on uniformly drawn fixed-size batches.
+
+    dp-accounting's RDP bound for sampling without replacement (Wang, Balle &
+    Kasiviswanathan 2019, Thm. 27), which holds for the replace-one relation only; under
+    it the clipped sum's sensitivity is 2C, so the accountant sees noise multiplier σ/2.
+    """
+    from dp_accounting.rdp import compute_epsilon
+
+    if sum(s for *_, s in history) == 0:
+        return 0.0
+    total = sum([np.asarray(_rdp_per_step_fixed(z, n, b)) * s for z, n, b, s in history])
+    eps, _ = compute_epsilon(list(ALPHAS), total, delta)
+    return float(eps)
+
+
+def spend(state: RecordDict, cfg: DPConfig, n: int, batch: int, steps: int) -> float:
+    """Record ``steps`` DP-SGD steps on ``n`` examples in the node's state; return ε so far.
+
+    ``batch`` is the expected batch size (``client.dp.sampling: poisson``, rate
+    ``batch / n``) or the exact one (``fixed``). ε is at ``client.dp.delta``: for Poisson
+    sampling under the add/remove-one relation (Opacus's RDP analysis), for fixed-size
+    batches under replace-one (dp-accounting's sampling-without-replacement bound).
+    """
+    empty = ConfigRecord({"noise": [], "n": [], "batch": [], "steps": []})
+    ledger = state.config_records.get(LEDGER, empty)
     noise = [float(v) for v in ledger["noise"]] + [cfg.noise_multiplier]  # type: ignore[union-attr]
-    rate = [float(v) for v in ledger["rate"]] + [sample_rate]  # type: ignore[union-attr]
+    sizes = [int(v) for v in ledger["n"]] + [n]  # type: ignore[union-attr]
+    batches = [int(v) for v in ledger["batch"]] + [batch]  # type: ignore[union-attr]
     count = [int(v) for v in ledger["steps"]] + [steps]  # type: ignore[union-attr]
-    state[LEDGER] = ConfigRecord({"noise": noise, "rate": rate, "steps": count})
+    state[LEDGER] = ConfigRecord({"noise": noise, "n": sizes, "batch": batches, "steps": count})
+    if sum(count) == 0:
+        return 0.0  # nothing released yet
     if cfg.noise_multiplier == 0:
         return float("inf")
-    return rdp_epsilon(list(zip(noise, rate, count, strict=True)), cfg.delta)
+    if cfg.sampling == "fixed":
+        return fixed_epsilon(list(zip(noise, sizes, batches, count, strict=True)), cfg.delta)
+    rates = [b / m for b, m in zip(batches, sizes, strict=True)]
+    return rdp_epsilon(list(zip(noise, rates, count, strict=True)), cfg.delta)

@@ -22,6 +22,10 @@ class PositiveOnlyStep(LocalStep):
     """Pull each feature's cosine with its own class row up to the positive margin."""
 
     trigger_key = wire.FEDAWS_CLASS
+    dp_refusal = (
+        "fedaws asks every client for the labels it holds (query.labels), a release "
+        "DP-SGD does not cover"
+    )
     withheld = frozenset({EMBEDDINGS_KEY})
 
     def __init__(self, inputs: StepInputs) -> None:

@@ -20,9 +20,10 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedsim import wire
+from fedsim.data.node_data import NodeData
 from fedsim.errors import UnknownNameError
 from fedsim.registry import Registry
-from fedsim.scenario import ClientConfig, Scenario
+from fedsim.scenario import ClientConfig
 
 if TYPE_CHECKING:  # training.py imports this module
     from fedsim.clients.training import TrainResult
@@ -44,10 +45,13 @@ class StepInputs:
         The node's persistent ``context.state``.
     batch_size : int
         The client's ``client.batch_size``.
-    scenario : Scenario, optional
-        The run's scenario (steps that need more of the node's data read it here).
+    data : NodeData, optional
+        The node's own examples (what it trains on; with AGC's sharing plan also how
+        many clients hold each). Steps never see the whole scenario.
     partition_id : int
         The node's ``partition-id``.
+    node_id : int
+        The node's Flower node id (what the server sees as the reply's source).
 
     The model is the one about to be trained: read it in ``__init__`` (copy what must
     stay fixed, as the proximal step does with its anchor).
@@ -58,8 +62,9 @@ class StepInputs:
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     state: RecordDict = field(default_factory=RecordDict)
     batch_size: int = 32
-    scenario: Scenario | None = None
+    data: NodeData | None = None
     partition_id: int = 0
+    node_id: int = 0
 
 
 class LocalStep:
@@ -72,6 +77,10 @@ class LocalStep:
     # False for steps whose reply is computed at the received model (AGC's coded
     # gradient): the reply then carries only ``finish``'s arrays, not the model.
     trains_model: ClassVar[bool] = True
+    # Under ``client.dp`` every release must come out of the shared loop's private
+    # gradient. A step that releases anything else (statistics of the data, an
+    # unclipped gradient) says what here, and is refused with DP before training.
+    dp_refusal: ClassVar[str | None] = None
 
     def __init__(self, inputs: StepInputs) -> None:
         self.config = inputs.config

@@ -90,15 +90,22 @@ def batches(
 ) -> Iterator[torch.Tensor]:
     """Index batches for ``steps`` steps.
 
-    Reshuffled epochs of ``batch_size`` by default; with ``client.dp.sampling: poisson``
-    every example joins each batch independently with probability ``batch_size / n``
-    (the sampling DP-SGD's accounting assumes).
+    Reshuffled epochs of ``batch_size`` by default. Under DP-SGD each batch is drawn
+    afresh, as its accounting assumes: with ``client.dp.sampling: poisson`` every example
+    joins each batch independently with probability ``batch_size / n``; with ``fixed``
+    each batch is a uniformly random subset of exactly ``batch_size`` examples (sampling
+    without replacement within a batch, independently across batches; an epoch's
+    reshuffled partition would not match the accountant's bound).
     """
     batch = min(cfg.batch_size, n)
     if cfg.dp is not None and cfg.dp.sampling == "poisson":
         q = batch / n
         for _ in range(steps):
             yield torch.nonzero(torch.rand(n, generator=generator) < q).flatten()
+        return
+    if cfg.dp is not None:
+        for _ in range(steps):
+            yield torch.randperm(n, generator=generator)[:batch]
         return
     taken = 0
     while True:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 
 class FedsimError(Exception):
     """Base class of every error fedsim raises on purpose."""
+
+
+class FedsimWarning(UserWarning):
+    """Something a run can go on with but its author should know (the CLI prints one line).
+
+    Shown every time it is raised (not once per location): each run says it again.
+    """
+
+
+warnings.simplefilter("always", FedsimWarning)
 
 
 @dataclass(frozen=True)

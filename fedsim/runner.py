@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,15 @@ from flwr.app import UserConfig
 from fedsim import wire
 from fedsim.checkpoint import load_checkpoint
 from fedsim.data.federated import federated_data
+from fedsim.data.partitioners import coverage_problem
 from fedsim.engine.registry import ENGINES, RESUMABLE_ENGINES, Engine
-from fedsim.errors import Problem, RunDirectoryError, ScenarioError, UnknownNameError
+from fedsim.errors import (
+    FedsimWarning,
+    Problem,
+    RunDirectoryError,
+    ScenarioError,
+    UnknownNameError,
+)
 from fedsim.models import build_model
 from fedsim.outputs.comparison import comparison_rows, write_comparison
 from fedsim.outputs.metrics_log import Record, read_metrics
@@ -118,6 +126,17 @@ def preflight(scenario: Scenario) -> None:
             raise ScenarioError([Problem("client.dp.mode", str(exc))]) from None
 
 
+def _warn_uncovered(scenario: Scenario) -> None:
+    """Warn (every run) when the split gives some class to no client.
+
+    ``fedsim validate --strict`` makes it an error.
+    """
+    data = federated_data(scenario.data, scenario.seed)
+    uncovered = coverage_problem(scenario.data.partitioner, data.y, data.parts, scenario.seed)
+    if uncovered is not None:
+        warnings.warn(str(uncovered), FedsimWarning, stacklevel=3)
+
+
 def _check_resumable(scenario: Scenario) -> None:
     """Checkpoints need an engine that can save its nodes and Flower's round loop."""
     problems = []
@@ -166,6 +185,7 @@ def run(
     if not scenario.is_expanded:
         raise ValueError("this scenario declares variants/seeds: use fedsim.run_experiment")
     preflight(scenario)
+    _warn_uncovered(scenario)
     run_dir = _prepare_dir(Path(out_dir) if out_dir is not None else default_out_dir(scenario))
     (run_dir / RESOLVED).write_text(to_yaml(scenario), encoding="utf-8")
     return _execute(scenario, run_dir, resume=False, engine=engine)

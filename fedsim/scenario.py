@@ -91,10 +91,19 @@ class DirichletPartitioner(Section):
 
 
 class PathologicalPartitioner(Section):
-    """Each client holds a fixed number of classes."""
+    """Each client holds a fixed number of classes.
+
+    ``class_assignment`` is flwr-datasets' mode: ``first-deterministic`` (default) gives
+    client k class ``k mod C`` first and the rest at random, so every class reaches some
+    client whenever there are at least as many clients as classes; ``random`` may leave
+    classes with no client; ``deterministic`` gives client k classes k, k+1, ... mod C.
+    """
 
     name: Literal["pathological"] = "pathological"
     classes_per_client: Annotated[int, Field(ge=1)] = 2
+    class_assignment: Literal["first-deterministic", "random", "deterministic"] = (
+        "first-deterministic"
+    )
 
 
 class ShardsPartitioner(Section):
@@ -137,6 +146,18 @@ def _name_shorthand(value: Any) -> Any:
     return value
 
 
+class SharingConfig(Section):
+    """AGC's offline phase: non-private examples copied to other clients before training.
+
+    Each client marks a share ``c`` of its examples non-private; each of those goes to
+    ``d - 1`` other clients, so ``d`` clients (the owner included) hold it. A node's data
+    is then its private examples plus every non-private example it holds.
+    """
+
+    c: Annotated[Probability, Field(description="share of each client's data non-private")] = 0.1
+    d: Annotated[int, Field(ge=1, description="clients holding each non-private example")] = 2
+
+
 class DataConfig(Section):
     """Where the data comes from and how it is split over clients."""
 
@@ -144,6 +165,7 @@ class DataConfig(Section):
     num_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     partitioner: PartitionerConfig = Field(default_factory=IidPartitioner)
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    sharing: SharingConfig | None = None
 
     @field_validator("dataset", "partitioner", mode="before")
     @classmethod

@@ -280,7 +280,10 @@ def validate_mapping(raw: Mapping[str, Any]) -> Scenario:
         scenario = Scenario.model_validate(dict(raw))
     except ValidationError as exc:
         raise ScenarioError(problems_from_validation(exc)) from None
+    from fedsim.combinations import check_combinations
+
     problems = check_components(scenario)
+    problems += check_combinations(scenario)
     if problems:
         raise ScenarioError(problems)
     return scenario

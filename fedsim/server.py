@@ -214,9 +214,9 @@ def main(grid: Grid, context: Context) -> None:
     offline = getattr(strategy, "offline_phase", None)
     if callable(offline):  # a one-time data phase before round 1 (AGC's sharing plan)
         try:
-            transfer = offline(data, scenario.seed)
+            transfer = offline(scenario.data, scenario.seed)
         except ValueError as exc:
-            raise ScenarioError([Problem("strategy.params", str(exc))]) from None
+            raise ScenarioError([Problem("data.sharing", str(exc))]) from None
         text = json.dumps(transfer, indent=2) + "\n"
         (run_dir / SHARING_FILE).write_text(text, encoding="utf-8")
     every = scenario.output.checkpoint_every

@@ -32,6 +32,10 @@ LOCAL_STEP: Final = "local-step"  # name of the client step to run (default: inf
 PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
 CURV_LAMBDA: Final = "curv-lambda"  # FedCurv: penalty weight (selects the curvature step)
 CURV_FISHER: Final = "curv-fisher"  # FedCurv: "empirical" | "batch" Fisher estimate
+# FedCurv: the round whose replies the sums U, V, W cover, and the node ids (as strings:
+# Flower's node ids are unsigned 64-bit) of the clients whose terms are in them.
+CURV_SUMS_ROUND: Final = "curv-sums-round"
+CURV_MEMBERS: Final = "curv-members"
 # FedCurv array keys, "<prefix><kind>.<parameter name>" in the one ArrayRecord of a
 # message: server -> client U, V, W (sums over other clients); client -> server F, FT.
 CURV_PREFIX: Final = "curv."
@@ -45,11 +49,9 @@ FEDAWS_ROW: Final = "fedaws.row"
 
 # Query actions (message type "query.<action>").
 QUERY_LABELS: Final = "labels"  # reply metrics: LABELS, the distinct labels the node holds
-# Approximate gradient coding (AGC): the sharing plan's c and d and the straggle
-# probability p the encoding weights assume; the reply's arrays are the encoded
+# Approximate gradient coding (AGC): the straggle probability p the encoding weights
+# assume (the sharing plan is the nodes' data); the reply's arrays are the encoded
 # gradient, "<prefix><parameter name>".
-AGC_C: Final = "agc-c"
-AGC_D: Final = "agc-d"
 AGC_P: Final = "agc-p"
 AGC_GRAD_PREFIX: Final = "agc.grad."
 

@@ -131,6 +131,10 @@ class StructuredDropoutLSTM(nn.Module):
     per_element : bool
         Comparison baseline: ordinary per-element masks (B, T, H) applied densely,
         with the same implementation otherwise.
+    dropout_input : bool
+        Also drop the first layer's input (an LM's embedding output), with its own
+        batch-shared keep-mask (T, input_size) redrawn at every step, as Zaremba et al.
+        and the structured-dropout paper's language models do.
     fused : bool
         Outside DP passes, run each layer with torch's fused LSTM kernel (default). With
         ``False`` every layer runs fedsim's step loop and a structurally dropped input
@@ -146,6 +150,7 @@ class StructuredDropoutLSTM(nn.Module):
         batch_first: bool = True,
         per_element: bool = False,
         fused: bool = True,
+        dropout_input: bool = False,
     ) -> None:
         super().__init__()
         if not batch_first:
@@ -154,7 +159,7 @@ class StructuredDropoutLSTM(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.dropout, self.per_element, self.batch_first = dropout, per_element, True
-        self.fused = fused
+        self.fused, self.dropout_input = fused, dropout_input
         for k in range(num_layers):
             fan_in = input_size if k == 0 else hidden_size
             gates = 4 * hidden_size
@@ -166,6 +171,7 @@ class StructuredDropoutLSTM(nn.Module):
             self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(gates)))
         self.dp_capture: Record | None = None
         self.last_masks: torch.Tensor | None = None
+        self.last_input_mask: torch.Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -191,23 +197,37 @@ class StructuredDropoutLSTM(nn.Module):
             )
         return draw_keep_masks(self.num_layers, t, self.hidden_size, self.dropout, x.device)
 
+    def _input_mask(self, x: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor | None:
+        """Keep-mask of the first layer's input: (T, I), or (B, T, I) when ``per_element``."""
+        if not self.training or not self.dropout_input or self.dropout == 0.0:
+            return None
+        if given is not None:
+            return given.to(torch.bool)
+        b, t = x.shape[:2]
+        if self.per_element:
+            return torch.rand(b, t, self.input_size, device=x.device) >= self.dropout
+        return draw_keep_masks(1, t, self.input_size, self.dropout, x.device)[0]
+
     def forward(
         self,
         x: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor] | None = None,
         masks: torch.Tensor | None = None,
+        input_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Return ``(output (B, T, H), (h_n, c_n))``, ``h_n`` of shape (L, B, H).
 
         ``masks``: boolean keep-masks (num_layers, T, H) to use instead of drawing them
-        (training mode only; (num_layers, B, T, H) when ``per_element``).
+        (training mode only; (num_layers, B, T, H) when ``per_element``); ``input_mask``
+        likewise for the first layer's input with ``dropout_input``: (T, I) or (B, T, I).
         """
         b, t = x.shape[:2]
         if state is None:
             zeros = x.new_zeros(self.num_layers, b, self.hidden_size)
             state = (zeros, zeros)
         keep = self._masks(x, masks)
-        self.last_masks = keep
+        keep_in = self._input_mask(x, input_mask)
+        self.last_masks, self.last_input_mask = keep, keep_in
         scale = 1.0 / (1.0 - self.dropout)
         h_n, c_n = [], []
         out = x  # layer k's input: raw output of layer k-1 (dropped via `keep[k-1]`)
@@ -224,7 +244,8 @@ class StructuredDropoutLSTM(nn.Module):
                 # Outside a DP pass each layer runs as torch's fused LSTM (oneDNN on CPU),
                 # on the dropped input: measured faster on CPU than the step loop with a
                 # gathered input GEMM (docs/benchmarks.md). Same math either way.
-                x_in = out if k == 0 or keep is None else out * keep[k - 1] * scale
+                mask = keep_in if k == 0 else (None if keep is None else keep[k - 1])
+                x_in = out if mask is None else out * mask * scale
                 h0, c0 = state[0][k : k + 1], state[1][k : k + 1]
                 out, h, c = torch.lstm(
                     x_in,
@@ -241,17 +262,18 @@ class StructuredDropoutLSTM(nn.Module):
                 c_n.append(c[0])
                 continue
             bias = b_ih + b_hh
-            if k == 0 or keep is None:
+            mask = keep_in if k == 0 else (None if keep is None else keep[k - 1])
+            if mask is None:
                 gx = torch.addmm(bias, out.transpose(0, 1).reshape(t * b, -1), w_ih.t())
                 gx = gx.view(t, b, -1)
                 x_eff = out
             elif self.per_element:
-                x_eff = out * keep[k - 1] * scale
+                x_eff = out * mask * scale
                 gx = torch.addmm(bias, x_eff.transpose(0, 1).reshape(t * b, -1), w_ih.t())
                 gx = gx.view(t, b, -1)
             else:  # structured: only the kept columns of each step enter the GEMMs
-                gx = gathered_linear(out, keep[k - 1], w_ih, bias, scale)
-                x_eff = out * keep[k - 1] * scale if capture is not None else out
+                gx = gathered_linear(out, mask, w_ih, bias, scale)
+                x_eff = out * mask * scale if capture is not None else out
             if capture is not None:
                 capture["x"] = x_eff.detach()
             seq, h, c = _Recurrence.apply(gx, state[0][k], state[1][k], w_hh, capture)

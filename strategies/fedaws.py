@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -69,6 +69,8 @@ class FedAwS(FedAvg):
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
+
+    client_step: ClassVar[str] = "positive-only"  # the local step clients run (clients/)
 
     def __init__(
         self,

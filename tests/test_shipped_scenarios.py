@@ -26,6 +26,17 @@ def test_every_key_is_commented(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_every_run_gives_every_class_to_some_client(path: Path) -> None:
+    """`fedsim validate --strict`: every variant x seed split covers every class."""
+    from typer.testing import CliRunner
+
+    from fedsim.cli.main import app
+
+    result = CliRunner().invoke(app, ["validate", "--strict", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_smoke_run(path: Path, tmp_path: Path) -> None:
     scenario = fedsim.load_scenario(path, ["rounds=2", "output.plots=false"])
     runs = expand(scenario)

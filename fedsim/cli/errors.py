@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 import typer
 from rich.console import Console
 
-from fedsim.errors import FedsimError, ScenarioError
+from fedsim.errors import FedsimError, FedsimWarning, ScenarioError
 
 USAGE_ERROR = 2
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+_python_showwarning = warnings.showwarning
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print fedsim's warnings as one ``warning:`` line; others as Python would."""
+    if issubclass(category, FedsimWarning):
+        stderr.print(f"[bold yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+        return
+    _python_showwarning(message, category, filename, lineno, file, line)
+
+
+def install_warning_printer() -> None:
+    """Route :class:`~fedsim.errors.FedsimWarning` to :func:`show_warning`."""
+    warnings.showwarning = show_warning
 
 
 def report(exc: FedsimError) -> None:

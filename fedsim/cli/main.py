@@ -8,6 +8,7 @@ import os
 import typer
 
 from fedsim.cli.deploy_cmd import app as deploy_app
+from fedsim.cli.errors import install_warning_printer
 from fedsim.cli.list_cmd import list_registry
 from fedsim.cli.report_cmd import report
 from fedsim.cli.run_cmd import run
@@ -37,6 +38,7 @@ def _configure(
 
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    install_warning_printer()
 
 
 def main() -> None:

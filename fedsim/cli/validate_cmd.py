@@ -8,18 +8,43 @@ from typing import Annotated
 import typer
 
 from fedsim.cli.errors import USAGE_ERROR, report, stderr
-from fedsim.errors import ScenarioError
+from fedsim.errors import Problem, ScenarioError
+from fedsim.scenario import Scenario
 from fedsim.scenario_loading import expand, load_scenario
+
+
+def _strict_problems(runs: list[Scenario]) -> list[Problem]:
+    """What ``--strict`` adds: each run's split must give every class to some client."""
+    from fedsim.data.federated import federated_data
+    from fedsim.data.partitioners import coverage_problem
+
+    problems = []
+    for run in runs:
+        data = federated_data(run.data, run.seed)
+        problem = coverage_problem(run.data.partitioner, data.y, data.parts, run.seed)
+        if problem is not None:
+            prefix = f"variants.{run.variant}." if run.variant else ""
+            problems.append(Problem(prefix + problem.key, problem.message))
+    return problems
 
 
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Scenario files to check.")],
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Also split the data: a class that reaches no client is an error."
+        ),
+    ] = False,
 ) -> None:
     """Check scenario files (every variant too) without running anything."""
     failed = False
     for path in files:
         try:
             runs = expand(load_scenario(path))
+            problems = _strict_problems(runs) if strict else []
+            if problems:
+                raise ScenarioError(problems, str(path))
         except ScenarioError as exc:
             report(exc)
             failed = True

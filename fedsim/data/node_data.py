@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from fedsim import wire
 from fedsim.data.federated import federated_data
+from fedsim.data.sharing import sharing_plan
 from fedsim.errors import DataUnavailableError
 from fedsim.scenario import DataConfig
 
@@ -32,11 +33,15 @@ class NodeData:
         The node's examples (float32 features, or int64 token ids) and labels.
     num_classes : int
         Number of classes of the whole task (not only those this node holds).
+    holders : ndarray, optional
+        With ``data.sharing`` (AGC's offline phase): how many clients hold each example
+        (1: private; ``d``: non-private, received or its own). None: all private.
     """
 
     x: NDArray[Any]
     y: NDArray[np.int64]
     num_classes: int
+    holders: NDArray[np.int64] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -50,25 +55,38 @@ def partition_file(out_dir: Path, partition_id: int) -> Path:
 
 
 def write_partitions(cfg: DataConfig, seed: int, out_dir: Path) -> list[Path]:
-    """Write every partition of a scenario's data as ``partition-<k>.npz`` (x, y, num_classes)."""
-    data = federated_data(cfg, seed)
+    """Write every node's data as ``partition-<k>.npz`` (x, y, num_classes[, holders]).
+
+    With ``data.sharing`` a file holds what the node holds after the offline phase: its
+    private examples, the non-private ones it shares or received, and ``holders``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k in range(data.num_clients):
-        x, y = data.client_arrays(k)
+    for k in range(cfg.num_clients):
+        node = node_data(cfg, seed, k, None)
         path = partition_file(out_dir, k)
-        np.savez(path, x=x, y=y, num_classes=np.int64(data.num_classes))
+        arrays: dict[str, Any] = {"x": node.x, "y": node.y, "num_classes": node.num_classes}
+        if node.holders is not None:
+            arrays["holders"] = node.holders
+        np.savez(path, **arrays)
         paths.append(path)
     return paths
 
 
 def node_data(cfg: DataConfig, seed: int, partition_id: int, data_path: str | None) -> NodeData:
-    """Return a node's examples: from ``data_path`` if given, else its scenario partition."""
+    """Return a node's examples: from ``data_path`` if given, else its scenario partition.
+
+    With ``data.sharing`` the partition is what the node holds after AGC's offline phase
+    (:mod:`fedsim.data.sharing`).
+    """
     if data_path:
         return _read_file(Path(data_path).expanduser(), cfg, seed)
     data = federated_data(cfg, seed)
-    x, y = data.client_arrays(partition_id)
-    return NodeData(x, y, data.num_classes)
+    if cfg.sharing is None:
+        x, y = data.client_arrays(partition_id)
+        return NodeData(x, y, data.num_classes)
+    idx, holders = sharing_plan(cfg, seed).held(partition_id)
+    return NodeData(data.x[idx], data.y[idx], data.num_classes, holders)
 
 
 def _read_file(path: Path, cfg: DataConfig, seed: int) -> NodeData:
@@ -84,4 +102,7 @@ def _read_file(path: Path, cfg: DataConfig, seed: int) -> NodeData:
         # Without the count, the scenario's dataset says how wide the model's output is.
         has_count = "num_classes" in f.files
         num_classes = int(f["num_classes"]) if has_count else federated_data(cfg, seed).num_classes
-    return NodeData(x, y, num_classes)
+        holders = f["holders"].astype(np.int64) if "holders" in f.files else None
+    if holders is not None and (holders.shape != y.shape[:1] or (holders < 1).any()):
+        raise DataUnavailableError(f"{where}: {path}: 'holders' must be >= 1, one per example")
+    return NodeData(x, y, num_classes, holders)

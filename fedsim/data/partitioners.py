@@ -6,6 +6,7 @@ that holds only an index column and the labels, so the features never get copied
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -84,8 +85,10 @@ def pathological(
     num_classes = len(np.unique(labels))
     if cfg.classes_per_client > num_classes:
         raise _fail("classes_per_client", f"must be <= the {num_classes} classes in the data")
-    impl = Impl(num_clients, "label", cfg.classes_per_client, "random", seed=seed)
-    return _with_flwr_datasets(impl, labels, num_clients)
+    impl = Impl(num_clients, "label", cfg.classes_per_client, cfg.class_assignment, seed=seed)
+    with warnings.catch_warnings():  # fedsim reports dropped classes itself (uncovered_classes)
+        warnings.simplefilter("ignore", UserWarning)
+        return _with_flwr_datasets(impl, labels, num_clients)
 
 
 @PARTITIONERS.register("shards", help="sorted-label shards dealt to clients (McMahan et al.)")
@@ -162,3 +165,29 @@ def partition(cfg: Any, labels: NDArray[np.int64], num_clients: int, seed: int) 
             ]
         )
     return parts
+
+
+def uncovered_classes(labels: NDArray[np.int64], parts: Indices) -> list[int]:
+    """Classes present in ``labels`` that no partition holds (empty for sequence targets).
+
+    Such classes are unlearnable by every client, so a run caps its test accuracy at
+    the share of the test set the covered classes make up.
+    """
+    if labels.ndim != 1 or not parts:
+        return []
+    held = {int(c) for c in np.unique(labels[np.concatenate(parts)])}
+    return sorted({int(c) for c in np.unique(labels)} - held)
+
+
+def coverage_problem(
+    cfg: Any, labels: NDArray[np.int64], parts: Indices, seed: int
+) -> Problem | None:
+    """The ``data.partitioner`` problem of a split that gives some class to no client."""
+    missing = uncovered_classes(labels, parts)
+    if not missing:
+        return None
+    return Problem(
+        "data.partitioner",
+        f"classes {missing} of the data reach no client ('{cfg.name}', seed {seed}): "
+        "the test examples of those classes cannot be learnt",
+    )

@@ -67,18 +67,19 @@ class SharingPlan:
             "offline_transfer_bytes": self.transfer_samples * self.bytes_per_example,
         }
 
-    def held(self, k: int, p: float) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """Client k's examples and their encoding weights.
+    def held(self, k: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Client k's examples after the offline phase and how many clients hold each.
 
-        Private examples weigh ``1/(1−p)``, non-private ones ``1/(d(1−p))``, so that
-        summing the encoded gradients of the clients that reply (each independently
-        with probability ``1−p``) gives ``Σ_x g(x)`` in expectation.
+        The holder counts (1 for a private example, ``d`` for a non-private one) are
+        what the coded step weighs by: ``1/(holders·(1−p))``, so that summing the
+        encoded gradients of the clients that reply (each independently with
+        probability ``1−p``) gives ``Σ_x g(x)`` in expectation.
         """
         idx = np.concatenate([self.private[k], self.shared[k]])
-        weights = np.concatenate(
-            [np.full(len(self.private[k]), 1.0), np.full(len(self.shared[k]), 1.0 / self.d)]
+        holders = np.concatenate(
+            [np.ones(len(self.private[k]), np.int64), np.full(len(self.shared[k]), self.d)]
         )
-        return idx, weights / (1.0 - p)
+        return idx, holders
 
 
 def make_plan(data: FederatedData, c: float, d: int, seed: int) -> SharingPlan:
@@ -122,6 +123,7 @@ def make_plan(data: FederatedData, c: float, d: int, seed: int) -> SharingPlan:
 
 
 @lru_cache(maxsize=8)
-def sharing_plan(cfg: DataConfig, seed: int, c: float, d: int) -> SharingPlan:
-    """The run's plan, computed once per process from (data section, seed, c, d)."""
+def sharing_plan(cfg: DataConfig, seed: int) -> SharingPlan:
+    """The run's plan (``data.sharing``; none: every example private), once per process."""
+    c, d = (cfg.sharing.c, cfg.sharing.d) if cfg.sharing is not None else (0.0, 1)
     return make_plan(federated_data(cfg, seed), c, d, seed)

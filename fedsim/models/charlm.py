@@ -19,6 +19,10 @@ GATHER_MIN_P = 0.4
 class CharLM(nn.Module):
     """Embedding -> structured-dropout LSTM -> decoder over every position.
 
+    Structured dropout (when ``dropout`` > 0) drops the embedding output (unless
+    ``dropout_input=False``) and every layer's output, each with a mask shared by the
+    batch and redrawn at every time step.
+
     In training with structured dropout of at least :data:`GATHER_MIN_P` and batches
     of at least :data:`GATHER_MIN_BATCH` sequences (where it pays on CPU), the decoder
     reads only the kept units of each step (:func:`~fedsim.kernels.gathered_linear`),
@@ -36,11 +40,12 @@ class CharLM(nn.Module):
         dropout: float = 0.0,
         per_element: bool = False,
         time_major: bool = False,
+        dropout_input: bool = True,
     ) -> None:
         super().__init__()
         self.emb = nn.Embedding(vocab, embed)
         self.lstm = StructuredDropoutLSTM(
-            embed, hidden, num_layers, dropout, per_element=per_element
+            embed, hidden, num_layers, dropout, per_element=per_element, dropout_input=dropout_input
         )
         self.dec = nn.Linear(hidden, vocab)
         self.time_major = time_major
@@ -70,10 +75,17 @@ def charlm(
     num_layers: int = 2,
     dropout: float = 0.0,
     per_element: bool = False,
+    dropout_input: bool = True,
 ) -> nn.Module:
-    """Character LSTM LM for token sequences (T,); ``num_classes`` is the vocabulary."""
+    """Character LSTM LM for token sequences (T,); ``num_classes`` is the vocabulary.
+
+    ``dropout`` drops every LSTM layer's output and, with ``dropout_input`` (default, as
+    in Zaremba et al. and the structured-dropout paper), the embedding output too.
+    """
     if len(input_shape) != 1:
         raise IncompatibleDataError(
             f"'charlm' needs token sequences of shape (T,), got {input_shape}"
         )
-    return CharLM(num_classes, embed, hidden, num_layers, dropout, per_element)
+    return CharLM(
+        num_classes, embed, hidden, num_layers, dropout, per_element, dropout_input=dropout_input
+    )

@@ -92,3 +92,49 @@ def test_dp_runs_are_deterministic(tiny: dict, tmp_path: Path) -> None:  # type:
     assert strip == [{k: v for k, v in r.items() if k != "wall_time_s"} for r in b.metrics]
     wa, wb = np.load(a.run_dir / "final_arrays.npz"), np.load(b.run_dir / "final_arrays.npz")
     assert all(np.array_equal(wa[k], wb[k]) for k in wa.files)
+
+
+def test_fixed_size_batches_are_accounted_by_dp_accounting(
+    tiny: dict,
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    """sampling: fixed is sampling without replacement: dp-accounting's RDP bound,
+    replace-one relation, clipped-sum sensitivity 2C (noise multiplier σ/2), composed
+    over every client's steps; the run's ε is the largest over clients."""
+    from dp_accounting import dp_event
+    from dp_accounting.privacy_accountant import NeighboringRelation
+    from dp_accounting.rdp import RdpAccountant
+
+    from fedsim.clients.dp import ALPHAS
+
+    tiny["rounds"] = 2
+    tiny["client"]["dp"] = {"noise_multiplier": 1.3, "max_grad_norm": 1.0, "sampling": "fixed"}
+    scenario = fedsim.load_scenario(tiny)
+    result = fedsim.run(scenario, tmp_path)
+    dp, b = scenario.client.dp, scenario.client.batch_size
+    assert dp is not None
+    by_library = []
+    for part in federated_data(scenario.data, scenario.seed).parts:
+        n = len(part)
+        accountant = RdpAccountant(list(ALPHAS), NeighboringRelation.REPLACE_ONE)
+        step = dp_event.SampledWithoutReplacementDpEvent(
+            n, min(b, n), dp_event.GaussianDpEvent(dp.noise_multiplier / 2)
+        )
+        accountant.compose(dp_event.SelfComposedDpEvent(step, math.ceil(n / b) * 2))
+        by_library.append(accountant.get_epsilon(dp.delta))
+    assert result.summary["epsilon"] == pytest.approx(max(by_library), rel=1e-9)
+
+
+def test_fixed_size_dp_batches_are_independent_uniform_subsets() -> None:
+    """Each batch: exactly B distinct examples, drawn afresh (not an epoch's partition)."""
+    from fedsim.clients.training import batches
+    from fedsim.scenario import ClientConfig
+
+    cfg = ClientConfig(batch_size=5, dp=DPConfig(sampling="fixed"))
+    drawn = list(batches(20, cfg, 400, torch.Generator().manual_seed(0)))
+    assert all(len(set(idx.tolist())) == 5 for idx in drawn)
+    # In a reshuffled epoch the 4 batches of 5 cover all 20 examples exactly once.
+    epochs = [torch.cat(drawn[i : i + 4]) for i in range(0, 400, 4)]
+    assert any(len(set(e.tolist())) < 20 for e in epochs)
+    counts = torch.bincount(torch.cat(drawn), minlength=20).float()
+    assert counts.min() > 0.7 * counts.mean()  # every example about equally often

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,54 @@ def test_impossible_requests_name_the_key() -> None:
         partition(_cfg({"name": "pathological", "classes_per_client": 11}), LABELS, 5, 0)
     with pytest.raises(ScenarioError, match=r"data\.partitioner\.min_partition_size"):
         partition(_cfg({"name": "dirichlet", "min_partition_size": 500}), LABELS, 10, 0)
+
+
+def test_a_split_that_drops_a_class_warns_every_run_and_fails_strict_validation(
+    tmp_path: Path,
+) -> None:
+    """flwr-datasets' random class assignment drops digit 1 for seed 0 (10 clients x 2
+    classes of 10); the default first-deterministic assignment gives client k class k."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    import fedsim
+    from fedsim.cli.main import app
+    from fedsim.data.federated import federated_data
+    from fedsim.data.partitioners import uncovered_classes
+    from fedsim.errors import FedsimWarning
+    from tests.conftest import TINY, write_yaml
+
+    raw = {
+        **TINY,
+        "rounds": 1,
+        "seed": 0,
+        "data": {
+            "dataset": "digits",
+            "num_clients": 10,
+            "partitioner": {
+                "name": "pathological",
+                "classes_per_client": 2,
+                "class_assignment": "random",
+            },
+        },
+    }
+    scenario = fedsim.load_scenario(raw)
+    data = federated_data(scenario.data, 0)
+    assert uncovered_classes(data.y, data.parts) == [1]
+    for attempt in range(2):  # each run says it again
+        with warnings.catch_warnings(record=True) as caught:
+            fedsim.run(scenario, tmp_path / f"run{attempt}")
+        assert [str(w.message) for w in caught if w.category is FedsimWarning] == [
+            "data.partitioner: classes [1] of the data reach no client ('pathological', "
+            "seed 0): the test examples of those classes cannot be learnt"
+        ]
+    path = write_yaml(tmp_path / "s.yaml", raw)
+    assert CliRunner().invoke(app, ["validate", str(path)]).exit_code == 0
+    strict = CliRunner().invoke(app, ["validate", "--strict", str(path)])
+    assert strict.exit_code == 2 and "data.partitioner: classes [1]" in strict.output
+    default = fedsim.load_scenario(
+        {**raw, "data": {**raw["data"], "partitioner": {"name": "pathological"}}}
+    )
+    data = federated_data(default.data, 0)
+    assert uncovered_classes(data.y, data.parts) == []

@@ -62,10 +62,10 @@ def test_plan_is_deterministic_per_seed_and_receivers_vary() -> None:
 
 def test_encoding_weights() -> None:
     plan = make_plan(_data([10, 10, 10]), 0.4, 3, seed=0)
-    idx, w = plan.held(0, p=0.5)
+    idx, holders = plan.held(0)
     assert len(idx) == 6 + 4 * 3  # 6 private + every non-private example (d = all 3 clients)
-    np.testing.assert_allclose(w[:6], 2.0)  # 1/(1-p)
-    np.testing.assert_allclose(w[6:], 2.0 / 3)  # 1/(d(1-p))
+    np.testing.assert_array_equal(holders[:6], 1)  # private: the owner alone
+    np.testing.assert_array_equal(holders[6:], 3)  # non-private: d holders
 
 
 @pytest.mark.parametrize(("c", "d"), [(-0.1, 2), (1.5, 2), (0.1, 0), (0.1, 4)])

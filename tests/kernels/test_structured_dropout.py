@@ -157,3 +157,44 @@ def test_fast_clipping_serves_the_structured_lstm() -> None:
     expected = clipped_sum_of(ref, 0.3)
     for n, q in model.named_parameters():
         torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "step-loop+gathered"])
+def test_input_dropout_matches_the_reference_on_the_masked_input(fused: bool) -> None:
+    """dropout_input: the first layer's input is masked (T, I), batch-shared, 1/(1-p)."""
+    torch.manual_seed(5)
+    b, t, i, h, layers, p = 4, 6, 3, 5, 2, 0.5
+    lstm = StructuredDropoutLSTM(i, h, layers, dropout=p, fused=fused, dropout_input=True).train()
+    masks = torch.rand(layers, t, h) >= p
+    input_mask = torch.rand(t, i) >= p
+    x = torch.randn(b, t, i, requires_grad=True)
+    out, _ = lstm(x, masks=masks, input_mask=input_mask)
+    out.sum().backward()
+    params = {n: q.detach().clone().requires_grad_(True) for n, q in lstm.named_parameters()}
+    x2 = x.detach().clone().requires_grad_(True)
+    ref_out, _, _ = reference_lstm(x2 * input_mask / (1 - p), params, masks, p, layers)
+    ref_out.sum().backward()
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-9)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=0, atol=1e-9)
+    for n, q in lstm.named_parameters():
+        torch.testing.assert_close(q.grad, params[n].grad, rtol=0, atol=1e-9, msg=n)
+
+
+def test_charlm_drops_its_embedding_output_by_default() -> None:
+    """The drawn input mask is (T, embed), shared by the batch and redrawn per step; the
+    module without it (dropout_input=False) leaves the embedding untouched."""
+    from fedsim.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("charlm", {"embed": 16, "hidden": 8, "dropout": 0.5}, (40,), 20).train()
+    model(torch.randint(0, 20, (3, 40)))
+    mask = model.lstm.last_input_mask
+    assert mask is not None and mask.shape == (40, 16)
+    assert not torch.equal(mask[0], mask[1]) and 0.3 < mask.double().mean().item() < 0.7
+    off = build_model(
+        "charlm", {"embed": 16, "hidden": 8, "dropout": 0.5, "dropout_input": False}, (40,), 20
+    ).train()
+    off(torch.randint(0, 20, (3, 40)))
+    assert off.lstm.last_input_mask is None
+    model.eval()(torch.randint(0, 20, (3, 40)))
+    assert model.lstm.last_input_mask is None  # eval: no mask

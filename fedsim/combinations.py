@@ -1,0 +1,75 @@
+"""Combinations of scenario options that would give wrong numbers, refused before training.
+
+Each rule looks at a whole (expanded) scenario and returns the problems it finds, each
+naming the key to change. :func:`fedsim.scenario_loading.validate_mapping` runs them, so
+``fedsim validate`` and ``fedsim run`` refuse the same combinations before anything
+trains; clients refuse them again at run time (a deployed SuperNode may be handed a
+scenario that was never validated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedsim.errors import Problem, UnknownNameError
+from fedsim.registry import Registry
+from fedsim.scenario import Scenario
+
+Rule = Callable[[Scenario], list[Problem]]
+RULES: Registry[Rule] = Registry("combination rules")
+
+
+def client_step_of(strategy_cls: type) -> str:
+    """Return the local step a strategy class asks its clients for.
+
+    fedsim's strategies name it in a ``client_step`` class attribute (the name in
+    :data:`fedsim.clients.steps.STEPS`); strategies that do not say ask for the plain or
+    proximal step, which train through the shared loop.
+    """
+    return str(getattr(strategy_cls, "client_step", "plain"))
+
+
+def _strategy_cls(scenario: Scenario) -> type | None:
+    from fedsim.strategies import STRATEGIES
+
+    try:
+        return STRATEGIES.get(scenario.strategy.name)
+    except UnknownNameError:
+        return None  # reported by the component check
+
+
+@RULES.register("dp-releases", help="client.dp with a step or strategy that releases more")
+def dp_releases(scenario: Scenario) -> list[Problem]:
+    """Under ``client.dp`` everything a client releases must be private."""
+    if scenario.client.dp is None:
+        return []
+    import fedsim.clients.app  # noqa: F401  (registers every shipped step)
+    from fedsim.clients.dp import DP_EVALUATE_REFUSAL
+    from fedsim.clients.steps import STEPS
+    from fedsim.scenario_loading import accepted_params
+
+    cls = _strategy_cls(scenario)
+    if cls is None:
+        return []
+    name = scenario.strategy.name
+    problems = []
+    step = STEPS.get(client_step_of(cls))
+    if step.dp_refusal is not None:
+        reason = f"cannot be used with strategy '{name}': {step.dp_refusal}"
+        problems.append(Problem("client.dp", reason))
+    if float(scenario.strategy.params.get("fraction_evaluate", 0.0)) > 0:
+        problems.append(Problem("client.dp", f"cannot be used with {DP_EVALUATE_REFUSAL}"))
+    if "train_loss_key" in (accepted_params(cls) or []):
+        problems.append(
+            Problem(
+                "client.dp",
+                f"cannot be used with strategy '{name}': it weights updates by the clients' "
+                "training loss, which stays on the device under DP-SGD",
+            )
+        )
+    return problems
+
+
+def check_combinations(scenario: Scenario) -> list[Problem]:
+    """Return the problems every registered rule finds in ``scenario``."""
+    return [p for name in RULES.names() for p in RULES.get(name)(scenario)]

@@ -1,0 +1,117 @@
+"""Every local step under client.dp is private in all it releases, or refused first.
+
+A private step's release (the model it uploads) must change with the DP noise draw,
+and ε must be positive once anything was released; a step that releases anything
+else (a Fisher diagonal, an unclipped coded gradient, the label set) is refused by
+validation, naming ``client.dp`` and the strategy, before anything trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import fedsim
+import fedsim.clients.app
+from fedsim.clients.dp import PrivateGradient
+from fedsim.clients.steps import STEPS
+from fedsim.scenario import Scenario
+
+DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
+# Every registered step, with the scenario changes that make a strategy ask for it.
+BY_STEP: dict[str, dict[str, Any]] = {
+    "plain": {"strategy": {"name": "fedavg"}},
+    "proximal": {"strategy": {"name": "fedprox", "params": {"proximal_mu": 0.1}}},
+    "curvature": {"strategy": {"name": "fedcurv", "params": {"curv_lambda": 0.5}}},
+    "coded-gradient": {"strategy": {"name": "agc", "params": {"c": 0.1, "d": 2}}},
+    "positive-only": {
+        "strategy": {"name": "fedaws"},
+        "model": {"name": "cosine", "params": {"backbone": "mlp", "embedding_dim": 8}},
+        "data": {"dataset": "digits", "num_clients": 10, "partitioner": "one-class"},
+    },
+}
+
+
+def _scenario(tiny: dict[str, Any], step: str) -> dict[str, Any]:
+    tiny["rounds"] = 1
+    tiny["client"]["dp"] = dict(DP)
+    for key, value in BY_STEP[step].items():
+        tiny[key] = value
+    tiny["strategy"].setdefault("params", {})["fraction_train"] = 1.0
+    return tiny
+
+
+def test_every_registered_step_is_covered() -> None:
+    """A new step must say here how it behaves under DP."""
+    assert set(STEPS.names()) == set(BY_STEP)
+
+
+@pytest.mark.parametrize("step", sorted(BY_STEP))
+def test_step_under_dp_is_private_or_refused(
+    step: str, tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = _scenario(tiny, step)
+    refusal = STEPS.get(step).dp_refusal
+    if refusal is not None:
+        with pytest.raises(fedsim.ScenarioError) as info:
+            fedsim.load_scenario(raw)
+        line = str(info.value)
+        assert "client.dp" in line and raw["strategy"]["name"] in line
+        return
+    scenario = fedsim.load_scenario(raw)
+    first = fedsim.run(scenario, tmp_path / "a")
+
+    class OtherNoise(PrivateGradient):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.generator = torch.Generator().manual_seed(12345)
+
+    monkeypatch.setattr(fedsim.clients.app, "PrivateGradient", OtherNoise)
+    second = fedsim.run(scenario, tmp_path / "b")
+    with (
+        np.load(first.run_dir / "final_arrays.npz") as a,
+        np.load(second.run_dir / "final_arrays.npz") as b,
+    ):
+        assert any(not np.array_equal(a[k], b[k]) for k in a.files)  # the noise is in it
+    for result in (first, second):
+        assert result.summary["epsilon"] is not None and result.summary["epsilon"] > 0
+        assert all(r.get("train_loss") is None for r in result.metrics)  # loss stays home
+
+
+def test_a_scenario_that_skipped_validation_is_still_refused(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """Built without validation (as a caller of the Python API might): the apps that
+    load the resolved scenario validate it again before any client trains."""
+    scenario = Scenario.model_validate(_scenario(tiny, "curvature"))
+    with pytest.raises(fedsim.ScenarioError, match=r"client\.dp: .*fedcurv"):
+        fedsim.run(scenario, tmp_path)
+    assert not (tmp_path / "final_arrays.npz").exists()
+
+
+def test_federated_evaluation_and_loss_weighted_strategies_are_refused(
+    tiny: dict[str, Any],
+) -> None:
+    raw = _scenario(tiny, "plain")
+    raw["strategy"]["params"]["fraction_evaluate"] = 0.5
+    with pytest.raises(fedsim.ScenarioError, match=r"client\.dp.*federated evaluation"):
+        fedsim.load_scenario(raw)
+    raw["strategy"] = {"name": "qfedavg", "params": {}}
+    with pytest.raises(fedsim.ScenarioError, match=r"client\.dp.*qfedavg.*training loss"):
+        fedsim.load_scenario(raw)
+
+
+def test_no_steps_means_no_epsilon() -> None:
+    """ε is 0 until a DP step is taken (the RDP conversion alone would say ≈ 0.1)."""
+    from flwr.app import RecordDict
+
+    from fedsim.clients.dp import spend
+    from fedsim.scenario import DPConfig
+
+    state = RecordDict()
+    assert spend(state, DPConfig(), n=100, batch=10, steps=0) == 0.0
+    assert spend(state, DPConfig(), n=100, batch=10, steps=1) > 0.0
