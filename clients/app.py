@@ -44,6 +44,7 @@ from fedsim.array_codec import decode, encode, encode_record
 from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.model_cache import model_for_job
+from fedsim.clients.optimizers import LocalOptimizer
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, default_gradient, train_local
 from fedsim.data.node_data import NodeData, node_data
@@ -153,12 +154,20 @@ def train_lasgd_block(msg: Message, context: Context) -> Message:
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     offset = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
     lasgd.load_merged(job.model, context.state, float(config[wire.LASGD_SCALE]), offset)  # type: ignore[arg-type]
-    reply = _train(job, msg, context, start)
-    lasgd.keep(context.state, job.model)  # only after training: a failed block changes nothing
+    optimizer = lasgd.kept_optimizer(job.model, context.state, job.scenario.client.optimizer)
+    reply = _train(job, msg, context, start, optimizer)
+    # Only after training: a failed block changes nothing.
+    lasgd.keep(context.state, job.model, optimizer)
     return reply
 
 
-def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
+def _train(
+    job: _Job,
+    msg: Message,
+    context: Context,
+    start: float,
+    optimizer: LocalOptimizer | None = None,
+) -> Message:
     """Train ``job.model`` with the step the server asked for; reply with it and metrics."""
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
     cfg = job.scenario.client
@@ -175,7 +184,7 @@ def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
         gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
     result = step.run(job.model, cfg, generator)
     if result is None:
-        result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient)
+        result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient, optimizer)
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: len(job.y) if result.num_examples is None else result.num_examples,
