@@ -16,9 +16,10 @@ train
     spent so far at ``client.dp.delta``). A step that does not train (AGC's coded
     gradient, selected by ``agc-d``) replies with its own arrays instead of the model.
 train.lasgd
-    An LASGD block (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
+    An LASGD job (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
     config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
-    ``context.state``), keeps the result and replies with it like ``train``.
+    ``context.state``) with the optimizer state kept there too (SGD momentum), keeps
+    both and replies with the model like ``train``.
 query.labels
     Replies with ``metrics``: ``labels``, the distinct labels of the node's data.
 evaluate
