@@ -16,9 +16,10 @@ train
     spent so far at ``client.dp.delta``). A step that does not train (AGC's coded
     gradient, selected by ``agc-p``) replies with its own arrays instead of the model.
 train.lasgd
-    An LASGD block (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
+    An LASGD job (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
     config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
-    ``context.state``), keeps the result and replies with it like ``train``.
+    ``context.state``) with the optimizer state kept there too (SGD momentum), keeps
+    both and replies with the model like ``train``.
 query.labels
     Replies with ``metrics``: ``labels``, the distinct labels of the node's data.
 evaluate
@@ -42,6 +43,7 @@ from fedsim.array_codec import decode, encode, encode_record
 from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
 from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
 from fedsim.clients.model_cache import model_for_job
+from fedsim.clients.optimizers import LocalOptimizer
 from fedsim.clients.positive import PositiveOnlyStep
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, default_gradient, train_local
@@ -150,12 +152,20 @@ def train_lasgd_block(msg: Message, context: Context) -> Message:
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     offset = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
     lasgd.load_merged(job.model, context.state, float(config[wire.LASGD_SCALE]), offset)  # type: ignore[arg-type]
-    reply = _train(job, msg, context, start)
-    lasgd.keep(context.state, job.model)  # only after training: a failed block changes nothing
+    optimizer = lasgd.kept_optimizer(job.model, context.state, job.scenario.client.optimizer)
+    reply = _train(job, msg, context, start, optimizer)
+    # Only after training: a failed block changes nothing.
+    lasgd.keep(context.state, job.model, optimizer)
     return reply
 
 
-def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
+def _train(
+    job: _Job,
+    msg: Message,
+    context: Context,
+    start: float,
+    optimizer: LocalOptimizer | None = None,
+) -> Message:
     """Train ``job.model`` with the step the server asked for; reply with it and metrics."""
     config = dict(msg.content.config_records.get(wire.CONFIG, {}))
     cfg = job.scenario.client
@@ -182,7 +192,8 @@ def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
         gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
     result = step.run(job.model, cfg, generator)
     if result is None:
-        result = train_local(job.model, job.data.x, job.data.y, cfg, step, generator, gradient)
+        x, y = job.data.x, job.data.y
+        result = train_local(job.model, x, y, cfg, step, generator, gradient, optimizer)
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: len(job.data.y)

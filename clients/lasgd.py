@@ -2,19 +2,24 @@
 
 A worker's model cannot be the server's: it keeps computing while averages are in
 flight. It lives in the node's ``context.state`` (in deployment every message is a
-fresh process) and each block message says how to merge what arrived into it, as the
-affine map ``x <- a*x + b`` (``a`` in the config, ``b`` the message's arrays; see
-:mod:`fedsim.strategies.lasgd` for why the server sends the merge in that form).
+fresh process) and each message says how to merge what arrived into it, as the affine
+map ``x <- a*x + b`` (``a`` in the config, ``b`` the message's arrays; see
+:mod:`fedsim.strategies.lasgd`). The worker's momentum buffers live there too: they
+persist from message to message and are never averaged.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
+from fedsim.clients.optimizers import SGD, LocalOptimizer, make_optimizer
+from fedsim.scenario import OptimizerConfig
+
 KEPT_MODEL = "lasgd-model"  # context.state record: the worker's current model x
+KEPT_MOMENTUM = "lasgd-momentum"  # context.state record: SGD momentum, by parameter name
 
 
 def load_merged(model: nn.Module, state: RecordDict, scale: float, offset: ArrayRecord) -> None:
@@ -41,6 +46,31 @@ def load_merged(model: nn.Module, state: RecordDict, scale: float, offset: Array
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in merged.items()})
 
 
-def keep(state: RecordDict, model: nn.Module) -> None:
-    """Store ``model`` as the worker's current model."""
+def kept_optimizer(model: nn.Module, state: RecordDict, cfg: OptimizerConfig) -> LocalOptimizer:
+    """``cfg``'s optimizer over ``model``, with the momentum buffers the worker kept.
+
+    Only fedsim's SGD has state worth keeping here; another optimizer starts afresh
+    every message (documented in docs/strategies.md).
+    """
+    optimizer = make_optimizer(model.parameters(), cfg)
+    kept = state.array_records.get(KEPT_MOMENTUM)
+    if isinstance(optimizer, SGD) and kept is not None:
+        names = [name for name, _ in model.named_parameters()]
+        optimizer.momentum_buffers = [
+            torch.from_numpy(np.array(kept[n].numpy())) if n in kept else None for n in names
+        ]
+    return optimizer
+
+
+def keep(state: RecordDict, model: nn.Module, optimizer: LocalOptimizer | None = None) -> None:
+    """Store ``model`` as the worker's current model (and ``optimizer``'s momentum)."""
     state[KEPT_MODEL] = ArrayRecord(model.state_dict())
+    if isinstance(optimizer, SGD) and optimizer.momentum != 0:
+        names = [name for name, _ in model.named_parameters()]
+        state[KEPT_MOMENTUM] = ArrayRecord(
+            {
+                n: Array(b.numpy())
+                for n, b in zip(names, optimizer.momentum_buffers, strict=True)
+                if b is not None
+            }
+        )

@@ -15,7 +15,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from fedsim.clients.optimizers import make_optimizer
+from fedsim.clients.optimizers import LocalOptimizer, make_optimizer
 from fedsim.clients.steps import LocalStep
 from fedsim.kernels import mlp_cross_entropy_grad, mlp_linears
 from fedsim.scenario import ClientConfig
@@ -125,15 +125,19 @@ def train_local(
     step: LocalStep,
     generator: torch.Generator,
     gradient: Gradient = plain_gradient,
+    optimizer: LocalOptimizer | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``(x, y)`` with the injected ``step`` and ``gradient``.
 
     Each of :func:`num_local_steps` steps fills ``p.grad`` from the data loss (plainly,
     or privately when ``gradient`` is a DP-SGD gradient), adds the step's penalty
     gradient (data-independent, so it costs no privacy), and takes an optimizer step.
+    ``optimizer`` (over ``model``'s parameters) carries state from an earlier job, such
+    as momentum; by default every job starts a fresh ``client.optimizer``.
     """
     model.train()
-    optimizer = make_optimizer(model.parameters(), cfg.optimizer)
+    if optimizer is None:
+        optimizer = make_optimizer(model.parameters(), cfg.optimizer)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     total_steps = num_local_steps(len(y), cfg)
     loss_sum, samples, taken = 0.0, 0, 0

@@ -59,6 +59,10 @@ AGC_GRAD_PREFIX: Final = "agc.grad."
 # a = LASGD_SCALE from the config and b the message's ArrayRecord (none: keep computing).
 LASGD_ACTION: Final = "lasgd"
 LASGD_SCALE: Final = "lasgd-scale"
+# Config flag (bool): the simulated network carries nothing for this message (a job on
+# data the node already holds); the in-process clock charges its compute only. A
+# decentralised strategy that times its own communication (LASGD's All-Reduce) sets it.
+LOCAL_COMPUTE: Final = "local-compute"
 
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"

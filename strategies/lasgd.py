@@ -1,211 +1,157 @@
-"""LASGD: local SGD whose model averaging overlaps computation, on the virtual clock.
+"""LASGD: decentralised SGD whose model averaging overlaps computation, on the virtual clock.
 
-Seed: "Locally Asynchronous Stochastic Gradient Descent for Decentralised Deep
-Learning" (Edgify, arXiv 2203.13085): keep All-Reduce model averaging, but never block
-local computation on it. The paper's exact merge rule is not public in the sources we
-read; what follows is fedsim's construction (docs/strategies.md has the derivation).
+Seed: Avidor & Tal Israel, "Locally Asynchronous Stochastic Gradient Descent for
+Decentralised Deep Learning" (arXiv 2203.13085): workers synchronise their models with
+All-Reduce but never stop computing for it. The full paper's update rule could not be
+consulted; what follows is fedsim's reconstruction (docs/strategies.md says which parts).
 
-Workers are the clients. Each runs blocks of H local steps (``client.local_steps``),
-one ``train.lasgd`` message per block; the block's reply is its snapshot s_{k,j}.
-Average j, x̄_j = mean_k ŝ_{k,j}, completes when the last worker's j-th snapshot
-arrives; it reaches each worker with the worker's next block message, and the worker
-merges ``x <- x̄_j + α (x - ŝ_{k,j})`` before computing on. ŝ is the snapshot as if every
-earlier average had been merged before it was taken: a worker that ran ahead took
-snapshot j before merging x̄_{j-1}, and without the correction the x - s term would add
-that earlier merge a second time (the workers then never agree, even at η = 0). With
-α = 1 every merge of x̄_j moves the workers by x̄_j - ŝ_{k,j}, which sums to zero: the
-mean of the worker models is invariant. A worker may run ``staleness`` blocks past its
-last merged average, then waits; ``staleness=0`` is the τ = 0 limit, synchronous
-model averaging (local SGD; with one local step, FedAvg on equal shards).
+Every worker (client) computes without pause, one local job (``client.local_steps``
+steps; 1 in the shipped scenarios) per message. Every ``period`` jobs it takes a
+snapshot s and launches a non-blocking exchange of it (:mod:`.decentralised`: a ring
+All-Reduce, or push-sum gossip for the baseline), at most ``in_flight`` at a time; it
+waits only when it would exceed that. When the All-Reduce completes, the worker merges
+``x <- x̄ + α (x - s)`` at the end of the job it is computing. ``in_flight: 0`` blocks
+at every snapshot: with ``period: 1`` that is synchronous All-Reduce SGD, with a longer
+period synchronous local SGD.
+
+The strategy is the simulator: it keeps a copy of every worker's model (its last
+job's reply, for the merges and the central evaluation), lets the in-process clock
+time each job's compute (messages flagged ``local-compute``: the server-worker
+messages carry no simulated traffic) and times the exchanges itself from the
+devices' links. Its memory: one model per worker, at most ``in_flight`` snapshots per
+worker, one running sum per open All-Reduce.
 
 Client contract
 ---------------
-``train.lasgd`` messages carry config ``server-round`` (the block number: it seeds the
-worker's batches as a round number seeds FedAvg's) and ``lasgd-scale`` a, plus an
-ArrayRecord b, empty when no average arrived. The worker sets ``x <- a*x + b`` (x = b
-when a = 0, its first block), runs its local steps on x, keeps x in ``context.state``
-and replies with x and the usual train metrics. The server sends the merge in this
-affine form, composed over every average that reaches the worker at once, because it
-alone knows each worker's corrected snapshots; the worker keeps only its model.
+``train.lasgd`` messages carry config ``server-round`` (the worker's job number: it
+seeds the job's batches), ``lasgd-scale`` a and ``local-compute``, plus an ArrayRecord
+b. The worker sets ``x <- a*x + b`` (a = 0: x = b, its merged model; a = 1 and b
+empty: keep computing on its own x), runs its local steps with its kept optimizer
+state (momentum persists, never averaged), keeps x in ``context.state`` and replies
+with x and the usual train metrics.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-from numpy.typing import NDArray
 
 from fedsim import wire
+from fedsim.errors import UnknownNameError
 from fedsim.strategies import register_strategy
+from fedsim.strategies.decentralised import (
+    COMMUNICATIONS,
+    Arrays,
+    Communication,
+    EventLog,
+    Link,
+    mean_model,
+)
 
 logger = logging.getLogger(__name__)
 
-Arrays = dict[str, NDArray[np.float32]]  # one model: parameter name -> array
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
 @runtime_checkable
 class VirtualClockGrid(Protocol):
-    """A grid with simulated time (fedsim's in-process engine)."""
+    """A grid with simulated time and device links (fedsim's in-process engine)."""
 
     @property
     def virtual_time_s(self) -> float:
         """Simulated seconds since the run started."""
 
+    @property
+    def latency_s(self) -> float:
+        """One-way latency of every link."""
+
+    def device(self, node_id: int) -> Link:
+        """The node's links."""
+
     def pull_messages_until(self, message_ids: Iterable[str], until_s: float) -> list[Message]:
         """Pull replies, never moving simulated time past ``until_s``."""
 
 
-def mean_model(models: list[Arrays]) -> Arrays:
-    """Uniform mean of models (accumulated in float64, returned in their dtype)."""
-    return {
-        k: np.asarray(np.mean(np.stack([m[k] for m in models]), axis=0, dtype=np.float64)).astype(
-            v.dtype
-        )
-        for k, v in models[0].items()
-    }
+@dataclass
+class _Worker:
+    jobs: int = 0  # completed
+    job: str | None = None  # message id of the job it is computing
+    content: RecordDict | None = None  # that job's message (sent again if it fails)
+    started_s: float = 0.0
+    waiting: bool = False
+    launched: int = 0  # exchanges started
+    completed: int = 0  # exchanges finished
+    changed: bool = True  # its model here differs from the one it keeps: send it
 
 
 @dataclass
-class _Worker:
-    blocks: int = 0  # snapshots received
-    sent: int = -1  # last average sent to it (-1: not started; 0 is the initial model)
-    pending: dict[int, Arrays] = field(default_factory=dict)  # block -> ŝ, average not formed
-    offsets: dict[int, Arrays] = field(default_factory=dict)  # average -> its b, not sent yet
+class _Run:
+    """The state of one run (what :meth:`LASGD.start` builds)."""
 
-
-class SnapshotAverager:
-    """The server's side of LASGD's All-Reduce: snapshots in, merges out.
-
-    Parameters
-    ----------
-    nodes : iterable of int
-        The workers (every average needs a snapshot from each).
-    initial : dict of str to ndarray
-        The model every worker starts from (average 0).
-    alpha : float
-        Weight of a worker's own progress since its snapshot when it merges.
-    """
-
-    def __init__(self, nodes: Iterable[int], initial: Arrays, alpha: float) -> None:
-        self.alpha = alpha
-        self.initial = initial
-        self.workers = {n: _Worker() for n in sorted(nodes)}
-        self.completed = 0  # index of the newest average
-        self.average = initial  # x̄_completed
-        self.lags: list[int] = []  # blocks a worker ran between a snapshot and its merge
-
-    def _map(self, offset: Arrays, z: Arrays) -> Arrays:
-        return {k: self.alpha * v + offset[k] for k, v in z.items()}
-
-    def add_snapshot(self, node: int, snapshot: Arrays, through: int) -> list[int]:
-        """Record ``node``'s next snapshot, taken with averages up to ``through`` merged.
-
-        Returns the indices of the averages this snapshot completes (possibly none).
-        """
-        w = self.workers[node]
-        w.blocks += 1
-        for i in range(through + 1, self.completed + 1):  # formed, not yet merged by it
-            snapshot = self._map(w.offsets[i], snapshot)
-        w.pending[w.blocks] = snapshot
-        done = []
-        while all(v.blocks > self.completed for v in self.workers.values()):
-            done.append(self._complete())
-        return done
-
-    def _complete(self) -> int:
-        j = self.completed + 1
-        snapshots = [w.pending.pop(j) for w in self.workers.values()]
-        average = mean_model(snapshots)
-        for w, s in zip(self.workers.values(), snapshots, strict=True):
-            # x̄ + α(z - ŝ) = αz + b: the merge as an affine map, applied to the worker's
-            # later snapshots now (they were taken before it) and to its model on delivery.
-            b = {k: average[k] - self.alpha * s[k] for k in average}
-            w.offsets[j] = b
-            w.pending = {m: self._map(b, z) for m, z in w.pending.items()}
-        self.completed, self.average = j, average
-        return j
-
-    def lag(self, node: int) -> int:
-        """Blocks ``node`` has finished beyond the newest average."""
-        return self.workers[node].blocks - self.completed
-
-    def take_merge(self, node: int) -> tuple[float, Arrays | None, int]:
-        """The merge for ``node``'s next block: ``(a, b, through)`` with ``x <- a*x + b``.
-
-        Composes every formed average not yet sent to ``node`` and marks them sent;
-        ``through`` is the newest average merged before the block. ``b`` is None when
-        nothing arrived (``a`` is then 1); the first block gets ``(0, initial, 0)``.
-        """
-        w = self.workers[node]
-        if w.sent < 0:
-            w.sent = 0
-            return 0.0, self.initial, 0
-        scale, offset = 1.0, None
-        for i in range(w.sent + 1, self.completed + 1):
-            b = w.offsets.pop(i)
-            self.lags.append(w.blocks - i)
-            scale *= self.alpha
-            offset = b if offset is None else self._map(b, offset)
-        w.sent = self.completed
-        return scale, offset, w.sent
-
-    def consensus(self) -> Arrays:
-        """The mean worker model as far as the server knows.
-
-        Each worker's newest snapshot with every formed average merged into it (the
-        newest average itself if that snapshot is part of it): what a final All-Reduce
-        would return if every worker stopped at its last snapshot.
-        """
-        return mean_model(
-            [
-                w.pending[w.blocks] if w.blocks > self.completed else self.average
-                for w in self.workers.values()
-            ]
-        )
-
-
-@dataclass(frozen=True)
-class _Block:
-    node: int
-    through: int
-    content: RecordDict
+    grid: Grid
+    clock: VirtualClockGrid  # the same grid, seen for its clock
+    comm: Communication
+    base: ConfigRecord
+    models: dict[int, Arrays]
+    workers: dict[int, _Worker]
+    log: EventLog = field(default_factory=EventLog)
+    events: list[tuple[float, int, int]] = field(default_factory=list)  # (time, seq, token)
+    jobs: dict[str, int] = field(default_factory=dict)  # message id -> worker
+    max_snapshots: int = 0
+    seq: int = 0
 
 
 @register_strategy("lasgd")
 class LASGD(Strategy):
-    """Locally asynchronous SGD: workers never wait for an average unless too stale.
+    """Decentralised local SGD whose model exchanges overlap computation.
 
     Parameters
     ----------
     alpha : float
-        α in ``x <- x̄ + α (x - ŝ)``; 1 keeps the mean of the worker models invariant.
-    staleness : int or None
-        Blocks a worker may run past its last merged average before it waits; 0 is
-        synchronous model averaging, None never waits.
+        α in ``x <- x̄ + α (x - s)``; 1 keeps the mean of the worker models invariant.
+    period : int
+        H: local jobs between two snapshots.
+    in_flight : int
+        Exchanges a worker may have under way; 0 waits for each (synchronous).
+    communication : str
+        ``allreduce`` (LASGD) or ``gossip`` (push-sum baseline), see
+        :mod:`fedsim.strategies.decentralised`.
     eval_interval_s : float
         Simulated seconds between central evaluations; the run stops after
         ``rounds`` of them (the simulated-time budget is ``rounds * eval_interval_s``).
     """
 
     def __init__(
-        self, *, alpha: float = 1.0, staleness: int | None = None, eval_interval_s: float = 10.0
+        self,
+        *,
+        alpha: float = 1.0,
+        period: int = 5,
+        in_flight: int = 1,
+        communication: str = "allreduce",
+        eval_interval_s: float = 10.0,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if staleness is not None and staleness < 0:
-            raise ValueError(f"staleness must be >= 0 or null (never wait), got {staleness}")
+        if period < 1:
+            raise ValueError(f"period must be >= 1, got {period}")
+        if in_flight < 0:
+            raise ValueError(f"in_flight must be >= 0 (0: blocking), got {in_flight}")
         if eval_interval_s <= 0:
             raise ValueError(f"eval_interval_s must be > 0, got {eval_interval_s}")
-        self.alpha, self.staleness, self.eval_interval_s = alpha, staleness, eval_interval_s
-        self.averager: SnapshotAverager | None = None
+        try:
+            self.communication = COMMUNICATIONS.get(communication)
+        except UnknownNameError as exc:
+            raise ValueError(f"communication: {exc}") from None
+        self.alpha, self.period, self.in_flight = alpha, period, in_flight
+        self.eval_interval_s = eval_interval_s
+        self.sim: _Run | None = None  # the last run's state, kept for inspection (tests)
 
     def start(
         self,
@@ -217,85 +163,168 @@ class LASGD(Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
     ) -> Result:
-        """Run workers for ``num_rounds * eval_interval_s`` simulated seconds.
+        """Run the workers for ``num_rounds * eval_interval_s`` simulated seconds.
 
-        Central evaluation of :meth:`SnapshotAverager.consensus` at time 0 and every
+        Central evaluation of the mean worker model at time 0 and every
         ``eval_interval_s`` (as "round" 0, 1, ...). ``timeout`` has no meaning on a
-        virtual clock; a failed block (error reply) is sent again.
+        virtual clock; a failed job (error reply) is sent again.
         """
         if not isinstance(grid, VirtualClockGrid):
             raise TypeError("lasgd runs on the virtual clock: use engine.name: inprocess")
         self.summary()
-        base = ConfigRecord() if train_config is None else train_config
+        nodes = sorted(grid.get_node_ids())
         initial = {k: v.numpy() for k, v in initial_arrays.items()}
-        averager = self.averager = SnapshotAverager(grid.get_node_ids(), initial, self.alpha)
+        comm = self.communication(
+            nodes,
+            sum(v.nbytes for v in initial.values()),
+            [grid.device(n) for n in nodes],
+            grid.latency_s,
+            self.alpha,
+            keep_snapshots=self.in_flight > 0,
+        )
+        base = ConfigRecord() if train_config is None else train_config
+        run = self.sim = _Run(
+            grid, grid, comm, base, dict.fromkeys(nodes, initial), {n: _Worker() for n in nodes}
+        )
         result = Result(arrays=initial_arrays)
         _evaluate(evaluate_fn, 0, initial_arrays, result)
-        inflight: dict[str, _Block] = {}
-        idle = set(averager.workers)
         t0 = grid.virtual_time_s
+        for node in nodes:
+            self._dispatch(run, node)
         for e in range(1, num_rounds + 1):
-            until = t0 + e * self.eval_interval_s
-            while True:
-                self._dispatch(grid, averager, idle, inflight, base)
-                replies = grid.pull_messages_until(list(inflight), until)
-                if not replies:
-                    break
-                for reply in replies:
-                    block = inflight.pop(reply.metadata.reply_to_message_id)
-                    if reply.has_error():  # the worker kept nothing: send the block again
-                        self._push(grid, block, inflight)
-                        continue
-                    snapshot = reply.content.array_records[wire.ARRAYS]
-                    averager.add_snapshot(
-                        block.node, {k: v.numpy() for k, v in snapshot.items()}, block.through
-                    )
-                    idle.add(block.node)
-            result.arrays = ArrayRecord({k: Array(v) for k, v in averager.consensus().items()})
+            self._advance(run, t0 + e * self.eval_interval_s)
+            result.arrays = ArrayRecord(
+                {k: Array(v) for k, v in mean_model(list(run.models.values())).items()}
+            )
             _evaluate(evaluate_fn, e, result.arrays, result)
-        lag = float(np.mean(averager.lags)) if averager.lags else 0.0
-        logger.info("LASGD: %d averages, mean lag %.2f blocks", averager.completed, lag)
+        busy = sum(e.end - e.time for e in run.log.events if e.kind == "compute" and e.end)
+        elapsed = len(nodes) * (grid.virtual_time_s - t0)
+        logger.info(
+            "LASGD: %d exchanges, %d jobs, workers computing %.0f%% of the time",
+            comm.exchanges,
+            sum(w.jobs for w in run.workers.values()),
+            100 * busy / elapsed if elapsed else 0.0,
+        )
         return result
 
-    def _dispatch(
-        self,
-        grid: Grid,
-        averager: SnapshotAverager,
-        idle: set[int],
-        inflight: dict[str, _Block],
-        base: ConfigRecord,
-    ) -> None:
-        """Start the next block on every idle worker the staleness bound lets go."""
-        for node in sorted(idle):
-            if self.staleness is not None and averager.lag(node) > self.staleness:
-                continue  # waits for an average
-            idle.discard(node)
-            scale, offset, through = averager.take_merge(node)
-            config = ConfigRecord(dict(base))
-            config[wire.SERVER_ROUND] = averager.workers[node].blocks + 1
-            config[wire.LASGD_SCALE] = scale
-            arrays = ArrayRecord({k: Array(v) for k, v in (offset or {}).items()})
-            content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config})
-            self._push(grid, _Block(node, through, content), inflight)
+    # ------------------------------------------------------------ the event loop
+
+    def _advance(self, run: _Run, until_s: float) -> None:
+        """Process job replies and exchange completions, in time order, up to ``until_s``."""
+        grid = run.clock
+        while True:
+            next_event = run.events[0][0] if run.events else float("inf")
+            horizon = min(next_event, until_s)
+            replies = grid.pull_messages_until(list(run.jobs), horizon)
+            if replies:  # replies at or before the next exchange event come first
+                for reply in replies:
+                    self._job_done(run, reply)
+                continue
+            if next_event > until_s:
+                return
+            while run.events and run.events[0][0] == next_event:
+                _, _, token = heapq.heappop(run.events)
+                self._exchange_done(run, token, next_event)
+
+    def _job_done(self, run: _Run, reply: Message) -> None:
+        node = run.jobs.pop(reply.metadata.reply_to_message_id)
+        worker = run.workers[node]
+        if reply.has_error():  # the worker kept nothing: send the job again
+            self._push(run, node)
+            return
+        now = run.clock.virtual_time_s
+        run.log.add(worker.started_s, "compute", node, worker.jobs + 1, end=now)
+        worker.jobs += 1
+        worker.job = None
+        snapshot = reply.content.array_records[wire.ARRAYS]
+        run.models[node] = {k: v.numpy() for k, v in snapshot.items()}
+        worker.changed = False
+        self._merge(run, node)  # averages that completed during the job land now
+        if worker.jobs % self.period == 0:
+            self._exchange(run, node, now)
+        if not worker.waiting:
+            self._dispatch(run, node)
+
+    def _exchange(self, run: _Run, node: int, now: float) -> None:
+        """Launch ``node``'s exchange of its current model, or wait if it may not yet."""
+        worker, comm = run.workers[node], run.comm
+        if self.in_flight and comm.outstanding[node] >= self.in_flight:
+            worker.waiting = True  # launches when one completes (see _exchange_done)
+            run.log.add(now, "wait", node)
+            return
+        worker.launched += 1
+        run.log.add(now, "launch", node, worker.launched)
+        for time, token in comm.launch(node, run.models[node], now):
+            heapq.heappush(run.events, (time, run.seq, token))
+            run.seq += 1
+        run.max_snapshots = max(run.max_snapshots, comm.snapshots_held())
+        if not self.in_flight:  # blocking: wait for this exchange
+            worker.waiting = True
+            run.log.add(now, "wait", node)
+
+    def _exchange_done(self, run: _Run, token: int, now: float) -> None:
+        done = run.comm.complete(token)
+        for node in done.senders:
+            run.workers[node].completed += 1
+            run.log.add(now, "complete", node, run.workers[node].completed)
+        for node in sorted(set(done.senders) | set(done.receivers)):
+            worker = run.workers[node]
+            if not worker.waiting:
+                continue  # computing: merges at the end of its job
+            self._merge(run, node)
+            outstanding = run.comm.outstanding[node]
+            if self.in_flight and outstanding < self.in_flight:
+                worker.waiting = False
+                run.log.add(now, "resume", node)
+                self._exchange(run, node, now)  # the snapshot it waited to send
+            elif not self.in_flight and outstanding == 0:
+                worker.waiting = False
+                run.log.add(now, "resume", node)
+            if not worker.waiting:
+                self._dispatch(run, node)
+
+    def _merge(self, run: _Run, node: int) -> None:
+        merged = run.comm.merge(node, run.models[node])
+        if merged is not None:
+            run.models[node] = merged
+            run.workers[node].changed = True
+
+    # ------------------------------------------------------------------ messages
+
+    def _dispatch(self, run: _Run, node: int) -> None:
+        """Start ``node``'s next job on its current model."""
+        worker = run.workers[node]
+        config = ConfigRecord(dict(run.base))
+        config[wire.SERVER_ROUND] = worker.jobs + 1
+        config[wire.LASGD_SCALE] = 0.0 if worker.changed else 1.0
+        config[wire.LOCAL_COMPUTE] = True
+        model = run.models[node] if worker.changed else {}
+        arrays = ArrayRecord({k: Array(v) for k, v in model.items()})
+        worker.content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: config})
+        worker.started_s = run.clock.virtual_time_s
+        self._push(run, node)
 
     @staticmethod
-    def _push(grid: Grid, block: _Block, inflight: dict[str, _Block]) -> None:
-        message = Message(block.content, block.node, f"train.{wire.LASGD_ACTION}")
-        (message_id,) = grid.push_messages([message])
-        inflight[message_id] = block
+    def _push(run: _Run, node: int) -> None:
+        worker = run.workers[node]
+        assert worker.content is not None
+        message = Message(worker.content, node, f"train.{wire.LASGD_ACTION}")
+        (message_id,) = run.grid.push_messages([message])
+        worker.job = message_id
+        run.jobs[message_id] = node
 
     # Flower's round hooks: LASGD has no rounds; start() sends and merges by itself.
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Not used: blocks are sent per worker by :meth:`start`."""
+        """Not used: jobs are sent per worker by :meth:`start`."""
         return []
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Not used: :class:`SnapshotAverager` averages snapshots as they arrive."""
+        """Not used: the exchanges merge models as they complete."""
         return None, None
 
     def configure_evaluate(
@@ -313,9 +342,11 @@ class LASGD(Strategy):
     def summary(self) -> None:
         """Log the parameters."""
         logger.info(
-            "LASGD: alpha=%s, staleness=%s, eval_interval_s=%s",
+            "LASGD: alpha=%s, period=%s, in_flight=%s, communication=%s, eval_interval_s=%s",
             self.alpha,
-            self.staleness,
+            self.period,
+            self.in_flight,
+            self.communication.__name__,
             self.eval_interval_s,
         )
 

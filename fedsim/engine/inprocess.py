@@ -152,6 +152,15 @@ class InProcessGrid(Grid):
         """Simulated seconds since the run started."""
         return self.clock.now
 
+    @property
+    def latency_s(self) -> float:
+        """One-way network latency of every link (``system.latency_s``)."""
+        return self.clock.cfg.latency_s
+
+    def device(self, node_id: int) -> DeviceProfile:
+        """The simulated device of ``node_id`` (speed and link bandwidths)."""
+        return self.devices[node_id]
+
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Deliver messages now; their replies become pullable at their arrival times."""
         ids: list[str] = []
@@ -275,11 +284,12 @@ class InProcessGrid(Grid):
         node = message.metadata.dst_node_id
         device = self.devices[node]
         fate = self.clock.draw(self._dispatch, node)
-        self.telemetry.current.bytes_down += nbytes
+        local = _is_local(message)  # nothing crosses the simulated network
+        self.telemetry.current.bytes_down += 0 if local else nbytes
         if fate is Fate.DROPOUT:
             self.telemetry.current.dropouts += 1
             return 0.0, None
-        t = self.clock.now + self.clock.download_s(device, nbytes)
+        t = self.clock.now + (0.0 if local else self.clock.download_s(device, nbytes))
         delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
             content=copy_content(message.content), metadata=copy.copy(message.metadata)
         )
@@ -292,15 +302,21 @@ class InProcessGrid(Grid):
                 Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=message
             )
         if reply.has_error():
-            return t + self.clock.upload_s(device, 0), reply
+            return t + (0.0 if local else self.clock.upload_s(device, 0)), reply
         for record in reply.content.values():
             if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
                 decoding_arrays(record)
-        up = content_bytes(reply)
+        up = 0 if local else content_bytes(reply)
         metrics = reply_metrics(reply)
         self.telemetry.record_upload(reply, up, metrics)
         t += self.clock.compute_s(device, _work(message.metadata.message_type, metrics), fate)
-        return t + self.clock.upload_s(device, up), reply
+        return t + (0.0 if local else self.clock.upload_s(device, up)), reply
+
+
+def _is_local(message: Message) -> bool:
+    """Whether ``message`` asks for compute only (config ``local-compute``)."""
+    config = message.content.get(wire.CONFIG) if message.has_content() else None
+    return isinstance(config, ConfigRecord) and bool(config.get(wire.LOCAL_COMPUTE, False))
 
 
 def _work(kind: str, metrics: MetricRecord) -> float:

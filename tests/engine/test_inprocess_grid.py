@@ -134,6 +134,34 @@ def test_pull_until_never_passes_its_time() -> None:
     assert grid.virtual_time_s == pytest.approx(5.0, abs=1e-3)
 
 
+def test_a_local_compute_message_is_timed_by_its_compute_alone() -> None:
+    """``local-compute``: no latency, no transfer, no bytes counted; 10 samples at 1 s
+    each on a speed-2 device is 5 s. Without the flag the 0.5 s latency both ways and
+    the transfers are added."""
+    model = ArrayRecord({"w": Array(np.ones(250_000, np.float32))})  # 1 MB: 8 s at 1 Mbit/s
+
+    def client(msg: Message, ctx: Context) -> Message:
+        reply = _reply(msg)
+        reply.content["arrays"] = model
+        return reply
+
+    for local, expected in ((True, 5.0), (False, 5.0 + 2 * 0.5 + 8.0 + 8.0)):
+        set_task_identity(1)
+        contexts = node_contexts(1, {})
+        cfg = SystemConfig(latency_s=0.5, seconds_per_sample=1.0)
+        devices = {nid: DeviceProfile(2.0, 1.0, 1.0) for nid in contexts}
+        grid = InProcessGrid(client, contexts, devices, VirtualClock(cfg, 0))
+        config = ConfigRecord({wire.LOCAL_COMPUTE: local})
+        content = RecordDict({"config": config, "arrays": model})
+        ids = grid.push_messages(_messages(grid, content))
+        grid.pull_messages(ids)
+        assert grid.virtual_time_s == pytest.approx(expected, rel=1e-3), local
+        stats = grid.telemetry.pop()
+        assert (stats.bytes_up == 0) == local and (stats.bytes_down == 0) == local
+        assert stats.participants == 1
+    assert grid.device(next(iter(contexts))).speed == 2.0 and grid.latency_s == 0.5
+
+
 def test_contexts_persist_across_rounds() -> None:
     def counting(msg: Message, ctx: Context) -> Message:
         rec = ctx.state.config_records.get("count", ConfigRecord({"n": 0}))
