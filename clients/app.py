@@ -13,8 +13,10 @@ train
     whatever selects a local step, see :mod:`fedsim.clients.steps`). Replies with the
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
-    spent so far at ``client.dp.delta``). A step that does not train (AGC's coded
-    gradient, selected by ``agc-d``) replies with its own arrays instead of the model.
+    spent so far at ``client.dp.delta``; ``attacker`` while ``system.attackers`` is
+    set). ``label-flip`` in the config trains on labels ``C - 1 - y``. A step that does
+    not train (AGC's coded gradient, selected by ``agc-d``) replies with its own arrays
+    instead of the model.
 train.lasgd
     An LASGD block (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
     config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
@@ -42,7 +44,9 @@ from torch import nn
 from fedsim import wire
 from fedsim.array_codec import decode, encode, encode_record
 from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
+from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import PrivateGradient, spend
+from fedsim.clients.link_mod import link_mod
 from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, default_gradient, train_local
@@ -51,7 +55,9 @@ from fedsim.evaluation import evaluate_model
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
 
-app = ClientApp()
+# Outermost first: the link mod decodes what arrived before an attacker sees it and
+# codes the reply after the attacker has changed it, as on a real device.
+app = ClientApp(mods=[link_mod, attack_mod])
 
 
 @dataclass
@@ -97,6 +103,8 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     x, y = data.x, data.y
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
+    if config.get(wire.LABEL_FLIP):  # a label-flip attacker's poisoned data
+        y = poisoned_labels(y, data.num_classes)
     # Seeded from (run seed, node, round, purpose) so results do not depend on the order
     # in which an engine happens to run the clients.
     seed = int(
