@@ -97,6 +97,8 @@ def _build(config: StrategyConfig, num_clients: int, key: str) -> Strategy:
     accepted = accepted_params(cls) or []
     params = {k: v for k, v in strategy_defaults(num_clients).items() if k in accepted}
     params.update(config.params)
+    if "strategy" in accepted and "strategy" not in params:
+        params["strategy"] = {"name": "fedavg"}  # a wrapper's default, with fedsim's defaults
     inner = params.get("strategy")
     if isinstance(inner, Mapping):
         try:

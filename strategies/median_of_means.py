@@ -3,7 +3,7 @@
 Laforgue, Clémençon & Bertail, "On Medians of (Randomized) Pairwise Means" (ICML 2019):
 a median-of-means estimator keeps its guarantees when its blocks are drawn by sampling
 without replacement rather than by a fixed segmentation. Here, each round, the train
-replies (ordered by node id) are dealt into ``blocks`` blocks by a permutation drawn
+replies are dealt into ``blocks`` blocks by a permutation drawn
 from ``(seed, round)``; each block's example-weighted mean is computed with FedAvg's
 arithmetic, and the aggregate is the coordinate-wise median or the geometric median
 (Weiszfeld's iteration, stopped when a step moves less than ``tol`` relative to the
@@ -131,15 +131,15 @@ class MedianOfMeans(StrategyWrapper):
     def draw_blocks(self, server_round: int, count: int) -> list[NDArray[np.int64]]:
         """Indices of ``count`` replies dealt into ``min(blocks, count)`` random blocks."""
         rng = np.random.default_rng([self.seed, server_round, _BLOCKS])
-        return np.array_split(rng.permutation(count), min(self.blocks, count))
+        # Within a block, replies keep their order: with one block the sums run in
+        # the wrapped strategy's order, which floating point needs for equal bits.
+        return [np.sort(b) for b in np.array_split(rng.permutation(count), min(self.blocks, count))]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the robust mean of the replies with the wrapped strategy."""
-        valid = sorted(
-            (m for m in replies if not m.has_error()), key=lambda m: m.metadata.src_node_id
-        )
+        valid = [m for m in replies if not m.has_error()]
         key = getattr(self.strategy, "weighted_by_key", wire.NUM_EXAMPLES)
         parts = single_records(valid, key) if valid else None
         if parts is None:  # nothing, or replies the wrapped strategy must judge itself
