@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from fedsim import wire
 from fedsim.array_codec import decode, encode
 from fedsim.registry import Registry
-from fedsim.run_config import scenario_from_run_config
+from fedsim.run_config import scenario_of_run_config
 from fedsim.scenario import (
     AttackersConfig,
     GaussianAttack,
@@ -106,7 +106,7 @@ def poisoned_labels(y: NDArray[np.int64], num_classes: int) -> NDArray[np.int64]
 
 def attack_mod(msg: Message, ctx: Context, call_next: CallNext) -> Message:
     """Run the handler; on an attacking node, corrupt the train reply (see module doc)."""
-    scenario = scenario_from_run_config(ctx.run_config)
+    scenario = scenario_of_run_config(ctx.run_config)
     cfg = scenario.system.attackers
     if cfg is None or not msg.metadata.message_type.startswith("train"):
         return call_next(msg, ctx)

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fedsim import wire
 from fedsim.link_coding import code_record, decode_record, map_records, plain_arrays
-from fedsim.run_config import scenario_from_run_config
+from fedsim.run_config import scenario_of_run_config
 
 _UPLINK = 0x0C0DE  # purpose tag of the uplink's rounding draws
 CallNext = Callable[[Message, Context], Message]  # what a Flower mod calls on
@@ -25,7 +25,7 @@ CallNext = Callable[[Message, Context], Message]  # what a Flower mod calls on
 
 def link_mod(msg: Message, ctx: Context, call_next: CallNext) -> Message:
     """Decode the downlink, run the handler, code the uplink."""
-    scenario = scenario_from_run_config(ctx.run_config)
+    scenario = scenario_of_run_config(ctx.run_config)
     cfg = scenario.compression
     if not cfg.active or not msg.has_content():
         return call_next(msg, ctx)

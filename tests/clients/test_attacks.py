@@ -124,3 +124,36 @@ def test_a_run_counts_the_attackers_it_delivers(tmp_path: Path, tiny: dict[str, 
     result = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "run")
     assert [r["attackers"] for r in result.metrics] == [0, 2, 2]
     assert result.summary["attackers"] == 4
+
+
+def test_the_client_app_trains_a_label_flipper_on_flipped_labels(
+    tmp_path: Path, tiny: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same node's data, once attacking and once not: labels y and 9 − y."""
+    from fedsim.array_codec import encode_record
+    from fedsim.clients import app as client_app
+    from fedsim.models import build_model
+
+    seen: list[np.ndarray] = []
+    real = client_app.train_local
+
+    def spy(model: Any, x: Any, y: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        seen.append(y.copy())
+        return real(model, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(client_app, "train_local", spy)
+    model = build_model("mlp", tiny["model"]["params"], (64,), 10)
+    for flag in ("true", "false"):
+        ctx = _context(tmp_path, tiny, "label-flip", **{wire.ATTACKER: flag})
+        content = RecordDict(
+            {
+                wire.ARRAYS: encode_record(model.state_dict()),
+                wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1}),
+            }
+        )
+        reply = client_app.app(Message(content, 1000, "train"), ctx)
+        assert not reply.has_error() and reply.content[wire.METRICS][wire.ATTACKER_METRIC] == (
+            flag == "true"
+        )
+    assert len(seen) == 2 and seen[1].size > 0
+    assert np.array_equal(seen[0], 9 - seen[1])
