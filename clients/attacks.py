@@ -12,8 +12,8 @@ arrays, ``g`` the arrays of the same name and shape it received) before replying
 
 - ``sign-flip``: ``u' = -u``;
 - ``scale``: ``u' = factor * u``;
-- ``gaussian``: ``u' = z * ‖u‖ / ‖z‖``, z standard normal over every coded coordinate
-  (seeded by run seed, node and round), so the noise has the update's norm;
+- ``gaussian``: ``u' = z * ‖u‖ / ‖z‖``, z standard normal over every float coordinate
+  of the update (seeded by run seed, node and round), so the noise has its norm;
 - ``same-value``: ``u' = value`` in every coordinate;
 - ``label-flip``: trains on labels ``y -> C - 1 - y`` (the handler reads the config key
   ``label-flip`` the mod adds) and replies with that honest-looking update.
@@ -28,7 +28,9 @@ is set, so the engines count attackers among the delivered replies.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,21 +51,25 @@ from fedsim.scenario import (
 Update = dict[str, NDArray[Any]]
 Corrupt = Callable[[Update, Any, np.random.Generator], Update]
 CallNext = Callable[[Message, Context], Message]
-ATTACKS: Registry[Corrupt] = Registry("attacks")
 _ATTACK = 0xA77AC  # purpose tag of the attackers' draws
 
 
-@ATTACKS.register("sign-flip", help="reply g - u")
+@dataclass(frozen=True)
+class Attack:
+    """What an attacker does: corrupt its update, and/or poison its labels first."""
+
+    corrupt: Corrupt
+    poisons_labels: bool = False
+
+
 def _sign_flip(update: Update, cfg: Any, rng: np.random.Generator) -> Update:
     return {k: -u for k, u in update.items()}
 
 
-@ATTACKS.register("scale", help="reply g + factor * u")
 def _scale(update: Update, cfg: ScaleAttack, rng: np.random.Generator) -> Update:
     return {k: (u * cfg.factor).astype(u.dtype) for k, u in update.items()}
 
 
-@ATTACKS.register("gaussian", help="reply g + noise of the update's norm")
 def _gaussian(update: Update, cfg: GaussianAttack, rng: np.random.Generator) -> Update:
     noise = {k: rng.standard_normal(u.shape) for k, u in update.items()}
     norm_u = np.sqrt(sum(float(np.sum(u.astype(np.float64) ** 2)) for u in update.values()))
@@ -72,22 +78,34 @@ def _gaussian(update: Update, cfg: GaussianAttack, rng: np.random.Generator) -> 
     return {k: (noise[k] * factor).astype(u.dtype) for k, u in update.items()}
 
 
-@ATTACKS.register("same-value", help="reply g + value everywhere")
 def _same_value(update: Update, cfg: SameValueAttack, rng: np.random.Generator) -> Update:
     return {k: np.full_like(u, cfg.value) for k, u in update.items()}
 
 
-@ATTACKS.register("label-flip", help="train on labels C - 1 - y")
-def _label_flip(update: Update, cfg: Any, rng: np.random.Generator) -> Update:
-    return update  # the poison is in the data (see attack_mod), not in the reply
+def _unchanged(update: Update, cfg: Any, rng: np.random.Generator) -> Update:
+    return update
+
+
+ATTACKS: Registry[Attack] = Registry("attacks")
+ATTACKS.add("sign-flip", Attack(_sign_flip), help="reply g - u")
+ATTACKS.add("scale", Attack(_scale), help="reply g + factor * u")
+ATTACKS.add("gaussian", Attack(_gaussian), help="reply g + noise of the update's norm")
+ATTACKS.add("same-value", Attack(_same_value), help="reply g + value everywhere")
+ATTACKS.add("label-flip", Attack(_unchanged, poisons_labels=True), help="train on C - 1 - y")
 
 
 def attacker_partitions(cfg: AttackersConfig, num_clients: int, seed: int) -> frozenset[int]:
     """The partitions that attack: ``cfg.nodes``, or ``round(fraction * n)`` drawn from the seed."""
     if cfg.nodes is not None:
         return frozenset(cfg.nodes)
-    count = round((cfg.fraction or 0.0) * num_clients)
+    return _drawn(cfg.fraction or 0.0, num_clients, seed)
+
+
+@functools.lru_cache(maxsize=64)
+def _drawn(fraction: float, num_clients: int, seed: int) -> frozenset[int]:
+    # Cached: every message of a run asks again, and a large population's draw costs.
     rng = np.random.default_rng([seed, _ATTACK])
+    count = round(fraction * num_clients)
     return frozenset(int(k) for k in rng.choice(num_clients, size=count, replace=False))
 
 
@@ -111,14 +129,15 @@ def attack_mod(msg: Message, ctx: Context, call_next: CallNext) -> Message:
     if cfg is None or not msg.metadata.message_type.startswith("train"):
         return call_next(msg, ctx)
     attacking = is_attacker(ctx, cfg, scenario.data.num_clients, scenario.seed)
+    attack = ATTACKS.get(cfg.attack.name)
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
-    if attacking and cfg.attack.name == "label-flip":
+    if attacking and attack.poisons_labels:
         poisoned = ConfigRecord(dict(config))
         poisoned[wire.LABEL_FLIP] = True
         msg.content[wire.CONFIG] = poisoned
-    references = {
+    references = {  # only an attacker needs what it received
         key: decode(array)
-        for record in msg.content.array_records.values()
+        for record in (msg.content.array_records.values() if attacking else ())
         for key, array in record.items()
     }
     reply = call_next(msg, ctx)
@@ -132,10 +151,9 @@ def attack_mod(msg: Message, ctx: Context, call_next: CallNext) -> Message:
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     pid = int(ctx.node_config[wire.PARTITION_ID])
     rng = np.random.default_rng([scenario.seed, pid, server_round, _ATTACK])
-    corrupt = ATTACKS.get(cfg.attack.name)
     for record in reply.content.values():
         if isinstance(record, ArrayRecord):
-            _corrupt_record(record, references, lambda u: corrupt(u, cfg.attack, rng))
+            _corrupt_record(record, references, lambda u: attack.corrupt(u, cfg.attack, rng))
     return reply
 
 
