@@ -14,9 +14,9 @@ train
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
     spent so far at ``client.dp.delta``; ``attacker`` while ``system.attackers`` is
-    set). ``label-flip`` in the config trains on labels ``C - 1 - y``. A step that does
-    not train (AGC's coded gradient, selected by ``agc-d``) replies with its own arrays
-    instead of the model.
+    set; ``model-bytes`` under ``client.weights``). ``label-flip`` in the config trains
+    on labels ``C - 1 - y``. A step that does not train (AGC's coded gradient, selected
+    by ``agc-d``) replies with its own arrays instead of the model.
 train.lasgd
     An LASGD block (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
     config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
@@ -47,6 +47,7 @@ from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (reg
 from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import PrivateGradient, spend
 from fedsim.clients.link_mod import link_mod
+from fedsim.clients.low_precision import FixedPointWeights
 from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, default_gradient, train_local
@@ -181,9 +182,16 @@ def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
         noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
         expected = float(min(cfg.batch_size, len(job.y)))  # q·n with q = batch / n
         gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
+    fixed_point = None
+    if cfg.weights is not None:  # the model lives in fixed point while it trains
+        seed = int(torch.initial_seed())
+        fixed_point = FixedPointWeights(cfg.weights, np.random.default_rng([seed, 2]))
+        fixed_point(job.model)
     result = step.run(job.model, cfg, generator)
     if result is None:
-        result = train_local(job.model, job.x, job.y, cfg, step, generator, gradient)
+        result = train_local(
+            job.model, job.x, job.y, cfg, step, generator, gradient, after_step=fixed_point
+        )
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: len(job.y) if result.num_examples is None else result.num_examples,
@@ -192,6 +200,8 @@ def _train(job: _Job, msg: Message, context: Context, start: float) -> Message:
             wire.DURATION_S: time.perf_counter() - start,
         }
     )
+    if fixed_point is not None:
+        metrics[wire.MODEL_BYTES] = fixed_point.model_bytes(job.model)
     if cfg.dp is not None:
         rate = min(cfg.batch_size, len(job.y)) / len(job.y)
         metrics[wire.EPSILON] = spend(context.state, cfg.dp, rate, result.steps)

@@ -183,6 +183,18 @@ class DPConfig(Section):
     mode: Literal["fast", "opacus-hooks", "opacus-ghost", "naive"] = "fast"
 
 
+class LowPrecisionWeights(Section):
+    """The client's model kept in fixed point during local training (Golovin et al. 2013).
+
+    Every weight is a multiple of ``step`` with a ``bits``-bit signed integer
+    (``[-2^(bits-1), 2^(bits-1) - 1] * step``), rounded after every optimizer step.
+    """
+
+    bits: Annotated[int, Field(ge=2, le=16)] = 16
+    step: PositiveFloat = 2.0**-13  # q2.13 at 16 bits, the paper's encoding
+    rounding: Literal["randomized-rounding", "deterministic-rounding"] = "randomized-rounding"
+
+
 class ClientConfig(Section):
     """Local training on each client."""
 
@@ -192,6 +204,7 @@ class ClientConfig(Section):
     eval_batch_size: Annotated[int, Field(ge=1)] = 512
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     dp: DPConfig | None = None
+    weights: LowPrecisionWeights | None = None
 
 
 # ----------------------------------------------------------------------- strategy

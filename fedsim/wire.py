@@ -73,5 +73,7 @@ EVAL_LOSS: Final = "eval-loss"
 EVAL_ACCURACY: Final = "eval-accuracy"
 EPSILON: Final = "epsilon"  # DP-SGD: the client's privacy spent so far (at its delta)
 LABELS: Final = "labels"  # reply to a labels query: list of ints
+# client.weights: bytes of the client's model in its fixed-point encoding.
+MODEL_BYTES: Final = "model-bytes"
 # 1 if the reply came from an attacking node, else 0 (only when system.attackers is set).
 ATTACKER_METRIC: Final = "attacker"
