@@ -13,8 +13,10 @@ train
     whatever selects a local step, see :mod:`fedsim.clients.steps`). Replies with the
     trained ``arrays`` and ``metrics``: ``num-examples``, ``train-loss``,
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
-    spent so far at ``client.dp.delta``). A step that does not train (AGC's coded
-    gradient, selected by ``agc-p``) replies with its own arrays instead of the model.
+    spent so far at ``client.dp.delta``; ``attacker`` while ``system.attackers`` is
+    set; ``model-bytes`` under ``client.weights``). ``label-flip`` in the config trains
+    on labels ``C - 1 - y``. A step that does not train (AGC's coded gradient, selected
+    by ``agc-p``) replies with its own arrays instead of the model.
 train.lasgd
     An LASGD job (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
     config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
@@ -29,6 +31,7 @@ evaluate
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -41,7 +44,10 @@ from torch import nn
 from fedsim import wire
 from fedsim.array_codec import decode, encode, encode_record
 from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
+from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
+from fedsim.clients.link_mod import link_mod
+from fedsim.clients.low_precision import FixedPointWeights
 from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.optimizers import LocalOptimizer
 from fedsim.clients.positive import PositiveOnlyStep
@@ -52,7 +58,9 @@ from fedsim.evaluation import evaluate_model
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
 
-app = ClientApp()
+# Outermost first: the link mod decodes what arrived before an attacker sees it and
+# codes the reply after the attacker has changed it, as on a real device.
+app = ClientApp(mods=[link_mod, attack_mod])
 
 
 @dataclass
@@ -96,6 +104,8 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     scenario, pid, data = _partition(context)
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
+    if config.get(wire.LABEL_FLIP):  # a label-flip attacker's poisoned data
+        data = dataclasses.replace(data, y=poisoned_labels(data.y, data.num_classes))
     # Seeded from (run seed, node, round, purpose) so results do not depend on the order
     # in which an engine happens to run the clients.
     seed = int(
@@ -190,10 +200,24 @@ def _train(
         noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
         expected = float(min(cfg.batch_size, len(job.data.y)))  # q·n with q = batch / n
         gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
+    fixed_point = None
+    if cfg.weights is not None:  # the model lives in fixed point while it trains
+        seed = int(torch.initial_seed())
+        fixed_point = FixedPointWeights(cfg.weights, np.random.default_rng([seed, 2]))
+        fixed_point(job.model)
     result = step.run(job.model, cfg, generator)
     if result is None:
-        x, y = job.data.x, job.data.y
-        result = train_local(job.model, x, y, cfg, step, generator, gradient, optimizer)
+        result = train_local(
+            job.model,
+            job.data.x,
+            job.data.y,
+            cfg,
+            step,
+            generator,
+            gradient,
+            optimizer,
+            after_step=fixed_point,
+        )
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: len(job.data.y)
@@ -203,6 +227,8 @@ def _train(
             wire.DURATION_S: time.perf_counter() - start,
         }
     )
+    if fixed_point is not None:
+        metrics[wire.MODEL_BYTES] = fixed_point.model_bytes(job.model)
     if cfg.dp is None:
         metrics[wire.TRAIN_LOSS] = result.mean_loss
     else:  # the loss is a statistic of the private data: it stays on the device

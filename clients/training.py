@@ -126,12 +126,14 @@ def train_local(
     generator: torch.Generator,
     gradient: Gradient = plain_gradient,
     optimizer: LocalOptimizer | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``(x, y)`` with the injected ``step`` and ``gradient``.
 
     Each of :func:`num_local_steps` steps fills ``p.grad`` from the data loss (plainly,
     or privately when ``gradient`` is a DP-SGD gradient), adds the step's penalty
-    gradient (data-independent, so it costs no privacy), and takes an optimizer step.
+    gradient (data-independent, so it costs no privacy), and takes an optimizer step;
+    ``after_step(model)`` then runs (low-precision weights project the model there).
     ``optimizer`` (over ``model``'s parameters) carries state from an earlier job, such
     as momentum; by default every job starts a fresh ``client.optimizer``.
     """
@@ -148,6 +150,8 @@ def train_local(
         if penalty is not None:
             penalty.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step(model)
         loss_sum += float(losses.sum())
         samples += len(idx)
         taken += 1

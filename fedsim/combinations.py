@@ -10,6 +10,7 @@ scenario that was never validated).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from fedsim.errors import Problem, UnknownNameError
 from fedsim.registry import Registry
@@ -29,13 +30,21 @@ def client_step_of(strategy_cls: type) -> str:
     return str(getattr(strategy_cls, "client_step", "plain"))
 
 
-def _strategy_cls(scenario: Scenario) -> type | None:
+def _strategy_chain(name: str, params: dict[str, Any]) -> list[tuple[str, type]]:
+    """The strategy and, for wrappers (``params.strategy: {name, params}``), those inside.
+
+    Unknown names end the chain (the component check reports them).
+    """
     from fedsim.strategies import STRATEGIES
 
     try:
-        return STRATEGIES.get(scenario.strategy.name)
+        chain = [(name, STRATEGIES.get(name))]
     except UnknownNameError:
-        return None  # reported by the component check
+        return []
+    inner = params.get("strategy")
+    if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+        chain += _strategy_chain(inner["name"], dict(inner.get("params") or {}))
+    return chain
 
 
 @RULES.register("dp-releases", help="client.dp with a step or strategy that releases more")
@@ -48,25 +57,22 @@ def dp_releases(scenario: Scenario) -> list[Problem]:
     from fedsim.clients.steps import STEPS
     from fedsim.scenario_loading import accepted_params
 
-    cls = _strategy_cls(scenario)
-    if cls is None:
-        return []
-    name = scenario.strategy.name
     problems = []
-    step = STEPS.get(client_step_of(cls))
-    if step.dp_refusal is not None:
-        reason = f"cannot be used with strategy '{name}': {step.dp_refusal}"
-        problems.append(Problem("client.dp", reason))
+    for name, cls in _strategy_chain(scenario.strategy.name, dict(scenario.strategy.params)):
+        step = STEPS.get(client_step_of(cls))
+        if step.dp_refusal is not None:
+            reason = f"cannot be used with strategy '{name}': {step.dp_refusal}"
+            problems.append(Problem("client.dp", reason))
+        if "train_loss_key" in (accepted_params(cls) or []):
+            problems.append(
+                Problem(
+                    "client.dp",
+                    f"cannot be used with strategy '{name}': it weights updates by the "
+                    "clients' training loss, which stays on the device under DP-SGD",
+                )
+            )
     if float(scenario.strategy.params.get("fraction_evaluate", 0.0)) > 0:
         problems.append(Problem("client.dp", f"cannot be used with {DP_EVALUATE_REFUSAL}"))
-    if "train_loss_key" in (accepted_params(cls) or []):
-        problems.append(
-            Problem(
-                "client.dp",
-                f"cannot be used with strategy '{name}': it weights updates by the clients' "
-                "training loss, which stays on the device under DP-SGD",
-            )
-        )
     return problems
 
 

@@ -205,6 +205,18 @@ class DPConfig(Section):
     mode: Literal["fast", "opacus-hooks", "opacus-ghost", "naive"] = "fast"
 
 
+class LowPrecisionWeights(Section):
+    """The client's model kept in fixed point during local training (Golovin et al. 2013).
+
+    Every weight is a multiple of ``step`` with a ``bits``-bit signed integer
+    (``[-2^(bits-1), 2^(bits-1) - 1] * step``), rounded after every optimizer step.
+    """
+
+    bits: Annotated[int, Field(ge=2, le=16)] = 16
+    step: PositiveFloat = 2.0**-13  # q2.13 at 16 bits, the paper's encoding
+    rounding: Literal["randomized-rounding", "deterministic-rounding"] = "randomized-rounding"
+
+
 class ClientConfig(Section):
     """Local training on each client."""
 
@@ -214,6 +226,7 @@ class ClientConfig(Section):
     eval_batch_size: Annotated[int, Field(ge=1)] = 512
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     dp: DPConfig | None = None
+    weights: LowPrecisionWeights | None = None
 
 
 # ----------------------------------------------------------------------- strategy
@@ -278,6 +291,63 @@ def _number_shorthand(value: Any) -> Any:
     return value
 
 
+class SignFlipAttack(Section):
+    """Reply ``g - u`` for the honest update ``u = w - g`` (g: the received model)."""
+
+    name: Literal["sign-flip"] = "sign-flip"
+
+
+class ScaleAttack(Section):
+    """Reply ``g + factor * u``: the honest update scaled."""
+
+    name: Literal["scale"] = "scale"
+    factor: float = 10.0
+
+
+class GaussianAttack(Section):
+    """Reply ``g + z``, z Gaussian noise rescaled to the honest update's norm."""
+
+    name: Literal["gaussian"] = "gaussian"
+
+
+class SameValueAttack(Section):
+    """Reply ``g + value`` in every coordinate: an update of one repeated value."""
+
+    name: Literal["same-value"] = "same-value"
+    value: float = 1.0
+
+
+class LabelFlipAttack(Section):
+    """Data poisoning: train honestly on labels mapped ``y -> C - 1 - y``."""
+
+    name: Literal["label-flip"] = "label-flip"
+
+
+AttackConfig = Annotated[
+    SignFlipAttack | ScaleAttack | GaussianAttack | SameValueAttack | LabelFlipAttack,
+    Field(discriminator="name"),
+]
+
+
+class AttackersConfig(Section):
+    """Byzantine clients: which nodes attack (drawn from the seed) and how."""
+
+    fraction: Probability | None = None
+    nodes: list[Annotated[int, Field(ge=0)]] | None = None
+    attack: AttackConfig = Field(default_factory=ScaleAttack)
+
+    @field_validator("attack", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _name_shorthand(value)
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> AttackersConfig:
+        if (self.fraction is None) == (self.nodes is None):
+            raise ValueError("give exactly one of 'fraction' or 'nodes'")
+        return self
+
+
 class SystemConfig(Section):
     """The simulated device population that drives the virtual clock."""
 
@@ -294,11 +364,35 @@ class SystemConfig(Section):
     # Pin a few persistently slow devices on top of the drawn speeds (nodes 0, 1, ...).
     slow_nodes: Annotated[int, Field(ge=0)] = 0
     slow_node_slowdown: Annotated[float, Field(ge=1)] = 4.0
+    # Byzantine clients (a client mod on every engine); none by default.
+    attackers: AttackersConfig | None = None
 
     @field_validator("speed", "uplink_mbps", "downlink_mbps", mode="before")
     @classmethod
     def _constant_shorthand(cls, value: Any) -> Any:
         return _number_shorthand(value)
+
+
+# -------------------------------------------------------------------- compression
+
+
+class LinkCompression(Section):
+    """How arrays are coded on one direction of the link (per-array offset and step)."""
+
+    method: Literal["none", "randomized-rounding", "deterministic-rounding"] = "none"
+    bits: Annotated[int, Field(ge=1, le=16)] = 8
+
+
+class CompressionConfig(Section):
+    """Lossy coding of the arrays in train/evaluate messages (server <-> clients)."""
+
+    uplink: LinkCompression = Field(default_factory=LinkCompression)
+    downlink: LinkCompression = Field(default_factory=LinkCompression)
+
+    @property
+    def active(self) -> bool:
+        """Whether either direction is coded."""
+        return self.uplink.method != "none" or self.downlink.method != "none"
 
 
 # ------------------------------------------------------------------ engine, output
@@ -345,6 +439,7 @@ class Scenario(Section):
     client: ClientConfig = Field(default_factory=ClientConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     system: SystemConfig = Field(default_factory=SystemConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     seeds: Annotated[list[int], Field(min_length=1)] | None = None

@@ -268,7 +268,30 @@ def check_components(scenario: Scenario) -> list[Problem]:
             continue
         if params is not None:
             problems += unknown_params(component, params, f"{section}.params", skip=skip)
+    problems += _inner_strategy_problems(scenario.strategy.params, "strategy.params.strategy")
     return problems
+
+
+def _inner_strategy_problems(params: Mapping[str, Any], key: str) -> list[Problem]:
+    """Check a wrapper's inner ``strategy: {name, params}`` (and its own inner one)."""
+    from fedsim.strategies import STRATEGIES
+
+    inner = params.get("strategy")
+    if not isinstance(inner, Mapping):
+        return []
+    extra = sorted(set(inner) - {"name", "params"})
+    if extra or not isinstance(inner.get("name"), str):
+        return [Problem(key, "expected a mapping with 'name' (a strategy) and 'params'")]
+    try:
+        component = STRATEGIES.get(inner["name"])
+    except UnknownNameError as exc:
+        return [Problem(f"{key}.name", f"unknown strategy: {exc}")]
+    inner_params = inner.get("params") or {}
+    if not isinstance(inner_params, Mapping):
+        return [Problem(f"{key}.params", "expected a mapping")]
+    return unknown_params(component, inner_params, f"{key}.params") + _inner_strategy_problems(
+        inner_params, f"{key}.params.strategy"
+    )
 
 
 # --------------------------------------------------------------------- public API

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from pydantic import ValidationError
 
 from fedsim import wire
 from fedsim.checkpoint import (
@@ -42,9 +44,10 @@ from fedsim.models import build_model
 from fedsim.outputs.metrics_log import MetricsLog
 from fedsim.rounds import LoopState, run_rounds, uses_flower_loop
 from fedsim.run_config import scenario_from_run_config
-from fedsim.scenario import Scenario
+from fedsim.scenario import Scenario, StrategyConfig
 from fedsim.scenario_loading import accepted_params
 from fedsim.strategies import STRATEGIES
+from fedsim.strategies.compression import CompressedLinks
 
 app = ServerApp()
 SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
@@ -67,23 +70,48 @@ def strategy_defaults(num_clients: int) -> dict[str, Any]:
 
 
 def build_strategy(scenario: Scenario) -> Strategy:
-    """Instantiate the scenario's strategy with its params (plus fedsim's defaults)."""
+    """Instantiate the scenario's strategy with its params (plus fedsim's defaults).
+
+    A ``strategy`` param given as ``{name, params}`` (a wrapper's inner strategy, as in
+    ``median-of-means``) is built the same way first. A ``compression`` section that
+    codes either direction wraps the result in
+    :class:`~fedsim.strategies.compression.CompressedLinks`.
+    """
+    strategy = _build(scenario.strategy, scenario.data.num_clients, "strategy")
+    if scenario.compression.active:
+        try:
+            strategy = CompressedLinks(
+                strategy, downlink=scenario.compression.downlink, seed=scenario.seed
+            )
+        except ValueError as exc:
+            raise ScenarioError([Problem("compression", str(exc))]) from None
+    return strategy
+
+
+def _build(config: StrategyConfig, num_clients: int, key: str) -> Strategy:
     try:
-        cls = STRATEGIES.get(scenario.strategy.name)
+        cls = STRATEGIES.get(config.name)
     except UnknownNameError as exc:
-        raise ScenarioError([Problem("strategy.name", f"unknown strategy: {exc}")]) from None
+        raise ScenarioError([Problem(f"{key}.name", f"unknown strategy: {exc}")]) from None
     # Follows **kwargs into the Flower base class, so subclasses get the defaults too.
     accepted = accepted_params(cls) or []
-    params = {
-        k: v for k, v in strategy_defaults(scenario.data.num_clients).items() if k in accepted
-    }
-    params.update(scenario.strategy.params)
+    params = {k: v for k, v in strategy_defaults(num_clients).items() if k in accepted}
+    params.update(config.params)
+    if "strategy" in accepted and "strategy" not in params:
+        params["strategy"] = {"name": "fedavg"}  # a wrapper's default, with fedsim's defaults
+    inner = params.get("strategy")
+    if isinstance(inner, Mapping):
+        try:
+            inner_config = StrategyConfig.model_validate(dict(inner))
+        except ValidationError as exc:
+            raise ScenarioError([Problem(f"{key}.params.strategy", str(exc))]) from None
+        params["strategy"] = _build(inner_config, num_clients, f"{key}.params.strategy")
     try:
         strategy = cls(**params)
     except (TypeError, ValueError) as exc:
-        raise ScenarioError([Problem("strategy.params", str(exc))]) from None
+        raise ScenarioError([Problem(f"{key}.params", str(exc))]) from None
     if not isinstance(strategy, Strategy):
-        raise ScenarioError([Problem("strategy.name", f"{cls!r} is not a flwr Strategy")])
+        raise ScenarioError([Problem(f"{key}.name", f"{cls!r} is not a flwr Strategy")])
     return strategy
 
 

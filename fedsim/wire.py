@@ -25,6 +25,9 @@ RUN_WAIT_NODES: Final = "wait-nodes"  # nodes the ServerApp waits for before rou
 PARTITION_ID: Final = "partition-id"
 NUM_PARTITIONS: Final = "num-partitions"
 DATA_PATH: Final = "data-path"
+# true/false: this node attacks (wins over the scenario's system.attackers draw), so a
+# deployed SuperNode can be made an attacker from its own --node-config.
+ATTACKER: Final = "attacker"
 
 # Server -> client config.
 SERVER_ROUND: Final = "server-round"  # set by Flower's strategies
@@ -46,6 +49,9 @@ FEDAWS_CLASS: Final = "fedaws-class"
 FEDAWS_POSITIVE_MARGIN: Final = "fedaws-positive-margin"
 FEDAWS_TRAIN_ROW: Final = "fedaws-train-row"
 FEDAWS_ROW: Final = "fedaws.row"
+
+# Data poisoning (system.attackers label-flip): train on labels y -> C - 1 - y.
+LABEL_FLIP: Final = "label-flip"
 
 # Query actions (message type "query.<action>").
 QUERY_LABELS: Final = "labels"  # reply metrics: LABELS, the distinct labels the node holds
@@ -73,3 +79,7 @@ EVAL_LOSS: Final = "eval-loss"
 EVAL_ACCURACY: Final = "eval-accuracy"
 EPSILON: Final = "epsilon"  # DP-SGD: the client's privacy spent so far (at its delta)
 LABELS: Final = "labels"  # reply to a labels query: list of ints
+# client.weights: bytes of the client's model in its fixed-point encoding.
+MODEL_BYTES: Final = "model-bytes"
+# 1 if the reply came from an attacking node, else 0 (only when system.attackers is set).
+ATTACKER_METRIC: Final = "attacker"

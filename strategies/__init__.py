@@ -55,4 +55,11 @@ for _name, (_cls, _help) in _FLOWER.items():
     STRATEGIES.add(_name, getattr(flwr_strategies, _cls), help=f"Flower: {_help}")
 
 # fedsim's own strategies (one module each) register themselves on import.
-from fedsim.strategies import coded, fedavg, fedaws, fedcurv, lasgd  # noqa: E402, F401
+from fedsim.strategies import (  # noqa: E402, F401
+    coded,
+    fedavg,
+    fedaws,
+    fedcurv,
+    lasgd,
+    median_of_means,
+)

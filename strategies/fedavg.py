@@ -48,7 +48,7 @@ class FedAvg(flwr_strategies.FedAvg):
         valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         if not valid:
             return None, None
-        parts = _single_records(valid, self.weighted_by_key)
+        parts = single_records(valid, self.weighted_by_key)
         if parts is None:  # let Flower say what is wrong (or aggregate what it accepts)
             contents = [msg.content for msg in valid]
             validate_message_reply_consistency(contents, self.weighted_by_key, True)
@@ -59,12 +59,12 @@ class FedAvg(flwr_strategies.FedAvg):
         total = sum(weights)  # type: ignore[arg-type]
         factors = [w / total for w in weights]  # type: ignore[operator]
         return (
-            _weighted_arrays([a for a, _ in parts], factors),
-            _weighted_metrics([m for _, m in parts], factors, self.weighted_by_key),
+            weighted_arrays([a for a, _ in parts], factors),
+            weighted_metrics([m for _, m in parts], factors, self.weighted_by_key),
         )
 
 
-def _single_records(
+def single_records(
     replies: list[Message], weighted_by_key: str
 ) -> list[tuple[ArrayRecord, MetricRecord]] | None:
     """Each reply's one ArrayRecord and one MetricRecord, if Flower's checks would pass.
@@ -95,7 +95,7 @@ def _single_records(
     return parts
 
 
-def _weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRecord:
+def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRecord:
     """``Σ factor·array`` per key, accumulated as Flower's ``aggregate_arrayrecords`` does."""
     total: dict[str, np.ndarray] = {}
     for record, factor in zip(records, factors, strict=True):
@@ -107,7 +107,7 @@ def _weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayR
     return encode_record({k: np.asarray(v) for k, v in total.items()})
 
 
-def _weighted_metrics(
+def weighted_metrics(
     records: list[MetricRecord], factors: list[float], weighted_by_key: str
 ) -> MetricRecord:
     """``Σ factor·metric`` per key (lists element-wise), as ``aggregate_metricrecords``."""

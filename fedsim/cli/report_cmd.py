@@ -20,6 +20,7 @@ class XAxis(StrEnum):
 
     round = "round"
     virtual_time = "virtual_time"
+    bytes_up = "bytes_up"
 
 
 def report(

@@ -34,7 +34,8 @@ class RoundStats:
 
     ``participants`` counts train replies delivered to the strategy; ``stragglers``
     replies that missed the deadline; ``dropouts`` messages never answered;
-    ``failures`` error replies (a client raised); ``epsilon`` the largest DP-SGD privacy
+    ``failures`` error replies (a client raised); ``attackers`` the delivered train
+    replies whose metrics flag them as an attacker's; ``epsilon`` the largest DP-SGD privacy
     spend any client reported (replies that missed the deadline included: their devices
     trained, and spent privacy, all the same).
     """
@@ -43,6 +44,7 @@ class RoundStats:
     stragglers: int = 0
     dropouts: int = 0
     failures: int = 0
+    attackers: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     train_loss_sum: float = 0.0
@@ -105,6 +107,8 @@ class Telemetry:
             return
         stats.participants += 1
         metrics = reply_metrics(reply)
+        if metrics.get(wire.ATTACKER_METRIC) == 1:
+            stats.attackers += 1
         loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
         if isinstance(loss, int | float) and isinstance(n, int | float):
             stats.train_loss_sum += float(loss) * float(n)

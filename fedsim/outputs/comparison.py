@@ -17,6 +17,7 @@ COLUMNS = (
     "rounds_to_target_mean",
     "virtual_time_to_target_mean_s",
     "reached_target",
+    "bytes_up_mean",
 )
 
 
@@ -44,6 +45,7 @@ def comparison_rows(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[d
                     [s["virtual_time_to_target_s"] for s in summaries]
                 ),
                 "reached_target": sum(s["rounds_to_target"] is not None for s in summaries),
+                "bytes_up_mean": _mean([s.get("bytes_up") for s in summaries]),
             }
         )
         keys = sorted({k for s in summaries for k in s.get("diagnostics") or {}})

@@ -15,10 +15,16 @@ import numpy as np
 from fedsim.outputs.metrics_log import Record
 
 _AXES = {"round": "round", "virtual_time_s": "virtual time (s)"}
+# Axes that are not a record's field but the running sum of one (uplink bytes so far).
+_CUMULATIVE = {"cumulative_bytes_up": ("bytes_up", "uplink bytes so far")}
 _PANELS = (("eval_accuracy", "test accuracy"), ("eval_loss", "test loss"))
 
 
 def _series(records: Sequence[Record], x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    if x in _CUMULATIVE:
+        field = _CUMULATIVE[x][0]
+        sums = np.cumsum([r.get(field) or 0 for r in records])
+        records = [{**r, x: float(total)} for r, total in zip(records, sums, strict=True)]
     pts = [(r[x], r[y]) for r in records if r.get(x) is not None and r.get(y) is not None]
     if not pts:
         return np.empty(0), np.empty(0)
@@ -41,7 +47,8 @@ def plot_comparison(
 ) -> list[Path]:
     """One curve per group (mean over its runs, shaded min-max), vs round and virtual time.
 
-    ``x_axes`` picks the panels: ``round``, ``virtual_time_s`` or both.
+    ``x_axes`` picks the panels: ``round``, ``virtual_time_s``, ``cumulative_bytes_up``
+    (uplink bytes sent so far), or several.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -50,7 +57,7 @@ def plot_comparison(
             1, len(x_axes), figsize=(5.5 * len(x_axes), 4), constrained_layout=True, squeeze=False
         )
         for ax, x in zip(axes[0], x_axes, strict=True):
-            xlabel = _AXES[x]
+            xlabel = _AXES[x] if x in _AXES else _CUMULATIVE[x][1]
             for name, runs in groups.items():
                 curves = [_series(r, x, metric) for r in runs]
                 curves = [c for c in curves if len(c[0])]

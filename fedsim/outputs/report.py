@@ -21,7 +21,11 @@ from fedsim.outputs.plots import plot_comparison
 from fedsim.outputs.summary import summarize
 
 # x-axis choices of `fedsim report --x` -> the metrics.jsonl field they plot against.
-X_AXES = {"round": "round", "virtual_time": "virtual_time_s"}
+X_AXES = {
+    "round": "round",
+    "virtual_time": "virtual_time_s",
+    "bytes_up": "cumulative_bytes_up",
+}
 
 COLUMNS = (
     "run",

@@ -47,6 +47,7 @@ def summarize(
         "stragglers": total("stragglers"),
         "dropouts": total("dropouts"),
         "failures": total("failures"),
+        "attackers": total("attackers"),
         "bytes_up": total("bytes_up"),
         "bytes_down": total("bytes_down"),
         # Model diagnostics of the last evaluated round (e.g. embedding_mean_cosine).

@@ -115,3 +115,14 @@ def test_no_steps_means_no_epsilon() -> None:
     state = RecordDict()
     assert spend(state, DPConfig(), n=100, batch=10, steps=0) == 0.0
     assert spend(state, DPConfig(), n=100, batch=10, steps=1) > 0.0
+
+
+def test_a_wrapped_strategy_is_checked_too(tiny: dict[str, Any]) -> None:
+    """median-of-means around fedcurv: the clients still run fedcurv's step."""
+    raw = _scenario(tiny, "plain")
+    raw["strategy"] = {
+        "name": "median-of-means",
+        "params": {"blocks": 2, "strategy": {"name": "fedcurv", "params": {}}},
+    }
+    with pytest.raises(fedsim.ScenarioError, match=r"client\.dp: .*'fedcurv'"):
+        fedsim.load_scenario(raw)
