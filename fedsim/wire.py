@@ -58,6 +58,11 @@ AGC_GRAD_PREFIX: Final = "agc.grad."
 LASGD_ACTION: Final = "lasgd"
 LASGD_SCALE: Final = "lasgd-scale"
 
+# Reply arrays that stand for one model parameter each, "<prefix><parameter name>"
+# (FedCurv's F and F⊙θ, AGC's encoded gradient): the engine checks each against the
+# shape of the parameter it names, and refuses reply arrays it cannot place.
+PER_PARAMETER_PREFIXES: Final = (f"{CURV_PREFIX}F.", f"{CURV_PREFIX}FT.", AGC_GRAD_PREFIX)
+
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"
 TRAIN_LOSS: Final = "train-loss"
