@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, Context, Message
+import pytest
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 import fedsim
 from fedsim import wire
@@ -172,3 +173,41 @@ def test_the_same_scenario_without_hangs_is_unchanged_by_the_watchdog(
     a = [{k: v for k, v in r.items() if k not in strip} for r in read_metrics(tmp_path / "a")]
     b = [{k: v for k, v in r.items() if k not in strip} for r in read_metrics(tmp_path / "b")]
     assert a == b
+
+
+def test_a_non_finite_global_model_stops_the_run_naming_the_round() -> None:
+    from fedsim.errors import DivergedError
+    from fedsim.server import check_finite
+
+    arrays = ArrayRecord({"w": Array(np.array([1.0, np.nan], np.float32))})
+    with pytest.raises(
+        DivergedError, match=r"^round 7: the global model has non-finite values in 'w'"
+    ):
+        check_finite(7, arrays)
+    check_finite(7, ArrayRecord({"w": Array(np.ones(2, np.float32))}))
+
+
+def test_a_nan_model_has_nan_metrics_not_the_share_of_class_zero() -> None:
+    import torch
+
+    from fedsim.evaluation import evaluate_model
+
+    model = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        model.weight.fill_(math.nan)
+    x, y = np.ones((6, 2), np.float32), np.zeros(6, np.int64)  # argmax(NaN) = 0: "100%"
+    loss, acc = evaluate_model(model, x, y)
+    assert math.isnan(loss) and math.isnan(acc)
+
+
+def test_telemetry_survives_a_nan_count() -> None:
+    from fedsim.engine.flower_compat import set_task_identity
+    from fedsim.engine.telemetry import Telemetry
+
+    set_task_identity(1)
+    sent = Message(RecordDict(), 1000, "train")
+    sent.metadata.__dict__["_message_id"] = "m"
+    metrics = MetricRecord({wire.NUM_EXAMPLES: math.nan, wire.TRAIN_LOSS: 0.5})
+    telemetry = Telemetry()
+    telemetry.record_delivery(Message(RecordDict({wire.METRICS: metrics}), reply_to=sent))
+    assert telemetry.pop().train_loss is None

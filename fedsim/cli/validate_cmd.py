@@ -8,8 +8,27 @@ from typing import Annotated
 import typer
 
 from fedsim.cli.errors import USAGE_ERROR, report, stderr
-from fedsim.errors import ScenarioError
+from fedsim.errors import DataUnavailableError, ScenarioError
+from fedsim.scenario import NpzDataset, Scenario
 from fedsim.scenario_loading import expand, load_scenario
+
+
+def check_data_files(runs: list[Scenario]) -> None:
+    """Read the local data files the runs name (a bad file is an error of the scenario).
+
+    Raises
+    ------
+    DataUnavailableError
+        For the first file that cannot be used.
+    """
+    from fedsim.data.datasets import load_npz  # numpy and the loaders: only when needed
+
+    seen: set[str] = set()
+    for run in runs:
+        dataset = run.data.dataset
+        if isinstance(dataset, NpzDataset) and dataset.path not in seen:
+            seen.add(dataset.path)
+            load_npz(dataset)
 
 
 def validate(
@@ -20,7 +39,8 @@ def validate(
     for path in files:
         try:
             runs = expand(load_scenario(path))
-        except ScenarioError as exc:
+            check_data_files(runs)
+        except (ScenarioError, DataUnavailableError) as exc:
             report(exc)
             failed = True
             continue
