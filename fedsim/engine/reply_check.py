@@ -85,15 +85,29 @@ class ReplyRules:
         """Return what is wrong with ``reply`` to ``sent`` (None if nothing is)."""
         if reply.has_error() or not reply.has_content():
             return None
-        carries_model, problem = self._arrays_problem(sent, reply)
-        return problem or self._metrics_problem(sent, reply, carries_model)
+        # One pass over the records: RecordDict's typed views build new records per call.
+        arrays: dict[str, ArrayRecord] = {}
+        metrics: dict[str, MetricRecord] = {}
+        for name, record in reply.content.items():
+            if isinstance(record, ArrayRecord):
+                arrays[name] = record
+            elif isinstance(record, MetricRecord):
+                metrics[name] = record
+        carries_model, problem = self._arrays_problem(sent, arrays)
+        return problem or self._metrics_problem(sent, metrics, carries_model)
 
     # ------------------------------------------------------------------ arrays
 
-    def _arrays_problem(self, sent: Message, reply: Message) -> tuple[bool, str | None]:
-        sent_records = sent.content.array_records if sent.has_content() else {}
+    def _arrays_problem(
+        self, sent: Message, arrays: dict[str, ArrayRecord]
+    ) -> tuple[bool, str | None]:
+        sent_records = {
+            name: record
+            for name, record in (sent.content.items() if sent.has_content() else ())
+            if isinstance(record, ArrayRecord)
+        }
         carries_model = False
-        for name, record in reply.content.array_records.items():
+        for name, record in arrays.items():
             allowed = set(sent_records) or {wire.ARRAYS}
             if name not in allowed:
                 return carries_model, f"unexpected array record '{name}'"
@@ -138,8 +152,9 @@ class ReplyRules:
 
     # ----------------------------------------------------------------- metrics
 
-    def _metrics_problem(self, sent: Message, reply: Message, carries_model: bool) -> str | None:
-        records = reply.content.metric_records
+    def _metrics_problem(
+        self, sent: Message, records: dict[str, MetricRecord], carries_model: bool
+    ) -> str | None:
         for record in records.values():
             for key, value in record.items():
                 values = value if isinstance(value, list) else [value]
