@@ -66,6 +66,16 @@ def encode_record(arrays: Mapping[str, NDArray[Any] | torch.Tensor]) -> ArrayRec
 
 def decode(array: Array) -> NDArray[Any]:
     """Return ``array`` as a new (writable) numpy array, as ``array.numpy()`` does."""
+    value = view(array)
+    return value.copy() if not value.flags.writeable else value
+
+
+def view(array: Array) -> NDArray[Any]:
+    """Return ``array``'s values, read-only where they can be read without a copy.
+
+    Raises what ``Array.numpy()`` raises for bytes it cannot read (object arrays among
+    them: Flower loads without pickle).
+    """
     data = array.data
     if array.stype == NUMPY_STYPE and data[: len(_MAGIC_V1)] == _MAGIC_V1:
         end = _PREFIX + int.from_bytes(data[len(_MAGIC_V1) : _PREFIX], "little")
@@ -76,7 +86,7 @@ def decode(array: Array) -> NDArray[Any]:
         if layout is not None:
             dtype, shape, count = layout
             if len(data) == end + count * dtype.itemsize:
-                return np.frombuffer(data, dtype, count, end).reshape(shape).copy()
+                return np.frombuffer(data, dtype, count, end).reshape(shape)
     return array.numpy()
 
 

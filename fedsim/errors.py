@@ -87,3 +87,7 @@ class RunDirectoryError(FedsimError):
 
 class DeploymentError(FedsimError):
     """A Flower deployment cannot be started, reached, or finished its run badly."""
+
+
+class DivergedError(FedsimError):
+    """A run's global model became non-finite (NaN or Inf); the message names the round."""

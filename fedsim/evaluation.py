@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,9 @@ def evaluate_model(
     """Return (mean cross-entropy, accuracy) of ``model`` on ``(x, y)``.
 
     Both are per target: per example for classification, per position for sequence
-    targets (a language model's loss is then per token; perplexity = exp(loss)).
+    targets (a language model's loss is then per token; perplexity = exp(loss)). A model
+    whose outputs are not finite has no accuracy: both are NaN (argmax of NaN logits
+    would otherwise "predict" class 0 and score its share of the labels).
     """
     model.eval()
     total_loss, correct = 0.0, 0
@@ -24,6 +28,8 @@ def evaluate_model(
         xb = torch.from_numpy(x[start : start + batch_size])
         yb = torch.from_numpy(y[start : start + batch_size])
         logits = model(xb)
+        if not bool(torch.isfinite(logits).all()):
+            return math.nan, math.nan
         total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(dim=1) == yb).sum())
     n = max(y.size, 1)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from fedsim import wire
+from fedsim import bounded_yaml, wire
 from fedsim.errors import Problem, ScenarioError
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import load_scenario
@@ -86,9 +86,10 @@ def scenario_of_run_config(run_config: Mapping[str, Any]) -> Scenario:
 def _load_text(text: str, source: str) -> Scenario:
     """Validate a scenario given as YAML text."""
     try:
-        raw = yaml.safe_load(text)
+        raw = bounded_yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ScenarioError([Problem("", f"invalid YAML: {exc}")], source) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ScenarioError([Problem("", f"invalid YAML: {first}")], source) from None
     if not isinstance(raw, dict):
         raise ScenarioError([Problem("", "the scenario must be a mapping")], source)
     try:

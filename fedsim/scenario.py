@@ -413,6 +413,8 @@ class EngineConfig(Section):
     num_cpus: Annotated[int, Field(ge=1)] | None = None
     object_store_mb: Annotated[int, Field(ge=80)] = 512
     ray_address: str | None = None
+    # Wall-clock seconds a client may take to reply before it counts as a failure.
+    client_timeout_s: Annotated[float, Field(gt=0)] | None = None
 
 
 class OutputConfig(Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fedsim import bounded_yaml
+from fedsim.bounded_yaml import YamlBombError
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
 from fedsim.registry import choices_text, suggest
 from fedsim.scenario import Scenario
@@ -38,7 +41,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ScenarioError([Problem("", "file not found")], source)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = bounded_yaml.safe_load(p.read_text(encoding="utf-8"))
+    except YamlBombError as exc:
+        raise ScenarioError([Problem("", f"refused: {exc}")], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -61,7 +66,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ScenarioError([Problem("--set", f"'{text}' is not of the form dotted.key=value")])
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = bounded_yaml.safe_load(value) if value.strip() else ""
+    except YamlBombError as exc:
+        raise ScenarioError([Problem("--set", f"{key.strip()}: refused: {exc}")]) from None
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed
@@ -144,6 +151,12 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
     return path, parent
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error line stays one short line."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def problems_from_validation(exc: ValidationError) -> list[Problem]:
     """Convert pydantic's errors into one :class:`Problem` per mistake."""
     problems: list[Problem] = []
@@ -164,11 +177,11 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
         elif kind == "union_tag_not_found":
             msg = f"missing key {err.get('ctx', {}).get('discriminator', 'name')}"
         elif kind == "literal_error":
-            msg = f"{err['msg'].lower()}, got {err.get('input')!r}"
+            msg = f"{err['msg'].lower()}, got {_short(err.get('input'))}"
         else:
             msg = err["msg"]
             if kind not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
-                msg += f" (got {err['input']!r})"
+                msg += f" (got {_short(err['input'])})"
         problems.append(Problem(key, msg))
     return problems
 
@@ -294,6 +307,69 @@ def _inner_strategy_problems(params: Mapping[str, Any], key: str) -> list[Proble
     )
 
 
+# Flower strategy parameters that make a round wait until so many nodes exist; the
+# evaluation count matters only when federated evaluation runs (fraction_evaluate > 0).
+NODE_MINIMUMS = ("min_available_nodes", "min_train_nodes")
+EVALUATE_MINIMUM = "min_evaluate_nodes"
+
+
+def param_defaults(cls: type) -> dict[str, Any]:
+    """Default values of ``cls``'s keyword parameters, following ``**kwargs`` up the MRO."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = vars(klass).get("__init__")
+        try:
+            sig = inspect.signature(init) if init is not None else None
+        except (TypeError, ValueError):
+            sig = None
+        if sig is not None:
+            defaults.update(
+                (n, p.default) for n, p in sig.parameters.items() if p.default is not p.empty
+            )
+    return defaults
+
+
+def check_population(scenario: Scenario) -> list[Problem]:
+    """Refuse strategy node minimums the population can never meet (a run would wait forever)."""
+    from fedsim.strategies import STRATEGIES
+
+    try:
+        cls = STRATEGIES.get(scenario.strategy.name)
+    except UnknownNameError:
+        return []  # reported by check_components
+    if not inspect.isclass(cls):
+        return []
+    given = scenario.strategy.params
+    # fedsim's own defaults (fedsim.server.strategy_defaults): the whole population, no
+    # federated evaluation; then the strategy's, then what the scenario sets.
+    values = {**param_defaults(cls), "min_available_nodes": scenario.data.num_clients}
+    values["fraction_evaluate"] = 0.0
+    values.update(given)
+    names = list(NODE_MINIMUMS)
+    fraction = values.get("fraction_evaluate")
+    if isinstance(fraction, int | float) and fraction > 0:
+        names.append(EVALUATE_MINIMUM)
+    n = scenario.data.num_clients
+    problems: list[Problem] = []
+    for name in names:
+        need = values.get(name)
+        if not isinstance(need, int) or need <= n:
+            continue
+        text = f"{need} nodes needed but data.num_clients is {n}: the run would wait forever"
+        if name in given:
+            problems.append(Problem(f"strategy.params.{name}", text))
+        else:
+            problems.append(
+                Problem(
+                    "data.num_clients",
+                    f"strategy '{scenario.strategy.name}' needs at least {need} nodes "
+                    f"({name}={need}); raise data.num_clients or set "
+                    f"strategy.params.{name}",
+                )
+            )
+    return problems
+
+
 # --------------------------------------------------------------------- public API
 
 
@@ -306,6 +382,7 @@ def validate_mapping(raw: Mapping[str, Any]) -> Scenario:
     from fedsim.combinations import check_combinations
 
     problems = check_components(scenario)
+    problems = problems or check_population(scenario)
     problems += check_combinations(scenario)
     if problems:
         raise ScenarioError(problems)

@@ -11,6 +11,7 @@ participants, stragglers, bytes and time).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from fedsim.checkpoint import (
 from fedsim.data.federated import FederatedData, federated_data
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import Telemetry
-from fedsim.errors import Problem, ScenarioError, UnknownNameError
+from fedsim.errors import DivergedError, Problem, ScenarioError, UnknownNameError
 from fedsim.evaluation import evaluate_model
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import MetricsLog
@@ -51,6 +52,8 @@ from fedsim.strategies.compression import CompressedLinks
 
 app = ServerApp()
 SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
+WAIT_NOTICE_S = 5.0  # a wait on nodes longer than this says so (then every 30 s)
+logger = logging.getLogger(__name__)
 
 
 def strategy_defaults(num_clients: int) -> dict[str, Any]:
@@ -131,7 +134,14 @@ class RoundRecorder:
         self.final_arrays: ArrayRecord | None = None
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Evaluate on the test set (every ``output.evaluate_every`` rounds) and log."""
+        """Evaluate on the test set (every ``output.evaluate_every`` rounds) and log.
+
+        Raises
+        ------
+        DivergedError
+            If the global model has non-finite values: nothing after that is meaningful.
+        """
+        check_finite(server_round, arrays)
         every = self.scenario.output.evaluate_every
         evaluate = server_round % every == 0 or server_round == self.scenario.rounds
         loss = acc = None
@@ -157,6 +167,17 @@ class RoundRecorder:
         if loss is None or acc is None:
             return None
         return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
+
+
+def check_finite(server_round: int, arrays: ArrayRecord) -> None:
+    """Raise :class:`DivergedError` naming the round if any array is not finite."""
+    for name, array in arrays.items():
+        value = array.numpy()
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise DivergedError(
+                f"round {server_round}: the global model has non-finite values in '{name}' "
+                "(diverged: lower client.lr, or check the data for NaN/Inf); the run stops"
+            )
 
 
 def save_arrays(arrays: ArrayRecord, path: Path) -> None:
@@ -209,13 +230,25 @@ def _resume(run_dir: Path, strategy: Strategy, grid: Grid) -> Checkpoint:
     return checkpoint
 
 
-def wait_for_nodes(grid: Grid, count: int, poll_s: float = 1.0) -> None:
+def wait_for_nodes(
+    grid: Grid, count: int, poll_s: float = 1.0, notice_s: float = WAIT_NOTICE_S
+) -> None:
     """Block until ``count`` nodes are connected (deployed SuperNodes come up one by one).
 
     A deployment that lets later rounds go on with fewer nodes (a lower
     ``min_available_nodes``) still starts its first round with the whole population.
+    A wait longer than ``notice_s`` logs a warning (and again every 30 s), so a run
+    waiting for nodes that never come says so.
     """
-    while len(list(grid.get_node_ids())) < count:
+    started = time.monotonic()
+    next_notice = notice_s
+    while (connected := len(list(grid.get_node_ids()))) < count:
+        waited = time.monotonic() - started
+        if waited >= next_notice:
+            logger.warning(
+                "waiting for nodes: %d of %d connected after %.0f s", connected, count, waited
+            )
+            next_notice = waited + 30.0
         time.sleep(poll_s)
 
 
@@ -225,7 +258,8 @@ def main(grid: Grid, context: Context) -> None:
     scenario = scenario_from_run_config(context.run_config)
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
     if not isinstance(getattr(grid, "telemetry", None), Telemetry):
-        grid = ObservedGrid(grid)  # Flower's own grid (ray, deployment): count what passes
+        # Flower's own grid (ray, deployment): count and check what passes.
+        grid = ObservedGrid(grid, scenario.engine.client_timeout_s)
     wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))
     # Flower samples nodes with the global `random` module; seed everything up front.
@@ -238,6 +272,9 @@ def main(grid: Grid, context: Context) -> None:
             scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
         ).state_dict()
     )
+    check_replies = getattr(grid, "check_replies", None)
+    if callable(check_replies):  # every reply checked against the model before aggregation
+        check_replies(initial, [len(part) for part in data.parts])
     strategy = build_strategy(scenario)
     offline = getattr(strategy, "offline_phase", None)
     if callable(offline):  # a one-time data phase before round 1 (AGC's sharing plan)

@@ -70,6 +70,11 @@ LASGD_SCALE: Final = "lasgd-scale"
 # decentralised strategy that times its own communication (LASGD's All-Reduce) sets it.
 LOCAL_COMPUTE: Final = "local-compute"
 
+# Reply arrays that stand for one model parameter each, "<prefix><parameter name>"
+# (FedCurv's F and F⊙θ, AGC's encoded gradient): the engine checks each against the
+# shape of the parameter it names, and refuses reply arrays it cannot place.
+PER_PARAMETER_PREFIXES: Final = (f"{CURV_PREFIX}F.", f"{CURV_PREFIX}FT.", AGC_GRAD_PREFIX)
+
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"
 TRAIN_LOSS: Final = "train-loss"

@@ -62,3 +62,25 @@ def block_data(sizes: list[int], features: int, num_classes: int, seed: int = 0)
     bounds = np.cumsum([0, *sizes])
     parts = [np.arange(a, b, dtype=np.int64) for a, b in itertools.pairwise(bounds)]
     return FederatedData(x, y, parts, x[:2], y[:2], num_classes=num_classes)
+
+
+def run_with_client_app(scenario: Any, client_app: Any, run_dir: Path) -> Any:
+    """Run ``scenario`` in-process with ``client_app`` as the ClientApp; return the grid.
+
+    For tests whose clients misbehave: ``client_app`` is any ``(Message, Context) ->
+    Message`` callable (usually one that wraps fedsim's own ClientApp).
+    """
+    from flwr.app import Context, RecordDict
+
+    from fedsim import wire
+    from fedsim.engine.inprocess_engine import build_grid
+    from fedsim.scenario_loading import to_yaml
+    from fedsim.server import app as server_app
+
+    run_dir.mkdir()
+    resolved = run_dir / "scenario.resolved.yaml"
+    resolved.write_text(to_yaml(scenario))
+    run_config = {wire.RUN_SCENARIO: str(resolved), wire.RUN_DIR: str(run_dir)}
+    grid = build_grid(client_app, scenario, run_config)
+    server_app(grid, Context(1, 1, {}, RecordDict(), run_config))
+    return grid

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 
 import fedsim
-from fedsim.engine.inprocess_engine import build_grid
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS
+from tests.conftest import run_with_client_app
 
 REQUIRED_ROUND_KEYS = {
     "round",
@@ -124,23 +124,14 @@ def test_a_client_app_that_raises_on_some_nodes(tiny: dict[str, Any], tmp_path: 
     from fedsim import wire
     from fedsim.clients.app import app as client_app
     from fedsim.outputs.metrics_log import read_metrics
-    from fedsim.server import app as server_app
 
     def flaky(msg: Message, ctx: Context) -> Message:
         if int(ctx.node_config[wire.PARTITION_ID]) % 2 == 1:
             raise ValueError("disk full")
         return client_app(msg, ctx)
 
-    scenario = fedsim.load_scenario(tiny)
     run_dir = tmp_path / "r"
-    run_dir.mkdir()
-    resolved = run_dir / "scenario.resolved.yaml"
-    from fedsim.scenario_loading import to_yaml
-
-    resolved.write_text(to_yaml(scenario))
-    run_config = {wire.RUN_SCENARIO: str(resolved), wire.RUN_DIR: str(run_dir)}
-    grid = build_grid(flaky, scenario, run_config)
-    server_app(grid, Context(1, 1, {}, RecordDict(), run_config))
+    grid = run_with_client_app(fedsim.load_scenario(tiny), flaky, run_dir)
     records = read_metrics(run_dir)
     assert [r["failures"] for r in records] == [0, 2, 2]
     assert [r["participants"] for r in records] == [0, 2, 2]

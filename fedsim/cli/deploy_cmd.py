@@ -168,11 +168,13 @@ def run(
     with user_errors():
         _one_of_tls(insecure, root_certificates)
         overrides = list(set_ or [])
-        if min_nodes is not None:
-            overrides.append(f"strategy.params.min_available_nodes={min_nodes}")
         scenario = _concrete(scenario_file, overrides)
-        if min_nodes is not None and not 1 <= min_nodes <= scenario.data.num_clients:
-            raise DeploymentError(f"--min-nodes must lie in 1..{scenario.data.num_clients}")
+        if min_nodes is not None:
+            # Checked before validation sees it, which would name the strategy key instead.
+            if not 1 <= min_nodes <= scenario.data.num_clients:
+                raise DeploymentError(f"--min-nodes must lie in 1..{scenario.data.num_clients}")
+            overrides.append(f"strategy.params.min_available_nodes={min_nodes}")
+            scenario = _concrete(scenario_file, overrides)
         engine = DeploymentEngine(
             SuperLinkConnection(superlink, root_certificates),
             on_log=None if quiet else typer.echo,

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from fedsim.cli.errors import USAGE_ERROR, report, stderr
-from fedsim.errors import Problem, ScenarioError
-from fedsim.scenario import Scenario
+from fedsim.errors import DataUnavailableError, Problem, ScenarioError
+from fedsim.scenario import NpzDataset, Scenario
 from fedsim.scenario_loading import expand, load_scenario
 
 
@@ -28,6 +28,24 @@ def _strict_problems(runs: list[Scenario]) -> list[Problem]:
     return problems
 
 
+def check_data_files(runs: list[Scenario]) -> None:
+    """Read the local data files the runs name (a bad file is an error of the scenario).
+
+    Raises
+    ------
+    DataUnavailableError
+        For the first file that cannot be used.
+    """
+    from fedsim.data.datasets import load_npz  # numpy and the loaders: only when needed
+
+    seen: set[str] = set()
+    for run in runs:
+        dataset = run.data.dataset
+        if isinstance(dataset, NpzDataset) and dataset.path not in seen:
+            seen.add(dataset.path)
+            load_npz(dataset)
+
+
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Scenario files to check.")],
     strict: Annotated[
@@ -42,10 +60,11 @@ def validate(
     for path in files:
         try:
             runs = expand(load_scenario(path))
+            check_data_files(runs)
             problems = _strict_problems(runs) if strict else []
             if problems:
                 raise ScenarioError(problems, str(path))
-        except ScenarioError as exc:
+        except (ScenarioError, DataUnavailableError) as exc:
             report(exc)
             failed = True
             continue

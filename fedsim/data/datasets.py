@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.arrays import ArrayDataset
+from fedsim.data.npz_file import read_npz
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
 from fedsim.scenario import DigitsDataset, HubDataset, Mnist1dDataset, NpzDataset, TextDataset
@@ -102,27 +103,18 @@ def load_text(cfg: TextDataset) -> ArrayDataset:
 
 @DATASETS.register("npz", help="local .npz with arrays x, y (and optionally x_test, y_test)")
 def load_npz(cfg: NpzDataset) -> ArrayDataset:
-    """Load a local ``.npz`` file."""
-    path = Path(cfg.path).expanduser()
-    if not path.is_file():
-        raise DataUnavailableError(f"data.dataset.path: file not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        missing = {"x", "y"} - set(f.files)
-        if missing:
-            raise DataUnavailableError(
-                f"data.dataset.path: {path} lacks arrays {sorted(missing)} (has {f.files})"
-            )
-        y = f["y"].astype(np.int64)
-        has_test = "x_test" in f.files and "y_test" in f.files
-        y_test = f["y_test"].astype(np.int64) if has_test else None
-        num_classes = int(max(y.max(), -1 if y_test is None else y_test.max())) + 1
-        return ArrayDataset(
-            x=f["x"].astype(np.float32),
-            y=y,
-            x_test=f["x_test"].astype(np.float32) if has_test else None,
-            y_test=y_test,
-            num_classes=num_classes,
-        )
+    """Load a local ``.npz`` file (checked by :func:`fedsim.data.npz_file.read_npz`)."""
+    arrays = read_npz(Path(cfg.path).expanduser(), "data.dataset.path", ("x_test", "y_test"))
+    y, y_test = arrays["y"], arrays.get("y_test")
+    num_classes = int(max(y.max(), -1 if y_test is None else y_test.max())) + 1
+    x_test = arrays.get("x_test")
+    return ArrayDataset(
+        x=arrays["x"].astype(np.float32),
+        y=y,
+        x_test=None if x_test is None else x_test.astype(np.float32),
+        y_test=y_test,
+        num_classes=num_classes,
+    )
 
 
 @DATASETS.register("hf", help="Hugging Face Hub dataset via flwr-datasets (needs network)")

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from fedsim import wire
 from fedsim.data.federated import federated_data
+from fedsim.data.npz_file import read_npz
 from fedsim.data.sharing import sharing_plan
 from fedsim.errors import DataUnavailableError
 from fedsim.scenario import DataConfig
@@ -92,17 +93,19 @@ def node_data(cfg: DataConfig, seed: int, partition_id: int, data_path: str | No
 def _read_file(path: Path, cfg: DataConfig, seed: int) -> NodeData:
     """Read a node's ``.npz`` (arrays ``x``, ``y``, optionally ``num_classes``)."""
     where = f"node config {wire.DATA_PATH}"
-    if not path.is_file():
-        raise DataUnavailableError(f"{where}: file not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        missing = {"x", "y"} - set(f.files)
-        if missing:
-            raise DataUnavailableError(f"{where}: {path} lacks arrays {sorted(missing)}")
-        x, y = f["x"], f["y"].astype(np.int64)  # x keeps its dtype: token ids stay ints
-        # Without the count, the scenario's dataset says how wide the model's output is.
-        has_count = "num_classes" in f.files
-        num_classes = int(f["num_classes"]) if has_count else federated_data(cfg, seed).num_classes
-        holders = f["holders"].astype(np.int64) if "holders" in f.files else None
+    arrays = read_npz(path, where, ("num_classes", "holders"), whole_dataset=False)
+    # x keeps its dtype: token ids stay ints. Without the count, the scenario's dataset
+    # says how wide the model's output is.
+    x, y = arrays["x"], arrays["y"]
+    holders = arrays["holders"].astype(np.int64) if "holders" in arrays else None
     if holders is not None and (holders.shape != y.shape[:1] or (holders < 1).any()):
         raise DataUnavailableError(f"{where}: {path}: 'holders' must be >= 1, one per example")
+    if "num_classes" in arrays:
+        return NodeData(x, y, int(arrays["num_classes"]), holders)
+    num_classes = federated_data(cfg, seed).num_classes
+    if y.size and int(y.max()) >= num_classes:
+        raise DataUnavailableError(
+            f"{where}: {path}: label {int(y.max())} is out of range for the dataset's "
+            f"{num_classes} classes"
+        )
     return NodeData(x, y, num_classes, holders)

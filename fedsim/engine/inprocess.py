@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,9 @@ from fedsim.array_codec import decoding_arrays
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.flower_compat import assign_message_id, empty_run
+from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
+from fedsim.engine.watchdog import Watchdog
 
 ClientCallable = Callable[[Message, Context], Message]
 
@@ -98,6 +100,12 @@ class InProcessGrid(Grid):
         Round deadline for ``send_and_receive``; later replies are stragglers.
     run_id : int
         Flower run id reported by :attr:`run`.
+    client_timeout_s : float, optional
+        Wall-clock seconds a client call may take before it is abandoned and counted
+        as a failure (see :mod:`fedsim.engine.watchdog` for what abandoning means).
+
+    Replies are checked against :attr:`reply_rules` (set by :meth:`check_replies`)
+    before anything else sees them; see :mod:`fedsim.engine.reply_check`.
     """
 
     def __init__(
@@ -108,6 +116,7 @@ class InProcessGrid(Grid):
         clock: VirtualClock,
         deadline_s: float | None = None,
         run_id: int = 1,
+        client_timeout_s: float | None = None,
     ) -> None:
         self.client_app = client_app
         # A NodeContexts stays lazy; any other mapping is copied as before.
@@ -120,6 +129,22 @@ class InProcessGrid(Grid):
         self._pending: list[_Pending] = []
         self._dispatch = 0
         self._seq = 0
+        self.reply_rules: ReplyRules | None = None
+        self._sent: dict[str, Message] = {}  # this dispatch's messages by id
+        self.watchdog = None if client_timeout_s is None else Watchdog(client_timeout_s)
+
+    def check_replies(self, model: ArrayRecord, partition_examples: Sequence[int]) -> None:
+        """Refuse replies that do not fit ``model`` or claim more examples than their node has.
+
+        ``partition_examples[k]`` is the number of examples of partition ``k``.
+        """
+        sizes = list(partition_examples)
+
+        def node_examples(node: int) -> float:
+            partition = int(self.contexts[node].node_config[wire.PARTITION_ID])
+            return sizes[partition] if 0 <= partition < len(sizes) else math.inf
+
+        self.reply_rules = ReplyRules.for_model(model, node_examples, float(sum(sizes)))
 
     # ----------------------------------------------------------------- Grid API
 
@@ -226,9 +251,12 @@ class InProcessGrid(Grid):
         late = len(arrived) - len(on_time)
         self.telemetry.current.stragglers += late
         self.clock.now = cutoff if late else max(a for a, _ in on_time)
-        for _, reply in on_time:
+        replies = [r for _, r in on_time]
+        if self.reply_rules is not None:
+            replies = agreeing(replies, self._sent)
+        for reply in replies:
             self.telemetry.record_delivery(reply)
-        return [r for _, r in on_time]
+        return replies
 
     # ------------------------------------------------------------- checkpoints
 
@@ -258,6 +286,29 @@ class InProcessGrid(Grid):
 
     # ---------------------------------------------------------------- internals
 
+    def _call_client(self, message: Message, node: int) -> Message:
+        """Call the ClientApp for ``node``, under the watchdog when there is one."""
+        context = self.contexts[node]
+        if self.watchdog is None:
+            return self.client_app(message, context)
+        # An abandoned call keeps running and may still write to the state it was
+        # given: the node goes on with a copy of its state from before the call.
+        before = copy_content(context.state)
+        try:
+            return self.watchdog.call(lambda: self.client_app(message, context))
+        except TimeoutError:
+            self._replace_context(node, before)
+            raise
+
+    def _replace_context(self, node: int, state: RecordDict) -> None:
+        """Give ``node`` a new Context (same configs) holding ``state``."""
+        old = self.contexts[node]
+        new = Context(old.run_id, old.node_id, dict(old.node_config), state, dict(old.run_config))
+        if isinstance(self.contexts, NodeContexts):
+            self.contexts.built[node] = new
+        else:
+            self.contexts[node] = new
+
     def _built_contexts(self) -> Iterable[tuple[int, Context]]:
         """The Contexts that exist (a lazy population's untouched nodes have none)."""
         if isinstance(self.contexts, NodeContexts):
@@ -269,9 +320,11 @@ class InProcessGrid(Grid):
         self._dispatch += 1
         out: list[tuple[float, str, Message | None]] = []
         sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
+        self._sent = {}
         for i, message in enumerate(messages):
             message_id = f"{self._dispatch}-{i}"
             assign_message_id(message, message_id)
+            self._sent[message_id] = message
             key = id(message.content)  # the contents stay alive, so ids stay unique
             if key not in sizes:
                 sizes[key] = content_bytes(message)
@@ -296,10 +349,11 @@ class InProcessGrid(Grid):
         try:
             if fate is Fate.FAILURE:
                 raise InjectedFault("fault injected by system.failure_prob")
-            reply = self.client_app(delivered, self.contexts[node])
+            reply = checked(self.reply_rules, message, self._call_client(delivered, node))
         except Exception as exc:  # a failing client never kills a run
             reply = Message(
-                Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=message
+                Error(CLIENT_APP_RAISED_EXCEPTION, f"node {node}: {type(exc).__name__}: {exc}"),
+                reply_to=message,
             )
         if reply.has_error():
             return t + (0.0 if local else self.clock.upload_s(device, 0)), reply

@@ -25,7 +25,15 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
         zip(contexts, sample_population(scenario.system, len(contexts), scenario.seed), strict=True)
     )
     clock = VirtualClock(scenario.system, scenario.seed)
-    return InProcessGrid(client_app, contexts, devices, clock, scenario.system.deadline_s, RUN_ID)
+    return InProcessGrid(
+        client_app,
+        contexts,
+        devices,
+        clock,
+        scenario.system.deadline_s,
+        RUN_ID,
+        client_timeout_s=scenario.engine.client_timeout_s,
+    )
 
 
 def run_inprocess(

@@ -4,16 +4,20 @@ The in-process grid counts what it carries itself. Under Flower's own runtimes (
 SuperLink deployment, the Ray simulation) the ServerApp gets Flower's grid; wrapping
 it counts the same participants, failures, dropouts, bytes and train loss from the
 messages that pass through, so ``metrics.jsonl`` has the same fields on every engine.
+It also checks every reply (:mod:`fedsim.engine.reply_check`) before the strategy sees
+it, and bounds a round's wait by ``engine.client_timeout_s``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes
 
 
@@ -24,11 +28,26 @@ class ObservedGrid(Grid):
     ----------
     inner : Grid
         The grid the runtime handed to the ServerApp.
+    client_timeout_s : float, optional
+        Longest wait for a round's replies; a node that has not replied by then counts
+        as a failure (Flower's runtimes run nodes in parallel, so this bounds each one).
     """
 
-    def __init__(self, inner: Grid) -> None:
+    def __init__(self, inner: Grid, client_timeout_s: float | None = None) -> None:
         self.inner = inner
         self.telemetry = Telemetry()
+        self.client_timeout_s = client_timeout_s
+        self.reply_rules: ReplyRules | None = None
+        self._sent: dict[str, Message] = {}  # pushed messages whose replies are not pulled
+
+    def check_replies(self, model: ArrayRecord, partition_examples: Sequence[int]) -> None:
+        """Refuse replies that do not fit ``model`` (see :mod:`fedsim.engine.reply_check`).
+
+        ``partition_examples`` goes unused: Flower's runtimes do not tell the server
+        which partition a node holds (a deployed node may hold its own file), so
+        ``num-examples`` is only required to be finite and positive here.
+        """
+        self.reply_rules = ReplyRules.for_model(model)
 
     def set_run(self, run: Any) -> None:
         """Set the run the inner grid operates in."""
@@ -57,26 +76,58 @@ class ObservedGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push messages, counting their bytes."""
         messages = list(messages)
-        self._sent(messages)
-        return self.inner.push_messages(messages)
+        self._count_sent(messages)
+        ids = list(self.inner.push_messages(messages))
+        self._sent.update((i, m) for i, m in zip(ids, messages, strict=False) if i)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Pull the replies that have arrived, counting them."""
-        return self._received(self.inner.pull_messages(message_ids))
+        """Pull the replies that have arrived, checking and counting them."""
+        replies = list(self.inner.pull_messages(message_ids))
+        sent: dict[str, Message] = {}
+        for reply in replies:
+            message = self._sent.pop(reply.metadata.reply_to_message_id, None)
+            if message is not None:
+                sent[reply.metadata.reply_to_message_id] = message
+        return self._received(replies, sent)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Push messages and wait for their replies (or ``timeout``), counting both."""
         messages = list(messages)
-        self._sent(messages)
-        return self._received(self.inner.send_and_receive(messages, timeout=timeout))
+        self._count_sent(messages)
+        limit = timeout
+        if self.client_timeout_s is not None:
+            limit = min(math.inf if timeout is None else timeout, self.client_timeout_s)
+        replies = list(self.inner.send_and_receive(messages, timeout=limit))
+        sent = {m.metadata.message_id: m for m in messages}
+        if self.client_timeout_s is not None:
+            answered = {r.metadata.reply_to_message_id for r in replies}
+            for message_id, message in sent.items():
+                if message_id not in answered:
+                    self.telemetry.current.failures += 1
+                    self.telemetry.failure_reasons.append(
+                        f"node {message.metadata.dst_node_id}: no reply within "
+                        f"engine.client_timeout_s={self.client_timeout_s:g}"
+                    )
+        return self._received(replies, sent, round_of_replies=True)
 
-    def _sent(self, messages: list[Message]) -> None:
+    def _count_sent(self, messages: list[Message]) -> None:
         self.telemetry.current.bytes_down += sum(content_bytes(m) for m in messages)
 
-    def _received(self, replies: Iterable[Message]) -> list[Message]:
-        replies = list(replies)
+    def _received(
+        self, replies: list[Message], sent: dict[str, Message], *, round_of_replies: bool = False
+    ) -> list[Message]:
+        if self.reply_rules is not None:
+            replies = [
+                checked(self.reply_rules, sent[r.metadata.reply_to_message_id], r)
+                if r.metadata.reply_to_message_id in sent
+                else r
+                for r in replies
+            ]
+            if round_of_replies:
+                replies = agreeing(replies, sent)
         for reply in replies:
             self.telemetry.record_upload(reply)
             self.telemetry.record_delivery(reply)

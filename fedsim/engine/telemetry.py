@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from typing import TypeGuard
 
 from flwr.app import Message, MetricRecord
 
@@ -90,7 +92,7 @@ class Telemetry:
         stats = self.current
         stats.bytes_up += content_bytes(reply) if nbytes is None else nbytes
         eps = (reply_metrics(reply) if metrics is None else metrics).get(wire.EPSILON)
-        if isinstance(eps, int | float):
+        if isinstance(eps, int | float) and math.isfinite(eps):
             stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
 
     def record_delivery(self, reply: Message) -> None:
@@ -110,6 +112,12 @@ class Telemetry:
         if metrics.get(wire.ATTACKER_METRIC) == 1:
             stats.attackers += 1
         loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
-        if isinstance(loss, int | float) and isinstance(n, int | float):
+        # A reply's numbers are the client's word: a NaN count must not crash the count.
+        if _finite(loss) and _finite(n):
             stats.train_loss_sum += float(loss) * float(n)
             stats.train_examples += int(n)
+
+
+def _finite(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is one finite number."""
+    return isinstance(value, int | float) and math.isfinite(value)

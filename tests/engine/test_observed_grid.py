@@ -82,3 +82,44 @@ def test_the_server_waits_for_the_whole_population() -> None:
     inner = _Replying()
     wait_for_nodes(ObservedGrid(inner), 3, poll_s=0.0)
     assert inner.polls == 3
+
+
+def test_replies_under_flowers_grid_are_checked_against_the_model() -> None:
+    """Node 10's reply has 8 values where the model has 4: refused, counted as a failure."""
+    set_task_identity(1)
+    grid = ObservedGrid(_Replying())
+    grid.check_replies(ArrayRecord([np.zeros(4, np.float32)]), [20, 20, 20])
+    content = RecordDict({wire.ARRAYS: ArrayRecord([np.zeros(4, np.float32)])})
+    messages = [Message(content, node, "train") for node in (10, 11, 12)]
+    for i, message in enumerate(messages):
+        message.metadata.__dict__["_message_id"] = f"id{i}"  # as Flower's grids do
+    replies = list(grid.send_and_receive(messages))
+    stats = grid.telemetry.pop()
+    assert (stats.participants, stats.dropouts, stats.failures) == (0, 1, 2)
+    assert replies[0].has_error() and "has shape [8], expected [4]" in replies[0].error.reason
+
+
+class _Silent(_Replying):
+    """Node 12 never replies within the wait."""
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        self.timeout = timeout
+        return [r for r in super().send_and_receive(messages) if r.metadata.src_node_id != 12]
+
+
+def test_client_timeout_bounds_the_wait_and_counts_who_did_not_reply() -> None:
+    set_task_identity(1)
+    inner = _Silent()
+    grid = ObservedGrid(inner, client_timeout_s=2.5)
+    content = RecordDict({wire.ARRAYS: ArrayRecord([np.zeros(8, np.float32)])})
+    messages = [Message(content, node, "train") for node in (10, 12)]
+    for i, message in enumerate(messages):
+        message.metadata.__dict__["_message_id"] = f"id{i}"
+    grid.send_and_receive(messages, timeout=3600)
+    assert inner.timeout == 2.5
+    assert grid.telemetry.pop().failures == 1
+    assert grid.telemetry.failure_reasons == [
+        "node 12: no reply within engine.client_timeout_s=2.5"
+    ]

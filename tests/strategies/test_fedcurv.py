@@ -137,7 +137,9 @@ def test_shipped_comparison_orders_the_variants(tmp_path: Path) -> None:
     assert all(
         r["rounds_to_target_mean"] is not None or r["reached_target"] == 0 for r in rows.values()
     )
-    assert rows["fedcurv-large"]["final_acc_mean"] < 0.2  # stalls at chance level
+    # Diverges in round 2: every later reply is refused as non-finite, so the model stalls
+    # at its round-1 state (before replies were checked, a NaN model scored 0.072).
+    assert rows["fedcurv-large"]["final_acc_mean"] < 0.2
 
 
 def test_batch_fisher_is_the_squared_mean_gradient_of_the_last_batch() -> None:

@@ -1,0 +1,233 @@
+"""Replies checked before any strategy sees them.
+
+A client can reply with anything: NaN weights, an array of the wrong shape, one array
+too few or too many, or a ``num-examples`` that lets it own the average. Strategies
+(Flower's among them) trust what they are handed, so the engine checks every reply
+against the message it answers and turns a bad one into an error reply: the strategy
+skips it like any failed client, and the telemetry counts it as a failure whose reason
+names the node. Nothing here knows a strategy; the rules are the wire's:
+
+- every array decodes, is numeric and finite;
+- an array the server sent comes back with the shape it was sent with; a model array
+  with the model's shape; a per-parameter array (``wire.PER_PARAMETER_PREFIXES``:
+  FedCurv's Fisher terms, AGC's gradient) with the shape of the parameter it names;
+  any other array is unexpected;
+- a reply that carries model arrays carries exactly the model arrays it was sent (all
+  of the model when it was sent none: an LASGD worker with nothing to merge), so a
+  step that returns something other than the model (AGC) is free to;
+- array records only under names the server used;
+- every metric is finite; a train or evaluate reply has one ``num-examples``, positive
+  and at most the examples the node holds (in simulation the engine knows them; a
+  reply without model arrays, such as AGC's, may count shared examples too, so it is
+  bounded by the whole federation).
+
+:func:`agreeing` adds the round-level rule Flower's aggregation assumes (all replies
+carry the same keys): replies whose keys differ from the round's majority are refused
+instead of aborting the aggregation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord
+
+from fedsim import wire
+from fedsim.array_codec import view
+
+# fedsim's own error code for a refused reply (flwr.common.constant.ErrorCode ends at 8).
+REPLY_REJECTED = 100
+NUMERIC_KINDS = "biuf"  # numpy dtype kinds a model array may have
+
+
+def _unbounded(_node: int) -> float:
+    return math.inf
+
+
+@dataclass(frozen=True)
+class ReplyRules:
+    """What a valid reply may contain.
+
+    Parameters
+    ----------
+    model : mapping of str to shape
+        The global model's arrays (name -> shape).
+    node_examples : callable, optional
+        Node id -> the number of examples the node holds (``inf`` when unknown).
+    max_examples : float
+        Upper bound on any reply's ``num-examples`` (the whole federation's examples).
+    """
+
+    model: Mapping[str, tuple[int, ...]]
+    node_examples: Callable[[int], float] = _unbounded
+    max_examples: float = math.inf
+    _prefixes: tuple[str, ...] = field(default=wire.PER_PARAMETER_PREFIXES, repr=False)
+
+    @classmethod
+    def for_model(
+        cls,
+        arrays: ArrayRecord,
+        node_examples: Callable[[int], float] = _unbounded,
+        max_examples: float = math.inf,
+    ) -> ReplyRules:
+        """Rules for replies to a run whose global model is ``arrays``."""
+        return cls(
+            {k: tuple(int(d) for d in v.shape) for k, v in arrays.items()},
+            node_examples,
+            max_examples,
+        )
+
+    def problem(self, sent: Message, reply: Message) -> str | None:
+        """Return what is wrong with ``reply`` to ``sent`` (None if nothing is)."""
+        if reply.has_error() or not reply.has_content():
+            return None
+        # One pass over the records: RecordDict's typed views build new records per call.
+        arrays: dict[str, ArrayRecord] = {}
+        metrics: dict[str, MetricRecord] = {}
+        for name, record in reply.content.items():
+            if isinstance(record, ArrayRecord):
+                arrays[name] = record
+            elif isinstance(record, MetricRecord):
+                metrics[name] = record
+        carries_model, problem = self._arrays_problem(sent, arrays)
+        return problem or self._metrics_problem(sent, metrics, carries_model)
+
+    # ------------------------------------------------------------------ arrays
+
+    def _arrays_problem(
+        self, sent: Message, arrays: dict[str, ArrayRecord]
+    ) -> tuple[bool, str | None]:
+        sent_records = {
+            name: record
+            for name, record in (sent.content.items() if sent.has_content() else ())
+            if isinstance(record, ArrayRecord)
+        }
+        carries_model = False
+        for name, record in arrays.items():
+            allowed = set(sent_records) or {wire.ARRAYS}
+            if name not in allowed:
+                return carries_model, f"unexpected array record '{name}'"
+            sent_arrays = sent_records.get(name, ArrayRecord())
+            returned = {k for k in record if k in self.model}
+            if returned:
+                carries_model = True
+                expected = {k for k in sent_arrays if k in self.model} or set(self.model)
+                if returned != expected:
+                    return carries_model, _key_difference(returned, expected)
+            for key, array in record.items():
+                problem = self._array_problem(key, array, sent_arrays)
+                if problem:
+                    return carries_model, problem
+        return carries_model, None
+
+    def _array_problem(self, key: str, array: Array, sent: ArrayRecord) -> str | None:
+        shape = self._expected_shape(key, sent)
+        if shape is None:
+            return f"unexpected array '{key}'"
+        try:
+            value = view(array)
+        except Exception as exc:  # whatever the bytes are, they are not an array
+            return f"array '{key}' cannot be read ({type(exc).__name__})"
+        if value.dtype.kind not in NUMERIC_KINDS:
+            return f"array '{key}' has non-numeric dtype {value.dtype}"
+        if value.shape != shape:
+            return f"array '{key}' has shape {list(value.shape)}, expected {list(shape)}"
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return f"array '{key}' has non-finite values"
+        return None
+
+    def _expected_shape(self, key: str, sent: ArrayRecord) -> tuple[int, ...] | None:
+        if key in sent:
+            return tuple(int(d) for d in sent[key].shape)
+        if key in self.model:
+            return self.model[key]
+        for prefix in self._prefixes:
+            if key.startswith(prefix) and key[len(prefix) :] in self.model:
+                return self.model[key[len(prefix) :]]
+        return None
+
+    # ----------------------------------------------------------------- metrics
+
+    def _metrics_problem(
+        self, sent: Message, records: dict[str, MetricRecord], carries_model: bool
+    ) -> str | None:
+        for record in records.values():
+            for key, value in record.items():
+                values = value if isinstance(value, list) else [value]
+                if not all(math.isfinite(v) for v in values):
+                    return f"metric '{key}' is not finite"
+        kind = sent.metadata.message_type
+        if not kind.startswith(("train", "evaluate")):
+            return None
+        metrics = records.get(wire.METRICS) or next(iter(records.values()), MetricRecord())
+        n = metrics.get(wire.NUM_EXAMPLES)
+        if n is None:
+            return f"{wire.NUM_EXAMPLES} is missing"
+        if isinstance(n, list):
+            return f"{wire.NUM_EXAMPLES} is a list"
+        if n <= 0:
+            return f"{wire.NUM_EXAMPLES} {n:g} is not positive"
+        # A model's weight in the average is its node's examples; evaluations count the
+        # node's examples too. Other replies (AGC) may count examples shared with them.
+        own = carries_model or kind.startswith("evaluate")
+        bound = self.node_examples(sent.metadata.dst_node_id) if own else self.max_examples
+        if n > bound:
+            return f"{wire.NUM_EXAMPLES} {n:g} exceeds the {bound:g} examples it can hold"
+        samples = metrics.get(wire.TRAIN_SAMPLES)
+        if isinstance(samples, int | float) and samples < 0:
+            return f"{wire.TRAIN_SAMPLES} {samples:g} is negative"
+        return None
+
+
+def _key_difference(returned: set[str], expected: set[str]) -> str:
+    missing, extra = sorted(expected - returned), sorted(returned - expected)
+    parts = [f"lacks model arrays {missing}"] if missing else []
+    parts += [f"has model arrays it was not sent {extra}"] if extra else []
+    return "; ".join(parts)
+
+
+def rejected(sent: Message, reason: str) -> Message:
+    """The error reply that replaces a refused reply to ``sent``."""
+    node = sent.metadata.dst_node_id
+    return Message(Error(REPLY_REJECTED, f"node {node}: reply refused: {reason}"), reply_to=sent)
+
+
+def checked(rules: ReplyRules | None, sent: Message, reply: Message) -> Message:
+    """``reply``, or the error reply that replaces it if it breaks ``rules``."""
+    if rules is None:
+        return reply
+    problem = rules.problem(sent, reply)
+    return reply if problem is None else rejected(sent, problem)
+
+
+def _signature(reply: Message) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The record names and keys of a reply (what Flower's aggregation compares)."""
+    return tuple(sorted((name, tuple(sorted(rec))) for name, rec in reply.content.items()))
+
+
+def agreeing(replies: Iterable[Message], sent: Mapping[str, Message]) -> list[Message]:
+    """Refuse the replies whose record keys differ from the round's majority.
+
+    Flower's aggregations abort a round when replies carry different keys; the keys most
+    replies carry (the earliest such reply's, on a tie) win and the others become error
+    replies. ``sent`` maps a message id to the message each reply answers.
+    """
+    replies = list(replies)
+    content = [r for r in replies if not r.has_error() and r.has_content()]
+    if len(content) < 2:
+        return replies
+    counts = Counter(_signature(r) for r in content)
+    best = max(counts.values())
+    majority = next(s for s in map(_signature, content) if counts[s] == best)
+    out: list[Message] = []
+    for reply in replies:
+        if reply.has_error() or not reply.has_content() or _signature(reply) == majority:
+            out.append(reply)
+            continue
+        original = sent[reply.metadata.reply_to_message_id]
+        out.append(rejected(original, "its keys differ from the other replies of the round"))
+    return out
