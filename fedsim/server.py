@@ -71,7 +71,7 @@ def build_strategy(scenario: Scenario) -> Strategy:
     try:
         cls = STRATEGIES.get(scenario.strategy.name)
     except UnknownNameError as exc:
-        raise ScenarioError([Problem("strategy.name", f"unknown strategy: {exc}")]) from None
+        raise ScenarioError([exc.problem("strategy.name", "strategy")]) from None
     # Follows **kwargs into the Flower base class, so subclasses get the defaults too.
     accepted = accepted_params(cls) or []
     params = {
