@@ -1,10 +1,11 @@
 """fedsim's ServerApp: ``fedsim.server:app``.
 
-Reads the scenario from ``run_config["scenario"]``, builds the strategy by registry
-name and runs Flower's round loop (:mod:`fedsim.rounds`: the hooks of
-``Strategy.start`` in its order, resumable from a checkpoint; strategies that override
-``start`` run their own), with a central evaluation on the held-out test set that also
-writes one ``metrics.jsonl`` record per round (the engine's telemetry supplies
+Reads the scenario from ``run_config["scenario"]`` (a run submitted to a SuperLink
+first passes the operator's :class:`~fedsim.submission_policy.SubmissionPolicy`),
+builds the strategy by registry name and runs Flower's round loop (:mod:`fedsim.rounds`:
+the hooks of ``Strategy.start`` in its order, resumable from a checkpoint; strategies
+that override ``start`` run their own), with a central evaluation on the held-out test
+set that also writes one ``metrics.jsonl`` record per round (the engine's telemetry supplies
 participants, stragglers, bytes and time).
 """
 
@@ -45,6 +46,7 @@ from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import accepted_params
 from fedsim.strategies import STRATEGIES
+from fedsim.submission_policy import SubmissionPolicy
 
 app = ServerApp()
 SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
@@ -194,10 +196,14 @@ def wait_for_nodes(grid: Grid, count: int, poll_s: float = 1.0) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario's strategy for ``rounds`` rounds (from a checkpoint if resuming)."""
+    if not isinstance(getattr(grid, "telemetry", None), Telemetry):
+        # Flower's own grid: the run came through a SuperLink (deployment, or the ray
+        # engine's private one), so its config is the submitter's. Check it before the
+        # scenario is loaded, which imports what it names.
+        SubmissionPolicy.from_environ().check(context.run_config)
+        grid = ObservedGrid(grid)  # count what passes
     scenario = scenario_from_run_config(context.run_config)
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
-    if not isinstance(getattr(grid, "telemetry", None), Telemetry):
-        grid = ObservedGrid(grid)  # Flower's own grid (ray, deployment): count what passes
     wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))
     # Flower samples nodes with the global `random` module; seed everything up front.
