@@ -35,13 +35,14 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-FLEET_PATHS = ("/v1/fleet/", "/health")  # what SuperNodes (and health probes) call
+FLEET_PREFIX = "/v1/fleet/"  # every call a SuperNode makes
+HEALTH = "/health"  # for load balancers and probes
 REFUSED = b"only the Fleet API is served on this address\n"
 
 
 def fleet_path(path: str) -> bool:
-    """Whether ``path`` belongs to the Fleet API or the health check."""
-    return any(path == p.rstrip("/") or path.startswith(p) for p in FLEET_PATHS)
+    """Whether ``path`` belongs to the Fleet API or is the health check."""
+    return path == HEALTH or path.startswith(FLEET_PREFIX)
 
 
 class FleetOnly:
