@@ -69,7 +69,7 @@ class _UntouchableGrid:
     def __getattr__(self, name: str) -> Any:
         if name == "telemetry":  # how the ServerApp tells fedsim's engines from Flower's
             raise AttributeError(name)
-        raise AssertionError(f"the refused run used the grid ({name})")
+        raise AssertionError(f"the run used the grid ({name})")
 
 
 def test_the_server_app_refuses_a_submitted_import_path_before_importing_it(
@@ -89,3 +89,22 @@ def test_the_server_app_refuses_a_submitted_import_path_before_importing_it(
         server_main(cast(Grid, _UntouchableGrid()), context)
     (problem,) = err.value.problems
     assert problem.key == "model.name" and "is an import path (code)" in problem.message
+
+
+def test_with_imports_allowed_the_server_app_goes_on_to_the_grid(
+    tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same submission passes once the operator allowed imports: the ServerApp
+    imports the model and starts using the grid (which this stand-in refuses)."""
+    monkeypatch.setenv(ALLOW_ENV, "imports")
+    monkeypatch.setenv(RUNS_ROOT_ENV, str(tmp_path))
+    tiny["model"] = {"name": "fedsim.models.mlp:mlp", "params": {"hidden": [4]}}
+    context = Context(
+        run_id=1,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config=_config(tiny, tmp_path / "run"),
+    )
+    with pytest.raises(AssertionError, match="used the grid"):
+        server_main(cast(Grid, _UntouchableGrid()), context)
