@@ -82,11 +82,13 @@ class SubmissionPolicy:
         return cls(frozenset(words), Path(root) if root else None)
 
     def environ(self) -> dict[str, str]:
-        """The environment variables that carry this policy to a SuperLink's ServerApps."""
-        env = {ALLOW_ENV: ",".join(sorted(self.allowed))}
-        if self.runs_root is not None:
-            env[RUNS_ROOT_ENV] = str(self.runs_root.expanduser().resolve())
-        return env
+        """The environment variables that carry this policy to a SuperLink's ServerApps.
+
+        Both are always set (empty for none), so values left in the operator's shell
+        never widen what the command line says.
+        """
+        root = "" if self.runs_root is None else str(self.runs_root.expanduser().resolve())
+        return {ALLOW_ENV: ",".join(sorted(self.allowed)), RUNS_ROOT_ENV: root}
 
     def problems(self, run_config: Mapping[str, Any]) -> list[Problem]:
         """Everything ``run_config`` asks for that this policy refuses (imports nothing)."""

@@ -19,7 +19,7 @@ from fedsim.deploy.flower_commands import (
     supernode_command,
 )
 from fedsim.errors import DeploymentError
-from fedsim.submission_policy import SubmissionPolicy
+from fedsim.submission_policy import ALLOW_ENV, RUNS_ROOT_ENV, SubmissionPolicy
 
 
 def _value(cmd: list[str], flag: str) -> str:
@@ -62,6 +62,10 @@ def test_the_superlinks_environment_carries_the_policy_and_no_legacy_grpc(
     assert SubmissionPolicy.from_environ(env) == SubmissionPolicy(
         frozenset({"imports"}), tmp_path.resolve()
     )
+    # What the operator's shell holds never widens what the command line says.
+    monkeypatch.setenv(ALLOW_ENV, "imports,run-dir,resume")
+    monkeypatch.setenv(RUNS_ROOT_ENV, "/")
+    assert SubmissionPolicy.from_environ(superlink_env(SubmissionPolicy())) == SubmissionPolicy()
 
 
 def test_tls_superlink_takes_the_generated_files(tmp_path: Path) -> None:
