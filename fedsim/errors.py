@@ -76,6 +76,18 @@ class ScenarioError(FedsimError):
 class UnknownNameError(FedsimError):
     """A registry lookup failed; the message lists the valid names."""
 
+    def problem(self, key: str, what: str) -> Problem:
+        """The scenario problem this failure makes at ``key`` (``unknown model: ...``)."""
+        return Problem(key, f"unknown {what}: {self}")
+
+
+class ImportKindError(UnknownNameError):
+    """A ``pkg.module:attr`` name imported something of the wrong kind (not called)."""
+
+    def problem(self, key: str, what: str) -> Problem:
+        """The problem at ``key``; the message already says what the name is instead."""
+        return Problem(key, str(self))
+
 
 class DataUnavailableError(FedsimError):
     """A dataset cannot be obtained (offline, missing file, bad contents)."""

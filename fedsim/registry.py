@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from fedsim.errors import UnknownNameError
+from fedsim.errors import ImportKindError, UnknownNameError
 
 T = TypeVar("T")
+
+# `pkg.module:attr.sub`: dotted identifiers on both sides of one colon. Only names of
+# this form are ever imported, so what `fedsim validate` lists is all a file can import.
+_IDENT = r"[^\W\d]\w*"
+IMPORT_PATH = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
 
 
 def suggest(name: str, choices: list[str]) -> str:
@@ -29,17 +37,24 @@ def choices_text(name: str, choices: list[str]) -> str:
     return f"'{name}' is not one of: {', '.join(sorted(choices))}{suggest(name, choices)}"
 
 
+def is_import_path(name: str) -> bool:
+    """Whether a registry that allows imports would import ``name`` (it holds a colon)."""
+    return ":" in name
+
+
 def import_object(spec: str) -> object:
     """Import ``pkg.module:attr`` (the syntax for user-supplied components).
+
+    Importing runs the module's top-level code; the attribute itself is not called.
 
     Raises
     ------
     UnknownNameError
-        If the module or attribute cannot be imported.
+        If ``spec`` is not of that form or the module or attribute cannot be imported.
     """
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
+    if not IMPORT_PATH.fullmatch(spec):
         raise UnknownNameError(f"'{spec}' is not of the form 'pkg.module:name'")
+    module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -53,6 +68,40 @@ def import_object(spec: str) -> object:
     return obj
 
 
+def describe_object(obj: object) -> str:
+    """What ``obj`` is, in a few words (``a built-in function``, ``class Popen``)."""
+    if inspect.isclass(obj):
+        return f"class {obj.__qualname__}"
+    if inspect.ismodule(obj):
+        return "a module"
+    if inspect.isbuiltin(obj):
+        return "a built-in function"
+    if inspect.isfunction(obj):
+        return f"function {obj.__qualname__}"
+    return f"a {type(obj).__name__} object"
+
+
+@dataclass(frozen=True)
+class ImportKind:
+    """What an imported ``pkg.module:attr`` must be before a registry hands it out.
+
+    Parameters
+    ----------
+    what : str
+        The expected kind, for messages (``"a flwr Strategy subclass"``).
+    accepts : callable
+        True for an object of that kind; it must not call the object.
+    """
+
+    what: str
+    accepts: Callable[[object], bool]
+
+    def check(self, spec: str, obj: object) -> None:
+        """Raise :class:`ImportKindError` unless ``obj`` (imported from ``spec``) fits."""
+        if not self.accepts(obj):
+            raise ImportKindError(f"'{spec}' is {describe_object(obj)}, not {self.what}")
+
+
 class Registry(Generic[T]):
     """A mapping from names to components with helpful errors.
 
@@ -60,13 +109,14 @@ class Registry(Generic[T]):
     ----------
     kind : str
         What the registry holds, in the plural (``"strategies"``); used in messages.
-    allow_import : bool
-        Whether names of the form ``pkg.module:attr`` are imported on lookup.
+    importable : ImportKind, optional
+        If given, names of the form ``pkg.module:attr`` are imported on lookup, and the
+        object must be of this kind (checked before anything calls it).
     """
 
-    def __init__(self, kind: str, *, allow_import: bool = False) -> None:
+    def __init__(self, kind: str, *, importable: ImportKind | None = None) -> None:
         self.kind = kind
-        self.allow_import = allow_import
+        self.importable = importable
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
 
@@ -92,8 +142,10 @@ class Registry(Generic[T]):
         """Return the component called ``name`` (or imported from ``pkg.module:attr``)."""
         if name in self._items:
             return self._items[name]
-        if self.allow_import and ":" in name:
-            return import_object(name)  # type: ignore[return-value]
+        if self.importable is not None and is_import_path(name):
+            obj = import_object(name)
+            self.importable.check(name, obj)
+            return obj  # type: ignore[return-value]
         raise UnknownNameError(choices_text(name, self.names()))
 
     def __contains__(self, name: object) -> bool:

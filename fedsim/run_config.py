@@ -22,27 +22,30 @@ from fedsim.errors import Problem, ScenarioError
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import load_scenario
 
-_cache: dict[tuple[str, float], Scenario] = {}
+_cache: dict[tuple[str, float, bool], Scenario] = {}
 _lock = threading.Lock()
 # run-config object id -> (that object, its scenario); see scenario_of_run_config.
 _by_object: dict[int, tuple[Mapping[str, Any], Scenario]] = {}
 _BY_OBJECT_MAX = 100_000
 
 
-def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
-    """Load (once per process and file version or text) the scenario of a run config."""
+def scenario_from_run_config(run_config: Mapping[str, Any], *, imports: bool = True) -> Scenario:
+    """Load (once per process and file version or text) the scenario of a run config.
+
+    ``imports=False`` validates it without importing any ``pkg.module:attr`` name.
+    """
     text = str(run_config.get(wire.RUN_SCENARIO_YAML) or "")
     if text:
-        key = ("yaml:" + hashlib.sha256(text.encode()).hexdigest(), 0.0)
+        key = ("yaml:" + hashlib.sha256(text.encode()).hexdigest(), 0.0, imports)
         source = f"run config '{wire.RUN_SCENARIO_YAML}'"
     elif run_config.get(wire.RUN_SCENARIO):
         # Keyed by the path as given (resolving it costs more than a small client's
         # whole job); the modification time reloads a file rewritten in place.
         path = Path(str(run_config[wire.RUN_SCENARIO]))
         try:
-            key = (str(path), os.stat(path).st_mtime)
+            key = (str(path), os.stat(path).st_mtime, imports)
         except OSError:
-            key = (str(path), 0.0)
+            key = (str(path), 0.0, imports)
         source = str(path)
     else:
         raise ScenarioError(
@@ -55,7 +58,9 @@ def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
         )
     with _lock:
         if key not in _cache:
-            scenario = _load_text(text, source) if text else load_scenario(path)
+            scenario = (
+                _load_text(text, source, imports) if text else load_scenario(path, imports=imports)
+            )
             if not scenario.is_expanded:
                 raise ScenarioError(
                     [Problem("", "the apps need one concrete run (no 'variants'/'seeds')")], source
@@ -83,7 +88,7 @@ def scenario_of_run_config(run_config: Mapping[str, Any]) -> Scenario:
     return scenario
 
 
-def _load_text(text: str, source: str) -> Scenario:
+def _load_text(text: str, source: str, imports: bool) -> Scenario:
     """Validate a scenario given as YAML text."""
     try:
         raw = bounded_yaml.safe_load(text)
@@ -93,6 +98,6 @@ def _load_text(text: str, source: str) -> Scenario:
     if not isinstance(raw, dict):
         raise ScenarioError([Problem("", "the scenario must be a mapping")], source)
     try:
-        return load_scenario(raw)
+        return load_scenario(raw, imports=imports)
     except ScenarioError as exc:
         raise exc.with_source(source) from None

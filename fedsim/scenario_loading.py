@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from fedsim import bounded_yaml
 from fedsim.bounded_yaml import YamlBombError
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
-from fedsim.registry import choices_text, suggest
+from fedsim.registry import choices_text, is_import_path, suggest
 from fedsim.scenario import Scenario
 
 # ------------------------------------------------------------------ raw mappings
@@ -254,8 +254,12 @@ def unknown_params(
     ]
 
 
-def check_components(scenario: Scenario) -> list[Problem]:
-    """Check the names and parameters that refer to registries."""
+def check_components(scenario: Scenario, *, imports: bool = True) -> list[Problem]:
+    """Check the names and parameters that refer to registries.
+
+    With ``imports=False`` a ``pkg.module:attr`` name is left unresolved (nothing is
+    imported) and its parameters unchecked.
+    """
     # Imported here: the registries pull in torch and flwr, which plain schema use avoids.
     from fedsim.engine.registry import ENGINES
     from fedsim.models import MODELS
@@ -274,10 +278,12 @@ def check_components(scenario: Scenario) -> list[Problem]:
         ("engine", ENGINES, scenario.engine.name, None, ()),
     ]
     for section, registry, name, params, skip in lookups:
+        if not imports and registry.importable is not None and is_import_path(name):
+            continue
         try:
             component = registry.get(name)
         except UnknownNameError as exc:
-            problems.append(Problem(f"{section}.name", f"unknown {section}: {exc}"))
+            problems.append(exc.problem(f"{section}.name", section))
             continue
         if params is not None:
             problems += unknown_params(component, params, f"{section}.params", skip=skip)
@@ -373,24 +379,28 @@ def check_population(scenario: Scenario) -> list[Problem]:
 # --------------------------------------------------------------------- public API
 
 
-def validate_mapping(raw: Mapping[str, Any]) -> Scenario:
-    """Validate a raw mapping into a :class:`Scenario`, checking registry names too."""
+def validate_mapping(raw: Mapping[str, Any], *, imports: bool = True) -> Scenario:
+    """Validate a raw mapping into a :class:`Scenario`, checking registry names too.
+
+    ``imports=False`` validates without importing any ``pkg.module:attr`` name.
+    """
     try:
         scenario = Scenario.model_validate(dict(raw))
     except ValidationError as exc:
         raise ScenarioError(problems_from_validation(exc)) from None
     from fedsim.combinations import check_combinations
 
-    problems = check_components(scenario)
-    problems = problems or check_population(scenario)
-    problems += check_combinations(scenario)
+    problems = check_components(scenario, imports=imports)
+    if imports:  # both look strategies up, which imports a `pkg.module:Class` name
+        problems = problems or check_population(scenario)
+        problems += check_combinations(scenario)
     if problems:
         raise ScenarioError(problems)
     return scenario
 
 
 def load_scenario(
-    source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()
+    source: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), *, imports: bool = True
 ) -> Scenario:
     """Load and validate a scenario (and every variant it declares).
 
@@ -400,6 +410,9 @@ def load_scenario(
         A YAML file, or an already-parsed mapping.
     overrides : iterable of str
         ``dotted.key=value`` strings applied before validation.
+    imports : bool
+        False: leave ``pkg.module:attr`` names unresolved, so an untrusted file is
+        checked without running any of its code (see :mod:`fedsim.import_paths`).
 
     Returns
     -------
@@ -416,14 +429,14 @@ def load_scenario(
         raw = dict(copy.deepcopy(source)) if isinstance(source, Mapping) else read_yaml(source)
         for text in overrides:
             set_dotted(raw, *parse_override(text))
-        scenario = validate_mapping(raw)
-        expand(scenario)  # a variant that breaks the schema is an error of the file
+        scenario = validate_mapping(raw, imports=imports)
+        expand(scenario, imports=imports)  # a variant breaking the schema: the file is wrong
     except ScenarioError as exc:
         raise (exc.with_source(label) if label and exc.source is None else exc) from None
     return scenario
 
 
-def expand(scenario: Scenario) -> list[Scenario]:
+def expand(scenario: Scenario, *, imports: bool = True) -> list[Scenario]:
     """Return one concrete scenario per variant x seed, in declaration order."""
     base = scenario.model_dump(mode="json", exclude={"variants", "seeds", "variant"})
     seeds = scenario.seeds or [scenario.seed]
@@ -442,7 +455,7 @@ def expand(scenario: Scenario) -> list[Scenario]:
             merged["seed"] = seed
             merged["variant"] = vname or None
             try:
-                runs.append(validate_mapping(merged))
+                runs.append(validate_mapping(merged, imports=imports))
             except ScenarioError as exc:
                 raise (exc.with_prefix(f"variants.{vname}") if vname else exc) from None
     return runs

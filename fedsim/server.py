@@ -1,10 +1,11 @@
 """fedsim's ServerApp: ``fedsim.server:app``.
 
-Reads the scenario from ``run_config["scenario"]``, builds the strategy by registry
-name and runs Flower's round loop (:mod:`fedsim.rounds`: the hooks of
-``Strategy.start`` in its order, resumable from a checkpoint; strategies that override
-``start`` run their own), with a central evaluation on the held-out test set that also
-writes one ``metrics.jsonl`` record per round (the engine's telemetry supplies
+Reads the scenario from ``run_config["scenario"]`` (a run submitted to a SuperLink
+first passes the operator's :class:`~fedsim.submission_policy.SubmissionPolicy`),
+builds the strategy by registry name and runs Flower's round loop (:mod:`fedsim.rounds`:
+the hooks of ``Strategy.start`` in its order, resumable from a checkpoint; strategies
+that override ``start`` run their own), with a central evaluation on the held-out test
+set that also writes one ``metrics.jsonl`` record per round (the engine's telemetry supplies
 participants, stragglers, bytes and time).
 """
 
@@ -49,6 +50,7 @@ from fedsim.scenario import Scenario, StrategyConfig
 from fedsim.scenario_loading import accepted_params
 from fedsim.strategies import STRATEGIES
 from fedsim.strategies.compression import CompressedLinks
+from fedsim.submission_policy import SubmissionPolicy
 
 app = ServerApp()
 SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
@@ -95,7 +97,7 @@ def _build(config: StrategyConfig, num_clients: int, key: str) -> Strategy:
     try:
         cls = STRATEGIES.get(config.name)
     except UnknownNameError as exc:
-        raise ScenarioError([Problem(f"{key}.name", f"unknown strategy: {exc}")]) from None
+        raise ScenarioError([exc.problem(f"{key}.name", "strategy")]) from None
     # Follows **kwargs into the Flower base class, so subclasses get the defaults too.
     accepted = accepted_params(cls) or []
     params = {k: v for k, v in strategy_defaults(num_clients).items() if k in accepted}
@@ -255,10 +257,15 @@ def wait_for_nodes(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the scenario's strategy for ``rounds`` rounds (from a checkpoint if resuming)."""
+    flower_grid = not isinstance(getattr(grid, "telemetry", None), Telemetry)
+    if flower_grid:
+        # Flower's own grid: the run came through a SuperLink (deployment, or the ray
+        # engine's private one), so its config is the submitter's. Check it before the
+        # scenario is loaded, which imports what it names.
+        SubmissionPolicy.from_environ().check(context.run_config)
     scenario = scenario_from_run_config(context.run_config)
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
-    if not isinstance(getattr(grid, "telemetry", None), Telemetry):
-        # Flower's own grid (ray, deployment): count and check what passes.
+    if flower_grid:  # count and check what passes
         grid = ObservedGrid(grid, scenario.engine.client_timeout_s)
     wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))

@@ -8,16 +8,25 @@ FedAvg with a faster aggregation, :mod:`fedsim.strategies.fedavg`); fedsim's str
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.registry import Registry
+from fedsim.registry import ImportKind, Registry
+
+
+def is_strategy_class(obj: object) -> bool:
+    """Whether ``obj`` is a :class:`~flwr.serverapp.strategy.Strategy` subclass."""
+    return inspect.isclass(obj) and issubclass(obj, Strategy)
+
 
 S = TypeVar("S", bound=type[Strategy])
-STRATEGIES: Registry[type[Strategy]] = Registry("strategies", allow_import=True)
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategies", importable=ImportKind("a flwr Strategy subclass", is_strategy_class)
+)
 
 
 def register_strategy(name: str) -> Callable[[S], S]:

@@ -11,17 +11,22 @@ import typer
 from rich.console import Console
 
 from fedsim.cli.errors import user_errors
+from fedsim.deploy.exposure import RISK_FLAG, check_exposure
 from fedsim.deploy.flower_commands import (
+    DEFAULT_CONTROL_PORT,
     DEFAULT_NODE_PORT,
     DEFAULT_SUPERLINK_PORT,
+    LOOPBACK,
     ServerCertificates,
     flower_env,
     superlink_command,
+    superlink_env,
     supernode_command,
 )
 from fedsim.errors import DeploymentError, Problem, ScenarioError
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import load_scenario
+from fedsim.submission_policy import PERMISSIONS, SubmissionPolicy
 
 # `run` and `split` import the runner and the data code (and so torch) on use: a
 # device's `fedsim deploy node` only builds a command line and becomes flower-supernode.
@@ -39,6 +44,14 @@ Overrides = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key: --set strategy.params.fraction_train=0.5"),
 ]
+ControlAddress = Annotated[
+    str,
+    typer.Option(
+        "--superlink",
+        help="The SuperLink's Control API HOST:PORT (its --control-host/--control-port; "
+        "reachable from the SuperLink's host only, unless its operator chose otherwise).",
+    ),
+]
 RootCertificates = Annotated[
     Path | None,
     typer.Option("--root-certificates", help="CA certificate that signed the SuperLink's (TLS)."),
@@ -50,24 +63,34 @@ def _one_of_tls(insecure: bool, tls: object) -> None:
         raise DeploymentError("choose --insecure or TLS certificates (exactly one)")
 
 
-def _exec(cmd: list[str], dry_run: bool) -> None:
+def _exec(cmd: list[str], dry_run: bool, env: dict[str, str] | None = None) -> None:
     """Print the Flower command, then become it (signals reach Flower directly)."""
     typer.echo(shlex.join(cmd), err=True)
     if dry_run:
         return
     with user_errors():
         try:
-            os.execvpe(cmd[0], cmd, flower_env())
+            os.execvpe(cmd[0], cmd, flower_env() if env is None else env)
         except OSError as exc:
             raise DeploymentError(f"cannot start {cmd[0]}: {exc.strerror}") from None
 
 
 @app.command("superlink")
 def superlink(
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="The SuperLink's one HTTP port.")] = (
+    host: Annotated[
+        str,
+        typer.Option(help="Address SuperNodes connect to (0.0.0.0: all; see the threat model)."),
+    ] = LOOPBACK,
+    port: Annotated[int, typer.Option(help="Port SuperNodes connect to (Fleet API only).")] = (
         DEFAULT_SUPERLINK_PORT
     ),
+    control_host: Annotated[
+        str,
+        typer.Option(help="Address of the Control API (flwr run, register); keep it loopback."),
+    ] = LOOPBACK,
+    control_port: Annotated[
+        int, typer.Option(help="Port of the Control API (and of the ServerApps' Runtime API).")
+    ] = DEFAULT_CONTROL_PORT,
     certificates: Annotated[
         Path | None,
         typer.Option(help="Folder with ca.crt, server.pem, server.key (deploy/certificates)."),
@@ -79,27 +102,60 @@ def superlink(
     database: Annotated[
         Path | None, typer.Option(help="SQLite file for the SuperLink's state (default: memory).")
     ] = None,
+    allow_submitted: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-submitted",
+            help="Let submitted runs do this on this host (repeatable): "
+            + "; ".join(f"{k}: {v}" for k, v in PERMISSIONS.items()),
+        ),
+    ] = None,
+    runs_root: Annotated[
+        Path | None,
+        typer.Option(help="Submitted runs may write run directories inside this folder only."),
+    ] = None,
+    accept_risks: Annotated[
+        bool,
+        typer.Option(
+            RISK_FLAG,
+            help="Start even though the network can reach an insecure, unauthenticated or "
+            "Control API address (the error names which).",
+        ),
+    ] = False,
     dry_run: DryRun = False,
 ) -> None:
     """Start a Flower SuperLink (runs the ServerApp; SuperNodes connect to it)."""
     with user_errors():
         _one_of_tls(insecure, certificates)
+        check_exposure(
+            host=host,
+            control_host=control_host,
+            insecure=insecure,
+            supernode_auth=supernode_auth,
+            accept_risks=accept_risks,
+        )
         certs = ServerCertificates.from_dir(certificates) if certificates else None
+        try:
+            policy = SubmissionPolicy(frozenset(allow_submitted or ()), runs_root)
+        except ScenarioError as exc:
+            raise DeploymentError(f"--allow-submitted: {exc.problems[0].message}") from None
         cmd = superlink_command(
             host=host,
             port=port,
+            control_host=control_host,
+            control_port=control_port,
             certificates=certs,
             supernode_auth=supernode_auth,
             database=database,
         )
-    _exec(cmd, dry_run)
+    _exec(cmd, dry_run, superlink_env(policy))
 
 
 @app.command("node")
 def node(
     partition_id: Annotated[int, typer.Option(help="This node's partition (0-based).")],
     num_partitions: Annotated[int, typer.Option(help="Number of nodes (data.num_clients).")],
-    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
+    superlink: Annotated[str, typer.Option(help="SuperLink Fleet API address HOST:PORT.")],
     port: Annotated[
         int, typer.Option(help="Local port for the node's ClientApps; one per node on a host.")
     ] = DEFAULT_NODE_PORT,
@@ -143,7 +199,7 @@ def _concrete(scenario_file: Path, overrides: list[str]) -> Scenario:
 @app.command("run")
 def run(
     scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.", metavar="SCENARIO")],
-    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
+    superlink: ControlAddress = f"{LOOPBACK}:{DEFAULT_CONTROL_PORT}",
     set_: Overrides = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default runs/<name>-<time>).")
@@ -192,7 +248,7 @@ def register(
     public_keys: Annotated[
         list[Path], typer.Argument(help="SuperNode public keys (OpenSSH, EC).", metavar="KEY.pub")
     ],
-    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
+    superlink: ControlAddress = f"{LOOPBACK}:{DEFAULT_CONTROL_PORT}",
     root_certificates: RootCertificates = None,
     insecure: Insecure = False,
 ) -> None:

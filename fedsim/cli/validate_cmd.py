@@ -9,8 +9,21 @@ import typer
 
 from fedsim.cli.errors import USAGE_ERROR, report, stderr
 from fedsim.errors import DataUnavailableError, Problem, ScenarioError
+from fedsim.import_paths import scenario_imports
 from fedsim.scenario import NpzDataset, Scenario
-from fedsim.scenario_loading import expand, load_scenario
+from fedsim.scenario_loading import expand, load_scenario, read_yaml, validate_mapping
+
+
+def _imports_line(path: Path, checked: bool) -> str | None:
+    """``FILE: imports: strategy.name=pkg:Class`` (the code the file runs), if any."""
+    try:  # the schema alone (no imports) is enough to find the names
+        names = scenario_imports(validate_mapping(read_yaml(path), imports=False))
+    except ScenarioError:
+        return None
+    if not names:
+        return None
+    label = "imports" if checked else "imports (not imported, not checked)"
+    return f"{path}: {label}: {', '.join(str(n) for n in names)}"
 
 
 def _strict_problems(runs: list[Scenario]) -> list[Problem]:
@@ -48,6 +61,13 @@ def check_data_files(runs: list[Scenario]) -> None:
 
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Scenario files to check.")],
+    no_imports: Annotated[
+        bool,
+        typer.Option(
+            "--no-imports",
+            help="Import no 'pkg.module:attr' name (for files you do not trust); list them.",
+        ),
+    ] = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -55,12 +75,19 @@ def validate(
         ),
     ] = False,
 ) -> None:
-    """Check scenario files (every variant too) without running anything."""
+    """Check scenario files (every variant too) without running anything.
+
+    Names of the form pkg.module:attr are code: they are listed, and imported and
+    checked to be a strategy class or model factory unless --no-imports.
+    """
     failed = False
     for path in files:
+        imports = _imports_line(path, checked=not no_imports)
+        if imports:
+            stderr.print(imports, soft_wrap=True, markup=False)
         try:
-            runs = expand(load_scenario(path))
-            check_data_files(runs)
+            runs = expand(load_scenario(path, imports=not no_imports), imports=not no_imports)
+            check_data_files(runs)  # numbers only (no pickle): safe for untrusted files too
             problems = _strict_problems(runs) if strict else []
             if problems:
                 raise ScenarioError(problems, str(path))
@@ -68,6 +95,8 @@ def validate(
             report(exc)
             failed = True
             continue
-        stderr.print(f"{path}: ok ({len(runs)} run{'s' if len(runs) != 1 else ''})", soft_wrap=True)
+        plural = "s" if len(runs) != 1 else ""
+        how = " without imports" if no_imports else ""
+        stderr.print(f"{path}: ok{how} ({len(runs)} run{plural})", soft_wrap=True)
     if failed:
         raise typer.Exit(USAGE_ERROR)

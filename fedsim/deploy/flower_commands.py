@@ -2,9 +2,11 @@
 
 Pure functions: they return argv lists, so the CLI can print them (``--dry-run``) and
 tests can check them without starting anything. Flower 1.41 flags, checked with
-``--help``: the SuperLink serves its Fleet, Control and ServerApp APIs on one HTTP
-port; each SuperNode serves a runtime API for its ClientApp processes on a local port
-of its own.
+``--help``: ``flower-superlink`` serves its Fleet, Control and ServerApp (Runtime) APIs
+on one HTTP port (``--control-api-address`` is deprecated and ignored), so fedsim
+starts it through :mod:`fedsim.deploy.guarded_superlink`, which adds a Fleet-only
+listener for the devices; each SuperNode serves a runtime API for its ClientApp
+processes on a local port of its own.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ from pathlib import Path
 
 from fedsim import wire
 from fedsim.errors import DeploymentError
+from fedsim.submission_policy import SubmissionPolicy
 
-DEFAULT_SUPERLINK_PORT = 9093
+DEFAULT_SUPERLINK_PORT = 9093  # the Fleet API: what SuperNodes connect to
+DEFAULT_CONTROL_PORT = 9091  # Control and Runtime APIs: flwr run/register, ServerApps
 DEFAULT_NODE_PORT = 9094  # flower-supernode's default runtime API port
+LOOPBACK = "127.0.0.1"
+GUARDED_SUPERLINK = "fedsim.deploy.guarded_superlink"
+# Flower starts legacy gRPC Control/Fleet servers on addresses of their own when these
+# are "1"; fedsim's SuperLink never passes them on.
+FLOWER_LEGACY_GRPC_ENV = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
 
 
 @dataclass(frozen=True)
@@ -47,13 +56,21 @@ def superlink_command(
     certificates: ServerCertificates | None,
     supernode_auth: bool = False,
     database: Path | None = None,
+    control_host: str = LOOPBACK,
+    control_port: int = DEFAULT_CONTROL_PORT,
 ) -> list[str]:
-    """``flower-superlink`` serving ``host:port``; insecure when ``certificates`` is None.
+    """Flower's SuperLink with SuperNodes on ``host:port`` and everything else on control.
 
+    Runs ``flower-superlink`` through :mod:`fedsim.deploy.guarded_superlink`: Flower
+    serves all its APIs on ``control_host:control_port`` (loopback by default), and
+    ``host:port`` answers only the Fleet API. Insecure when ``certificates`` is None.
     Runtime dependency installation is always off: the app bundle names no
     dependencies (fedsim is installed on every machine) and devices may be offline.
     """
-    cmd = ["flower-superlink", "--host", host, "--port", str(port)]
+    if port == control_port:  # the fleet-only listener is told apart by its port
+        raise DeploymentError(f"--port and --control-port must differ (both {port})")
+    cmd = [sys.executable, "-m", GUARDED_SUPERLINK, "--fleet", join_address(host, port), "--"]
+    cmd += ["--host", control_host, "--port", str(control_port)]
     cmd.append("--disable-runtime-dependency-installation")
     if certificates is None:
         cmd.append("--insecure")
@@ -66,6 +83,11 @@ def superlink_command(
     if database is not None:
         cmd += ["--database", str(database)]
     return cmd
+
+
+def join_address(host: str, port: int) -> str:
+    """``HOST:PORT``, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def node_config(partition_id: int, num_partitions: int, data_path: Path | None) -> str:
@@ -115,4 +137,17 @@ def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     scripts = sysconfig.get_path("scripts") or str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def superlink_env(policy: SubmissionPolicy) -> dict[str, str]:
+    """The SuperLink's environment: :func:`flower_env` plus the operator's policy.
+
+    Its ServerApp processes inherit it, and read what submitted runs may do from it
+    (:mod:`fedsim.submission_policy`); Flower's legacy gRPC servers stay off.
+    """
+    env = flower_env()
+    for name in FLOWER_LEGACY_GRPC_ENV:
+        env.pop(name, None)
+    env.update(policy.environ())
     return env

@@ -19,10 +19,18 @@ from typing import Any
 
 import tomli_w
 
-from fedsim.deploy.flower_commands import flower_env
+from fedsim.deploy.flower_commands import DEFAULT_CONTROL_PORT, LOOPBACK, flower_env
 from fedsim.errors import DeploymentError
 
 CONNECTION = "fedsim"  # the connection's name inside the private FLWR_HOME
+# How `flwr` reports an HTTP 403, which fedsim's SuperLink answers on its devices' port
+# to anything but the Fleet API (fedsim/deploy/guarded_superlink.py).
+FORBIDDEN = "Status/403"
+FORBIDDEN_HINT = (
+    " (that address serves SuperNodes only: submit runs and register keys on the "
+    "SuperLink's host, at its Control API, by default "
+    f"--superlink {LOOPBACK}:{DEFAULT_CONTROL_PORT})"
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +83,9 @@ def flwr_json(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     if (done.returncode != 0 and not out) or out.get("success") is False:
         detail = out.get("error-message") or (done.stderr or done.stdout).strip()
         lines = str(detail).splitlines()
+        hint = FORBIDDEN_HINT if FORBIDDEN in str(detail) else ""
         raise DeploymentError(
-            f"`flwr {' '.join(args[:2])}` failed: {lines[-1].strip() if lines else '?'}"
+            f"`flwr {' '.join(args[:2])}` failed: {lines[-1].strip() if lines else '?'}{hint}"
         )
     return out
 

@@ -43,6 +43,24 @@ def deployment_run_config(
     return config
 
 
+def failure_reason(log_path: Path) -> str | None:
+    """The last fedsim error the ServerApp raised, from the run's Flower log, if any.
+
+    A refused submission (:mod:`fedsim.submission_policy`) or a bad scenario ends the
+    run with a traceback there; its last line is the one-line message.
+    """
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [
+        line.partition(": ")[2].strip()
+        for line in lines
+        if line.startswith("fedsim.errors.") and ": " in line
+    ]
+    return found[-1] if found else None
+
+
 @dataclass
 class DeploymentEngine:
     """Run a scenario on a SuperLink's SuperNodes (an :class:`Engine` for the runner).
@@ -84,9 +102,11 @@ class DeploymentEngine:
             self._follow(env, run_id, run_dir / FLOWER_LOG)
             status = self._status(env, run_id)
         if status != COMPLETED:
+            reason = failure_reason(run_dir / FLOWER_LOG)
             raise DeploymentError(
-                f"run {run_id} on {self.connection.address} ended '{status}'; "
-                f"see {run_dir / FLOWER_LOG}"
+                f"run {run_id} on {self.connection.address} ended '{status}'"
+                + (f": {reason}" if reason else "")
+                + f"; see {run_dir / FLOWER_LOG}"
             )
         if not (run_dir / "metrics.jsonl").exists():
             raise DeploymentError(

@@ -31,6 +31,7 @@ from fedsim import wire
 from fedsim.engine.local_superlink import EngineRunError, flwr_run, local_superlink
 from fedsim.errors import Problem, ScenarioError
 from fedsim.scenario import EngineConfig, Scenario
+from fedsim.submission_policy import SubmissionPolicy
 
 LOG_DIR = "flower"  # inside the run directory: superlink.log, flwr_run.log
 
@@ -124,7 +125,9 @@ def run_ray(
         app_dir = write_app(
             Path(tmp) / "app", import_spec(server_app), import_spec(client_app), run_config
         )
-        with local_superlink(Path(tmp) / "home", logs, ray_environment(scenario.engine)) as link:
+        # The private SuperLink's only user is this process: its runs may do everything.
+        env = {**ray_environment(scenario.engine), **SubmissionPolicy.everything().environ()}
+        with local_superlink(Path(tmp) / "home", logs, env) as link:
             flwr_run(
                 link,
                 app_dir,

@@ -7,16 +7,42 @@ logits. Users add models with :func:`register_model` or name ``pkg.module:factor
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
-from fedsim.registry import Registry
+from fedsim.registry import ImportKind, Registry
 
 ModelFactory = Callable[..., nn.Module]
-MODELS: Registry[ModelFactory] = Registry("models", allow_import=True)
+
+
+def is_model_factory(obj: object) -> bool:
+    """Whether ``obj`` is an ``nn.Module`` subclass or a function annotated to return one.
+
+    Judged from the class or the return annotation alone: nothing is called, so a
+    scenario naming ``builtins:exec`` or ``subprocess:run`` is refused before it runs.
+    """
+    if inspect.isclass(obj):
+        return issubclass(obj, nn.Module)
+    if not inspect.isfunction(obj):
+        return False
+    try:
+        returns = typing.get_type_hints(obj).get("return")
+    except Exception:  # an annotation that does not resolve says nothing about the kind
+        return False
+    return inspect.isclass(returns) and issubclass(returns, nn.Module)
+
+
+MODELS: Registry[ModelFactory] = Registry(
+    "models",
+    importable=ImportKind(
+        "an nn.Module subclass or a function annotated '-> nn.Module'", is_model_factory
+    ),
+)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -45,7 +71,7 @@ def build_model(
     try:
         factory = MODELS.get(name)
     except UnknownNameError as exc:
-        raise ScenarioError([Problem("model.name", f"unknown model: {exc}")]) from None
+        raise ScenarioError([exc.problem("model.name", "model")]) from None
     try:
         return factory(input_shape, num_classes, **params)
     except IncompatibleDataError as exc:

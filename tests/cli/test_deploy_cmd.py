@@ -30,7 +30,41 @@ def test_superlink_needs_a_tls_choice() -> None:
     assert result.exit_code == 2
     assert result.output.strip() == "error: choose --insecure or TLS certificates (exactly one)"
     ok = _invoke("superlink", "--insecure", "--port", "9555", "--dry-run")
-    assert ok.exit_code == 0 and "flower-superlink --host 127.0.0.1 --port 9555" in ok.output
+    assert ok.exit_code == 0, ok.output
+    assert "guarded_superlink --fleet 127.0.0.1:9555 -- --host 127.0.0.1 --port 9091" in ok.output
+
+
+def test_superlink_open_to_the_network_needs_the_risk_flag(tmp_path: Path) -> None:
+    """Each risk Flower cannot prevent is named; the flag (or fixing it) starts it."""
+    for name in ("ca.crt", "server.pem", "server.key"):
+        (tmp_path / name).write_text("x")
+    certs = ["--certificates", str(tmp_path)]
+    cases = {
+        ("--insecure",): ["without TLS", "without --supernode-auth"],
+        (*certs,): ["without --supernode-auth"],
+        (*certs, "--supernode-auth", "--control-host", "0.0.0.0"): ["the Control API on 0.0.0.0"],
+    }
+    for extra, risks in cases.items():
+        refused = _invoke("superlink", "--host", "0.0.0.0", *extra, "--dry-run")
+        assert refused.exit_code == 2, refused.output
+        assert all(r in refused.output for r in risks), refused.output
+        assert "--i-understand-the-risks" in refused.output
+        accepted = _invoke(
+            "superlink", "--host", "0.0.0.0", *extra, "--i-understand-the-risks", "--dry-run"
+        )
+        assert accepted.exit_code == 0, accepted.output
+    locked = _invoke("superlink", "--host", "0.0.0.0", *certs, "--supernode-auth", "--dry-run")
+    assert locked.exit_code == 0, locked.output
+    loopback = _invoke("superlink", "--insecure", "--dry-run")
+    assert loopback.exit_code == 0, loopback.output
+
+
+def test_unknown_submitted_run_permission_is_one_line() -> None:
+    result = _invoke("superlink", "--insecure", "--allow-submitted", "pickles", "--dry-run")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --allow-submitted: unknown permission pickles; valid: imports, run-dir, resume"
+    )
 
 
 def test_run_refuses_variants_and_impossible_min_nodes(

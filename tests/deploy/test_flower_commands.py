@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from fedsim.deploy.flower_commands import (
     flower_env,
     node_config,
     superlink_command,
+    superlink_env,
     supernode_command,
 )
 from fedsim.errors import DeploymentError
+from fedsim.submission_policy import ALLOW_ENV, RUNS_ROOT_ENV, SubmissionPolicy
 
 
 def _value(cmd: list[str], flag: str) -> str:
@@ -25,8 +28,44 @@ def _value(cmd: list[str], flag: str) -> str:
 
 def test_insecure_superlink_installs_nothing_at_run_time() -> None:
     cmd = superlink_command(host="0.0.0.0", port=9100, certificates=None)
-    assert cmd[:5] == ["flower-superlink", "--host", "0.0.0.0", "--port", "9100"]
+    assert cmd[:3] == [sys.executable, "-m", "fedsim.deploy.guarded_superlink"]
+    assert _value(cmd, "--fleet") == "0.0.0.0:9100"
+    # Flower itself serves on the control address: loopback unless the operator asks.
+    flower = cmd[cmd.index("--") + 1 :]
+    assert flower[:4] == ["--host", "127.0.0.1", "--port", "9091"]
     assert "--insecure" in cmd and "--disable-runtime-dependency-installation" in cmd
+
+
+def test_fleet_and_control_ports_must_differ() -> None:
+    with pytest.raises(DeploymentError, match="must differ"):
+        superlink_command(host="0.0.0.0", port=9100, certificates=None, control_port=9100)
+
+
+def test_every_flower_flag_is_one_flower_superlink_accepts() -> None:
+    """The flags after ``--`` parse with Flower's own argument parser."""
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+
+    cmd = superlink_command(
+        host="::", port=9100, certificates=None, database=Path("s.db"), control_port=9101
+    )
+    assert _value(cmd, "--fleet") == "[::]:9100"
+    args = _parse_args_run_superlink().parse_args(cmd[cmd.index("--") + 1 :])
+    assert (args.host, args.port, args.insecure, args.database) == ("127.0.0.1", 9101, True, "s.db")
+
+
+def test_the_superlinks_environment_carries_the_policy_and_no_legacy_grpc(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FLWR_INTERNAL_GRPC_CONTROL_API", "1")
+    env = superlink_env(SubmissionPolicy(frozenset({"imports"}), tmp_path))
+    assert "FLWR_INTERNAL_GRPC_CONTROL_API" not in env
+    assert SubmissionPolicy.from_environ(env) == SubmissionPolicy(
+        frozenset({"imports"}), tmp_path.resolve()
+    )
+    # What the operator's shell holds never widens what the command line says.
+    monkeypatch.setenv(ALLOW_ENV, "imports,run-dir,resume")
+    monkeypatch.setenv(RUNS_ROOT_ENV, "/")
+    assert SubmissionPolicy.from_environ(superlink_env(SubmissionPolicy())) == SubmissionPolicy()
 
 
 def test_tls_superlink_takes_the_generated_files(tmp_path: Path) -> None:

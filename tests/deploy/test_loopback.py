@@ -42,18 +42,23 @@ RUN_TIMEOUT_S = 240  # a hang fails the test instead of blocking CI
 
 
 def _start_federation(c: Cluster, tmp_path: Path, data_dir: Path | None = None) -> str:
-    """Start a SuperLink and the nodes; return the SuperLink's address."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    c.start("superlink", [FEDSIM, "deploy", "superlink", "--port", str(port), "--insecure"])
+    """Start a SuperLink and the nodes; return the SuperLink's Control API address.
+
+    The nodes reach the Fleet port; runs are submitted on the (loopback) control port,
+    and may write run directories inside ``tmp_path`` only.
+    """
+    fleet, control = free_port(), free_port()
+    fleet_address = f"127.0.0.1:{fleet}"
+    cmd = [FEDSIM, "deploy", "superlink", "--port", str(fleet), "--control-port", str(control)]
+    c.start("superlink", [*cmd, "--insecure", "--runs-root", str(tmp_path)])
     for k in range(NODES):
         cmd = [FEDSIM, "deploy", "node", "--partition-id", str(k), "--num-partitions", str(NODES)]
-        cmd += ["--superlink", address, "--port", str(free_port()), "--insecure"]
+        cmd += ["--superlink", fleet_address, "--port", str(free_port()), "--insecure"]
         if data_dir is not None:
             cmd += ["--data-path", str(data_dir / f"partition-{k}.npz")]
         c.start(f"node-{k}", cmd, env=ONE_THREAD)
-    wait_for_port(port, timeout_s=60)
-    return address
+    wait_for_port(control, timeout_s=60)
+    return f"127.0.0.1:{control}"
 
 
 def _submit(c: Cluster, scenario: Path, address: str, run_dir: Path, *extra: str) -> None:
