@@ -116,13 +116,24 @@ class OneClassPartitioner(Section):
     name: Literal["one-class"] = "one-class"
 
 
+class NaturalPartitioner(Section):
+    """One client per natural id (writer, speaker, user) of a per-example ``client_id``.
+
+    With ``data.num_clients`` omitted there is one client per id; a smaller number
+    takes a seeded sample of the ids.
+    """
+
+    name: Literal["natural"] = "natural"
+
+
 PartitionerConfig = Annotated[
     IidPartitioner
     | DirichletPartitioner
     | PathologicalPartitioner
     | ShardsPartitioner
     | ContiguousPartitioner
-    | OneClassPartitioner,
+    | OneClassPartitioner
+    | NaturalPartitioner,
     Field(discriminator="name"),
 ]
 
@@ -141,6 +152,7 @@ class DataConfig(Section):
     """Where the data comes from and how it is split over clients."""
 
     dataset: DatasetConfig = Field(default_factory=DigitsDataset)
+    # Omitted with the natural partitioner: one client per id (scenario loading counts).
     num_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     partitioner: PartitionerConfig = Field(default_factory=IidPartitioner)
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2

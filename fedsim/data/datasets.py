@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.arrays import ArrayDataset
+from fedsim.data.client_ids import npz_client_ids
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
 from fedsim.scenario import DigitsDataset, HubDataset, Mnist1dDataset, NpzDataset, TextDataset
@@ -100,7 +101,9 @@ def load_text(cfg: TextDataset) -> ArrayDataset:
     )
 
 
-@DATASETS.register("npz", help="local .npz with arrays x, y (and optionally x_test, y_test)")
+@DATASETS.register(
+    "npz", help="local .npz: x, y (optionally x_test, y_test, client_id, client_id_test)"
+)
 def load_npz(cfg: NpzDataset) -> ArrayDataset:
     """Load a local ``.npz`` file."""
     path = Path(cfg.path).expanduser()
@@ -117,11 +120,13 @@ def load_npz(cfg: NpzDataset) -> ArrayDataset:
         y_test = f["y_test"].astype(np.int64) if has_test else None
         num_classes = int(max(y.max(), -1 if y_test is None else y_test.max())) + 1
         return ArrayDataset(
-            x=f["x"].astype(np.float32),
+            # copy=False: a float32 file's arrays are not copied a second time.
+            x=f["x"].astype(np.float32, copy=False),
             y=y,
-            x_test=f["x_test"].astype(np.float32) if has_test else None,
+            x_test=f["x_test"].astype(np.float32, copy=False) if has_test else None,
             y_test=y_test,
             num_classes=num_classes,
+            **npz_client_ids(f, path, len(y), None if y_test is None else len(y_test)),
         )
 
 
