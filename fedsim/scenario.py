@@ -69,8 +69,25 @@ class HubDataset(Section):
     label_key: str = "label"
 
 
+class LeafDataset(Section):
+    """A LEAF benchmark dataset from its JSON files (``train/`` and ``test/`` folders).
+
+    Every example keeps its LEAF user as its client id (the ``natural`` partitioner).
+    """
+
+    name: Literal["leaf"] = "leaf"
+    path: str = Field(description="LEAF's data/<task>/data folder (holding train/, test/)")
+    task: Literal["femnist", "shakespeare", "sent140"]
+    vocab: str | None = Field(
+        default=None, description="sent140: vocabulary file, one token per line"
+    )
+    seq_len: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=25, description="sent140: tokens per example (truncated or padded)"
+    )
+
+
 DatasetConfig = Annotated[
-    DigitsDataset | Mnist1dDataset | TextDataset | NpzDataset | HubDataset,
+    DigitsDataset | Mnist1dDataset | TextDataset | NpzDataset | HubDataset | LeafDataset,
     Field(discriminator="name"),
 ]
 
@@ -268,6 +285,16 @@ def _number_shorthand(value: Any) -> Any:
     return value
 
 
+class DeviceTraceConfig(Section):
+    """A device trace file: per-device compute speed, bandwidths and online intervals."""
+
+    path: str = Field(description="JSON trace file (docs/scenarios.md, system.trace)")
+    min_online: Annotated[int, Field(ge=1)] = Field(
+        default=2,
+        description="a round starts once this many clients are online (the server waits)",
+    )
+
+
 class SystemConfig(Section):
     """The simulated device population that drives the virtual clock."""
 
@@ -284,6 +311,8 @@ class SystemConfig(Section):
     # Pin a few persistently slow devices on top of the drawn speeds (nodes 0, 1, ...).
     slow_nodes: Annotated[int, Field(ge=0)] = 0
     slow_node_slowdown: Annotated[float, Field(ge=1)] = 4.0
+    # Replaces speed, uplink_mbps and downlink_mbps, and adds availability over time.
+    trace: DeviceTraceConfig | None = None
 
     @field_validator("speed", "uplink_mbps", "downlink_mbps", mode="before")
     @classmethod
@@ -319,6 +348,8 @@ class OutputConfig(Section):
     evaluate_every: Annotated[int, Field(ge=1)] = 1
     plots: bool = True
     checkpoint_every: Annotated[int, Field(ge=1)] | None = None
+    # The global model on each client's own test split (natural partitions with test ids).
+    per_client_eval: bool = False
 
 
 # ----------------------------------------------------------------------- scenario

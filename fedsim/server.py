@@ -37,9 +37,16 @@ from fedsim.data.federated import FederatedData, federated_data
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
-from fedsim.evaluation import evaluate_model
+from fedsim.evaluation import evaluate_model, per_example_scores
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import MetricsLog
+from fedsim.outputs.per_client import (
+    NO_CLIENT_TESTS,
+    PER_CLIENT_FILE,
+    append_rows,
+    client_scores,
+    summarize_clients,
+)
 from fedsim.rounds import LoopState, run_rounds, uses_flower_loop
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
@@ -74,9 +81,11 @@ def build_strategy(scenario: Scenario) -> Strategy:
         raise ScenarioError([Problem("strategy.name", f"unknown strategy: {exc}")]) from None
     # Follows **kwargs into the Flower base class, so subclasses get the defaults too.
     accepted = accepted_params(cls) or []
-    params = {
-        k: v for k, v in strategy_defaults(scenario.data.num_clients).items() if k in accepted
-    }
+    # With a device trace the population is never all online: a round waits for
+    # `min_online` of them instead of everyone.
+    trace = scenario.system.trace
+    population = scenario.data.num_clients if trace is None else trace.min_online
+    params = {k: v for k, v in strategy_defaults(population).items() if k in accepted}
     params.update(scenario.strategy.params)
     try:
         strategy = cls(**params)
@@ -84,7 +93,30 @@ def build_strategy(scenario: Scenario) -> Strategy:
         raise ScenarioError([Problem("strategy.params", str(exc))]) from None
     if not isinstance(strategy, Strategy):
         raise ScenarioError([Problem("strategy.name", f"{cls!r} is not a flwr Strategy")])
+    if trace is not None:
+        _check_min_online(strategy, trace.min_online)
     return strategy
+
+
+def _check_min_online(strategy: Strategy, min_online: int) -> None:
+    """Refuse minimum node counts above ``system.trace.min_online``.
+
+    Flower waits (in wall-clock time) for its minimum node counts; a trace's grid
+    guarantees ``min_online`` nodes, so a strategy that waits for more never starts.
+    """
+    waits = {
+        name: getattr(strategy, name)
+        for name in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")
+        if isinstance(getattr(strategy, name, None), int)
+    }
+    if not getattr(strategy, "fraction_evaluate", 1.0):
+        waits.pop("min_evaluate_nodes", None)  # no federated evaluation: never waited for
+    over = {k: v for k, v in waits.items() if v > min_online}
+    if over:
+        listed = ", ".join(f"strategy.params.{k}={v}" for k, v in over.items())
+        raise ScenarioError(
+            [Problem("system.trace.min_online", f"must be at least {listed} (got {min_online})")]
+        )
 
 
 class RoundRecorder:
@@ -120,6 +152,8 @@ class RoundRecorder:
             "eval_loss": loss,
             "eval_accuracy": acc,
         }
+        if evaluate and self.scenario.output.per_client_eval:
+            record.update(self._per_client(server_round))
         record.update(self.telemetry.pop().as_record())
         diagnostics = getattr(self.model, "diagnostics", None)
         if evaluate and callable(diagnostics):
@@ -129,6 +163,20 @@ class RoundRecorder:
         if loss is None or acc is None:
             return None
         return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
+
+    def _per_client(self, server_round: int) -> dict[str, Any]:
+        """Score the loaded model on every client's own test split; log the rows."""
+        parts = self.data.test_parts
+        if parts is None:
+            raise ScenarioError(
+                [Problem("output.per_client_eval", "needs per-client test data " + NO_CLIENT_TESTS)]
+            )
+        losses, correct = per_example_scores(
+            self.model, self.data.x_test, self.data.y_test, self.scenario.client.eval_batch_size
+        )
+        scores = client_scores(losses, correct, parts)
+        append_rows(self.log.path.parent / PER_CLIENT_FILE, server_round, scores)
+        return summarize_clients(scores)
 
 
 def save_arrays(arrays: ArrayRecord, path: Path) -> None:

@@ -163,3 +163,7 @@ def load_hub(cfg: HubDataset) -> ArrayDataset:
 def load_dataset(cfg: Any) -> ArrayDataset:
     """Load the dataset a ``data.dataset`` section names."""
     return DATASETS.get(cfg.name)(cfg)
+
+
+# Loaders defined in their own modules register themselves on import.
+from fedsim.data import leaf  # noqa: E402, F401

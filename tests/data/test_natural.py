@@ -120,3 +120,45 @@ def test_npz_with_ids_of_the_wrong_length_is_refused(tmp_path: Path) -> None:
     cfg = DataConfig.model_validate({"dataset": f"npz:{path}", "partitioner": "natural"})
     with pytest.raises(DataUnavailableError, match=r"'client_id' has shape \(299,\)"):
         federated_data(cfg, seed=0)
+
+
+def test_per_client_evaluation_scores_each_clients_own_test_split(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """The last round's rows equal the final model evaluated on each client's test ids."""
+    import csv
+
+    import torch
+
+    from fedsim.evaluation import evaluate_model
+    from fedsim.models import build_model
+
+    path = _write_npz(tmp_path / "natural.npz")
+    tiny = _natural_scenario(tiny, path)
+    tiny["output"]["per_client_eval"] = True
+    scenario = fedsim.load_scenario(tiny)
+    result = fedsim.run(scenario, tmp_path / "run")
+    with (result.run_dir / "per_client_eval.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["round"]) == 2]
+    data = federated_data(scenario.data, scenario.seed)
+    model = build_model("mlp", {"hidden": [16]}, data.input_shape, data.num_classes)
+    with np.load(result.run_dir / "final_arrays.npz") as f:
+        model.load_state_dict({k: torch.from_numpy(f[k]) for k in f.files})
+    assert data.test_parts is not None
+    expected = [
+        evaluate_model(model, data.x_test[p], data.y_test[p])[1] for p in data.test_parts if len(p)
+    ]
+    assert [float(r["accuracy"]) for r in rows] == pytest.approx(expected, abs=1e-5)
+    last = result.metrics[-1]
+    assert last["clients_evaluated"] == len(expected)
+    assert last["client_accuracy_worst"] == pytest.approx(min(expected), abs=1e-5)
+    assert last["client_accuracy_mean"] == pytest.approx(np.mean(expected), abs=1e-5)
+    assert last["client_accuracy_p10"] == pytest.approx(np.percentile(expected, 10), abs=1e-5)
+
+
+def test_per_client_evaluation_without_client_test_data_names_the_key(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    tiny["output"]["per_client_eval"] = True
+    with pytest.raises(ScenarioError, match=r"output\.per_client_eval: needs per-client test"):
+        fedsim.run(fedsim.load_scenario(tiny), tmp_path / "run")
