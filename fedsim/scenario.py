@@ -86,8 +86,24 @@ class LeafDataset(Section):
     )
 
 
+class CifarDataset(Section):
+    """CIFAR-10 or CIFAR-100 from the standard Python batches in a local folder."""
+
+    name: Literal["cifar"] = "cifar"
+    path: str = Field(description="cifar-10-batches-py/ or cifar-100-python/ folder")
+    labels: Literal["fine", "coarse"] = Field(
+        default="fine", description="CIFAR-100: the 100 fine or the 20 coarse classes"
+    )
+
+
 DatasetConfig = Annotated[
-    DigitsDataset | Mnist1dDataset | TextDataset | NpzDataset | HubDataset | LeafDataset,
+    DigitsDataset
+    | Mnist1dDataset
+    | TextDataset
+    | NpzDataset
+    | HubDataset
+    | LeafDataset
+    | CifarDataset,
     Field(discriminator="name"),
 ]
 

@@ -166,4 +166,4 @@ def load_dataset(cfg: Any) -> ArrayDataset:
 
 
 # Loaders defined in their own modules register themselves on import.
-from fedsim.data import leaf  # noqa: E402, F401
+from fedsim.data import cifar, leaf  # noqa: E402, F401
