@@ -61,12 +61,21 @@ class NpzDataset(Section):
 
 
 class HubDataset(Section):
-    """A Hugging Face dataset loaded through flwr-datasets (needs the network once)."""
+    """A Hugging Face dataset: a local copy (``save_to_disk``, parquet, arrow) or a Hub name."""
 
     name: Literal["hf"] = "hf"
-    path: str = Field(description="Hub name, e.g. 'ylecun/mnist'")
-    image_key: str = "image"
+    path: str = Field(
+        description="local folder or file (save_to_disk, parquet, arrow), or a Hub name"
+    )
+    image_key: str = Field(default="image", description="the feature column (any array)")
     label_key: str = "label"
+    train_split: str = "train"
+    test_split: str | None = Field(
+        default="test", description="null: carve the test set by data.test_fraction"
+    )
+    client_id_key: str | None = Field(
+        default=None, description="a column of natural ids, for partitioner natural"
+    )
 
 
 class LeafDataset(Section):

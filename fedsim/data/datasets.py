@@ -1,7 +1,8 @@
 """Dataset loaders, by registry name.
 
-``digits`` and ``mnist1d`` need no network. ``npz`` reads a local file. ``hf`` goes
-through flwr-datasets and fails with a clear error when the machine is offline.
+``digits`` and ``mnist1d`` need no network. ``npz`` reads a local file. The loaders of
+other formats live in their own modules (``hf`` in :mod:`fedsim.data.hub`, ``leaf``,
+``cifar``) and register here on import.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fedsim.data.arrays import ArrayDataset
 from fedsim.data.client_ids import npz_client_ids
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
-from fedsim.scenario import DigitsDataset, HubDataset, Mnist1dDataset, NpzDataset, TextDataset
+from fedsim.scenario import DigitsDataset, Mnist1dDataset, NpzDataset, TextDataset
 
 Loader = Callable[[Any], ArrayDataset]
 DATASETS: Registry[Loader] = Registry("datasets")
@@ -130,40 +131,10 @@ def load_npz(cfg: NpzDataset) -> ArrayDataset:
         )
 
 
-@DATASETS.register("hf", help="Hugging Face Hub dataset via flwr-datasets (needs network)")
-def load_hub(cfg: HubDataset) -> ArrayDataset:
-    """Download a Hub dataset through flwr-datasets and convert it to arrays."""
-    try:
-        from flwr_datasets import FederatedDataset
-        from flwr_datasets.partitioner import IidPartitioner
-
-        fds = FederatedDataset(dataset=cfg.path, partitioners={"train": IidPartitioner(1)})
-        train = fds.load_split("train")
-        test = fds.load_split("test")
-    except Exception as exc:  # the hub raises many types; all mean "not available"
-        raise DataUnavailableError(
-            f"data.dataset: cannot load '{cfg.path}' from the Hugging Face Hub "
-            f"(offline?): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
-            "save it as .npz and use 'npz:PATH' instead"
-        ) from None
-
-    def to_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
-        x = np.stack([np.asarray(v, dtype=np.float32) for v in split[cfg.image_key]])
-        if x.ndim == 3:  # (N, H, W) images get a channel axis
-            x = x[:, None]
-        if x.max() > 1.5:
-            x = x / 255.0
-        return x.astype(np.float32), np.asarray(split[cfg.label_key], dtype=np.int64)
-
-    x, y = to_arrays(train)
-    xt, yt = to_arrays(test)
-    return ArrayDataset(x=x, y=y, x_test=xt, y_test=yt, num_classes=int(max(y.max(), yt.max())) + 1)
-
-
 def load_dataset(cfg: Any) -> ArrayDataset:
     """Load the dataset a ``data.dataset`` section names."""
     return DATASETS.get(cfg.name)(cfg)
 
 
 # Loaders defined in their own modules register themselves on import.
-from fedsim.data import cifar, leaf  # noqa: E402, F401
+from fedsim.data import cifar, hub, leaf  # noqa: E402, F401
