@@ -96,10 +96,14 @@ def preflight(scenario: Scenario) -> None:
         raise ScenarioError([Problem("engine.name", f"unknown engine: {exc}")]) from None
     if scenario.output.checkpoint_every is not None:
         _check_resumable(scenario)
-    if scenario.system.trace is not None and scenario.engine.name != "inprocess":
-        raise ScenarioError(
-            [Problem("system.trace", "needs engine 'inprocess' (the others have no virtual clock)")]
-        )
+    if scenario.system.trace is not None:
+        if scenario.engine.name != "inprocess":
+            raise ScenarioError(
+                [Problem("system.trace", "needs engine 'inprocess' (the others have no clock)")]
+            )
+        from fedsim.engine.device_trace import load_trace
+
+        load_trace(scenario.system.trace.path)  # a malformed trace fails before any training
     data = federated_data(scenario.data, scenario.seed)
     if scenario.output.per_client_eval and data.test_parts is None:
         raise ScenarioError(
