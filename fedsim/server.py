@@ -45,6 +45,7 @@ from fedsim.outputs.per_client import (
     PER_CLIENT_FILE,
     append_rows,
     client_scores,
+    keep_rounds,
     summarize_clients,
 )
 from fedsim.rounds import LoopState, run_rounds, uses_flower_loop
@@ -280,6 +281,8 @@ def main(grid: Grid, context: Context) -> None:
         )
     else:
         checkpoint = _resume(run_dir, strategy, grid) if resume else None
+        if checkpoint is not None:
+            keep_rounds(run_dir / PER_CLIENT_FILE, checkpoint.server_round)
         log = MetricsLog(run_dir, checkpoint.metrics_bytes if checkpoint else 0)
         recorder = RoundRecorder(scenario, data, grid, log)
         if checkpoint is None:

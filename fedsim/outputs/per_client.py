@@ -60,3 +60,14 @@ def append_rows(
             writer.writerow(_HEADER)
         for k, n, loss, acc in scores:
             writer.writerow([server_round, k, n, f"{loss:.6g}", f"{acc:.6g}"])
+
+
+def keep_rounds(path: Path, last_round: int) -> None:
+    """Drop the rows after ``last_round`` (a resumed run reruns those rounds)."""
+    if not path.exists():
+        return
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f)]
+    kept = [rows[0], *(r for r in rows[1:] if int(r[0]) <= last_round)] if rows else []
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(kept)
