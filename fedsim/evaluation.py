@@ -34,3 +34,25 @@ def evaluate_model(
         correct += int((logits.argmax(dim=1) == yb).sum())
     n = max(y.size, 1)
     return total_loss / n, correct / n
+
+
+@torch.no_grad()
+def per_example_scores(
+    model: nn.Module, x: NDArray[np.float32], y: NDArray[np.int64], batch_size: int = 512
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Return each example's cross-entropy and accuracy (means over a sequence's targets)."""
+    model.eval()
+    losses, correct = [], []
+    for start in range(0, len(y), batch_size):
+        xb = torch.from_numpy(x[start : start + batch_size])
+        yb = torch.from_numpy(y[start : start + batch_size])
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, reduction="none")
+        hit = (logits.argmax(dim=1) == yb).to(torch.float64)
+        losses.append(loss.reshape(len(yb), -1).mean(dim=1).double().numpy())
+        correct.append(hit.reshape(len(yb), -1).mean(dim=1).numpy())
+    empty = np.empty(0, dtype=np.float64)
+    return (
+        np.concatenate(losses) if losses else empty,
+        np.concatenate(correct) if correct else empty,
+    )

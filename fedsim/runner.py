@@ -34,6 +34,7 @@ from fedsim.errors import (
 from fedsim.models import build_model
 from fedsim.outputs.comparison import comparison_rows, write_comparison
 from fedsim.outputs.metrics_log import Record, read_metrics
+from fedsim.outputs.per_client import NO_CLIENT_TESTS
 from fedsim.outputs.plots import plot_comparison, plot_run
 from fedsim.outputs.summary import summarize
 from fedsim.scenario import Scenario
@@ -103,7 +104,19 @@ def preflight(scenario: Scenario) -> None:
         raise ScenarioError([Problem("engine.name", f"unknown engine: {exc}")]) from None
     if scenario.output.checkpoint_every is not None:
         _check_resumable(scenario)
+    if scenario.system.trace is not None:
+        if scenario.engine.name != "inprocess":
+            raise ScenarioError(
+                [Problem("system.trace", "needs engine 'inprocess' (the others have no clock)")]
+            )
+        from fedsim.engine.device_trace import load_trace
+
+        load_trace(scenario.system.trace.path)  # a malformed trace fails before any training
     data = federated_data(scenario.data, scenario.seed)
+    if scenario.output.per_client_eval and data.test_parts is None:
+        raise ScenarioError(
+            [Problem("output.per_client_eval", f"needs per-client test data {NO_CLIENT_TESTS}")]
+        )
     model = build_model(
         scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
     )

@@ -61,16 +61,58 @@ class NpzDataset(Section):
 
 
 class HubDataset(Section):
-    """A Hugging Face dataset loaded through flwr-datasets (needs the network once)."""
+    """A Hugging Face dataset: a local copy (``save_to_disk``, parquet, arrow) or a Hub name."""
 
     name: Literal["hf"] = "hf"
-    path: str = Field(description="Hub name, e.g. 'ylecun/mnist'")
-    image_key: str = "image"
+    path: str = Field(
+        description="local folder or file (save_to_disk, parquet, arrow), or a Hub name"
+    )
+    image_key: str = Field(default="image", description="the feature column (any array)")
     label_key: str = "label"
+    train_split: str = "train"
+    test_split: str | None = Field(
+        default="test", description="null: carve the test set by data.test_fraction"
+    )
+    client_id_key: str | None = Field(
+        default=None, description="a column of natural ids, for partitioner natural"
+    )
+
+
+class LeafDataset(Section):
+    """A LEAF benchmark dataset from its JSON files (``train/`` and ``test/`` folders).
+
+    Every example keeps its LEAF user as its client id (the ``natural`` partitioner).
+    """
+
+    name: Literal["leaf"] = "leaf"
+    path: str = Field(description="LEAF's data/<task>/data folder (holding train/, test/)")
+    task: Literal["femnist", "shakespeare", "sent140"]
+    vocab: str | None = Field(
+        default=None, description="sent140: vocabulary file, one token per line"
+    )
+    seq_len: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=25, description="sent140: tokens per example (truncated or padded)"
+    )
+
+
+class CifarDataset(Section):
+    """CIFAR-10 or CIFAR-100 from the standard Python batches in a local folder."""
+
+    name: Literal["cifar"] = "cifar"
+    path: str = Field(description="cifar-10-batches-py/ or cifar-100-python/ folder")
+    labels: Literal["fine", "coarse"] = Field(
+        default="fine", description="CIFAR-100: the 100 fine or the 20 coarse classes"
+    )
 
 
 DatasetConfig = Annotated[
-    DigitsDataset | Mnist1dDataset | TextDataset | NpzDataset | HubDataset,
+    DigitsDataset
+    | Mnist1dDataset
+    | TextDataset
+    | NpzDataset
+    | HubDataset
+    | LeafDataset
+    | CifarDataset,
     Field(discriminator="name"),
 ]
 
@@ -125,13 +167,24 @@ class OneClassPartitioner(Section):
     name: Literal["one-class"] = "one-class"
 
 
+class NaturalPartitioner(Section):
+    """One client per natural id (writer, speaker, user) of a per-example ``client_id``.
+
+    With ``data.num_clients`` omitted there is one client per id; a smaller number
+    takes a seeded sample of the ids.
+    """
+
+    name: Literal["natural"] = "natural"
+
+
 PartitionerConfig = Annotated[
     IidPartitioner
     | DirichletPartitioner
     | PathologicalPartitioner
     | ShardsPartitioner
     | ContiguousPartitioner
-    | OneClassPartitioner,
+    | OneClassPartitioner
+    | NaturalPartitioner,
     Field(discriminator="name"),
 ]
 
@@ -162,6 +215,7 @@ class DataConfig(Section):
     """Where the data comes from and how it is split over clients."""
 
     dataset: DatasetConfig = Field(default_factory=DigitsDataset)
+    # Omitted with the natural partitioner: one client per id (scenario loading counts).
     num_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     partitioner: PartitionerConfig = Field(default_factory=IidPartitioner)
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -348,6 +402,16 @@ class AttackersConfig(Section):
         return self
 
 
+class DeviceTraceConfig(Section):
+    """A device trace file: per-device compute speed, bandwidths and online intervals."""
+
+    path: str = Field(description="JSON trace file (docs/scenarios.md, system.trace)")
+    min_online: Annotated[int, Field(ge=1)] = Field(
+        default=2,
+        description="a round starts once this many clients are online (the server waits)",
+    )
+
+
 class SystemConfig(Section):
     """The simulated device population that drives the virtual clock."""
 
@@ -366,6 +430,8 @@ class SystemConfig(Section):
     slow_node_slowdown: Annotated[float, Field(ge=1)] = 4.0
     # Byzantine clients (a client mod on every engine); none by default.
     attackers: AttackersConfig | None = None
+    # Replaces speed, uplink_mbps and downlink_mbps, and adds availability over time.
+    trace: DeviceTraceConfig | None = None
 
     @field_validator("speed", "uplink_mbps", "downlink_mbps", mode="before")
     @classmethod
@@ -425,6 +491,8 @@ class OutputConfig(Section):
     evaluate_every: Annotated[int, Field(ge=1)] = 1
     plots: bool = True
     checkpoint_every: Annotated[int, Field(ge=1)] | None = None
+    # The global model on each client's own test split (natural partitions with test ids).
+    per_client_eval: bool = False
 
 
 # ----------------------------------------------------------------------- scenario

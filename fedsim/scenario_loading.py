@@ -396,7 +396,28 @@ def validate_mapping(raw: Mapping[str, Any], *, imports: bool = True) -> Scenari
         problems += check_combinations(scenario)
     if problems:
         raise ScenarioError(problems)
-    return scenario
+    return _with_natural_client_count(scenario)
+
+
+def _with_natural_client_count(scenario: Scenario) -> Scenario:
+    """Fill in ``data.num_clients`` (one client per id) for a natural partition without it."""
+    data = scenario.data
+    if data.partitioner.name != "natural" or "num_clients" in data.model_fields_set:
+        return scenario
+    from fedsim.data.federated import count_client_ids  # loads (and caches) the dataset
+
+    count = count_client_ids(data.dataset, data.test_fraction)
+    if count == 0:
+        raise ScenarioError(
+            [Problem("data.partitioner.name", "'natural' needs a per-example client id")]
+        )
+    # Validated again rather than copied, so the count meets the schema's bounds.
+    raw = scenario.model_dump(mode="json")
+    raw["data"]["num_clients"] = count
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ScenarioError(problems_from_validation(exc)) from None
 
 
 def load_scenario(

@@ -41,12 +41,20 @@ from fedsim.data.federated import FederatedData, federated_data
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import DivergedError, Problem, ScenarioError, UnknownNameError
-from fedsim.evaluation import evaluate_model
+from fedsim.evaluation import evaluate_model, per_example_scores
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import MetricsLog
+from fedsim.outputs.per_client import (
+    NO_CLIENT_TESTS,
+    PER_CLIENT_FILE,
+    append_rows,
+    client_scores,
+    keep_rounds,
+    summarize_clients,
+)
 from fedsim.rounds import LoopState, run_rounds, uses_flower_loop
 from fedsim.run_config import scenario_from_run_config
-from fedsim.scenario import Scenario, StrategyConfig
+from fedsim.scenario import DeviceTraceConfig, Scenario, StrategyConfig
 from fedsim.scenario_loading import accepted_params
 from fedsim.strategies import STRATEGIES
 from fedsim.strategies.compression import CompressedLinks
@@ -82,7 +90,11 @@ def build_strategy(scenario: Scenario) -> Strategy:
     codes either direction wraps the result in
     :class:`~fedsim.strategies.compression.CompressedLinks`.
     """
-    strategy = _build(scenario.strategy, scenario.data.num_clients, "strategy")
+    # With a device trace the population is never all online: a round waits for
+    # `min_online` of them instead of everyone.
+    trace = scenario.system.trace
+    population = scenario.data.num_clients if trace is None else trace.min_online
+    strategy = _build(scenario.strategy, population, "strategy", trace)
     if scenario.compression.active:
         try:
             strategy = CompressedLinks(
@@ -93,14 +105,16 @@ def build_strategy(scenario: Scenario) -> Strategy:
     return strategy
 
 
-def _build(config: StrategyConfig, num_clients: int, key: str) -> Strategy:
+def _build(
+    config: StrategyConfig, population: int, key: str, trace: DeviceTraceConfig | None
+) -> Strategy:
     try:
         cls = STRATEGIES.get(config.name)
     except UnknownNameError as exc:
         raise ScenarioError([exc.problem(f"{key}.name", "strategy")]) from None
     # Follows **kwargs into the Flower base class, so subclasses get the defaults too.
     accepted = accepted_params(cls) or []
-    params = {k: v for k, v in strategy_defaults(num_clients).items() if k in accepted}
+    params = {k: v for k, v in strategy_defaults(population).items() if k in accepted}
     params.update(config.params)
     if "strategy" in accepted and "strategy" not in params:
         params["strategy"] = {"name": "fedavg"}  # a wrapper's default, with fedsim's defaults
@@ -110,14 +124,37 @@ def _build(config: StrategyConfig, num_clients: int, key: str) -> Strategy:
             inner_config = StrategyConfig.model_validate(dict(inner))
         except ValidationError as exc:
             raise ScenarioError([Problem(f"{key}.params.strategy", str(exc))]) from None
-        params["strategy"] = _build(inner_config, num_clients, f"{key}.params.strategy")
+        params["strategy"] = _build(inner_config, population, f"{key}.params.strategy", trace)
     try:
         strategy = cls(**params)
     except (TypeError, ValueError) as exc:
         raise ScenarioError([Problem(f"{key}.params", str(exc))]) from None
     if not isinstance(strategy, Strategy):
         raise ScenarioError([Problem(f"{key}.name", f"{cls!r} is not a flwr Strategy")])
+    if trace is not None:
+        _check_min_online(strategy, trace.min_online)
     return strategy
+
+
+def _check_min_online(strategy: Strategy, min_online: int) -> None:
+    """Refuse minimum node counts above ``system.trace.min_online``.
+
+    Flower waits (in wall-clock time) for its minimum node counts; a trace's grid
+    guarantees ``min_online`` nodes, so a strategy that waits for more never starts.
+    """
+    waits = {
+        name: getattr(strategy, name)
+        for name in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")
+        if isinstance(getattr(strategy, name, None), int)
+    }
+    if not getattr(strategy, "fraction_evaluate", 1.0):
+        waits.pop("min_evaluate_nodes", None)  # no federated evaluation: never waited for
+    over = {k: v for k, v in waits.items() if v > min_online}
+    if over:
+        listed = ", ".join(f"strategy.params.{k}={v}" for k, v in over.items())
+        raise ScenarioError(
+            [Problem("system.trace.min_online", f"must be at least {listed} (got {min_online})")]
+        )
 
 
 class RoundRecorder:
@@ -160,6 +197,8 @@ class RoundRecorder:
             "eval_loss": loss,
             "eval_accuracy": acc,
         }
+        if evaluate and self.scenario.output.per_client_eval:
+            record.update(self._per_client(server_round))
         record.update(self.telemetry.pop().as_record())
         diagnostics = getattr(self.model, "diagnostics", None)
         if evaluate and callable(diagnostics):
@@ -169,6 +208,20 @@ class RoundRecorder:
         if loss is None or acc is None:
             return None
         return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
+
+    def _per_client(self, server_round: int) -> dict[str, Any]:
+        """Score the loaded model on every client's own test split; log the rows."""
+        parts = self.data.test_parts
+        if parts is None:
+            raise ScenarioError(
+                [Problem("output.per_client_eval", "needs per-client test data " + NO_CLIENT_TESTS)]
+            )
+        losses, correct = per_example_scores(
+            self.model, self.data.x_test, self.data.y_test, self.scenario.client.eval_batch_size
+        )
+        scores = client_scores(losses, correct, parts)
+        append_rows(self.log.path.parent / PER_CLIENT_FILE, server_round, scores)
+        return summarize_clients(scores)
 
 
 def check_finite(server_round: int, arrays: ArrayRecord) -> None:
@@ -304,6 +357,8 @@ def main(grid: Grid, context: Context) -> None:
         )
     else:
         checkpoint = _resume(run_dir, strategy, grid) if resume else None
+        if checkpoint is not None:
+            keep_rounds(run_dir / PER_CLIENT_FILE, checkpoint.server_round)
         log = MetricsLog(run_dir, checkpoint.metrics_bytes if checkpoint else 0)
         recorder = RoundRecorder(scenario, data, grid, log)
         if checkpoint is None:

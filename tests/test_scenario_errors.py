@@ -72,12 +72,14 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "unknown-model",
         _with("model.name", "resnet"),
-        "model.name: unknown model: 'resnet' is not one of: charlm, cnn, cnn1d, cosine, lstm, mlp",
+        "model.name: unknown model: 'resnet' is not one of: charlm, cnn, cnn1d, cosine, "
+        "femnist-cnn, lstm, mlp, resnet-gn",
     ),
     (
         "unknown-dataset",
-        _with("data.dataset", "cifar"),
-        "data.dataset: unknown dataset: 'cifar' is not one of: digits, hf, mnist1d, npz",
+        _with("data.dataset", "cifar11"),
+        "data.dataset: unknown dataset: 'cifar11' is not one of: cifar, digits, hf, leaf, "
+        "mnist1d, npz",
     ),
     (
         "unknown-partitioner",

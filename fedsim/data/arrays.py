@@ -22,6 +22,9 @@ class ArrayDataset:
         The dataset's own test split, where it has one.
     num_classes : int
         Number of label values (labels are ``0..num_classes-1``).
+    client_id, client_id_test : ndarray or None
+        The natural id (writer, speaker, user; integers or strings) of each training
+        and test example, where the data has one: the ``natural`` partitioner groups by it.
     """
 
     x: NDArray[Any]
@@ -29,6 +32,8 @@ class ArrayDataset:
     num_classes: int
     x_test: NDArray[Any] | None = None
     y_test: NDArray[np.int64] | None = None
+    client_id: NDArray[Any] | None = None
+    client_id_test: NDArray[Any] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

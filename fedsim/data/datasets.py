@@ -1,7 +1,8 @@
 """Dataset loaders, by registry name.
 
-``digits`` and ``mnist1d`` need no network. ``npz`` reads a local file. ``hf`` goes
-through flwr-datasets and fails with a clear error when the machine is offline.
+``digits`` and ``mnist1d`` need no network. ``npz`` reads a local file. The loaders of
+other formats live in their own modules (``hf`` in :mod:`fedsim.data.hub`, ``leaf``,
+``cifar``) and register here on import.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.arrays import ArrayDataset
+from fedsim.data.client_ids import npz_client_ids
 from fedsim.data.npz_file import read_npz
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
-from fedsim.scenario import DigitsDataset, HubDataset, Mnist1dDataset, NpzDataset, TextDataset
+from fedsim.scenario import DigitsDataset, Mnist1dDataset, NpzDataset, TextDataset
 
 Loader = Callable[[Any], ArrayDataset]
 DATASETS: Registry[Loader] = Registry("datasets")
@@ -101,52 +103,33 @@ def load_text(cfg: TextDataset) -> ArrayDataset:
     )
 
 
-@DATASETS.register("npz", help="local .npz with arrays x, y (and optionally x_test, y_test)")
+@DATASETS.register(
+    "npz", help="local .npz: x, y (optionally x_test, y_test, client_id, client_id_test)"
+)
 def load_npz(cfg: NpzDataset) -> ArrayDataset:
     """Load a local ``.npz`` file (checked by :func:`fedsim.data.npz_file.read_npz`)."""
-    arrays = read_npz(Path(cfg.path).expanduser(), "data.dataset.path", ("x_test", "y_test"))
+    path = Path(cfg.path).expanduser()
+    arrays = read_npz(path, "data.dataset.path", ("x_test", "y_test"))
     y, y_test = arrays["y"], arrays.get("y_test")
     num_classes = int(max(y.max(), -1 if y_test is None else y_test.max())) + 1
     x_test = arrays.get("x_test")
+    with np.load(path, allow_pickle=False) as f:  # lazy: reads only the id arrays
+        ids = npz_client_ids(f, path, len(y), None if y_test is None else len(y_test))
     return ArrayDataset(
-        x=arrays["x"].astype(np.float32),
+        # copy=False: a float32 file's arrays are not copied a second time.
+        x=arrays["x"].astype(np.float32, copy=False),
         y=y,
-        x_test=None if x_test is None else x_test.astype(np.float32),
+        x_test=None if x_test is None else x_test.astype(np.float32, copy=False),
         y_test=y_test,
         num_classes=num_classes,
+        **ids,
     )
-
-
-@DATASETS.register("hf", help="Hugging Face Hub dataset via flwr-datasets (needs network)")
-def load_hub(cfg: HubDataset) -> ArrayDataset:
-    """Download a Hub dataset through flwr-datasets and convert it to arrays."""
-    try:
-        from flwr_datasets import FederatedDataset
-        from flwr_datasets.partitioner import IidPartitioner
-
-        fds = FederatedDataset(dataset=cfg.path, partitioners={"train": IidPartitioner(1)})
-        train = fds.load_split("train")
-        test = fds.load_split("test")
-    except Exception as exc:  # the hub raises many types; all mean "not available"
-        raise DataUnavailableError(
-            f"data.dataset: cannot load '{cfg.path}' from the Hugging Face Hub "
-            f"(offline?): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
-            "save it as .npz and use 'npz:PATH' instead"
-        ) from None
-
-    def to_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
-        x = np.stack([np.asarray(v, dtype=np.float32) for v in split[cfg.image_key]])
-        if x.ndim == 3:  # (N, H, W) images get a channel axis
-            x = x[:, None]
-        if x.max() > 1.5:
-            x = x / 255.0
-        return x.astype(np.float32), np.asarray(split[cfg.label_key], dtype=np.int64)
-
-    x, y = to_arrays(train)
-    xt, yt = to_arrays(test)
-    return ArrayDataset(x=x, y=y, x_test=xt, y_test=yt, num_classes=int(max(y.max(), yt.max())) + 1)
 
 
 def load_dataset(cfg: Any) -> ArrayDataset:
     """Load the dataset a ``data.dataset`` section names."""
     return DATASETS.get(cfg.name)(cfg)
+
+
+# Loaders defined in their own modules register themselves on import.
+from fedsim.data import cifar, hub, leaf  # noqa: E402, F401

@@ -11,7 +11,8 @@ from numpy.typing import NDArray
 
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import load_dataset
-from fedsim.data.partitioners import partition
+from fedsim.data.natural import chosen_ids, group_by_id
+from fedsim.data.partitioners import BY_CLIENT_ID, partition
 from fedsim.scenario import DataConfig, DatasetConfig
 
 # The held-out test split is drawn with a fixed seed so that every run seed and every
@@ -35,6 +36,9 @@ class FederatedData:
         The held-out central test set.
     num_classes : int
         Number of classes.
+    test_parts : list of ndarray or None
+        ``test_parts[k]`` holds the indices into ``x_test``/``y_test`` of client ``k``'s
+        own test examples (natural partitions of data with per-example test ids).
     """
 
     x: NDArray[np.float32]
@@ -43,6 +47,7 @@ class FederatedData:
     x_test: NDArray[np.float32]
     y_test: NDArray[np.int64]
     num_classes: int
+    test_parts: list[NDArray[np.int64]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,12 +72,15 @@ def _split_test(ds: ArrayDataset, test_fraction: float) -> ArrayDataset:
     order = np.random.default_rng(TEST_SPLIT_SEED).permutation(len(ds.y))
     n_test = max(1, round(test_fraction * len(ds.y)))
     test, train = order[:n_test], np.sort(order[n_test:])
+    ids = ds.client_id  # carved with the examples, so every client keeps a test share
     return ArrayDataset(
         x=ds.x[train],
         y=ds.y[train],
         x_test=ds.x[test],
         y_test=ds.y[test],
         num_classes=ds.num_classes,
+        client_id=None if ids is None else ids[train],
+        client_id_test=None if ids is None else ids[test],
     )
 
 
@@ -85,8 +93,12 @@ def _dataset(dataset: DatasetConfig, test_fraction: float) -> ArrayDataset:
 @lru_cache(maxsize=8)
 def _federated(cfg: DataConfig, seed: int) -> FederatedData:
     ds = _dataset(cfg.dataset, cfg.test_fraction)
-    parts = partition(cfg.partitioner, ds.y, cfg.num_clients, seed)
+    parts = partition(cfg.partitioner, ds.y, cfg.num_clients, seed, ds.client_id)
     assert ds.x_test is not None and ds.y_test is not None  # _split_test guarantees both
+    test_parts = None
+    ids, ids_test = ds.client_id, ds.client_id_test
+    if cfg.partitioner.name in BY_CLIENT_ID and ids is not None and ids_test is not None:
+        test_parts = group_by_id(ids_test, chosen_ids(ids, cfg.num_clients, seed))
     return FederatedData(
         x=ds.x,
         y=ds.y,
@@ -94,7 +106,19 @@ def _federated(cfg: DataConfig, seed: int) -> FederatedData:
         x_test=ds.x_test,
         y_test=ds.y_test,
         num_classes=ds.num_classes,
+        test_parts=test_parts,
     )
+
+
+def count_client_ids(dataset: DatasetConfig, test_fraction: float) -> int:
+    """Number of distinct natural ids among a dataset's training examples (0 if none).
+
+    Scenario loading uses it for ``data.num_clients`` when a natural partition leaves
+    it unset; the loaded dataset stays cached for the run.
+    """
+    with _lock:
+        ids = _dataset(dataset, test_fraction).client_id
+    return 0 if ids is None else len(np.unique(ids))
 
 
 def federated_data(cfg: DataConfig, seed: int) -> FederatedData:

@@ -26,7 +26,9 @@ from fedsim.scenario import (
 
 Indices = list[NDArray[np.int64]]
 # Partitioners that never look at the labels (so sequence targets are fine).
-LABEL_FREE = frozenset({"iid", "contiguous"})
+LABEL_FREE = frozenset({"iid", "contiguous", "natural"})
+# Partitioners that group by a per-example client id instead of reading the labels.
+BY_CLIENT_ID = frozenset({"natural"})
 PartitionFn = Callable[[Any, NDArray[np.int64], int, int], Indices]
 PARTITIONERS: Registry[PartitionFn] = Registry("partitioners")
 
@@ -140,8 +142,30 @@ def one_class(
     return parts
 
 
-def partition(cfg: Any, labels: NDArray[np.int64], num_clients: int, seed: int) -> Indices:
-    """Split sample indices over clients as the ``data.partitioner`` section says."""
+def partition(
+    cfg: Any,
+    labels: NDArray[np.int64],
+    num_clients: int,
+    seed: int,
+    client_ids: NDArray[Any] | None = None,
+) -> Indices:
+    """Split sample indices over clients as the ``data.partitioner`` section says.
+
+    ``client_ids`` (one natural id per example, where the dataset has them) is what
+    the partitioners in :data:`BY_CLIENT_ID` group by.
+    """
+    if cfg.name in BY_CLIENT_ID:
+        if client_ids is None:
+            raise ScenarioError(
+                [
+                    Problem(
+                        "data.partitioner.name",
+                        f"'{cfg.name}' needs a per-example client id, which this dataset "
+                        "lacks (an npz array 'client_id', or the leaf loader)",
+                    )
+                ]
+            )
+        labels = client_ids
     if labels.ndim > 1 and cfg.name not in LABEL_FREE:
         raise ScenarioError(
             [
@@ -191,3 +215,7 @@ def coverage_problem(
         f"classes {missing} of the data reach no client ('{cfg.name}', seed {seed}): "
         "the test examples of those classes cannot be learnt",
     )
+
+
+# Partitioners defined in their own modules register themselves on import.
+from fedsim.data import natural  # noqa: E402, F401

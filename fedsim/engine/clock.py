@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -20,6 +21,31 @@ class Fate(Enum):
     STRAGGLE = "straggle"  # runs `straggle_slowdown` times slower this time
     DROPOUT = "dropout"  # never replies (device went offline)
     FAILURE = "failure"  # the ClientApp raises (injected fault)
+
+
+@dataclass(frozen=True)
+class ClockEvent:
+    """One entry of the clock's log (kept for runs with a device trace).
+
+    Attributes
+    ----------
+    time_s : float
+        Virtual time of the event.
+    node : int
+        The node (``-1`` for the server's own events).
+    kind : str
+        ``sent`` (a message reached an online node), ``offline`` (its node was offline
+        when it was sent: never delivered), ``reply`` (the reply arrives), ``dropout``
+        (the node went offline before its reply was sent), ``wait`` (the server waited
+        until ``system.trace.min_online`` nodes were online).
+    dispatch : int
+        The dispatch (one batch of messages) the event belongs to.
+    """
+
+    time_s: float
+    node: int
+    kind: str
+    dispatch: int
 
 
 class VirtualClock:
@@ -42,6 +68,13 @@ class VirtualClock:
         self.cfg = cfg
         self.seed = seed
         self.now = 0.0
+        # Only trace-driven runs keep a log: there availability makes timing worth reading.
+        self.events: list[ClockEvent] | None = [] if cfg.trace is not None else None
+
+    def record(self, time_s: float, node: int, kind: str, dispatch: int) -> None:
+        """Append an event to the log (a no-op when the clock keeps none)."""
+        if self.events is not None:
+            self.events.append(ClockEvent(time_s, node, kind, dispatch))
 
     def draw(self, dispatch: int, node_id: int) -> Fate:
         """Draw the fate of the message sent in ``dispatch`` to ``node_id``."""

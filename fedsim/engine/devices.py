@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.engine.availability import Availability
+from fedsim.engine.device_trace import load_trace, match_devices
 from fedsim.errors import Problem, ScenarioError
 from fedsim.registry import Registry
 from fedsim.scenario import ConstantDist, LognormalDist, SystemConfig, TraceDist, UniformDist
@@ -68,15 +70,20 @@ class DeviceProfile:
         Compute speed relative to the reference device (2.0 = twice as fast).
     uplink_mbps, downlink_mbps : float
         Link bandwidths in megabits per second.
+    availability : Availability or None
+        When the device is online (from a device trace); ``None``: always.
     """
 
     speed: float
     uplink_mbps: float
     downlink_mbps: float
+    availability: Availability | None = None
 
 
 def sample_population(cfg: SystemConfig, num_nodes: int, seed: int) -> list[DeviceProfile]:
     """Draw every node's device profile from the ``system`` section (seeded)."""
+    if cfg.trace is not None:
+        return _traced_population(cfg, num_nodes, seed)
     rng = np.random.default_rng([seed, 0xDE71CE])
     columns = {
         key: DISTRIBUTIONS.get(dist.distribution)(dist, num_nodes, rng, f"system.{key}")
@@ -95,3 +102,25 @@ def sample_population(cfg: SystemConfig, num_nodes: int, seed: int) -> list[Devi
             columns["speed"], columns["uplink_mbps"], columns["downlink_mbps"], strict=True
         )
     ]
+
+
+def _traced_population(cfg: SystemConfig, num_nodes: int, seed: int) -> list[DeviceProfile]:
+    """Every node's device from ``system.trace``, matched to nodes by a seeded draw.
+
+    A trace's per-sample time becomes a speed relative to ``seconds_per_sample``, so the
+    clock's ``samples * seconds_per_sample / speed`` is the trace's time.
+    """
+    assert cfg.trace is not None
+    trace = load_trace(cfg.trace.path)
+    profiles = []
+    for k in match_devices(len(trace), num_nodes, seed):
+        device = trace[k]
+        profiles.append(
+            DeviceProfile(
+                speed=cfg.seconds_per_sample * 1000.0 / device.ms_per_sample,
+                uplink_mbps=device.uplink_kbps / 1000.0,
+                downlink_mbps=device.downlink_kbps / 1000.0,
+                availability=device.availability,
+            )
+        )
+    return profiles

@@ -31,12 +31,14 @@ from flwr.serverapp import Grid
 
 from fedsim import wire
 from fedsim.array_codec import decoding_arrays
+from fedsim.engine.availability import wait_for_online
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.flower_compat import assign_message_id, empty_run
 from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
+from fedsim.errors import FedsimError
 
 ClientCallable = Callable[[Message, Context], Message]
 
@@ -46,6 +48,10 @@ NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: clear of the SuperLink's id 1
 
 class InjectedFault(RuntimeError):
     """Raised in place of a client when the scenario's ``system.failure_prob`` fires."""
+
+
+class DeviceTraceExhausted(FedsimError):
+    """A device trace never again has as many devices online as a round needs."""
 
 
 def copy_content(content: RecordDict) -> RecordDict:
@@ -104,6 +110,10 @@ class InProcessGrid(Grid):
         Wall-clock seconds a client call may take before it is abandoned and counted
         as a failure (see :mod:`fedsim.engine.watchdog` for what abandoning means).
 
+    min_online : int
+        With a device trace: :meth:`get_node_ids` first moves simulated time on until
+        this many nodes are online (the server waiting for devices to check in).
+
     Replies are checked against :attr:`reply_rules` (set by :meth:`check_replies`)
     before anything else sees them; see :mod:`fedsim.engine.reply_check`.
     """
@@ -117,6 +127,7 @@ class InProcessGrid(Grid):
         deadline_s: float | None = None,
         run_id: int = 1,
         client_timeout_s: float | None = None,
+        min_online: int = 1,
     ) -> None:
         self.client_app = client_app
         # A NodeContexts stays lazy; any other mapping is copied as before.
@@ -132,6 +143,9 @@ class InProcessGrid(Grid):
         self.reply_rules: ReplyRules | None = None
         self._sent: dict[str, Message] = {}  # this dispatch's messages by id
         self.watchdog = None if client_timeout_s is None else Watchdog(client_timeout_s)
+        self.min_online = min_online
+        self._availability = {n: d.availability for n, d in self.devices.items()}
+        self._traced = any(a is not None for a in self._availability.values())
 
     def check_replies(self, model: ArrayRecord, partition_examples: Sequence[int]) -> None:
         """Refuse replies that do not fit ``model`` or claim more examples than their node has.
@@ -169,8 +183,26 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> list[int]:
-        """Return every node id (all nodes are always connected)."""
-        return list(self.contexts)
+        """Return the connected nodes: all of them, or with a device trace those online.
+
+        With a trace, simulated time first moves on until ``min_online`` nodes are
+        online (the server waiting for devices to check in). Flower's strategies poll
+        in wall-clock time until ``min_available_nodes``/``min_train_nodes`` are
+        connected, so those must not exceed ``min_online`` (the server checks).
+        """
+        if not self._traced:
+            return list(self.contexts)
+        now = self.clock.now
+        t, online = wait_for_online(self._availability, now, self.min_online)
+        if math.isinf(t):
+            raise DeviceTraceExhausted(
+                f"system.trace: fewer than {self.min_online} devices are ever online after "
+                f"virtual time {now:.0f} s; give the trace a period_s or lower min_online"
+            )
+        if t > now:
+            self.clock.record(t, -1, "wait", self._dispatch)
+            self.clock.now = t
+        return online
 
     @property
     def virtual_time_s(self) -> float:
@@ -239,18 +271,23 @@ class InProcessGrid(Grid):
         scenario's ``system.deadline_s`` plays its part.
         """
         start = self.clock.now
+        results = self._dispatch_all(messages)
         arrived = sorted(
             (arrival, i, reply)
-            for i, (arrival, _, reply) in enumerate(self._dispatch_all(messages))
+            for i, (arrival, _, reply) in enumerate(results)
             if reply is not None
         )
-        if not arrived:
-            return []
         cutoff = float("inf") if self.deadline_s is None else start + self.deadline_s
+        # A device that goes offline mid-round is seen to drop out when it does; the
+        # round waits for that as it would for its reply (random dropouts carry no time).
+        lost = [a for a, _, reply in results if reply is None and start < a <= cutoff]
+        if not arrived:
+            self.clock.now = max([start, *lost])
+            return []
         on_time = [(a, r) for a, _, r in arrived if a <= cutoff]
         late = len(arrived) - len(on_time)
         self.telemetry.current.stragglers += late
-        self.clock.now = cutoff if late else max(a for a, _ in on_time)
+        self.clock.now = cutoff if late else max([*(a for a, _ in on_time), *lost])
         replies = [r for _, r in on_time]
         if self.reply_rules is not None:
             replies = agreeing(replies, self._sent)
@@ -272,6 +309,7 @@ class InProcessGrid(Grid):
             "dispatch": self._dispatch,
             "seq": self._seq,
             "telemetry": self.telemetry,
+            "events": None if self.clock.events is None else list(self.clock.events),
             # Only nodes that keep something: most of a large population never trains.
             "node_states": {n: c.state for n, c in self._built_contexts() if len(c.state)},
         }
@@ -281,6 +319,8 @@ class InProcessGrid(Grid):
         self.clock.now = state["now"]
         self._dispatch, self._seq = state["dispatch"], state["seq"]
         self.telemetry = state["telemetry"]
+        if state.get("events") is not None:
+            self.clock.events = list(state["events"])
         for node, node_state in state["node_states"].items():
             self.contexts[node].state = node_state
 
@@ -342,7 +382,13 @@ class InProcessGrid(Grid):
         if fate is Fate.DROPOUT:
             self.telemetry.current.dropouts += 1
             return 0.0, None
-        t = self.clock.now + (0.0 if local else self.clock.download_s(device, nbytes))
+        now = self.clock.now
+        if device.availability is not None and not device.availability.online_at(now):
+            self.clock.record(now, node, "offline", self._dispatch)
+            self.telemetry.current.dropouts += 1
+            return now, None
+        self.clock.record(now, node, "sent", self._dispatch)
+        t = now + (0.0 if local else self.clock.download_s(device, nbytes))
         delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
             content=copy_content(message.content), metadata=copy.copy(message.metadata)
         )
@@ -356,15 +402,36 @@ class InProcessGrid(Grid):
                 reply_to=message,
             )
         if reply.has_error():
-            return t + (0.0 if local else self.clock.upload_s(device, 0)), reply
+            up_s = 0.0 if local else self.clock.upload_s(device, 0)
+            return self._arrive(node, device, now, t + up_s, reply)
         for record in reply.content.values():
             if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
                 decoding_arrays(record)
         up = 0 if local else content_bytes(reply)
         metrics = reply_metrics(reply)
-        self.telemetry.record_upload(reply, up, metrics)
         t += self.clock.compute_s(device, _work(message.metadata.message_type, metrics), fate)
-        return t + (0.0 if local else self.clock.upload_s(device, up)), reply
+        up_s = 0.0 if local else self.clock.upload_s(device, up)
+        arrival, delivered_reply = self._arrive(node, device, now, t + up_s, reply)
+        if delivered_reply is not None:
+            self.telemetry.record_upload(reply, up, metrics)
+        return arrival, delivered_reply
+
+    def _arrive(
+        self, node: int, device: DeviceProfile, sent: float, arrival: float, reply: Message
+    ) -> tuple[float, Message | None]:
+        """The reply at its arrival time, or a dropout if the device goes offline first.
+
+        The client has run by then (its ``context.state`` keeps what it did, as a real
+        device that trained and lost its connection before uploading would).
+        """
+        if device.availability is not None:
+            offline = device.availability.offline_at(sent)
+            if offline < arrival:
+                self.clock.record(offline, node, "dropout", self._dispatch)
+                self.telemetry.current.dropouts += 1
+                return offline, None
+        self.clock.record(arrival, node, "reply", self._dispatch)
+        return arrival, reply
 
 
 def _is_local(message: Message) -> bool:

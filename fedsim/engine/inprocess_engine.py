@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 from flwr.app import Context, RecordDict, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from fedsim import wire
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.devices import sample_population
 from fedsim.engine.flower_compat import SERVER_NODE_ID, set_task_identity
 from fedsim.engine.inprocess import InProcessGrid, node_contexts
+from fedsim.outputs.availability import EVENTS_FILE, PLOT_FILE, plot_availability, write_events
 from fedsim.scenario import Scenario
 
 RUN_ID = 1
@@ -25,6 +28,7 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
         zip(contexts, sample_population(scenario.system, len(contexts), scenario.seed), strict=True)
     )
     clock = VirtualClock(scenario.system, scenario.seed)
+    trace = scenario.system.trace
     return InProcessGrid(
         client_app,
         contexts,
@@ -33,6 +37,7 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
         scenario.system.deadline_s,
         RUN_ID,
         client_timeout_s=scenario.engine.client_timeout_s,
+        min_online=1 if trace is None else trace.min_online,
     )
 
 
@@ -50,3 +55,14 @@ def run_inprocess(
         server_app(grid, context)
     finally:
         gc.unfreeze()
+    if grid.clock.events is not None:
+        _write_trace_outputs(grid, scenario, Path(str(run_config[wire.RUN_DIR])))
+
+
+def _write_trace_outputs(grid: InProcessGrid, scenario: Scenario, run_dir: Path) -> None:
+    """With a device trace: the clock's log and a plot of availability over time."""
+    events = grid.clock.events or []
+    write_events(events, run_dir / EVENTS_FILE)
+    if scenario.output.plots:
+        availability = [device.availability for device in grid.devices.values()]
+        plot_availability(availability, events, run_dir / "plots" / PLOT_FILE)

@@ -45,8 +45,13 @@ MODELS: Registry[ModelFactory] = Registry(
 )
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+def register_model(
+    name: str, *, inputs: str | None = None
+) -> Callable[[ModelFactory], ModelFactory]:
     """Register a model factory under ``name`` for use in scenarios.
+
+    ``inputs`` describes the input shapes the model takes; ``fedsim list models``
+    shows it after the factory's one-line summary.
 
     Examples
     --------
@@ -54,7 +59,13 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     ... def tiny(input_shape, num_classes, hidden=8):
     ...     ...
     """
-    return MODELS.register(name)
+
+    def decorator(factory: ModelFactory) -> ModelFactory:
+        summary = (factory.__doc__ or "").strip().split("\n")[0]
+        MODELS.add(name, factory, help=f"{summary} Input: {inputs}." if inputs else summary)
+        return factory
+
+    return decorator
 
 
 def build_model(
@@ -85,4 +96,4 @@ class IncompatibleDataError(ValueError):
 
 
 # Built-in models register themselves on import.
-from fedsim.models import charlm, cnn, cosine, lstm, mlp  # noqa: E402, F401
+from fedsim.models import charlm, cnn, cosine, femnist_cnn, lstm, mlp, resnet_gn  # noqa: E402, F401

@@ -66,7 +66,9 @@ class CharLM(nn.Module):
         return logits if self.time_major else logits.permute(1, 2, 0)
 
 
-@register_model("charlm")
+@register_model(
+    "charlm", inputs="(T,) token ids below the vocabulary size (80: text, leaf shakespeare)"
+)
 def charlm(
     input_shape: tuple[int, ...],
     num_classes: int,

@@ -12,7 +12,7 @@ from torch import nn
 from fedsim.models import IncompatibleDataError, register_model
 
 
-@register_model("cnn")
+@register_model("cnn", inputs="(C, H, W) images (3x3 kernels up to 16 pixels a side, else 5x5)")
 def cnn(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -52,7 +52,7 @@ class _AddChannel(nn.Module):
         return x.unsqueeze(1) if x.dim() == 2 else x
 
 
-@register_model("cnn1d")
+@register_model("cnn1d", inputs="(T,) or (C, T) sequences")
 def cnn1d(
     input_shape: tuple[int, ...],
     num_classes: int,

@@ -38,7 +38,7 @@ class LSTMClassifier(nn.Module):
         return self.head(out[:, -1])  # type: ignore[no-any-return]
 
 
-@register_model("lstm")
+@register_model("lstm", inputs="(T,), (T, F) sequences or (C, H, W) images (rows as steps)")
 def lstm(
     input_shape: tuple[int, ...],
     num_classes: int,

@@ -9,7 +9,7 @@ from torch import nn
 from fedsim.models import register_model
 
 
-@register_model("mlp")
+@register_model("mlp", inputs="any shape (flattened)")
 def mlp(
     input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int] = (64,)
 ) -> nn.Module:

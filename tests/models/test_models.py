@@ -14,6 +14,8 @@ SHAPES = {
     "cnn": [(1, 8, 8), (1, 28, 28)],
     "cnn1d": [(40,), (2, 40)],
     "lstm": [(40,), (1, 8, 8), (1, 28, 28)],
+    "femnist-cnn": [(1, 28, 28)],
+    "resnet-gn": [(3, 32, 32), (1, 8, 8)],
 }
 
 
@@ -74,3 +76,24 @@ def test_charlm_gathered_decoder_equals_dense() -> None:
     out, _ = model.lstm(model.emb(x), masks=masks)
     dense = model.dec(out).permute(0, 2, 1)
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_femnist_cnn_has_leafs_layer_sizes() -> None:
+    """LEAF: 5x5x1x32 + 32, 5x5x32x64 + 64, 3136x2048 + 2048, 2048x62 + 62 parameters."""
+    model = build_model("femnist-cnn", {}, (1, 28, 28), 62)
+    expected = (5 * 5 * 32 + 32) + (5 * 5 * 32 * 64 + 64) + (3136 * 2048 + 2048) + (2048 * 62 + 62)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_resnet_gn_has_no_batch_statistics_and_refuses_flat_input() -> None:
+    model = build_model("resnet-gn", {"blocks_per_stage": 3}, (3, 32, 32), 10)  # ResNet-20
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) == 19 + 2  # + projections
+    with pytest.raises(ScenarioError, match=r"model\.name: 'resnet-gn' needs image data"):
+        build_model("resnet-gn", {}, (40,), 10)
+
+
+def test_model_listing_states_input_shapes() -> None:
+    help_text = dict(MODELS.describe())
+    assert "Input: (1, 28, 28)" in help_text["femnist-cnn"]
+    assert "Input: (C, H, W)" in help_text["resnet-gn"]
