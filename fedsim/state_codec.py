@@ -61,10 +61,10 @@ class Encoder:
         self.arrays: Arrays = {}
         self._names: dict[type, str] = {cls: name for name, cls in _state_types()}
 
-    def array_ref(self, value: np.ndarray) -> str:
+    def array_ref(self, value: np.ndarray, where: str = "state") -> str:
         """Store ``value`` and return the name it is stored under."""
         if value.dtype.hasobject:
-            raise StateCodecError("object arrays cannot be checkpointed (they would need pickle)")
+            raise StateCodecError(f"{where}: an object array would need pickle")
         name = f"a{len(self.arrays)}"
         self.arrays[name] = value
         return name
@@ -212,7 +212,7 @@ CODECS: dict[str, Codec] = {
         Codec(
             "ndarray",
             lambda v: isinstance(v, np.ndarray),
-            lambda enc, v, where: enc.array_ref(np.asarray(v)),
+            lambda enc, v, where: enc.array_ref(np.asarray(v), where),
             _ndarray,
         ),
         Codec(  # a numpy scalar keeps its dtype as a 0-d array
