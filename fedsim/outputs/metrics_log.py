@@ -83,6 +83,7 @@ class MetricsLog:
             If the log lost records that ``recent`` does not hold.
         """
         log = cls(run_dir, keep_recent=True, _keep=True)
+        log.path.touch()  # a deleted log is one that lost every record
         kept, end = _complete_prefix(log.path, keep_bytes, server_round)
         missing = [r for r in recent if kept <= r.get("round", -1) <= server_round]
         if [r["round"] for r in missing] != list(range(kept, server_round + 1)):
