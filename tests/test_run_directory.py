@@ -116,7 +116,7 @@ def test_of_two_runs_started_together_into_one_directory_one_runs_and_one_is_ref
     assert _strip_wall(records) == _strip_wall(reference.metrics)
 
 
-def test_a_held_lock_names_its_holder_and_a_dead_holder_s_lock_is_taken_over(
+def test_a_held_lock_names_its_holder_and_the_lock_of_a_dead_holder_is_taken_over(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
