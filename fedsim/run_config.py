@@ -9,7 +9,6 @@ on Flower's Ray engine and under ``flower-supernode``.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,31 +21,39 @@ from fedsim.errors import Problem, ScenarioError
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import load_scenario
 
-_cache: dict[tuple[str, float, bool], Scenario] = {}
+# By (the SHA-256 of the scenario's text, whether its import paths were imported).
+_cache: dict[tuple[str, bool], Scenario] = {}
 _lock = threading.Lock()
 # run-config object id -> (that object, its scenario); see scenario_of_run_config.
 _by_object: dict[int, tuple[Mapping[str, Any], Scenario]] = {}
 _BY_OBJECT_MAX = 100_000
 
 
+def scenario_digest(text: str | bytes) -> str:
+    """The SHA-256 that pins a resolved scenario's text (``run_config["scenario-sha256"]``)."""
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
 def scenario_from_run_config(run_config: Mapping[str, Any], *, imports: bool = True) -> Scenario:
-    """Load (once per process and file version or text) the scenario of a run config.
+    """Load (once per process and content) the scenario of a run config.
 
     ``imports=False`` validates it without importing any ``pkg.module:attr`` name.
+
+    A scenario given by path is pinned by ``run_config["scenario-sha256"]``: the file
+    is read once, and only if its content has that digest (a file rewritten while the
+    run goes on, by hand or by another run, is an error, never silently used). Without
+    a digest the file is read on every call and cached by its content.
     """
     text = str(run_config.get(wire.RUN_SCENARIO_YAML) or "")
     if text:
-        key = ("yaml:" + hashlib.sha256(text.encode()).hexdigest(), 0.0, imports)
         source = f"run config '{wire.RUN_SCENARIO_YAML}'"
+        key = scenario_digest(text)
+        pinned = None
     elif run_config.get(wire.RUN_SCENARIO):
-        # Keyed by the path as given (resolving it costs more than a small client's
-        # whole job); the modification time reloads a file rewritten in place.
         path = Path(str(run_config[wire.RUN_SCENARIO]))
-        try:
-            key = (str(path), os.stat(path).st_mtime, imports)
-        except OSError:
-            key = (str(path), 0.0, imports)
         source = str(path)
+        pinned = str(run_config.get(wire.RUN_SCENARIO_SHA256) or "") or None
+        key = pinned or ""
     else:
         raise ScenarioError(
             [
@@ -57,16 +64,21 @@ def scenario_from_run_config(run_config: Mapping[str, Any], *, imports: bool = T
             ]
         )
     with _lock:
-        if key not in _cache:
-            scenario = (
-                _load_text(text, source, imports) if text else load_scenario(path, imports=imports)
+        scenario = _cache.get((key, imports)) if key else None
+        if scenario is not None:
+            return scenario  # the hot path: one dict lookup per client call
+        if not text:
+            text, key = _read_pinned(path, pinned)
+            scenario = _cache.get((key, imports))
+            if scenario is not None:
+                return scenario
+        scenario = _load_text(text, source, imports)
+        if not scenario.is_expanded:
+            raise ScenarioError(
+                [Problem("", "the apps need one concrete run (no 'variants'/'seeds')")], source
             )
-            if not scenario.is_expanded:
-                raise ScenarioError(
-                    [Problem("", "the apps need one concrete run (no 'variants'/'seeds')")], source
-                )
-            _cache[key] = scenario
-        return _cache[key]
+        _cache[key, imports] = scenario
+        return scenario
 
 
 def scenario_of_run_config(run_config: Mapping[str, Any]) -> Scenario:
@@ -86,6 +98,30 @@ def scenario_of_run_config(run_config: Mapping[str, Any]) -> Scenario:
             _by_object.clear()
         _by_object[id(run_config)] = (run_config, scenario)
     return scenario
+
+
+def _read_pinned(path: Path, pinned: str | None) -> tuple[str, str]:
+    """The file's text and digest, checked against ``pinned`` when there is one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ScenarioError([Problem("", f"cannot read the scenario: {exc}")], str(path)) from None
+    digest = scenario_digest(data)
+    if pinned is not None and digest != pinned:
+        raise ScenarioError(
+            [
+                Problem(
+                    "",
+                    f"changed since the run started (sha256 {digest[:12]}..., the run pinned "
+                    f"{pinned[:12]}...); a run directory belongs to one run",
+                )
+            ],
+            str(path),
+        )
+    try:
+        return data.decode("utf-8"), digest
+    except UnicodeDecodeError:
+        raise ScenarioError([Problem("", "not a UTF-8 text file")], str(path)) from None
 
 
 def _load_text(text: str, source: str, imports: bool) -> Scenario:

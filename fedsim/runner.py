@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ from fedsim.outputs.metrics_log import Record, read_metrics
 from fedsim.outputs.per_client import NO_CLIENT_TESTS
 from fedsim.outputs.plots import plot_comparison, plot_run
 from fedsim.outputs.summary import summarize
+from fedsim.resume_rules import check_resume
+from fedsim.run_config import scenario_digest
+from fedsim.run_lock import RunLock
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import expand, load_scenario, run_label, to_yaml
 
@@ -86,14 +89,18 @@ def default_out_dir(scenario: Scenario) -> Path:
     return candidate
 
 
-def _prepare_dir(path: Path) -> Path:
+def _check_unused(path: Path) -> None:
+    """Refuse a directory that already holds a run (called with its lock held)."""
     if (path / "metrics.jsonl").exists() or (path / "summary.json").exists():
         raise RunDirectoryError(f"{path} already holds a run; choose another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirectoryError(f"cannot create run directory {path}: {exc}") from None
-    return path
+
+
+def _write_resolved(run_dir: Path, scenario: Scenario) -> None:
+    """Write ``scenario.resolved.yaml`` whole or not at all (temporary file, rename)."""
+    path = run_dir / RESOLVED
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_yaml(scenario), encoding="utf-8")
+    tmp.replace(path)
 
 
 def preflight(scenario: Scenario) -> None:
@@ -199,33 +206,63 @@ def run(
         raise ValueError("this scenario declares variants/seeds: use fedsim.run_experiment")
     preflight(scenario)
     _warn_uncovered(scenario)
-    run_dir = _prepare_dir(Path(out_dir) if out_dir is not None else default_out_dir(scenario))
-    (run_dir / RESOLVED).write_text(to_yaml(scenario), encoding="utf-8")
-    return _execute(scenario, run_dir, resume=False, engine=engine)
+    run_dir = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
+    # The lock comes first: checking that the directory is unused and claiming it must
+    # be one step, or two runs started together both pass the check.
+    with RunLock(run_dir):
+        _check_unused(run_dir)
+        _write_resolved(run_dir, scenario)
+        return _execute(scenario, run_dir, resume=False, engine=engine)
 
 
-def resume(run_dir: str | Path) -> RunResult:
+def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunResult:
     """Continue a run from the last checkpoint in its run directory.
 
     The run must have been started with ``output.checkpoint_every``; the metrics of
     the rounds after the checkpoint are cut and rerun, so the finished run directory
     equals that of an uninterrupted run (apart from wall-clock times).
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory.
+    overrides : sequence of str
+        ``dotted.key=value`` changes to its scenario; only those
+        :data:`fedsim.resume_rules.MAY_CHANGE` allows (``rounds=40``: run on).
+
+    Raises
+    ------
+    ScenarioError
+        If the scenario (as resolved in the run directory, with ``overrides``) differs
+        from the checkpoint's in any other key, or has fewer rounds than it has run.
     """
     run_dir = Path(run_dir)
     if not (run_dir / RESOLVED).is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no {RESOLVED})")
-    scenario = load_scenario(run_dir / RESOLVED)
-    load_checkpoint(run_dir)  # fail before any work when there is nothing to resume
-    preflight(scenario)
-    return _execute(scenario, run_dir, resume=True)
+    with RunLock(run_dir):
+        checkpoint = load_checkpoint(run_dir)  # fail before any work: nothing to resume
+        scenario = load_scenario(run_dir / RESOLVED, overrides)
+        try:
+            check_resume(
+                checkpoint.scenario, scenario.model_dump(mode="json"), checkpoint.server_round
+            )
+        except ScenarioError as exc:
+            raise exc.with_source(str(run_dir / RESOLVED)) from None
+        preflight(scenario)
+        if overrides:
+            _write_resolved(run_dir, scenario)
+        return _execute(scenario, run_dir, resume=True)
 
 
 def _execute(
     scenario: Scenario, run_dir: Path, *, resume: bool, engine: Engine | None = None
 ) -> RunResult:
     """Run the engine on a prepared run directory, then write summary and plots."""
+    resolved = run_dir / RESOLVED
     run_config: UserConfig = {
-        wire.RUN_SCENARIO: str((run_dir / RESOLVED).resolve()),
+        wire.RUN_SCENARIO: str(resolved.resolve()),
+        # The apps read the scenario with this digest only (never a file rewritten since).
+        wire.RUN_SCENARIO_SHA256: scenario_digest(resolved.read_bytes()),
         wire.RUN_DIR: str(run_dir.resolve()),
         wire.RUN_RESUME: resume,
     }

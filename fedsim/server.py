@@ -52,6 +52,7 @@ from fedsim.outputs.per_client import (
     keep_rounds,
     summarize_clients,
 )
+from fedsim.resume_rules import check_resume
 from fedsim.rounds import LoopState, run_rounds, uses_flower_loop
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import DeviceTraceConfig, Scenario, StrategyConfig
@@ -244,24 +245,21 @@ class Checkpointer:
     """``after_round`` hook: a checkpoint every ``output.checkpoint_every`` rounds."""
 
     def __init__(
-        self, run_dir: Path, every: int, strategy: Strategy, grid: Grid, log: MetricsLog
+        self, scenario: Scenario, run_dir: Path, strategy: Strategy, grid: Grid, log: MetricsLog
     ) -> None:
         if not isinstance(grid, ResumableGrid):
             raise ScenarioError(
                 [Problem("output.checkpoint_every", "this engine cannot checkpoint its nodes")]
             )
-        self.run_dir, self.every, self.strategy, self.grid, self.log = (
-            run_dir,
-            every,
-            strategy,
-            grid,
-            log,
-        )
+        self.every = scenario.output.checkpoint_every or 1
+        self.scenario = scenario.model_dump(mode="json")
+        self.run_dir, self.strategy, self.grid, self.log = run_dir, strategy, grid, log
 
     def __call__(self, server_round: int, state: LoopState) -> None:
         """Save the run's state if ``server_round`` is a multiple of ``every``."""
         if server_round % self.every:
             return
+        self.log.sync()  # the log the checkpoint counts on is on disk before it is
         save_checkpoint(
             self.run_dir,
             Checkpoint(
@@ -271,15 +269,20 @@ class Checkpointer:
                 engine_state=self.grid.engine_state(),
                 rng_state=capture_rng(),
                 metrics_bytes=self.log.size,
+                scenario=self.scenario,
+                recent_records=self.log.take_recent(),
             ),
         )
 
 
-def _resume(run_dir: Path, strategy: Strategy, grid: Grid) -> Checkpoint:
+def _resume(scenario: Scenario, run_dir: Path, strategy: Strategy, grid: Grid) -> Checkpoint:
     """Load the run's checkpoint and put strategy and engine back in its state."""
     checkpoint = load_checkpoint(run_dir)
     if not isinstance(grid, ResumableGrid):
         raise ScenarioError([Problem("engine.name", "this engine cannot resume a run")])
+    # `fedsim run --resume` checked this already; a resume requested through Flower's
+    # run config (a deployment) is held to the same rules here.
+    check_resume(checkpoint.scenario, scenario.model_dump(mode="json"), checkpoint.server_round)
     restore_strategy(strategy, checkpoint.strategy_state)
     grid.restore_engine_state(checkpoint.engine_state)
     return checkpoint
@@ -356,10 +359,17 @@ def main(grid: Grid, context: Context) -> None:
             grid=grid, initial_arrays=initial, num_rounds=scenario.rounds, evaluate_fn=recorder
         )
     else:
-        checkpoint = _resume(run_dir, strategy, grid) if resume else None
-        if checkpoint is not None:
+        checkpoint = _resume(scenario, run_dir, strategy, grid) if resume else None
+        if checkpoint is None:
+            log = MetricsLog(run_dir, keep_recent=every is not None)
+        else:
             keep_rounds(run_dir / PER_CLIENT_FILE, checkpoint.server_round)
-        log = MetricsLog(run_dir, checkpoint.metrics_bytes if checkpoint else 0)
+            log = MetricsLog.resumed(
+                run_dir,
+                checkpoint.metrics_bytes,
+                checkpoint.recent_records,
+                checkpoint.server_round,
+            )
         recorder = RoundRecorder(scenario, data, grid, log)
         if checkpoint is None:
             state = LoopState(initial)
@@ -377,7 +387,7 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=recorder,
             after_round=None
             if every is None
-            else Checkpointer(run_dir, every, strategy, grid, log),
+            else Checkpointer(scenario, run_dir, strategy, grid, log),
         )
     if recorder.final_arrays is not None:
         save_arrays(recorder.final_arrays, run_dir / "final_arrays.npz")

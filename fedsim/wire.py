@@ -15,6 +15,7 @@ METRICS: Final = "metrics"
 
 # Run config (pyproject [tool.flwr.app.config] or --run-config).
 RUN_SCENARIO: Final = "scenario"  # path of the resolved scenario YAML
+RUN_SCENARIO_SHA256: Final = "scenario-sha256"  # its content's digest: the apps read only that
 RUN_DIR: Final = "run-dir"  # where the ServerApp writes metrics
 RUN_RESUME: Final = "resume"  # true: continue from the run dir's checkpoint
 # Deployment: nodes share no file system with the server, so the YAML text travels.

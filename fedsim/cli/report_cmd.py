@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from fedsim.cli.errors import user_errors
+from fedsim.cli.errors import stderr, user_errors
 from fedsim.outputs.comparison import format_cell
 from fedsim.outputs.report import COLUMNS, write_report
 
@@ -37,6 +38,8 @@ def report(
     """Overlay runs (accuracy and loss), print a comparison table, write PNG and CSV."""
     with user_errors():
         result = write_report(run_dirs, out, x=x.value, target=target)
+    for warning in result.warnings:
+        stderr.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     table = Table(title="runs", show_header=True)
     # Run names are what the reader compares: never wrapped or cut; headers may wrap.
     width = max(len(str(row["run"])) for row in result.rows)

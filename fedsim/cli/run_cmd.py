@@ -33,7 +33,8 @@ def run(
         typer.Option(
             "--resume",
             help="Continue the run in this directory from its last checkpoint "
-            "(output.checkpoint_every); no SCENARIO then.",
+            "(output.checkpoint_every); no SCENARIO then. --set may change only what a "
+            "resumed run may (e.g. rounds=40 to run on).",
             metavar="RUN_DIR",
         ),
     ] = None,
@@ -49,10 +50,10 @@ def run(
         raise typer.Exit(USAGE_ERROR)
     with user_errors():
         if resume_dir is not None:
-            if set_ or out is not None:
-                raise RunDirectoryError("--resume continues a run as it was: no --set or --out")
+            if out is not None:
+                raise RunDirectoryError("--resume continues a run in its own directory: no --out")
             with RoundProgress(None, enabled=not quiet) as bar, listening(bar.on_record):
-                one = resume(resume_dir)
+                one = resume(resume_dir, set_ or [])
             result = ExperimentResult(one.run_dir, [one])
         else:
             assert scenario_file is not None  # checked above

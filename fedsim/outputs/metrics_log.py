@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from fedsim.errors import RunDirectoryError
 
 Record = dict[str, Any]
 Listener = Callable[[Record], None]
@@ -42,40 +45,147 @@ def _clean(value: Any) -> Any:
 class MetricsLog:
     """Appends round records to ``metrics.jsonl`` in a run directory.
 
+    ``MetricsLog(run_dir)`` starts an empty log; :meth:`resumed` continues the log of
+    a run restored from a checkpoint.
+
     Parameters
     ----------
     run_dir : Path
         The run directory.
-    keep_bytes : int
-        Length of an existing log to keep (a resumed run cuts the records written
-        after its checkpoint); 0 starts an empty log.
+    keep_recent : bool
+        Keep the records written since the last :meth:`take_recent` (a run that
+        checkpoints stores them in each checkpoint).
     """
 
-    def __init__(self, run_dir: Path, keep_bytes: int = 0) -> None:
+    def __init__(self, run_dir: Path, *, keep_recent: bool = False, _keep: bool = False) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.keep_recent = keep_recent
+        self.recent: list[Record] = []
         run_dir.mkdir(parents=True, exist_ok=True)
-        if keep_bytes:
-            with self.path.open("r+b") as f:
-                f.truncate(keep_bytes)
-        else:
+        if not _keep:
             self.path.write_text("", encoding="utf-8")
+
+    @classmethod
+    def resumed(
+        cls, run_dir: Path, keep_bytes: int, recent: list[Record], server_round: int
+    ) -> MetricsLog:
+        """Continue the log of a run resumed after round ``server_round``.
+
+        The log is cut back to its last complete record among the first ``keep_bytes``
+        (the length it had at the checkpoint; the records after it are rerun), never
+        padded. Records of rounds up to ``server_round`` that it lost (a log truncated
+        or cut by a crash) are put back from ``recent``, the checkpoint's copy of the
+        records written since the previous checkpoint.
+
+        Raises
+        ------
+        RunDirectoryError
+            If the log lost records that ``recent`` does not hold.
+        """
+        log = cls(run_dir, keep_recent=True, _keep=True)
+        log.path.touch()  # a deleted log is one that lost every record
+        kept, end = _complete_prefix(log.path, keep_bytes, server_round)
+        missing = [r for r in recent if kept <= r.get("round", -1) <= server_round]
+        if [r["round"] for r in missing] != list(range(kept, server_round + 1)):
+            raise RunDirectoryError(
+                f"{log.path} holds complete records of rounds 0..{kept - 1} only and the "
+                f"checkpoint (round {server_round}) cannot rebuild the rest; "
+                "start the run again"
+            )
+        with log.path.open("r+b") as f:
+            f.truncate(end)  # end <= the file's length: cuts, never extends
+        for record in missing:
+            log.append(record, notify=False)
+        log.recent = []
+        return log
 
     @property
     def size(self) -> int:
         """Bytes written so far (where a checkpoint taken now would resume)."""
         return self.path.stat().st_size
 
-    def append(self, record: Record) -> None:
+    def append(self, record: Record, *, notify: bool = True) -> None:
         """Write one record and notify listeners."""
         clean = {k: _clean(v) for k, v in record.items()}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
-        for listener in list(_listeners):
-            listener(clean)
+        if self.keep_recent:
+            self.recent.append(clean)
+        if notify:
+            for listener in list(_listeners):
+                listener(clean)
+
+    def sync(self) -> None:
+        """Flush the log to disk (before a checkpoint that counts on its length)."""
+        with self.path.open("rb") as f:
+            os.fsync(f.fileno())
+
+    def take_recent(self) -> list[Record]:
+        """Return the records written since the last call, and forget them."""
+        recent, self.recent = self.recent, []
+        return recent
 
 
-def read_metrics(run_dir: Path) -> list[Record]:
-    """Read every record of a run's ``metrics.jsonl``."""
+def _complete_prefix(path: Path, limit: int, last_round: int) -> tuple[int, int]:
+    """Count the log's leading complete records of rounds 0, 1, ... (at most ``last_round``).
+
+    Returns ``(count, end)``: how many there are and the byte offset just past the
+    last of them, looking at the first ``limit`` bytes only.
+    """
+    with path.open("rb") as f:
+        data = f.read(limit)
+    count = end = 0
+    while count <= last_round:
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            break
+        try:
+            record = json.loads(data[end:newline])
+        except ValueError:  # a torn, padded or garbled line: nothing after it is trusted
+            break
+        if not isinstance(record, dict) or record.get("round") != count:
+            break
+        count, end = count + 1, newline + 1
+    return count, end
+
+
+def read_metrics(run_dir: Path, warnings: list[str] | None = None) -> list[Record]:
+    """Read every record of a run's ``metrics.jsonl``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run directory.
+    warnings : list of str, optional
+        Given, a partial last line (a run killed while writing, a truncated copy) is
+        left out and a warning appended here; otherwise it is an error.
+
+    Raises
+    ------
+    RunDirectoryError
+        If a line is not a JSON record (or the last one is, without ``warnings``).
+    """
     path = run_dir / "metrics.jsonl"
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot read {path}: {exc}") from None
+    records: list[Record] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+            continue
+        if number == len(lines) and warnings is not None:  # no newline after it: torn
+            warnings.append(
+                f"{path}: its last line is a partial record ({len(line)} characters); "
+                f"read the {len(records)} complete records before it"
+            )
+            continue
+        raise RunDirectoryError(f"{path}: line {number} is not a JSON record")
+    return records

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,16 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class Report:
-    """What :func:`write_report` produced: the table rows and the files written."""
+    """What :func:`write_report` produced.
+
+    The table rows, the files written, and warnings about what it read (a log that
+    ends in a partial record).
+    """
 
     rows: list[dict[str, Any]]
     csv_path: Path
     plots: list[Path]
+    warnings: list[str] = field(default_factory=list)
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
@@ -58,10 +63,12 @@ def _labels(run_dirs: Sequence[Path]) -> list[str]:
     ]
 
 
-def _records(run_dir: Path) -> list[Record]:
+def _records(run_dir: Path, warnings: list[str]) -> list[Record]:
     if not (run_dir / "metrics.jsonl").is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no metrics.jsonl)")
-    return read_metrics(run_dir)
+    # A run still going, or killed while writing, may end in a partial line: report
+    # what is complete and say so.
+    return read_metrics(run_dir, warnings)
 
 
 def _target(run_dir: Path, records: list[Record], target: float | None) -> float | None:
@@ -94,7 +101,8 @@ def write_report(
     if x not in X_AXES:
         raise ValueError(f"x must be one of {sorted(X_AXES)}, got '{x}'")
     labels = _labels(run_dirs)
-    runs = {label: _records(path) for label, path in zip(labels, run_dirs, strict=True)}
+    warnings: list[str] = []
+    runs = {label: _records(path, warnings) for label, path in zip(labels, run_dirs, strict=True)}
     rows = []
     for (label, records), path in zip(runs.items(), run_dirs, strict=True):
         summary = summarize(
@@ -114,4 +122,4 @@ def write_report(
         prefix="report_",
         x_axes=(X_AXES[x],),
     )
-    return Report(rows, csv_path, plots)
+    return Report(rows, csv_path, plots, warnings)

@@ -67,3 +67,40 @@ def test_report_of_a_directory_that_is_no_run(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a run directory" in result.output
     result = CliRunner().invoke(app, ["report", str(tmp_path), "--x", "time"])
     assert result.exit_code == 2
+
+
+def _write_log(run_dir: Path, tail: str) -> Path:
+    """A three-round log (accuracy 0.1, 0.2, 0.3) followed by ``tail``."""
+    run_dir.mkdir(parents=True)
+    lines = [
+        json.dumps(
+            {
+                "round": r,
+                "virtual_time_s": float(r),
+                "eval_loss": 1.0,
+                "eval_accuracy": r / 10 + 0.1,
+            }
+        )
+        for r in range(3)
+    ]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n" + tail, encoding="utf-8")
+    return run_dir
+
+
+def test_report_reads_a_log_whose_last_line_is_partial_with_a_warning(tmp_path: Path) -> None:
+    """A run killed while writing (or a truncated copy): the complete records count."""
+    run_dir = _write_log(tmp_path / "cut", '{"round": 3, "virtual_ti')
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "partial record" in result.output
+    with (tmp_path / "out" / "report.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert row["rounds"] == "2" and float(row["final_eval_accuracy"]) == pytest.approx(0.3)
+
+
+def test_report_names_a_garbled_line_in_the_middle_of_a_log(tmp_path: Path) -> None:
+    run_dir = _write_log(tmp_path / "bad", "\x00\x00\x00\n" + json.dumps({"round": 4}) + "\n")
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "line 4 is not a JSON record" in result.output
+    assert "Traceback" not in result.output
