@@ -38,6 +38,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord
 
 from fedsim import wire
 from fedsim.array_codec import view
+from fedsim.rounding import decode_rounded, is_rounded
 
 # fedsim's own error code for a refused reply (flwr.common.constant.ErrorCode ends at 8).
 REPLY_REJECTED = 100
@@ -129,7 +130,8 @@ class ReplyRules:
         if shape is None:
             return f"unexpected array '{key}'"
         try:
-            value = view(array)
+            # A link-coded array (compression.uplink) is checked as what it decodes to.
+            value = decode_rounded(array)[0] if is_rounded(array) else view(array)
         except Exception as exc:  # whatever the bytes are, they are not an array
             return f"array '{key}' cannot be read ({type(exc).__name__})"
         if value.dtype.kind not in NUMERIC_KINDS:

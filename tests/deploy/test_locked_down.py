@@ -66,7 +66,7 @@ def test_tls_and_node_auth_keep_intruders_out_and_let_the_fleet_train(tmp_path: 
     scenario = write_yaml(tmp_path / "scenario.yaml", SCENARIO)
     imports = write_yaml(
         tmp_path / "imports.yaml",
-        {**SCENARIO, "strategy": {"name": "examples.server_lr_fedavg:ServerLrFedAvg"}},
+        {**SCENARIO, "strategy": {"name": "flwr.serverapp.strategy:FedAvg"}},
     )
     runs = tmp_path / "runs"
     fleet_port, control_port = free_port(), free_port()
@@ -112,7 +112,7 @@ def test_tls_and_node_auth_keep_intruders_out_and_let_the_fleet_train(tmp_path: 
         assert _finished(c, "unregistered") != 0, c.log("unregistered")
         assert "Failed to activate SuperNode" in c.log("unregistered")
         assert _finished(c, "imports-run", RUN_TIMEOUT_S) == 2, c.log("imports-run")
-        refusal = "strategy.name: 'examples.server_lr_fedavg:ServerLrFedAvg' is an import path"
+        refusal = "strategy.name: 'flwr.serverapp.strategy:FedAvg' is an import path"
         assert refusal in c.log("imports-run")
         assert not metrics_records(runs / "imports")
         assert _finished(c, "run", RUN_TIMEOUT_S) == 0, c.log("run") + c.log("superlink")[-3000:]

@@ -72,8 +72,8 @@ def test_charlm_gathered_decoder_equals_dense() -> None:
     model = build_model("charlm", {"hidden": 16, "dropout": 0.5}, (9,), 80).train()
     x = torch.randint(0, 80, (GATHER_MIN_BATCH, 9))
     gathered = model(x)
-    masks = model.lstm.last_masks
-    out, _ = model.lstm(model.emb(x), masks=masks)
+    masks, input_mask = model.lstm.last_masks, model.lstm.last_input_mask
+    out, _ = model.lstm(model.emb(x), masks=masks, input_mask=input_mask)
     dense = model.dec(out).permute(0, 2, 1)
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
 
