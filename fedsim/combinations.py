@@ -73,6 +73,14 @@ def dp_releases(scenario: Scenario) -> list[Problem]:
             )
     if float(scenario.strategy.params.get("fraction_evaluate", 0.0)) > 0:
         problems.append(Problem("client.dp", f"cannot be used with {DP_EVALUATE_REFUSAL}"))
+    if scenario.output.per_client_eval:
+        problems.append(
+            Problem(
+                "client.dp",
+                "cannot be used with output.per_client_eval: each client's loss and "
+                "accuracy on its own data are released outside DP-SGD",
+            )
+        )
     return problems
 
 

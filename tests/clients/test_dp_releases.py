@@ -100,6 +100,11 @@ def test_federated_evaluation_and_loss_weighted_strategies_are_refused(
     raw["strategy"]["params"]["fraction_evaluate"] = 0.5
     with pytest.raises(fedsim.ScenarioError, match=r"client\.dp.*federated evaluation"):
         fedsim.load_scenario(raw)
+    raw["strategy"]["params"]["fraction_evaluate"] = 0.0
+    raw["output"]["per_client_eval"] = True
+    with pytest.raises(fedsim.ScenarioError, match=r"client\.dp.*per_client_eval"):
+        fedsim.load_scenario(raw)
+    raw["output"]["per_client_eval"] = False
     raw["strategy"] = {"name": "qfedavg", "params": {}}
     with pytest.raises(fedsim.ScenarioError, match=r"client\.dp.*qfedavg.*training loss"):
         fedsim.load_scenario(raw)
