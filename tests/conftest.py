@@ -84,3 +84,20 @@ def run_with_client_app(scenario: Any, client_app: Any, run_dir: Path) -> Any:
     grid = build_grid(client_app, scenario, run_config)
     server_app(grid, Context(1, 1, {}, RecordDict(), run_config))
     return grid
+
+
+def strip_wall_clock(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metrics records without their wall-clock fields (those differ between equal runs)."""
+    from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS
+
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
+
+
+def same_final_arrays(a: Path, b: Path) -> bool:
+    """Whether two run directories' ``final_arrays.npz`` hold the same arrays exactly."""
+    import numpy as np
+
+    wa, wb = np.load(a / "final_arrays.npz"), np.load(b / "final_arrays.npz")
+    return sorted(wa.files) == sorted(wb.files) and all(
+        np.array_equal(wa[k], wb[k]) for k in wa.files
+    )

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -18,19 +17,8 @@ import fedsim
 from fedsim.checkpoint import checkpoint_path, load_checkpoint
 from fedsim.cli.main import app
 from fedsim.errors import RunDirectoryError, ScenarioError
-from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS, read_metrics
-from tests.conftest import write_yaml
-
-
-def _strip_wall(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
-
-
-def _same_arrays(a: Path, b: Path) -> bool:
-    wa, wb = np.load(a / "final_arrays.npz"), np.load(b / "final_arrays.npz")
-    return sorted(wa.files) == sorted(wb.files) and all(
-        np.array_equal(wa[k], wb[k]) for k in wa.files
-    )
+from fedsim.outputs.metrics_log import read_metrics
+from tests.conftest import same_final_arrays, strip_wall_clock, write_yaml
 
 
 @pytest.fixture
@@ -76,9 +64,9 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(
     assert load_checkpoint(tmp_path / "crashed").server_round == 2
 
     resumed = fedsim.resume(tmp_path / "crashed")
-    assert _strip_wall(resumed.metrics) == _strip_wall(whole.metrics)
+    assert strip_wall_clock(resumed.metrics) == strip_wall_clock(whole.metrics)
     assert [r["round"] for r in resumed.metrics] == [0, 1, 2, 3, 4, 5]
-    assert _same_arrays(resumed.run_dir, whole.run_dir)
+    assert same_final_arrays(resumed.run_dir, whole.run_dir)
 
 
 @pytest.mark.slow
@@ -112,8 +100,8 @@ def test_sigkilled_run_resumes_to_the_same_metrics(tiny: dict[str, Any], tmp_pat
     )
     resumed, whole = read_metrics(run_dir), read_metrics(tmp_path / "whole")
     assert len(whole) == tiny["rounds"] + 1
-    assert _strip_wall(resumed) == _strip_wall(whole)
-    assert _same_arrays(run_dir, tmp_path / "whole")
+    assert strip_wall_clock(resumed) == strip_wall_clock(whole)
+    assert same_final_arrays(run_dir, tmp_path / "whole")
 
 
 def test_checkpoints_need_a_resumable_engine(tiny: dict[str, Any], tmp_path: Path) -> None:

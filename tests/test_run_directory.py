@@ -24,22 +24,11 @@ from fedsim import wire
 from fedsim.checkpoint import checkpoint_path, load_checkpoint
 from fedsim.cli.main import app
 from fedsim.errors import RunDirectoryError, ScenarioError
-from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS, read_metrics
+from fedsim.outputs.metrics_log import read_metrics
 from fedsim.run_config import scenario_digest, scenario_from_run_config
-from tests.conftest import TINY, write_yaml
+from tests.conftest import TINY, same_final_arrays, strip_wall_clock, write_yaml
 
 FEDSIM = [sys.executable, "-c", "from fedsim.cli.main import main; main()"]
-
-
-def _strip_wall(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
-
-
-def _same_arrays(a: Path, b: Path) -> bool:
-    wa, wb = np.load(a / "final_arrays.npz"), np.load(b / "final_arrays.npz")
-    return sorted(wa.files) == sorted(wb.files) and all(
-        np.array_equal(wa[k], wb[k]) for k in wa.files
-    )
 
 
 def _stateful(rounds: int) -> dict[str, Any]:
@@ -113,7 +102,7 @@ def test_of_two_runs_started_together_into_one_directory_one_runs_and_one_is_ref
     records = read_metrics(out)
     assert [r["round"] for r in records] == list(range(11))  # one run's rounds, once each
     reference = fedsim.run(fedsim.load_scenario(scenarios[seed - 3]), tmp_path / "alone")
-    assert _strip_wall(records) == _strip_wall(reference.metrics)
+    assert strip_wall_clock(records) == strip_wall_clock(reference.metrics)
 
 
 def test_a_held_lock_names_its_holder_and_the_lock_of_a_dead_holder_is_taken_over(
@@ -216,8 +205,8 @@ def test_resume_with_more_rounds_ends_like_the_longer_uninterrupted_run(
 ) -> None:
     result = _resume(short, "rounds=6")
     assert result.exit_code == 0, result.output
-    assert _strip_wall(read_metrics(short)) == _strip_wall(read_metrics(runs["whole"]))
-    assert _same_arrays(short, runs["whole"])
+    assert strip_wall_clock(read_metrics(short)) == strip_wall_clock(read_metrics(runs["whole"]))
+    assert same_final_arrays(short, runs["whole"])
     assert yaml.safe_load((short / "scenario.resolved.yaml").read_text())["rounds"] == 6
     assert load_checkpoint(short).server_round == 6
 
@@ -236,8 +225,8 @@ def test_resume_after_a_truncated_log_cuts_it_back_and_ends_like_an_uninterrupte
     result = _resume(short, "rounds=6")
     assert result.exit_code == 0, result.output
     assert b"\x00" not in log.read_bytes()
-    assert _strip_wall(read_metrics(short)) == _strip_wall(read_metrics(runs["whole"]))
-    assert _same_arrays(short, runs["whole"])
+    assert strip_wall_clock(read_metrics(short)) == strip_wall_clock(read_metrics(runs["whole"]))
+    assert same_final_arrays(short, runs["whole"])
 
 
 def test_a_log_that_lost_more_than_the_checkpoint_holds_is_a_one_line_error(short: Path) -> None:
