@@ -58,8 +58,9 @@ class ApproxGradientCoding(FedAvg):
         Straggle probability in [0, 1) that the encoding weights assume.
     decoder : {"unbiased", "per-client", "ignore-stragglers"}
         ``unbiased``: ``(K/m) Σ e_k / |D|``; ``per-client``: the same with each reply
-        reweighted by ``(1−p)/π_k``, π_k the client's on-time rate so far (Laplace
-        smoothed; for deadline-driven stragglers); ``ignore-stragglers``: the mean
+        reweighted by ``(1−p)/π_k`` (``1/π_k`` with ``draw_stragglers``), π_k its
+        on-time rate (Laplace smoothed; for deadline-driven stragglers);
+        ``ignore-stragglers``: the mean
         gradient over the examples the responders stand for (the baseline).
     draw_stragglers : bool
         Drop each sampled client with probability ``p`` before sending (exact
@@ -132,13 +133,17 @@ class ApproxGradientCoding(FedAvg):
         return messages
 
     def _reply_weight(self, node: str) -> float:
-        """Per-client decoding: ``(1−p)/π_k`` with π_k from the rounds before this one."""
+        """Per-client decoding: the code's ``1−p`` replaced by the client's own rate.
+
+        π_k is the Laplace-smoothed share of the rounds before this one in which the
+        client, once sent a message, replied in time. Without the strategy's own draw
+        the code's ``1/(1−p)`` stood for that rate: the reply is reweighted by
+        ``(1−p)/π_k``. With the draw (which already accounts for ``1−p``) by ``1/π_k``.
+        """
         if self.decoder != "per-client":
             return 1.0
-        # Laplace-smoothed on-time rate; the Bernoulli draws above count as misses too.
-        asked = self.asked.get(node, 0) + (1 if not self.draw_stragglers else 0)
-        rate = (self.on_time.get(node, 0) + 1.0) / (asked + 2.0)
-        return (1.0 - self.p) / rate
+        rate = (self.on_time.get(node, 0) + 1.0) / (self.asked.get(node, 0) + 2.0)
+        return (1.0 if self.draw_stragglers else 1.0 - self.p) / rate
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
