@@ -112,12 +112,12 @@ class CurvatureStep(LocalStep):
                 terms.append(torch.from_numpy(np.asarray(total - own_term)).to(param.dtype))
             self.others[name] = (terms[0], terms[1], terms[2])
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+    def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """The curvature penalty (None when λ = 0 or before anyone sent curvature)."""
         if self.lam == 0.0 or not self.others:
             return None
-        params = {n: p for n, p in model.named_parameters() if n in self.others}
-        return curvature_penalty(params, self.others, self.lam)
+        mine = {n: p for n, p in params.items() if n in self.others}
+        return curvature_penalty(mine, self.others, self.lam)
 
     def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
         """Estimate F at the trained θ; keep (F, F⊙θ, F⊙θ²); reply with F and F⊙θ."""

@@ -101,8 +101,13 @@ class LocalStep:
         loss = F.cross_entropy(logits, targets, reduction="none")
         return loss.flatten(1).mean(1) if loss.dim() > 1 else loss
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        """Return a scalar added to the mean batch loss, or None."""
+    def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Return a scalar added to the mean batch loss, or None.
+
+        ``params`` are the trained model's named parameters (``named_parameters()``).
+        The penalty must be a pure function of them (no reads of the model object), so
+        the same step runs where the parameters are functional tensors (``torch.func``).
+        """
         return None
 
     def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
@@ -118,13 +123,13 @@ class ProximalStep(LocalStep):
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)
         self.mu = float(inputs.config[wire.PROXIMAL_MU])
-        self.anchor = [p.detach().clone() for p in inputs.global_model.parameters()]
+        self.anchor = {n: p.detach().clone() for n, p in inputs.global_model.named_parameters()}
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+    def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Return the proximal term (None when mu is 0)."""
         if self.mu == 0.0:
             return None
-        sq = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), self.anchor, strict=True))
+        sq = sum(((params[n] - a) ** 2).sum() for n, a in self.anchor.items())
         return 0.5 * self.mu * sq  # type: ignore[return-value]
 
 

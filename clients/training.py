@@ -146,7 +146,7 @@ def train_local(
     for idx in batches(len(y), cfg, total_steps, generator):
         optimizer.zero_grad(set_to_none=True)
         losses = gradient(model, step.data_loss, xt[idx], yt[idx])
-        penalty = step.penalty(model)
+        penalty = step.penalty(dict(model.named_parameters()))
         if penalty is not None:
             penalty.backward()
         optimizer.step()

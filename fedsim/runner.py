@@ -23,7 +23,7 @@ from fedsim import wire
 from fedsim.checkpoint import load_checkpoint
 from fedsim.data.federated import federated_data
 from fedsim.data.partitioners import coverage_problem
-from fedsim.engine.registry import ENGINES, RESUMABLE_ENGINES, Engine
+from fedsim.engine.registry import ENGINES, Engine
 from fedsim.errors import (
     FedsimWarning,
     Problem,
@@ -40,7 +40,7 @@ from fedsim.outputs.summary import summarize
 from fedsim.resume_rules import check_resume
 from fedsim.run_config import scenario_digest
 from fedsim.run_lock import RunLock
-from fedsim.scenario import Scenario
+from fedsim.scenario import ENGINE_SECTIONS, Scenario
 from fedsim.scenario_loading import expand, load_scenario, run_label, to_yaml
 
 RESOLVED = "scenario.resolved.yaml"
@@ -160,12 +160,13 @@ def _warn_uncovered(scenario: Scenario) -> None:
 def _check_resumable(scenario: Scenario) -> None:
     """Checkpoints need an engine that can save its nodes and Flower's round loop."""
     problems = []
-    if scenario.engine.name not in RESUMABLE_ENGINES:
+    if not scenario.engine.resumable:
+        able = [c.model_fields["name"].default for c in ENGINE_SECTIONS if c.resumable]
         problems.append(
             Problem(
                 "output.checkpoint_every",
                 f"engine '{scenario.engine.name}' cannot checkpoint its nodes' state; "
-                f"engines that can: {', '.join(sorted(RESUMABLE_ENGINES))}",
+                f"engines that can: {', '.join(sorted(able))}",
             )
         )
     from fedsim.rounds import uses_flower_loop_class

@@ -7,7 +7,7 @@ YAML, ``--set`` overrides and variant expansion live in :mod:`fedsim.scenario_lo
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -471,16 +471,35 @@ class ClientResources(Section):
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
 
 
-class EngineConfig(Section):
-    """Which engine runs the ServerApp and ClientApp (the other keys are ``ray``'s)."""
+class _EngineSection(Section):
+    """Keys every engine reads. Each engine's section adds its own (a tagged union)."""
 
-    name: str = "inprocess"
+    # Wall-clock seconds a client may take to reply before it counts as a failure.
+    client_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    # Whether the engine's grid can save and restore every node's state
+    # (``output.checkpoint_every``, ``fedsim run --resume``).
+    resumable: ClassVar[bool] = False
+
+
+class InProcessEngine(_EngineSection):
+    """fedsim's in-process grid with a virtual clock (the default engine)."""
+
+    name: Literal["inprocess"] = "inprocess"
+    resumable: ClassVar[bool] = True
+
+
+class RayEngine(_EngineSection):
+    """Flower's Ray simulation engine (``fedsim[ray]``): a local Ray or a cluster."""
+
+    name: Literal["ray"] = "ray"
     client_resources: ClientResources = Field(default_factory=ClientResources)
     num_cpus: Annotated[int, Field(ge=1)] | None = None
     object_store_mb: Annotated[int, Field(ge=80)] = 512
     ray_address: str | None = None
-    # Wall-clock seconds a client may take to reply before it counts as a failure.
-    client_timeout_s: Annotated[float, Field(gt=0)] | None = None
+
+
+EngineConfig = Annotated[InProcessEngine | RayEngine, Field(discriminator="name")]
+ENGINE_SECTIONS: tuple[type[_EngineSection], ...] = (InProcessEngine, RayEngine)
 
 
 class OutputConfig(Section):
@@ -510,11 +529,21 @@ class Scenario(Section):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     system: SystemConfig = Field(default_factory=SystemConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
+    engine: EngineConfig = Field(default_factory=InProcessEngine)
     output: OutputConfig = Field(default_factory=OutputConfig)
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variant: str | None = Field(default=None, description="set by expansion; not user-facing")
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_shorthand(cls, value: Any) -> Any:
+        # ``engine: ray`` and a section without ``name`` (the default engine's keys).
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": "inprocess", **value}
+        return value
 
     @field_validator("variants")
     @classmethod

@@ -30,7 +30,7 @@ from flwr.serverapp import ServerApp
 from fedsim import wire
 from fedsim.engine.local_superlink import EngineRunError, flwr_run, local_superlink
 from fedsim.errors import Problem, ScenarioError
-from fedsim.scenario import EngineConfig, Scenario
+from fedsim.scenario import RayEngine, Scenario
 from fedsim.submission_policy import SubmissionPolicy
 
 LOG_DIR = "flower"  # inside the run directory: superlink.log, flwr_run.log
@@ -85,7 +85,7 @@ clientapp = "{client}"
     return app_dir
 
 
-def federation_config(num_nodes: int, engine: EngineConfig) -> dict[str, object]:
+def federation_config(num_nodes: int, engine: RayEngine) -> dict[str, object]:
     """Flower's simulation settings (``flwr run --federation-config``) for a scenario."""
     out: dict[str, object] = {
         "num-supernodes": num_nodes,
@@ -100,7 +100,7 @@ def federation_config(num_nodes: int, engine: EngineConfig) -> dict[str, object]
     return out
 
 
-def ray_environment(engine: EngineConfig) -> dict[str, str]:
+def ray_environment(engine: RayEngine) -> dict[str, str]:
     """Environment for ``flwr-simulation``'s ``ray.init``: cluster address, memory cap."""
     env = {
         # Ray's default reserves 30% of RAM for its object store; replies are small.
@@ -119,6 +119,9 @@ def run_ray(
         raise ScenarioError(
             [Problem("engine.name", "engine 'ray' needs Ray: pip install 'fedsim[ray]'")]
         )
+    engine = scenario.engine
+    if not isinstance(engine, RayEngine):  # the registry maps 'ray' to this function
+        raise TypeError(f"run_ray got an engine section for '{engine.name}'")
     run_dir = Path(str(run_config[wire.RUN_DIR]))
     logs = run_dir / LOG_DIR
     with tempfile.TemporaryDirectory(prefix="fedsim-flwr-") as tmp:
@@ -126,11 +129,11 @@ def run_ray(
             Path(tmp) / "app", import_spec(server_app), import_spec(client_app), run_config
         )
         # The private SuperLink's only user is this process: its runs may do everything.
-        env = {**ray_environment(scenario.engine), **SubmissionPolicy.everything().environ()}
+        env = {**ray_environment(engine), **SubmissionPolicy.everything().environ()}
         with local_superlink(Path(tmp) / "home", logs, env) as link:
             flwr_run(
                 link,
                 app_dir,
-                federation_config(scenario.data.num_clients, scenario.engine),
+                federation_config(scenario.data.num_clients, engine),
                 logs / "flwr_run.log",
             )

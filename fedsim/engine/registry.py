@@ -26,8 +26,6 @@ class Engine(Protocol):
 
 
 ENGINES: Registry[Engine] = Registry("engines")
-# Engines whose grid can save and restore every node's state (output.checkpoint_every).
-RESUMABLE_ENGINES = frozenset({"inprocess"})
 
 
 def _register_builtin() -> None:

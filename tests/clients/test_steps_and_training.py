@@ -28,7 +28,7 @@ def test_proximal_penalty_value() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5)
-    penalty = step.penalty(model)
+    penalty = step.penalty(dict(model.named_parameters()))
     assert penalty is not None
     assert float(penalty.detach()) == pytest.approx(0.05 * 5 * 0.25)
 

@@ -14,7 +14,7 @@ from fedsim.cli.main import app
 from fedsim.engine import local_superlink
 from fedsim.engine.ray_engine import federation_config, import_spec, write_app
 from fedsim.outputs.metrics_log import read_metrics
-from fedsim.scenario import EngineConfig
+from fedsim.scenario import RayEngine
 from tests.conftest import write_yaml
 
 
@@ -39,8 +39,8 @@ def test_flower_app_carries_the_run_config(tmp_path: Path) -> None:
 
 
 def test_joining_a_cluster_sets_no_local_cpu_count() -> None:
-    local = federation_config(7, EngineConfig(name="ray", num_cpus=2))
-    cluster = federation_config(7, EngineConfig(name="ray", num_cpus=2, ray_address="auto"))
+    local = federation_config(7, RayEngine(num_cpus=2))
+    cluster = federation_config(7, RayEngine(num_cpus=2, ray_address="auto"))
     assert local["num-supernodes"] == 7 and local["init-args-num-cpus"] == 2
     assert "init-args-num-cpus" not in cluster  # ray.init refuses resources when joining
 

@@ -250,7 +250,7 @@ def test_penalty_under_partial_participation_counts_only_the_clients_in_the_sums
         model = nn.Linear(3, 2).to(torch.float64)
         theta = {n: p for n, p in model.named_parameters()}
         expected = direct({n: p.detach() for n, p in theta.items()}, members, node)
-        got = step.penalty(model)
+        got = step.penalty(theta)
         got_value = 0.0 if got is None else float(got.detach())
         assert abs(got_value - expected) <= 1e-10 * max(1.0, abs(expected)), (
             node,
