@@ -43,7 +43,7 @@ from torch import nn
 
 from fedsim import wire
 from fedsim.array_codec import decode, encode
-from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
+from fedsim.clients import coded, curvature, lasgd, positive, scaffold  # noqa: F401  (steps)
 from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
 from fedsim.clients.link_mod import link_mod

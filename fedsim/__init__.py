@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ExperimentResult",
     "LocalStep",
+    "NodeData",
+    "Problem",
     "Reply",
     "RunResult",
     "Scenario",
@@ -39,7 +41,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
-    from fedsim.errors import ScenarioError
+    from fedsim.data.node_data import NodeData
+    from fedsim.errors import Problem, ScenarioError
     from fedsim.models import register_model
     from fedsim.runner import ExperimentResult, RunResult, resume, run, run_experiment
     from fedsim.scenario import Scenario
@@ -52,6 +55,8 @@ _LAZY = {
     "StepInputs": "fedsim.clients.steps",
     "TrainResult": "fedsim.clients.steps",
     "register_step": "fedsim.clients.steps",
+    "NodeData": "fedsim.data.node_data",
+    "Problem": "fedsim.errors",
     "ScenarioError": "fedsim.errors",
     "register_model": "fedsim.models",
     "ExperimentResult": "fedsim.runner",

@@ -118,7 +118,11 @@ def test_a_config_key_no_one_reads_is_warned_of_once_per_run() -> None:
         warn_unread(("test", 1), ProximalStep, config)  # the same run: said already
 
 
-def test_a_registered_step_is_selected_by_name_and_listed() -> None:
+def test_a_registered_step_is_selected_by_name_and_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The registration lasts for this test only (other tests list every step).
+    monkeypatch.setattr(STEPS, "_items", dict(STEPS._items))
+    monkeypatch.setattr(STEPS, "_help", dict(STEPS._help))
+
     @fedsim.register_step("test-halved", help="half the data loss")
     class Halved(fedsim.LocalStep):
         def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
