@@ -47,14 +47,18 @@ def _strings(value: Any, key: str) -> Iterator[tuple[str, str]]:
 def scenario_imports(scenario: Scenario) -> list[ImportName]:
     """Every import path ``scenario`` names (variants included), in schema order.
 
-    A section's ``name`` counts whenever it holds a colon (that is what the registry
-    would try to import); a string inside ``params`` counts when it has the
-    ``pkg.module:attr`` form.
+    Every module in ``plugins`` counts (it is imported whole). A section's ``name``
+    counts whenever it holds a colon (that is what the registry would try to import); a
+    string inside ``params`` counts when it has the ``pkg.module:attr`` form.
     """
-    found: list[ImportName] = []
+    found = [ImportName(f"plugins.{i}", name) for i, name in enumerate(scenario.plugins)]
     layers: list[tuple[str, dict[str, Any]]] = [("", scenario.model_dump(mode="json"))]
     layers += [(f"variants.{v}.", dict(o)) for v, o in (scenario.variants or {}).items()]
     for prefix, raw in layers:
+        if prefix:  # a variant's own plugins
+            for i, name in enumerate(raw.get("plugins") or []):
+                if ImportName(f"{prefix}plugins.{i}", str(name)) not in found:
+                    found.append(ImportName(f"{prefix}plugins.{i}", str(name)))
         for key, text in _section_strings(raw):
             named = key.endswith(".name") and key.count(".") == 1
             if is_import_path(text) if named else bool(IMPORT_PATH.fullmatch(text)):

@@ -517,6 +517,10 @@ class OutputConfig(Section):
 # ----------------------------------------------------------------------- scenario
 
 
+# A dotted module name (`mylab.strategies`): what `plugins` may list.
+_MODULE_NAME = r"^[^\W\d]\w*(\.[^\W\d]\w*)*$"
+
+
 class Scenario(Section):
     """A whole experiment. See ``docs/scenarios.md`` for every key."""
 
@@ -531,6 +535,10 @@ class Scenario(Section):
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     engine: EngineConfig = Field(default_factory=InProcessEngine)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    plugins: list[Annotated[str, Field(pattern=_MODULE_NAME)]] = Field(
+        default_factory=list,
+        description="modules imported before names are resolved, in every process",
+    )
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variant: str | None = Field(default=None, description="set by expansion; not user-facing")

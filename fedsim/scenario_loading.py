@@ -22,6 +22,8 @@ from pydantic import BaseModel, ValidationError
 from fedsim import bounded_yaml
 from fedsim.bounded_yaml import YamlBombError
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
+from fedsim.param_types import param_type_problems
+from fedsim.plugins import import_plugins
 from fedsim.registry import choices_text, is_import_path, suggest
 from fedsim.scenario import Scenario
 
@@ -286,7 +288,8 @@ def check_components(scenario: Scenario, *, imports: bool = True) -> list[Proble
             problems.append(exc.problem(f"{section}.name", section))
             continue
         if params is not None:
-            problems += unknown_params(component, params, f"{section}.params", skip=skip)
+            unknown = unknown_params(component, params, f"{section}.params", skip=skip)
+            problems += unknown or param_type_problems(component, params, f"{section}.params")
     problems += _inner_strategy_problems(scenario.strategy.params, "strategy.params.strategy")
     return problems
 
@@ -376,6 +379,33 @@ def check_population(scenario: Scenario) -> list[Problem]:
     return problems
 
 
+def raw_name_problems(raw: Mapping[str, Any], *, imports: bool = True) -> list[Problem]:
+    """Unknown strategy and model names of a mapping that failed the schema.
+
+    The plugins it lists are imported first (with ``imports``), as for a valid one.
+    """
+    from fedsim.models import MODELS
+    from fedsim.strategies import STRATEGIES
+
+    problems: list[Problem] = []
+    plugins = raw.get("plugins")
+    if imports and isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        try:
+            import_plugins(plugins)
+        except ScenarioError as exc:
+            problems += exc.problems
+    for section, registry in (("strategy", STRATEGIES), ("model", MODELS)):
+        value = raw.get(section)
+        name = value.get("name") if isinstance(value, Mapping) else None
+        if not isinstance(name, str) or (not imports and is_import_path(name)):
+            continue
+        try:
+            registry.get(name)
+        except UnknownNameError as exc:
+            problems.append(exc.problem(f"{section}.name", section))
+    return problems
+
+
 # --------------------------------------------------------------------- public API
 
 
@@ -387,10 +417,19 @@ def validate_mapping(raw: Mapping[str, Any], *, imports: bool = True) -> Scenari
     try:
         scenario = Scenario.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ScenarioError(problems_from_validation(exc)) from None
+        schema = problems_from_validation(exc)
+        # One pass: the names the schema cannot check are reported with its errors.
+        schema += [p for p in raw_name_problems(raw, imports=imports) if p not in schema]
+        raise ScenarioError(schema) from None
     from fedsim.combinations import check_combinations
 
-    problems = check_components(scenario, imports=imports)
+    problems: list[Problem] = []
+    if imports:  # before any name is looked up: plugins register names
+        try:
+            import_plugins(scenario.plugins)
+        except ScenarioError as exc:
+            problems += exc.problems
+    problems += check_components(scenario, imports=imports)
     if imports:  # both look strategies up, which imports a `pkg.module:Class` name
         problems = problems or check_population(scenario)
         problems += check_combinations(scenario)
@@ -420,8 +459,29 @@ def _with_natural_client_count(scenario: Scenario) -> Scenario:
         raise ScenarioError(problems_from_validation(exc)) from None
 
 
+def read_raw(
+    source: str | Path | Mapping[str, Any],
+    overrides: Iterable[str] = (),
+    plugins: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The scenario mapping of ``source`` with ``overrides`` set and ``plugins`` added."""
+    raw = dict(copy.deepcopy(source)) if isinstance(source, Mapping) else read_yaml(source)
+    for text in overrides:
+        set_dotted(raw, *parse_override(text))
+    given = raw.get("plugins")
+    listed: list[Any] = given if isinstance(given, list) else []
+    extra = [p for p in plugins if p not in listed]
+    if extra:
+        raw["plugins"] = [*listed, *extra]
+    return raw
+
+
 def load_scenario(
-    source: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), *, imports: bool = True
+    source: str | Path | Mapping[str, Any],
+    overrides: Iterable[str] = (),
+    *,
+    imports: bool = True,
+    plugins: Iterable[str] = (),
 ) -> Scenario:
     """Load and validate a scenario (and every variant it declares).
 
@@ -432,8 +492,11 @@ def load_scenario(
     overrides : iterable of str
         ``dotted.key=value`` strings applied before validation.
     imports : bool
-        False: leave ``pkg.module:attr`` names unresolved, so an untrusted file is
-        checked without running any of its code (see :mod:`fedsim.import_paths`).
+        False: leave ``pkg.module:attr`` names unresolved and ``plugins`` unimported, so
+        an untrusted file is checked without running any of its code (see
+        :mod:`fedsim.import_paths`).
+    plugins : iterable of str
+        Modules added to the scenario's ``plugins`` (``fedsim run --import``).
 
     Returns
     -------
@@ -447,10 +510,7 @@ def load_scenario(
     """
     label = None if isinstance(source, Mapping) else str(source)
     try:
-        raw = dict(copy.deepcopy(source)) if isinstance(source, Mapping) else read_yaml(source)
-        for text in overrides:
-            set_dotted(raw, *parse_override(text))
-        scenario = validate_mapping(raw, imports=imports)
+        scenario = validate_mapping(read_raw(source, overrides, plugins), imports=imports)
         expand(scenario, imports=imports)  # a variant breaking the schema: the file is wrong
     except ScenarioError as exc:
         raise (exc.with_source(label) if label and exc.source is None else exc) from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -129,12 +130,18 @@ def _build(
     try:
         strategy = cls(**params)
     except (TypeError, ValueError) as exc:
-        raise ScenarioError([Problem(f"{key}.params", str(exc))]) from None
+        raise ScenarioError([Problem(_param_key(key, config.params, str(exc)), str(exc))]) from None
     if not isinstance(strategy, Strategy):
         raise ScenarioError([Problem(f"{key}.name", f"{cls!r} is not a flwr Strategy")])
     if trace is not None:
         _check_min_online(strategy, trace.min_online)
     return strategy
+
+
+def _param_key(key: str, given: Mapping[str, Any], message: str) -> str:
+    """``strategy.params.<name>`` when the strategy's message starts with a given name."""
+    named = next((n for n in given if re.match(rf"{re.escape(n)}\b", message)), None)
+    return f"{key}.params" if named is None else f"{key}.params.{named}"
 
 
 def _check_min_online(strategy: Strategy, min_online: int) -> None:

@@ -65,12 +65,15 @@ def test_an_import_path_of_the_wrong_kind_is_one_error_naming_its_key(
 
 
 def test_importable_components_of_the_right_kind_still_load(tiny: dict[str, Any]) -> None:
-    tiny["strategy"] = {"name": "examples.server_lr_fedavg:ServerLrFedAvg", "params": {"eta": 1}}
+    tiny["strategy"] = {
+        "name": "fedsim_examples.server_lr_fedavg:ServerLrFedAvg",
+        "params": {"eta": 1},
+    }
     tiny["model"] = {"name": "fedsim.models.mlp:mlp", "params": {"hidden": [4]}}
     scenario = load_scenario(tiny)
     assert scenario_imports(scenario) == [
         ImportName("model.name", "fedsim.models.mlp:mlp"),
-        ImportName("strategy.name", "examples.server_lr_fedavg:ServerLrFedAvg"),
+        ImportName("strategy.name", "fedsim_examples.server_lr_fedavg:ServerLrFedAvg"),
     ]
 
 

@@ -55,7 +55,7 @@ def test_a_scenario_path_on_the_host_counts_as_a_host_path(tmp_path: Path) -> No
 
 
 def test_the_operator_allows_each_permission(tiny: dict[str, Any], tmp_path: Path) -> None:
-    tiny["strategy"] = {"name": "examples.server_lr_fedavg:ServerLrFedAvg"}
+    tiny["strategy"] = {"name": "fedsim_examples.server_lr_fedavg:ServerLrFedAvg"}
     env = {ALLOW_ENV: "imports, run-dir,resume"}
     assert SubmissionPolicy.from_environ(env).problems(_config(tiny, tmp_path, resume=True)) == []
     assert SubmissionPolicy.from_environ(env) == SubmissionPolicy.everything()

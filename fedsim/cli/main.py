@@ -13,6 +13,7 @@ from fedsim.cli.list_cmd import list_registry
 from fedsim.cli.report_cmd import report
 from fedsim.cli.run_cmd import run
 from fedsim.cli.validate_cmd import validate
+from fedsim.plugins import cwd_on_path
 
 app = typer.Typer(
     name="fedsim",
@@ -39,6 +40,7 @@ def _configure(
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
     os.environ.setdefault("TQDM_DISABLE", "1")
     install_warning_printer()
+    cwd_on_path()  # `fedsim run` from the folder holding mylab/ imports mylab.strat
 
 
 def main() -> None:

@@ -24,6 +24,15 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a key: --set strategy.params.proximal_mu=0.1"),
     ] = None,
+    import_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import",
+            help="Import this module first (its registered strategies, steps, models); "
+            "added to the scenario's plugins, so every process imports it. Repeatable.",
+            metavar="MODULE",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default runs/<name>-<time>).")
     ] = None,
@@ -50,14 +59,16 @@ def run(
         raise typer.Exit(USAGE_ERROR)
     with user_errors():
         if resume_dir is not None:
-            if out is not None:
-                raise RunDirectoryError("--resume continues a run in its own directory: no --out")
+            if out is not None or import_:
+                raise RunDirectoryError(
+                    "--resume continues a run as it was started: no --out, no --import"
+                )
             with RoundProgress(None, enabled=not quiet) as bar, listening(bar.on_record):
                 one = resume(resume_dir, set_ or [])
             result = ExperimentResult(one.run_dir, [one])
         else:
             assert scenario_file is not None  # checked above
-            scenario = load_scenario(scenario_file, set_ or [])
+            scenario = load_scenario(scenario_file, set_ or [], plugins=import_ or [])
             runs = expand(scenario)
             total = sum(r.rounds for r in runs)
             with RoundProgress(total, enabled=not quiet) as bar, listening(bar.on_record):

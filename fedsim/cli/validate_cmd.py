@@ -6,19 +6,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from fedsim.cli.errors import USAGE_ERROR, report, stderr
 from fedsim.errors import DataUnavailableError, Problem, ScenarioError
 from fedsim.import_paths import scenario_imports
 from fedsim.scenario import NpzDataset, Scenario
-from fedsim.scenario_loading import expand, load_scenario, read_yaml, validate_mapping
+from fedsim.scenario_loading import expand, load_scenario, read_raw
 
 
-def _imports_line(path: Path, checked: bool) -> str | None:
+def _imports_line(
+    path: Path, checked: bool, overrides: list[str], plugins: list[str]
+) -> str | None:
     """``FILE: imports: strategy.name=pkg:Class`` (the code the file runs), if any."""
-    try:  # the schema alone (no imports) is enough to find the names
-        names = scenario_imports(validate_mapping(read_yaml(path), imports=False))
-    except ScenarioError:
+    try:  # the schema alone (no registry, no imports) is enough to find the names
+        names = scenario_imports(Scenario.model_validate(read_raw(path, overrides, plugins)))
+    except (ScenarioError, ValidationError):
         return None
     if not names:
         return None
@@ -38,6 +41,37 @@ def _strict_problems(runs: list[Scenario]) -> list[Problem]:
         if problem is not None:
             prefix = f"variants.{run.variant}." if run.variant else ""
             problems.append(Problem(prefix + problem.key, problem.message))
+    return problems
+
+
+def _built_problems(runs: list[Scenario]) -> list[Problem]:
+    """Build each run's strategy and model (no data, no training): their own checks run.
+
+    The model is built for the dataset's shape (:mod:`fedsim.data.shapes`); a dataset
+    whose shape is not known without loading it leaves the model unbuilt.
+    """
+    from fedsim.data.shapes import model_input
+    from fedsim.models import build_model
+    from fedsim.server import build_strategy
+
+    problems: list[Problem] = []
+    for run in runs:
+        prefix = f"variants.{run.variant}" if run.variant else ""
+        found: list[Problem] = []
+        try:
+            build_strategy(run)
+        except ScenarioError as exc:
+            found += exc.problems
+        shape = model_input(run.data.dataset)
+        if shape is not None:
+            try:
+                build_model(run.model.name, dict(run.model.params), *shape)
+            except ScenarioError as exc:
+                found += exc.problems
+        for problem in found:
+            key = f"{prefix}.{problem.key}" if prefix else problem.key
+            if Problem(key, problem.message) not in problems:
+                problems.append(Problem(key, problem.message))
     return problems
 
 
@@ -61,6 +95,18 @@ def check_data_files(runs: list[Scenario]) -> None:
 
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Scenario files to check.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key: --set strategy.params.proximal_mu=0.1"),
+    ] = None,
+    import_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import",
+            help="Import this module first (as the scenario's plugins). Repeatable.",
+            metavar="MODULE",
+        ),
+    ] = None,
     no_imports: Annotated[
         bool,
         typer.Option(
@@ -77,18 +123,22 @@ def validate(
 ) -> None:
     """Check scenario files (every variant too) without running anything.
 
-    Names of the form pkg.module:attr are code: they are listed, and imported and
-    checked to be a strategy class or model factory unless --no-imports.
+    Names of the form pkg.module:attr and plugins are code: they are listed, and
+    imported and checked (the strategy and model built, without data or training)
+    unless --no-imports.
     """
     failed = False
+    overrides, plugins = set_ or [], import_ or []
     for path in files:
-        imports = _imports_line(path, checked=not no_imports)
+        imports = _imports_line(path, not no_imports, overrides, plugins)
         if imports:
             stderr.print(imports, soft_wrap=True, markup=False)
         try:
-            runs = expand(load_scenario(path, imports=not no_imports), imports=not no_imports)
+            scenario = load_scenario(path, overrides, imports=not no_imports, plugins=plugins)
+            runs = expand(scenario, imports=not no_imports)
             check_data_files(runs)  # numbers only (no pickle): safe for untrusted files too
-            problems = _strict_problems(runs) if strict else []
+            problems = [] if no_imports else _built_problems(runs)
+            problems += _strict_problems(runs) if strict else []
             if problems:
                 raise ScenarioError(problems, str(path))
         except (ScenarioError, DataUnavailableError) as exc:

@@ -18,6 +18,7 @@ in-process engine's): every reply reaches the strategy.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,8 @@ from flwr.serverapp import ServerApp
 from fedsim import wire
 from fedsim.engine.local_superlink import EngineRunError, flwr_run, local_superlink
 from fedsim.errors import Problem, ScenarioError
+from fedsim.import_paths import scenario_imports
+from fedsim.plugins import plugin_roots, pythonpath_with, scenario_modules
 from fedsim.scenario import RayEngine, Scenario
 from fedsim.submission_policy import SubmissionPolicy
 
@@ -111,6 +114,18 @@ def ray_environment(engine: RayEngine) -> dict[str, str]:
     return env
 
 
+def plugin_pythonpath(scenario: Scenario) -> str:
+    """``PYTHONPATH`` for the SuperLink's processes: where this one found the user's code.
+
+    The ServerApp and Ray's workers are processes of their own, started elsewhere; with
+    the working directory and the folders of the scenario's plugins and import-path
+    modules on their path they import what this process imported.
+    """
+    specs = [name.spec for name in scenario_imports(scenario) if ":" in name.spec]
+    modules = scenario_modules(scenario.plugins, specs)
+    return pythonpath_with(plugin_roots(modules), os.environ.get("PYTHONPATH"))
+
+
 def run_ray(
     server_app: ServerApp, client_app: ClientApp, scenario: Scenario, run_config: UserConfig
 ) -> None:
@@ -129,7 +144,11 @@ def run_ray(
             Path(tmp) / "app", import_spec(server_app), import_spec(client_app), run_config
         )
         # The private SuperLink's only user is this process: its runs may do everything.
-        env = {**ray_environment(engine), **SubmissionPolicy.everything().environ()}
+        env = {
+            **ray_environment(engine),
+            **SubmissionPolicy.everything().environ(),
+            "PYTHONPATH": plugin_pythonpath(scenario),
+        }
         with local_superlink(Path(tmp) / "home", logs, env) as link:
             flwr_run(
                 link,

@@ -16,7 +16,10 @@ def _final(result: fedsim.RunResult) -> dict[str, np.ndarray]:
 
 
 def test_import_path_and_decorator(tiny: dict[str, Any], tmp_path: Path) -> None:
-    tiny["strategy"] = {"name": "examples.server_lr_fedavg:ServerLrFedAvg", "params": {"eta": 1.0}}
+    tiny["strategy"] = {
+        "name": "fedsim_examples.server_lr_fedavg:ServerLrFedAvg",
+        "params": {"eta": 1.0},
+    }
     by_path = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "a")
     # Importing the module registered the decorator name.
     tiny["strategy"] = {"name": "server-lr-fedavg", "params": {"eta": 1.0}}
@@ -30,7 +33,10 @@ def test_import_path_and_decorator(tiny: dict[str, Any], tmp_path: Path) -> None
 
 def test_server_step_changes_the_model(tiny: dict[str, Any], tmp_path: Path) -> None:
     tiny["rounds"] = 1
-    tiny["strategy"] = {"name": "examples.server_lr_fedavg:ServerLrFedAvg", "params": {"eta": 0.5}}
+    tiny["strategy"] = {
+        "name": "fedsim_examples.server_lr_fedavg:ServerLrFedAvg",
+        "params": {"eta": 0.5},
+    }
     half = _final(fedsim.run(fedsim.load_scenario(tiny), tmp_path / "h"))
     tiny["strategy"] = {"name": "fedavg"}
     full = _final(fedsim.run(fedsim.load_scenario(tiny), tmp_path / "f"))
@@ -50,7 +56,10 @@ def test_server_step_changes_the_model(tiny: dict[str, Any], tmp_path: Path) -> 
 
 
 def test_bad_params_are_scenario_errors(tiny: dict[str, Any]) -> None:
-    tiny["strategy"] = {"name": "examples.server_lr_fedavg:ServerLrFedAvg", "params": {"etta": 1}}
+    tiny["strategy"] = {
+        "name": "fedsim_examples.server_lr_fedavg:ServerLrFedAvg",
+        "params": {"etta": 1},
+    }
     try:
         fedsim.load_scenario(tiny)
     except fedsim.ScenarioError as exc:
@@ -63,7 +72,7 @@ def test_fedsim_defaults_reach_strategies_that_forward_kwargs() -> None:
     from fedsim.server import build_strategy
 
     scenario = fedsim.load_scenario(
-        {"name": "x", "strategy": {"name": "examples.server_lr_fedavg:ServerLrFedAvg"}}
+        {"name": "x", "strategy": {"name": "fedsim_examples.server_lr_fedavg:ServerLrFedAvg"}}
     )
     strategy = build_strategy(scenario)
     assert strategy.fraction_evaluate == 0.0  # type: ignore[attr-defined]
