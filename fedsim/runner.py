@@ -268,11 +268,7 @@ def _execute(
         wire.RUN_RESUME: resume,
     }
 
-    # The apps are imported here, not at module level: engines and apps stay independent.
-    from fedsim.clients.app import app as client_app
-    from fedsim.server import app as server_app
-
-    (engine or ENGINES.get(scenario.engine.name))(server_app, client_app, scenario, run_config)
+    (engine or ENGINES.get(scenario.engine.name))(scenario, run_config)
     records = read_metrics(run_dir)
     summary = summarize(
         records,

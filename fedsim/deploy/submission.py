@@ -1,35 +1,30 @@
-"""Submit one run to a SuperLink with ``flwr run`` and wait for it: the deployment engine.
+"""The deployment engine: one run submitted to a SuperLink's SuperNodes, waited for.
 
 :class:`DeploymentEngine` satisfies :class:`fedsim.engine.registry.Engine`, so
 :func:`fedsim.runner.run` prepares the run directory, calls it and writes the summary
 and plots as for a simulation. It ships the resolved scenario's text in the run config
-(nodes share no file system with the server), builds the Flower app from
-``fedsim/deploy/app`` and talks to the SuperLink through the ``flwr`` CLI in a private
-``FLWR_HOME``. ``flwr run --stream`` exits 0 even when the run failed, so the outcome
-is read from ``flwr ls --format json``.
+(nodes share no file system with the server) and submits ``fedsim/deploy/app`` through
+:func:`fedsim.deploy.flwr_cli.submit_run`.
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 from flwr.app import UserConfig
-from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
 
 from fedsim import wire
-from fedsim.deploy.flwr_cli import CONNECTION, SuperLinkConnection, flwr_home, flwr_json
+from fedsim.apps import APP_DIR
+from fedsim.deploy.flwr_cli import SuperLinkConnection, check_completed, submit_run
 from fedsim.errors import DeploymentError
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import to_yaml
 
-APP_DIR = Path(__file__).parent / "app"
-COMPLETED = "finished:completed"
+__all__ = ["APP_DIR", "FLOWER_LOG", "DeploymentEngine", "deployment_run_config"]
+
 FLOWER_LOG = "flower.log"
 
 
@@ -41,24 +36,6 @@ def deployment_run_config(
     config[wire.RUN_SCENARIO_YAML] = to_yaml(scenario)
     config[wire.RUN_WAIT_NODES] = wait_nodes
     return config
-
-
-def failure_reason(log_path: Path) -> str | None:
-    """The last fedsim error the ServerApp raised, from the run's Flower log, if any.
-
-    A refused submission (:mod:`fedsim.submission_policy`) or a bad scenario ends the
-    run with a traceback there; its last line is the one-line message.
-    """
-    try:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    found = [
-        line.partition(": ")[2].strip()
-        for line in lines
-        if line.startswith("fedsim.errors.") and ": " in line
-    ]
-    return found[-1] if found else None
 
 
 @dataclass
@@ -83,64 +60,17 @@ class DeploymentEngine:
     on_log: Callable[[str], None] | None = None
     app_dir: Path = APP_DIR
 
-    def __call__(
-        self,
-        server_app: ServerApp,
-        client_app: ClientApp,
-        scenario: Scenario,
-        run_config: UserConfig,
-    ) -> None:
+    def __call__(self, scenario: Scenario, run_config: UserConfig) -> None:
         """Submit the run, stream its log, and raise unless it completed with metrics."""
-        del server_app, client_app  # the app folder names them; they run remotely
         run_dir = Path(str(run_config[wire.RUN_DIR]))
         wait = self.wait_nodes if self.wait_nodes is not None else scenario.data.num_clients
         config = deployment_run_config(scenario, run_config, wait)
-        with flwr_home(self.connection) as (home, env):
-            overrides = home / "run-config.toml"
-            overrides.write_text(tomli_w.dumps(config), encoding="utf-8")
-            run_id = self._start(env, overrides)
-            self._follow(env, run_id, run_dir / FLOWER_LOG)
-            status = self._status(env, run_id)
-        if status != COMPLETED:
-            reason = failure_reason(run_dir / FLOWER_LOG)
-            raise DeploymentError(
-                f"run {run_id} on {self.connection.address} ended '{status}'"
-                + (f": {reason}" if reason else "")
-                + f"; see {run_dir / FLOWER_LOG}"
-            )
+        log = run_dir / FLOWER_LOG
+        run = submit_run(self.connection, config, log, on_log=self.on_log, app_dir=self.app_dir)
+        check_completed(self.connection, run, log)
         if not (run_dir / "metrics.jsonl").exists():
             raise DeploymentError(
-                f"run {run_id} completed but {run_dir} holds no metrics.jsonl: the ServerApp "
-                "writes the run directory on the SuperLink's host, so run `fedsim deploy run` "
-                "there (or on a file system both share)"
+                f"run {run.run_id} completed but {run_dir} holds no metrics.jsonl: the "
+                "ServerApp writes the run directory on the SuperLink's host, so run `fedsim "
+                "deploy run` there (or on a file system both share)"
             )
-
-    def _start(self, env: dict[str, str], overrides: Path) -> int:
-        out = flwr_json(["run", str(self.app_dir), CONNECTION, "--run-config", str(overrides)], env)
-        run_id = out.get("run-id")
-        if run_id is None:
-            raise DeploymentError(
-                f"the SuperLink at {self.connection.address} did not start the run: "
-                f"{out.get('error-message') or out}"
-            )
-        return int(run_id)
-
-    def _follow(self, env: dict[str, str], run_id: int, log_path: Path) -> None:
-        """Stream the run's log (``flwr log`` returns when the run has finished)."""
-        cmd = ["flwr", "log", str(run_id), CONNECTION, "--stream"]
-        with (
-            log_path.open("w", encoding="utf-8") as log,
-            subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            ) as proc,
-        ):
-            assert proc.stdout is not None  # stdout=PIPE guarantees it
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                if self.on_log is not None:
-                    self.on_log(line.rstrip("\n"))
-
-    def _status(self, env: dict[str, str], run_id: int) -> str:
-        runs = flwr_json(["ls", CONNECTION, "--run-id", str(run_id)], env).get("runs") or [{}]
-        return str(runs[0].get("status", "unknown"))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from flwr.app import Context, RecordDict, UserConfig
 from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
 
 from fedsim import wire
+from fedsim.apps import load_apps
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.devices import sample_population
 from fedsim.engine.flower_compat import SERVER_NODE_ID, set_task_identity
@@ -41,10 +41,9 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
     )
 
 
-def run_inprocess(
-    server_app: ServerApp, client_app: ClientApp, scenario: Scenario, run_config: UserConfig
-) -> None:
-    """Run ``server_app`` with every node of the scenario in this process."""
+def run_inprocess(scenario: Scenario, run_config: UserConfig) -> None:
+    """Run fedsim's ServerApp with every node of the scenario in this process."""
+    server_app, client_app = load_apps()
     grid = build_grid(client_app, scenario, run_config)
     context = Context(RUN_ID, SERVER_NODE_ID, {}, RecordDict(), dict(run_config))
     # Everything alive now (torch, Flower, the data: ~250k objects) lives as long as the

@@ -1,4 +1,4 @@
-"""A private Flower SuperLink in simulation mode, and ``flwr run`` against it.
+"""A private Flower SuperLink in simulation mode, started and stopped with all it starts.
 
 Flower 1.41's supported way to run a ServerApp and ClientApp on its Ray simulation
 engine with a full run config is ``flwr run APP_DIR CONNECTION`` against a SuperLink
@@ -6,31 +6,26 @@ started with ``flower-superlink --simulation``. This module starts one on free
 loopback ports, in its own session and with its own ``FLWR_HOME``, so runs never
 share state with each other or with the user's Flower set-up, and stops it with every
 process it started (the SuperExec, ``flwr-simulation``, Ray's workers) afterwards.
+Runs are submitted to it as to any SuperLink (:mod:`fedsim.deploy.flwr_cli`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from fedsim.errors import FedsimError
+from fedsim.deploy.flwr_cli import SuperLinkConnection
+from fedsim.errors import DeploymentError
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
-
-
-class EngineRunError(FedsimError):
-    """The engine could not run the apps to completion (the message says why)."""
 
 
 def free_port() -> int:
@@ -99,46 +94,28 @@ def _stop_all(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_TIMEOUT_S)
 
 
-@dataclass(frozen=True)
-class SuperLink:
-    """A running SuperLink: the ``flwr`` connection name and environment to reach it."""
-
-    connection: str
-    env: Mapping[str, str]
-    log_path: Path
-
-
-def _write_connection(home: Path, name: str, port: int) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{name}"\n\n'
-        f'[superlink.{name}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n',
-        encoding="utf-8",
-    )
-
-
 def _wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise EngineRunError(f"flower-superlink exited at start-up; see {log_path}")
+            raise DeploymentError(f"flower-superlink exited at start-up; see {log_path}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
             return
         time.sleep(0.1)
-    raise EngineRunError(f"flower-superlink did not listen within {STARTUP_TIMEOUT_S:.0f} s")
+    raise DeploymentError(f"flower-superlink did not listen within {STARTUP_TIMEOUT_S:.0f} s")
 
 
 @contextlib.contextmanager
 def local_superlink(
     home: Path, log_dir: Path, extra_env: Mapping[str, str] | None = None
-) -> Iterator[SuperLink]:
+) -> Iterator[SuperLinkConnection]:
     """Start a simulation-mode SuperLink with ``FLWR_HOME=home``; stop it on exit.
 
-    ``extra_env`` reaches ``flwr-simulation`` and Ray (e.g. ``RAY_ADDRESS``).
+    ``extra_env`` reaches ``flwr-simulation`` and Ray (e.g. ``RAY_ADDRESS``). Yields the
+    connection to submit runs on.
     """
     port, health = free_port(), free_port()
-    name = "fedsim"
-    _write_connection(home, name, port)
+    home.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         **(extra_env or {}),
@@ -169,53 +146,6 @@ def local_superlink(
         )
     try:
         _wait_ready(process, port, log_path)
-        yield SuperLink(name, env, log_path)
+        yield SuperLinkConnection(f"127.0.0.1:{port}")
     finally:
         _stop_all(process)
-
-
-def flwr_run(
-    link: SuperLink, app_dir: Path, federation_config: Mapping[str, object], log_path: Path
-) -> None:
-    """``flwr run APP_DIR`` on ``link``, streaming until the run ends; raise if it failed."""
-    overrides = " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())
-    command = [
-        flower_tool("flwr"),
-        "run",
-        str(app_dir),
-        link.connection,
-        "--federation-config",
-        overrides,
-        "--stream",
-    ]
-    with log_path.open("wb") as log:
-        done = subprocess.run(command, env=dict(link.env), stdout=log, stderr=subprocess.STDOUT)
-    output = log_path.read_text(encoding="utf-8", errors="replace")
-    started = re.search(r"Successfully started run (\d+)", output)
-    if done.returncode != 0 or started is None:
-        raise EngineRunError(f"flwr run failed (exit {done.returncode}); see {log_path}")
-    status, details = run_status(link, int(started.group(1)))
-    if status != "finished:completed":
-        raise EngineRunError(f"Flower run {status}: {details}; see {log_path}")
-
-
-def run_status(link: SuperLink, run_id: int) -> tuple[str, str]:
-    """The status and details ``flwr ls`` reports for ``run_id``."""
-    command = [flower_tool("flwr"), "ls", link.connection, "--run-id", str(run_id)]
-    done = subprocess.run(
-        [*command, "--format", "json"], env=dict(link.env), capture_output=True, text=True
-    )
-    try:
-        runs = json.loads(done.stdout)["runs"]
-        return str(runs[0]["status"]), str(runs[0].get("status-details", ""))
-    except (ValueError, KeyError, IndexError):
-        return "unknown", done.stdout.strip() or done.stderr.strip()
-
-
-def _toml(value: object) -> str:
-    """A value as ``flwr``'s ``key=value`` parser reads it (TOML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))

@@ -1,10 +1,11 @@
 """The ``ray`` engine: the same ServerApp and ClientApp on Flower's Ray simulation engine.
 
 Flower 1.41's supported path (``run_simulation`` is deprecated and passes an empty run
-config): a Flower App whose ``pyproject.toml`` names the two apps and carries the run
-config, ``flwr run`` against a private simulation-mode SuperLink
-(:mod:`fedsim.engine.local_superlink`), and the population size, client resources and
-Ray settings from the scenario's ``engine`` section as Flower's federation config.
+config): the one Flower app ``fedsim/deploy/app`` submitted with
+:func:`fedsim.deploy.flwr_cli.submit_run` (as a deployment submits it) to a private
+simulation-mode SuperLink (:mod:`fedsim.engine.local_superlink`), with the population
+size, client resources and Ray settings from the scenario's ``engine`` section as
+Flower's federation config.
 
 Each node is one of Flower's simulated SuperNodes (``partition-id``/``num-partitions``
 in its node config, as the ClientApp expects); nodes are run by a pool of Ray actors,
@@ -19,73 +20,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-import tomli_w
 from flwr.app import UserConfig
-from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
 
 from fedsim import wire
-from fedsim.engine.local_superlink import EngineRunError, flwr_run, local_superlink
+from fedsim.deploy.flwr_cli import check_completed, submit_run
+from fedsim.engine.local_superlink import local_superlink
 from fedsim.errors import Problem, ScenarioError
 from fedsim.import_paths import scenario_imports
 from fedsim.plugins import plugin_roots, pythonpath_with, scenario_modules
 from fedsim.scenario import RayEngine, Scenario
 from fedsim.submission_policy import SubmissionPolicy
 
-LOG_DIR = "flower"  # inside the run directory: superlink.log, flwr_run.log
-
-
-def import_spec(obj: object) -> str:
-    """``module:attribute`` under which ``obj`` can be imported (Flower loads apps by it).
-
-    Among the modules holding ``obj`` (the defining one and any that imported it), the
-    shallowest importable one wins, so ``fedsim.server:app`` beats a test module's alias.
-    """
-    candidates = [
-        (name.split(".")[0] in ("__main__", "tests"), name.count("."), name, attr)
-        for name, module in list(sys.modules.items())
-        for attr, value in list(getattr(module, "__dict__", {}).items())
-        if value is obj
-    ]
-    if not candidates:
-        raise EngineRunError("the ray engine needs apps importable as 'module:attribute'")
-    _, _, name, attr = min(candidates)
-    return f"{name}:{attr}"
-
-
-def write_app(app_dir: Path, server: str, client: str, run_config: UserConfig) -> Path:
-    """Write the Flower App (a ``pyproject.toml`` only; the code is the installed fedsim)."""
-    app_dir.mkdir(parents=True, exist_ok=True)
-    # tomli_w (as `fedsim deploy` uses) escapes any string, newlines included.
-    config = tomli_w.dumps(dict(run_config))
-    (app_dir / "pyproject.toml").write_text(
-        f"""[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "fedsim-run"
-version = "1.0.0"
-description = "A fedsim run on Flower's simulation engine"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "fedsim"
-
-[tool.flwr.app.components]
-serverapp = "{server}"
-clientapp = "{client}"
-
-[tool.flwr.app.config]
-{config}""",
-        encoding="utf-8",
-    )
-    return app_dir
+LOG_DIR = "flower"  # inside the run directory: superlink.log and the run's log
+RUN_LOG = "run.log"
 
 
 def federation_config(num_nodes: int, engine: RayEngine) -> dict[str, object]:
@@ -126,10 +76,8 @@ def plugin_pythonpath(scenario: Scenario) -> str:
     return pythonpath_with(plugin_roots(modules), os.environ.get("PYTHONPATH"))
 
 
-def run_ray(
-    server_app: ServerApp, client_app: ClientApp, scenario: Scenario, run_config: UserConfig
-) -> None:
-    """Run the apps with every node a simulated SuperNode on Flower's Ray backend."""
+def run_ray(scenario: Scenario, run_config: UserConfig) -> None:
+    """Run fedsim's app with every node a simulated SuperNode on Flower's Ray backend."""
     if importlib.util.find_spec("ray") is None:
         raise ScenarioError(
             [Problem("engine.name", "engine 'ray' needs Ray: pip install 'fedsim[ray]'")]
@@ -137,22 +85,17 @@ def run_ray(
     engine = scenario.engine
     if not isinstance(engine, RayEngine):  # the registry maps 'ray' to this function
         raise TypeError(f"run_ray got an engine section for '{engine.name}'")
-    run_dir = Path(str(run_config[wire.RUN_DIR]))
-    logs = run_dir / LOG_DIR
-    with tempfile.TemporaryDirectory(prefix="fedsim-flwr-") as tmp:
-        app_dir = write_app(
-            Path(tmp) / "app", import_spec(server_app), import_spec(client_app), run_config
-        )
-        # The private SuperLink's only user is this process: its runs may do everything.
-        env = {
-            **ray_environment(engine),
-            **SubmissionPolicy.everything().environ(),
-            "PYTHONPATH": plugin_pythonpath(scenario),
-        }
-        with local_superlink(Path(tmp) / "home", logs, env) as link:
-            flwr_run(
-                link,
-                app_dir,
-                federation_config(scenario.data.num_clients, engine),
-                logs / "flwr_run.log",
-            )
+    logs = Path(str(run_config[wire.RUN_DIR])) / LOG_DIR
+    # The private SuperLink's only user is this process: its runs may do everything.
+    env = {
+        **ray_environment(engine),
+        **SubmissionPolicy.everything().environ(),
+        "PYTHONPATH": plugin_pythonpath(scenario),
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="fedsim-flwr-") as tmp,
+        local_superlink(Path(tmp) / "home", logs, env) as link,
+    ):
+        federation = federation_config(scenario.data.num_clients, engine)
+        run = submit_run(link, run_config, logs / RUN_LOG, federation_config=federation)
+        check_completed(link, run, logs / RUN_LOG)

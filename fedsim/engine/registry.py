@@ -5,24 +5,16 @@ from __future__ import annotations
 from typing import Protocol
 
 from flwr.app import UserConfig
-from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
 
 from fedsim.registry import Registry
 from fedsim.scenario import Scenario
 
 
 class Engine(Protocol):
-    """Runs a ServerApp against a population of ClientApp nodes to completion."""
+    """Runs fedsim's Flower app (:mod:`fedsim.apps`) for one run, to completion."""
 
-    def __call__(
-        self,
-        server_app: ServerApp,
-        client_app: ClientApp,
-        scenario: Scenario,
-        run_config: UserConfig,
-    ) -> None:
-        """Run the apps; the ServerApp writes the run's outputs."""
+    def __call__(self, scenario: Scenario, run_config: UserConfig) -> None:
+        """Run the scenario's population; the ServerApp writes the run's outputs."""
 
 
 ENGINES: Registry[Engine] = Registry("engines")
