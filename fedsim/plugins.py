@@ -65,7 +65,10 @@ def plugin_roots(names: Sequence[str]) -> list[str]:
     """
     roots = [os.getcwd()]
     for name in names:
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # not importable here: nothing to pass on
+            continue
         if spec is None or spec.origin is None:
             continue
         origin = Path(spec.origin)

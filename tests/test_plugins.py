@@ -140,3 +140,20 @@ def test_a_user_module_runs_on_a_loopback_deployment(tmp_path: Path) -> None:
         rc = c.procs["run"].wait(timeout=240)
         assert rc == 0, f"{c.log('run')}\n{c.log('superlink')[-3000:]}"
     assert _train_losses(work / "d") == [0.0, 0.0]
+
+
+def test_engines_pass_on_the_folders_plugins_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsim.plugins import plugin_roots, pythonpath_with
+
+    (tmp_path / "quietpkg").mkdir()
+    (tmp_path / "quietpkg" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "quietpkg" / "sub.py").write_text("", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path / "quietpkg")
+    roots = plugin_roots(["quietpkg.sub", "quietpkg", "not_there.at_all"])
+    assert roots == [str(tmp_path / "quietpkg"), str(tmp_path)]  # cwd first, then the root
+    assert pythonpath_with(roots, f"/x{os.pathsep}{tmp_path}") == os.pathsep.join(
+        [str(tmp_path / "quietpkg"), str(tmp_path), "/x"]
+    )
