@@ -22,6 +22,8 @@ MAY_CHANGE: dict[str, str] = {
     "output.plots": "plots are drawn from metrics.jsonl at the end",
     "output.target_accuracy": "scored from metrics.jsonl at the end",
     "output.checkpoint_every": "when checkpoints are taken does not change the run",
+    "output.plot_formats": "plots are drawn from metrics.jsonl at the end",
+    "output.overwrite": "only decides what happens to a directory a new run is pointed at",
 }
 
 
