@@ -7,6 +7,9 @@ The public Python API::
     result = fedsim.run(scenario)            # one run -> RunResult
     result = fedsim.resume(result.run_dir)   # continue from its last checkpoint
     results = fedsim.run_experiment(scenario)  # variants x seeds -> ExperimentResult
+
+Outputs are callbacks: subclass :class:`fedsim.Callback` and register it with
+:func:`fedsim.register_callback` (or pass objects to ``fedsim.run(callbacks=...)``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
     "ExperimentResult",
+    "RunInfo",
     "RunResult",
     "Scenario",
     "ScenarioError",
     "load_scenario",
+    "register_callback",
     "register_model",
     "register_strategy",
     "resume",
@@ -31,12 +37,16 @@ __all__ = [
 if TYPE_CHECKING:
     from fedsim.errors import ScenarioError
     from fedsim.models import register_model
+    from fedsim.outputs.callbacks import Callback, RunInfo, register_callback
     from fedsim.runner import ExperimentResult, RunResult, resume, run, run_experiment
     from fedsim.scenario import Scenario
     from fedsim.scenario_loading import load_scenario
     from fedsim.strategies import register_strategy
 
 _LAZY = {
+    "Callback": "fedsim.outputs.callbacks",
+    "RunInfo": "fedsim.outputs.callbacks",
+    "register_callback": "fedsim.outputs.callbacks",
     "ScenarioError": "fedsim.errors",
     "register_model": "fedsim.models",
     "ExperimentResult": "fedsim.runner",
