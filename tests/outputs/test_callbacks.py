@@ -139,3 +139,17 @@ def test_under_dp_the_strategy_metrics_hold_no_training_loss(
     assert last["train_loss"] is None
     assert not any("loss" in k for k in last if k.startswith(("train/", "fed-eval/")))
     assert last["train/epsilon"] > 0  # the privacy spend, as the record's epsilon has it
+
+
+def test_callback_and_sweep_import_paths_count_as_code(tiny: dict[str, Any]) -> None:
+    """A SuperLink's policy sees them: a scenario naming them is code (fedsim.import_paths)."""
+    from fedsim.import_paths import scenario_imports
+
+    tiny["output"]["callbacks"] = ["mylab.callbacks:Print", {"name": "mylab.cb:Other"}]
+    tiny["sweep"] = {"strategy.name": ["fedavg", "mylab.strategies:Mine"]}
+    names = {str(n) for n in scenario_imports(fedsim.load_scenario(tiny, imports=False))}
+    assert names == {
+        "output.callbacks.0=mylab.callbacks:Print",
+        "output.callbacks.1.name=mylab.cb:Other",
+        "sweep.1.strategy.name=mylab.strategies:Mine",
+    }
