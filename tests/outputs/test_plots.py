@@ -11,8 +11,13 @@ from fedsim.outputs.plots import metric_panel, plot_client_accuracy, plot_compar
 
 def _run(offset: float) -> list[dict[str, float]]:
     return [
-        {"round": r, "virtual_time_s": 1.3 * r, "eval_accuracy": 0.1 + 0.2 * r + offset,
-         "eval_loss": 2.0 - 0.3 * r, "train_loss": None if r == 0 else 2.1 - 0.3 * r}
+        {
+            "round": r,
+            "virtual_time_s": 1.3 * r,
+            "eval_accuracy": 0.1 + 0.2 * r + offset,
+            "eval_loss": 2.0 - 0.3 * r,
+            "train_loss": None if r == 0 else 2.1 - 0.3 * r,
+        }
         for r in range(3)
     ]
 
@@ -42,7 +47,11 @@ def test_any_field_can_be_a_panel_and_per_client_accuracy_is_a_box_per_round(
 ) -> None:
     runs = [[{"round": r, "bytes_up": 10, "client_accuracy_p10": 0.1 * r} for r in range(3)]]
     paths = plot_comparison(
-        {"a": runs}, tmp_path, "t", prefix="report_", x_axes=("cumulative_bytes_up",),
+        {"a": runs},
+        tmp_path,
+        "t",
+        prefix="report_",
+        x_axes=("cumulative_bytes_up",),
         panels=[metric_panel("client_accuracy_p10")],
     )
     assert [p.name for p in paths] == ["report_client_accuracy_p10.png"]
