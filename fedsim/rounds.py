@@ -75,8 +75,9 @@ def run_rounds(
 
     The initial central evaluation (round 0) is the caller's, as is restoring
     ``state`` when resuming. ``after_round(r, state)`` runs after round ``r``'s central
-    evaluation (where checkpoints are taken). ``strategy_metrics`` receives the metrics
-    ``aggregate_train`` and ``aggregate_evaluate`` return, before the central evaluation.
+    evaluation (fedsim's checkpoints are a callback of that evaluation instead).
+    ``strategy_metrics`` receives the metrics ``aggregate_train`` and
+    ``aggregate_evaluate`` return, before the central evaluation.
     """
     for server_round in range(first_round, num_rounds + 1):
         train_replies = grid.send_and_receive(

@@ -15,7 +15,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,13 +177,20 @@ def _check_min_online(strategy: Strategy, min_online: int) -> None:
 _PREFIXES = {"train": TRAIN_PREFIX, FED_EVAL_METRICS: FED_EVAL_PREFIX}
 
 
-def build_callbacks(scenario: Scenario, log: MetricsLog) -> CallbackList:
+def build_callbacks(
+    scenario: Scenario, log: MetricsLog, checkpointer: Checkpointer | None = None
+) -> CallbackList:
     """The run's callbacks, in the order they are called.
 
-    The metrics log, the trackers, the scenario's callbacks, those of the Python API
-    (in-process only), then the plots (they draw the finished log).
+    The metrics log, the checkpointer (it counts on the log's length and captures the
+    RNG state before any later callback could draw from it), the trackers, the
+    scenario's callbacks, those of the Python API (in-process only), then the plots
+    (they draw the finished log).
     """
-    callbacks: list[Callback] = [log, *build_trackers(scenario.output.trackers)]
+    callbacks: list[Callback] = [log]
+    if checkpointer is not None:
+        callbacks.append(checkpointer)
+    callbacks += build_trackers(scenario.output.trackers)
     for i, entry in enumerate(scenario.output.callbacks):
         spec = entry if isinstance(entry, str) else entry.model_dump()
         callbacks.append(build_callback(spec, f"output.callbacks.{i}"))
@@ -190,6 +198,20 @@ def build_callbacks(scenario: Scenario, log: MetricsLog) -> CallbackList:
     if scenario.output.plots:
         callbacks.append(PlotsCallback())
     return CallbackList(callbacks)
+
+
+@contextmanager
+def rng_kept() -> Iterator[None]:
+    """Put the global RNG states back after the block: callbacks never change a run.
+
+    A tracker or user callback that draws from ``random``/numpy/torch would otherwise
+    shift Flower's client sampling and the clients' shuffles in later rounds.
+    """
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 class RoundRecorder:
@@ -261,7 +283,8 @@ class RoundRecorder:
         # Prefixed, so a strategy's metric never replaces one of fedsim's fields.
         record.update(self.pending)
         self.pending = {}
-        self.callbacks.on_round_end(self.run, server_round, clean_record(record), arrays)
+        with rng_kept():
+            self.callbacks.on_round_end(self.run, server_round, clean_record(record), arrays)
         if loss is None or acc is None:
             return None
         return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
@@ -297,11 +320,21 @@ def save_arrays(arrays: ArrayRecord, path: Path) -> None:
     np.savez(path, **{k: v.numpy() for k, v in arrays.items()})  # type: ignore[arg-type]
 
 
-class Checkpointer:
-    """``after_round`` hook: a checkpoint every ``output.checkpoint_every`` rounds."""
+class Checkpointer(Callback):
+    """A checkpoint every ``output.checkpoint_every`` rounds (a callback after the log).
+
+    It holds the loop's :class:`LoopState`, which the round loop updates in place, so
+    at a round's end it saves what ``Strategy.start`` would carry into the next round.
+    """
 
     def __init__(
-        self, scenario: Scenario, run_dir: Path, strategy: Strategy, grid: Grid, log: MetricsLog
+        self,
+        scenario: Scenario,
+        run_dir: Path,
+        strategy: Strategy,
+        grid: Grid,
+        log: MetricsLog,
+        state: LoopState,
     ) -> None:
         if not isinstance(grid, ResumableGrid):
             raise ScenarioError(
@@ -310,17 +343,20 @@ class Checkpointer:
         self.every = scenario.output.checkpoint_every or 1
         self.scenario = scenario.model_dump(mode="json")
         self.run_dir, self.strategy, self.grid, self.log = run_dir, strategy, grid, log
+        self.state = state
 
-    def __call__(self, server_round: int, state: LoopState) -> None:
-        """Save the run's state if ``server_round`` is a multiple of ``every``."""
-        if server_round % self.every:
+    def on_round_end(
+        self, run: RunInfo, server_round: int, record: dict[str, Any], arrays: ArrayRecord
+    ) -> None:
+        """Save the run's state if ``server_round`` (> 0) is a multiple of ``every``."""
+        if server_round == 0 or server_round % self.every:
             return
         self.log.sync()  # the log the checkpoint counts on is on disk before it is
         save_checkpoint(
             self.run_dir,
             Checkpoint(
                 server_round=server_round,
-                loop=state,
+                loop=self.state,
                 strategy_state=strategy_state(self.strategy),
                 engine_state=self.grid.engine_state(),
                 rng_state=capture_rng(),
@@ -413,7 +449,8 @@ def main(grid: Grid, context: Context) -> None:
             )
         callbacks = build_callbacks(scenario, MetricsLog(run_dir))
         recorder = RoundRecorder(scenario, data, grid, callbacks, run)
-        callbacks.on_run_start(run)
+        with rng_kept():
+            callbacks.on_run_start(run)
         strategy.start(
             grid=grid, initial_arrays=initial, num_rounds=scenario.rounds, evaluate_fn=recorder
         )
@@ -421,6 +458,7 @@ def main(grid: Grid, context: Context) -> None:
         checkpoint = _resume(scenario, run_dir, strategy, grid) if resume else None
         if checkpoint is None:
             log = MetricsLog(run_dir, keep_recent=every is not None)
+            state = LoopState(initial)
         else:
             keep_rounds(run_dir / PER_CLIENT_FILE, checkpoint.server_round)
             log = MetricsLog.resumed(
@@ -429,14 +467,17 @@ def main(grid: Grid, context: Context) -> None:
                 checkpoint.recent_records,
                 checkpoint.server_round,
             )
-        callbacks = build_callbacks(scenario, log)
+            state = checkpoint.loop
+        checkpointer = (
+            None if every is None else Checkpointer(scenario, run_dir, strategy, grid, log, state)
+        )
+        callbacks = build_callbacks(scenario, log, checkpointer)
         recorder = RoundRecorder(scenario, data, grid, callbacks, run)
-        callbacks.on_run_start(run)
+        with rng_kept():
+            callbacks.on_run_start(run)
         if checkpoint is None:
-            state = LoopState(initial)
             recorder(0, initial)
         else:
-            state = checkpoint.loop
             recorder.final_arrays = state.arrays
             restore_rng(checkpoint.rng_state)  # last: building models above drew from torch
         run_rounds(
@@ -446,11 +487,9 @@ def main(grid: Grid, context: Context) -> None:
             first_round=1 if checkpoint is None else checkpoint.server_round + 1,
             num_rounds=scenario.rounds,
             evaluate_fn=recorder,
-            after_round=None
-            if every is None
-            else Checkpointer(scenario, run_dir, strategy, grid, log),
             strategy_metrics=recorder.strategy_metrics,
         )
     if recorder.final_arrays is not None:
         save_arrays(recorder.final_arrays, run_dir / "final_arrays.npz")
-    callbacks.on_run_end(run, read_metrics(run_dir))
+    with rng_kept():
+        callbacks.on_run_end(run, read_metrics(run_dir))

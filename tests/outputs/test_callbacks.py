@@ -153,3 +153,27 @@ def test_callback_and_sweep_import_paths_count_as_code(tiny: dict[str, Any]) -> 
         "output.callbacks.1.name=mylab.cb:Other",
         "sweep.1.strategy.name=mylab.strategies:Mine",
     }
+
+
+class Gambler(Callback):
+    """Draws from every global RNG each round (as a careless tracker might)."""
+
+    def on_round_end(self, run: RunInfo, server_round: int, record: Any, arrays: Any) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        random.random(), np.random.rand(), torch.rand(3)
+
+
+def test_a_callback_drawing_random_numbers_changes_nothing(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """Flower samples clients with `random`: callbacks run with the RNG states put back."""
+    from tests.conftest import strip_wall_clock
+
+    tiny["strategy"]["params"]["fraction_train"] = 0.5  # sampling draws from `random`
+    plain = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "a")
+    gambled = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "b", callbacks=[Gambler()])
+    assert strip_wall_clock(plain.metrics) == strip_wall_clock(gambled.metrics)
