@@ -177,3 +177,20 @@ def test_a_callback_drawing_random_numbers_changes_nothing(
     plain = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "a")
     gambled = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "b", callbacks=[Gambler()])
     assert strip_wall_clock(plain.metrics) == strip_wall_clock(gambled.metrics)
+
+
+def test_a_tracker_whose_library_is_missing_names_the_extra(
+    tiny: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    tiny["output"]["trackers"] = ["wandb"]
+    with pytest.raises(
+        fedsim.ScenarioError,
+        match=r"output\.trackers\.0: 'wandb' needs the wandb package: pip install 'fedsim\[wandb\]'",
+    ):
+        fedsim.load_scenario(tiny)
