@@ -8,8 +8,11 @@ The public Python API::
     result = fedsim.resume(result.run_dir)   # continue from its last checkpoint
     results = fedsim.run_experiment(scenario)  # variants x seeds -> ExperimentResult
 
-Outputs are callbacks: subclass :class:`fedsim.Callback` and register it with
-:func:`fedsim.register_callback` (or pass objects to ``fedsim.run(callbacks=...)``).
+Extension points: :func:`register_strategy`, :func:`register_model`, and client-side
+training through :class:`LocalStep` subclasses registered with :func:`register_step`
+(see docs/write-a-strategy.md).
+Outputs are callbacks: subclass :class:`Callback` and register it with
+:func:`register_callback` (or pass objects to ``fedsim.run(callbacks=...)``).
 """
 
 from __future__ import annotations
@@ -21,13 +24,20 @@ __version__ = "0.1.0"
 __all__ = [
     "Callback",
     "ExperimentResult",
+    "LocalStep",
+    "NodeData",
+    "Problem",
+    "Reply",
     "RunInfo",
     "RunResult",
     "Scenario",
     "ScenarioError",
+    "StepInputs",
+    "TrainResult",
     "load_scenario",
     "register_callback",
     "register_model",
+    "register_step",
     "register_strategy",
     "resume",
     "run",
@@ -35,7 +45,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fedsim.errors import ScenarioError
+    from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+    from fedsim.data.node_data import NodeData
+    from fedsim.errors import Problem, ScenarioError
     from fedsim.models import register_model
     from fedsim.outputs.callbacks import Callback, RunInfo, register_callback
     from fedsim.runner import ExperimentResult, RunResult, resume, run, run_experiment
@@ -47,6 +59,13 @@ _LAZY = {
     "Callback": "fedsim.outputs.callbacks",
     "RunInfo": "fedsim.outputs.callbacks",
     "register_callback": "fedsim.outputs.callbacks",
+    "LocalStep": "fedsim.clients.steps",
+    "Reply": "fedsim.clients.steps",
+    "StepInputs": "fedsim.clients.steps",
+    "TrainResult": "fedsim.clients.steps",
+    "register_step": "fedsim.clients.steps",
+    "NodeData": "fedsim.data.node_data",
+    "Problem": "fedsim.errors",
     "ScenarioError": "fedsim.errors",
     "register_model": "fedsim.models",
     "ExperimentResult": "fedsim.runner",
