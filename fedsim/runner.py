@@ -366,17 +366,7 @@ def run_experiment(
     """
     runs = expand(scenario)
     root = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
-    baseline = scenario.output.baseline
-    labels = {r.variant or "base" for r in runs}
-    if baseline is not None and baseline not in labels:
-        raise ScenarioError(
-            [
-                Problem(
-                    "output.baseline",
-                    f"'{baseline}' is not a variant; variants: " + ", ".join(sorted(labels)),
-                )
-            ]
-        )
+    baseline = scenario.output.baseline  # checked against the variants by validation
     for r in runs:  # fail fast on every run's data/model before the first one trains
         preflight(r)
     results: list[RunResult] = []

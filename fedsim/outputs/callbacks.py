@@ -160,6 +160,7 @@ def output_problems(scenario: Scenario, *, imports: bool = True) -> list[Problem
             problems.append(
                 Problem(key, f"'{name}' needs the {needs} package: pip install 'fedsim[{extra}]'")
             )
+    problems += _baseline_problems(scenario)
     for i, entry in enumerate(scenario.output.callbacks):
         name = entry if isinstance(entry, str) else entry.name
         if not imports and is_import_path(name):
@@ -169,6 +170,29 @@ def output_problems(scenario: Scenario, *, imports: bool = True) -> list[Problem
         except UnknownNameError as exc:
             problems.append(exc.problem(f"output.callbacks.{i}", "callback"))
     return problems
+
+
+def _baseline_problems(scenario: Scenario) -> list[Problem]:
+    """``output.baseline`` must name one of the variants the scenario expands into.
+
+    A concrete run (no ``variants`` or ``sweep`` left) carries it along unchecked.
+    """
+    baseline = scenario.output.baseline
+    if baseline is None or not (scenario.variants or scenario.sweep):
+        return []
+    from fedsim.scenario_loading import sweep_grid
+
+    points = [label for label, _ in sweep_grid(scenario.sweep)] if scenario.sweep else [""]
+    names = [
+        "_".join(p for p in (v, point) if p) or "base"
+        for v in (scenario.variants or {"": {}})
+        for point in points
+    ]
+    if baseline in names:
+        return []
+    return [
+        Problem("output.baseline", f"'{baseline}' is not a variant; variants: {', '.join(names)}")
+    ]
 
 
 # Callback objects handed to `fedsim.run(..., callbacks=...)`: the in-process ServerApp

@@ -121,3 +121,15 @@ def test_two_keys_two_values_two_seeds_make_eight_runs_and_one_table(
     # Printed as a table with mean ± std, not raw markdown.
     assert "±" in result.output and "final_acc (mean ± std)" in result.output
     assert "|---|" not in result.output
+
+
+def test_a_baseline_that_is_no_variant_is_a_validation_error(tiny: dict[str, Any]) -> None:
+    tiny["sweep"] = {"client.optimizer.lr": [0.05, 0.2]}
+    tiny["output"]["baseline"] = "lr-0.1"
+    with pytest.raises(
+        fedsim.ScenarioError,
+        match=r"output\.baseline: 'lr-0\.1' is not a variant; variants: lr-0\.05, lr-0\.2",
+    ):
+        fedsim.load_scenario(tiny)
+    tiny["output"]["baseline"] = "lr-0.2"
+    assert fedsim.load_scenario(tiny).output.baseline == "lr-0.2"
