@@ -52,4 +52,5 @@ def test_quickstart_notebook_runs_twice_without_flower_log(tmp_path: Path) -> No
         for level in ("INFO", "WARNING", "DEBUG"):
             assert f"{level} " not in text and f"{level}\x1b" not in text, text
         assert not any(o.output_type == "error" for o in cell.outputs)
+        assert any(o.output_type == "display_data" for o in cell.outputs)  # the progress bar
     assert (tmp_path / "runs" / "notebook-quickstart" / "summary.json").is_file()

@@ -75,6 +75,10 @@ def test_report_tells_two_runs_apart_by_the_key_set_differently(
     assert result.exit_code == 0, result.output
     assert "where the runs differ" in result.output
     assert "scenario.client.optimizer.lr" in result.output
+    narrow = CliRunner().invoke(
+        app, ["report", str(a), str(b), "--out", str(tmp_path / "rep")], env={"COLUMNS": "60"}
+    )
+    assert narrow.exit_code == 0 and "…" not in narrow.output  # cells wrap, never cut
     # The same run twice differs in nothing.
     assert differences([a, a]) == []
     csv_out = CliRunner().invoke(
