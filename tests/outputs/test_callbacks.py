@@ -194,3 +194,14 @@ def test_a_tracker_whose_library_is_missing_names_the_extra(
         match=r"output\.trackers\.0: 'wandb' needs the wandb package: pip install 'fedsim\[wandb\]'",
     ):
         fedsim.load_scenario(tiny)
+
+
+def test_a_callback_named_by_import_path(tiny: dict[str, Any], tmp_path: Path) -> None:
+    Recorder.seen.clear()
+    tiny["rounds"] = 1
+    tiny["output"]["callbacks"] = ["tests.outputs.test_callbacks:Recorder"]
+    fedsim.run(fedsim.load_scenario(tiny), tmp_path / "r")
+    assert [k for k, _ in Recorder.seen] == ["start", "round", "round", "end"]
+    tiny["output"]["callbacks"] = ["tests.outputs.test_callbacks:ScoringFedAvg"]
+    with pytest.raises(fedsim.ScenarioError, match=r"not a fedsim\.Callback subclass"):
+        fedsim.load_scenario(tiny)
