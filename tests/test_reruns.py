@@ -104,3 +104,17 @@ def test_flowers_log_is_silent_unless_verbose(monkeypatch: pytest.MonkeyPatch) -
         flwr_logger.removeHandler(count)
     assert count.levels == [logging.ERROR, logging.INFO, logging.INFO]
     assert flwr_logger.level == logging.DEBUG  # put back after each run
+
+
+def test_a_resumed_run_may_change_its_trackers_and_callbacks_not_its_seed(
+    tiny: dict[str, Any],
+) -> None:
+    from fedsim.resume_rules import check_resume
+
+    saved = fedsim.load_scenario(tiny).model_dump(mode="json")
+    tiny["output"]["trackers"] = ["csv", "tensorboard"]
+    tiny["output"]["callbacks"] = ["tests.outputs.test_callbacks:Recorder"]
+    check_resume(saved, fedsim.load_scenario(tiny).model_dump(mode="json"), 1)
+    tiny["seed"] = 4
+    with pytest.raises(fedsim.ScenarioError, match="seed: changed since the checkpoint"):
+        check_resume(saved, fedsim.load_scenario(tiny).model_dump(mode="json"), 1)
