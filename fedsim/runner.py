@@ -10,6 +10,7 @@ This is the Python API behind ``fedsim run``::
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -293,23 +294,34 @@ def run_experiment(
     scenario: Scenario,
     out_dir: str | Path | None = None,
     on_run_start: Callable[[int, int, Scenario], None] | None = None,
+    jobs: int = 1,
 ) -> ExperimentResult:
     """Run every variant x seed of a scenario and compare them.
 
     A scenario with a single run writes its run directory at ``out_dir`` itself;
     otherwise ``out_dir`` holds one ``<variant>-seed<k>`` directory per run plus
     ``comparison.csv``, ``comparison.md`` and ``comparison_*.png``.
+
+    With ``jobs`` above 1, that many runs go at once, each in a process of its own
+    (``fedsim run --jobs N``); every run is the run it would be alone, so the results
+    and the comparison do not depend on ``jobs``. ``on_run_start`` is then called as
+    each run finishes, and listeners see its records then.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     runs = expand(scenario)
     root = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
     for r in runs:  # fail fast on every run's data/model before the first one trains
         preflight(r)
-    results: list[RunResult] = []
-    for i, concrete in enumerate(runs):
-        if on_run_start is not None:
-            on_run_start(i, len(runs), concrete)
-        target = root if len(runs) == 1 else root / run_label(concrete)
-        results.append(run(concrete, target))
+    targets = [root if len(runs) == 1 else root / run_label(r) for r in runs]
+    if jobs == 1 or len(runs) == 1:
+        results: list[RunResult] = []
+        for i, (concrete, target) in enumerate(zip(runs, targets, strict=True)):
+            if on_run_start is not None:
+                on_run_start(i, len(runs), concrete)
+            results.append(run(concrete, target))
+    else:
+        results = _run_parallel(runs, targets, jobs, on_run_start)
     if len(runs) == 1:
         return ExperimentResult(root, results)
     groups: dict[str, list[RunResult]] = {}
@@ -319,3 +331,40 @@ def run_experiment(
     write_comparison(rows, root)
     plot_comparison({k: [r.metrics for r in v] for k, v in groups.items()}, root, scenario.name)
     return ExperimentResult(root, results, rows)
+
+
+def _run_parallel(
+    runs: Sequence[Scenario],
+    targets: Sequence[Path],
+    jobs: int,
+    on_run_start: Callable[[int, int, Scenario], None] | None,
+) -> list[RunResult]:
+    """Run ``runs`` in ``jobs`` processes; return their results in the order of ``runs``."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from fedsim.engine.executor import process_context
+    from fedsim.outputs.metrics_log import replay
+
+    context = process_context(["fedsim.runner", "fedsim.clients.app", "fedsim.server"])
+    results: list[RunResult | None] = [None] * len(runs)
+    flwr_level = logging.getLogger("flwr").level  # the job processes log as this one does
+    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:
+        futures = {
+            pool.submit(_run_in_job, concrete, target, flwr_level): i
+            for i, (concrete, target) in enumerate(zip(runs, targets, strict=True))
+        }
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()  # a run's error is raised here, as with jobs=1
+            if on_run_start is not None:
+                on_run_start(i, len(runs), runs[i])
+            replay(results[i].metrics)  # type: ignore[union-attr]  # set just above
+    return results  # type: ignore[return-value]  # every slot is filled above
+
+
+def _run_in_job(scenario: Scenario, run_dir: Path, flwr_level: int) -> RunResult:
+    """One run of a parallel comparison, in a job process."""
+    import flwr  # noqa: F401  (configures the 'flwr' logger, which is then set as the parent's)
+
+    logging.getLogger("flwr").setLevel(flwr_level)
+    return run(scenario, run_dir)

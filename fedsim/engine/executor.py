@@ -248,22 +248,24 @@ def _dumps_outcome(index: int, outcome: Outcome) -> bytes:
         return pickle.dumps((index, RuntimeError(text)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
-    """'forkserver' where it exists, else 'spawn'; never plain 'fork'.
+def process_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+    """How fedsim starts processes: 'forkserver' where it exists, else 'spawn'.
 
-    torch's thread pools and CUDA do not survive a fork of a process that has used them.
-
-    The forkserver imports the ClientApp's module once (torch, Flower, fedsim: seconds),
-    so each worker it forks starts in milliseconds; it lives until this process ends.
+    Never plain 'fork': torch's thread pools and CUDA do not survive a fork of a process
+    that has used them. The forkserver imports ``preload`` once (torch, Flower, fedsim:
+    seconds) when the first pool of this process starts it, so each process it forks
+    starts in milliseconds; it lives until this process ends.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    preload = ["fedsim.training_device"]
-    if isinstance(spec.client_app, AppRef):
-        preload.append(spec.client_app.module)
-    ctx.set_forkserver_preload(preload)  # used when the server starts (the first pool)
+    ctx.set_forkserver_preload(["fedsim.training_device", *preload])
     return ctx
+
+
+def _context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
+    """The worker's start method, preloading its ClientApp's module."""
+    return process_context([spec.client_app.module] if isinstance(spec.client_app, AppRef) else [])
 
 
 class _Worker:
