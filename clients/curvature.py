@@ -109,7 +109,9 @@ class CurvatureStep(LocalStep):
                 total = np.asarray(inputs.extras[f"{wire.CURV_PREFIX}{kind}.{name}"], np.float64)
                 own_key = f"{mine}.{name}"
                 own_term = own[own_key].numpy().astype(np.float64) if own_key in own else 0.0
-                terms.append(torch.from_numpy(np.asarray(total - own_term)).to(param.dtype))
+                terms.append(
+                    torch.from_numpy(np.asarray(total - own_term)).to(param.device, param.dtype)
+                )
             self.others[name] = (terms[0], terms[1], terms[2])
 
     def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
@@ -128,8 +130,8 @@ class CurvatureStep(LocalStep):
         extra: dict[str, np.ndarray] = {}
         own: dict[str, np.ndarray] = {}
         for name, p in model.named_parameters():
-            f = fisher[name].detach().numpy()
-            theta = p.detach().numpy()
+            f = fisher[name].detach().cpu().numpy()
+            theta = p.detach().cpu().numpy()
             extra[f"{wire.CURV_PREFIX}F.{name}"] = f
             extra[f"{wire.CURV_PREFIX}FT.{name}"] = f * theta
             own[f"F.{name}"], own[f"FT.{name}"], own[f"FTT.{name}"] = (

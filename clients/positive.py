@@ -37,7 +37,7 @@ class PositiveOnlyStep(LocalStep):
         self.margin = float(inputs.config[wire.FEDAWS_POSITIVE_MARGIN])
         self.train_row = bool(inputs.config.get(wire.FEDAWS_TRAIN_ROW, True))
         self.scale = model.scale
-        row = torch.from_numpy(np.asarray(inputs.extras[wire.FEDAWS_ROW]))
+        row = torch.from_numpy(np.asarray(inputs.extras[wire.FEDAWS_ROW]))  # copied to the device
         with torch.no_grad():
             model.class_embeddings.zero_()
             model.class_embeddings[self.cls] = row
@@ -54,4 +54,4 @@ class PositiveOnlyStep(LocalStep):
         if not self.train_row:
             return {}
         assert isinstance(model, CosineClassifier)
-        return {wire.FEDAWS_ROW: model.class_embeddings[self.cls].detach().numpy().copy()}
+        return {wire.FEDAWS_ROW: model.class_embeddings[self.cls].detach().cpu().numpy().copy()}

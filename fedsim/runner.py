@@ -112,6 +112,10 @@ def preflight(scenario: Scenario) -> None:
         raise ScenarioError([Problem("engine.name", f"unknown engine: {exc}")]) from None
     if scenario.output.checkpoint_every is not None:
         _check_resumable(scenario)
+    if getattr(scenario.engine, "ray_address", None) is None:  # a cluster has its own devices
+        from fedsim.training_device import check_devices
+
+        check_devices(scenario.engine.device)
     if scenario.system.trace is not None:
         if scenario.engine.name != "inprocess":
             raise ScenarioError(

@@ -28,6 +28,14 @@ _process: dict[str, str | None] = {"device": None}
 _placed: dict[tuple[Hashable, str], torch.Tensor] = {}
 
 
+def set_process_threads(run_config: Mapping[str, object], key: str) -> None:
+    """``torch.set_num_threads(run_config[key])`` once per process, if the key is set."""
+    threads = run_config.get(key)
+    if threads is not None and _process.get("threads") != str(threads):
+        torch.set_num_threads(int(threads))  # type: ignore[call-overload]  # an int in the config
+        _process["threads"] = str(threads)
+
+
 def set_process_device(device: str | None) -> None:
     """Make ``device`` the training device of this process's clients (None: the scenario's)."""
     _process["device"] = device
@@ -83,6 +91,12 @@ def client_device(engine_device: str | Sequence[str], node_config: Mapping[str, 
 @cache
 def _resolved(name: str) -> str:
     return resolve(name)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device ``model``'s parameters live on (the CPU for a model without any)."""
+    first_param = next(model.parameters(), None)
+    return torch.device("cpu") if first_param is None else first_param.device
 
 
 def on_device(
