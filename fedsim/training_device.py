@@ -19,9 +19,9 @@ from functools import cache
 import numpy as np
 import torch
 
+from fedsim import wire
 from fedsim.errors import Problem, ScenarioError
 
-DEVICE_KEY = "device"  # node config key of a deployed SuperNode
 CHOICES = "auto, cpu, cuda, cuda:N, mps"
 
 _process: dict[str, str | None] = {"device": None}
@@ -80,7 +80,7 @@ def first(names: str | Sequence[str]) -> str:
 
 def client_device(engine_device: str | Sequence[str], node_config: Mapping[str, object]) -> str:
     """The resolved training device of a client (see the module docstring)."""
-    configured = node_config.get(DEVICE_KEY)
+    configured = node_config.get(wire.NODE_DEVICE)
     if configured is not None:
         return _resolved(str(configured))
     if _process["device"] is not None:

@@ -29,6 +29,7 @@ RUN_WAIT_NODES: Final = "wait-nodes"  # nodes the ServerApp waits for before rou
 PARTITION_ID: Final = "partition-id"
 NUM_PARTITIONS: Final = "num-partitions"
 DATA_PATH: Final = "data-path"
+NODE_DEVICE: Final = "device"  # a node's training device (engine.device's choices)
 # true/false: this node attacks (wins over the scenario's system.attackers draw), so a
 # deployed SuperNode can be made an attacker from its own --node-config.
 ATTACKER: Final = "attacker"

@@ -173,3 +173,16 @@ def test_structured_dropout_lstm_on_cuda_matches_the_dense_reference(fused: bool
             torch.testing.assert_close(q.grad.cpu(), params[n].grad, rtol=0, atol=1e-9, msg=n)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_a_deployed_nodes_device_travels_in_its_node_config() -> None:
+    from flwr.common.config import parse_config_args
+
+    from fedsim.deploy.flower_commands import node_config
+    from fedsim.errors import DeploymentError
+
+    parsed = parse_config_args([node_config(0, 2, None, "cuda:1")])
+    assert parsed == {"partition-id": 0, "num-partitions": 2, "device": "cuda:1"}
+    assert client_device("cpu", parsed) == "cuda:1"
+    with pytest.raises(DeploymentError, match="--device"):
+        node_config(0, 2, None, "tpu")
