@@ -22,6 +22,7 @@ MAY_CHANGE: dict[str, str] = {
     "output.plots": "plots are drawn from metrics.jsonl at the end",
     "output.target_accuracy": "scored from metrics.jsonl at the end",
     "output.checkpoint_every": "when checkpoints are taken does not change the run",
+    "engine.workers": "how many processes compute the clients never changes the results",
 }
 
 

@@ -77,6 +77,26 @@ def test_node_config_then_process_then_scenario() -> None:
     assert client_device(["cuda:1", "cuda:0"], {}) == "cuda:1"
 
 
+def test_ray_actors_set_their_threads_from_the_run_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fedsim import training_device, wire
+    from fedsim.training_device import set_process_threads
+
+    monkeypatch.setitem(training_device._process, "threads", None)  # a fresh process
+    before = torch.get_num_threads()
+    try:
+        set_process_threads({wire.RUN_TORCH_THREADS: 1}, wire.RUN_TORCH_THREADS)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        set_process_threads({wire.RUN_TORCH_THREADS: 1}, wire.RUN_TORCH_THREADS)
+        assert torch.get_num_threads() == 2  # once per process, not once per job
+        set_process_threads({}, wire.RUN_TORCH_THREADS)  # a deployment: torch's own choice
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_on_the_cpu_data_is_shared_not_copied() -> None:
     x = np.arange(6, dtype=np.float32)
     t = on_device(x, "cpu", key="k")

@@ -28,6 +28,7 @@ import copy
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -201,6 +202,8 @@ def app_ref(client_app: object) -> object:
 
 def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """A worker process: run the jobs the parent sends until told to stop (or orphaned)."""
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.clear()
     os.environ.update(spec.environ)
     import torch
@@ -240,9 +243,12 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
 
 
 def _dumps_outcome(index: int, outcome: Outcome) -> bytes:
-    """Pickle a job's outcome; an exception that cannot be pickled becomes its text."""
+    """Pickle a job's outcome; an exception that does not survive pickling becomes its text."""
     try:
-        return pickle.dumps((index, outcome), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((index, outcome), protocol=pickle.HIGHEST_PROTOCOL)
+        if isinstance(outcome, BaseException):
+            pickle.loads(data)  # some exceptions pickle but cannot be rebuilt (required args)
+        return data
     except Exception:
         text = f"{type(outcome).__name__}: {outcome}"
         return pickle.dumps((index, RuntimeError(text)), protocol=pickle.HIGHEST_PROTOCOL)

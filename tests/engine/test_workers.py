@@ -142,8 +142,9 @@ def test_sigkilled_workers_run_resumes_to_the_same_metrics(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(read_metrics(run_dir)) - 1 < tiny["rounds"], "finished before it was killed"
-    # In this process (no second interpreter start): resumed on workers, whole on one.
-    resumed = fedsim.resume(run_dir)
+    # In this process (no second interpreter start): resumed on three workers (the
+    # nodes' states move to their new owners), the whole run on one.
+    resumed = fedsim.resume(run_dir, ["engine.workers=3"])
     tiny["engine"] = {"workers": 1}
     whole = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "whole")
     assert strip_wall_clock(resumed.metrics) == strip_wall_clock(whole.metrics)
