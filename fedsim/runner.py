@@ -346,17 +346,18 @@ def _run_parallel(
     """Run ``runs`` in ``jobs`` processes; return their results in the order of ``runs``."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from fedsim.engine.executor import process_context
+    from fedsim.engine.executor import main_module_hidden, process_context
     from fedsim.outputs.metrics_log import replay
 
     context = process_context(["fedsim.runner", "fedsim.clients.app", "fedsim.server"])
     results: list[RunResult | None] = [None] * len(runs)
     flwr_level = logging.getLogger("flwr").level  # the job processes log as this one does
     with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:
-        futures = {
-            pool.submit(_run_in_job, concrete, target, flwr_level): i
-            for i, (concrete, target) in enumerate(zip(runs, targets, strict=True))
-        }
+        with main_module_hidden():  # the job processes start here (see its docstring)
+            futures = {
+                pool.submit(_run_in_job, concrete, target, flwr_level): i
+                for i, (concrete, target) in enumerate(zip(runs, targets, strict=True))
+            }
         for future in as_completed(futures):
             i = futures[future]
             results[i] = future.result()  # a run's error is raised here, as with jobs=1

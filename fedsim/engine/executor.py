@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from flwr.app import Context, Message, RecordDict, UserConfig
 
 from fedsim.engine.watchdog import Watchdog
+from fedsim.errors import FedsimError
 
 ClientCallable = Callable[[Message, Context], Message]
 Outcome = Message | BaseException  # a reply, or what the ClientApp raised
@@ -46,6 +47,10 @@ Job = tuple[Message, int]  # (delivered message, node id)
 
 class WorkerDied(RuntimeError):
     """The worker process running a job ended before it replied."""
+
+
+class WorkerStartError(FedsimError):
+    """A worker process ended before it was ready (it could not import or build its app)."""
 
 
 class ClientExecutor(Protocol):
@@ -222,6 +227,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
         node_contexts(spec.num_nodes, spec.run_config, spec.run_id),
         watchdog,
     )
+    conn.send("ready")
     while True:
         try:
             request, payload = conn.recv()
@@ -274,8 +280,34 @@ def _context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
     return process_context([spec.client_app.module] if isinstance(spec.client_app, AppRef) else [])
 
 
+@contextlib.contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Start processes that do not re-import this program's ``__main__``.
+
+    multiprocessing's forkserver and spawn children run the parent's main script again
+    (as ``__mp_main__``) so that objects defined there unpickle; a script that calls
+    ``fedsim.run`` without an ``if __name__ == "__main__":`` guard would then start a
+    run in every child. fedsim's children import what they run by module name, so they
+    never need the script: while this block runs, ``__main__`` names no file or module.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved: dict[str, Any] = {
+        k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__
+    }
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 class _Worker:
-    """One worker process and the parent's end of its pipe."""
+    """One worker process and the parent's end of its pipe (call :meth:`ready` next)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         ctx = _context(spec)
@@ -283,8 +315,24 @@ class _Worker:
         self.process = ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main, args=(child, spec), daemon=True, name="fedsim-worker"
         )
-        self.process.start()
+        # A ClientApp defined in the main script itself needs the script in the worker.
+        hide = isinstance(spec.client_app, AppRef)
+        with main_module_hidden() if hide else contextlib.nullcontext():
+            self.process.start()
         child.close()  # only the worker holds its end: EOF here when it dies
+
+    def ready(self) -> None:
+        """Wait until the worker has built its app; raise if it died instead."""
+        try:
+            answer = self.conn.recv()
+        except (EOFError, OSError):
+            answer = None
+        if answer != "ready":
+            self.process.join(5)
+            raise WorkerStartError(
+                f"engine.workers: a worker process ended while starting (exit code "
+                f"{self.process.exitcode}); its error is on stderr above"
+            )
 
     def stop(self) -> None:
         """Ask the worker to stop; kill it if it does not within a few seconds."""
@@ -317,8 +365,10 @@ class WorkerPool:
         self.started: list[int] = []  # every worker process's id, restarted ones too
         self._workers: list[_Worker] = []
         try:
-            for spec in self.specs:
+            for spec in self.specs:  # all start at once, then each is waited for
                 self._workers.append(self._start(spec))
+            for worker in self._workers:
+                worker.ready()
         except BaseException:
             self.close()
             raise
@@ -371,6 +421,7 @@ class WorkerPool:
             outcomes[i] = WorkerDied(f"worker process ended (exit code {code}) before replying")
         worker.conn.close()
         self._workers[w] = self._start(self.specs[w])
+        self._workers[w].ready()
         self.restarts += 1
         mine = {n: s for n, s in self.known_states.items() if self.owner(n) == w}
         if mine:

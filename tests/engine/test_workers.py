@@ -18,7 +18,7 @@ import fedsim
 from fedsim import wire
 from fedsim.checkpoint import checkpoint_path
 from fedsim.clients.app import app as client_app
-from fedsim.engine.executor import WorkerPool
+from fedsim.engine.executor import AppRef, WorkerPool, WorkerSpec, WorkerStartError
 from fedsim.engine.inprocess_engine import worker_count
 from fedsim.outputs.metrics_log import read_metrics
 from fedsim.scenario import InProcessEngine
@@ -123,7 +123,7 @@ def test_sigkilled_workers_run_resumes_to_the_same_metrics(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
     """DP accountants live in the workers' node states; a checkpoint fetches them."""
-    tiny["rounds"] = 6
+    tiny["rounds"] = 4
     tiny["strategy"] = {"name": "fedavg", "params": {"fraction_train": 0.5}}
     tiny["client"]["dp"] = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
     tiny["system"].update(straggle_prob=0.2, deadline_s=1.0)
@@ -154,6 +154,26 @@ def test_sigkilled_workers_run_resumes_to_the_same_metrics(
     while not _all_gone(children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _all_gone(children)
+
+
+def test_a_worker_that_cannot_start_is_an_error_not_a_stream_of_failures() -> None:
+    spec = WorkerSpec(AppRef("no_such_module_here", "app"), 2, {}, 1, 1, None, None, {})
+    with pytest.raises(WorkerStartError, match=r"engine\.workers: a worker process ended"):
+        WorkerPool([spec, spec])
+
+
+def test_workers_start_without_rerunning_the_main_script() -> None:
+    """A script that runs fedsim without `if __name__ == "__main__":` is not rerun per worker."""
+    from multiprocessing import spawn
+
+    from fedsim.engine.executor import main_module_hidden
+
+    main = sys.modules["__main__"]
+    before = (getattr(main, "__file__", None), getattr(main, "__spec__", None))
+    with main_module_hidden():
+        data = spawn.get_preparation_data("fedsim-worker")
+        assert "init_main_from_path" not in data and "init_main_from_name" not in data
+    assert (getattr(main, "__file__", None), getattr(main, "__spec__", None)) == before
 
 
 def test_auto_workers_are_physical_cores_over_threads() -> None:
