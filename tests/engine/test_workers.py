@@ -16,7 +16,7 @@ from flwr.app import Context, Message
 
 import fedsim
 from fedsim import wire
-from fedsim.checkpoint import checkpoint_path
+from fedsim.checkpoint import checkpoint_path, load_checkpoint
 from fedsim.clients.app import app as client_app
 from fedsim.engine.executor import AppRef, WorkerPool, WorkerSpec, WorkerStartError
 from fedsim.engine.inprocess_engine import worker_count
@@ -122,10 +122,9 @@ def test_lasgd_runs_on_workers_as_in_one_process(tiny: dict[str, Any], tmp_path:
 def test_sigkilled_workers_run_resumes_to_the_same_metrics(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
-    """DP accountants live in the workers' node states; a checkpoint fetches them."""
+    """SCAFFOLD's control variates live in the workers' node states; checkpoints fetch them."""
     tiny["rounds"] = 4
-    tiny["strategy"] = {"name": "fedavg", "params": {"fraction_train": 0.5}}
-    tiny["client"]["dp"] = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
+    tiny["strategy"] = {"name": "scaffold", "params": {"option": "II", "fraction_train": 0.5}}
     tiny["system"].update(straggle_prob=0.2, deadline_s=1.0)
     tiny["output"]["checkpoint_every"] = 2
     tiny["engine"] = {"workers": 2}
@@ -142,6 +141,7 @@ def test_sigkilled_workers_run_resumes_to_the_same_metrics(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(read_metrics(run_dir)) - 1 < tiny["rounds"], "finished before it was killed"
+    assert load_checkpoint(run_dir).engine_state["node_states"]  # fetched from the workers
     # In this process (no second interpreter start): resumed on three workers (the
     # nodes' states move to their new owners), the whole run on one.
     resumed = fedsim.resume(run_dir, ["engine.workers=3"])
