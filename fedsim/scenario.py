@@ -509,6 +509,16 @@ class InProcessEngine(_EngineSection):
     # processes, nodes pinned to one; auto = physical cores // threads_per_worker.
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_choice(cls, value: Any) -> Any:
+        # One message for the union (pydantic would report each alternative).
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            return value
+        raise ValueError("must be a whole number >= 1 or 'auto'")
+
 
 class RayEngine(_EngineSection):
     """Flower's Ray simulation engine (``fedsim[ray]``): a local Ray or a cluster."""

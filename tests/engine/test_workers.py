@@ -20,6 +20,7 @@ from fedsim.checkpoint import checkpoint_path, load_checkpoint
 from fedsim.clients.app import app as client_app
 from fedsim.engine.executor import AppRef, WorkerPool, WorkerSpec, WorkerStartError
 from fedsim.engine.inprocess_engine import worker_count
+from fedsim.errors import ScenarioError
 from fedsim.outputs.metrics_log import read_metrics
 from fedsim.scenario import InProcessEngine
 from tests.conftest import same_final_arrays, strip_wall_clock, write_yaml
@@ -181,3 +182,11 @@ def test_auto_workers_are_physical_cores_over_threads() -> None:
     assert worker_count(InProcessEngine(workers="auto")) == max(1, cores)
     assert worker_count(InProcessEngine(workers="auto", threads_per_worker=cores + 1)) == 1
     assert worker_count(InProcessEngine()) == 1
+
+
+@pytest.mark.parametrize("bad", [0, "many", True])
+def test_a_bad_worker_count_is_one_problem_naming_the_key(tiny: dict[str, Any], bad: Any) -> None:
+    tiny["engine"] = {"workers": bad}
+    with pytest.raises(ScenarioError) as info:
+        fedsim.load_scenario(tiny)
+    assert [p.key for p in info.value.problems] == ["engine.workers"]
