@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,14 +34,12 @@ from fedsim.array_codec import decoding_arrays
 from fedsim.engine.availability import wait_for_online
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
-from fedsim.engine.executor import ClientExecutor, Outcome, SerialExecutor
+from fedsim.engine.executor import ClientCallable, ClientExecutor, Outcome, SerialExecutor
 from fedsim.engine.flower_compat import assign_message_id, empty_run
 from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimError
-
-ClientCallable = Callable[[Message, Context], Message]
 
 CLIENT_APP_RAISED_EXCEPTION = 2  # flwr.common.constant.ErrorCode
 NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: clear of the SuperLink's id 1
