@@ -196,14 +196,24 @@ class AppRef:
 
 
 def app_ref(client_app: object) -> object:
-    """An :class:`AppRef` for ``client_app`` if a module holds it, else the app itself."""
-    for name, module in list(sys.modules.items()):
-        if name == "__main__" or module is None:
-            continue
-        for attr, value in list(getattr(module, "__dict__", {}).items()):
-            if value is client_app:
-                return AppRef(name, attr)
-    return client_app
+    """An :class:`AppRef` for ``client_app`` if a module holds it, else the app itself.
+
+    Among the modules holding it, the shallowest outside the tests wins
+    (``fedsim.clients.app:app``); the main script (``__main__``, and multiprocessing's
+    alias of it, ``__mp_main__``) is never named: a worker cannot import it by that
+    name. An app only the main script holds is sent pickled.
+    """
+    candidates = [
+        (name.split(".")[0] == "tests", name.count("."), name, attr)
+        for name, module in list(sys.modules.items())
+        if name not in ("__main__", "__mp_main__") and module is not None
+        for attr, value in list(getattr(module, "__dict__", {}).items())
+        if value is client_app
+    ]
+    if not candidates:
+        return client_app
+    _, _, module, attribute = min(candidates)
+    return AppRef(module, attribute)
 
 
 def _worker_main(conn: Connection, spec: WorkerSpec) -> None:

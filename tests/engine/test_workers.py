@@ -190,3 +190,13 @@ def test_a_bad_worker_count_is_one_problem_naming_the_key(tiny: dict[str, Any], 
     with pytest.raises(ScenarioError) as info:
         fedsim.load_scenario(tiny)
     assert [p.key for p in info.value.problems] == ["engine.workers"]
+
+
+def test_workers_import_the_app_by_its_own_module() -> None:
+    """This test module holds fedsim's app too; the worker still imports fedsim's module."""
+    from fedsim.engine.executor import app_ref
+
+    assert app_ref(client_app) == AppRef("fedsim.clients.app", "app")
+    assert app_ref(killing_app) == AppRef("tests.engine.test_workers", "killing_app")
+    local = lambda msg, ctx: msg  # noqa: E731  (held by no module: sent pickled)
+    assert app_ref(local) is local
