@@ -44,7 +44,7 @@ def import_spec(obj: object) -> str:
     shallowest importable one wins, so ``fedsim.server:app`` beats a test module's alias.
     """
     candidates = [
-        (name.split(".")[0] in ("__main__", "tests"), name.count("."), name, attr)
+        (name.split(".")[0] in ("__main__", "__mp_main__", "tests"), name.count("."), name, attr)
         for name, module in list(sys.modules.items())
         for attr, value in list(getattr(module, "__dict__", {}).items())
         if value is obj
