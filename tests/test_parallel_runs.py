@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
+import fedsim
 from fedsim.cli.main import app
 from fedsim.outputs.metrics_log import read_metrics
 from tests.conftest import same_final_arrays, strip_wall_clock, write_yaml
@@ -41,3 +43,12 @@ def test_jobs_must_be_positive(tiny: dict[str, Any], tmp_path: Path) -> None:
     path = write_yaml(tmp_path / "s.yaml", tiny)
     result = CliRunner().invoke(app, ["run", str(path), "--jobs", "0"])
     assert result.exit_code == 2 and "--jobs" in result.output
+
+
+def test_callback_objects_need_one_job(tiny: dict[str, Any], tmp_path: Path) -> None:
+    tiny["variants"] = {"a": {}, "b": {"client.optimizer.lr": 0.01}}
+    with pytest.raises(ValueError, match="jobs=1"):
+        fedsim.run_experiment(
+            fedsim.load_scenario(tiny), tmp_path / "o", callbacks=[object()], jobs=2
+        )
+    assert not (tmp_path / "o").exists()
