@@ -33,6 +33,7 @@ from fedsim.import_paths import scenario_imports
 from fedsim.plugins import plugin_roots, pythonpath_with, scenario_modules
 from fedsim.scenario import RayEngine, Scenario
 from fedsim.submission_policy import SubmissionPolicy
+from fedsim.training_device import check_devices
 
 LOG_DIR = "flower"  # inside the run directory: superlink.log and the run's log
 RUN_LOG = "run.log"
@@ -85,6 +86,10 @@ def run_ray(scenario: Scenario, run_config: UserConfig) -> None:
     engine = scenario.engine
     if not isinstance(engine, RayEngine):  # the registry maps 'ray' to this function
         raise TypeError(f"run_ray got an engine section for '{engine.name}'")
+    if engine.ray_address is None:  # a cluster's devices are its own
+        check_devices(engine.device)
+    # The actors are Flower's processes: the ClientApp sets their threads from this.
+    run_config = {**run_config, wire.RUN_TORCH_THREADS: engine.threads_per_worker}
     logs = Path(str(run_config[wire.RUN_DIR])) / LOG_DIR
     # The private SuperLink's only user is this process: its runs may do everything.
     env = {
