@@ -47,6 +47,7 @@ from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (reg
 from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
 from fedsim.clients.link_mod import link_mod
+from fedsim.clients.losses import build_loss
 from fedsim.clients.low_precision import FixedPointWeights
 from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.optimizers import LocalOptimizer
@@ -188,6 +189,7 @@ def _train(
         job.data,
         job.partition_id,
         context.node_id,
+        build_loss(cfg.loss, job.data.y, job.data.num_classes, job.data.global_label_counts),
     )
     step_cls = select_step(config)
     if cfg.dp is not None and step_cls.dp_refusal is not None:

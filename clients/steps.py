@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from flwr.app import RecordDict
 from torch import nn
 
 from fedsim import wire
+from fedsim.clients.losses import LossFn, cross_entropy
 from fedsim.data.node_data import NodeData
 from fedsim.errors import UnknownNameError
 from fedsim.registry import Registry
@@ -52,6 +52,8 @@ class StepInputs:
         The node's ``partition-id``.
     node_id : int
         The node's Flower node id (what the server sees as the reply's source).
+    loss : callable
+        The per-example data loss ``client.loss`` names (:mod:`fedsim.clients.losses`).
 
     The model is the one about to be trained: read it in ``__init__`` (copy what must
     stay fixed, as the proximal step does with its anchor).
@@ -65,10 +67,11 @@ class StepInputs:
     data: NodeData | None = None
     partition_id: int = 0
     node_id: int = 0
+    loss: LossFn = cross_entropy
 
 
 class LocalStep:
-    """Plain empirical risk minimisation with cross-entropy."""
+    """Plain empirical risk minimisation with the configured loss (``client.loss``)."""
 
     trigger_key: ClassVar[str | None] = None
     # Model arrays the server does not send in full and the reply must not carry
@@ -84,6 +87,7 @@ class LocalStep:
 
     def __init__(self, inputs: StepInputs) -> None:
         self.config = inputs.config
+        self.loss = inputs.loss
 
     def run(
         self, model: nn.Module, cfg: ClientConfig, generator: torch.Generator
@@ -96,10 +100,10 @@ class LocalStep:
 
         For sequence targets (B, T) an example's loss is its mean token loss: a whole
         sequence is one example (DP-SGD's privacy unit) and the scale matches the
-        per-token loss the server reports.
+        per-token loss the server reports. The loss is ``client.loss`` (cross-entropy
+        by default).
         """
-        loss = F.cross_entropy(logits, targets, reduction="none")
-        return loss.flatten(1).mean(1) if loss.dim() > 1 else loss
+        return self.loss(logits, targets)
 
     def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Return a scalar added to the mean batch loss, or None.

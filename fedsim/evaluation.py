@@ -1,4 +1,9 @@
-"""Loss and accuracy of a classifier on arrays (used by clients and the server)."""
+"""Loss and accuracy of a classifier on arrays (used by clients and the server).
+
+``logit_shift`` is post-hoc logit adjustment (Menon et al. 2021): a per-class vector
+added to every logit before the loss and the prediction, ``-tau * log(prior)`` for
+``output.eval_logit_adjust``.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,21 @@ from numpy.typing import NDArray
 from torch import nn
 
 
+def _shifted(logits: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """``logits`` plus the per-class ``shift`` along the class axis 1."""
+    if shift is None:
+        return logits
+    return logits + shift.reshape(1, -1, *([1] * (logits.dim() - 2))).to(logits.dtype)
+
+
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, x: NDArray[np.float32], y: NDArray[np.int64], batch_size: int = 512
+    model: nn.Module,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    batch_size: int = 512,
+    *,
+    logit_shift: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """Return (mean cross-entropy, accuracy) of ``model`` on ``(x, y)``.
 
@@ -27,7 +44,7 @@ def evaluate_model(
     for start in range(0, len(y), batch_size):
         xb = torch.from_numpy(x[start : start + batch_size])
         yb = torch.from_numpy(y[start : start + batch_size])
-        logits = model(xb)
+        logits = _shifted(model(xb), logit_shift)
         if not bool(torch.isfinite(logits).all()):
             return math.nan, math.nan
         total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
@@ -56,3 +73,28 @@ def per_example_scores(
         np.concatenate(losses) if losses else empty,
         np.concatenate(correct) if correct else empty,
     )
+
+
+@torch.no_grad()
+def class_recall(
+    model: nn.Module,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    num_classes: int,
+    batch_size: int = 512,
+    *,
+    logit_shift: torch.Tensor | None = None,
+) -> list[float | None]:
+    """Return each class's recall (share of its examples predicted as it; None: absent).
+
+    Class targets only (one label per example).
+    """
+    model.eval()
+    hits = np.zeros(num_classes, dtype=np.int64)
+    for start in range(0, len(y), batch_size):
+        xb = torch.from_numpy(x[start : start + batch_size])
+        yb = y[start : start + batch_size]
+        predicted = _shifted(model(xb), logit_shift).argmax(dim=1).numpy()
+        hits += np.bincount(yb[predicted == yb], minlength=num_classes)
+    counts = np.bincount(y, minlength=num_classes)
+    return [float(h / n) if n else None for h, n in zip(hits, counts, strict=True)]

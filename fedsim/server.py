@@ -38,10 +38,12 @@ from fedsim.checkpoint import (
     strategy_state,
 )
 from fedsim.data.federated import FederatedData, federated_data
+from fedsim.data.label_noise import flipped_per_client
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import DivergedError, Problem, ScenarioError, UnknownNameError
-from fedsim.evaluation import evaluate_model, per_example_scores
+from fedsim.evaluation import class_recall, evaluate_model, per_example_scores
+from fedsim.label_prior import log_prior
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import MetricsLog
 from fedsim.outputs.per_client import (
@@ -63,6 +65,7 @@ from fedsim.submission_policy import SubmissionPolicy
 
 app = ServerApp()
 SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
+LABEL_NOISE_FILE = "label_noise.json"  # per client: labels flipped by data.label_noise
 WAIT_NOTICE_S = 5.0  # a wait on nodes longer than this says so (then every 30 s)
 logger = logging.getLogger(__name__)
 
@@ -172,6 +175,11 @@ class RoundRecorder:
         )
         self.started = time.perf_counter()
         self.final_arrays: ArrayRecord | None = None
+        tau = scenario.output.eval_logit_adjust
+        # Post-hoc logit adjustment: predict argmax f(x) - tau * log(global prior).
+        self.logit_shift = (
+            None if tau is None else -tau * log_prior(data.label_counts(), data.num_classes)
+        )
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Evaluate on the test set (every ``output.evaluate_every`` rounds) and log.
@@ -185,10 +193,11 @@ class RoundRecorder:
         every = self.scenario.output.evaluate_every
         evaluate = server_round % every == 0 or server_round == self.scenario.rounds
         loss = acc = None
+        batch = self.scenario.client.eval_batch_size
         if evaluate:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             loss, acc = evaluate_model(
-                self.model, self.data.x_test, self.data.y_test, self.scenario.client.eval_batch_size
+                self.model, self.data.x_test, self.data.y_test, batch, logit_shift=self.logit_shift
             )
         self.final_arrays = arrays
         record: dict[str, Any] = {
@@ -198,6 +207,17 @@ class RoundRecorder:
             "eval_loss": loss,
             "eval_accuracy": acc,
         }
+        if evaluate and self.scenario.output.class_recall:
+            recall = class_recall(
+                self.model,
+                self.data.x_test,
+                self.data.y_test,
+                self.data.num_classes,
+                batch,
+                logit_shift=self.logit_shift,
+            )
+            record["eval_recall"] = recall
+            record["eval_recall_min"] = min((r for r in recall if r is not None), default=None)
         if evaluate and self.scenario.output.per_client_eval:
             record.update(self._per_client(server_round))
         record.update(self.telemetry.pop().as_record())
@@ -347,6 +367,10 @@ def main(grid: Grid, context: Context) -> None:
             raise ScenarioError([Problem("data.sharing", str(exc))]) from None
         text = json.dumps(transfer, indent=2) + "\n"
         (run_dir / SHARING_FILE).write_text(text, encoding="utf-8")
+    if data.y_true is not None:  # data.label_noise: how many labels each client has wrong
+        flipped = flipped_per_client(data.y_true, data.y, data.parts)
+        text = json.dumps(flipped, indent=2) + "\n"
+        (run_dir / LABEL_NOISE_FILE).write_text(text, encoding="utf-8")
     every = scenario.output.checkpoint_every
     if not uses_flower_loop(strategy):
         # Asynchronous strategies own their loop; they run as written, without checkpoints.

@@ -37,6 +37,8 @@ def summarize(
         "rounds": max((r["round"] for r in records), default=0),
         "final_eval_accuracy": last.get("eval_accuracy"),
         "final_eval_loss": last.get("eval_loss"),
+        # output.class_recall: the worst class's recall in the last evaluated round.
+        "final_eval_recall_min": last.get("eval_recall_min"),
         "best_eval_accuracy": max((r["eval_accuracy"] for r in evaluated), default=None),
         "target_accuracy": target_accuracy,
         "rounds_to_target": _first_reaching(evaluated, target_accuracy, "round"),
