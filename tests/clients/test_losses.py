@@ -35,7 +35,9 @@ def _rows() -> list[tuple[list[float], int]]:
 
 def test_cross_entropy_closed_form() -> None:
     expected = [-_log_softmax(r)[t] for r, t in _rows()]
-    assert torch.allclose(cross_entropy(LOGITS, TARGETS), torch.tensor(expected).double(), atol=1e-6)
+    assert torch.allclose(
+        cross_entropy(LOGITS, TARGETS), torch.tensor(expected).double(), atol=1e-6
+    )
 
 
 def test_logit_adjusted_closed_form_and_tau_zero() -> None:
