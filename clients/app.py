@@ -43,7 +43,13 @@ from torch import nn
 
 from fedsim import wire
 from fedsim.array_codec import decode, encode, encode_record
-from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
+from fedsim.clients import (  # noqa: F401  (register steps)
+    coded,
+    curvature,
+    lasgd,
+    moments,
+    positive,
+)
 from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
 from fedsim.clients.link_mod import link_mod
@@ -231,6 +237,8 @@ def _train(
     )
     if fixed_point is not None:
         metrics[wire.MODEL_BYTES] = fixed_point.model_bytes(job.model)
+    for name, number in step.reply_metrics().items():
+        metrics[name] = number
     if cfg.dp is None:
         metrics[wire.TRAIN_LOSS] = result.mean_loss
     else:  # the loss is a statistic of the private data: it stays on the device

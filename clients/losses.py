@@ -32,6 +32,7 @@ from fedsim.scenario import (
     LabelSmoothingLoss,
     LogitAdjustedLoss,
     LossConfig,
+    SquaredErrorLoss,
 )
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -131,6 +132,18 @@ def _entropy_regularised(
     cfg: EntropyRegularisedLoss, y: NDArray[np.int64], c: int, g: NDArray[np.int64] | None
 ) -> LossFn:
     return cross_entropy if cfg.beta == 0.0 else entropy_regularised(cfg.beta)
+
+
+def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(f(x) - y)² / 2`` per example, for a one-output model ``(B, 1)`` or ``(B,)``."""
+    return 0.5 * (outputs.reshape(len(targets), -1)[:, 0] - targets.to(outputs.dtype)) ** 2
+
+
+@LOSSES.register("squared_error", help="half squared error (regression targets)")
+def _squared_error(
+    cfg: SquaredErrorLoss, y: NDArray[np.int64], c: int, g: NDArray[np.int64] | None
+) -> LossFn:
+    return squared_error
 
 
 def build_loss(

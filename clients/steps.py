@@ -118,6 +118,10 @@ class LocalStep:
         """After training: extra arrays for the reply (and any state to keep)."""
         return {}
 
+    def reply_metrics(self) -> dict[str, float]:
+        """After training: extra metrics for the reply (finite numbers)."""
+        return {}
+
 
 class ProximalStep(LocalStep):
     """FedProx: add (mu/2)·||w - w_global||² (Li et al. 2020)."""

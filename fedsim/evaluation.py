@@ -8,6 +8,7 @@ added to every logit before the loss and the prediction, ``-tau * log(prior)`` f
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,3 +99,17 @@ def class_recall(
         hits += np.bincount(yb[predicted == yb], minlength=num_classes)
     counts = np.bincount(y, minlength=num_classes)
     return [float(h / n) if n else None for h, n in zip(hits, counts, strict=True)]
+
+
+@torch.no_grad()
+def mean_squared_error(
+    model: nn.Module, x: NDArray[np.float32], y: NDArray[Any], batch_size: int = 512
+) -> float:
+    """Return the mean of ``(f(x) - y)²`` of a one-output model on regression targets."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(y), batch_size):
+        out = model(torch.from_numpy(x[start : start + batch_size])).double().reshape(-1)
+        target = torch.from_numpy(y[start : start + batch_size]).double()
+        total += float(((out - target) ** 2).sum())
+    return total / max(len(y), 1)

@@ -58,6 +58,23 @@ class NpzDataset(Section):
 
     name: Literal["npz"] = "npz"
     path: str
+    # classes: y holds labels 0..C-1; values: y holds real regression targets.
+    targets: Literal["classes", "values"] = "classes"
+
+
+class RegressionDataset(Section):
+    """Synthetic linear regression: ``y = x·w* + b* + noise``, generated from ``seed``.
+
+    Features are Gaussian with standard deviations spread log-uniformly from 1 down to
+    ``1 / sqrt(condition)`` (so ``XᵀX/N`` has condition number about ``condition``).
+    """
+
+    name: Literal["regression"] = "regression"
+    num_samples: Annotated[int, Field(ge=10, le=10_000_000)] = 2000
+    num_features: Annotated[int, Field(ge=1, le=10_000)] = 40
+    noise: Annotated[float, Field(ge=0)] = 0.1
+    condition: Annotated[float, Field(ge=1)] = 100.0
+    seed: int = 0
 
 
 class HubDataset(Section):
@@ -112,9 +129,17 @@ DatasetConfig = Annotated[
     | NpzDataset
     | HubDataset
     | LeafDataset
-    | CifarDataset,
+    | CifarDataset
+    | RegressionDataset,
     Field(discriminator="name"),
 ]
+
+
+def has_regression_targets(dataset: DatasetConfig) -> bool:
+    """Whether the dataset's targets are real values (least squares), not class labels."""
+    return isinstance(dataset, RegressionDataset) or (
+        isinstance(dataset, NpzDataset) and dataset.targets == "values"
+    )
 
 
 class IidPartitioner(Section):
@@ -234,6 +259,22 @@ class LabelNoiseConfig(Section):
         return self
 
 
+class MomentEncodingConfig(Section):
+    """LDPC moment encoding's offline phase (Maity et al.): coded blocks of ``[XᵀX | Xᵀy]``.
+
+    The rows of the second moment of all training data (bias column included) are cut
+    into ``k`` blocks and encoded over the ``num_clients`` clients: ``ldpc`` (a random
+    ``(column_weight, row_weight)``-regular code, ``k = n - rank(H)``), ``replication``
+    (each block on ``replicas`` clients, ``k = n / replicas``) or ``uncoded``
+    (``k = n``). Each client then holds one coded block.
+    """
+
+    code: Literal["ldpc", "replication", "uncoded"] = "ldpc"
+    column_weight: Annotated[int, Field(ge=1)] = 3
+    row_weight: Annotated[int, Field(ge=2)] = 6
+    replicas: Annotated[int, Field(ge=1)] = 2
+
+
 class DataConfig(Section):
     """Where the data comes from and how it is split over clients."""
 
@@ -244,6 +285,7 @@ class DataConfig(Section):
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     sharing: SharingConfig | None = None
     label_noise: LabelNoiseConfig | None = None
+    moment_encoding: MomentEncodingConfig | None = None
 
     @field_validator("dataset", "partitioner", mode="before")
     @classmethod
@@ -328,8 +370,18 @@ class EntropyRegularisedLoss(Section):
     beta: Annotated[float, Field(ge=0)] = 0.1
 
 
+class SquaredErrorLoss(Section):
+    """Half the squared error of a one-output model: regression targets (``model: linear``)."""
+
+    name: Literal["squared_error"] = "squared_error"
+
+
 LossConfig = Annotated[
-    CrossEntropyLoss | LogitAdjustedLoss | LabelSmoothingLoss | EntropyRegularisedLoss,
+    CrossEntropyLoss
+    | LogitAdjustedLoss
+    | LabelSmoothingLoss
+    | EntropyRegularisedLoss
+    | SquaredErrorLoss,
     Field(discriminator="name"),
 ]
 

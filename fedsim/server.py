@@ -42,7 +42,12 @@ from fedsim.data.label_noise import flipped_per_client
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import DivergedError, Problem, ScenarioError, UnknownNameError
-from fedsim.evaluation import class_recall, evaluate_model, per_example_scores
+from fedsim.evaluation import (
+    class_recall,
+    evaluate_model,
+    mean_squared_error,
+    per_example_scores,
+)
 from fedsim.label_prior import log_prior
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import MetricsLog
@@ -194,11 +199,19 @@ class RoundRecorder:
         evaluate = server_round % every == 0 or server_round == self.scenario.rounds
         loss = acc = None
         batch = self.scenario.client.eval_batch_size
+        regression = self.data.y_test.dtype.kind == "f"
         if evaluate:
             self.model.load_state_dict(arrays.to_torch_state_dict())
-            loss, acc = evaluate_model(
-                self.model, self.data.x_test, self.data.y_test, batch, logit_shift=self.logit_shift
-            )
+            if regression:  # least squares: the test MSE, and no accuracy
+                loss = mean_squared_error(self.model, self.data.x_test, self.data.y_test, batch)
+            else:
+                loss, acc = evaluate_model(
+                    self.model,
+                    self.data.x_test,
+                    self.data.y_test,
+                    batch,
+                    logit_shift=self.logit_shift,
+                )
         self.final_arrays = arrays
         record: dict[str, Any] = {
             "round": server_round,
@@ -207,7 +220,7 @@ class RoundRecorder:
             "eval_loss": loss,
             "eval_accuracy": acc,
         }
-        if evaluate and self.scenario.output.class_recall:
+        if evaluate and self.scenario.output.class_recall and not regression:
             recall = class_recall(
                 self.model,
                 self.data.x_test,
@@ -226,8 +239,10 @@ class RoundRecorder:
             # Model-specific numbers (e.g. how spread out class embeddings are).
             record["diagnostics"] = diagnostics()
         self.log.append(record)
-        if loss is None or acc is None:
+        if loss is None:
             return None
+        if acc is None:
+            return MetricRecord({wire.EVAL_LOSS: loss})
         return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
 
     def _per_client(self, server_round: int) -> dict[str, Any]:

@@ -70,5 +70,6 @@ from fedsim.strategies import (  # noqa: E402, F401
     fedaws,
     fedcurv,
     lasgd,
+    ldpc,
     median_of_means,
 )

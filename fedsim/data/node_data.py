@@ -18,10 +18,11 @@ from numpy.typing import NDArray
 
 from fedsim import wire
 from fedsim.data.federated import federated_data
+from fedsim.data.moments import moment_plan
 from fedsim.data.npz_file import read_npz
 from fedsim.data.sharing import sharing_plan
 from fedsim.errors import DataUnavailableError
-from fedsim.scenario import DataConfig
+from fedsim.scenario import DataConfig, has_regression_targets
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class NodeData:
         from the scenario's split (a statistic of the whole federation, which this
         simulation takes as public, as FedLC-style methods do); a deployed device reads
         it from its partition file. None where the file lacks it.
+    moments : ndarray, optional
+        With ``data.moment_encoding``: the node's coded block ``[A_j | c_j]`` of the
+        second moment, shape (r, p + 1) (:mod:`fedsim.data.moments`).
     """
 
     x: NDArray[Any]
@@ -50,6 +54,7 @@ class NodeData:
     num_classes: int
     holders: NDArray[np.int64] | None = None
     global_label_counts: NDArray[np.int64] | None = None
+    moments: NDArray[np.float64] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -79,6 +84,8 @@ def write_partitions(cfg: DataConfig, seed: int, out_dir: Path) -> list[Path]:
         arrays: dict[str, Any] = {"x": node.x, "y": node.y, "num_classes": node.num_classes}
         if node.global_label_counts is not None:
             arrays["label_counts"] = node.global_label_counts
+        if node.moments is not None:
+            arrays["moments"] = node.moments
         if node.holders is not None:
             arrays["holders"] = node.holders
         np.savez(path, **arrays)
@@ -95,7 +102,12 @@ def node_data(cfg: DataConfig, seed: int, partition_id: int, data_path: str | No
     if data_path:
         return _read_file(Path(data_path).expanduser(), cfg, seed)
     data = federated_data(cfg, seed)
-    counts = data.label_counts()
+    regression = data.y.dtype.kind == "f"
+    counts = None if regression else data.label_counts()
+    if cfg.moment_encoding is not None:
+        x, y = data.client_arrays(partition_id)
+        block = moment_plan(cfg, seed).blocks[partition_id]
+        return NodeData(x, y, data.num_classes, moments=block)
     if cfg.sharing is None:
         x, y = data.client_arrays(partition_id)
         return NodeData(x, y, data.num_classes, global_label_counts=counts)
@@ -106,7 +118,14 @@ def node_data(cfg: DataConfig, seed: int, partition_id: int, data_path: str | No
 def _read_file(path: Path, cfg: DataConfig, seed: int) -> NodeData:
     """Read a node's ``.npz`` (arrays ``x``, ``y``, optionally ``num_classes``)."""
     where = f"node config {wire.DATA_PATH}"
-    arrays = read_npz(path, where, ("num_classes", "holders", "label_counts"), whole_dataset=False)
+    optional = ("num_classes", "holders", "label_counts", "moments")
+    values = has_regression_targets(cfg.dataset)
+    arrays = read_npz(path, where, optional, whole_dataset=False, values=values)
+    moments = arrays.get("moments")
+    if moments is not None and (
+        moments.ndim != 2 or moments.dtype.kind != "f" or not np.isfinite(moments).all()
+    ):
+        raise DataUnavailableError(f"{where}: {path}: 'moments' must be a finite 2-D float array")
     # x keeps its dtype: token ids stay ints. Without the count, the scenario's dataset
     # says how wide the model's output is.
     x, y = arrays["x"], arrays["y"]
@@ -119,11 +138,11 @@ def _read_file(path: Path, cfg: DataConfig, seed: int) -> NodeData:
         raise DataUnavailableError(f"{where}: {path}: 'label_counts' must be integer counts")
     counts = None if counts is None else counts.astype(np.int64)
     if "num_classes" in arrays:
-        return NodeData(x, y, int(arrays["num_classes"]), holders, counts)
+        return NodeData(x, y, int(arrays["num_classes"]), holders, counts, moments)
     num_classes = federated_data(cfg, seed).num_classes
     if y.size and int(y.max()) >= num_classes:
         raise DataUnavailableError(
             f"{where}: {path}: label {int(y.max())} is out of range for the dataset's "
             f"{num_classes} classes"
         )
-    return NodeData(x, y, num_classes, holders, counts)
+    return NodeData(x, y, num_classes, holders, counts, moments)
