@@ -142,3 +142,12 @@ def test_every_loss_clips_per_example_under_dp(loss: dict[str, object]) -> None:
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))  # type: ignore[union-attr]
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
     assert grads[0].abs().sum() > 0
+
+
+def test_squared_error_closed_form() -> None:
+    """(f(x) - y)² / 2 for one output per example."""
+    from fedsim.clients.losses import squared_error
+
+    out = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
+    y = torch.tensor([0.5, 1.0])
+    assert torch.allclose(squared_error(out, y), torch.tensor([0.5, 1.125]).double())

@@ -113,3 +113,36 @@ def test_refused_under_dp_and_with_target_accuracy() -> None:
     assert keys == ["output.target_accuracy"]
     with pytest.raises(ScenarioError, match="moment_encoding"):
         moment_plan(DataConfig.model_validate({**DATA, "dataset": "digits"}), 0)
+
+
+def test_deployed_devices_read_their_block_and_npz_regression_targets(tmp_path: Path) -> None:
+    """`fedsim deploy split` files carry the coded block; an npz with float targets loads."""
+    from fedsim.data.node_data import write_partitions
+
+    cfg = DataConfig.model_validate(DATA)
+    paths = write_partitions(cfg, 0, tmp_path / "parts")
+    read = node_data(cfg, 0, 3, str(paths[3]))
+    assert read.moments is not None
+    assert np.array_equal(read.moments, moment_plan(cfg, 0).blocks[3])
+    assert read.y.dtype == np.float32
+    data = federated_data(cfg, 0)
+    np.savez(tmp_path / "reg.npz", x=data.x, y=data.y.astype(np.float64))
+    npz = DataConfig.model_validate(
+        {**DATA, "dataset": {"name": "npz", "path": str(tmp_path / "reg.npz"), "targets": "values"}}
+    )
+    assert moment_plan(npz, 0).num_examples == round(0.8 * len(data.y))
+
+
+def test_regression_targets_need_label_free_partitions_and_squared_error() -> None:
+    from fedsim.combinations import check_combinations
+
+    with pytest.raises(ScenarioError, match="needs one class label"):
+        federated_data(DataConfig.model_validate({**DATA, "partitioner": {"name": "dirichlet"}}), 0)
+    fedavg = _scenario(strategy={"name": "fedavg"}, data={**DATA, "moment_encoding": None})
+    assert [p.key for p in check_combinations(fedavg)] == ["client.loss"]
+    fixed = _scenario(
+        strategy={"name": "fedavg"},
+        data={**DATA, "moment_encoding": None},
+        client={"loss": "squared_error"},
+    )
+    assert check_combinations(fixed) == []
