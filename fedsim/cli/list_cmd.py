@@ -1,4 +1,4 @@
-"""``fedsim list strategies|models|datasets|partitioners|engines|distributions``."""
+"""``fedsim list strategies|models|datasets|partitioners|engines|distributions|...``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class Kind(StrEnum):
     engines = "engines"
     distributions = "distributions"
     optimizers = "optimizers"
+    losses = "losses"
 
 
 # Where each registry lives; imported on demand so listing one kind stays light.
@@ -33,6 +34,7 @@ _REGISTRIES = {
     Kind.engines: "fedsim.engine.registry:ENGINES",
     Kind.distributions: "fedsim.engine.devices:DISTRIBUTIONS",
     Kind.optimizers: "fedsim.clients.optimizers:OPTIMIZERS",
+    Kind.losses: "fedsim.clients.losses:LOSSES",
 }
 
 

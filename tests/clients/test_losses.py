@@ -93,7 +93,8 @@ def test_sequence_targets_are_a_per_example_mean() -> None:
     """(B, C, T) logits: each example's loss is the mean of its tokens' losses."""
     torch.manual_seed(0)
     logits, targets = torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4))
-    for fn in (label_smoothing(0.2), entropy_regularised(0.3)):
+    prior = log_prior(np.array([5, 3, 2]), 3)
+    for fn in (label_smoothing(0.2), entropy_regularised(0.3), logit_adjusted(prior, 1.0)):
         got = fn(logits, targets)
         per_token = torch.stack(
             [fn(logits[:, :, t], targets[:, t]) for t in range(4)], dim=1
@@ -151,3 +152,13 @@ def test_squared_error_closed_form() -> None:
     out = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
     y = torch.tensor([0.5, 1.0])
     assert torch.allclose(squared_error(out, y), torch.tensor([0.5, 1.125]).double())
+
+
+def test_every_loss_section_has_a_registered_loss() -> None:
+    from typing import get_args
+
+    from fedsim.clients.losses import LOSSES
+    from fedsim.scenario import LossConfig
+
+    sections = get_args(get_args(LossConfig)[0])
+    assert {cls.model_fields["name"].default for cls in sections} == set(LOSSES.names())
