@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients.steps import STEPS, LocalStep, StepInputs
-from fedsim.clients.training import TrainResult
-from fedsim.scenario import ClientConfig
+from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+from fedsim.data.node_data import NodeData
 
 
 def linear_parameters(model: nn.Module) -> torch.Tensor:
@@ -28,10 +27,11 @@ def linear_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]).double()
 
 
+@register_step("moment-product")
 class MomentProductStep(LocalStep):
     """Reply ``A_j θ − c_j`` at the received model (selected by ``local-step``)."""
 
-    trains_model = False
+    trains = False  # the reply is a coded product at the received model, not a model
     dp_refusal = "moment-encoded clients reply with products of every client's data moments"
 
     def __init__(self, inputs: StepInputs) -> None:
@@ -40,27 +40,16 @@ class MomentProductStep(LocalStep):
             raise ValueError("the moment-product step needs data.moment_encoding's block")
         self.block = torch.from_numpy(np.asarray(inputs.data.moments, dtype=np.float64))
         self.partition_id = inputs.partition_id
-        self.product = np.zeros(0)
 
-    def run(
-        self, model: nn.Module, cfg: ClientConfig, generator: torch.Generator
-    ) -> TrainResult | None:
-        """Compute the product; the work counts one example per block row."""
+    def reply(self, model: nn.Module, data: NodeData, work: TrainResult | None) -> Reply:
+        """The product (the reply's only array); the work counts one sample per row."""
         theta = linear_parameters(model)
         a, c = self.block[:, :-1], self.block[:, -1]
         if a.shape[1] != theta.shape[0]:
             raise ValueError(f"the moment block has {a.shape[1]} columns, the model {len(theta)}")
-        self.product = (a @ theta - c).numpy()
         rows = int(self.block.shape[0])
-        return TrainResult(0.0, rows, 0, num_examples=float(rows))
-
-    def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-        """Return the product (the reply's only array)."""
-        return {wire.MOMENT_PRODUCT: self.product}
-
-    def reply_metrics(self) -> dict[str, float]:
-        """The code position this reply fills: the node's partition id."""
-        return {wire.MOMENT_BLOCK: float(self.partition_id)}
-
-
-STEPS.add("moment-product", MomentProductStep)
+        return Reply(
+            {wire.MOMENT_PRODUCT: (a @ theta - c).numpy()},
+            TrainResult(0.0, rows, 0, num_examples=float(rows)),
+            {wire.MOMENT_BLOCK: float(self.partition_id)},
+        )

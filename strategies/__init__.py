@@ -72,4 +72,5 @@ from fedsim.strategies import (  # noqa: E402, F401
     lasgd,
     ldpc,
     median_of_means,
+    scaffold,
 )

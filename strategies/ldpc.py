@@ -30,7 +30,7 @@ its metrics carry ``moment-block`` (the client's partition id: the code position
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,7 +41,8 @@ from flwr.serverapp.strategy import FedAvg
 from fedsim import wire
 from fedsim.data.moments import MomentPlan, moment_plan
 from fedsim.erasure_code import peel
-from fedsim.scenario import DataConfig
+from fedsim.errors import Problem
+from fedsim.scenario import DataConfig, Scenario
 from fedsim.strategies import register_strategy
 
 
@@ -70,6 +71,18 @@ class MomentEncodedGD(FedAvg):
         self.lr, self.max_iterations = lr, max_iterations
         self.plan: MomentPlan | None = None
         self.current: ArrayRecord | None = None
+
+    @classmethod
+    def check(cls, scenario: Scenario, params: Mapping[str, Any]) -> list[Problem]:
+        """The strategy needs the moment encoding and a linear model."""
+        problems = []
+        if scenario.data.moment_encoding is None:
+            problems.append(
+                Problem("data.moment_encoding", "strategy ldpc needs it (the coded moments)")
+            )
+        if scenario.model.name != "linear" and ":" not in scenario.model.name:
+            problems.append(Problem("model.name", "strategy ldpc needs model 'linear'"))
+        return problems
 
     def offline_phase(self, data: DataConfig, seed: int) -> dict[str, int | float]:
         """Encode the moments (as the nodes' data does) and return the transfer log."""

@@ -18,7 +18,7 @@ from fedsim.data.node_data import node_data
 from fedsim.erasure_code import peel
 from fedsim.errors import ScenarioError
 from fedsim.models import build_model
-from fedsim.scenario import ClientConfig, DataConfig, Scenario
+from fedsim.scenario import DataConfig, Scenario
 from fedsim.strategies.ldpc import step_linear
 
 DATA = {
@@ -47,8 +47,9 @@ def test_without_stragglers_the_coded_step_is_the_exact_gradient_step(code: str)
         step = MomentProductStep(
             StepInputs({}, model, data=node_data(cfg, 0, j, None), partition_id=j)
         )
-        step.run(model, ClientConfig(), torch.Generator())
-        products.append(step.finish(model, torch.zeros(0), torch.zeros(0))["moment.product"])
+        reply = step.reply(model, node_data(cfg, 0, j, None), None)
+        assert reply.metrics == {"moment-block": j}
+        products.append(reply.arrays["moment.product"])
     decoded = peel(plan.code, np.stack(products), np.ones(cfg.num_clients, dtype=bool))
     gradient = decoded.source.reshape(-1)[: plan.num_features] / plan.num_examples
     assert np.allclose(gradient, _exact_gradient(cfg, theta), rtol=0, atol=1e-10)
@@ -146,3 +147,11 @@ def test_regression_targets_need_label_free_partitions_and_squared_error() -> No
         client={"loss": "squared_error"},
     )
     assert check_combinations(fixed) == []
+
+
+def test_strategy_needs_the_encoding_and_a_linear_model() -> None:
+    from fedsim.combinations import check_combinations
+
+    bad = _scenario(model={"name": "mlp"}, data={**DATA, "moment_encoding": None})
+    keys = {p.key for p in check_combinations(bad)}
+    assert {"data.moment_encoding", "model.name"} <= keys
