@@ -155,3 +155,14 @@ def test_strategy_needs_the_encoding_and_a_linear_model() -> None:
     bad = _scenario(model={"name": "mlp"}, data={**DATA, "moment_encoding": None})
     keys = {p.key for p in check_combinations(bad)}
     assert {"data.moment_encoding", "model.name"} <= keys
+
+
+def test_federated_evaluation_of_regression_reports_the_mse(tmp_path: Path) -> None:
+    """fraction_evaluate > 0: clients score the model on their own data (MSE, no accuracy)."""
+    scenario = _scenario(
+        rounds=1,
+        strategy={"name": "ldpc", "params": {"lr": 0.5, "fraction_evaluate": 1.0}},
+    )
+    result = fedsim.run(scenario, tmp_path)
+    assert result.summary["final_eval_loss"] is not None
+    assert result.summary["failures"] == 0  # no client failed to evaluate
