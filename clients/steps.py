@@ -6,7 +6,8 @@ sending the config key a step is triggered by (Flower's FedProx sends
 :func:`register_step` (``fedsim.register_step``), that may override:
 
 ``data_loss(logits, targets)``
-    The per-example data loss, shape ``(B,)`` (default: cross-entropy).
+    The per-example data loss, shape ``(B,)`` (default: ``client.loss``, the
+    cross-entropy unless the scenario names another, as ``inputs.loss``).
 ``penalty(params)``
     A scalar added to the mean batch loss, a pure function of the named parameters.
 ``correction(params)``
@@ -168,6 +169,9 @@ class LocalStep:
     # Whether a batched trainer may run this step for many clients at once (only the
     # hooks data_loss and penalty as pure functions of the parameters).
     vectorisable: ClassVar[bool] = False
+    # The per-example data loss (``inputs.loss``); the class default also serves steps
+    # whose ``__init__`` does not call the base one.
+    loss: LossFn = staticmethod(cross_entropy)
 
     def __init__(self, inputs: StepInputs) -> None:
         self.config = inputs.config
