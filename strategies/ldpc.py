@@ -39,9 +39,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import wire
-from fedsim.data.moments import MomentPlan, moment_plan
+from fedsim.data.moments import MomentPlan, make_code, moment_plan
 from fedsim.erasure_code import peel
-from fedsim.errors import Problem
+from fedsim.errors import Problem, ScenarioError
 from fedsim.scenario import DataConfig, Scenario
 from fedsim.strategies import register_strategy
 
@@ -74,12 +74,18 @@ class MomentEncodedGD(FedAvg):
 
     @classmethod
     def check(cls, scenario: Scenario, params: Mapping[str, Any]) -> list[Problem]:
-        """The strategy needs the moment encoding and a linear model."""
+        """The strategy needs a moment encoding that fits the clients and a linear model."""
         problems = []
-        if scenario.data.moment_encoding is None:
+        encoding = scenario.data.moment_encoding
+        if encoding is None:
             problems.append(
                 Problem("data.moment_encoding", "strategy ldpc needs it (the coded moments)")
             )
+        else:  # the code alone (no data): parameters that do not fit the clients
+            try:
+                make_code(encoding, scenario.data.num_clients, scenario.seed)
+            except ScenarioError as exc:
+                problems += exc.problems
         if scenario.model.name != "linear" and ":" not in scenario.model.name:
             problems.append(Problem("model.name", "strategy ldpc needs model 'linear'"))
         return problems

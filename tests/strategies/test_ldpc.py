@@ -155,6 +155,9 @@ def test_strategy_needs_the_encoding_and_a_linear_model() -> None:
     bad = _scenario(model={"name": "mlp"}, data={**DATA, "moment_encoding": None})
     keys = {p.key for p in check_combinations(bad)}
     assert {"data.moment_encoding", "model.name"} <= keys
+    encoding = {"code": "ldpc", "column_weight": 3, "row_weight": 7}  # 36 sockets, not 7k
+    misfit = _scenario(data={**DATA, "moment_encoding": encoding})
+    assert [p.key for p in check_combinations(misfit)] == ["data.moment_encoding"]
 
 
 def test_federated_evaluation_of_regression_reports_the_mse(tmp_path: Path) -> None:
