@@ -39,8 +39,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import wire
-from fedsim.data.moments import MomentPlan, make_code, moment_plan
-from fedsim.erasure_code import peel
+from fedsim.data.moments import make_code, moment_plan
+from fedsim.erasure_code import ErasureCode, peel
 from fedsim.errors import Problem, ScenarioError
 from fedsim.scenario import DataConfig, Scenario
 from fedsim.strategies import register_strategy
@@ -69,7 +69,13 @@ class MomentEncodedGD(FedAvg):
             raise ValueError("lr must be > 0 and max_iterations >= 1")
         super().__init__(**kwargs)
         self.lr, self.max_iterations = lr, max_iterations
-        self.plan: MomentPlan | None = None
+        # Set by the offline phase; plain arrays and numbers, so checkpoints keep them.
+        self.generator: np.ndarray | None = None  # the code's G, checks H and positions
+        self.checks: np.ndarray | None = None
+        self.info: np.ndarray | None = None
+        self.rows = 0  # r: the length of a client's reply
+        self.num_features = 0  # p: the model's parameters
+        self.num_examples = 0  # N
         self.current: ArrayRecord | None = None
 
     @classmethod
@@ -92,30 +98,35 @@ class MomentEncodedGD(FedAvg):
 
     def offline_phase(self, data: DataConfig, seed: int) -> dict[str, int | float]:
         """Encode the moments (as the nodes' data does) and return the transfer log."""
-        self.plan = moment_plan(data, seed)
-        return self.plan.transfer_log()
+        plan = moment_plan(data, seed)
+        code = plan.code
+        self.generator, self.checks, self.info = code.generator, code.checks, code.info
+        self.rows, self.num_features = plan.rows, plan.num_features
+        self.num_examples = plan.num_examples
+        return plan.transfer_log()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the model, a zero product array to fill and the step's name."""
-        if self.plan is None:
+        if self.generator is None:
             raise RuntimeError("offline_phase must run before the first round")
         self.current = arrays
         config[wire.LOCAL_STEP] = self.client_step
         sent = ArrayRecord(dict(arrays.items()))
-        sent[wire.MOMENT_PRODUCT] = Array(np.zeros(self.plan.rows))
+        sent[wire.MOMENT_PRODUCT] = Array(np.zeros(self.rows))
         return super().configure_train(server_round, sent, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Peel the arrived symbols, drop what stays missing, and step the model."""
-        plan, current = self.plan, self.current
-        if plan is None or current is None:
+        current = self.current
+        if self.generator is None or self.checks is None or self.info is None or current is None:
             return None, None
-        symbols = np.zeros((plan.code.n, plan.rows))
-        received = np.zeros(plan.code.n, dtype=bool)
+        code = ErasureCode(self.generator, self.checks, self.info)
+        symbols = np.zeros((code.n, self.rows))
+        received = np.zeros(code.n, dtype=bool)
         for msg in replies:
             if msg.has_error() or wire.ARRAYS not in msg.content.array_records:
                 continue
@@ -125,14 +136,14 @@ class MomentEncodedGD(FedAvg):
             if not isinstance(block, int | float) or product is None:
                 continue
             j = int(block)
-            if not 0 <= j < plan.code.n or received[j] or j != block:
+            if not 0 <= j < code.n or received[j] or j != block:
                 continue  # not a code position, or one already filled this round
             symbols[j] = product.numpy().astype(np.float64)
             received[j] = True
         if not received.any():
             return None, None
-        decoded = peel(plan.code, symbols, received, self.max_iterations)
-        gradient = decoded.source.reshape(-1)[: plan.num_features] / plan.num_examples
+        decoded = peel(code, symbols, received, self.max_iterations)
+        gradient = decoded.source.reshape(-1)[: self.num_features] / self.num_examples
         updated = step_linear(current, gradient, self.lr)
         out = MetricRecord(
             {

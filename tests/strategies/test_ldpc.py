@@ -169,3 +169,32 @@ def test_federated_evaluation_of_regression_reports_the_mse(tmp_path: Path) -> N
     result = fedsim.run(scenario, tmp_path)
     assert result.summary["final_eval_loss"] is not None
     assert result.summary["failures"] == 0  # no client failed to evaluate
+
+
+def test_resume_ends_like_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoder's code lives in checkpointable attributes: a resumed run ends the same."""
+    from fedsim import server
+    from tests.conftest import same_final_arrays, strip_wall_clock
+
+    scenario = _scenario(
+        rounds=4,
+        system={"straggle_prob": 0.3, "seconds_per_sample": 1.0, "deadline_s": 6.0},
+        output={"plots": False, "checkpoint_every": 2},
+    )
+    whole = fedsim.run(scenario, tmp_path / "whole")
+    original = server.RoundRecorder.__call__
+
+    def dies_in_round_3(self: object, server_round: int, arrays: object) -> object:
+        if server_round == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, server_round, arrays)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server.RoundRecorder, "__call__", dies_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(scenario, tmp_path / "crashed")
+    monkeypatch.setattr(server.RoundRecorder, "__call__", original)
+    resumed = fedsim.resume(tmp_path / "crashed")
+    assert strip_wall_clock(resumed.metrics) == strip_wall_clock(whole.metrics)
+    assert same_final_arrays(resumed.run_dir, whole.run_dir)
