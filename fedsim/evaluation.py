@@ -86,9 +86,9 @@ def class_recall(
     *,
     logit_shift: torch.Tensor | None = None,
 ) -> list[float | None]:
-    """Return each class's recall (share of its examples predicted as it; None: absent).
+    """Return each class's recall (share of its targets predicted as it; None: absent).
 
-    Class targets only (one label per example).
+    Sequence targets count every position.
     """
     model.eval()
     hits = np.zeros(num_classes, dtype=np.int64)
@@ -97,7 +97,7 @@ def class_recall(
         yb = y[start : start + batch_size]
         predicted = _shifted(model(xb), logit_shift).argmax(dim=1).numpy()
         hits += np.bincount(yb[predicted == yb], minlength=num_classes)
-    counts = np.bincount(y, minlength=num_classes)
+    counts = np.bincount(y.ravel(), minlength=num_classes)
     return [float(h / n) if n else None for h, n in zip(hits, counts, strict=True)]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -51,3 +52,18 @@ def test_run_logs_recall_and_flipped_labels(tiny: dict[str, Any], tmp_path: Path
     total = sum(r["flipped"] for r in flipped)
     n = sum(r["examples"] for r in flipped)
     assert abs(total - 0.3 * n) <= 10  # round(0.3 n_c) per class: within 0.5 per class
+
+
+def test_recall_counts_every_position_of_sequence_targets() -> None:
+    """(B, C, T) logits: a class's recall is over all its target positions."""
+
+    class Logits(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.permute(0, 2, 1)  # (B, T, C) rows -> (B, C, T) logits
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    y = rng.integers(0, 3, (4, 5))
+    hit = x.argmax(2) == y
+    expected = [float(hit[y == c].mean()) for c in range(3)]
+    assert class_recall(Logits(), x, y, 3) == pytest.approx(expected)
