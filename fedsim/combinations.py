@@ -110,6 +110,9 @@ def regression_targets(scenario: Scenario) -> list[Problem]:
                     "train on 'squared_error'",
                 )
             )
+    for key in ("class_recall", "eval_logit_adjust"):
+        if regression and getattr(scenario.output, key) not in (None, False):
+            problems.append(Problem(f"output.{key}", "needs class labels, not regression targets"))
     if not regression and scenario.client.loss.name == "squared_error":
         problems.append(
             Problem("client.loss", "'squared_error' needs regression targets (real values)")

@@ -112,6 +112,8 @@ def test_refused_under_dp_and_with_target_accuracy() -> None:
     assert "client.dp" in keys
     keys = [p.key for p in check_combinations(_scenario(output={"target_accuracy": 0.5}))]
     assert keys == ["output.target_accuracy"]
+    keys = [p.key for p in check_combinations(_scenario(output={"class_recall": True}))]
+    assert keys == ["output.class_recall"]
     with pytest.raises(ScenarioError, match="moment_encoding"):
         moment_plan(DataConfig.model_validate({**DATA, "dataset": "digits"}), 0)
 
