@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fedsim.data.federated import federated_data
 from fedsim.data.label_noise import flipped_per_client, noisy_labels
-from fedsim.data.node_data import node_data
+from fedsim.data.node_data import node_data, write_partitions
 from fedsim.scenario import DataConfig, LabelNoiseConfig
 
 TRAIN = np.repeat(np.arange(4), [10, 20, 30, 40])  # class c has 10(c+1) examples
@@ -42,7 +44,7 @@ def test_matrix_must_fit() -> None:
         LabelNoiseConfig(kind="matrix", matrix=[[0.5, 0.4], [0, 1]])
 
 
-def test_training_labels_only_and_counted_per_client() -> None:
+def test_training_labels_only_and_counted_per_client(tmp_path: Path) -> None:
     clean = DataConfig(num_clients=4)
     noisy_cfg = DataConfig(num_clients=4, label_noise={"rate": 0.4})
     a, b = federated_data(clean, 0), federated_data(noisy_cfg, 0)
@@ -54,5 +56,7 @@ def test_training_labels_only_and_counted_per_client() -> None:
         assert int((b.y[a.y == c] != c).sum()) == round(0.4 * n)
     counts = flipped_per_client(b.y_true, b.y, b.parts)
     assert sum(r["flipped"] for r in counts) == int((b.y != a.y).sum())
-    # The nodes (and a deployed device's files, written from node_data) get noisy labels.
+    # The nodes and a deployed device's file (`fedsim deploy split`) get the noisy labels.
     assert np.array_equal(node_data(noisy_cfg, 0, 2, None).y, b.y[b.parts[2]])
+    path = write_partitions(noisy_cfg, 0, tmp_path)[2]
+    assert np.array_equal(node_data(noisy_cfg, 0, 2, str(path)).y, b.y[b.parts[2]])
