@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from fedsim.label_prior import label_counts, log_prior
+from fedsim.label_prior import label_counts, log_prior, shift_logits
 from fedsim.registry import Registry
 from fedsim.scenario import (
     CrossEntropyLoss,
@@ -52,11 +52,6 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return per_example(F.cross_entropy(logits, targets, reduction="none"))
 
 
-def _class_axis(shift: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Shape a per-class vector ``(C,)`` to broadcast along the logits' class axis 1."""
-    return shift.reshape(1, -1, *([1] * (logits.dim() - 2)))
-
-
 def logit_adjusted(prior_log: torch.Tensor, tau: float) -> LossFn:
     """``-log softmax(z + tau * log(prior))_y``; ``tau = 0`` is :func:`cross_entropy`."""
     if tau == 0.0:
@@ -64,7 +59,7 @@ def logit_adjusted(prior_log: torch.Tensor, tau: float) -> LossFn:
     shift = tau * prior_log  # (C,)
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits + _class_axis(shift, logits).to(logits.dtype), targets)
+        return cross_entropy(shift_logits(logits, shift), targets)
 
     return loss
 

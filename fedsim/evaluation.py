@@ -16,12 +16,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
-
-def _shifted(logits: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-    """``logits`` plus the per-class ``shift`` along the class axis 1."""
-    if shift is None:
-        return logits
-    return logits + shift.reshape(1, -1, *([1] * (logits.dim() - 2))).to(logits.dtype)
+from fedsim.label_prior import shift_logits
 
 
 @torch.no_grad()
@@ -45,7 +40,7 @@ def evaluate_model(
     for start in range(0, len(y), batch_size):
         xb = torch.from_numpy(x[start : start + batch_size])
         yb = torch.from_numpy(y[start : start + batch_size])
-        logits = _shifted(model(xb), logit_shift)
+        logits = model(xb) if logit_shift is None else shift_logits(model(xb), logit_shift)
         if not bool(torch.isfinite(logits).all()):
             return math.nan, math.nan
         total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
@@ -95,7 +90,8 @@ def class_recall(
     for start in range(0, len(y), batch_size):
         xb = torch.from_numpy(x[start : start + batch_size])
         yb = y[start : start + batch_size]
-        predicted = _shifted(model(xb), logit_shift).argmax(dim=1).numpy()
+        logits = model(xb) if logit_shift is None else shift_logits(model(xb), logit_shift)
+        predicted = logits.argmax(dim=1).numpy()
         hits += np.bincount(yb[predicted == yb], minlength=num_classes)
     counts = np.bincount(y.ravel(), minlength=num_classes)
     return [float(h / n) if n else None for h, n in zip(hits, counts, strict=True)]

@@ -26,3 +26,11 @@ def log_prior(counts: NDArray[np.int64], num_classes: int) -> torch.Tensor:
     full[: len(given)] = given
     prior = full / max(full.sum(), 1.0)
     return torch.from_numpy(np.log(np.maximum(prior, MIN_PRIOR))).float()
+
+
+def shift_logits(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``logits`` plus the per-class ``shift`` ``(C,)`` along the class axis 1.
+
+    Logits are ``(B, C)`` or, for sequence targets, ``(B, C, T)``.
+    """
+    return logits + shift.reshape(1, -1, *([1] * (logits.dim() - 2))).to(logits.dtype)
