@@ -624,13 +624,29 @@ EngineConfig = Annotated[InProcessEngine | RayEngine, Field(discriminator="name"
 ENGINE_SECTIONS: tuple[type[_EngineSection], ...] = (InProcessEngine, RayEngine)
 
 
+class CallbackEntry(Section):
+    """One ``output.callbacks`` entry with parameters: ``{name, params}``."""
+
+    name: Annotated[str, Field(min_length=1)]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+PlotFormat = Literal["png", "svg", "pdf"]
+
+
 class OutputConfig(Section):
     """What a run writes."""
 
     dir: str | None = None
+    # An existing run directory: false -> an error (or a numbered sibling for the default
+    # runs/<name>-<time>), true -> its old run is removed and this run takes its place.
+    overwrite: bool = False
     target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
     evaluate_every: Annotated[int, Field(ge=1)] = 1
     plots: bool = True
+    plot_formats: Annotated[list[PlotFormat], Field(min_length=1)] = Field(
+        default_factory=lambda: list[PlotFormat](["png"])
+    )
     checkpoint_every: Annotated[int, Field(ge=1)] | None = None
     # The global model on each client's own test split (natural partitions with test ids).
     per_client_eval: bool = False
@@ -638,6 +654,12 @@ class OutputConfig(Section):
     class_recall: bool = False
     # Post-hoc logit adjustment of central evaluation: logits - tau * log(global prior).
     eval_logit_adjust: Annotated[float, Field(ge=0)] | None = None
+    # Experiment trackers (fedsim.outputs.trackers): csv, tensorboard, wandb, mlflow.
+    trackers: list[str] = Field(default_factory=lambda: ["csv"])
+    # Callbacks by registry name or pkg.module:Class, or {name, params}.
+    callbacks: list[str | CallbackEntry] = Field(default_factory=list)
+    # The variant every other variant is compared with (paired test over seeds).
+    baseline: str | None = None
 
 
 # ----------------------------------------------------------------------- scenario
@@ -659,6 +681,8 @@ class Scenario(Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A grid: dotted key -> values; every combination becomes a variant (x each variant).
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     variant: str | None = Field(default=None, description="set by expansion; not user-facing")
 
     @field_validator("engine", mode="before")
@@ -681,5 +705,5 @@ class Scenario(Section):
 
     @property
     def is_expanded(self) -> bool:
-        """Whether this is one concrete run (no ``seeds`` list, no ``variants``)."""
-        return self.seeds is None and not self.variants
+        """Whether this is one concrete run (no ``seeds`` list, ``variants`` or ``sweep``)."""
+        return self.seeds is None and not self.variants and not self.sweep
