@@ -24,7 +24,7 @@ def linear_parameters(model: nn.Module) -> torch.Tensor:
     if len(layers) != 1 or layers[0].out_features != 1 or layers[0].bias is None:
         raise ValueError("moment encoding needs a one-output linear model (model: linear)")
     layer = layers[0]
-    return torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]).double()
+    return torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]).double().cpu()
 
 
 @register_step("moment-product")

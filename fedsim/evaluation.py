@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedsim.label_prior import shift_logits
+from fedsim.training_device import model_device
 
 
 @torch.no_grad()
@@ -36,10 +37,11 @@ def evaluate_model(
     would otherwise "predict" class 0 and score its share of the labels).
     """
     model.eval()
+    device = model_device(model)
     total_loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(x[start : start + batch_size])
-        yb = torch.from_numpy(y[start : start + batch_size])
+        xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+        yb = torch.from_numpy(y[start : start + batch_size]).to(device)
         logits = model(xb) if logit_shift is None else shift_logits(model(xb), logit_shift)
         if not bool(torch.isfinite(logits).all()):
             return math.nan, math.nan
@@ -55,15 +57,16 @@ def per_example_scores(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Return each example's cross-entropy and accuracy (means over a sequence's targets)."""
     model.eval()
+    device = model_device(model)
     losses, correct = [], []
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(x[start : start + batch_size])
-        yb = torch.from_numpy(y[start : start + batch_size])
+        xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+        yb = torch.from_numpy(y[start : start + batch_size]).to(device)
         logits = model(xb)
         loss = F.cross_entropy(logits, yb, reduction="none")
         hit = (logits.argmax(dim=1) == yb).to(torch.float64)
-        losses.append(loss.reshape(len(yb), -1).mean(dim=1).double().numpy())
-        correct.append(hit.reshape(len(yb), -1).mean(dim=1).numpy())
+        losses.append(loss.reshape(len(yb), -1).mean(dim=1).double().cpu().numpy())
+        correct.append(hit.reshape(len(yb), -1).mean(dim=1).cpu().numpy())
     empty = np.empty(0, dtype=np.float64)
     return (
         np.concatenate(losses) if losses else empty,
@@ -86,12 +89,13 @@ def class_recall(
     Sequence targets count every position.
     """
     model.eval()
+    device = model_device(model)
     hits = np.zeros(num_classes, dtype=np.int64)
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(x[start : start + batch_size])
+        xb = torch.from_numpy(x[start : start + batch_size]).to(device)
         yb = y[start : start + batch_size]
         logits = model(xb) if logit_shift is None else shift_logits(model(xb), logit_shift)
-        predicted = logits.argmax(dim=1).numpy()
+        predicted = logits.argmax(dim=1).cpu().numpy()
         hits += np.bincount(yb[predicted == yb], minlength=num_classes)
     counts = np.bincount(y.ravel(), minlength=num_classes)
     return [float(h / n) if n else None for h, n in zip(hits, counts, strict=True)]
@@ -103,9 +107,11 @@ def mean_squared_error(
 ) -> float:
     """Return the mean of ``(f(x) - y)²`` of a one-output model on regression targets."""
     model.eval()
+    device = model_device(model)
     total = 0.0
     for start in range(0, len(y), batch_size):
-        out = model(torch.from_numpy(x[start : start + batch_size])).double().reshape(-1)
+        xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+        out = model(xb).double().cpu().reshape(-1)
         target = torch.from_numpy(y[start : start + batch_size]).double()
         total += float(((out - target) ** 2).sum())
     return total / max(len(y), 1)

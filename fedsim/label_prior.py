@@ -33,4 +33,5 @@ def shift_logits(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
     Logits are ``(B, C)`` or, for sequence targets, ``(B, C, T)``.
     """
-    return logits + shift.reshape(1, -1, *([1] * (logits.dim() - 2))).to(logits.dtype)
+    shaped = shift.reshape(1, -1, *([1] * (logits.dim() - 2)))
+    return logits + shaped.to(device=logits.device, dtype=logits.dtype)
