@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,12 +56,26 @@ from fedsim.clients.steps import StepInputs, select_step
 from fedsim.clients.training import Gradient, default_gradient, train_local
 from fedsim.data.node_data import NodeData, node_data
 from fedsim.evaluation import evaluate_model
+from fedsim.fast_records import filled
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
 
+
+class FedsimClientApp(ClientApp):
+    """fedsim's ClientApp, which can also train many nodes' train messages together."""
+
+    def train_together(
+        self, jobs: Sequence[tuple[Message, Context]], max_batch: int
+    ) -> list[Message | None]:
+        """See :func:`fedsim.clients.batched.train_together` (None: call the app)."""
+        from fedsim.clients.batched import train_together  # it imports this module
+
+        return train_together(jobs, max_batch)
+
+
 # Outermost first: the link mod decodes what arrived before an attacker sees it and
 # codes the reply after the attacker has changed it, as on a real device.
-app = ClientApp(mods=[link_mod, attack_mod])
+app = FedsimClientApp(mods=[link_mod, attack_mod])
 
 
 @dataclass
@@ -95,6 +110,35 @@ def _partition(context: Context) -> tuple[Scenario, int, NodeData]:
     )
 
 
+TRAIN_PURPOSE, EVALUATE_PURPOSE = 0, 1  # the last entry of a job's seed
+_EMPTY_METRICS = MetricRecord()
+
+
+def train_config(msg: Message) -> ConfigRecord:
+    """The message's config record (empty if it has none)."""
+    # One lookup: ``content.config_records`` would first build a view of every record.
+    config = msg.content.get(wire.CONFIG)
+    return config if isinstance(config, ConfigRecord) else ConfigRecord()
+
+
+def received_arrays(msg: Message) -> ArrayRecord:
+    """The arrays the message carries: its ``arrays`` record, else its first array record."""
+    arrays = msg.content.get(wire.ARRAYS)
+    if isinstance(arrays, ArrayRecord) and len(arrays):
+        return arrays
+    return next(iter(msg.content.array_records.values()))
+
+
+def job_seed(run_seed: int, partition_id: int, server_round: int, purpose: int) -> int:
+    """The seed of one job: torch's default generator and the batch order start from it.
+
+    Seeded from (run seed, node, round, purpose) so results do not depend on the order
+    in which an engine happens to run the clients (or whether it trains them together).
+    """
+    sequence = np.random.SeedSequence([run_seed, partition_id, server_round, purpose])
+    return int(sequence.generate_state(1)[0])
+
+
 def _job(msg: Message, context: Context, purpose: int, *, received_model: bool = True) -> _Job:
     """Resolve scenario, data partition and received model; seed this job's RNG.
 
@@ -102,20 +146,15 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     loads the weights itself (an LASGD worker computes them from its kept model).
     """
     scenario, pid, data = _partition(context)
-    config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
+    config = train_config(msg)
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     if config.get(wire.LABEL_FLIP):  # a label-flip attacker's poisoned data
         data = dataclasses.replace(data, y=poisoned_labels(data.y, data.num_classes))
-    # Seeded from (run seed, node, round, purpose) so results do not depend on the order
-    # in which an engine happens to run the clients.
-    seed = int(
-        np.random.SeedSequence([scenario.seed, pid, server_round, purpose]).generate_state(1)[0]
-    )
+    seed = job_seed(scenario.seed, pid, server_round, purpose)
     # The CPU generator only: torch.manual_seed also queues CUDA/XPU seeding with a stack
     # trace when those are not initialised (~0.3 ms, a noticeable share of a tiny job).
     torch.default_generator.manual_seed(seed)
-    records = msg.content.array_records
-    arrays = (records.get(wire.ARRAYS) or next(iter(records.values()))) if received_model else {}
+    arrays = received_arrays(msg) if received_model else {}
     model = model_for_job(
         scenario.model.name,
         scenario.model.params,
@@ -147,7 +186,7 @@ def _check_complete(missing: frozenset[str], filled: frozenset[str] = frozenset(
 def train(msg: Message, context: Context) -> Message:
     """Run local training with the step the server asked for."""
     start = time.perf_counter()
-    return _train(_job(msg, context, purpose=0), msg, context, start)
+    return _train(_job(msg, context, purpose=TRAIN_PURPOSE), msg, context, start)
 
 
 @app.train(wire.LASGD_ACTION)
@@ -158,7 +197,7 @@ def train_lasgd_block(msg: Message, context: Context) -> Message:
     worker keeps that model in ``context.state`` and computes on from it next block.
     """
     start = time.perf_counter()
-    job = _job(msg, context, purpose=0, received_model=False)
+    job = _job(msg, context, purpose=TRAIN_PURPOSE, received_model=False)
     config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
     offset = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
     lasgd.load_merged(job.model, context.state, float(config[wire.LASGD_SCALE]), offset)  # type: ignore[arg-type]
@@ -177,7 +216,7 @@ def _train(
     optimizer: LocalOptimizer | None = None,
 ) -> Message:
     """Train ``job.model`` with the step the server asked for; reply with it and metrics."""
-    config = dict(msg.content.config_records.get(wire.CONFIG, {}))
+    config = dict(train_config(msg))
     cfg = job.scenario.client
     inputs = StepInputs(
         config,
@@ -218,14 +257,15 @@ def _train(
             optimizer,
             after_step=fixed_point,
         )
-    metrics = MetricRecord(
+    metrics = filled(  # Python numbers only: no need to check each (fast_records)
+        _EMPTY_METRICS,
         {
             wire.NUM_EXAMPLES: len(job.data.y)
             if result.num_examples is None
-            else result.num_examples,
-            wire.TRAIN_SAMPLES: result.samples,
+            else float(result.num_examples),
+            wire.TRAIN_SAMPLES: int(result.samples),
             wire.DURATION_S: time.perf_counter() - start,
-        }
+        },
     )
     if fixed_point is not None:
         metrics[wire.MODEL_BYTES] = fixed_point.model_bytes(job.model)
@@ -246,7 +286,7 @@ def _train(
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on the node's own data."""
-    job = _job(msg, context, purpose=1)
+    job = _job(msg, context, purpose=EVALUATE_PURPOSE)
     if job.scenario.client.dp is not None:
         raise ValueError(f"client.dp: {DP_EVALUATE_REFUSAL}")  # validation refuses it first
     _check_complete(job.missing)

@@ -81,6 +81,19 @@ class LocalStep:
     # gradient. A step that releases anything else (statistics of the data, an
     # unclipped gradient) says what here, and is refused with DP before training.
     dp_refusal: ClassVar[str | None] = None
+    # Whether ``engine.batch_clients`` may train this step's clients together
+    # (:mod:`fedsim.clients.batched`): the step does its work only through
+    # ``data_loss`` and ``penalty``, both depend only on the train config and the
+    # received model (not on the node's data, state or identity), ``run`` and ``finish``
+    # do nothing and nothing is withheld. True for the plain step (this class) and only
+    # for subclasses that say so in their own body: a subclass inherits False, so a new
+    # or custom step is never batched by accident.
+    vectorisable: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "vectorisable" not in cls.__dict__:
+            cls.vectorisable = False
 
     def __init__(self, inputs: StepInputs) -> None:
         self.config = inputs.config
@@ -119,6 +132,7 @@ class ProximalStep(LocalStep):
     """FedProx: add (mu/2)·||w - w_global||² (Li et al. 2020)."""
 
     trigger_key = wire.PROXIMAL_MU
+    vectorisable = True  # the penalty reads only mu and the received model
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)

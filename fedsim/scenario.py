@@ -486,6 +486,10 @@ class InProcessEngine(_EngineSection):
 
     name: Literal["inprocess"] = "inprocess"
     resumable: ClassVar[bool] = True
+    # Train up to this many of a dispatch's clients together in one stacked computation
+    # (0: one by one). Replies equal the one-by-one ones up to float rounding, not bit
+    # for bit, so it is off by default.
+    batch_clients: Annotated[int, Field(ge=0)] = 0
 
 
 class RayEngine(_EngineSection):

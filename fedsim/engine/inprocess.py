@@ -15,7 +15,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import (
     ArrayRecord,
@@ -81,6 +81,35 @@ def _with_own_lists(record: ConfigRecord | MetricRecord) -> ConfigRecord | Metri
     return copied
 
 
+@runtime_checkable
+class TrainsTogether(Protocol):
+    """A client app that can also train several nodes' train messages at once.
+
+    ``train_together(jobs, max_batch)`` returns, per ``(message, context)`` job, the
+    reply the app would give it (up to float rounding) or None: run the app as usual.
+    fedsim's ClientApp is one (:mod:`fedsim.clients.batched`).
+    """
+
+    def train_together(
+        self, jobs: Sequence[tuple[Message, Context]], max_batch: int
+    ) -> list[Message | None]:
+        """Replies of the jobs trained together (None: not trained)."""
+
+
+@dataclass
+class _Delivery:
+    """A message delivered to its node, waiting for the node to run."""
+
+    message: Message  # as the strategy sent it
+    delivered: Message  # the node's own copy
+    node: int
+    device: DeviceProfile
+    fate: Fate
+    local: bool  # compute only: nothing crosses the simulated network
+    now: float  # simulated send time
+    t: float  # simulated time the download completes
+
+
 @dataclass(order=True)
 class _Pending:
     arrival: float
@@ -113,6 +142,11 @@ class InProcessGrid(Grid):
     min_online : int
         With a device trace: :meth:`get_node_ids` first moves simulated time on until
         this many nodes are online (the server waiting for devices to check in).
+    batch_clients : int
+        When above 0 and ``client_app`` can train messages together
+        (:class:`TrainsTogether`): a dispatch's train messages train together, up to this
+        many at a time (``engine.batch_clients``). Not under ``client_timeout_s``: the
+        watchdog times each client alone.
 
     Replies are checked against :attr:`reply_rules` (set by :meth:`check_replies`)
     before anything else sees them; see :mod:`fedsim.engine.reply_check`.
@@ -128,8 +162,10 @@ class InProcessGrid(Grid):
         run_id: int = 1,
         client_timeout_s: float | None = None,
         min_online: int = 1,
+        batch_clients: int = 0,
     ) -> None:
         self.client_app = client_app
+        self.batch_clients = batch_clients
         # A NodeContexts stays lazy; any other mapping is copied as before.
         self.contexts = contexts if isinstance(contexts, NodeContexts) else dict(contexts)
         self.devices = dict(devices)
@@ -356,11 +392,17 @@ class InProcessGrid(Grid):
         return list(self.contexts.items())
 
     def _dispatch_all(self, messages: Iterable[Message]) -> list[tuple[float, str, Message | None]]:
-        """Handle every message of one dispatch; return (arrival, id, reply or None)."""
+        """Handle every message of one dispatch; return (arrival, id, reply or None).
+
+        Three phases: each message is delivered (its fate drawn, the node's copy made),
+        the delivered ones run (with ``batch_clients``, the train jobs that allow it
+        together), then each reply is checked and stamped on the clock in message
+        order, so what the clock says does not depend on how the clients ran.
+        """
         self._dispatch += 1
-        out: list[tuple[float, str, Message | None]] = []
         sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
         self._sent = {}
+        handled: list[tuple[str, _Delivery | tuple[float, None]]] = []
         for i, message in enumerate(messages):
             message_id = f"{self._dispatch}-{i}"
             assign_message_id(message, message_id)
@@ -368,12 +410,42 @@ class InProcessGrid(Grid):
             key = id(message.content)  # the contents stay alive, so ids stay unique
             if key not in sizes:
                 sizes[key] = content_bytes(message)
-            arrival, reply = self._handle(message, sizes[key])
+            handled.append((message_id, self._deliver(message, sizes[key])))
+        together = self._train_together([d for _, d in handled if isinstance(d, _Delivery)])
+        out: list[tuple[float, str, Message | None]] = []
+        for message_id, d in handled:
+            arrival, reply = (
+                self._receive(d, together.get(id(d))) if isinstance(d, _Delivery) else d
+            )
             out.append((arrival, message_id, reply))
         return out
 
-    def _handle(self, message: Message, nbytes: int) -> tuple[float, Message | None]:
-        """Run one node on one message of ``nbytes``; return its reply and arrival time."""
+    def _train_together(self, deliveries: list[_Delivery]) -> dict[int, Message]:
+        """With ``batch_clients``: replies of the train jobs the client app trains together.
+
+        Keyed by ``id`` of the delivery; the others run one by one in :meth:`_receive`.
+        """
+        app = self.client_app
+        if (
+            not self.batch_clients
+            or self.watchdog is not None
+            or not isinstance(app, TrainsTogether)
+        ):
+            return {}
+        jobs = [
+            d
+            for d in deliveries
+            if d.fate is not Fate.FAILURE and d.delivered.metadata.message_type == "train"
+        ]
+        if len(jobs) < 2:
+            return {}
+        replies = app.train_together(
+            [(d.delivered, self.contexts[d.node]) for d in jobs], self.batch_clients
+        )
+        return {id(d): r for d, r in zip(jobs, replies, strict=True) if r is not None}
+
+    def _deliver(self, message: Message, nbytes: int) -> _Delivery | tuple[float, None]:
+        """Send ``message`` of ``nbytes`` to its node: the delivery, or (time, None) if lost."""
         node = message.metadata.dst_node_id
         device = self.devices[node]
         fate = self.clock.draw(self._dispatch, node)
@@ -392,10 +464,17 @@ class InProcessGrid(Grid):
         delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
             content=copy_content(message.content), metadata=copy.copy(message.metadata)
         )
+        return _Delivery(message, delivered, node, device, fate, local, now, t)
+
+    def _receive(self, d: _Delivery, ready: Message | None) -> tuple[float, Message | None]:
+        """Run the node on its delivery (unless its reply is ``ready``); stamp the reply."""
+        message, node, device, local = d.message, d.node, d.device, d.local
         try:
-            if fate is Fate.FAILURE:
+            if d.fate is Fate.FAILURE:
                 raise InjectedFault("fault injected by system.failure_prob")
-            reply = checked(self.reply_rules, message, self._call_client(delivered, node))
+            if ready is None:
+                ready = self._call_client(d.delivered, node)
+            reply = checked(self.reply_rules, message, ready)
         except Exception as exc:  # a failing client never kills a run
             reply = Message(
                 Error(CLIENT_APP_RAISED_EXCEPTION, f"node {node}: {type(exc).__name__}: {exc}"),
@@ -403,15 +482,17 @@ class InProcessGrid(Grid):
             )
         if reply.has_error():
             up_s = 0.0 if local else self.clock.upload_s(device, 0)
-            return self._arrive(node, device, now, t + up_s, reply)
+            return self._arrive(node, device, d.now, d.t + up_s, reply)
         for record in reply.content.values():
             if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
                 decoding_arrays(record)
         up = 0 if local else content_bytes(reply)
         metrics = reply_metrics(reply)
-        t += self.clock.compute_s(device, _work(message.metadata.message_type, metrics), fate)
+        t = d.t + self.clock.compute_s(
+            device, _work(message.metadata.message_type, metrics), d.fate
+        )
         up_s = 0.0 if local else self.clock.upload_s(device, up)
-        arrival, delivered_reply = self._arrive(node, device, now, t + up_s, reply)
+        arrival, delivered_reply = self._arrive(node, device, d.now, t + up_s, reply)
         if delivered_reply is not None:
             self.telemetry.record_upload(reply, up, metrics)
         return arrival, delivered_reply

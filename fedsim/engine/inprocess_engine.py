@@ -15,7 +15,7 @@ from fedsim.engine.devices import sample_population
 from fedsim.engine.flower_compat import SERVER_NODE_ID, set_task_identity
 from fedsim.engine.inprocess import InProcessGrid, node_contexts
 from fedsim.outputs.availability import EVENTS_FILE, PLOT_FILE, plot_availability, write_events
-from fedsim.scenario import Scenario
+from fedsim.scenario import InProcessEngine, Scenario
 
 RUN_ID = 1
 
@@ -38,6 +38,9 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
         RUN_ID,
         client_timeout_s=scenario.engine.client_timeout_s,
         min_online=1 if trace is None else trace.min_online,
+        batch_clients=scenario.engine.batch_clients
+        if isinstance(scenario.engine, InProcessEngine)
+        else 0,
     )
 
 
