@@ -86,15 +86,26 @@ def round_seconds(run_dir: Path) -> list[float]:
 
 def engine_run(scenario: Scenario, out: Path) -> tuple[float, float]:
     """End-to-end seconds of one run and its fastest round after the first."""
+    total, rounds = engine_rounds(scenario, out)
+    return total, min(rounds[1:])
+
+
+def engine_rounds(scenario: Scenario, out: Path) -> tuple[float, list[float]]:
+    """End-to-end seconds of one run (process caches cleared first) and of each round."""
     clear_process_caches()
     start = time.perf_counter()
     fedsim.run(scenario, out)
     total = time.perf_counter() - start
-    return total, min(round_seconds(out)[1:])
+    return total, round_seconds(out)
 
 
 def pure_compute(scenario: Scenario, work: Path) -> float:
     """Seconds of the fastest round after the first of the same updates in a plain loop."""
+    return min(pure_rounds(scenario, work)[1:])
+
+
+def pure_rounds(scenario: Scenario, work: Path) -> list[float]:
+    """Seconds of each round of the same updates in a plain loop of ClientApp calls."""
     from fedsim.clients.app import app as client_app
 
     work.mkdir(parents=True, exist_ok=True)
@@ -127,7 +138,7 @@ def pure_compute(scenario: Scenario, work: Path) -> float:
             client_app(message, contexts[message.metadata.dst_node_id])
         rounds.append(time.perf_counter() - start)
         gc.unfreeze()
-    return min(rounds[1:])
+    return rounds
 
 
 def main() -> None:

@@ -135,8 +135,11 @@ def job_seed(run_seed: int, partition_id: int, server_round: int, purpose: int) 
     Seeded from (run seed, node, round, purpose) so results do not depend on the order
     in which an engine happens to run the clients (or whether it trains them together).
     """
-    sequence = np.random.SeedSequence([run_seed, partition_id, server_round, purpose])
-    return int(sequence.generate_state(1)[0])
+    words = (run_seed, partition_id, server_round, purpose)
+    # The same entropy as the list of ints when each fits one 32-bit word, converted
+    # faster (~18 vs ~28 µs a job); other values go through numpy's own conversion.
+    entropy = np.array(words, np.uint32) if all(0 <= w < 2**32 for w in words) else list(words)
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _job(msg: Message, context: Context, purpose: int, *, received_model: bool = True) -> _Job:

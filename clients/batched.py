@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from numpy.typing import NDArray
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -63,7 +64,7 @@ from fedsim.scenario import Scenario
 # stacked computation cannot reproduce the ClientApp's draws.
 _UNSTACKABLE = (nn.modules.dropout._DropoutNd, nn.RNNBase)
 _said: set[str] = set()  # reasons already said in this process
-_EMPTY_ARRAYS, _EMPTY_METRICS = ArrayRecord(), MetricRecord()
+_EMPTY_ARRAYS, _EMPTY_METRICS, _EMPTY_CONTENT = ArrayRecord(), MetricRecord(), RecordDict()
 
 
 @dataclass
@@ -263,34 +264,48 @@ class _Schedule:
     index: torch.Tensor  # (active, B) rows of the concatenated data
     scale: torch.Tensor  # (active, B): 1/batch for a real example, 0 for padding
     real: torch.Tensor  # (active, B): 1 for a real example, 0 for padding
-    sizes: list[int]  # real batch size of each active client
+    samples: NDArray[np.int64]  # (active,) real batch size of each active client
 
 
-def _schedule(chunk: list[_Client], order: list[int]) -> Iterator[_Schedule]:
-    """Each client's batches, in the order its ClientApp job would draw them."""
+def _schedule(chunk: list[_Client], order: list[int]) -> list[_Schedule]:
+    """Each client's batches, in the order its ClientApp job would draw them.
+
+    Clients are taken in ``order`` (most steps first), so at every step the clients
+    still training are the first rows of the stack.
+    """
     cfg = chunk[0].scenario.client
     offsets = np.cumsum([0] + [len(c.data.y) for c in chunk])
-    per_client: list[list[torch.Tensor]] = []
+    drawn: list[tuple[NDArray[np.int64], list[int]]] = []
     for k in order:
         n = len(chunk[k].data.y)
         generator = torch.Generator().manual_seed(chunk[k].seed)
-        steps = num_local_steps(n, cfg)
-        per_client.append([idx + int(offsets[k]) for idx in batches(n, cfg, steps, generator)])
-    for t in range(len(per_client[0])):
-        taken = [b[t] for b in per_client if len(b) > t]
-        sizes = [len(idx) for idx in taken]
-        width = max(sizes)
-        if all(s == width for s in sizes):
-            index = torch.stack(taken)
-            real = torch.ones(index.shape)
+        taken = list(batches(n, cfg, num_local_steps(n, cfg), generator))
+        drawn.append((torch.cat(taken).numpy() + offsets[k], [len(idx) for idx in taken]))
+    steps, width = len(drawn[0][1]), max(max(sizes) for _, sizes in drawn)
+    index = np.zeros((steps, len(order), width), dtype=np.int64)  # padding: row 0, weight 0
+    sizes = np.zeros((steps, len(order)), dtype=np.int64)
+    for row, (flat, counts) in enumerate(drawn):
+        if all(c == width for c in counts):  # whole batches only: one copy
+            index[: len(counts), row] = flat.reshape(len(counts), width)
         else:
-            index = torch.zeros(len(taken), width, dtype=torch.int64)
-            real = torch.zeros(len(taken), width)
-            for row, idx in enumerate(taken):
-                index[row, : len(idx)] = idx
-                real[row, : len(idx)] = 1.0
-        scale = real / torch.tensor(sizes, dtype=real.dtype).unsqueeze(1)
-        yield _Schedule(len(taken), index, scale, real, sizes)
+            start = 0
+            for t, c in enumerate(counts):
+                index[t, row, :c] = flat[start : start + c]
+                start += c
+        sizes[: len(counts), row] = counts
+    real = (np.arange(width) < sizes[:, :, None]).astype(np.float32)
+    scale = real / np.maximum(sizes, 1)[:, :, None].astype(np.float32)
+    active = (sizes > 0).sum(1)
+    return [
+        _Schedule(
+            int(a),
+            torch.from_numpy(index[t, :a]),
+            torch.from_numpy(scale[t, :a]),
+            torch.from_numpy(real[t, :a]),
+            sizes[t, :a],
+        )
+        for t, a in enumerate(active)
+    ]
 
 
 GradientFn = Callable[
@@ -364,7 +379,7 @@ def _train_stacked(
     }
     buffers: dict[str, torch.Tensor | None] = dict.fromkeys(names)
     loss_sums = torch.zeros(len(chunk), dtype=torch.float64)
-    samples = [0] * len(chunk)
+    samples = np.zeros(len(chunk), dtype=np.int64)
     gradient = _stacked_gradient(model, step)
     for s in _schedule(chunk, order):
         a = s.active
@@ -384,13 +399,13 @@ def _train_stacked(
                 if buf is None:
                     buffers[n] = new
             loss_sums[:a] += (losses * s.real).sum(1, dtype=torch.float64)
-        for row, size in enumerate(s.sizes):
-            samples[row] += size
+        samples[:a] += s.samples
     results: list[tuple[dict[str, np.ndarray], float, int]] = [({}, 0.0, 0)] * len(chunk)
     values = {n: stacked[n].numpy() for n in names}  # rows of these are contiguous views
     for row, k in enumerate(order):
         arrays = {n: values[n][row] for n in names}
-        results[k] = (arrays, float(loss_sums[row]) / max(samples[row], 1), samples[row])
+        count = int(samples[row])
+        results[k] = (arrays, float(loss_sums[row]) / max(count, 1), count)
     return results
 
 
@@ -408,6 +423,5 @@ def _reply(
         },
     )
     record = filled(_EMPTY_ARRAYS, {name: encode(value) for name, value in arrays.items()})
-    return Message(
-        RecordDict({wire.ARRAYS: record, wire.METRICS: metrics}), reply_to=client.message
-    )
+    content = filled(_EMPTY_CONTENT, {wire.ARRAYS: record, wire.METRICS: metrics})
+    return Message(content, reply_to=client.message)

@@ -101,13 +101,19 @@ class _Delivery:
     """A message delivered to its node, waiting for the node to run."""
 
     message: Message  # as the strategy sent it
-    delivered: Message  # the node's own copy
     node: int
     device: DeviceProfile
     fate: Fate
     local: bool  # compute only: nothing crosses the simulated network
     now: float  # simulated send time
     t: float  # simulated time the download completes
+
+    def delivered(self) -> Message:
+        """The node's own copy of the message (what the ClientApp may change)."""
+        copied: Message = Message(  # type: ignore[call-overload]  # flwr's own copy path
+            content=copy_content(self.message.content), metadata=copy.copy(self.message.metadata)
+        )
+        return copied
 
 
 @dataclass(order=True)
@@ -394,8 +400,8 @@ class InProcessGrid(Grid):
     def _dispatch_all(self, messages: Iterable[Message]) -> list[tuple[float, str, Message | None]]:
         """Handle every message of one dispatch; return (arrival, id, reply or None).
 
-        Three phases: each message is delivered (its fate drawn, the node's copy made),
-        the delivered ones run (with ``batch_clients``, the train jobs that allow it
+        Three phases: each message is delivered (its fate drawn), the delivered ones
+        run (with ``batch_clients``, the train jobs that allow it
         together), then each reply is checked and stamped on the clock in message
         order, so what the clock says does not depend on how the clients ran.
         """
@@ -435,12 +441,13 @@ class InProcessGrid(Grid):
         jobs = [
             d
             for d in deliveries
-            if d.fate is not Fate.FAILURE and d.delivered.metadata.message_type == "train"
+            if d.fate is not Fate.FAILURE and d.message.metadata.message_type == "train"
         ]
         if len(jobs) < 2:
             return {}
+        # The messages themselves, not copies: training together reads them only.
         replies = app.train_together(
-            [(d.delivered, self.contexts[d.node]) for d in jobs], self.batch_clients
+            [(d.message, self.contexts[d.node]) for d in jobs], self.batch_clients
         )
         return {id(d): r for d, r in zip(jobs, replies, strict=True) if r is not None}
 
@@ -461,10 +468,7 @@ class InProcessGrid(Grid):
             return now, None
         self.clock.record(now, node, "sent", self._dispatch)
         t = now + (0.0 if local else self.clock.download_s(device, nbytes))
-        delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
-            content=copy_content(message.content), metadata=copy.copy(message.metadata)
-        )
-        return _Delivery(message, delivered, node, device, fate, local, now, t)
+        return _Delivery(message, node, device, fate, local, now, t)
 
     def _receive(self, d: _Delivery, ready: Message | None) -> tuple[float, Message | None]:
         """Run the node on its delivery (unless its reply is ``ready``); stamp the reply."""
@@ -473,7 +477,7 @@ class InProcessGrid(Grid):
             if d.fate is Fate.FAILURE:
                 raise InjectedFault("fault injected by system.failure_prob")
             if ready is None:
-                ready = self._call_client(d.delivered, node)
+                ready = self._call_client(d.delivered(), node)
             reply = checked(self.reply_rules, message, ready)
         except Exception as exc:  # a failing client never kills a run
             reply = Message(

@@ -280,3 +280,15 @@ def test_a_run_whose_clients_cannot_be_stacked_is_the_run_without(tmp_path: Path
             tmp_path / "together",
         )
     assert stacked == plain  # the ClientApp's path, bit for bit
+
+
+@pytest.mark.parametrize(
+    "words", [(0, 0, 0, 0), (3, 17, 2, 1), (2**32 - 1, 5, 6, 0), (2**40 + 7, 3, 4, 0)]
+)
+def test_job_seed_is_numpys_seed_sequence_of_the_four_words(
+    words: tuple[int, int, int, int],
+) -> None:
+    from fedsim.clients.app import job_seed
+
+    want = int(np.random.SeedSequence(list(words)).generate_state(1)[0])
+    assert job_seed(*words) == want
