@@ -71,6 +71,17 @@ WORKLOAD: dict[str, Any] = {
 }
 
 
+# One core for the clients on both engines: in-process runs them one after another,
+# Ray gets one CPU and one 1-CPU actor (Flower's default, 2-CPU actors on this 2-core
+# machine, also gives one actor at a time).
+RAY_ENGINE: dict[str, Any] = {
+    "name": "ray",
+    "num_cpus": 1,
+    "client_resources": {"num_cpus": 1},
+    "object_store_mb": 256,
+}
+
+
 def clear_process_caches() -> None:
     """Forget loaded data and scenarios, as a fresh process would not have them."""
     federated._federated.cache_clear()
@@ -152,20 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("flwr").setLevel(logging.ERROR)  # as the fedsim CLI does
     base = fedsim.load_scenario(WORKLOAD)
-    # One core for the clients on both engines: in-process runs them one after another,
-    # Ray gets one CPU and one 1-CPU actor (Flower's default, 2-CPU actors on this 2-core
-    # machine, also gives one actor at a time).
-    ray = fedsim.load_scenario(
-        {
-            **WORKLOAD,
-            "engine": {
-                "name": "ray",
-                "num_cpus": 1,
-                "client_resources": {"num_cpus": 1},
-                "object_store_mb": 256,
-            },
-        }
-    )
+    ray = fedsim.load_scenario({**WORKLOAD, "engine": RAY_ENGINE})
     with tempfile.TemporaryDirectory(prefix="engine-overhead-") as tmp:
         root = Path(tmp)
         federated.federated_data(base.data, base.seed)  # generate MNIST-1D once (cached)

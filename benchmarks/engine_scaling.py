@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from engine_overhead import CLIENTS, WORKLOAD, engine_rounds, pure_rounds
+from engine_overhead import CLIENTS, RAY_ENGINE, WORKLOAD, engine_rounds, pure_rounds
 
 import fedsim
 from fedsim.data import federated
@@ -91,17 +91,7 @@ def main() -> None:
     batched = fedsim.load_scenario(
         {**WORKLOAD, "engine": {"name": "inprocess", "batch_clients": CLIENTS}}
     )
-    ray = fedsim.load_scenario(
-        {
-            **WORKLOAD,
-            "engine": {
-                "name": "ray",
-                "num_cpus": 1,
-                "client_resources": {"num_cpus": 1},
-                "object_store_mb": 256,
-            },
-        }
-    )
+    ray = fedsim.load_scenario({**WORKLOAD, "engine": RAY_ENGINE})
     print(settings_line())
     rounds: dict[str, list[float]] = {"sequential": [], "inprocess": [], "batched": []}
     totals: dict[str, list[float]] = {"inprocess": [], "batched": []}
