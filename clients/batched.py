@@ -89,7 +89,8 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
     Parameters
     ----------
     jobs : sequence of (Message, Context)
-        Delivered messages (the caller's copies) with their nodes' Contexts.
+        Train messages with their nodes' Contexts; both are only read, never changed
+        (so the caller need not copy a message for this).
     max_batch : int
         At most this many clients train in one stacked computation.
 
@@ -106,18 +107,17 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         client = _resolve(i, message, context)
         if client is not None:
             groups.setdefault(_group_key(client), []).append(client)
-    last_seed: int | None = None
+    size = max(1, max_batch)
     for members in groups.values():
-        for start in range(0, len(members), max(1, max_batch)):
-            chunk = members[start : start + max(1, max_batch)]
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
             for client, reply in zip(chunk, _train_chunk(chunk), strict=True):
                 out[client.index] = reply
     trained = [c for g in groups.values() for c in g if out[c.index] is not None]
     if trained:
-        last_seed = max(trained, key=lambda c: c.index).seed
         # As after the last of these jobs had run through the ClientApp (which leaves
         # torch's default generator seeded with its job seed).
-        torch.default_generator.manual_seed(last_seed)
+        torch.default_generator.manual_seed(max(trained, key=lambda c: c.index).seed)
     return out
 
 
@@ -202,13 +202,16 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
     start = time.perf_counter()
     first = chunk[0]
     scenario, data = first.scenario, first.data
-    model = model_for_job(
-        scenario.model.name,
-        scenario.model.params,
-        data.input_shape,
-        data.num_classes,
-        overwritten=first.arrays.keys(),
-    )
+    try:
+        model = model_for_job(
+            scenario.model.name,
+            scenario.model.params,
+            data.input_shape,
+            data.num_classes,
+            overwritten=first.arrays.keys(),
+        )
+    except Exception:  # the ClientApp reports it
+        return [None] * len(chunk)
     reason = _unstackable(model, first.arrays)
     if reason is not None:
         _say(reason)
@@ -232,7 +235,8 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
     try:
         results = _train_stacked(model, step, chunk)
     except Exception as exc:  # vmap cannot run this model (data-dependent control flow...)
-        _say(f"model {scenario.model.name!r} cannot be stacked ({type(exc).__name__}: {exc})")
+        what = (str(exc).splitlines() or [""])[0][:200]
+        _say(f"model {scenario.model.name!r} cannot be stacked ({type(exc).__name__}: {what})")
         return [None] * len(chunk)
     share = (time.perf_counter() - start) / len(chunk)
     return [

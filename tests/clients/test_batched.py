@@ -47,6 +47,24 @@ def _batchnorm_mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     )
 
 
+class _Branchy(nn.Module):
+    """Data-dependent control flow: vmap cannot run it."""
+
+    def __init__(self, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.flat, self.fc = nn.Flatten(), nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(self.flat(x))
+        return out if bool(out.sum() > 0) else -out
+
+
+@register_model("test-batched-branchy")
+def _branchy(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A linear model whose forward pass branches on its output."""
+    return _Branchy(int(np.prod(input_shape)), num_classes)
+
+
 def _scenario(**overrides: Any) -> Any:
     base: dict[str, Any] = {
         "name": "batched",
@@ -173,6 +191,7 @@ def test_a_stack_of_one_equals_the_client_alone(tmp_path: Path) -> None:
         ({}, {wire.LOCAL_STEP: "test-batched-custom"}, "_NotDeclared is not vectorisable"),
         ({"model": {"name": "test-batched-bn", "params": {}}}, {}, "BatchNorm"),
         ({"model": {"name": "lstm", "params": {}}}, {}, "LSTM"),
+        ({"model": {"name": "test-batched-branchy", "params": {}}}, {}, "cannot be stacked"),
     ],
     ids=[
         "dp",
@@ -183,6 +202,7 @@ def test_a_stack_of_one_equals_the_client_alone(tmp_path: Path) -> None:
         "custom-step",
         "batchnorm",
         "lstm",
+        "branchy",
     ],
 )
 def test_what_cannot_be_stacked_falls_back_and_says_so_once(
