@@ -15,8 +15,8 @@ train
     ``train-samples``, ``duration-s`` (and ``epsilon`` under DP-SGD: the node's privacy
     spent so far at ``client.dp.delta``; ``attacker`` while ``system.attackers`` is
     set; ``model-bytes`` under ``client.weights``). ``label-flip`` in the config trains
-    on labels ``C - 1 - y``. A step that does not train (AGC's coded gradient, selected
-    by ``agc-p``) replies with its own arrays instead of the model.
+    on labels ``C - 1 - y``. The step's ``reply`` says which arrays the reply carries
+    (AGC's coded gradient, selected by ``agc-p``, replies with that instead of a model).
 train.lasgd
     An LASGD job (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
     config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
@@ -43,8 +43,8 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedsim import wire
-from fedsim.array_codec import decode, encode, encode_record
-from fedsim.clients import coded, curvature, lasgd, positive  # noqa: F401  (register steps)
+from fedsim.array_codec import decode, encode
+from fedsim.clients import coded, curvature, lasgd, positive, scaffold  # noqa: F401  (steps)
 from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
 from fedsim.clients.link_mod import link_mod
@@ -52,8 +52,9 @@ from fedsim.clients.low_precision import FixedPointWeights
 from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.optimizers import LocalOptimizer
 from fedsim.clients.positive import PositiveOnlyStep
-from fedsim.clients.steps import StepInputs, select_step
-from fedsim.clients.training import Gradient, default_gradient, train_local
+from fedsim.clients.steps import STEPS, StepInputs, select_step  # STEPS: all shipped
+from fedsim.clients.training import Gradient, default_gradient, num_local_steps, train_local
+from fedsim.clients.unread_keys import warn_unread
 from fedsim.data.node_data import NodeData, node_data
 from fedsim.evaluation import evaluate_model
 from fedsim.fast_records import filled
@@ -76,6 +77,7 @@ class FedsimClientApp(ClientApp):
 # Outermost first: the link mod decodes what arrived before an attacker sees it and
 # codes the reply after the attacker has changed it, as on a real device.
 app = FedsimClientApp(mods=[link_mod, attack_mod])
+__all__ = ["STEPS", "app"]
 
 
 @dataclass
@@ -111,7 +113,7 @@ def _partition(context: Context) -> tuple[Scenario, int, NodeData]:
 
 
 TRAIN_PURPOSE, EVALUATE_PURPOSE = 0, 1  # the last entry of a job's seed
-_EMPTY_METRICS = MetricRecord()
+_EMPTY_ARRAYS, _EMPTY_METRICS = ArrayRecord(), MetricRecord()
 
 
 def train_config(msg: Message) -> ConfigRecord:
@@ -172,7 +174,8 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
         return _Job(scenario, pid, data, model, server_round, {}, frozenset())
     own = set(model.state_dict())
     # Strategies may ship extra arrays beside the model (FedCurv's sums, FedAwS's row)
-    # and withhold model arrays (FedAwS's class embeddings): a local step handles both.
+    # and withhold model arrays (FedAwS's class embeddings): the local step's extras
+    # and fills.
     extras = {k: decode(v) for k, v in arrays.items() if k not in own}
     received = {k: torch.from_numpy(decode(v)) for k, v in arrays.items() if k in own}
     model.load_state_dict(received, strict=False)
@@ -218,9 +221,14 @@ def _train(
     start: float,
     optimizer: LocalOptimizer | None = None,
 ) -> Message:
-    """Train ``job.model`` with the step the server asked for; reply with it and metrics."""
+    """Train ``job.model`` with the step the server asked for; reply as the step says."""
     config = dict(train_config(msg))
     cfg = job.scenario.client
+    step_cls = select_step(config)
+    if cfg.dp is not None and step_cls.dp_refusal is not None:
+        raise ValueError(f"client.dp: {step_cls.dp_refusal}")  # validation refuses it first
+    # In-process runs share one run id; the run directory tells them apart.
+    warn_unread((context.run_id, str(context.run_config.get(wire.RUN_DIR, ""))), step_cls, config)
     inputs = StepInputs(
         config,
         job.model,
@@ -230,26 +238,25 @@ def _train(
         job.data,
         job.partition_id,
         context.node_id,
+        lr=cfg.optimizer.lr,
+        local_steps=num_local_steps(len(job.data.y), cfg),
     )
-    step_cls = select_step(config)
-    if cfg.dp is not None and step_cls.dp_refusal is not None:
-        raise ValueError(f"client.dp: {step_cls.dp_refusal}")  # validation refuses it first
     step = step_cls(inputs)
-    _check_complete(job.missing, step.withheld)
-    generator = torch.Generator().manual_seed(int(torch.initial_seed()))
-    gradient: Gradient = default_gradient(job.model, step)
-    if cfg.dp is not None:
-        noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
-        expected = float(min(cfg.batch_size, len(job.data.y)))  # q·n with q = batch / n
-        gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
+    _check_complete(job.missing, step.fills)
     fixed_point = None
     if cfg.weights is not None:  # the model lives in fixed point while it trains
         seed = int(torch.initial_seed())
         fixed_point = FixedPointWeights(cfg.weights, np.random.default_rng([seed, 2]))
         fixed_point(job.model)
-    result = step.run(job.model, cfg, generator)
-    if result is None:
-        result = train_local(
+    work = None
+    if step.trains:
+        generator = torch.Generator().manual_seed(int(torch.initial_seed()))
+        gradient: Gradient = default_gradient(job.model, step)
+        if cfg.dp is not None:
+            noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
+            expected = float(min(cfg.batch_size, len(job.data.y)))  # q·n with q = batch / n
+            gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
+        work = train_local(
             job.model,
             job.data.x,
             job.data.y,
@@ -260,6 +267,8 @@ def _train(
             optimizer,
             after_step=fixed_point,
         )
+    reply = step.reply(job.model, job.data, work)
+    result = reply.work
     metrics = filled(  # Python numbers only: no need to check each (fast_records)
         _EMPTY_METRICS,
         {
@@ -277,12 +286,13 @@ def _train(
     else:  # the loss is a statistic of the private data: it stays on the device
         batch = min(cfg.batch_size, len(job.data.y))
         metrics[wire.EPSILON] = spend(context.state, cfg.dp, len(job.data.y), batch, result.steps)
-    arrays = encode_record(job.model.state_dict()) if step.trains_model else ArrayRecord()
-    for key in step.withheld & set(arrays):  # arrays the algorithm keeps off the wire
-        del arrays[key]
-    xt, yt = torch.from_numpy(job.data.x), torch.from_numpy(job.data.y)
-    for key, value in step.finish(job.model, xt, yt).items():
-        arrays[key] = encode(np.ascontiguousarray(value))
+    arrays = filled(  # arrays encoded here: no need to check each (fast_records)
+        _EMPTY_ARRAYS,
+        {
+            key: encode(value if isinstance(value, torch.Tensor) else np.ascontiguousarray(value))
+            for key, value in reply.arrays.items()
+        },
+    )
     return Message(RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics}), reply_to=msg)
 
 

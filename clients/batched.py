@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.optimizers import sgd_update_
 from fedsim.clients.steps import LocalStep, StepInputs, select_step
 from fedsim.clients.training import batches, num_local_steps
+from fedsim.clients.unread_keys import warn_unread
 from fedsim.data.node_data import NodeData
 from fedsim.errors import FedsimWarning
 from fedsim.fast_records import filled
@@ -63,7 +64,7 @@ from fedsim.scenario import Scenario
 # Layers whose forward pass draws random numbers or keeps state between calls: the
 # stacked computation cannot reproduce the ClientApp's draws.
 _UNSTACKABLE = (nn.modules.dropout._DropoutNd, nn.RNNBase)
-_said: set[str] = set()  # reasons already said in this process
+_said: set[tuple[Hashable, str]] = set()  # (run, reason): each said once per run
 _EMPTY_ARRAYS, _EMPTY_METRICS, _EMPTY_CONTENT = ArrayRecord(), MetricRecord(), RecordDict()
 
 
@@ -121,10 +122,16 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
     return out
 
 
-def _say(reason: str) -> None:
-    """Warn once per process that some clients train one by one, and why."""
-    if reason not in _said:
-        _said.add(reason)
+def _run_key(context: Context) -> Hashable:
+    """What tells runs apart (in-process runs share one run id; their directories differ)."""
+    return (context.run_id, str(context.run_config.get(wire.RUN_DIR, "")))
+
+
+def _say(context: Context, reason: str) -> None:
+    """Warn once per run that some clients train one by one, and why."""
+    key = (_run_key(context), reason)
+    if key not in _said:
+        _said.add(key)
         warnings.warn(
             f"engine.batch_clients: {reason}; those clients train one by one",
             FedsimWarning,
@@ -146,13 +153,14 @@ def _resolve(index: int, message: Message, context: Context) -> _Client | None:
         step_cls = select_step(config)
     except ValueError:
         return None
-    if reason is None and not step_cls.vectorisable:
-        reason = f"local step {step_cls.__name__} is not vectorisable"
+    if reason is None:
+        reason = _step_refusal(step_cls)
     if reason is None and config.get(wire.LABEL_FLIP):
         reason = "label-flip attackers"
     if reason is not None:
-        _say(reason)
+        _say(context, reason)
         return None
+    warn_unread(_run_key(context), step_cls, config)  # as the ClientApp's train handler does
     if len(data.y) == 0:
         return None
     try:
@@ -177,6 +185,23 @@ def _refusal(scenario: Scenario) -> str | None:
         return "compression codes each client's link"
     if scenario.system.attackers is not None:
         return "system.attackers changes attackers' replies"
+    return None
+
+
+def _step_refusal(step_cls: type[LocalStep]) -> str | None:
+    """Why ``step_cls``'s clients cannot be trained together (None: they can).
+
+    Only the hooks run here (``data_loss``, ``penalty``): a step that declares itself
+    vectorisable but overrides one of the others still runs through the ClientApp.
+    """
+    name = step_cls.__name__
+    if not step_cls.vectorisable:
+        return f"local step {name} is not vectorisable"
+    if not step_cls.trains or step_cls.fills:
+        return f"local step {name} does not train the whole received model"
+    for hook in ("correction", "reply", "model_arrays"):
+        if getattr(step_cls, hook) is not getattr(LocalStep, hook):
+            return f"local step {name} overrides {hook} (not vectorised)"
     return None
 
 
@@ -214,7 +239,7 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
         return [None] * len(chunk)
     reason = _unstackable(model, first.arrays)
     if reason is not None:
-        _say(reason)
+        _say(first.context, reason)
         return [None] * len(chunk)
     cfg = scenario.client
     try:
@@ -228,6 +253,8 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
             data,
             first.partition_id,
             first.context.node_id,
+            lr=cfg.optimizer.lr,
+            local_steps=num_local_steps(len(data.y), cfg),
         )
         step = first.step_cls(inputs)
     except Exception:  # arrays that do not fit, a bad config: the ClientApp reports it
@@ -236,7 +263,10 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
         results = _train_stacked(model, step, chunk)
     except Exception as exc:  # vmap cannot run this model (data-dependent control flow...)
         what = (str(exc).splitlines() or [""])[0][:200]
-        _say(f"model {scenario.model.name!r} cannot be stacked ({type(exc).__name__}: {what})")
+        _say(
+            first.context,
+            f"model {scenario.model.name!r} cannot be stacked ({type(exc).__name__}: {what})",
+        )
         return [None] * len(chunk)
     share = (time.perf_counter() - start) / len(chunk)
     return [

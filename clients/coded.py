@@ -17,16 +17,19 @@ import torch
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients.steps import STEPS, LocalStep, StepInputs
-from fedsim.clients.training import TrainResult, batches
+from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+from fedsim.clients.training import batches
+from fedsim.data.node_data import NodeData
 from fedsim.scenario import ClientConfig
 
 
+@register_step("coded-gradient")
 class CodedGradientStep(LocalStep):
     """Encode the gradient over the held examples (selected by ``agc-p``)."""
 
     trigger_key = wire.AGC_P
-    trains_model = False
+    reads = frozenset({wire.AGC_P})
+    trains = False  # the reply is the coded gradient at the received model, not a model
     dp_refusal = "agc clients upload a coded gradient of their data without clipping or noise"
 
     def __init__(self, inputs: StepInputs) -> None:
@@ -39,12 +42,17 @@ class CodedGradientStep(LocalStep):
         # No sharing plan: every example private (held by its owner alone).
         holders = np.ones(len(data.y)) if data.holders is None else data.holders
         self.weights = torch.from_numpy(1.0 / (holders * (1.0 - self.p))).float()
-        self.gradient: dict[str, np.ndarray] = {}
+        self.batch_size = inputs.batch_size
+        # The job's seed (the ClientApp seeds each job before building its step).
+        self.generator = torch.Generator().manual_seed(int(torch.initial_seed()))
 
-    def run(
-        self, model: nn.Module, cfg: ClientConfig, generator: torch.Generator
-    ) -> TrainResult | None:
-        """Accumulate ``Σ w(x)·g(x)`` over one pass of mini-batches; no optimizer step."""
+    def reply(self, model: nn.Module, data: NodeData, work: TrainResult | None) -> Reply:
+        """Accumulate ``Σ w(x)·g(x)`` over one pass of mini-batches; no optimizer step.
+
+        The reply's only arrays are the encoded gradient.
+        """
+        cfg = ClientConfig(batch_size=self.batch_size)  # reshuffled batches, as training's
+        generator = self.generator
         model.train()
         model.zero_grad(set_to_none=True)
         n = len(self.y)
@@ -54,7 +62,7 @@ class CodedGradientStep(LocalStep):
             losses = self.data_loss(model(self.x[idx]), self.y[idx])
             (losses * self.weights[idx]).sum().backward()  # grads add up across batches
             loss_sum += float(losses.detach().sum())
-        self.gradient = {
+        gradient = {
             f"{wire.AGC_GRAD_PREFIX}{name}": (
                 p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(p.shape)
             ).astype(np.float32)
@@ -62,11 +70,4 @@ class CodedGradientStep(LocalStep):
         }
         # The reply stands for Σ w·(1−p) examples: |P_k| + |S_k|/d.
         effective = float(self.weights.double().sum()) * (1.0 - self.p)
-        return TrainResult(loss_sum / max(n, 1), n, 0, num_examples=effective)
-
-    def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-        """Return the encoded gradient (the reply's only arrays)."""
-        return self.gradient
-
-
-STEPS.add("coded-gradient", CodedGradientStep)
+        return Reply(gradient, TrainResult(loss_sum / max(n, 1), n, 0, num_examples=effective))

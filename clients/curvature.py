@@ -25,7 +25,8 @@ from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients.steps import STEPS, LocalStep, StepInputs
+from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+from fedsim.data.node_data import NodeData
 from fedsim.kernels.oracle import per_example_grads_func, per_example_grads_loop
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -80,10 +81,12 @@ def curvature_penalty(
     return lam * total  # type: ignore[return-value]
 
 
+@register_step("curvature")
 class CurvatureStep(LocalStep):
     """The EWC-penalised step FedCurv asks for (config ``curv-lambda``)."""
 
     trigger_key = wire.CURV_LAMBDA
+    reads = frozenset({wire.CURV_LAMBDA, wire.CURV_FISHER, wire.CURV_SUMS_ROUND, wire.CURV_MEMBERS})
     dp_refusal = (
         "fedcurv clients upload the Fisher diagonal of their data (curv.F, curv.FT), "
         "which DP-SGD's clipping and noise do not cover"
@@ -119,8 +122,10 @@ class CurvatureStep(LocalStep):
         mine = {n: p for n, p in params.items() if n in self.others}
         return curvature_penalty(mine, self.others, self.lam)
 
-    def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-        """Estimate F at the trained θ; keep (F, F⊙θ, F⊙θ²); reply with F and F⊙θ."""
+    def reply(self, model: nn.Module, data: NodeData, work: TrainResult | None) -> Reply:
+        """Reply with the trained model plus F and F⊙θ at the trained θ; keep (F, F⊙θ, F⊙θ²)."""
+        assert work is not None  # this step trains
+        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
         if self.estimator == "batch":
             fisher = batch_fisher(model, self.data_loss, x, y, self.batch)
         else:
@@ -140,7 +145,7 @@ class CurvatureStep(LocalStep):
         self.state[f"{OWN_TERMS}.{self.round}"] = ArrayRecord(
             {k: _array(v) for k, v in own.items()}
         )
-        return extra
+        return Reply({**self.model_arrays(model), **extra}, work)
 
 
 def own_terms_in_sums(state: RecordDict, config: Mapping[str, Any], node_id: int) -> ArrayRecord:
@@ -178,6 +183,3 @@ def _array(v: np.ndarray) -> object:
     from flwr.app import Array
 
     return Array(np.ascontiguousarray(v))
-
-
-STEPS.add("curvature", CurvatureStep)

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from fedsim import wire
-from fedsim.clients.steps import STEPS, LocalStep, StepInputs
+from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+from fedsim.data.node_data import NodeData
 from fedsim.models.cosine import EMBEDDINGS_KEY, CosineClassifier
 
 
-@STEPS.register("positive-only", help="FedAwS: positive-only squared hinge on the own class")
+@register_step("positive-only", help="FedAwS: positive-only squared hinge on the own class")
 class PositiveOnlyStep(LocalStep):
     """Pull each feature's cosine with its own class row up to the positive margin."""
 
@@ -26,7 +27,8 @@ class PositiveOnlyStep(LocalStep):
         "fedaws asks every client for the labels it holds (query.labels), a release "
         "DP-SGD does not cover"
     )
-    withheld = frozenset({EMBEDDINGS_KEY})
+    reads = frozenset({wire.FEDAWS_CLASS, wire.FEDAWS_POSITIVE_MARGIN, wire.FEDAWS_TRAIN_ROW})
+    fills = frozenset({EMBEDDINGS_KEY})  # the server sends one row of it, never the matrix
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)
@@ -49,9 +51,10 @@ class PositiveOnlyStep(LocalStep):
         cos = logits.gather(1, targets[:, None]).squeeze(1) / self.scale
         return torch.relu(self.margin - cos).pow(2)
 
-    def finish(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-        """Return the trained row of the own class (nothing when it was frozen)."""
-        if not self.train_row:
-            return {}
-        assert isinstance(model, CosineClassifier)
-        return {wire.FEDAWS_ROW: model.class_embeddings[self.cls].detach().numpy().copy()}
+    def reply(self, model: nn.Module, data: NodeData, work: TrainResult | None) -> Reply:
+        """Reply with θ and the trained row of the own class (no row when it was frozen)."""
+        assert work is not None and isinstance(model, CosineClassifier)
+        arrays = self.model_arrays(model)
+        if self.train_row:
+            arrays[wire.FEDAWS_ROW] = model.class_embeddings[self.cls].detach().numpy().copy()
+        return Reply(arrays, work)

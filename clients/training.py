@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,35 +15,15 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedsim.clients.optimizers import LocalOptimizer, make_optimizer
-from fedsim.clients.steps import LocalStep
+from fedsim.clients.steps import LocalStep, TrainResult
 from fedsim.kernels import mlp_cross_entropy_grad, mlp_linears
 from fedsim.scenario import ClientConfig
+
+__all__ = ["Gradient", "TrainResult", "batches", "num_local_steps", "train_local"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Fills p.grad for one batch; returns the per-example losses.
 Gradient = Callable[[nn.Module, LossFn, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What one local training job did.
-
-    Attributes
-    ----------
-    mean_loss : float
-        Mean training loss over every example processed.
-    samples : int
-        Examples processed (an example seen in two epochs counts twice).
-    steps : int
-        Optimizer steps taken.
-    num_examples : float, optional
-        Examples the reply stands for (``num-examples``); None: the local dataset size.
-    """
-
-    mean_loss: float
-    samples: int
-    steps: int
-    num_examples: float | None = None
 
 
 def num_local_steps(num_examples: int, cfg: ClientConfig) -> int:
@@ -132,7 +111,8 @@ def train_local(
 
     Each of :func:`num_local_steps` steps fills ``p.grad`` from the data loss (plainly,
     or privately when ``gradient`` is a DP-SGD gradient), adds the step's penalty
-    gradient (data-independent, so it costs no privacy), and takes an optimizer step;
+    gradient and its gradient correction (data-independent, so they cost no privacy),
+    and takes an optimizer step;
     ``after_step(model)`` then runs (low-precision weights project the model there).
     ``optimizer`` (over ``model``'s parameters) carries state from an earlier job, such
     as momentum; by default every job starts a fresh ``client.optimizer``.
@@ -146,9 +126,16 @@ def train_local(
     for idx in batches(len(y), cfg, total_steps, generator):
         optimizer.zero_grad(set_to_none=True)
         losses = gradient(model, step.data_loss, xt[idx], yt[idx])
-        penalty = step.penalty(dict(model.named_parameters()))
+        params = dict(model.named_parameters())
+        penalty = step.penalty(params)
         if penalty is not None:
             penalty.backward()
+        correction = step.correction(params)
+        if correction is not None:
+            with torch.no_grad():
+                for name, c in correction.items():
+                    p = params[name]
+                    p.grad = c.clone() if p.grad is None else p.grad.add_(c)
         optimizer.step()
         if after_step is not None:
             after_step(model)

@@ -7,6 +7,10 @@ The public Python API::
     result = fedsim.run(scenario)            # one run -> RunResult
     result = fedsim.resume(result.run_dir)   # continue from its last checkpoint
     results = fedsim.run_experiment(scenario)  # variants x seeds -> ExperimentResult
+
+Extension points: :func:`register_strategy`, :func:`register_model`, and client-side
+training through :class:`LocalStep` subclasses registered with :func:`register_step`
+(see docs/write-a-strategy.md).
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExperimentResult",
+    "LocalStep",
+    "NodeData",
+    "Problem",
+    "Reply",
     "RunResult",
     "Scenario",
     "ScenarioError",
+    "StepInputs",
+    "TrainResult",
     "load_scenario",
     "register_model",
+    "register_step",
     "register_strategy",
     "resume",
     "run",
@@ -29,7 +40,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fedsim.errors import ScenarioError
+    from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+    from fedsim.data.node_data import NodeData
+    from fedsim.errors import Problem, ScenarioError
     from fedsim.models import register_model
     from fedsim.runner import ExperimentResult, RunResult, resume, run, run_experiment
     from fedsim.scenario import Scenario
@@ -37,6 +50,13 @@ if TYPE_CHECKING:
     from fedsim.strategies import register_strategy
 
 _LAZY = {
+    "LocalStep": "fedsim.clients.steps",
+    "Reply": "fedsim.clients.steps",
+    "StepInputs": "fedsim.clients.steps",
+    "TrainResult": "fedsim.clients.steps",
+    "register_step": "fedsim.clients.steps",
+    "NodeData": "fedsim.data.node_data",
+    "Problem": "fedsim.errors",
     "ScenarioError": "fedsim.errors",
     "register_model": "fedsim.models",
     "ExperimentResult": "fedsim.runner",

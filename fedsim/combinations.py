@@ -84,6 +84,27 @@ def dp_releases(scenario: Scenario) -> list[Problem]:
     return problems
 
 
+@RULES.register("strategy-checks", help="what each strategy needs of the scenario (its check)")
+def strategy_checks(scenario: Scenario) -> list[Problem]:
+    """Each strategy's (and each inner strategy's) own ``check(scenario, params)``.
+
+    A strategy that needs a particular model, partitioner or engine says so in a
+    classmethod ``check`` returning problems (each naming the key to change), so
+    validation refuses the scenario before anything trains instead of the run failing
+    in its first round.
+    """
+    problems: list[Problem] = []
+    chain = _strategy_chain(scenario.strategy.name, dict(scenario.strategy.params))
+    params: dict[str, Any] = dict(scenario.strategy.params)
+    for _, cls in chain:
+        check = getattr(cls, "check", None)
+        if callable(check):
+            problems += check(scenario, params)
+        inner = params.get("strategy")
+        params = dict(inner.get("params") or {}) if isinstance(inner, dict) else {}
+    return problems
+
+
 def check_combinations(scenario: Scenario) -> list[Problem]:
     """Return the problems every registered rule finds in ``scenario``."""
     return [p for name in RULES.names() for p in RULES.get(name)(scenario)]

@@ -89,3 +89,10 @@ LABELS: Final = "labels"  # reply to a labels query: list of ints
 MODEL_BYTES: Final = "model-bytes"
 # 1 if the reply came from an attacking node, else 0 (only when system.attackers is set).
 ATTACKER_METRIC: Final = "attacker"
+
+# SCAFFOLD: the option ("I" | "II") by which clients update their control variate c_i;
+# array keys "<prefix><parameter name>": server -> client the server control variate c,
+# client -> server the change of the client's control variate, c_i+ - c_i (an array
+# under a key the server sent, in the shape it was sent).
+SCAFFOLD_OPTION: Final = "scaffold-option"
+SCAFFOLD_C_PREFIX: Final = "scaffold.c."

@@ -71,4 +71,5 @@ from fedsim.strategies import (  # noqa: E402, F401
     fedcurv,
     lasgd,
     median_of_means,
+    scaffold,
 )

@@ -22,7 +22,7 @@ its updated ``fedaws.row``. ``W`` never leaves the server.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +34,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedsim import wire
 from fedsim.errors import Problem, ScenarioError
 from fedsim.models.cosine import EMBEDDINGS_KEY, mean_offdiagonal_cosine
+from fedsim.scenario import Scenario
 from fedsim.strategies import register_strategy
 from fedsim.strategies.spreadout import DISTANCES, normalize_rows, spreadout_steps
 
@@ -108,6 +109,24 @@ class FedAwS(FedAvg):
         self.spreadout = spreadout
         self.node_classes: dict[int, int] = {}  # learnt from the labels query
         self._embeddings: np.ndarray | None = None  # W as sent this round
+
+    @classmethod
+    def check(cls, scenario: Scenario, params: Mapping[str, Any]) -> list[Problem]:
+        """FedAwS needs the cosine model and clients holding one class each."""
+        problems = []
+        if scenario.model.name != "cosine" and ":" not in scenario.model.name:
+            problems.append(
+                Problem("model.name", "fedaws needs a class-embedding head: use model 'cosine'")
+            )
+        if scenario.data.partitioner.name not in ("one-class", "natural"):
+            problems.append(
+                Problem(
+                    "data.partitioner",
+                    "fedaws needs one class per client: use partitioner 'one-class' (got "
+                    f"'{scenario.data.partitioner.name}')",
+                )
+            )
+        return problems
 
     # ------------------------------------------------------------------- train
 

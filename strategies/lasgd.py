@@ -35,16 +35,17 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedsim import wire
-from fedsim.errors import UnknownNameError
+from fedsim.errors import Problem, UnknownNameError
+from fedsim.scenario import Scenario
 from fedsim.strategies import register_strategy
 from fedsim.strategies.decentralised import (
     COMMUNICATIONS,
@@ -127,6 +128,14 @@ class LASGD(Strategy):
         Simulated seconds between central evaluations; the run stops after
         ``rounds`` of them (the simulated-time budget is ``rounds * eval_interval_s``).
     """
+
+    @classmethod
+    def check(cls, scenario: Scenario, params: Mapping[str, Any]) -> list[Problem]:
+        """LASGD runs on the in-process engine's virtual clock."""
+        if scenario.engine.name != "inprocess":
+            reason = "lasgd runs on the virtual clock: use engine.name: inprocess"
+            return [Problem("engine.name", reason)]
+        return []
 
     def __init__(
         self,

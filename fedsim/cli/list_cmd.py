@@ -1,4 +1,4 @@
-"""``fedsim list strategies|models|datasets|partitioners|engines|distributions``."""
+"""``fedsim list strategies|steps|models|datasets|partitioners|engines|distributions``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class Kind(StrEnum):
     """The registries a scenario can name entries of."""
 
     strategies = "strategies"
+    steps = "steps"
     models = "models"
     datasets = "datasets"
     partitioners = "partitioners"
@@ -27,6 +28,7 @@ class Kind(StrEnum):
 # Where each registry lives; imported on demand so listing one kind stays light.
 _REGISTRIES = {
     Kind.strategies: "fedsim.strategies:STRATEGIES",
+    Kind.steps: "fedsim.clients.app:STEPS",  # the app imports every shipped step
     Kind.models: "fedsim.models:MODELS",
     Kind.datasets: "fedsim.data.datasets:DATASETS",
     Kind.partitioners: "fedsim.data.partitioners:PARTITIONERS",

@@ -37,6 +37,7 @@ def test_list_prints_registries() -> None:
         ("datasets", "mnist1d"),
         ("partitioners", "one-class"),
         ("engines", "inprocess"),
+        ("steps", "coded-gradient"),
     ]:
         result = CliRunner().invoke(app, ["list", kind])
         assert result.exit_code == 0 and expected in result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from fedsim import wire
 from fedsim.array_codec import decode
 from fedsim.clients.app import app
 from fedsim.clients.batched import train_together
-from fedsim.clients.steps import STEPS, LocalStep
+from fedsim.clients.steps import STEPS, LocalStep, PlainStep
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.engine.inprocess import copy_content, node_contexts
 from fedsim.errors import FedsimWarning
@@ -32,10 +32,20 @@ RTOL = 1e-5
 
 
 class _NotDeclared(LocalStep):
-    """A custom step that does not say it is vectorisable (inherits False)."""
+    """A custom step that does not say it is vectorisable (LocalStep's default: False)."""
 
 
 STEPS.add("test-batched-custom", _NotDeclared)
+
+
+class _Corrected(PlainStep):
+    """Inherits vectorisable but adds a gradient correction, which is not vectorised."""
+
+    def correction(self, params: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor] | None:
+        return {n: torch.zeros_like(p) for n, p in params.items()}
+
+
+STEPS.add("test-batched-corrected", _Corrected)
 
 
 @register_model("test-batched-bn")
@@ -189,6 +199,7 @@ def test_a_stack_of_one_equals_the_client_alone(tmp_path: Path) -> None:
             "attackers",
         ),
         ({}, {wire.LOCAL_STEP: "test-batched-custom"}, "_NotDeclared is not vectorisable"),
+        ({}, {wire.LOCAL_STEP: "test-batched-corrected"}, "overrides correction"),
         ({"model": {"name": "test-batched-bn", "params": {}}}, {}, "BatchNorm"),
         ({"model": {"name": "lstm", "params": {}}}, {}, "LSTM"),
         ({"model": {"name": "test-batched-branchy", "params": {}}}, {}, "cannot be stacked"),
@@ -200,6 +211,7 @@ def test_a_stack_of_one_equals_the_client_alone(tmp_path: Path) -> None:
         "compression",
         "attackers",
         "custom-step",
+        "correction",
         "batchnorm",
         "lstm",
         "branchy",
@@ -289,9 +301,6 @@ def test_a_run_with_batch_clients_has_the_metrics_of_one_without(
 
 
 def test_a_run_whose_clients_cannot_be_stacked_is_the_run_without(tmp_path: Path) -> None:
-    from fedsim.clients import batched
-
-    batched._said.discard("client.weights (low-precision weights) trains one by one")
     base = {"rounds": 2, "client": {"weights": {"bits": 8}}, "output": {"plots": False}}
     plain = _run(_scenario(**base), tmp_path / "one-by-one")
     with pytest.warns(FedsimWarning, match="client.weights"):

@@ -27,6 +27,7 @@ BY_STEP: dict[str, dict[str, Any]] = {
     "plain": {"strategy": {"name": "fedavg"}},
     "proximal": {"strategy": {"name": "fedprox", "params": {"proximal_mu": 0.1}}},
     "curvature": {"strategy": {"name": "fedcurv", "params": {"curv_lambda": 0.5}}},
+    "scaffold": {"strategy": {"name": "scaffold"}},  # option II: from the private update
     "coded-gradient": {"strategy": {"name": "agc", "params": {"c": 0.1, "d": 2}}},
     "positive-only": {
         "strategy": {"name": "fedaws"},

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import fedsim
 from fedsim import wire
-from fedsim.clients.steps import LocalStep, ProximalStep, StepInputs, select_step
+from fedsim.clients.steps import (
+    STEPS,
+    LocalStep,
+    PlainStep,
+    ProximalStep,
+    StepInputs,
+    select_step,
+)
 from fedsim.clients.training import num_local_steps, train_local
+from fedsim.clients.unread_keys import unread_keys, warn_unread
+from fedsim.errors import FedsimWarning
 from fedsim.scenario import ClientConfig
 
 
 def test_step_selection() -> None:
-    assert select_step({}) is LocalStep
+    assert select_step({}) is PlainStep
     assert select_step({wire.PROXIMAL_MU: 0.1}) is ProximalStep  # Flower's FedProx key
-    assert select_step({wire.LOCAL_STEP: "plain", wire.PROXIMAL_MU: 0.1}) is LocalStep
+    assert select_step({wire.LOCAL_STEP: "plain", wire.PROXIMAL_MU: 0.1}) is PlainStep
     with pytest.raises(ValueError, match="unknown local step"):
         select_step({wire.LOCAL_STEP: "nope"})
 
@@ -72,3 +85,50 @@ def test_training_reduces_loss() -> None:
         model, x, y, cfg, LocalStep(StepInputs({}, model)), torch.Generator().manual_seed(2)
     )
     assert later.mean_loss < first.mean_loss
+
+
+def test_the_correction_is_added_to_the_gradient_before_each_step() -> None:
+    """A zero data loss and correction c = 0.25 on the bias: K = 3 SGD steps at η = 0.1
+    move the bias by exactly -K·η·c = -0.075 and leave the weight where it was."""
+
+    class Shifted(LocalStep):
+        def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return 0.0 * logits.sum(1)
+
+        def correction(self, params: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+            return {"bias": torch.full_like(params["bias"], 0.25)}
+
+    x, y = _data()
+    cfg = ClientConfig(local_steps=3, batch_size=8, optimizer={"lr": 0.1})
+    torch.manual_seed(0)
+    model = nn.Linear(5, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local(model, x, y, cfg, Shifted(StepInputs({}, model)), torch.Generator().manual_seed(1))
+    assert torch.equal(model.weight, before["weight"])
+    torch.testing.assert_close(model.bias.detach(), before["bias"] - 3 * 0.1 * 0.25)
+
+
+def test_a_config_key_no_one_reads_is_warned_of_once_per_run() -> None:
+    config = {wire.SERVER_ROUND: 1, wire.PROXIMAL_MU: 0.1, "proximal_mu": 0.1}
+    assert unread_keys(ProximalStep, config) == ["proximal_mu"]
+    with pytest.warns(FedsimWarning, match="'proximal_mu', which local step 'proximal'"):
+        warn_unread(("test", 1), ProximalStep, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unread(("test", 1), ProximalStep, config)  # the same run: said already
+
+
+def test_a_registered_step_is_selected_by_name_and_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The registration lasts for this test only (other tests list every step).
+    monkeypatch.setattr(STEPS, "_items", dict(STEPS._items))
+    monkeypatch.setattr(STEPS, "_help", dict(STEPS._help))
+
+    @fedsim.register_step("test-halved", help="half the data loss")
+    class Halved(fedsim.LocalStep):
+        def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return 0.5 * super().data_loss(logits, targets)
+
+    assert select_step({wire.LOCAL_STEP: "test-halved"}) is Halved
+    assert ("test-halved", "half the data loss") in STEPS.describe()
+    with pytest.raises(TypeError, match="not a LocalStep subclass"):
+        fedsim.register_step("test-bad")(int)  # type: ignore[type-var]

@@ -14,7 +14,8 @@ from flwr.app import Message
 import fedsim
 from fedsim import wire
 from fedsim.clients.positive import PositiveOnlyStep
-from fedsim.clients.steps import StepInputs
+from fedsim.clients.steps import StepInputs, TrainResult
+from fedsim.data.node_data import NodeData
 from fedsim.engine.inprocess import InProcessGrid
 from fedsim.models import build_model
 from fedsim.models.cosine import EMBEDDINGS_KEY, mean_offdiagonal_cosine
@@ -110,7 +111,9 @@ def test_positive_only_step_is_the_squared_hinge_on_the_own_row() -> None:
     feats = torch.nn.functional.normalize(model.backbone(x), dim=1)
     cos = feats @ torch.from_numpy(row)  # the row is unit length
     torch.testing.assert_close(got, torch.clamp(0.9 - cos, min=0) ** 2)
-    assert set(step.finish(model, x, y)) == {wire.FEDAWS_ROW}
+    data = NodeData(x.numpy(), y.numpy(), 3)
+    reply = step.reply(model, data, TrainResult(0.0, 5, 1))
+    assert wire.FEDAWS_ROW in reply.arrays and EMBEDDINGS_KEY not in reply.arrays
 
 
 def _fedaws(tiny: dict[str, Any], **params: Any) -> dict[str, Any]:
@@ -124,15 +127,15 @@ def test_each_train_message_holds_one_row_and_w_never_leaves_the_server(
     tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[Message, Message | None]] = []
-    handle = InProcessGrid._handle
+    receive = InProcessGrid._receive  # each delivered message with its node's reply
 
-    def spy(self: InProcessGrid, message: Message, *rest: Any) -> tuple[float, Message | None]:
-        arrival, reply = handle(self, message, *rest)
+    def spy(self: InProcessGrid, delivery: Any, *rest: Any) -> tuple[float, Message | None]:
+        arrival, reply = receive(self, delivery, *rest)
         # Copies: the strategy strips the row off the replies it aggregates.
-        seen.append((copy.deepcopy(message), copy.deepcopy(reply)))
+        seen.append((copy.deepcopy(delivery.message), copy.deepcopy(reply)))
         return arrival, reply
 
-    monkeypatch.setattr(InProcessGrid, "_handle", spy)
+    monkeypatch.setattr(InProcessGrid, "_receive", spy)
     result = fedsim.run(fedsim.load_scenario(_fedaws(tiny)), tmp_path)
     classes, dim = 10, 8
     trains = [(m, r) for m, r in seen if m.metadata.message_type == "train"]

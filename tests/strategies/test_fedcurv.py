@@ -196,7 +196,8 @@ def test_penalty_under_partial_participation_counts_only_the_clients_in_the_sums
 
     from fedsim.array_codec import encode_record
     from fedsim.clients.curvature import CurvatureStep
-    from fedsim.clients.steps import StepInputs
+    from fedsim.clients.steps import StepInputs, TrainResult
+    from fedsim.data.node_data import NodeData
     from fedsim.engine.flower_compat import set_task_identity
     from fedsim.strategies.fedcurv import FedCurv
 
@@ -226,8 +227,9 @@ def test_penalty_under_partial_participation_counts_only_the_clients_in_the_sums
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
         x, y = data[node]
+        reply = step.reply(model, NodeData(x.numpy(), y.numpy(), 2), TrainResult(0.0, 12, 1))
+        terms = {k: v for k, v in reply.arrays.items() if k.startswith("curv.")}
         arrays = encode_record(model.state_dict())
-        terms = step.finish(model, x, y)
         for k, v in terms.items():
             arrays[k] = Array(np.ascontiguousarray(v))
         sent.setdefault(r, {})[node] = {
