@@ -20,10 +20,15 @@ it would take alone:
 So a reply equals the ClientApp's up to float rounding (tests hold them within 1e-5
 relative). A job that cannot be trained this way gets None, and the caller runs the
 ClientApp as usual: not a train message, a step whose class is not ``vectorisable``,
-DP-SGD, low-precision weights, link compression, attackers, an optimizer other than
-SGD, a model with buffers (BatchNorm), dropout or recurrent layers, extra or withheld
-arrays, or a model that ``vmap`` cannot run. Each reason is said once per process
+a step that overrides another hook (``correction``, ``reply``, ``model_arrays``) or
+fills arrays, DP-SGD, low-precision weights, link compression, attackers, an optimizer
+other than SGD, a model with buffers (BatchNorm), dropout or recurrent layers, extra or
+withheld arrays, or a model that ``vmap`` cannot run. Each reason is said once per run
 (:class:`~fedsim.errors.FedsimWarning`), never silently.
+
+A vectorisable step's ``data_loss`` and ``penalty`` may depend only on the train config
+and the received model (not on the node's data, state or identity): clients that
+received the same message share one instance of the step.
 """
 
 from __future__ import annotations
