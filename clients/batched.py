@@ -8,7 +8,7 @@ matrix products of :func:`fedsim.kernels.stacked_mlp_cross_entropy_grad`) and on
 elementwise SGD update of the whole stack. Each client still takes exactly the updates
 it would take alone:
 
-- its batch order is drawn by :func:`fedsim.clients.training.batches` from the
+- its batch order is drawn by :func:`fedsim.clients.training.batch_spans` from the
   generator its ClientApp job would seed (:func:`fedsim.clients.app.job_seed`);
 - a last partial batch is padded and the padding weighs nothing in its loss;
 - clients are ordered by step count, so the clients still training form a prefix of
@@ -58,7 +58,7 @@ from fedsim.clients.app import (
 from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.optimizers import sgd_update_
 from fedsim.clients.steps import LocalStep, StepInputs, select_step
-from fedsim.clients.training import batches, num_local_steps
+from fedsim.clients.training import batch_spans, num_local_steps
 from fedsim.clients.unread_keys import warn_unread
 from fedsim.data.node_data import NodeData
 from fedsim.errors import FedsimWarning
@@ -314,24 +314,23 @@ def _schedule(chunk: list[_Client], order: list[int]) -> list[_Schedule]:
     """
     cfg = chunk[0].scenario.client
     offsets = np.cumsum([0] + [len(c.data.y) for c in chunk])
-    drawn: list[tuple[NDArray[np.int64], list[int]]] = []
+    spans = []
     for k in order:
         n = len(chunk[k].data.y)
         generator = torch.Generator().manual_seed(chunk[k].seed)
-        taken = list(batches(n, cfg, num_local_steps(n, cfg), generator))
-        drawn.append((torch.cat(taken).numpy() + offsets[k], [len(idx) for idx in taken]))
-    steps, width = len(drawn[0][1]), max(max(sizes) for _, sizes in drawn)
+        spans.append(list(batch_spans(n, cfg, num_local_steps(n, cfg), generator)))
+    counts = [[len(range(*span.indices(len(o)))) for o, span in s] for s in spans]
+    steps, width = len(counts[0]), max(max(c) for c in counts)
     index = np.zeros((steps, len(order), width), dtype=np.int64)  # padding: row 0, weight 0
     sizes = np.zeros((steps, len(order)), dtype=np.int64)
-    for row, (flat, counts) in enumerate(drawn):
-        if all(c == width for c in counts):  # whole batches only: one copy
-            index[: len(counts), row] = flat.reshape(len(counts), width)
-        else:
-            start = 0
-            for t, c in enumerate(counts):
-                index[t, row, :c] = flat[start : start + c]
-                start += c
-        sizes[: len(counts), row] = counts
+    for row, (k, drawn, sized) in enumerate(zip(order, spans, counts, strict=True)):
+        views: dict[int, NDArray[np.int64]] = {}  # an epoch's order serves several batches
+        for t, ((tensor, span), c) in enumerate(zip(drawn, sized, strict=True)):
+            values = views.get(id(tensor))
+            if values is None:
+                values = views[id(tensor)] = tensor.numpy() + offsets[k]
+            index[t, row, :c] = values[span]
+        sizes[: len(sized), row] = sized
     real = (np.arange(width) < sizes[:, :, None]).astype(np.float32)
     scale = real / np.maximum(sizes, 1)[:, :, None].astype(np.float32)
     active = (sizes > 0).sum(1)
