@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -38,7 +39,7 @@ from fedsim.engine.flower_compat import assign_message_id, empty_run
 from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
-from fedsim.errors import FedsimError
+from fedsim.errors import FedsimError, FedsimWarning
 
 ClientCallable = Callable[[Message, Context], Message]
 
@@ -172,6 +173,13 @@ class InProcessGrid(Grid):
     ) -> None:
         self.client_app = client_app
         self.batch_clients = batch_clients
+        if batch_clients and client_timeout_s is not None:
+            warnings.warn(
+                "engine.batch_clients is off under engine.client_timeout_s: the watchdog "
+                "times each client alone",
+                FedsimWarning,
+                stacklevel=2,
+            )
         # A NodeContexts stays lazy; any other mapping is copied as before.
         self.contexts = contexts if isinstance(contexts, NodeContexts) else dict(contexts)
         self.devices = dict(devices)

@@ -321,3 +321,12 @@ def test_job_seed_is_numpys_seed_sequence_of_the_four_words(
 
     want = int(np.random.SeedSequence(list(words)).generate_state(1)[0])
     assert job_seed(*words) == want
+
+
+def test_batch_clients_under_a_client_timeout_says_it_is_off(tmp_path: Path) -> None:
+    from fedsim.engine.inprocess_engine import build_grid
+
+    scenario = _scenario(engine={"name": "inprocess", "batch_clients": 4, "client_timeout_s": 30.0})
+    with pytest.warns(FedsimWarning, match="batch_clients is off under engine.client_timeout_s"):
+        grid = build_grid(app, scenario, {wire.RUN_SCENARIO: str(tmp_path / "s.yaml")})
+    assert grid.watchdog is not None
