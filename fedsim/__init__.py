@@ -11,6 +11,8 @@ The public Python API::
 Extension points: :func:`register_strategy`, :func:`register_model`, and client-side
 training through :class:`LocalStep` subclasses registered with :func:`register_step`
 (see docs/write-a-strategy.md).
+Outputs are callbacks: subclass :class:`Callback` and register it with
+:func:`register_callback` (or pass objects to ``fedsim.run(callbacks=...)``).
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
     "ExperimentResult",
     "LocalStep",
     "NodeData",
     "Problem",
     "Reply",
+    "RunInfo",
     "RunResult",
     "Scenario",
     "ScenarioError",
     "StepInputs",
     "TrainResult",
     "load_scenario",
+    "register_callback",
     "register_model",
     "register_step",
     "register_strategy",
@@ -44,12 +49,16 @@ if TYPE_CHECKING:
     from fedsim.data.node_data import NodeData
     from fedsim.errors import Problem, ScenarioError
     from fedsim.models import register_model
+    from fedsim.outputs.callbacks import Callback, RunInfo, register_callback
     from fedsim.runner import ExperimentResult, RunResult, resume, run, run_experiment
     from fedsim.scenario import Scenario
     from fedsim.scenario_loading import load_scenario
     from fedsim.strategies import register_strategy
 
 _LAZY = {
+    "Callback": "fedsim.outputs.callbacks",
+    "RunInfo": "fedsim.outputs.callbacks",
+    "register_callback": "fedsim.outputs.callbacks",
     "LocalStep": "fedsim.clients.steps",
     "Reply": "fedsim.clients.steps",
     "StepInputs": "fedsim.clients.steps",

@@ -19,7 +19,8 @@ from fedsim.scenario import Scenario
 
 # The sections whose names registries may import: the component names themselves and,
 # inside their params, names of nested components (a cosine model's `backbone`).
-_SECTIONS = ("strategy", "model")
+# `output.callbacks` names callbacks the same way.
+_SECTIONS = ("strategy", "model", "output")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ def scenario_imports(scenario: Scenario) -> list[ImportName]:
     found: list[ImportName] = []
     layers: list[tuple[str, dict[str, Any]]] = [("", scenario.model_dump(mode="json"))]
     layers += [(f"variants.{v}.", dict(o)) for v, o in (scenario.variants or {}).items()]
+    # A sweep's values are dotted-key settings too (`strategy.name: [fedavg, pkg:Cls]`).
+    layers += [
+        (f"sweep.{i}.", {key: value})
+        for key, values in scenario.sweep.items()
+        for i, value in enumerate(values)
+    ]
     for prefix, raw in layers:
         for key, text in _section_strings(raw):
             named = key.endswith(".name") and key.count(".") == 1

@@ -24,6 +24,11 @@ DEFAULT_TIMEOUT_S = 3600.0
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 AfterRound = Callable[[int, "LoopState"], None]
+# ``(server_round, kind, metrics)``: what ``aggregate_train`` (kind "train") and
+# ``aggregate_evaluate`` (kind "fed-eval") returned, so nothing the loop learns is dropped.
+StrategyMetrics = Callable[[int, str, MetricRecord | None], None]
+TRAIN_METRICS = "train"
+FED_EVAL_METRICS = "fed-eval"
 
 
 def uses_flower_loop_class(cls: type[Strategy]) -> bool:
@@ -63,20 +68,25 @@ def run_rounds(
     num_rounds: int,
     evaluate_fn: EvaluateFn,
     after_round: AfterRound | None = None,
+    strategy_metrics: StrategyMetrics | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> LoopState:
     """Run rounds ``first_round..num_rounds`` as ``Strategy.start`` would.
 
     The initial central evaluation (round 0) is the caller's, as is restoring
     ``state`` when resuming. ``after_round(r, state)`` runs after round ``r``'s central
-    evaluation (where checkpoints are taken).
+    evaluation (fedsim's checkpoints are a callback of that evaluation instead).
+    ``strategy_metrics`` receives the metrics ``aggregate_train`` and
+    ``aggregate_evaluate`` return, before the central evaluation.
     """
     for server_round in range(first_round, num_rounds + 1):
         train_replies = grid.send_and_receive(
             messages=strategy.configure_train(server_round, state.arrays, state.train_config, grid),
             timeout=timeout,
         )
-        arrays, _ = strategy.aggregate_train(server_round, train_replies)
+        arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
+        if strategy_metrics is not None:
+            strategy_metrics(server_round, TRAIN_METRICS, train_metrics)
         if arrays is not None:
             state.arrays = arrays
         evaluate_replies = grid.send_and_receive(
@@ -85,7 +95,9 @@ def run_rounds(
             ),
             timeout=timeout,
         )
-        strategy.aggregate_evaluate(server_round, evaluate_replies)
+        evaluate_metrics = strategy.aggregate_evaluate(server_round, evaluate_replies)
+        if strategy_metrics is not None:
+            strategy_metrics(server_round, FED_EVAL_METRICS, evaluate_metrics)
         evaluate_fn(server_round, state.arrays)
         if after_round is not None:
             after_round(server_round, state)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,18 @@ from fedsim.errors import (
     ScenarioError,
     UnknownNameError,
 )
+from fedsim.flower_log import flower_log
 from fedsim.models import build_model
+from fedsim.outputs.callbacks import Callback, attached
 from fedsim.outputs.comparison import comparison_rows, write_comparison
-from fedsim.outputs.metrics_log import Record, read_metrics
+from fedsim.outputs.metrics_log import Record, listening, read_metrics
 from fedsim.outputs.per_client import NO_CLIENT_TESTS
-from fedsim.outputs.plots import plot_comparison, plot_run
+from fedsim.outputs.plots import plot_comparison
+from fedsim.outputs.provenance import write_provenance
 from fedsim.outputs.summary import summarize
 from fedsim.resume_rules import check_resume
 from fedsim.run_config import scenario_digest
+from fedsim.run_directory import CRASH_FILE, claim, mark_crashed
 from fedsim.run_lock import RunLock
 from fedsim.scenario import ENGINE_SECTIONS, Scenario
 from fedsim.scenario_loading import expand, load_scenario, run_label, to_yaml
@@ -89,18 +94,27 @@ def default_out_dir(scenario: Scenario) -> Path:
     return candidate
 
 
-def _check_unused(path: Path) -> None:
-    """Refuse a directory that already holds a run (called with its lock held)."""
-    if (path / "metrics.jsonl").exists() or (path / "summary.json").exists():
-        raise RunDirectoryError(f"{path} already holds a run; choose another --out")
-
-
 def _write_resolved(run_dir: Path, scenario: Scenario) -> None:
     """Write ``scenario.resolved.yaml`` whole or not at all (temporary file, rename)."""
     path = run_dir / RESOLVED
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(to_yaml(scenario), encoding="utf-8")
     tmp.replace(path)
+
+
+@contextmanager
+def _display(total_rounds: int | None, progress: bool | None) -> Iterator[Any]:
+    """A progress bar over the records written in the block (default: in notebooks).
+
+    Yields the bar (its ``run_started`` names each run) or None.
+    """
+    from fedsim.outputs.progress import RoundProgress, in_notebook
+
+    if not (in_notebook() if progress is None else progress):
+        yield None
+        return
+    with RoundProgress(total_rounds) as bar, listening(bar.on_record):
+        yield bar
 
 
 def preflight(scenario: Scenario) -> None:
@@ -189,34 +203,66 @@ def _check_resumable(scenario: Scenario) -> None:
 
 
 def run(
-    scenario: Scenario, out_dir: str | Path | None = None, engine: Engine | None = None
+    scenario: Scenario,
+    out_dir: str | Path | None = None,
+    engine: Engine | None = None,
+    callbacks: Sequence[Callback] = (),
+    *,
+    verbose: bool | None = None,
+    progress: bool | None = None,
 ) -> RunResult:
     """Run one concrete scenario and write its run directory.
 
     Parameters
     ----------
     scenario : Scenario
-        A scenario without ``variants``/``seeds`` (see :func:`run_experiment`).
+        A scenario without ``variants``/``seeds``/``sweep`` (see :func:`run_experiment`).
     out_dir : path, optional
         The run directory (default :func:`default_out_dir`).
     engine : Engine, optional
         Runs the apps instead of the scenario's ``engine.name`` (``fedsim deploy run``
         passes a :class:`fedsim.deploy.submission.DeploymentEngine`).
+    callbacks : sequence of Callback
+        Called like those of ``output.callbacks`` (after them). The objects live in
+        this process, so only the in-process engine's ServerApp can call them.
+    verbose : bool, optional
+        Show Flower's own log (default: only if ``FEDSIM_VERBOSE=1``; ``fedsim -v``).
+    progress : bool, optional
+        Show a progress bar (default: in a Jupyter notebook only).
+
+    Raises
+    ------
+    ValueError
+        If ``callbacks`` are given for another engine.
     """
     if not scenario.is_expanded:
-        raise ValueError("this scenario declares variants/seeds: use fedsim.run_experiment")
+        raise ValueError("this scenario declares variants/seeds/sweep: use fedsim.run_experiment")
+    if callbacks and (engine is not None or scenario.engine.name != "inprocess"):
+        raise ValueError(
+            "callback objects run in this process: only engine 'inprocess' can call them "
+            "(name them in output.callbacks for the other engines)"
+        )
     preflight(scenario)
     _warn_uncovered(scenario)
     run_dir = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
     # The lock comes first: checking that the directory is unused and claiming it must
     # be one step, or two runs started together both pass the check.
     with RunLock(run_dir):
-        _check_unused(run_dir)
+        notice = claim(run_dir, overwrite=scenario.output.overwrite)
+        if notice is not None:
+            warnings.warn(notice, FedsimWarning, stacklevel=2)
         _write_resolved(run_dir, scenario)
-        return _execute(scenario, run_dir, resume=False, engine=engine)
+        with attached(callbacks), flower_log(verbose), _display(scenario.rounds, progress):
+            return _execute(scenario, run_dir, resume=False, engine=engine)
 
 
-def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunResult:
+def resume(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    verbose: bool | None = None,
+    progress: bool | None = None,
+) -> RunResult:
     """Continue a run from the last checkpoint in its run directory.
 
     The run must have been started with ``output.checkpoint_every``; the metrics of
@@ -230,6 +276,8 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunResult:
     overrides : sequence of str
         ``dotted.key=value`` changes to its scenario; only those
         :data:`fedsim.resume_rules.MAY_CHANGE` allows (``rounds=40``: run on).
+    verbose, progress : bool, optional
+        As for :func:`run`.
 
     Raises
     ------
@@ -252,27 +300,39 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunResult:
         preflight(scenario)
         if overrides:
             _write_resolved(run_dir, scenario)
-        return _execute(scenario, run_dir, resume=True)
+        with flower_log(verbose), _display(None, progress):
+            return _execute(scenario, run_dir, resume=True)
 
 
 def _execute(
     scenario: Scenario, run_dir: Path, *, resume: bool, engine: Engine | None = None
 ) -> RunResult:
-    """Run the engine on a prepared run directory, then write summary and plots."""
+    """Run the engine on a prepared run directory, then write the summary.
+
+    A run that raises (or is interrupted) leaves a ``CRASHED`` marker, so the next run
+    into the directory replaces it (:mod:`fedsim.run_directory`).
+    """
     resolved = run_dir / RESOLVED
+    digest = scenario_digest(resolved.read_bytes())
     run_config: UserConfig = {
         wire.RUN_SCENARIO: str(resolved.resolve()),
         # The apps read the scenario with this digest only (never a file rewritten since).
-        wire.RUN_SCENARIO_SHA256: scenario_digest(resolved.read_bytes()),
+        wire.RUN_SCENARIO_SHA256: digest,
         wire.RUN_DIR: str(run_dir.resolve()),
         wire.RUN_RESUME: resume,
     }
+    write_provenance(run_dir, digest, resumed=resume)
 
     # The apps are imported here, not at module level: engines and apps stay independent.
     from fedsim.clients.app import app as client_app
     from fedsim.server import app as server_app
 
-    (engine or ENGINES.get(scenario.engine.name))(server_app, client_app, scenario, run_config)
+    try:
+        (engine or ENGINES.get(scenario.engine.name))(server_app, client_app, scenario, run_config)
+    except BaseException as exc:
+        mark_crashed(run_dir, exc)
+        raise
+    (run_dir / CRASH_FILE).unlink(missing_ok=True)  # a resumed crash that now finished
     records = read_metrics(run_dir)
     summary = summarize(
         records,
@@ -284,8 +344,6 @@ def _execute(
     if sharing.exists():
         summary.update(json.loads(sharing.read_text(encoding="utf-8")))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    if scenario.output.plots:
-        plot_run(records, run_dir / "plots", f"{scenario.name} ({run_label(scenario)})")
     return RunResult(scenario, run_dir, records, summary)
 
 
@@ -293,29 +351,47 @@ def run_experiment(
     scenario: Scenario,
     out_dir: str | Path | None = None,
     on_run_start: Callable[[int, int, Scenario], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+    *,
+    verbose: bool | None = None,
+    progress: bool | None = None,
 ) -> ExperimentResult:
-    """Run every variant x seed of a scenario and compare them.
+    """Run every variant x sweep point x seed of a scenario and compare them.
 
     A scenario with a single run writes its run directory at ``out_dir`` itself;
     otherwise ``out_dir`` holds one ``<variant>-seed<k>`` directory per run plus
-    ``comparison.csv``, ``comparison.md`` and ``comparison_*.png``.
+    ``comparison.csv``, ``comparison.md`` and the ``comparison_*`` plots.
+    ``callbacks``, ``verbose`` and ``progress`` are as for :func:`run` (one progress
+    bar over every run's rounds).
     """
     runs = expand(scenario)
     root = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
+    baseline = scenario.output.baseline  # checked against the variants by validation
     for r in runs:  # fail fast on every run's data/model before the first one trains
         preflight(r)
     results: list[RunResult] = []
-    for i, concrete in enumerate(runs):
-        if on_run_start is not None:
-            on_run_start(i, len(runs), concrete)
-        target = root if len(runs) == 1 else root / run_label(concrete)
-        results.append(run(concrete, target))
+    with _display(sum(r.rounds for r in runs), progress) as bar:
+        for i, concrete in enumerate(runs):
+            if on_run_start is not None:
+                on_run_start(i, len(runs), concrete)
+            if bar is not None:
+                bar.run_started(i, len(runs), concrete)
+            target = root if len(runs) == 1 else root / run_label(concrete)
+            results.append(
+                run(concrete, target, callbacks=callbacks, verbose=verbose, progress=False)
+            )
     if len(runs) == 1:
         return ExperimentResult(root, results)
     groups: dict[str, list[RunResult]] = {}
     for res in results:
         groups.setdefault(res.scenario.variant or "base", []).append(res)
-    rows = comparison_rows({k: [r.summary for r in v] for k, v in groups.items()})
+    rows = comparison_rows({k: [r.summary for r in v] for k, v in groups.items()}, baseline)
     write_comparison(rows, root)
-    plot_comparison({k: [r.metrics for r in v] for k, v in groups.items()}, root, scenario.name)
+    plot_comparison(
+        {k: [r.metrics for r in v] for k, v in groups.items()},
+        root,
+        scenario.name,
+        target=scenario.output.target_accuracy,
+        formats=scenario.output.plot_formats,
+    )
     return ExperimentResult(root, results, rows)

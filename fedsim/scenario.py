@@ -506,16 +506,38 @@ EngineConfig = Annotated[InProcessEngine | RayEngine, Field(discriminator="name"
 ENGINE_SECTIONS: tuple[type[_EngineSection], ...] = (InProcessEngine, RayEngine)
 
 
+class CallbackEntry(Section):
+    """One ``output.callbacks`` entry with parameters: ``{name, params}``."""
+
+    name: Annotated[str, Field(min_length=1)]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+PlotFormat = Literal["png", "svg", "pdf"]
+
+
 class OutputConfig(Section):
     """What a run writes."""
 
     dir: str | None = None
+    # An existing run directory: false -> an error (or a numbered sibling for the default
+    # runs/<name>-<time>), true -> its old run is removed and this run takes its place.
+    overwrite: bool = False
     target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
     evaluate_every: Annotated[int, Field(ge=1)] = 1
     plots: bool = True
+    plot_formats: Annotated[list[PlotFormat], Field(min_length=1)] = Field(
+        default_factory=lambda: list[PlotFormat](["png"])
+    )
     checkpoint_every: Annotated[int, Field(ge=1)] | None = None
     # The global model on each client's own test split (natural partitions with test ids).
     per_client_eval: bool = False
+    # Experiment trackers (fedsim.outputs.trackers): csv, tensorboard, wandb, mlflow.
+    trackers: list[str] = Field(default_factory=lambda: ["csv"])
+    # Callbacks by registry name or pkg.module:Class, or {name, params}.
+    callbacks: list[str | CallbackEntry] = Field(default_factory=list)
+    # The variant every other variant is compared with (paired test over seeds).
+    baseline: str | None = None
 
 
 # ----------------------------------------------------------------------- scenario
@@ -537,6 +559,8 @@ class Scenario(Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     seeds: Annotated[list[int], Field(min_length=1)] | None = None
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A grid: dotted key -> values; every combination becomes a variant (x each variant).
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     variant: str | None = Field(default=None, description="set by expansion; not user-facing")
 
     @field_validator("engine", mode="before")
@@ -559,5 +583,5 @@ class Scenario(Section):
 
     @property
     def is_expanded(self) -> bool:
-        """Whether this is one concrete run (no ``seeds`` list, no ``variants``)."""
-        return self.seeds is None and not self.variants
+        """Whether this is one concrete run (no ``seeds`` list, ``variants`` or ``sweep``)."""
+        return self.seeds is None and not self.variants and not self.sweep

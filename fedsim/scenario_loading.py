@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
+import json
 import reprlib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """Split ``dotted.key=v1,v2,...`` (``--sweep``); each value is parsed as YAML."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise ScenarioError([Problem("--sweep", f"'{text}' is not of the form dotted.key=v1,v2")])
+    return key.strip(), [parse_override(f"{key}={v.strip()}")[1] for v in values.split(",")]
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -389,8 +399,10 @@ def validate_mapping(raw: Mapping[str, Any], *, imports: bool = True) -> Scenari
     except ValidationError as exc:
         raise ScenarioError(problems_from_validation(exc)) from None
     from fedsim.combinations import check_combinations
+    from fedsim.outputs.callbacks import output_problems
 
     problems = check_components(scenario, imports=imports)
+    problems += output_problems(scenario, imports=imports)
     if imports:  # both look strategies up, which imports a `pkg.module:Class` name
         problems = problems or check_population(scenario)
         problems += check_combinations(scenario)
@@ -421,7 +433,11 @@ def _with_natural_client_count(scenario: Scenario) -> Scenario:
 
 
 def load_scenario(
-    source: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), *, imports: bool = True
+    source: str | Path | Mapping[str, Any],
+    overrides: Iterable[str] = (),
+    *,
+    imports: bool = True,
+    sweeps: Iterable[str] = (),
 ) -> Scenario:
     """Load and validate a scenario (and every variant it declares).
 
@@ -434,6 +450,8 @@ def load_scenario(
     imports : bool
         False: leave ``pkg.module:attr`` names unresolved, so an untrusted file is
         checked without running any of its code (see :mod:`fedsim.import_paths`).
+    sweeps : iterable of str
+        ``dotted.key=v1,v2`` grid axes added to the scenario's ``sweep``.
 
     Returns
     -------
@@ -450,6 +468,9 @@ def load_scenario(
         raw = dict(copy.deepcopy(source)) if isinstance(source, Mapping) else read_yaml(source)
         for text in overrides:
             set_dotted(raw, *parse_override(text))
+        for text in sweeps:
+            key, values = parse_sweep(text)
+            raw["sweep"] = {**(raw.get("sweep") or {}), key: values}
         scenario = validate_mapping(raw, imports=imports)
         expand(scenario, imports=imports)  # a variant breaking the schema: the file is wrong
     except ScenarioError as exc:
@@ -457,28 +478,61 @@ def load_scenario(
     return scenario
 
 
+def sweep_grid(sweep: Mapping[str, Sequence[Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Every combination of a ``sweep`` as ``(label, {dotted key: value})``, in order.
+
+    The label names each key by its last part: ``{"strategy.params.proximal_mu": [0,
+    0.1], "client.optimizer.lr": [0.05]}`` gives ``proximal_mu-0_lr-0.05`` and
+    ``proximal_mu-0.1_lr-0.05``.
+    """
+    keys = list(sweep)
+    grid = []
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        label = "_".join(
+            f"{k.rsplit('.', 1)[-1]}-{_label_text(v)}" for k, v in zip(keys, values, strict=True)
+        )
+        grid.append((label, dict(zip(keys, values, strict=True))))
+    return grid
+
+
+def _label_text(value: Any) -> str:
+    """A sweep value as directory-safe text."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)
+
+
 def expand(scenario: Scenario, *, imports: bool = True) -> list[Scenario]:
-    """Return one concrete scenario per variant x seed, in declaration order."""
-    base = scenario.model_dump(mode="json", exclude={"variants", "seeds", "variant"})
+    """Return one concrete scenario per variant x sweep point x seed, in declaration order."""
+    base = scenario.model_dump(mode="json", exclude={"variants", "seeds", "variant", "sweep"})
     seeds = scenario.seeds or [scenario.seed]
     variants: dict[str, dict[str, Any]] = scenario.variants or {"": {}}
+    grid = sweep_grid(scenario.sweep) if scenario.sweep else [("", {})]
     runs: list[Scenario] = []
     for vname, override in variants.items():
         try:
             merged = deep_merge(base, override)
         except ScenarioError as exc:
             raise exc.with_prefix(f"variants.{vname}") from None
-        if "variants" in override or "seeds" in override:
+        if {"variants", "seeds", "sweep"} & set(override):
             raise ScenarioError(
-                [Problem(f"variants.{vname}", "a variant cannot nest variants/seeds")]
+                [Problem(f"variants.{vname}", "a variant cannot nest variants/seeds/sweep")]
             )
-        for seed in seeds:
-            merged["seed"] = seed
-            merged["variant"] = vname or None
-            try:
-                runs.append(validate_mapping(merged, imports=imports))
-            except ScenarioError as exc:
-                raise (exc.with_prefix(f"variants.{vname}") if vname else exc) from None
+        for point, settings in grid:
+            swept = copy.deepcopy(merged)
+            for key, value in settings.items():
+                try:
+                    set_dotted(swept, key, copy.deepcopy(value))
+                except ScenarioError as exc:
+                    raise exc.with_prefix(f"sweep.{key}") from None
+            label = "_".join(part for part in (vname, point) if part) or None
+            for seed in seeds:
+                swept["seed"] = seed
+                swept["variant"] = label
+                try:
+                    runs.append(validate_mapping(swept, imports=imports))
+                except ScenarioError as exc:
+                    prefix = f"variants.{vname}" if vname else ("sweep" if point else "")
+                    raise (exc.with_prefix(prefix) if prefix else exc) from None
     return runs
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedsim.registry import import_object
@@ -47,5 +48,6 @@ def list_registry(
     table.add_column("description")
     registry: Any = import_object(_REGISTRIES[kind])
     for name, doc in registry.describe():
-        table.add_row(name, doc)
+        # Descriptions are plain text: `uniform on [low, high]` is not rich markup.
+        table.add_row(escape(name), escape(doc))
     Console().print(table)

@@ -20,6 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain text: a `[low, high]` in one is not rich markup to strip.
+    rich_markup_mode=None,
 )
 app.command("run")(run)
 app.command("validate")(validate)
@@ -28,15 +30,33 @@ app.command("report")(report)
 app.add_typer(deploy_app, name="deploy")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import fedsim
+
+        typer.echo(f"fedsim {fedsim.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _configure(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower's own log."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print fedsim's version and exit.",
+    ),
 ) -> None:
     """Federated-learning simulation on Flower with a virtual clock."""
     # Flower logs every round at INFO; fedsim's progress bar and files replace that.
     import flwr  # noqa: F401  (configures the 'flwr' logger, which we then adjust)
 
+    from fedsim.flower_log import VERBOSE_ENV
+
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # the runs' flower_log reads it
     os.environ.setdefault("TQDM_DISABLE", "1")
     install_warning_printer()
 

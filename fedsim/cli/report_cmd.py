@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -9,11 +11,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from fedsim.cli.errors import stderr, user_errors
+from fedsim.cli.tables import table
 from fedsim.outputs.comparison import format_cell
 from fedsim.outputs.report import COLUMNS, write_report
+
+
+class ImageFormat(StrEnum):
+    """The image formats plots may be written in."""
+
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
 
 
 class XAxis(StrEnum):
@@ -34,21 +44,50 @@ def report(
         float | None,
         typer.Option(help="Accuracy for 'to target' (default: each run's own target)."),
     ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metric",
+            help="A metrics.jsonl field to plot (repeatable; e.g. train_loss, "
+            "client_accuracy_p10, fed-eval/eval-accuracy). Default: accuracy and loss.",
+        ),
+    ] = None,
+    formats: Annotated[
+        list[ImageFormat] | None, typer.Option("--format", help="Plot format (repeatable).")
+    ] = None,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print the table as CSV (full precision), no plots list.")
+    ] = False,
 ) -> None:
-    """Overlay runs (accuracy and loss), print a comparison table, write PNG and CSV."""
+    """Overlay runs (accuracy and loss), print a comparison table, write plots and CSV."""
     with user_errors():
-        result = write_report(run_dirs, out, x=x.value, target=target)
+        bad = sorted(set(formats or []) - {"png", "svg", "pdf"})
+        if bad:
+            raise typer.BadParameter(f"--format {bad[0]}: choose png, svg or pdf")
+        result = write_report(
+            run_dirs,
+            out,
+            x=x.value,
+            target=target,
+            metrics=metric or (),
+            formats=formats or ["png"],
+        )
     for warning in result.warnings:
         stderr.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-    table = Table(title="runs", show_header=True)
-    # Run names are what the reader compares: never wrapped or cut; headers may wrap.
-    width = max(len(str(row["run"])) for row in result.rows)
-    table.add_column("run", no_wrap=True, min_width=width)
-    for column in COLUMNS[1:]:
-        table.add_column(column.replace("_eval", "").replace("_", " "))
-    for row in result.rows:
-        table.add_row(*(format_cell(row[c]) for c in COLUMNS))
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(result.rows)
+        return
     console = Console()
-    console.print(table)
+    headers = [c.replace("_eval", "").replace("_", " ") for c in COLUMNS]
+    cells = [[format_cell(row[c]) for c in COLUMNS] for row in result.rows]
+    console.print(table("runs", headers, cells))
+    if result.differences:
+        names = [str(row["run"]) for row in result.rows]
+        diff = [[key, *values] for key, values in result.differences]
+        console.print(table("where the runs differ", ["key", *names], diff))
+    elif len(result.rows) > 1:
+        console.print("the runs' scenarios and provenance do not differ")
     for path in [result.csv_path, *result.plots]:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {escape(str(path))}", soft_wrap=True)

@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 
 from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
-from fedsim.cli.progress import RoundProgress
+from fedsim.cli.tables import table
 from fedsim.errors import RunDirectoryError
-from fedsim.outputs.comparison import markdown_table
+from fedsim.outputs.comparison import display
 from fedsim.outputs.metrics_log import listening
+from fedsim.outputs.progress import RoundProgress
 from fedsim.scenario_loading import expand, load_scenario
 
 
@@ -23,6 +24,14 @@ def run(
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a key: --set strategy.params.proximal_mu=0.1"),
+    ] = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="A grid axis: --sweep client.optimizer.lr=0.05,0.1 (repeatable; every "
+            "combination of the axes becomes a variant).",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default runs/<name>-<time>).")
@@ -53,15 +62,15 @@ def run(
             if out is not None:
                 raise RunDirectoryError("--resume continues a run in its own directory: no --out")
             with RoundProgress(None, enabled=not quiet) as bar, listening(bar.on_record):
-                one = resume(resume_dir, set_ or [])
+                one = resume(resume_dir, set_ or [], progress=False)
             result = ExperimentResult(one.run_dir, [one])
         else:
             assert scenario_file is not None  # checked above
-            scenario = load_scenario(scenario_file, set_ or [])
+            scenario = load_scenario(scenario_file, set_ or [], sweeps=sweep or [])
             runs = expand(scenario)
             total = sum(r.rounds for r in runs)
             with RoundProgress(total, enabled=not quiet) as bar, listening(bar.on_record):
-                result = run_experiment(scenario, out, on_run_start=bar.run_started)
+                result = run_experiment(scenario, out, on_run_start=bar.run_started, progress=False)
     if len(result.runs) == 1:
         s = result.runs[0].summary
         # The ray engine has no virtual clock: its runs have no virtual time.
@@ -72,5 +81,6 @@ def run(
             soft_wrap=True,  # one line whatever the terminal width (scripts grep it)
         )
     else:
-        console.print(markdown_table(result.table), markup=False, soft_wrap=True)
+        headers, cells = display(result.table)
+        console.print(table("comparison", headers, cells))
     console.print(f"run directory: {result.out_dir}", soft_wrap=True)

@@ -1,4 +1,10 @@
-"""Comparison of variants x seeds: a table (CSV and Markdown) and plots."""
+"""Comparison of variants x seeds: a table (CSV and Markdown) and plots.
+
+Each variant's final accuracy is its mean ± standard deviation over seeds; given a
+baseline variant (``output.baseline``), every other variant also gets the mean paired
+difference to it and the two-sided p-value of a paired t-test over the seeds both ran
+(``scipy.stats.ttest_rel``; None with fewer than two pairs or no spread).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ COLUMNS = (
     "runs",
     "final_acc_mean",
     "final_acc_std",
+    "delta_acc_vs_baseline",
+    "p_paired",
     "best_acc_mean",
     "rounds_to_target_mean",
     "virtual_time_to_target_mean_s",
@@ -26,19 +34,59 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def comparison_rows(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per variant, aggregating its runs' summaries over seeds."""
+def paired_test(
+    variant: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]
+) -> tuple[float | None, float | None]:
+    """Mean paired difference of final accuracy (variant - baseline) and its p-value.
+
+    Runs are paired by seed; seeds only one side ran are left out.
+    """
+    base = {s["seed"]: s["final_eval_accuracy"] for s in baseline}
+    pairs = [
+        (s["final_eval_accuracy"], base[s["seed"]])
+        for s in variant
+        if s.get("final_eval_accuracy") is not None and base.get(s["seed"]) is not None
+    ]
+    if not pairs:
+        return None, None
+    diffs = [a - b for a, b in pairs]
+    delta = statistics.fmean(diffs)
+    if len(pairs) < 2 or statistics.stdev(diffs) == 0:
+        return delta, None
+    from scipy.stats import ttest_rel
+
+    p = float(ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue)
+    return delta, p
+
+
+def comparison_rows(
+    groups: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per variant, aggregating its runs' summaries over seeds.
+
+    Raises
+    ------
+    ValueError
+        If ``baseline`` is not one of the variants.
+    """
+    if baseline is not None and baseline not in groups:
+        raise ValueError(f"baseline '{baseline}' is not a variant; variants: {sorted(groups)}")
     rows = []
     for name, summaries in groups.items():
         finals = [
             s["final_eval_accuracy"] for s in summaries if s["final_eval_accuracy"] is not None
         ]
+        delta = p = None
+        if baseline is not None and name != baseline:
+            delta, p = paired_test(summaries, groups[baseline])
         rows.append(
             {
                 "variant": name,
                 "runs": len(summaries),
                 "final_acc_mean": _mean(finals),
                 "final_acc_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                "delta_acc_vs_baseline": delta,
+                "p_paired": p,
                 "best_acc_mean": _mean([s["best_eval_accuracy"] for s in summaries]),
                 "rounds_to_target_mean": _mean([s["rounds_to_target"] for s in summaries]),
                 "virtual_time_to_target_mean_s": _mean(
@@ -71,11 +119,32 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+def display(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells for a printed table: final accuracy as ``mean ± std``.
+
+    Columns that are None in every row (no baseline, no target) are left out.
+    """
+    cols = [
+        c for c in columns(rows) if c != "final_acc_std" and any(r.get(c) is not None for r in rows)
+    ]
+    headers = ["final_acc (mean ± std)" if c == "final_acc_mean" else c for c in cols]
+    cells = []
+    for r in rows:
+        line = []
+        for c in cols:
+            if c == "final_acc_mean" and r.get(c) is not None:
+                line.append(f"{format_cell(r[c])} ± {format_cell(r.get('final_acc_std'))}")
+            else:
+                line.append(format_cell(r.get(c)))
+        cells.append(line)
+    return headers, cells
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render comparison rows as a Markdown table."""
-    cols = columns(rows)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(format_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    headers, cells = display(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(line) + " |" for line in cells]
     return "\n".join(lines) + "\n"
 
 

@@ -13,16 +13,27 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fedsim import wire
 from fedsim.errors import RunDirectoryError
+from fedsim.outputs.callbacks import Callback, RunInfo
+from fedsim.outputs.callbacks import Record as Record  # re-exported: older imports
 
-Record = dict[str, Any]
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
+
 Listener = Callable[[Record], None]
 _listeners: list[Listener] = []
 
-# Fields that depend on the host's speed; determinism checks ignore them.
-WALL_CLOCK_FIELDS = frozenset({"wall_time_s"})
+# The prefixes of the metrics a strategy returns (fedsim.rounds): what `aggregate_train`
+# and `aggregate_evaluate` return lands in the round's record as `train/<name>` and
+# `fed-eval/<name>`, so it never overwrites a field fedsim writes itself.
+TRAIN_PREFIX = "train/"
+FED_EVAL_PREFIX = "fed-eval/"
+# Fields that depend on the host's speed; determinism checks ignore them. The clients'
+# own wall-clock seconds reach the record through the strategy's train metrics.
+WALL_CLOCK_FIELDS = frozenset({"wall_time_s", f"{TRAIN_PREFIX}{wire.DURATION_S}"})
 
 
 @contextmanager
@@ -42,8 +53,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class MetricsLog:
-    """Appends round records to ``metrics.jsonl`` in a run directory.
+def clean_record(record: Record) -> Record:
+    """The record as ``metrics.jsonl`` holds it (NaN and infinities as None)."""
+    return {k: _clean(v) for k, v in record.items()}
+
+
+class MetricsLog(Callback):
+    """Appends round records to ``metrics.jsonl`` in a run directory (the first callback).
 
     ``MetricsLog(run_dir)`` starts an empty log; :meth:`resumed` continues the log of
     a run restored from a checkpoint.
@@ -106,7 +122,7 @@ class MetricsLog:
 
     def append(self, record: Record, *, notify: bool = True) -> None:
         """Write one record and notify listeners."""
-        clean = {k: _clean(v) for k, v in record.items()}
+        clean = clean_record(record)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
         if self.keep_recent:
@@ -114,6 +130,11 @@ class MetricsLog:
         if notify:
             for listener in list(_listeners):
                 listener(clean)
+
+    def on_round_end(  # noqa: D102
+        self, run: RunInfo, server_round: int, record: Record, arrays: ArrayRecord
+    ) -> None:
+        self.append(record)
 
     def sync(self) -> None:
         """Flush the log to disk (before a checkpoint that counts on its length)."""

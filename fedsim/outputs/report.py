@@ -1,15 +1,19 @@
 """``fedsim report``: overlay finished runs, compare them in one table, write PNG and CSV.
 
 Any run directories can be compared (different scenarios, engines, strategies): each
-is one curve and one row, labelled by its directory name. The table's numbers come
-from :func:`fedsim.outputs.summary.summarize`, the plots from
+is one row, labelled by its directory name. Runs whose scenarios differ only in the
+seed are one curve (mean ± std, the seed count in the legend), named by their variant
+(or scenario name) where those tell the curves apart, else by directory. The table's
+numbers come from :func:`fedsim.outputs.summary.summarize`, the plots from
 :func:`fedsim.outputs.plots.plot_comparison`, so a report agrees with each run's own
-``summary.json`` and plots.
+``summary.json`` and plots. :func:`differences` lists the scenario keys and the
+provenance (versions, commit, host) in which the runs differ.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +21,14 @@ from typing import Any
 
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.metrics_log import Record, read_metrics
-from fedsim.outputs.plots import plot_comparison
+from fedsim.outputs.plots import PANELS, metric_panel, plot_comparison
+from fedsim.outputs.provenance import read_provenance
 from fedsim.outputs.summary import summarize
+from fedsim.resume_rules import flatten
+
+RESOLVED = "scenario.resolved.yaml"
+# Provenance fields worth comparing (the start time and command always differ).
+_PROVENANCE_KEYS = ("versions", "git", "host.hostname", "host.cpu", "host.gpus")
 
 # x-axis choices of `fedsim report --x` -> the metrics.jsonl field they plot against.
 X_AXES = {
@@ -52,6 +62,8 @@ class Report:
     csv_path: Path
     plots: list[Path]
     warnings: list[str] = field(default_factory=list)
+    # (dotted key, value in each run) for every key in which the runs differ.
+    differences: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
@@ -71,18 +83,99 @@ def _records(run_dir: Path, warnings: list[str]) -> list[Record]:
     return read_metrics(run_dir, warnings)
 
 
+def _resolved(run_dir: Path) -> dict[str, Any] | None:
+    """The run's resolved scenario as a mapping (None for a directory without one)."""
+    from fedsim.scenario_loading import read_yaml
+
+    path = run_dir / RESOLVED
+    return read_yaml(path) if path.is_file() else None
+
+
 def _target(run_dir: Path, records: list[Record], target: float | None) -> float | None:
     """The target to score against: the one given, else the run's own scenario's."""
     if target is not None:
         return target
-    from fedsim.scenario_loading import load_scenario
+    resolved = _resolved(run_dir)
+    if resolved is None:
+        return None
+    value = (resolved.get("output") or {}).get("target_accuracy")
+    return float(value) if value is not None else None
 
-    resolved = run_dir / "scenario.resolved.yaml"
-    return load_scenario(resolved).output.target_accuracy if resolved.is_file() else None
+
+def _flat(value: Any, key: str = "") -> dict[str, str]:
+    """Dotted keys of a nested value, each value as text (JSON for non-strings)."""
+    if isinstance(value, dict) and value:
+        tree = flatten(value, f"{key}." if key else "")
+    else:
+        tree = {key: value}
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in tree.items()}
+
+
+def _pick(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None  # type: ignore[assignment]
+    return data
+
+
+def run_facts(run_dir: Path) -> dict[str, str]:
+    """A run's resolved scenario and provenance as flat ``key: text`` pairs."""
+    facts = {
+        f"scenario.{k}": v
+        for k, v in _flat(_resolved(run_dir) or {}).items()
+        if k != "output.dir"  # where it ran is not how it ran
+    }
+    provenance = read_provenance(run_dir) or {}
+    for key in _PROVENANCE_KEYS:
+        value = _pick(provenance, key)
+        if value is not None:
+            facts.update({f"provenance.{k}": v for k, v in _flat(value, key).items()})
+    return facts
+
+
+def differences(run_dirs: Sequence[Path]) -> list[tuple[str, list[str]]]:
+    """The keys whose value is not the same in every run: ``(key, [value per run])``.
+
+    A key a run does not have shows as ``-`` (a run from an older fedsim has no
+    provenance).
+    """
+    facts = [run_facts(p) for p in run_dirs]
+    keys = sorted({k for f in facts for k in f})
+    out = []
+    for key in keys:
+        values = [f.get(key, "-") for f in facts]
+        if len(set(values)) > 1:
+            out.append((key, values))
+    return out
+
+
+def _curve_labels(run_dirs: Sequence[Path], labels: Sequence[str]) -> list[str]:
+    """One label per run for the plots: runs that differ only in the seed share it."""
+
+    def config(path: Path) -> str:
+        raw = _resolved(path) or {"dir": str(path)}
+        raw = {k: v for k, v in raw.items() if k != "seed"}
+        raw["output"] = {k: v for k, v in (raw.get("output") or {}).items() if k != "dir"}
+        return json.dumps(raw, sort_keys=True)
+
+    configs = [config(p) for p in run_dirs]
+    names = []
+    for path, label in zip(run_dirs, labels, strict=True):
+        raw = _resolved(path) or {}
+        names.append(str(raw.get("variant") or raw.get("name") or label))
+    # The names serve if runs of one configuration share a name and no two share one.
+    if len(set(zip(names, configs, strict=True))) == len(set(configs)) == len(set(names)):
+        return names
+    return list(labels)
 
 
 def write_report(
-    run_dirs: Sequence[Path], out_dir: Path, *, x: str = "round", target: float | None = None
+    run_dirs: Sequence[Path],
+    out_dir: Path,
+    *,
+    x: str = "round",
+    target: float | None = None,
+    metrics: Sequence[str] = (),
+    formats: Sequence[str] = ("png",),
 ) -> Report:
     """Compare runs: ``report.csv`` and ``report_accuracy.png`` / ``report_loss.png``.
 
@@ -91,12 +184,16 @@ def write_report(
     run_dirs : sequence of Path
         Run directories (each with a ``metrics.jsonl``).
     out_dir : Path
-        Where the CSV and PNGs go (created if needed).
-    x : {"round", "virtual_time"}
+        Where the CSV and plots go (created if needed).
+    x : {"round", "virtual_time", "bytes_up"}
         The x axis of the plots.
     target : float, optional
         Accuracy for the "to target" columns (default: each run's
         ``output.target_accuracy``).
+    metrics : sequence of str
+        Record fields to plot (``report_<field>.png``); default accuracy and loss.
+    formats : sequence of str
+        Image formats (png, svg, pdf).
     """
     if x not in X_AXES:
         raise ValueError(f"x must be one of {sorted(X_AXES)}, got '{x}'")
@@ -104,10 +201,10 @@ def write_report(
     warnings: list[str] = []
     runs = {label: _records(path, warnings) for label, path in zip(labels, run_dirs, strict=True)}
     rows = []
+    targets = []
     for (label, records), path in zip(runs.items(), run_dirs, strict=True):
-        summary = summarize(
-            records, variant=None, seed=0, target_accuracy=_target(path, records, target)
-        )
+        targets.append(_target(path, records, target))
+        summary = summarize(records, variant=None, seed=0, target_accuracy=targets[-1])
         rows.append({"run": label, **{c: summary[c] for c in COLUMNS[1:]}})
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "report.csv"
@@ -115,11 +212,18 @@ def write_report(
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    groups: dict[str, list[list[Record]]] = {}
+    for curve, records in zip(_curve_labels(run_dirs, labels), runs.values(), strict=True):
+        groups.setdefault(curve, []).append(records)
+    known = {t for t in targets if t is not None}
     plots = plot_comparison(
-        {label: [records] for label, records in runs.items()},
+        groups,
         out_dir,
         f"{len(runs)} run{'s' if len(runs) != 1 else ''}",
         prefix="report_",
         x_axes=(X_AXES[x],),
+        target=known.pop() if len(known) == 1 else None,  # one line only if all agree
+        formats=formats,
+        panels=[metric_panel(m) for m in metrics] if metrics else PANELS,
     )
-    return Report(rows, csv_path, plots, warnings)
+    return Report(rows, csv_path, plots, warnings, differences(run_dirs))

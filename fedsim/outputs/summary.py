@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsim.outputs.metrics_log import Record
+from fedsim.outputs.metrics_log import FED_EVAL_PREFIX, TRAIN_PREFIX, Record
+
+
+def _last_strategy_metrics(records: list[Record]) -> dict[str, Any]:
+    """The ``train/`` and ``fed-eval/`` fields of the last round that has each kind."""
+    out: dict[str, Any] = {}
+    for prefix in (TRAIN_PREFIX, FED_EVAL_PREFIX):
+        for r in reversed(records):
+            fields = {k: v for k, v in r.items() if k.startswith(prefix)}
+            if fields:
+                out.update(fields)
+                break
+    return out
 
 
 def _first_reaching(records: list[Record], target: float | None, key: str) -> Any:
@@ -52,6 +64,9 @@ def summarize(
         "bytes_down": total("bytes_down"),
         # Model diagnostics of the last evaluated round (e.g. embedding_mean_cosine).
         "diagnostics": last.get("diagnostics") or {},
+        # What the strategy's aggregate_train / aggregate_evaluate returned last
+        # (`train/<name>`, `fed-eval/<name>`; federated evaluation only if it ran).
+        "strategy_metrics": _last_strategy_metrics(records),
         # DP-SGD: the largest privacy spend of any client (null without DP).
         "epsilon": max(
             (r["epsilon"] for r in records if r.get("epsilon") is not None), default=None

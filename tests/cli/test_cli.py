@@ -25,9 +25,24 @@ def test_run_prints_a_summary_and_writes_the_directory(
 def test_run_with_variants_prints_the_table(tiny: dict[str, Any], tmp_path: Path) -> None:
     tiny["variants"] = {"a": {}, "b": {"client.optimizer.lr": 0.01}}
     path = write_yaml(tmp_path / "s.yaml", tiny)
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "o"), "-q"])
+    result = CliRunner().invoke(
+        app, ["run", str(path), "--out", str(tmp_path / "o"), "-q"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
-    assert "| variant | runs |" in result.output and "| b | 1 |" in result.output
+    # A rich table, not raw markdown: one line per variant, cells between box rules.
+    lines = result.output.splitlines()
+    assert any(line.startswith("┃ variant ┃ runs ┃") for line in lines), result.output
+    assert any(line.startswith("│ b ") and "│ 1 " in line for line in lines), result.output
+    assert "|---|" not in result.output
+
+
+def test_version_and_markup_safe_help() -> None:
+    import fedsim
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"fedsim {fedsim.__version__}"
+    listed = CliRunner().invoke(app, ["list", "distributions"], env={"COLUMNS": "200"})
+    assert "uniform on [low, high]" in listed.output  # rich would eat "[low, high]"
 
 
 def test_list_prints_registries() -> None:

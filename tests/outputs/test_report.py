@@ -104,3 +104,33 @@ def test_report_names_a_garbled_line_in_the_middle_of_a_log(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "line 4 is not a JSON record" in result.output
     assert "Traceback" not in result.output
+
+
+def test_report_curves_are_variants_with_their_seeds_pooled(tmp_path: Path) -> None:
+    """Runs that differ only in the seed are one curve, named by the variant."""
+    import matplotlib.pyplot as plt
+    import yaml
+
+    dirs = []
+    for variant in ("fedavg", "fedprox"):
+        for seed in (0, 1):
+            run_dir = tmp_path / f"{variant}-seed{seed}"
+            _write_log(run_dir, "")
+            scenario = {
+                "name": "cmp",
+                "seed": seed,
+                "variant": variant,
+                "output": {"target_accuracy": 0.25},
+            }
+            (run_dir / "scenario.resolved.yaml").write_text(yaml.safe_dump(scenario))
+            dirs.append(run_dir)
+    with plt.rc_context({"svg.fonttype": "none"}):
+        report = write_report(dirs, tmp_path / "out", formats=["svg"])
+    text = (tmp_path / "out" / "report_accuracy.svg").read_text()
+    assert "fedavg (n=2 seeds)" in text and "fedprox (n=2 seeds)" in text
+    assert "target 0.25" in text
+    assert [r["run"] for r in report.rows] == [d.name for d in dirs]  # rows stay per run
+    assert dict(report.differences) == {
+        "scenario.seed": ["0", "1", "0", "1"],
+        "scenario.variant": ["fedavg", "fedavg", "fedprox", "fedprox"],
+    }

@@ -1,4 +1,8 @@
-"""A rich progress bar over all rounds of all runs of an experiment."""
+"""A rich progress bar over all rounds of all runs of an experiment.
+
+``fedsim run`` shows it in the terminal; the Python API shows it in a notebook (rich
+renders it as a live widget there), fed by the records of ``metrics.jsonl``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,15 @@ from rich.progress import (
 
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import run_label
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell)."""
+    import sys
+
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 class RoundProgress:

@@ -1,0 +1,86 @@
+"""What a run directory may already hold when a new run claims it.
+
+Called with the directory's :class:`~fedsim.run_lock.RunLock` held, so whatever ran
+there before has ended. A finished run blocks a new one unless ``output.overwrite``;
+a crashed run (``CRASHED`` marker, or a log without a ``summary.json``: a process
+killed outright writes no marker) never blocks: the new run replaces it, unless it left
+a checkpoint (``fedsim run --resume`` continues it; ``overwrite`` discards it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from fedsim.errors import RunDirectoryError
+from fedsim.run_lock import LOCK_FILE
+
+CRASH_FILE = "CRASHED"
+RESOLVED = "scenario.resolved.yaml"
+_RUN_FILES = ("metrics.jsonl", "summary.json")
+
+
+def is_crashed(run_dir: Path) -> bool:
+    """Whether the run directory holds a run that started and never finished."""
+    if (run_dir / CRASH_FILE).exists():
+        return True
+    return (run_dir / "metrics.jsonl").exists() and not (run_dir / "summary.json").exists()
+
+
+def mark_crashed(run_dir: Path, exc: BaseException) -> None:
+    """Write the ``CRASHED`` marker: what stopped the run, and when."""
+    info = {
+        "error": type(exc).__name__,
+        "message": str(exc).splitlines()[0] if str(exc) else "",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with contextlib.suppress(OSError):  # the run's own error matters more than the marker
+        (run_dir / CRASH_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
+
+
+def _clear(run_dir: Path) -> None:
+    """Remove a previous run's files (never the lock this run holds)."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def claim(run_dir: Path, *, overwrite: bool) -> str | None:
+    """Make ``run_dir`` ready for a new run; return a notice when an old run was removed.
+
+    Raises
+    ------
+    RunDirectoryError
+        If it holds a finished run (without ``overwrite``), a crashed run with a
+        checkpoint (without ``overwrite``), or run files but no resolved scenario (not
+        a fedsim run directory: nothing there is removed).
+    """
+    holds_run = any((run_dir / name).exists() for name in _RUN_FILES)
+    if not holds_run and not (run_dir / CRASH_FILE).exists():
+        return None
+    if not (run_dir / RESOLVED).exists():
+        raise RunDirectoryError(
+            f"{run_dir} holds run files but no {RESOLVED}; choose another --out"
+        )
+    crashed = is_crashed(run_dir)
+    if not overwrite:
+        if not crashed:
+            raise RunDirectoryError(
+                f"{run_dir} already holds a run; choose another --out "
+                "(or set output.overwrite: true to replace it)"
+            )
+        if (run_dir / "checkpoints").exists():
+            raise RunDirectoryError(
+                f"{run_dir} holds a crashed run with a checkpoint: continue it with "
+                f"`fedsim run --resume {run_dir}`, or set output.overwrite: true"
+            )
+    _clear(run_dir)
+    what = "crashed run" if crashed else "run"
+    return f"replaced the {what} in {run_dir}"
