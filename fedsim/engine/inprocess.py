@@ -409,9 +409,9 @@ class InProcessGrid(Grid):
         """Handle every message of one dispatch; return (arrival, id, reply or None).
 
         Three phases: each message is delivered (its fate drawn), the delivered ones
-        run (with ``batch_clients``, the train jobs that allow it
-        together), then each reply is checked and stamped on the clock in message
-        order, so what the clock says does not depend on how the clients ran.
+        run (with ``batch_clients``, the train jobs that allow it together), then each
+        reply is checked and stamped on the clock in message order, so what the clock
+        says does not depend on how the clients ran.
         """
         self._dispatch += 1
         sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
