@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,7 @@ from fedsim.evaluation import evaluate_model
 from fedsim.fast_records import filled
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
+from fedsim.training_device import client_device, on_device, set_process_threads
 
 
 class FedsimClientApp(ClientApp):
@@ -86,6 +87,7 @@ class _Job:
     partition_id: int
     data: NodeData
     model: nn.Module
+    device: str
     server_round: int
     extras: dict[str, np.ndarray]
     missing: frozenset[str]
@@ -159,6 +161,10 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     # The CPU generator only: torch.manual_seed also queues CUDA/XPU seeding with a stack
     # trace when those are not initialised (~0.3 ms, a noticeable share of a tiny job).
     torch.default_generator.manual_seed(seed)
+    set_process_threads(context.run_config, wire.RUN_TORCH_THREADS)  # Ray's actors
+    device = client_device(scenario.engine.device, context.node_config)
+    if device.startswith("cuda"):  # on-device random draws (dropout masks) seeded too
+        torch.cuda.manual_seed(seed)
     arrays = received_arrays(msg) if received_model else {}
     model = model_for_job(
         scenario.model.name,
@@ -167,11 +173,12 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
         data.num_classes,
         overwritten=arrays.keys(),
         reusable=scenario.client.dp is None,
+        device=device,
     )
     # Again: what follows draws the same numbers whether the model was built or reused.
     torch.default_generator.manual_seed(seed)
     if not received_model:
-        return _Job(scenario, pid, data, model, server_round, {}, frozenset())
+        return _Job(scenario, pid, data, model, device, server_round, {}, frozenset())
     own = set(model.state_dict())
     # Strategies may ship extra arrays beside the model (FedCurv's sums, FedAwS's row)
     # and withhold model arrays (FedAwS's class embeddings): the local step's extras
@@ -179,7 +186,29 @@ def _job(msg: Message, context: Context, purpose: int, *, received_model: bool =
     extras = {k: decode(v) for k, v in arrays.items() if k not in own}
     received = {k: torch.from_numpy(decode(v)) for k, v in arrays.items() if k in own}
     model.load_state_dict(received, strict=False)
-    return _Job(scenario, pid, data, model, server_round, extras, frozenset(own - set(received)))
+    missing = frozenset(own - set(received))
+    return _Job(scenario, pid, data, model, device, server_round, extras, missing)
+
+
+def _placed_data(
+    job: _Job, config: Mapping[str, object], context: Context
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The node's examples as tensors on its training device (moved once per process)."""
+    key = None
+    if job.device != "cpu":  # the CPU shares the arrays' memory: nothing to keep
+        data_path = context.node_config.get(wire.DATA_PATH)
+        scenario_key = job.scenario.data.model_dump_json()
+        key = (
+            scenario_key,
+            job.scenario.seed,
+            job.partition_id,
+            data_path,
+            bool(config.get(wire.LABEL_FLIP)),
+        )
+    return (
+        on_device(job.data.x, job.device, None if key is None else (*key, "x")),
+        on_device(job.data.y, job.device, None if key is None else (*key, "y")),
+    )
 
 
 def _check_complete(missing: frozenset[str], filled: frozenset[str] = frozenset()) -> None:
@@ -256,10 +285,11 @@ def _train(
             noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
             expected = float(min(cfg.batch_size, len(job.data.y)))  # q·n with q = batch / n
             gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
+        xt, yt = _placed_data(job, config, context)
         work = train_local(
             job.model,
-            job.data.x,
-            job.data.y,
+            xt,
+            yt,
             cfg,
             step,
             generator,

@@ -38,10 +38,11 @@ class CodedGradientStep(LocalStep):
             raise ValueError("the coded-gradient step needs the node's data")
         self.p = float(inputs.config[wire.AGC_P])
         data = inputs.data
-        self.x, self.y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        device = next(inputs.global_model.parameters()).device  # the training device
+        self.x, self.y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
         # No sharing plan: every example private (held by its owner alone).
         holders = np.ones(len(data.y)) if data.holders is None else data.holders
-        self.weights = torch.from_numpy(1.0 / (holders * (1.0 - self.p))).float()
+        self.weights = torch.from_numpy(1.0 / (holders * (1.0 - self.p))).float().to(device)
         self.batch_size = inputs.batch_size
         # The job's seed (the ClientApp seeds each job before building its step).
         self.generator = torch.Generator().manual_seed(int(torch.initial_seed()))
@@ -64,7 +65,7 @@ class CodedGradientStep(LocalStep):
             loss_sum += float(losses.detach().sum())
         gradient = {
             f"{wire.AGC_GRAD_PREFIX}{name}": (
-                p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(p.shape)
+                p.grad.detach().cpu().numpy().copy() if p.grad is not None else np.zeros(p.shape)
             ).astype(np.float32)
             for name, p in model.named_parameters()
         }

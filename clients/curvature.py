@@ -28,6 +28,7 @@ from fedsim import wire
 from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
 from fedsim.data.node_data import NodeData
 from fedsim.kernels.oracle import per_example_grads_func, per_example_grads_loop
+from fedsim.training_device import model_device
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # context.state records "curv-own.<round>": this client's F, F⊙θ, F⊙θ² of that round.
@@ -112,7 +113,9 @@ class CurvatureStep(LocalStep):
                 total = np.asarray(inputs.extras[f"{wire.CURV_PREFIX}{kind}.{name}"], np.float64)
                 own_key = f"{mine}.{name}"
                 own_term = own[own_key].numpy().astype(np.float64) if own_key in own else 0.0
-                terms.append(torch.from_numpy(np.asarray(total - own_term)).to(param.dtype))
+                terms.append(
+                    torch.from_numpy(np.asarray(total - own_term)).to(param.device, param.dtype)
+                )
             self.others[name] = (terms[0], terms[1], terms[2])
 
     def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
@@ -125,7 +128,8 @@ class CurvatureStep(LocalStep):
     def reply(self, model: nn.Module, data: NodeData, work: TrainResult | None) -> Reply:
         """Reply with the trained model plus F and F⊙θ at the trained θ; keep (F, F⊙θ, F⊙θ²)."""
         assert work is not None  # this step trains
-        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        device = model_device(model)
+        x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
         if self.estimator == "batch":
             fisher = batch_fisher(model, self.data_loss, x, y, self.batch)
         else:
@@ -133,8 +137,8 @@ class CurvatureStep(LocalStep):
         extra: dict[str, np.ndarray] = {}
         own: dict[str, np.ndarray] = {}
         for name, p in model.named_parameters():
-            f = fisher[name].detach().numpy()
-            theta = p.detach().numpy()
+            f = fisher[name].detach().cpu().numpy()
+            theta = p.detach().cpu().numpy()
             extra[f"{wire.CURV_PREFIX}F.{name}"] = f
             extra[f"{wire.CURV_PREFIX}FT.{name}"] = f * theta
             own[f"F.{name}"], own[f"FT.{name}"], own[f"FTT.{name}"] = (

@@ -177,8 +177,9 @@ class PrivateGradient:
         for p in params:
             assert p.grad is not None
             if std > 0:
+                # Drawn on the CPU whatever the device: the same noise on every device.
                 noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
-                p.grad.add_(noise, alpha=std)
+                p.grad.add_(noise.to(p.device), alpha=std)
             p.grad.div_(self.expected_batch)
         return losses
 

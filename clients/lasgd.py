@@ -55,21 +55,21 @@ def kept_optimizer(model: nn.Module, state: RecordDict, cfg: OptimizerConfig) ->
     optimizer = make_optimizer(model.parameters(), cfg)
     kept = state.array_records.get(KEPT_MOMENTUM)
     if isinstance(optimizer, SGD) and kept is not None:
-        names = [name for name, _ in model.named_parameters()]
         optimizer.momentum_buffers = [
-            torch.from_numpy(np.array(kept[n].numpy())) if n in kept else None for n in names
+            torch.from_numpy(np.array(kept[n].numpy())).to(p.device) if n in kept else None
+            for n, p in model.named_parameters()
         ]
     return optimizer
 
 
 def keep(state: RecordDict, model: nn.Module, optimizer: LocalOptimizer | None = None) -> None:
     """Store ``model`` as the worker's current model (and ``optimizer``'s momentum)."""
-    state[KEPT_MODEL] = ArrayRecord(model.state_dict())
+    state[KEPT_MODEL] = ArrayRecord({k: v.cpu() for k, v in model.state_dict().items()})
     if isinstance(optimizer, SGD) and optimizer.momentum != 0:
         names = [name for name, _ in model.named_parameters()]
         state[KEPT_MOMENTUM] = ArrayRecord(
             {
-                n: Array(b.numpy())
+                n: Array(b.cpu().numpy())
                 for n, b in zip(names, optimizer.momentum_buffers, strict=True)
                 if b is not None
             }

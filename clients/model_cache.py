@@ -30,6 +30,7 @@ def model_for_job(
     *,
     overwritten: Collection[str] = (),
     reusable: bool = True,
+    device: str = "cpu",
 ) -> nn.Module:
     """Return a model of this architecture: the reused one, or a newly built one.
 
@@ -40,12 +41,16 @@ def model_for_job(
         these cover its whole ``state_dict``.
     reusable : bool
         False: build a model of the job's own and keep nothing.
+    device : str
+        Where the model lives (``fedsim.training_device``); one kept model per device.
 
     A newly built model is initialised from torch's default generator, so seed it
     first if the initial values matter.
     """
     cache: dict[str, tuple[nn.Module, frozenset[str]]] = _local.__dict__.setdefault("models", {})
-    key = json.dumps([name, params, list(input_shape), num_classes], sort_keys=True, default=repr)
+    key = json.dumps(
+        [name, params, list(input_shape), num_classes, device], sort_keys=True, default=repr
+    )
     kept = cache.get(key)
     if reusable and kept is not None and kept[1] <= set(overwritten):
         model = kept[0]
@@ -53,6 +58,8 @@ def model_for_job(
             p.grad = None  # as a new model has
         return model
     model = build_model(name, params, input_shape, num_classes)
+    if device != "cpu":  # built (and initialised) on the CPU: the same values everywhere
+        model = model.to(device)
     if reusable:
         cache[key] = (model, frozenset(model.state_dict()))
     return model

@@ -39,7 +39,7 @@ class PositiveOnlyStep(LocalStep):
         self.margin = float(inputs.config[wire.FEDAWS_POSITIVE_MARGIN])
         self.train_row = bool(inputs.config.get(wire.FEDAWS_TRAIN_ROW, True))
         self.scale = model.scale
-        row = torch.from_numpy(np.asarray(inputs.extras[wire.FEDAWS_ROW]))
+        row = torch.from_numpy(np.asarray(inputs.extras[wire.FEDAWS_ROW]))  # copied to the device
         with torch.no_grad():
             model.class_embeddings.zero_()
             model.class_embeddings[self.cls] = row
@@ -56,5 +56,6 @@ class PositiveOnlyStep(LocalStep):
         assert work is not None and isinstance(model, CosineClassifier)
         arrays = self.model_arrays(model)
         if self.train_row:
-            arrays[wire.FEDAWS_ROW] = model.class_embeddings[self.cls].detach().numpy().copy()
+            row = model.class_embeddings[self.cls].detach().cpu().numpy().copy()
+            arrays[wire.FEDAWS_ROW] = row
         return Reply(arrays, work)

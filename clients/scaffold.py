@@ -45,12 +45,12 @@ class ScaffoldStep(fedsim.LocalStep):
         self.anchor = {n: p.detach().clone() for n, p in params.items()}
         kept = inputs.state.array_records.get(KEPT_C, ArrayRecord())
         self.c_i = {
-            n: torch.from_numpy(kept[n].numpy()) if n in kept else torch.zeros_like(p)
+            n: torch.from_numpy(kept[n].numpy()).to(p.device) if n in kept else torch.zeros_like(p)
             for n, p in self.anchor.items()
         }
         prefix = wire.SCAFFOLD_C_PREFIX
         self.c = {
-            n: torch.from_numpy(np.asarray(inputs.extras[prefix + n])).to(p.dtype)
+            n: torch.from_numpy(np.asarray(inputs.extras[prefix + n])).to(p.device, p.dtype)
             if prefix + n in inputs.extras
             else torch.zeros_like(p)
             for n, p in self.anchor.items()
@@ -67,7 +67,8 @@ class ScaffoldStep(fedsim.LocalStep):
     ) -> dict[str, torch.Tensor]:
         """``g_i(x)``: the gradient of the mean data loss over all of the node's data."""
         model.train()
-        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        device = next(model.parameters()).device  # the training device
+        x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
         params = [p for _, p in model.named_parameters()]
         total = [torch.zeros_like(p) for p in params]
         for start in range(0, len(y), batch):
@@ -100,9 +101,9 @@ class ScaffoldStep(fedsim.LocalStep):
                 for n in self.anchor
             }
         self.state[KEPT_C] = ArrayRecord(
-            {n: Array(np.ascontiguousarray(v.numpy())) for n, v in new_c.items()}
+            {n: Array(np.ascontiguousarray(v.cpu().numpy())) for n, v in new_c.items()}
         )
         arrays = dict(self.model_arrays(model))
         for n, v in new_c.items():
-            arrays[wire.SCAFFOLD_C_PREFIX + n] = (v - self.c_i[n]).numpy()
+            arrays[wire.SCAFFOLD_C_PREFIX + n] = (v - self.c_i[n]).cpu().numpy()
         return fedsim.Reply(arrays, work)

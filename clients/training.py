@@ -108,8 +108,8 @@ def batch_spans(
 
 def train_local(
     model: nn.Module,
-    x: NDArray[np.float32],
-    y: NDArray[np.int64],
+    x: NDArray[np.float32] | torch.Tensor,
+    y: NDArray[np.int64] | torch.Tensor,
     cfg: ClientConfig,
     step: LocalStep,
     generator: torch.Generator,
@@ -130,7 +130,9 @@ def train_local(
     model.train()
     if optimizer is None:
         optimizer = make_optimizer(model.parameters(), cfg.optimizer)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    # Tensors already on the model's device (fedsim.training_device.on_device), or arrays.
+    xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+    yt = y if isinstance(y, torch.Tensor) else torch.from_numpy(y)
     total_steps = num_local_steps(len(y), cfg)
     loss_sum, samples, taken = 0.0, 0, 0
     for idx in batches(len(y), cfg, total_steps, generator):

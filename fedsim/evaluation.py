@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
+from fedsim.training_device import model_device
+
 
 @torch.no_grad()
 def evaluate_model(
@@ -23,10 +25,11 @@ def evaluate_model(
     would otherwise "predict" class 0 and score its share of the labels).
     """
     model.eval()
+    device = model_device(model)
     total_loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(x[start : start + batch_size])
-        yb = torch.from_numpy(y[start : start + batch_size])
+        xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+        yb = torch.from_numpy(y[start : start + batch_size]).to(device)
         logits = model(xb)
         if not bool(torch.isfinite(logits).all()):
             return math.nan, math.nan
@@ -42,15 +45,16 @@ def per_example_scores(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Return each example's cross-entropy and accuracy (means over a sequence's targets)."""
     model.eval()
+    device = model_device(model)
     losses, correct = [], []
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(x[start : start + batch_size])
-        yb = torch.from_numpy(y[start : start + batch_size])
+        xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+        yb = torch.from_numpy(y[start : start + batch_size]).to(device)
         logits = model(xb)
         loss = F.cross_entropy(logits, yb, reduction="none")
         hit = (logits.argmax(dim=1) == yb).to(torch.float64)
-        losses.append(loss.reshape(len(yb), -1).mean(dim=1).double().numpy())
-        correct.append(hit.reshape(len(yb), -1).mean(dim=1).numpy())
+        losses.append(loss.reshape(len(yb), -1).mean(dim=1).double().cpu().numpy())
+        correct.append(hit.reshape(len(yb), -1).mean(dim=1).cpu().numpy())
     empty = np.empty(0, dtype=np.float64)
     return (
         np.concatenate(losses) if losses else empty,

@@ -29,6 +29,7 @@ MAY_CHANGE: dict[str, str] = {
     "output.trackers": "trackers only copy the records (metrics.csv is rewritten whole)",
     "output.callbacks": "callbacks see the rounds and cannot change them",
     "output.baseline": "used only by a comparison of several runs",
+    "engine.workers": "how many processes compute the clients never changes the results",
 }
 
 

@@ -76,6 +76,7 @@ from fedsim.scenario_loading import accepted_params
 from fedsim.strategies import STRATEGIES
 from fedsim.strategies.compression import CompressedLinks
 from fedsim.submission_policy import SubmissionPolicy
+from fedsim.training_device import first, resolve
 
 app = ServerApp()
 SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
@@ -238,7 +239,7 @@ class RoundRecorder:
         self.telemetry: Telemetry = getattr(grid, "telemetry", None) or Telemetry()
         self.model = build_model(
             scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
-        )
+        ).to(resolve(first(scenario.engine.device)))  # central evaluation there too
         self.started = time.perf_counter()
         self.final_arrays: ArrayRecord | None = None
         self.pending: dict[str, Any] = {}

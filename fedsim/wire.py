@@ -18,6 +18,9 @@ RUN_SCENARIO: Final = "scenario"  # path of the resolved scenario YAML
 RUN_SCENARIO_SHA256: Final = "scenario-sha256"  # its content's digest: the apps read only that
 RUN_DIR: Final = "run-dir"  # where the ServerApp writes metrics
 RUN_RESUME: Final = "resume"  # true: continue from the run dir's checkpoint
+# Set by engines whose client processes they do not start (Ray's actors): the ClientApp
+# calls torch.set_num_threads with it once per process (engine.threads_per_worker).
+RUN_TORCH_THREADS: Final = "torch-threads"
 # Deployment: nodes share no file system with the server, so the YAML text travels.
 RUN_SCENARIO_YAML: Final = "scenario-yaml"  # the resolved scenario itself (wins over the path)
 RUN_WAIT_NODES: Final = "wait-nodes"  # nodes the ServerApp waits for before round 1
@@ -26,6 +29,7 @@ RUN_WAIT_NODES: Final = "wait-nodes"  # nodes the ServerApp waits for before rou
 PARTITION_ID: Final = "partition-id"
 NUM_PARTITIONS: Final = "num-partitions"
 DATA_PATH: Final = "data-path"
+NODE_DEVICE: Final = "device"  # a node's training device (engine.device's choices)
 # true/false: this node attacks (wins over the scenario's system.attackers draw), so a
 # deployed SuperNode can be made an attacker from its own --node-config.
 ATTACKER: Final = "attacker"

@@ -129,5 +129,5 @@ def backprop_per_example(
         shapes = record.cache.pop("out_shapes", [])
         for k, g in enumerate(record.grads):
             if g.numel() == 0 and len(shapes[k]) and shapes[k].numel():
-                record.grads[k] = torch.zeros(shapes[k], dtype=g.dtype)
+                record.grads[k] = torch.zeros(shapes[k], dtype=g.dtype, device=g.device)
     return layers, records, losses.detach()

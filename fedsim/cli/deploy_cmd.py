@@ -163,6 +163,13 @@ def node(
         Path | None,
         typer.Option(help="Local .npz (x, y, num_classes) instead of the scenario's partition."),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Where this node trains: auto, cpu, cuda, cuda:N, mps (default: the "
+            "scenario's engine.device, auto: CUDA when present)."
+        ),
+    ] = None,
     root_certificates: RootCertificates = None,
     insecure: Insecure = False,
     auth_key: Annotated[
@@ -182,6 +189,7 @@ def node(
             data_path=data_path,
             root_certificates=root_certificates,
             auth_private_key=auth_key,
+            device=device,
         )
     _exec(cmd, dry_run)
 

@@ -47,6 +47,16 @@ def run(
             metavar="RUN_DIR",
         ),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Run this many of the variant x seed runs at once, each in its own "
+            "process (results do not depend on it).",
+        ),
+    ] = 1,
 ) -> None:
     """Run a scenario (every variant x seed) and write its run directory."""
     # Imported on use: torch loads with the runner, and `fedsim deploy node` on a small
@@ -70,7 +80,9 @@ def run(
             runs = expand(scenario)
             total = sum(r.rounds for r in runs)
             with RoundProgress(total, enabled=not quiet) as bar, listening(bar.on_record):
-                result = run_experiment(scenario, out, on_run_start=bar.run_started, progress=False)
+                result = run_experiment(
+                    scenario, out, on_run_start=bar.run_started, progress=False, jobs=jobs
+                )
     if len(result.runs) == 1:
         s = result.runs[0].summary
         # The ray engine has no virtual clock: its runs have no virtual time.

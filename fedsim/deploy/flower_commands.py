@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fedsim import wire
 from fedsim.errors import DeploymentError
+from fedsim.scenario import DEVICE_PATTERN
 from fedsim.submission_policy import SubmissionPolicy
 
 DEFAULT_SUPERLINK_PORT = 9093  # the Fleet API: what SuperNodes connect to
@@ -90,8 +91,10 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def node_config(partition_id: int, num_partitions: int, data_path: Path | None) -> str:
-    """The ``--node-config`` string: fedsim's partition keys and the optional data file."""
+def node_config(
+    partition_id: int, num_partitions: int, data_path: Path | None, device: str | None = None
+) -> str:
+    """The ``--node-config`` string: fedsim's partition keys, optional data file and device."""
     if not 0 <= partition_id < num_partitions:
         raise DeploymentError(
             f"--partition-id {partition_id} must lie in 0..{num_partitions - 1} (--num-partitions)"
@@ -102,6 +105,10 @@ def node_config(partition_id: int, num_partitions: int, data_path: Path | None) 
         if "'" in text or " " in text:  # Flower splits the string on spaces; TOML literal
             raise DeploymentError(f"--data-path: no spaces or quotes, please: {text!r}")
         parts.append(f"{wire.DATA_PATH}='{text}'")
+    if device is not None:
+        if not DEVICE_PATTERN.fullmatch(device):
+            raise DeploymentError(f"--device '{device}': choose auto, cpu, cuda, cuda:N or mps")
+        parts.append(f"{wire.NODE_DEVICE}='{device}'")
     return " ".join(parts)
 
 
@@ -114,10 +121,11 @@ def supernode_command(
     data_path: Path | None = None,
     root_certificates: Path | None = None,
     auth_private_key: Path | None = None,
+    device: str | None = None,
 ) -> list[str]:
     """``flower-supernode`` for one partition; insecure when ``root_certificates`` is None."""
     cmd = ["flower-supernode", "--superlink", superlink, "--port", str(port)]
-    cmd += ["--node-config", node_config(partition_id, num_partitions, data_path)]
+    cmd += ["--node-config", node_config(partition_id, num_partitions, data_path, device)]
     if root_certificates is None:
         cmd.append("--insecure")
     else:

@@ -14,9 +14,9 @@ import copy
 import heapq
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from flwr.app import (
     ArrayRecord,
@@ -35,13 +35,12 @@ from fedsim.array_codec import decoding_arrays
 from fedsim.engine.availability import wait_for_online
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
+from fedsim.engine.executor import ClientCallable, ClientExecutor, Outcome, SerialExecutor
 from fedsim.engine.flower_compat import assign_message_id, empty_run
 from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimError, FedsimWarning
-
-ClientCallable = Callable[[Message, Context], Message]
 
 CLIENT_APP_RAISED_EXCEPTION = 2  # flwr.common.constant.ErrorCode
 NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: clear of the SuperLink's id 1
@@ -82,39 +81,20 @@ def _with_own_lists(record: ConfigRecord | MetricRecord) -> ConfigRecord | Metri
     return copied
 
 
-@runtime_checkable
-class TrainsTogether(Protocol):
-    """A client app that can also train several nodes' train messages at once.
-
-    ``train_together(jobs, max_batch)`` returns, per ``(message, context)`` job, the
-    reply the app would give it (up to float rounding) or None: run the app as usual.
-    fedsim's ClientApp is one (:mod:`fedsim.clients.batched`).
-    """
-
-    def train_together(
-        self, jobs: Sequence[tuple[Message, Context]], max_batch: int
-    ) -> list[Message | None]:
-        """Replies of the jobs trained together (None: not trained)."""
-
-
 @dataclass
-class _Delivery:
-    """A message delivered to its node, waiting for the node to run."""
+class _Plan:
+    """One message of a dispatch between its three phases (see ``_dispatch_all``)."""
 
-    message: Message  # as the strategy sent it
+    message: Message
+    message_id: str
     node: int
     device: DeviceProfile
     fate: Fate
-    local: bool  # compute only: nothing crosses the simulated network
-    now: float  # simulated send time
-    t: float  # simulated time the download completes
-
-    def delivered(self) -> Message:
-        """The node's own copy of the message (what the ClientApp may change)."""
-        copied: Message = Message(  # type: ignore[call-overload]  # flwr's own copy path
-            content=copy_content(self.message.content), metadata=copy.copy(self.message.metadata)
-        )
-        return copied
+    nbytes: int
+    now: float  # simulated time it was sent
+    offline: bool = False  # its node was offline when it was sent
+    delivered: Message | None = None  # the node's own copy, when the client runs
+    outcome: Outcome | None = None  # its reply or what the client raised
 
 
 @dataclass(order=True)
@@ -146,14 +126,16 @@ class InProcessGrid(Grid):
         Wall-clock seconds a client call may take before it is abandoned and counted
         as a failure (see :mod:`fedsim.engine.watchdog` for what abandoning means).
 
+    executor : ClientExecutor, optional
+        Runs the client calls (default: a :class:`SerialExecutor` over ``contexts``,
+        with the watchdog); a :class:`fedsim.engine.executor.WorkerPool` keeps the
+        nodes' states in its worker processes (``contexts`` then only names the nodes).
     min_online : int
         With a device trace: :meth:`get_node_ids` first moves simulated time on until
         this many nodes are online (the server waiting for devices to check in).
     batch_clients : int
-        When above 0 and ``client_app`` can train messages together
-        (:class:`TrainsTogether`): a dispatch's train messages train together, up to this
-        many at a time (``engine.batch_clients``). Not under ``client_timeout_s``: the
-        watchdog times each client alone.
+        ``engine.batch_clients`` for the default executor (a pool's workers get it in
+        their :class:`~fedsim.engine.executor.WorkerSpec`); off under a client timeout.
 
     Replies are checked against :attr:`reply_rules` (set by :meth:`check_replies`)
     before anything else sees them; see :mod:`fedsim.engine.reply_check`.
@@ -169,10 +151,10 @@ class InProcessGrid(Grid):
         run_id: int = 1,
         client_timeout_s: float | None = None,
         min_online: int = 1,
+        executor: ClientExecutor | None = None,
         batch_clients: int = 0,
     ) -> None:
         self.client_app = client_app
-        self.batch_clients = batch_clients
         if batch_clients and client_timeout_s is not None:
             warnings.warn(
                 "engine.batch_clients is off under engine.client_timeout_s: the watchdog "
@@ -192,7 +174,11 @@ class InProcessGrid(Grid):
         self._seq = 0
         self.reply_rules: ReplyRules | None = None
         self._sent: dict[str, Message] = {}  # this dispatch's messages by id
-        self.watchdog = None if client_timeout_s is None else Watchdog(client_timeout_s)
+        watchdog = None if client_timeout_s is None else Watchdog(client_timeout_s)
+        # The client calls: here, one after another, unless the engine brings a pool.
+        self.executor: ClientExecutor = executor or SerialExecutor(
+            client_app, self.contexts, watchdog, batch_clients
+        )
         self.min_online = min_online
         self._availability = {n: d.availability for n, d in self.devices.items()}
         self._traced = any(a is not None for a in self._availability.values())
@@ -361,7 +347,7 @@ class InProcessGrid(Grid):
             "telemetry": self.telemetry,
             "events": None if self.clock.events is None else list(self.clock.events),
             # Only nodes that keep something: most of a large population never trains.
-            "node_states": {n: c.state for n, c in self._built_contexts() if len(c.state)},
+            "node_states": self.executor.node_states(),
         }
 
     def restore_engine_state(self, state: dict[str, Any]) -> None:
@@ -371,52 +357,25 @@ class InProcessGrid(Grid):
         self.telemetry = state["telemetry"]
         if state.get("events") is not None:
             self.clock.events = list(state["events"])
-        for node, node_state in state["node_states"].items():
-            self.contexts[node].state = node_state
+        self.executor.restore_node_states(state["node_states"])
+
+    def close(self) -> None:
+        """Stop the executor's worker processes, if any (the run is over)."""
+        self.executor.close()
 
     # ---------------------------------------------------------------- internals
-
-    def _call_client(self, message: Message, node: int) -> Message:
-        """Call the ClientApp for ``node``, under the watchdog when there is one."""
-        context = self.contexts[node]
-        if self.watchdog is None:
-            return self.client_app(message, context)
-        # An abandoned call keeps running and may still write to the state it was
-        # given: the node goes on with a copy of its state from before the call.
-        before = copy_content(context.state)
-        try:
-            return self.watchdog.call(lambda: self.client_app(message, context))
-        except TimeoutError:
-            self._replace_context(node, before)
-            raise
-
-    def _replace_context(self, node: int, state: RecordDict) -> None:
-        """Give ``node`` a new Context (same configs) holding ``state``."""
-        old = self.contexts[node]
-        new = Context(old.run_id, old.node_id, dict(old.node_config), state, dict(old.run_config))
-        if isinstance(self.contexts, NodeContexts):
-            self.contexts.built[node] = new
-        else:
-            self.contexts[node] = new
-
-    def _built_contexts(self) -> Iterable[tuple[int, Context]]:
-        """The Contexts that exist (a lazy population's untouched nodes have none)."""
-        if isinstance(self.contexts, NodeContexts):
-            return list(self.contexts.built.items())
-        return list(self.contexts.items())
 
     def _dispatch_all(self, messages: Iterable[Message]) -> list[tuple[float, str, Message | None]]:
         """Handle every message of one dispatch; return (arrival, id, reply or None).
 
-        Three phases: each message is delivered (its fate drawn), the delivered ones
-        run (with ``batch_clients``, the train jobs that allow it together), then each
-        reply is checked and stamped on the clock in message order, so what the clock
-        says does not depend on how the clients ran.
+        Three phases, so that what the strategy sees does not depend on the executor:
+        fates and copies in message order, the client calls all at once through
+        :attr:`executor`, then clock stamps and telemetry in message order again.
         """
         self._dispatch += 1
         sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
         self._sent = {}
-        handled: list[tuple[str, _Delivery | tuple[float, None]]] = []
+        plans: list[_Plan] = []
         for i, message in enumerate(messages):
             message_id = f"{self._dispatch}-{i}"
             assign_message_id(message, message_id)
@@ -424,69 +383,51 @@ class InProcessGrid(Grid):
             key = id(message.content)  # the contents stay alive, so ids stay unique
             if key not in sizes:
                 sizes[key] = content_bytes(message)
-            handled.append((message_id, self._deliver(message, sizes[key])))
-        together = self._train_together([d for _, d in handled if isinstance(d, _Delivery)])
-        out: list[tuple[float, str, Message | None]] = []
-        for message_id, d in handled:
-            arrival, reply = (
-                self._receive(d, together.get(id(d))) if isinstance(d, _Delivery) else d
-            )
-            out.append((arrival, message_id, reply))
-        return out
+            plans.append(self._plan(message, message_id, sizes[key]))
+        runs = [p for p in plans if p.delivered is not None]
+        outcomes = self.executor.run([(p.delivered, p.node) for p in runs])  # type: ignore[misc]  # delivered is set
+        for plan, outcome in zip(runs, outcomes, strict=True):
+            plan.outcome = outcome
+        return [self._settle(p) for p in plans]
 
-    def _train_together(self, deliveries: list[_Delivery]) -> dict[int, Message]:
-        """With ``batch_clients``: replies of the train jobs the client app trains together.
-
-        Keyed by ``id`` of the delivery; the others run one by one in :meth:`_receive`.
-        """
-        app = self.client_app
-        if (
-            not self.batch_clients
-            or self.watchdog is not None
-            or not isinstance(app, TrainsTogether)
-        ):
-            return {}
-        jobs = [
-            d
-            for d in deliveries
-            if d.fate is not Fate.FAILURE and d.message.metadata.message_type == "train"
-        ]
-        if len(jobs) < 2:
-            return {}
-        # The messages themselves, not copies: training together reads them only.
-        replies = app.train_together(
-            [(d.message, self.contexts[d.node]) for d in jobs], self.batch_clients
-        )
-        return {id(d): r for d, r in zip(jobs, replies, strict=True) if r is not None}
-
-    def _deliver(self, message: Message, nbytes: int) -> _Delivery | tuple[float, None]:
-        """Send ``message`` of ``nbytes`` to its node: the delivery, or (time, None) if lost."""
+    def _plan(self, message: Message, message_id: str, nbytes: int) -> _Plan:
+        """Draw ``message``'s fate; copy what its node will be handed if it runs."""
         node = message.metadata.dst_node_id
         device = self.devices[node]
         fate = self.clock.draw(self._dispatch, node)
-        local = _is_local(message)  # nothing crosses the simulated network
-        self.telemetry.current.bytes_down += 0 if local else nbytes
+        plan = _Plan(message, message_id, node, device, fate, nbytes, self.clock.now)
         if fate is Fate.DROPOUT:
+            return plan
+        if device.availability is not None and not device.availability.online_at(plan.now):
+            plan.offline = True
+            return plan
+        if fate is Fate.FAILURE:
+            plan.outcome = InjectedFault("fault injected by system.failure_prob")
+            return plan
+        plan.delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
+            content=copy_content(message.content), metadata=copy.copy(message.metadata)
+        )
+        return plan
+
+    def _settle(self, plan: _Plan) -> tuple[float, str, Message | None]:
+        """Stamp one message's outcome on the clock; return (arrival, id, reply or None)."""
+        message, node, device, now = plan.message, plan.node, plan.device, plan.now
+        local = _is_local(message)  # nothing crosses the simulated network
+        self.telemetry.current.bytes_down += 0 if local else plan.nbytes
+        if plan.fate is Fate.DROPOUT:
             self.telemetry.current.dropouts += 1
-            return 0.0, None
-        now = self.clock.now
-        if device.availability is not None and not device.availability.online_at(now):
+            return 0.0, plan.message_id, None
+        if plan.offline:
             self.clock.record(now, node, "offline", self._dispatch)
             self.telemetry.current.dropouts += 1
-            return now, None
+            return now, plan.message_id, None
         self.clock.record(now, node, "sent", self._dispatch)
-        t = now + (0.0 if local else self.clock.download_s(device, nbytes))
-        return _Delivery(message, node, device, fate, local, now, t)
-
-    def _receive(self, d: _Delivery, ready: Message | None) -> tuple[float, Message | None]:
-        """Run the node on its delivery (unless its reply is ``ready``); stamp the reply."""
-        message, node, device, local = d.message, d.node, d.device, d.local
+        t = now + (0.0 if local else self.clock.download_s(device, plan.nbytes))
+        outcome = plan.outcome
         try:
-            if d.fate is Fate.FAILURE:
-                raise InjectedFault("fault injected by system.failure_prob")
-            if ready is None:
-                ready = self._call_client(d.delivered(), node)
-            reply = checked(self.reply_rules, message, ready)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            reply = checked(self.reply_rules, message, outcome)  # type: ignore[arg-type]  # set by the executor
         except Exception as exc:  # a failing client never kills a run
             reply = Message(
                 Error(CLIENT_APP_RAISED_EXCEPTION, f"node {node}: {type(exc).__name__}: {exc}"),
@@ -494,20 +435,19 @@ class InProcessGrid(Grid):
             )
         if reply.has_error():
             up_s = 0.0 if local else self.clock.upload_s(device, 0)
-            return self._arrive(node, device, d.now, d.t + up_s, reply)
+            arrival, delivered_reply = self._arrive(node, device, now, t + up_s, reply)
+            return arrival, plan.message_id, delivered_reply
         for record in reply.content.values():
             if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
                 decoding_arrays(record)
         up = 0 if local else content_bytes(reply)
         metrics = reply_metrics(reply)
-        t = d.t + self.clock.compute_s(
-            device, _work(message.metadata.message_type, metrics), d.fate
-        )
+        t += self.clock.compute_s(device, _work(message.metadata.message_type, metrics), plan.fate)
         up_s = 0.0 if local else self.clock.upload_s(device, up)
-        arrival, delivered_reply = self._arrive(node, device, d.now, t + up_s, reply)
+        arrival, delivered_reply = self._arrive(node, device, now, t + up_s, reply)
         if delivered_reply is not None:
             self.telemetry.record_upload(reply, up, metrics)
-        return arrival, delivered_reply
+        return arrival, plan.message_id, delivered_reply
 
     def _arrive(
         self, node: int, device: DeviceProfile, sent: float, arrival: float, reply: Message

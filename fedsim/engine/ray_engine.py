@@ -32,6 +32,7 @@ from fedsim.engine.local_superlink import EngineRunError, flwr_run, local_superl
 from fedsim.errors import Problem, ScenarioError
 from fedsim.scenario import RayEngine, Scenario
 from fedsim.submission_policy import SubmissionPolicy
+from fedsim.training_device import check_devices
 
 LOG_DIR = "flower"  # inside the run directory: superlink.log, flwr_run.log
 
@@ -43,7 +44,7 @@ def import_spec(obj: object) -> str:
     shallowest importable one wins, so ``fedsim.server:app`` beats a test module's alias.
     """
     candidates = [
-        (name.split(".")[0] in ("__main__", "tests"), name.count("."), name, attr)
+        (name.split(".")[0] in ("__main__", "__mp_main__", "tests"), name.count("."), name, attr)
         for name, module in list(sys.modules.items())
         for attr, value in list(getattr(module, "__dict__", {}).items())
         if value is obj
@@ -122,6 +123,10 @@ def run_ray(
     engine = scenario.engine
     if not isinstance(engine, RayEngine):  # the registry maps 'ray' to this function
         raise TypeError(f"run_ray got an engine section for '{engine.name}'")
+    if engine.ray_address is None:  # a cluster's devices are its own
+        check_devices(engine.device)
+    # The actors are Flower's processes: the ClientApp sets their threads from this.
+    run_config = {**run_config, wire.RUN_TORCH_THREADS: engine.threads_per_worker}
     run_dir = Path(str(run_config[wire.RUN_DIR]))
     logs = run_dir / LOG_DIR
     with tempfile.TemporaryDirectory(prefix="fedsim-flwr-") as tmp:

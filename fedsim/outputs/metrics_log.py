@@ -46,6 +46,13 @@ def listening(listener: Listener) -> Iterator[None]:
         _listeners.remove(listener)
 
 
+def replay(records: list[Record]) -> None:
+    """Show the listeners records written in another process (a parallel run's)."""
+    for record in records:
+        for listener in list(_listeners):
+            listener(record)
+
+
 def _clean(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):

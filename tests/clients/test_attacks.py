@@ -137,8 +137,8 @@ def test_the_client_app_trains_a_label_flipper_on_flipped_labels(
     seen: list[np.ndarray] = []
     real = client_app.train_local
 
-    def spy(model: Any, x: Any, y: np.ndarray, *args: Any, **kwargs: Any) -> Any:
-        seen.append(y.copy())
+    def spy(model: Any, x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(np.array(y))  # a tensor on the training device (the CPU here)
         return real(model, x, y, *args, **kwargs)
 
     monkeypatch.setattr(client_app, "train_local", spy)

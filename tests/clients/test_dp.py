@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from fedsim.data.federated import federated_data
 from fedsim.kernels.oracle import clipped_sum_of, per_example_grads_loop
 from fedsim.models import build_model
 from fedsim.scenario import DPConfig
+from tests.conftest import same_final_arrays, strip_wall_clock
 
 ROOT = Path(__file__).parents[2]
 
@@ -88,10 +88,8 @@ def test_dp_runs_are_deterministic(tiny: dict, tmp_path: Path) -> None:  # type:
     tiny["client"]["dp"] = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
     a = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "a")
     b = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "b")
-    strip = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in a.metrics]
-    assert strip == [{k: v for k, v in r.items() if k != "wall_time_s"} for r in b.metrics]
-    wa, wb = np.load(a.run_dir / "final_arrays.npz"), np.load(b.run_dir / "final_arrays.npz")
-    assert all(np.array_equal(wa[k], wb[k]) for k in wa.files)
+    assert strip_wall_clock(a.metrics) == strip_wall_clock(b.metrics)
+    assert same_final_arrays(a.run_dir, b.run_dir)
 
 
 def test_fixed_size_batches_are_accounted_by_dp_accounting(

@@ -127,15 +127,15 @@ def test_each_train_message_holds_one_row_and_w_never_leaves_the_server(
     tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[Message, Message | None]] = []
-    receive = InProcessGrid._receive  # each delivered message with its node's reply
+    settle = InProcessGrid._settle
 
-    def spy(self: InProcessGrid, delivery: Any, *rest: Any) -> tuple[float, Message | None]:
-        arrival, reply = receive(self, delivery, *rest)
+    def spy(self: InProcessGrid, plan: Any) -> tuple[float, str, Message | None]:
+        arrival, message_id, reply = settle(self, plan)
         # Copies: the strategy strips the row off the replies it aggregates.
-        seen.append((copy.deepcopy(delivery.message), copy.deepcopy(reply)))
-        return arrival, reply
+        seen.append((copy.deepcopy(plan.message), copy.deepcopy(reply)))
+        return arrival, message_id, reply
 
-    monkeypatch.setattr(InProcessGrid, "_receive", spy)
+    monkeypatch.setattr(InProcessGrid, "_settle", spy)
     result = fedsim.run(fedsim.load_scenario(_fedaws(tiny)), tmp_path)
     classes, dim = 10, 8
     trains = [(m, r) for m, r in seen if m.metadata.message_type == "train"]
