@@ -21,9 +21,10 @@ So a reply equals the ClientApp's up to float rounding (tests hold them within 1
 relative). A job that cannot be trained this way gets None, and the caller runs the
 ClientApp as usual: not a train message, a step whose class is not ``vectorisable``,
 a step that overrides another hook (``correction``, ``reply``, ``model_arrays``) or
-fills arrays, DP-SGD, low-precision weights, link compression, attackers, an optimizer
-other than SGD, a model with buffers (BatchNorm), dropout or recurrent layers, extra or
-withheld arrays, or a model that ``vmap`` cannot run. Each reason is said once per run
+fills arrays, a training device other than the CPU, DP-SGD, low-precision weights,
+link compression, attackers, an optimizer other than SGD, a model with buffers
+(BatchNorm), dropout or recurrent layers, extra or withheld arrays, or a model that
+``vmap`` cannot run. Each reason is said once per run
 (:class:`~fedsim.errors.FedsimWarning`), never silently.
 
 A vectorisable step's ``data_loss`` and ``penalty`` may depend only on the train config
@@ -65,6 +66,7 @@ from fedsim.errors import FedsimWarning
 from fedsim.fast_records import filled
 from fedsim.kernels import mlp_linears, stacked_mlp_cross_entropy_grad
 from fedsim.scenario import Scenario
+from fedsim.training_device import client_device
 
 # Layers whose forward pass draws random numbers or keeps state between calls: the
 # stacked computation cannot reproduce the ClientApp's draws.
@@ -153,6 +155,9 @@ def _resolve(index: int, message: Message, context: Context) -> _Client | None:
     except Exception:  # the ClientApp reports it
         return None
     reason = _refusal(scenario)
+    device = client_device(scenario.engine.device, context.node_config)
+    if reason is None and device != "cpu":
+        reason = f"engine.device {device!r}: training together runs on the CPU only"
     config = dict(train_config(message))
     try:
         step_cls = select_step(config)

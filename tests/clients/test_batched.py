@@ -342,3 +342,14 @@ def test_workers_train_their_own_nodes_together(tmp_path: Path) -> None:
     _assert_close_records(stacked, plain)
     # Equal up to float rounding, not bit for bit: the workers did train together.
     assert stacked != plain
+
+
+def test_a_training_device_other_than_the_cpu_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsim.clients import batched
+
+    monkeypatch.setattr(batched, "client_device", lambda device, node_config: "cuda:0")
+    jobs = _jobs(_scenario(), tmp_path, {})
+    with pytest.warns(FedsimWarning, match="engine.device 'cuda:0'"):
+        assert train_together(jobs, max_batch=8) == [None] * len(jobs)
