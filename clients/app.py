@@ -16,7 +16,9 @@ train
     spent so far at ``client.dp.delta``; ``attacker`` while ``system.attackers`` is
     set; ``model-bytes`` under ``client.weights``). ``label-flip`` in the config trains
     on labels ``C - 1 - y``. The step's ``reply`` says which arrays the reply carries
-    (AGC's coded gradient, selected by ``agc-p``, replies with that instead of a model).
+    (AGC's coded gradient, selected by ``agc-p``, replies with that instead of a model)
+    and any metrics of its own (a moment-encoded reply's ``moment-block``). The data
+    loss is ``client.loss``.
 train.lasgd
     An LASGD job (see :mod:`fedsim.strategies.lasgd`): ``lasgd-scale`` a in the
     config and an offset b in ``arrays``; trains from ``a*x + b`` (x: the model kept in
@@ -26,7 +28,8 @@ query.labels
     Replies with ``metrics``: ``labels``, the distinct labels of the node's data.
 evaluate
     Receives ``arrays``; replies with ``metrics``: ``num-examples``, ``eval-loss``,
-    ``eval-accuracy`` on the node's own data.
+    ``eval-accuracy`` on the node's own data (regression targets: ``eval-loss`` is the
+    mean squared error, and there is no accuracy).
 """
 
 from __future__ import annotations
@@ -44,10 +47,18 @@ from torch import nn
 
 from fedsim import wire
 from fedsim.array_codec import decode, encode
-from fedsim.clients import coded, curvature, lasgd, positive, scaffold  # noqa: F401  (steps)
+from fedsim.clients import (  # noqa: F401  (register steps)
+    coded,
+    curvature,
+    lasgd,
+    moments,
+    positive,
+    scaffold,
+)
 from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
 from fedsim.clients.link_mod import link_mod
+from fedsim.clients.losses import build_loss
 from fedsim.clients.low_precision import FixedPointWeights
 from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.optimizers import LocalOptimizer
@@ -56,7 +67,7 @@ from fedsim.clients.steps import STEPS, StepInputs, select_step  # STEPS: all sh
 from fedsim.clients.training import Gradient, default_gradient, num_local_steps, train_local
 from fedsim.clients.unread_keys import warn_unread
 from fedsim.data.node_data import NodeData, node_data
-from fedsim.evaluation import evaluate_model
+from fedsim.evaluation import evaluate_model, mean_squared_error
 from fedsim.fast_records import filled
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
@@ -269,6 +280,7 @@ def _train(
         context.node_id,
         lr=cfg.optimizer.lr,
         local_steps=num_local_steps(len(job.data.y), cfg),
+        loss=build_loss(cfg.loss, job.data.y, job.data.num_classes, job.data.global_label_counts),
     )
     step = step_cls(inputs)
     _check_complete(job.missing, step.fills)
@@ -311,6 +323,8 @@ def _train(
     )
     if fixed_point is not None:
         metrics[wire.MODEL_BYTES] = fixed_point.model_bytes(job.model)
+    for name, number in reply.metrics.items():  # the step's own
+        metrics[name] = number
     if cfg.dp is None:
         metrics[wire.TRAIN_LOSS] = result.mean_loss
     else:  # the loss is a statistic of the private data: it stays on the device
@@ -333,9 +347,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     if job.scenario.client.dp is not None:
         raise ValueError(f"client.dp: {DP_EVALUATE_REFUSAL}")  # validation refuses it first
     _check_complete(job.missing)
-    loss, acc = evaluate_model(
-        job.model, job.data.x, job.data.y, job.scenario.client.eval_batch_size
-    )
+    batch = job.scenario.client.eval_batch_size
+    if job.data.y.dtype.kind == "f":  # regression targets: the MSE, no accuracy
+        mse = mean_squared_error(job.model, job.data.x, job.data.y, batch)
+        metrics = MetricRecord({wire.NUM_EXAMPLES: len(job.data.y), wire.EVAL_LOSS: mse})
+        return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
+    loss, acc = evaluate_model(job.model, job.data.x, job.data.y, batch)
     metrics = MetricRecord(
         {wire.NUM_EXAMPLES: len(job.data.y), wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc}
     )

@@ -21,7 +21,8 @@ So a reply equals the ClientApp's up to float rounding (tests hold them within 1
 relative). A job that cannot be trained this way gets None, and the caller runs the
 ClientApp as usual: not a train message, a step whose class is not ``vectorisable``,
 a step that overrides another hook (``correction``, ``reply``, ``model_arrays``) or
-fills arrays, a training device other than the CPU, DP-SGD, low-precision weights,
+fills arrays, a ``client.loss`` other than cross-entropy, a training device other
+than the CPU, DP-SGD, low-precision weights,
 link compression, attackers, an optimizer other than SGD, a model with buffers
 (BatchNorm), dropout or recurrent layers, extra or withheld arrays, or a model that
 ``vmap`` cannot run. Each reason is said once per run
@@ -56,6 +57,7 @@ from fedsim.clients.app import (
     received_arrays,
     train_config,
 )
+from fedsim.clients.losses import cross_entropy
 from fedsim.clients.model_cache import model_for_job
 from fedsim.clients.optimizers import sgd_update_
 from fedsim.clients.steps import LocalStep, StepInputs, select_step
@@ -189,6 +191,8 @@ def _refusal(scenario: Scenario) -> str | None:
         return "client.dp trains one by one (per-example clipping and noise)"
     if cfg.weights is not None:
         return "client.weights (low-precision weights) trains one by one"
+    if cfg.loss.name != "cross_entropy":  # others may depend on the node's labels
+        return f"client.loss {cfg.loss.name!r} (only cross_entropy is vectorised)"
     if cfg.optimizer.name != "sgd":
         return f"client.optimizer.name {cfg.optimizer.name!r} (only sgd is vectorised)"
     if scenario.compression.active:
@@ -265,6 +269,7 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
             first.context.node_id,
             lr=cfg.optimizer.lr,
             local_steps=num_local_steps(len(data.y), cfg),
+            loss=cross_entropy,  # the only client.loss trained together
         )
         step = first.step_cls(inputs)
     except Exception:  # arrays that do not fit, a bad config: the ClientApp reports it
@@ -361,7 +366,8 @@ def _stacked_gradient(model: nn.Module, step: LocalStep) -> GradientFn:
     """Per-client gradients of the data loss (+ the step's penalty) for stacked parameters."""
     has_penalty = step.penalty(dict(model.named_parameters())) is not None
     linears = mlp_linears(model)
-    if linears is not None and type(step).data_loss is LocalStep.data_loss:
+    plain_loss = type(step).data_loss is LocalStep.data_loss and step.loss is cross_entropy
+    if linears is not None and plain_loss:
         return _mlp_gradient(model, linears, step, has_penalty)
 
     def client_loss(

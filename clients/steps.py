@@ -6,7 +6,8 @@ sending the config key a step is triggered by (Flower's FedProx sends
 :func:`register_step` (``fedsim.register_step``), that may override:
 
 ``data_loss(logits, targets)``
-    The per-example data loss, shape ``(B,)`` (default: cross-entropy).
+    The per-example data loss, shape ``(B,)`` (default: ``client.loss``, the
+    cross-entropy unless the scenario names another, as ``inputs.loss``).
 ``penalty(params)``
     A scalar added to the mean batch loss, a pure function of the named parameters.
 ``correction(params)``
@@ -46,11 +47,11 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from flwr.app import RecordDict
 from torch import nn
 
 from fedsim import wire
+from fedsim.clients.losses import LossFn, cross_entropy
 from fedsim.data.node_data import NodeData
 from fedsim.errors import UnknownNameError
 from fedsim.registry import Registry
@@ -85,6 +86,8 @@ class StepInputs:
         The local optimizer's learning rate (``client.optimizer.lr``).
     local_steps : int
         The optimizer steps the shared loop will take.
+    loss : callable
+        The per-example data loss ``client.loss`` names (:mod:`fedsim.clients.losses`).
 
     The model is the one about to be trained: read it in ``__init__`` (copy what must
     stay fixed, as the proximal step does with its anchor).
@@ -100,6 +103,7 @@ class StepInputs:
     node_id: int = 0
     lr: float = 0.05
     local_steps: int = 1
+    loss: LossFn = cross_entropy
 
 
 @dataclass(frozen=True)
@@ -135,14 +139,18 @@ class Reply:
     work : TrainResult
         What the job did: the shared loop's result, or the step's own work when it
         does not train (its loss, examples, and the examples the reply stands for).
+    metrics : mapping of str to float
+        The step's own reply metrics beside the ClientApp's (finite numbers; e.g. the
+        code position of a moment-encoded reply).
     """
 
     arrays: Mapping[str, ArrayLike]
     work: TrainResult
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 class LocalStep:
-    """Base of every local step: plain empirical risk minimisation with cross-entropy."""
+    """Base of every local step: plain empirical risk minimisation with ``client.loss``."""
 
     # A config key whose presence selects this step (without an explicit local-step).
     trigger_key: ClassVar[str | None] = None
@@ -161,19 +169,23 @@ class LocalStep:
     # Whether a batched trainer may run this step for many clients at once (only the
     # hooks data_loss and penalty as pure functions of the parameters).
     vectorisable: ClassVar[bool] = False
+    # The per-example data loss (``inputs.loss``); the class default also serves steps
+    # whose ``__init__`` does not call the base one.
+    loss: LossFn = staticmethod(cross_entropy)
 
     def __init__(self, inputs: StepInputs) -> None:
         self.config = inputs.config
+        self.loss = inputs.loss
 
     def data_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Return the per-example losses, shape (B,).
 
         For sequence targets (B, T) an example's loss is its mean token loss: a whole
         sequence is one example (DP-SGD's privacy unit) and the scale matches the
-        per-token loss the server reports.
+        per-token loss the server reports. The loss is ``client.loss`` (cross-entropy
+        by default).
         """
-        loss = F.cross_entropy(logits, targets, reduction="none")
-        return loss.flatten(1).mean(1) if loss.dim() > 1 else loss
+        return self.loss(logits, targets)
 
     def penalty(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Return a scalar added to the mean batch loss, or None.

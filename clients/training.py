@@ -14,6 +14,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from fedsim.clients.losses import cross_entropy
 from fedsim.clients.optimizers import LocalOptimizer, make_optimizer
 from fedsim.clients.steps import LocalStep, TrainResult
 from fedsim.kernels import mlp_cross_entropy_grad, mlp_linears
@@ -46,11 +47,13 @@ def default_gradient(model: nn.Module, step: LocalStep) -> Gradient:
     """The non-private gradient for ``model`` under ``step``.
 
     A plain MLP (:func:`fedsim.kernels.mlp_linears`) trained on the plain cross-entropy
+    (``client.loss`` left at its default, and a step that keeps the base ``data_loss``)
     gets its gradient from :func:`fedsim.kernels.mlp_cross_entropy_grad`, without
     autograd's fixed costs; every other model or loss goes through autograd.
     """
     linears = mlp_linears(model)
-    if linears is None or type(step).data_loss is not LocalStep.data_loss:
+    plain_loss = type(step).data_loss is LocalStep.data_loss and step.loss is cross_entropy
+    if linears is None or not plain_loss:
         return plain_gradient
     mlp = linears  # a name the closure can see as non-None (mypy does not narrow captures)
 

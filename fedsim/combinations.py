@@ -14,7 +14,7 @@ from typing import Any
 
 from fedsim.errors import Problem, UnknownNameError
 from fedsim.registry import Registry
-from fedsim.scenario import Scenario
+from fedsim.scenario import Scenario, has_regression_targets
 
 Rule = Callable[[Scenario], list[Problem]]
 RULES: Registry[Rule] = Registry("combination rules")
@@ -81,6 +81,44 @@ def dp_releases(scenario: Scenario) -> list[Problem]:
                 "accuracy on its own data are released outside DP-SGD",
             )
         )
+    return problems
+
+
+@RULES.register("regression-targets", help="least-squares data with classification keys")
+def regression_targets(scenario: Scenario) -> list[Problem]:
+    """Real-valued targets have no accuracy and need the squared error to train on."""
+    regression = has_regression_targets(scenario.data.dataset)
+    problems = []
+    if regression and scenario.output.target_accuracy is not None:
+        problems.append(
+            Problem(
+                "output.target_accuracy",
+                "a regression dataset has no accuracy (runs report the test MSE as "
+                "eval_loss); leave it unset",
+            )
+        )
+    if regression and scenario.client.loss.name != "squared_error":
+        trains = any(
+            client_step_of(cls) != "moment-product"
+            for _, cls in _strategy_chain(scenario.strategy.name, dict(scenario.strategy.params))
+        )
+        if trains:
+            problems.append(
+                Problem(
+                    "client.loss",
+                    f"'{scenario.client.loss.name}' needs class labels; regression targets "
+                    "train on 'squared_error'",
+                )
+            )
+    for key in ("class_recall", "eval_logit_adjust"):
+        if regression and getattr(scenario.output, key) not in (None, False):
+            problems.append(Problem(f"output.{key}", "needs class labels, not regression targets"))
+    if not regression and scenario.client.loss.name == "squared_error":
+        problems.append(
+            Problem("client.loss", "'squared_error' needs regression targets (real values)")
+        )
+    if not regression and scenario.data.moment_encoding is not None:
+        problems.append(Problem("data.moment_encoding", "needs regression targets (least squares)"))
     return problems
 
 

@@ -59,6 +59,23 @@ class NpzDataset(Section):
 
     name: Literal["npz"] = "npz"
     path: str
+    # classes: y holds labels 0..C-1; values: y holds real regression targets.
+    targets: Literal["classes", "values"] = "classes"
+
+
+class RegressionDataset(Section):
+    """Synthetic linear regression: ``y = x·w* + b* + noise``, generated from ``seed``.
+
+    Features are Gaussian with standard deviations spread log-uniformly from 1 down to
+    ``1 / sqrt(condition)`` (so ``XᵀX/N`` has condition number about ``condition``).
+    """
+
+    name: Literal["regression"] = "regression"
+    num_samples: Annotated[int, Field(ge=10, le=10_000_000)] = 2000
+    num_features: Annotated[int, Field(ge=1, le=10_000)] = 40
+    noise: Annotated[float, Field(ge=0)] = 0.1
+    condition: Annotated[float, Field(ge=1)] = 100.0
+    seed: int = 0
 
 
 class HubDataset(Section):
@@ -113,9 +130,17 @@ DatasetConfig = Annotated[
     | NpzDataset
     | HubDataset
     | LeafDataset
-    | CifarDataset,
+    | CifarDataset
+    | RegressionDataset,
     Field(discriminator="name"),
 ]
+
+
+def has_regression_targets(dataset: DatasetConfig) -> bool:
+    """Whether the dataset's targets are real values (least squares), not class labels."""
+    return isinstance(dataset, RegressionDataset) or (
+        isinstance(dataset, NpzDataset) and dataset.targets == "values"
+    )
 
 
 class IidPartitioner(Section):
@@ -212,6 +237,45 @@ class SharingConfig(Section):
     d: Annotated[int, Field(ge=1, description="clients holding each non-private example")] = 2
 
 
+class LabelNoiseConfig(Section):
+    """Noisy training labels: within each class a share ``rate`` is flipped (seeded).
+
+    ``symmetric``: to a uniformly drawn other class; ``pairflip``: class ``c`` to
+    ``c + 1 mod C``; ``matrix``: row ``c`` of ``matrix`` (C x C, rows summing to 1) is
+    the share of class ``c`` sent to each class (``rate`` is then unused). Test labels
+    are never touched.
+    """
+
+    rate: Probability = 0.2
+    kind: Literal["symmetric", "pairflip", "matrix"] = "symmetric"
+    matrix: list[list[Annotated[float, Field(ge=0, le=1)]]] | None = None
+
+    @model_validator(mode="after")
+    def _matrix_given(self) -> LabelNoiseConfig:
+        if (self.kind == "matrix") != (self.matrix is not None):
+            raise ValueError("give 'matrix' exactly when kind is 'matrix'")
+        rows = self.matrix or []
+        if any(len(row) != len(rows) or abs(sum(row) - 1.0) > 1e-6 for row in rows):
+            raise ValueError("matrix must be square with every row summing to 1")
+        return self
+
+
+class MomentEncodingConfig(Section):
+    """LDPC moment encoding's offline phase (Maity et al.): coded blocks of ``[XᵀX | Xᵀy]``.
+
+    The rows of the second moment of all training data (bias column included) are cut
+    into ``k`` blocks and encoded over the ``num_clients`` clients: ``ldpc`` (a random
+    ``(column_weight, row_weight)``-regular code, ``k = n - rank(H)``), ``replication``
+    (each block on ``replicas`` clients, ``k = n / replicas``) or ``uncoded``
+    (``k = n``). Each client then holds one coded block.
+    """
+
+    code: Literal["ldpc", "replication", "uncoded"] = "ldpc"
+    column_weight: Annotated[int, Field(ge=1)] = 3
+    row_weight: Annotated[int, Field(ge=2)] = 6
+    replicas: Annotated[int, Field(ge=1)] = 2
+
+
 class DataConfig(Section):
     """Where the data comes from and how it is split over clients."""
 
@@ -221,6 +285,8 @@ class DataConfig(Section):
     partitioner: PartitionerConfig = Field(default_factory=IidPartitioner)
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     sharing: SharingConfig | None = None
+    label_noise: LabelNoiseConfig | None = None
+    moment_encoding: MomentEncodingConfig | None = None
 
     @field_validator("dataset", "partitioner", mode="before")
     @classmethod
@@ -272,6 +338,55 @@ class LowPrecisionWeights(Section):
     rounding: Literal["randomized-rounding", "deterministic-rounding"] = "randomized-rounding"
 
 
+class CrossEntropyLoss(Section):
+    """The plain cross-entropy (the default)."""
+
+    name: Literal["cross_entropy"] = "cross_entropy"
+
+
+class LogitAdjustedLoss(Section):
+    """Cross-entropy of the logits plus ``tau * log(prior)`` (Menon et al. 2021).
+
+    ``prior: own`` is the client's own label frequencies (the label-skewed FL case),
+    ``global`` the frequencies over every client's training labels. ``tau = 0`` is the
+    plain cross-entropy.
+    """
+
+    name: Literal["logit_adjusted"] = "logit_adjusted"
+    tau: Annotated[float, Field(ge=0)] = 1.0
+    prior: Literal["own", "global"] = "own"
+
+
+class LabelSmoothingLoss(Section):
+    """Cross-entropy against ``(1 - epsilon) * one-hot + epsilon * uniform``."""
+
+    name: Literal["label_smoothing"] = "label_smoothing"
+    epsilon: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+
+class EntropyRegularisedLoss(Section):
+    """Cross-entropy minus ``beta`` times the entropy of the prediction (confidence penalty)."""
+
+    name: Literal["entropy_regularised"] = "entropy_regularised"
+    beta: Annotated[float, Field(ge=0)] = 0.1
+
+
+class SquaredErrorLoss(Section):
+    """Half the squared error of a one-output model: regression targets (``model: linear``)."""
+
+    name: Literal["squared_error"] = "squared_error"
+
+
+LossConfig = Annotated[
+    CrossEntropyLoss
+    | LogitAdjustedLoss
+    | LabelSmoothingLoss
+    | EntropyRegularisedLoss
+    | SquaredErrorLoss,
+    Field(discriminator="name"),
+]
+
+
 class ClientConfig(Section):
     """Local training on each client."""
 
@@ -282,6 +397,13 @@ class ClientConfig(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     dp: DPConfig | None = None
     weights: LowPrecisionWeights | None = None
+    # The per-example training loss (clients/losses.py); every one works under DP-SGD.
+    loss: LossConfig = Field(default_factory=CrossEntropyLoss)
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_shorthand(cls, value: Any) -> Any:
+        return _name_shorthand(value)
 
 
 # ----------------------------------------------------------------------- strategy
@@ -564,6 +686,10 @@ class OutputConfig(Section):
     checkpoint_every: Annotated[int, Field(ge=1)] | None = None
     # The global model on each client's own test split (natural partitions with test ids).
     per_client_eval: bool = False
+    # Per-class recall of central evaluation (eval_recall, eval_recall_min per round).
+    class_recall: bool = False
+    # Post-hoc logit adjustment of central evaluation: logits - tau * log(global prior).
+    eval_logit_adjust: Annotated[float, Field(ge=0)] | None = None
     # Experiment trackers (fedsim.outputs.trackers): csv, tensorboard, wandb, mlflow.
     trackers: list[str] = Field(default_factory=lambda: ["csv"])
     # Callbacks by registry name or pkg.module:Class, or {name, params}.

@@ -39,10 +39,17 @@ from fedsim.checkpoint import (
     strategy_state,
 )
 from fedsim.data.federated import FederatedData, federated_data
+from fedsim.data.label_noise import flipped_per_client
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import DivergedError, Problem, ScenarioError, UnknownNameError
-from fedsim.evaluation import evaluate_model, per_example_scores
+from fedsim.evaluation import (
+    class_recall,
+    evaluate_model,
+    mean_squared_error,
+    per_example_scores,
+)
+from fedsim.label_prior import log_prior
 from fedsim.models import build_model
 from fedsim.outputs.callbacks import (
     Callback,
@@ -80,6 +87,7 @@ from fedsim.training_device import first, resolve
 
 app = ServerApp()
 SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
+LABEL_NOISE_FILE = "label_noise.json"  # per client: labels flipped by data.label_noise
 WAIT_NOTICE_S = 5.0  # a wait on nodes longer than this says so (then every 30 s)
 logger = logging.getLogger(__name__)
 
@@ -242,6 +250,11 @@ class RoundRecorder:
         ).to(resolve(first(scenario.engine.device)))  # central evaluation there too
         self.started = time.perf_counter()
         self.final_arrays: ArrayRecord | None = None
+        tau = scenario.output.eval_logit_adjust
+        # Post-hoc logit adjustment: predict argmax f(x) - tau * log(global prior).
+        self.logit_shift = (
+            None if tau is None else -tau * log_prior(data.label_counts(), data.num_classes)
+        )
         self.pending: dict[str, Any] = {}
 
     def strategy_metrics(self, server_round: int, kind: str, metrics: MetricRecord | None) -> None:
@@ -261,11 +274,20 @@ class RoundRecorder:
         every = self.scenario.output.evaluate_every
         evaluate = server_round % every == 0 or server_round == self.scenario.rounds
         loss = acc = None
+        batch = self.scenario.client.eval_batch_size
+        regression = self.data.y_test.dtype.kind == "f"
         if evaluate:
             self.model.load_state_dict(arrays.to_torch_state_dict())
-            loss, acc = evaluate_model(
-                self.model, self.data.x_test, self.data.y_test, self.scenario.client.eval_batch_size
-            )
+            if regression:  # least squares: the test MSE, and no accuracy
+                loss = mean_squared_error(self.model, self.data.x_test, self.data.y_test, batch)
+            else:
+                loss, acc = evaluate_model(
+                    self.model,
+                    self.data.x_test,
+                    self.data.y_test,
+                    batch,
+                    logit_shift=self.logit_shift,
+                )
         self.final_arrays = arrays
         record: dict[str, Any] = {
             "round": server_round,
@@ -274,6 +296,17 @@ class RoundRecorder:
             "eval_loss": loss,
             "eval_accuracy": acc,
         }
+        if evaluate and self.scenario.output.class_recall and not regression:
+            recall = class_recall(
+                self.model,
+                self.data.x_test,
+                self.data.y_test,
+                self.data.num_classes,
+                batch,
+                logit_shift=self.logit_shift,
+            )
+            record["eval_recall"] = recall
+            record["eval_recall_min"] = min((r for r in recall if r is not None), default=None)
         if evaluate and self.scenario.output.per_client_eval:
             record.update(self._per_client(server_round))
         record.update(self.telemetry.pop().as_record())
@@ -286,8 +319,10 @@ class RoundRecorder:
         self.pending = {}
         with rng_kept():
             self.callbacks.on_round_end(self.run, server_round, clean_record(record), arrays)
-        if loss is None or acc is None:
+        if loss is None:
             return None
+        if acc is None:
+            return MetricRecord({wire.EVAL_LOSS: loss})
         return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
 
     def _per_client(self, server_round: int) -> dict[str, Any]:
@@ -440,6 +475,10 @@ def main(grid: Grid, context: Context) -> None:
             raise ScenarioError([Problem("data.sharing", str(exc))]) from None
         text = json.dumps(transfer, indent=2) + "\n"
         (run_dir / SHARING_FILE).write_text(text, encoding="utf-8")
+    if data.y_true is not None:  # data.label_noise: how many labels each client has wrong
+        flipped = flipped_per_client(data.y_true, data.y, data.parts)
+        text = json.dumps(flipped, indent=2) + "\n"
+        (run_dir / LABEL_NOISE_FILE).write_text(text, encoding="utf-8")
     every = scenario.output.checkpoint_every
     run = RunInfo(run_dir, scenario, resumed=resume)
     if not uses_flower_loop(strategy):

@@ -65,6 +65,11 @@ QUERY_LABELS: Final = "labels"  # reply metrics: LABELS, the distinct labels the
 # gradient, "<prefix><parameter name>".
 AGC_P: Final = "agc-p"
 AGC_GRAD_PREFIX: Final = "agc.grad."
+# LDPC moment encoding: the server sends a zero MOMENT_PRODUCT array (shape: the block's
+# rows) beside the model; the client replies it filled with its coded block's product
+# A_j θ - c_j, and its partition id as the MOMENT_BLOCK metric (the code position).
+MOMENT_PRODUCT: Final = "moment.product"
+MOMENT_BLOCK: Final = "moment-block"
 
 # LASGD: block messages are "train.<LASGD_ACTION>"; the worker merges x <- a*x + b with
 # a = LASGD_SCALE from the config and b the message's ArrayRecord (none: keep computing).

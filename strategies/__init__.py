@@ -70,6 +70,7 @@ from fedsim.strategies import (  # noqa: E402, F401
     fedaws,
     fedcurv,
     lasgd,
+    ldpc,
     median_of_means,
     scaffold,
 )

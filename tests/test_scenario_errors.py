@@ -73,7 +73,7 @@ CASES: list[tuple[str, Any, str]] = [
         "unknown-model",
         _with("model.name", "resnet"),
         "model.name: unknown model: 'resnet' is not one of: charlm, cnn, cnn1d, cosine, "
-        "femnist-cnn, lstm, mlp, resnet-gn",
+        "femnist-cnn, linear, lstm, mlp, resnet-gn",
     ),
     (
         "unknown-dataset",

@@ -1,4 +1,4 @@
-"""``fedsim list strategies|steps|models|datasets|partitioners|engines|distributions``."""
+"""``fedsim list strategies|steps|models|datasets|partitioners|engines|losses|...``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class Kind(StrEnum):
     engines = "engines"
     distributions = "distributions"
     optimizers = "optimizers"
+    losses = "losses"
 
 
 # Where each registry lives; imported on demand so listing one kind stays light.
@@ -36,6 +37,7 @@ _REGISTRIES = {
     Kind.engines: "fedsim.engine.registry:ENGINES",
     Kind.distributions: "fedsim.engine.devices:DISTRIBUTIONS",
     Kind.optimizers: "fedsim.clients.optimizers:OPTIMIZERS",
+    Kind.losses: "fedsim.clients.losses:LOSSES",
 }
 
 

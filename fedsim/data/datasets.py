@@ -109,9 +109,11 @@ def load_text(cfg: TextDataset) -> ArrayDataset:
 def load_npz(cfg: NpzDataset) -> ArrayDataset:
     """Load a local ``.npz`` file (checked by :func:`fedsim.data.npz_file.read_npz`)."""
     path = Path(cfg.path).expanduser()
-    arrays = read_npz(path, "data.dataset.path", ("x_test", "y_test"))
+    values = cfg.targets == "values"
+    arrays = read_npz(path, "data.dataset.path", ("x_test", "y_test"), values=values)
     y, y_test = arrays["y"], arrays.get("y_test")
-    num_classes = int(max(y.max(), -1 if y_test is None else y_test.max())) + 1
+    # Regression targets: one model output.
+    num_classes = 1 if values else int(max(y.max(), -1 if y_test is None else y_test.max())) + 1
     x_test = arrays.get("x_test")
     with np.load(path, allow_pickle=False) as f:  # lazy: reads only the id arrays
         ids = npz_client_ids(f, path, len(y), None if y_test is None else len(y_test))
@@ -132,4 +134,4 @@ def load_dataset(cfg: Any) -> ArrayDataset:
 
 
 # Loaders defined in their own modules register themselves on import.
-from fedsim.data import cifar, hub, leaf  # noqa: E402, F401
+from fedsim.data import cifar, hub, leaf, regression  # noqa: E402, F401

@@ -11,8 +11,10 @@ from numpy.typing import NDArray
 
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import load_dataset
+from fedsim.data.label_noise import noisy_labels
 from fedsim.data.natural import chosen_ids, group_by_id
 from fedsim.data.partitioners import BY_CLIENT_ID, partition
+from fedsim.label_prior import label_counts
 from fedsim.scenario import DataConfig, DatasetConfig
 
 # The held-out test split is drawn with a fixed seed so that every run seed and every
@@ -39,6 +41,9 @@ class FederatedData:
     test_parts : list of ndarray or None
         ``test_parts[k]`` holds the indices into ``x_test``/``y_test`` of client ``k``'s
         own test examples (natural partitions of data with per-example test ids).
+    y_true : ndarray or None
+        With ``data.label_noise``: the training labels before the noise (``y`` holds
+        the noisy ones every client trains on). None without noise.
     """
 
     x: NDArray[np.float32]
@@ -48,6 +53,7 @@ class FederatedData:
     y_test: NDArray[np.int64]
     num_classes: int
     test_parts: list[NDArray[np.int64]] | None = None
+    y_true: NDArray[np.int64] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -58,6 +64,13 @@ class FederatedData:
     def num_clients(self) -> int:
         """Number of partitions."""
         return len(self.parts)
+
+    def label_counts(self) -> NDArray[np.int64]:
+        """Count each class's training targets over all clients (the global prior).
+
+        Under ``data.label_noise`` these are the noisy labels the clients train on.
+        """
+        return label_counts(self.y, self.num_classes)
 
     def client_arrays(self, partition_id: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Return client ``partition_id``'s features and labels."""
@@ -99,14 +112,19 @@ def _federated(cfg: DataConfig, seed: int) -> FederatedData:
     ids, ids_test = ds.client_id, ds.client_id_test
     if cfg.partitioner.name in BY_CLIENT_ID and ids is not None and ids_test is not None:
         test_parts = group_by_id(ids_test, chosen_ids(ids, cfg.num_clients, seed))
+    # Noise after the partition: label-driven splits see the true labels, and the split
+    # is the same with and without noise. Test labels are never noisy.
+    noise = cfg.label_noise
+    y = ds.y if noise is None else noisy_labels(ds.y, ds.num_classes, noise, seed)
     return FederatedData(
         x=ds.x,
-        y=ds.y,
+        y=y,
         parts=parts,
         x_test=ds.x_test,
         y_test=ds.y_test,
         num_classes=ds.num_classes,
         test_parts=test_parts,
+        y_true=None if noise is None else ds.y,
     )
 
 

@@ -25,7 +25,12 @@ Fail = Callable[[str], DataUnavailableError]
 
 
 def read_npz(
-    path: Path, where: str, optional: tuple[str, ...] = (), *, whole_dataset: bool = True
+    path: Path,
+    where: str,
+    optional: tuple[str, ...] = (),
+    *,
+    whole_dataset: bool = True,
+    values: bool = False,
 ) -> dict[str, NDArray[Any]]:
     """Return the checked arrays ``x``, ``y`` and those of ``optional`` the file has.
 
@@ -44,6 +49,9 @@ def read_npz(
         True for a dataset (its labels are what says how many classes there are);
         False for one node's share, which may hold a few classes only: the caller
         checks its labels against the dataset's class count.
+    values : bool
+        True: ``y`` and ``y_test`` are real regression targets (one finite float per
+        example, returned as float32) instead of labels.
 
     Raises
     ------
@@ -69,7 +77,7 @@ def read_npz(
                     arrays[name] = _array(f, name, fail)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise fail(f"cannot be read as .npz ({type(exc).__name__})") from None
-    _check(arrays, fail, whole_dataset)
+    _check(arrays, fail, whole_dataset, values)
     return arrays
 
 
@@ -80,7 +88,7 @@ def _array(f: Any, name: str, fail: Fail) -> NDArray[Any]:
         raise fail(f"array '{name}' holds Python objects; store numbers") from None
 
 
-def _check(arrays: dict[str, NDArray[Any]], fail: Fail, whole_dataset: bool) -> None:
+def _check(arrays: dict[str, NDArray[Any]], fail: Fail, whole_dataset: bool, values: bool) -> None:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise fail("has one of x_test and y_test but not the other")
     pairs = [("x", "y")] + ([("x_test", "y_test")] if "x_test" in arrays else [])
@@ -95,9 +103,11 @@ def _check(arrays: dict[str, NDArray[Any]], fail: Fail, whole_dataset: bool) -> 
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = int(x.size - np.isfinite(x).sum())
             raise fail(f"array '{xs}' has {bad} non-finite values (NaN/Inf)")
-        arrays[ys] = _labels(y, ys, fail)
+        arrays[ys] = _values(y, ys, fail) if values else _labels(y, ys, fail)
     if len(arrays["y"]) == 0:
         raise fail("holds no examples")
+    if values:
+        return
     if "x_test" in arrays and arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
         raise fail(
             f"'x_test' examples have shape {list(arrays['x_test'].shape[1:])}, "
@@ -124,6 +134,13 @@ def _check(arrays: dict[str, NDArray[Any]], fail: Fail, whole_dataset: bool) -> 
             f"labels must be 0..C-1: {distinct} distinct values but the largest is {high} "
             f"(a {high + 1}-class model); relabel them 0..{distinct - 1}"
         )
+
+
+def _values(y: NDArray[Any], name: str, fail: Fail) -> NDArray[np.float32]:
+    """``y`` as float32 regression targets, one finite number per example."""
+    if y.dtype.kind not in NUMBER_KINDS or y.ndim != 1 or not np.isfinite(y).all():
+        raise fail(f"array '{name}' must hold one finite number per example (targets: values)")
+    return y.astype(np.float32)
 
 
 def _labels(y: NDArray[Any], name: str, fail: Fail) -> NDArray[np.int64]:

@@ -166,13 +166,13 @@ def partition(
                 ]
             )
         labels = client_ids
-    if labels.ndim > 1 and cfg.name not in LABEL_FREE:
+    if (labels.ndim > 1 or labels.dtype.kind == "f") and cfg.name not in LABEL_FREE:
         raise ScenarioError(
             [
                 Problem(
                     "data.partitioner.name",
-                    f"'{cfg.name}' needs one label per "
-                    f"example; use one of {sorted(LABEL_FREE)} for sequence targets",
+                    f"'{cfg.name}' needs one class label per example; use one of "
+                    f"{sorted(LABEL_FREE)} for sequence or regression targets",
                 )
             ]
         )

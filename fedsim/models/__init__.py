@@ -96,4 +96,13 @@ class IncompatibleDataError(ValueError):
 
 
 # Built-in models register themselves on import.
-from fedsim.models import charlm, cnn, cosine, femnist_cnn, lstm, mlp, resnet_gn  # noqa: E402, F401
+from fedsim.models import (  # noqa: E402, F401
+    charlm,
+    cnn,
+    cosine,
+    femnist_cnn,
+    linear,
+    lstm,
+    mlp,
+    resnet_gn,
+)

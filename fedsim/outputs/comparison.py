@@ -96,6 +96,11 @@ def comparison_rows(
                 "bytes_up_mean": _mean([s.get("bytes_up") for s in summaries]),
             }
         )
+        if not finals:  # regression (least squares): no accuracy, the test MSE instead
+            rows[-1]["final_loss_mean"] = _mean([s.get("final_eval_loss") for s in summaries])
+            rows[-1]["virtual_time_mean_s"] = _mean([s.get("virtual_time_s") for s in summaries])
+        if any(s.get("final_eval_recall_min") is not None for s in summaries):
+            rows[-1]["recall_min_mean"] = _mean([s.get("final_eval_recall_min") for s in summaries])
         keys = sorted({k for s in summaries for k in s.get("diagnostics") or {}})
         for key in keys:  # model diagnostics: their mean over seeds
             rows[-1][f"{key}_mean"] = _mean(

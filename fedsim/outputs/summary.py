@@ -37,7 +37,8 @@ def summarize(
     ``rounds_to_target`` and ``virtual_time_to_target_s`` are those of the first
     evaluated round whose accuracy reaches ``target_accuracy`` (None if never).
     """
-    evaluated = [r for r in records if r.get("eval_accuracy") is not None]
+    # Evaluated rounds have a loss; regression runs (least squares) have no accuracy.
+    evaluated = [r for r in records if r.get("eval_loss") is not None]
     last = evaluated[-1] if evaluated else {}
 
     def total(key: str) -> int:
@@ -49,7 +50,12 @@ def summarize(
         "rounds": max((r["round"] for r in records), default=0),
         "final_eval_accuracy": last.get("eval_accuracy"),
         "final_eval_loss": last.get("eval_loss"),
-        "best_eval_accuracy": max((r["eval_accuracy"] for r in evaluated), default=None),
+        # output.class_recall: the worst class's recall in the last evaluated round.
+        "final_eval_recall_min": last.get("eval_recall_min"),
+        "best_eval_accuracy": max(
+            (r["eval_accuracy"] for r in evaluated if r.get("eval_accuracy") is not None),
+            default=None,
+        ),
         "target_accuracy": target_accuracy,
         "rounds_to_target": _first_reaching(evaluated, target_accuracy, "round"),
         "virtual_time_to_target_s": _first_reaching(evaluated, target_accuracy, "virtual_time_s"),

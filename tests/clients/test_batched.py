@@ -193,6 +193,7 @@ def test_a_stack_of_one_equals_the_client_alone(tmp_path: Path) -> None:
         ({"client": {"dp": {"noise_multiplier": 0.5}}}, {}, "client.dp"),
         ({"client": {"weights": {"bits": 8}}}, {}, "client.weights"),
         ({"client": {"optimizer": {"name": "adam", "lr": 0.01}}}, {}, "adam"),
+        ({"client": {"loss": {"name": "label_smoothing"}}}, {}, "client.loss 'label_smoothing'"),
         ({"compression": {"uplink": {"method": "deterministic-rounding"}}}, {}, "compression"),
         (
             {"system": {"attackers": {"fraction": 0.5, "attack": {"name": "label-flip"}}}},
@@ -209,6 +210,7 @@ def test_a_stack_of_one_equals_the_client_alone(tmp_path: Path) -> None:
         "dp",
         "low-precision",
         "adam",
+        "loss",
         "compression",
         "attackers",
         "custom-step",

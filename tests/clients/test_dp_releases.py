@@ -29,6 +29,15 @@ BY_STEP: dict[str, dict[str, Any]] = {
     "curvature": {"strategy": {"name": "fedcurv", "params": {"curv_lambda": 0.5}}},
     "scaffold": {"strategy": {"name": "scaffold"}},  # option II: from the private update
     "coded-gradient": {"strategy": {"name": "agc", "params": {"c": 0.1, "d": 2}}},
+    "moment-product": {
+        "strategy": {"name": "ldpc"},
+        "model": {"name": "linear"},
+        "data": {
+            "dataset": {"name": "regression", "num_samples": 200, "num_features": 4},
+            "num_clients": 4,
+            "moment_encoding": {"code": "uncoded"},
+        },
+    },
     "positive-only": {
         "strategy": {"name": "fedaws"},
         "model": {"name": "cosine", "params": {"backbone": "mlp", "embedding_dim": 8}},

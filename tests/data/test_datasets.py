@@ -115,5 +115,5 @@ def test_contiguous_partitioner_and_sequence_targets() -> None:
             "partitioner": "dirichlet",
         }
     )
-    with pytest.raises(ScenarioError, match="needs one label per example"):
+    with pytest.raises(ScenarioError, match="needs one class label per example"):
         federated_data(bad, 0)
