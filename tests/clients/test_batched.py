@@ -35,9 +35,6 @@ class _NotDeclared(LocalStep):
     """A custom step that does not say it is vectorisable (LocalStep's default: False)."""
 
 
-STEPS.add("test-batched-custom", _NotDeclared)
-
-
 class _Corrected(PlainStep):
     """Inherits vectorisable but adds a gradient correction, which is not vectorised."""
 
@@ -45,7 +42,12 @@ class _Corrected(PlainStep):
         return {n: torch.zeros_like(p) for n, p in params.items()}
 
 
-STEPS.add("test-batched-corrected", _Corrected)
+@pytest.fixture(autouse=True)
+def _test_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's steps, registered for each of its tests only (other modules count
+    the registered steps)."""
+    monkeypatch.setitem(STEPS._items, "test-batched-custom", _NotDeclared)
+    monkeypatch.setitem(STEPS._items, "test-batched-corrected", _Corrected)
 
 
 @register_model("test-batched-bn")
