@@ -71,6 +71,17 @@ WORKLOAD: dict[str, Any] = {
 }
 
 
+# One core for the clients on both engines: in-process runs them one after another,
+# Ray gets one CPU and one 1-CPU actor (Flower's default, 2-CPU actors on this 2-core
+# machine, also gives one actor at a time).
+RAY_ENGINE: dict[str, Any] = {
+    "name": "ray",
+    "num_cpus": 1,
+    "client_resources": {"num_cpus": 1},
+    "object_store_mb": 256,
+}
+
+
 def clear_process_caches() -> None:
     """Forget loaded data and scenarios, as a fresh process would not have them."""
     federated._federated.cache_clear()
@@ -86,15 +97,26 @@ def round_seconds(run_dir: Path) -> list[float]:
 
 def engine_run(scenario: Scenario, out: Path) -> tuple[float, float]:
     """End-to-end seconds of one run and its fastest round after the first."""
+    total, rounds = engine_rounds(scenario, out)
+    return total, min(rounds[1:])
+
+
+def engine_rounds(scenario: Scenario, out: Path) -> tuple[float, list[float]]:
+    """End-to-end seconds of one run (process caches cleared first) and of each round."""
     clear_process_caches()
     start = time.perf_counter()
     fedsim.run(scenario, out)
     total = time.perf_counter() - start
-    return total, min(round_seconds(out)[1:])
+    return total, round_seconds(out)
 
 
 def pure_compute(scenario: Scenario, work: Path) -> float:
     """Seconds of the fastest round after the first of the same updates in a plain loop."""
+    return min(pure_rounds(scenario, work)[1:])
+
+
+def pure_rounds(scenario: Scenario, work: Path) -> list[float]:
+    """Seconds of each round of the same updates in a plain loop of ClientApp calls."""
     from fedsim.clients.app import app as client_app
 
     work.mkdir(parents=True, exist_ok=True)
@@ -127,7 +149,7 @@ def pure_compute(scenario: Scenario, work: Path) -> float:
             client_app(message, contexts[message.metadata.dst_node_id])
         rounds.append(time.perf_counter() - start)
         gc.unfreeze()
-    return min(rounds[1:])
+    return rounds
 
 
 def main() -> None:
@@ -141,20 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("flwr").setLevel(logging.ERROR)  # as the fedsim CLI does
     base = fedsim.load_scenario(WORKLOAD)
-    # One core for the clients on both engines: in-process runs them one after another,
-    # Ray gets one CPU and one 1-CPU actor (Flower's default, 2-CPU actors on this 2-core
-    # machine, also gives one actor at a time).
-    ray = fedsim.load_scenario(
-        {
-            **WORKLOAD,
-            "engine": {
-                "name": "ray",
-                "num_cpus": 1,
-                "client_resources": {"num_cpus": 1},
-                "object_store_mb": 256,
-            },
-        }
-    )
+    ray = fedsim.load_scenario({**WORKLOAD, "engine": RAY_ENGINE})
     with tempfile.TemporaryDirectory(prefix="engine-overhead-") as tmp:
         root = Path(tmp)
         federated.federated_data(base.data, base.seed)  # generate MNIST-1D once (cached)

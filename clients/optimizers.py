@@ -57,19 +57,42 @@ class SGD:
     def step(self) -> None:
         """Take one step on every parameter that has a gradient."""
         for i, param in enumerate(self.params):
-            grad = param.grad
-            if grad is None:
-                continue
-            if self.weight_decay != 0:
-                grad = grad.add(param, alpha=self.weight_decay)
-            if self.momentum != 0:
-                buf = self.momentum_buffers[i]
-                if buf is None:
-                    buf = self.momentum_buffers[i] = grad.detach().clone()
-                else:
-                    buf.mul_(self.momentum).add_(grad, alpha=1)
-                grad = buf
-            param.add_(grad, alpha=-self.lr)
+            if param.grad is not None:
+                self.momentum_buffers[i] = sgd_update_(
+                    param,
+                    param.grad,
+                    self.momentum_buffers[i],
+                    self.lr,
+                    self.momentum,
+                    self.weight_decay,
+                )
+
+
+def sgd_update_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    buf: torch.Tensor | None,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> torch.Tensor | None:
+    """Update ``param`` in place by one SGD step; return its momentum buffer.
+
+    ``buf`` is the buffer of the previous step (None before the first, or without
+    momentum); it is updated in place. The update is elementwise, so the same function
+    steps one client's parameter and a stack of many clients' (the vectorised path of
+    :mod:`fedsim.clients.batched`), slice for slice.
+    """
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+    if momentum != 0:
+        if buf is None:
+            buf = grad.detach().clone()
+        else:
+            buf.mul_(momentum).add_(grad, alpha=1)
+        grad = buf
+    param.add_(grad, alpha=-lr)
+    return buf
 
 
 @OPTIMIZERS.register("sgd", help="SGD with optional momentum and weight decay")

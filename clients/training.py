@@ -20,7 +20,7 @@ from fedsim.clients.steps import LocalStep, TrainResult
 from fedsim.kernels import mlp_cross_entropy_grad, mlp_linears
 from fedsim.scenario import ClientConfig
 
-__all__ = ["Gradient", "TrainResult", "batches", "num_local_steps", "train_local"]
+__all__ = ["Gradient", "TrainResult", "batch_spans", "batches", "num_local_steps", "train_local"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Fills p.grad for one batch; returns the per-example losses.
@@ -70,24 +70,34 @@ def default_gradient(model: nn.Module, step: LocalStep) -> Gradient:
 def batches(
     n: int, cfg: ClientConfig, steps: int, generator: torch.Generator
 ) -> Iterator[torch.Tensor]:
-    """Index batches for ``steps`` steps.
+    """Index batches for ``steps`` steps (see :func:`batch_spans` for how they are drawn)."""
+    for order, span in batch_spans(n, cfg, steps, generator):
+        yield order[span]
 
-    Reshuffled epochs of ``batch_size`` by default. Under DP-SGD each batch is drawn
-    afresh, as its accounting assumes: with ``client.dp.sampling: poisson`` every example
-    joins each batch independently with probability ``batch_size / n``; with ``fixed``
-    each batch is a uniformly random subset of exactly ``batch_size`` examples (sampling
-    without replacement within a batch, independently across batches; an epoch's
-    reshuffled partition would not match the accountant's bound).
+
+def batch_spans(
+    n: int, cfg: ClientConfig, steps: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, slice]]:
+    """Each of ``steps`` batches as an index tensor and the slice of it the batch is.
+
+    Reshuffled epochs of ``batch_size`` by default (one permutation, several batches).
+    Under DP-SGD each batch is drawn afresh, as its accounting assumes: with
+    ``client.dp.sampling: poisson`` every example joins each batch independently with
+    probability ``batch_size / n``; with ``fixed`` each batch is a uniformly random subset
+    of exactly ``batch_size`` examples (sampling without replacement within a batch,
+    independently across batches; an epoch's reshuffled partition would not match the
+    accountant's bound). The one batch order: :func:`batches` slices these, and the
+    vectorised path (:mod:`fedsim.clients.batched`) reads them without torch slices.
     """
     batch = min(cfg.batch_size, n)
     if cfg.dp is not None and cfg.dp.sampling == "poisson":
         q = batch / n
         for _ in range(steps):
-            yield torch.nonzero(torch.rand(n, generator=generator) < q).flatten()
+            yield torch.nonzero(torch.rand(n, generator=generator) < q).flatten(), slice(None)
         return
     if cfg.dp is not None:
         for _ in range(steps):
-            yield torch.randperm(n, generator=generator)[:batch]
+            yield torch.randperm(n, generator=generator), slice(0, batch)
         return
     taken = 0
     while True:
@@ -95,7 +105,7 @@ def batches(
         for start in range(0, n, batch):
             if taken == steps:
                 return
-            yield order[start : start + batch]
+            yield order, slice(start, start + batch)
             taken += 1
 
 

@@ -630,6 +630,10 @@ class InProcessEngine(_EngineSection):
     # Processes that run the clients: 1 = this process (no IPC); N long-lived worker
     # processes, nodes pinned to one; auto = physical cores // threads_per_worker.
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    # Train up to this many of a dispatch's clients together in one stacked computation
+    # (0: one by one; with workers, each worker its own nodes'). Replies equal the
+    # one-by-one ones up to float rounding, not bit for bit, so it is off by default.
+    batch_clients: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("workers", mode="before")
     @classmethod

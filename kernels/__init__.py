@@ -6,7 +6,8 @@
   fallback for layers without one.
 - :class:`LSTM`: an ``nn.LSTM``-compatible layer built so that those kernels apply.
 - :func:`mlp_cross_entropy_grad`: a plain MLP's cross-entropy gradient without autograd
-  (:func:`mlp_linears` tells whether a model is one).
+  (:func:`mlp_linears` tells whether a model is one), and
+  :func:`stacked_mlp_cross_entropy_grad` for many MLPs at once.
 """
 
 from fedsim.kernels import conv, embedding, linear, norm_layers  # noqa: F401  (register kernels)
@@ -18,7 +19,11 @@ from fedsim.kernels.clipping import (
 )
 from fedsim.kernels.gathered import gathered_linear
 from fedsim.kernels.lstm import LSTM, StructuredDropoutLSTM
-from fedsim.kernels.mlp import mlp_cross_entropy_grad, mlp_linears
+from fedsim.kernels.mlp import (
+    mlp_cross_entropy_grad,
+    mlp_linears,
+    stacked_mlp_cross_entropy_grad,
+)
 from fedsim.kernels.registry import KERNELS, Kernel, Record, UnsupportedModuleError, register_kernel
 
 __all__ = [
@@ -36,4 +41,5 @@ __all__ = [
     "mlp_linears",
     "per_example_grad_norms",
     "register_kernel",
+    "stacked_mlp_cross_entropy_grad",
 ]

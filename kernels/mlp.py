@@ -96,3 +96,62 @@ def _linear(layer: nn.Linear, a: torch.Tensor) -> torch.Tensor:
     if layer.bias is None:
         return a.mm(layer.weight.t())
     return torch.addmm(layer.bias, a, layer.weight.t())
+
+
+def stacked_mlp_cross_entropy_grad(
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], torch.Tensor]:
+    """:func:`mlp_cross_entropy_grad` for K MLPs at once, each on its own batch.
+
+    Parameters
+    ----------
+    weights, biases : lists of Tensor
+        Layer by layer, the K models' stacked weights (K, out, in) and biases (K, out)
+        (None: a layer without bias).
+    x : Tensor
+        Inputs, (K, B, ...) (flattened to (K, B, d)).
+    y : Tensor
+        Class targets, (K, B) int64.
+    scale : Tensor
+        (K, B): each example's weight in its model's loss (``1 / batch`` for a real
+        example, 0 for padding), so models with shorter batches pad them.
+
+    Returns
+    -------
+    tuple
+        The gradients of ``Σ_b scale·loss`` per model (weights, biases, stacked as the
+        parameters) and the per-example losses (K, B). The same algebra as the single
+        model's kernel, with batched matrix products.
+    """
+    with torch.no_grad():
+        acts = [x.reshape(x.shape[0], x.shape[1], -1)]
+        pre: list[torch.Tensor] = []
+        for w, b in zip(weights[:-1], biases[:-1], strict=True):
+            z = _stacked_linear(w, b, acts[-1])
+            pre.append(z)
+            acts.append(z.clamp_min(0))
+        log_probs = torch.log_softmax(_stacked_linear(weights[-1], biases[-1], acts[-1]), dim=2)
+        targets = y.unsqueeze(2)
+        losses = log_probs.gather(2, targets).squeeze(2).neg_()
+        delta = log_probs.exp_()
+        delta.scatter_add_(2, targets, torch.full_like(targets, -1, dtype=delta.dtype))
+        delta.mul_(scale.unsqueeze(2))
+        w_grads: list[torch.Tensor] = [torch.empty(0)] * len(weights)
+        b_grads: list[torch.Tensor | None] = [None] * len(weights)
+        for i in range(len(weights) - 1, -1, -1):
+            w_grads[i] = torch.bmm(delta.transpose(1, 2), acts[i])
+            if biases[i] is not None:
+                b_grads[i] = delta.sum(1)
+            if i:
+                delta = torch.bmm(delta, weights[i]).masked_fill_(pre[i - 1] <= 0, 0.0)
+    return w_grads, b_grads, losses
+
+
+def _stacked_linear(w: torch.Tensor, b: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:
+    if b is None:
+        return torch.bmm(a, w.transpose(1, 2))
+    return torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2))

@@ -35,6 +35,7 @@ def test_encode_is_flowers_bytes_and_decode_is_numpys_values(value: np.ndarray) 
             tuple(flowers.shape),
             flowers.stype,
         )
+        assert ours.__dict__ == flowers.__dict__  # every attribute Flower's constructor sets
         decoded, reference = decode(flowers), flowers.numpy()
         assert decoded.dtype == reference.dtype and decoded.shape == reference.shape
         assert np.array_equal(decoded, reference)

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import Context, Message, RecordDict, UserConfig
 
@@ -50,6 +50,21 @@ class WorkerDied(RuntimeError):
 
 class WorkerStartError(FedsimError):
     """A worker process ended before it was ready (it could not import or build its app)."""
+
+
+@runtime_checkable
+class TrainsTogether(Protocol):
+    """A client app that can also train several nodes' train messages at once.
+
+    ``train_together(jobs, max_batch)`` returns, per ``(message, context)`` job, the
+    reply the app would give it (up to float rounding) or None: run the app as usual.
+    fedsim's ClientApp is one (:mod:`fedsim.clients.batched`, ``engine.batch_clients``).
+    """
+
+    def train_together(
+        self, jobs: Sequence[tuple[Message, Context]], max_batch: int
+    ) -> list[Message | None]:
+        """Replies of the jobs trained together (None: not trained)."""
 
 
 class ClientExecutor(Protocol):
@@ -80,6 +95,10 @@ class SerialExecutor:
         builds them lazily; its ``built`` dict holds those that exist).
     watchdog : Watchdog, optional
         Abandons calls that outlast ``engine.client_timeout_s``.
+    batch_clients : int
+        ``engine.batch_clients``: above 0 (and without a watchdog, which times each
+        client alone), a dispatch's train jobs go to the app's ``train_together`` first
+        (:class:`TrainsTogether`), up to this many at a time.
     """
 
     def __init__(
@@ -87,10 +106,12 @@ class SerialExecutor:
         client_app: ClientCallable,
         contexts: Mapping[int, Context],
         watchdog: Watchdog | None = None,
+        batch_clients: int = 0,
     ) -> None:
         self.client_app = client_app
         self.contexts = contexts
         self.watchdog = watchdog
+        self.batch_clients = batch_clients
 
     def run(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Each job's reply or exception, in order."""
@@ -98,14 +119,34 @@ class SerialExecutor:
 
     def each(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         """Yield each job's reply or exception as soon as it is done."""
-        # Issue 17b's `engine.batch_clients` hook goes here: the dispatch's train jobs
-        # (with their Contexts) go to `fedsim.clients.batched.train_together` first, and
-        # the jobs it answers None for run through the ClientApp below.
-        for message, node in jobs:
+        together = self._trained_together(jobs)
+        for i, (message, node) in enumerate(jobs):
+            ready = together.get(i)
+            if ready is not None:
+                yield ready
+                continue
             try:
                 yield self._call(message, node)
             except Exception as exc:  # a failing client never kills a run
                 yield exc
+
+    def _trained_together(self, jobs: Sequence[Job]) -> dict[int, Message]:
+        """With ``batch_clients``: the replies of the train jobs the app trains together.
+
+        Keyed by the job's position; the others run one by one through the ClientApp.
+        """
+        app = self.client_app
+        if not self.batch_clients or self.watchdog is not None:
+            return {}
+        if not isinstance(app, TrainsTogether):
+            return {}
+        train = [i for i, (m, _) in enumerate(jobs) if m.metadata.message_type == "train"]
+        if len(train) < 2:
+            return {}
+        replies = app.train_together(
+            [(jobs[i][0], self.contexts[jobs[i][1]]) for i in train], self.batch_clients
+        )
+        return {i: r for i, r in zip(train, replies, strict=True) if r is not None}
 
     def _call(self, message: Message, node: int) -> Message:
         """Call the ClientApp for ``node``, under the watchdog when there is one."""
@@ -169,6 +210,8 @@ class WorkerSpec:
     environ : dict
         The parent's environment when the pool started (a forkserver's children
         inherit the server's environment, which may be older).
+    batch_clients : int
+        ``engine.batch_clients``: each worker trains its own nodes' train jobs together.
     """
 
     client_app: object
@@ -179,6 +222,7 @@ class WorkerSpec:
     device: str | None
     client_timeout_s: float | None
     environ: dict[str, str]
+    batch_clients: int = 0
 
 
 @dataclass(frozen=True)
@@ -237,6 +281,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
         app,  # type: ignore[arg-type]  # a ClientApp or a test's callable
         node_contexts(spec.num_nodes, spec.run_config, spec.run_id),
         watchdog,
+        spec.batch_clients,
     )
     conn.send("ready")
     while True:

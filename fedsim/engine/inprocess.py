@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ from fedsim.engine.flower_compat import assign_message_id, empty_run
 from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
-from fedsim.errors import FedsimError
+from fedsim.errors import FedsimError, FedsimWarning
 
 CLIENT_APP_RAISED_EXCEPTION = 2  # flwr.common.constant.ErrorCode
 NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: clear of the SuperLink's id 1
@@ -132,6 +133,9 @@ class InProcessGrid(Grid):
     min_online : int
         With a device trace: :meth:`get_node_ids` first moves simulated time on until
         this many nodes are online (the server waiting for devices to check in).
+    batch_clients : int
+        ``engine.batch_clients`` for the default executor (a pool's workers get it in
+        their :class:`~fedsim.engine.executor.WorkerSpec`); off under a client timeout.
 
     Replies are checked against :attr:`reply_rules` (set by :meth:`check_replies`)
     before anything else sees them; see :mod:`fedsim.engine.reply_check`.
@@ -148,8 +152,16 @@ class InProcessGrid(Grid):
         client_timeout_s: float | None = None,
         min_online: int = 1,
         executor: ClientExecutor | None = None,
+        batch_clients: int = 0,
     ) -> None:
         self.client_app = client_app
+        if batch_clients and client_timeout_s is not None:
+            warnings.warn(
+                "engine.batch_clients is off under engine.client_timeout_s: the watchdog "
+                "times each client alone",
+                FedsimWarning,
+                stacklevel=2,
+            )
         # A NodeContexts stays lazy; any other mapping is copied as before.
         self.contexts = contexts if isinstance(contexts, NodeContexts) else dict(contexts)
         self.devices = dict(devices)
@@ -165,7 +177,7 @@ class InProcessGrid(Grid):
         watchdog = None if client_timeout_s is None else Watchdog(client_timeout_s)
         # The client calls: here, one after another, unless the engine brings a pool.
         self.executor: ClientExecutor = executor or SerialExecutor(
-            client_app, self.contexts, watchdog
+            client_app, self.contexts, watchdog, batch_clients
         )
         self.min_online = min_online
         self._availability = {n: d.availability for n, d in self.devices.items()}

@@ -39,6 +39,7 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
     trace = scenario.system.trace
     engine = scenario.engine
     workers = worker_count(engine)
+    batch_clients = int(getattr(engine, "batch_clients", 0))  # inprocess only
     pool = None
     if workers > 1:
         devices_named = [engine.device] if isinstance(engine.device, str) else engine.device
@@ -52,6 +53,7 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
                 devices_named[w % len(devices_named)],
                 engine.client_timeout_s,
                 dict(os.environ),
+                batch_clients,
             )
             for w in range(workers)
         ]
@@ -66,6 +68,7 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
         client_timeout_s=engine.client_timeout_s,
         min_online=1 if trace is None else trace.min_online,
         executor=pool,
+        batch_clients=batch_clients,
     )
 
 

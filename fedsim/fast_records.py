@@ -1,0 +1,30 @@
+"""Flower records filled without re-checking every item.
+
+Flower's records (``ArrayRecord``, ``MetricRecord``, ``ConfigRecord``, and the
+``RecordDict`` of a message's content) type-check each
+key and value as it is inserted: ~10 µs an item, more than a small client's whole reply
+costs to build otherwise. Where fedsim builds a record from items whose types it
+guarantees (arrays it encoded itself, metrics it computed as Python numbers), it copies
+an empty record with the record's own ``copy`` and fills the copy's store directly: the
+result is equal to the checked one (a test compares them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord, RecordDict)
+
+
+def filled(empty: R, items: Mapping[str, Any]) -> R:
+    """A new record of ``empty``'s type holding ``items`` (``empty`` stays empty).
+
+    The caller vouches that the items pass the record's checks (``str`` keys; arrays,
+    numbers and lists of them, or records in a ``RecordDict``).
+    """
+    record = empty.copy()
+    record.__dict__["_data"].update(items)  # the store ``TypedDict.copy`` copies too
+    return record
