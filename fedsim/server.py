@@ -260,7 +260,7 @@ class RoundRecorder:
         tau = scenario.output.eval_logit_adjust
         # Post-hoc logit adjustment: predict argmax f(x) - tau * log(global prior).
         self.logit_shift = (
-            None if tau is None else -tau * log_prior(data.label_counts(), data.num_classes)
+            None if tau is None else -tau * log_prior(data.global_label_counts, data.num_classes)
         )
         self.pending: dict[str, Any] = {}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,12 +65,16 @@ class FederatedData:
         """Number of partitions."""
         return len(self.parts)
 
-    def label_counts(self) -> NDArray[np.int64]:
+    @cached_property
+    def global_label_counts(self) -> NDArray[np.int64]:
         """Count each class's training targets over all clients (the global prior).
 
         Under ``data.label_noise`` these are the noisy labels the clients train on.
+        Counted once (every node's data carries them, and nodes are resolved per job).
         """
-        return label_counts(self.y, self.num_classes)
+        counts = label_counts(self.y, self.num_classes)
+        counts.flags.writeable = False  # shared by every node
+        return counts
 
     def client_arrays(self, partition_id: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Return client ``partition_id``'s features and labels."""

@@ -103,7 +103,7 @@ def node_data(cfg: DataConfig, seed: int, partition_id: int, data_path: str | No
         return _read_file(Path(data_path).expanduser(), cfg, seed)
     data = federated_data(cfg, seed)
     regression = data.y.dtype.kind == "f"
-    counts = None if regression else data.label_counts()
+    counts = None if regression else data.global_label_counts
     if cfg.moment_encoding is not None:
         x, y = data.client_arrays(partition_id)
         block = moment_plan(cfg, seed).blocks[partition_id]

@@ -35,7 +35,12 @@ from fedsim.array_codec import decoding_arrays
 from fedsim.engine.availability import wait_for_online
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
-from fedsim.engine.executor import ClientCallable, ClientExecutor, Outcome, SerialExecutor
+from fedsim.engine.executor import (
+    ClientCallable,
+    ClientExecutor,
+    Outcome,
+    SerialExecutor,
+)
 from fedsim.engine.flower_compat import assign_message_id, empty_run
 from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
@@ -52,33 +57,6 @@ class InjectedFault(RuntimeError):
 
 class DeviceTraceExhausted(FedsimError):
     """A device trace never again has as many devices online as a round needs."""
-
-
-def copy_content(content: RecordDict) -> RecordDict:
-    """Copy the record containers a client could mutate (arrays are immutable bytes).
-
-    Flower's strategies put one shared ``RecordDict`` into every message; transports
-    serialise it, so in-process each node needs its own containers.
-    """
-    out = RecordDict()
-    for key, record in content.items():
-        # Records' own shallow copy skips the per-item type checks that filling a new
-        # record repeats (1.6 vs 19 µs for four arrays, flwr 1.41); the values are
-        # immutable bytes and numbers, except a config's or metric's lists.
-        if isinstance(record, ArrayRecord):
-            out[key] = record.copy()
-        elif isinstance(record, ConfigRecord | MetricRecord):
-            out[key] = _with_own_lists(record)
-    return out
-
-
-def _with_own_lists(record: ConfigRecord | MetricRecord) -> ConfigRecord | MetricRecord:
-    """A shallow copy of ``record`` with copies of its list values."""
-    copied = record.copy()
-    for name, value in copied.items():
-        if isinstance(value, list):
-            copied[name] = value.copy()  # type: ignore[assignment]  # same type as before
-    return copied
 
 
 @dataclass
@@ -404,8 +382,10 @@ class InProcessGrid(Grid):
         if fate is Fate.FAILURE:
             plan.outcome = InjectedFault("fault injected by system.failure_prob")
             return plan
+        # The node's own metadata; its own content containers only if the ClientApp is
+        # called (the executor copies then: training together only reads them).
         plan.delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
-            content=copy_content(message.content), metadata=copy.copy(message.metadata)
+            content=message.content, metadata=copy.copy(message.metadata)
         )
         return plan
 
