@@ -127,6 +127,15 @@ SETUPS: dict[str, dict[str, Any]] = {
         "data": {"sharing": {"c": 0.2, "d": 2}},
     },
     "fedavgm": {"strategy": {"params": {"server_momentum": 0.9}}},
+    "ldpc": {  # least squares on coded moments (the strategy's check asks for both)
+        "data": {
+            "dataset": {"name": "regression", "num_samples": 100, "num_features": 3},
+            "num_clients": 4,
+            "moment_encoding": {"code": "replication"},
+        },
+        "model": {"name": "linear", "params": {}},
+        "output": {"target_accuracy": None},
+    },
 }
 
 

@@ -351,6 +351,8 @@ class InProcessGrid(Grid):
         :attr:`executor`, then clock stamps and telemetry in message order again.
         """
         self._dispatch += 1
+        if self.reply_rules is not None:
+            self.reply_rules.new_dispatch()
         sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
         self._sent = {}
         plans: list[_Plan] = []

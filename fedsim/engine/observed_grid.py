@@ -120,6 +120,7 @@ class ObservedGrid(Grid):
         self, replies: list[Message], sent: dict[str, Message], *, round_of_replies: bool = False
     ) -> list[Message]:
         if self.reply_rules is not None:
+            self.reply_rules.new_dispatch()
             replies = [
                 checked(self.reply_rules, sent[r.metadata.reply_to_message_id], r)
                 if r.metadata.reply_to_message_id in sent

@@ -49,6 +49,19 @@ def _unbounded(_node: int) -> float:
     return math.inf
 
 
+_NO_ARRAYS = ArrayRecord()
+
+
+@dataclass(frozen=True)
+class _SentView:
+    """What one sent content allows a reply to carry."""
+
+    records: dict[str, ArrayRecord]  # the array records sent, by name
+    allowed: set[str]  # array record names a reply may use
+    # Per sent record: the model arrays a reply must return, and each sent array's shape.
+    expected: dict[str, tuple[set[str], dict[str, tuple[int, ...]]]]
+
+
 @dataclass(frozen=True)
 class ReplyRules:
     """What a valid reply may contain.
@@ -67,6 +80,11 @@ class ReplyRules:
     node_examples: Callable[[int], float] = _unbounded
     max_examples: float = math.inf
     _prefixes: tuple[str, ...] = field(default=wire.PER_PARAMETER_PREFIXES, repr=False)
+    # What a sent content allows, by the content's id (the content kept alive beside
+    # it): a round's messages share one content, so it is worked out once per round.
+    _sent_views: dict[int, tuple[object, _SentView]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def for_model(
@@ -99,34 +117,61 @@ class ReplyRules:
 
     # ------------------------------------------------------------------ arrays
 
+    def new_dispatch(self) -> None:
+        """Forget what earlier sent contents allowed (a strategy may reuse and change one)."""
+        self._sent_views.clear()
+
+    def _sent_view(self, sent: Message) -> _SentView:
+        """The array records ``sent`` carried and the shapes a reply may return."""
+        content = sent.content if sent.has_content() else None
+        key = id(content)
+        cached = self._sent_views.get(key)
+        if cached is not None and cached[0] is content:
+            return cached[1]
+        records = {
+            name: record
+            for name, record in (content.items() if content is not None else ())
+            if isinstance(record, ArrayRecord)
+        }
+        view_ = _SentView(
+            records,
+            set(records) or {wire.ARRAYS},
+            {
+                name: (
+                    {k for k in record if k in self.model} or set(self.model),
+                    {k: tuple(int(d) for d in a.shape) for k, a in record.items()},
+                )
+                for name, record in records.items()
+            },
+        )
+        if len(self._sent_views) >= 8:  # a run sends a handful of distinct contents a round
+            self._sent_views.clear()
+        self._sent_views[key] = (content, view_)
+        return view_
+
     def _arrays_problem(
         self, sent: Message, arrays: dict[str, ArrayRecord]
     ) -> tuple[bool, str | None]:
-        sent_records = {
-            name: record
-            for name, record in (sent.content.items() if sent.has_content() else ())
-            if isinstance(record, ArrayRecord)
-        }
+        view_ = self._sent_view(sent)
         carries_model = False
         for name, record in arrays.items():
-            allowed = set(sent_records) or {wire.ARRAYS}
-            if name not in allowed:
+            if name not in view_.allowed:
                 return carries_model, f"unexpected array record '{name}'"
-            sent_arrays = sent_records.get(name, ArrayRecord())
+            expected, shapes = view_.expected.get(name, (set(self.model), {}))
             returned = {k for k in record if k in self.model}
             if returned:
                 carries_model = True
-                expected = {k for k in sent_arrays if k in self.model} or set(self.model)
                 if returned != expected:
                     return carries_model, _key_difference(returned, expected)
+            sent_arrays = view_.records.get(name, _NO_ARRAYS)
             for key, array in record.items():
-                problem = self._array_problem(key, array, sent_arrays)
+                shape = shapes.get(key) or self._expected_shape(key, sent_arrays)
+                problem = self._array_problem(key, array, shape)
                 if problem:
                     return carries_model, problem
         return carries_model, None
 
-    def _array_problem(self, key: str, array: Array, sent: ArrayRecord) -> str | None:
-        shape = self._expected_shape(key, sent)
+    def _array_problem(self, key: str, array: Array, shape: tuple[int, ...] | None) -> str | None:
         if shape is None:
             return f"unexpected array '{key}'"
         try:

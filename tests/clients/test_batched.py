@@ -20,8 +20,9 @@ from fedsim.array_codec import decode
 from fedsim.clients.app import app
 from fedsim.clients.batched import train_together
 from fedsim.clients.steps import STEPS, LocalStep, PlainStep
+from fedsim.engine.executor import copy_content
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.engine.inprocess import copy_content, node_contexts
+from fedsim.engine.inprocess import node_contexts
 from fedsim.errors import FedsimWarning
 from fedsim.models import build_model, register_model
 from fedsim.outputs.metrics_log import read_metrics
