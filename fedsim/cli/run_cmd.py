@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
+from fedsim.cli.options import ImportOption, SetOption
 from fedsim.cli.tables import table
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.comparison import display
@@ -21,19 +22,8 @@ def run(
     scenario_file: Annotated[
         Path | None, typer.Argument(help="Scenario YAML file.", metavar="[SCENARIO]")
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a key: --set strategy.params.proximal_mu=0.1"),
-    ] = None,
-    import_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--import",
-            help="Import this module first (its registered strategies, steps, models); "
-            "added to the scenario's plugins, so every process imports it. Repeatable.",
-            metavar="MODULE",
-        ),
-    ] = None,
+    set_: SetOption = None,
+    import_: ImportOption = None,
     sweep: Annotated[
         list[str] | None,
         typer.Option(

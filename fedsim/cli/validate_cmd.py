@@ -9,6 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from fedsim.cli.errors import USAGE_ERROR, report, stderr
+from fedsim.cli.options import ImportOption, SetOption
 from fedsim.errors import DataUnavailableError, Problem, ScenarioError
 from fedsim.import_paths import scenario_imports
 from fedsim.scenario import NpzDataset, Scenario
@@ -95,18 +96,8 @@ def check_data_files(runs: list[Scenario]) -> None:
 
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Scenario files to check.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a key: --set strategy.params.proximal_mu=0.1"),
-    ] = None,
-    import_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--import",
-            help="Import this module first (as the scenario's plugins). Repeatable.",
-            metavar="MODULE",
-        ),
-    ] = None,
+    set_: SetOption = None,
+    import_: ImportOption = None,
     no_imports: Annotated[
         bool,
         typer.Option(
