@@ -44,6 +44,8 @@ class Panel:
     file: str
     companion: str | None = None
     companion_label: str = ""
+    # The main line's legend entry in a one-run figure (the label when empty).
+    alone: str = ""
 
 
 PANELS = (
@@ -54,7 +56,7 @@ PANELS = (
         f"{FED_EVAL_PREFIX}{wire.EVAL_ACCURACY}",
         "federated eval",
     ),
-    Panel("eval_loss", "loss (solid: test, dashed: train)", "loss", "train_loss", "train"),
+    Panel("eval_loss", "loss", "loss", "train_loss", "train loss", alone="test loss"),
 )
 
 
@@ -146,10 +148,14 @@ def plot_comparison(
         )
         for ax, x in zip(axes[0], x_axes, strict=True):
             for name, runs in groups.items():
-                legend = _legend_name(name, runs) if len(groups) > 1 or prefix else panel.label
+                alone = not (len(groups) > 1 or prefix)
+                legend = (panel.alone or panel.label) if alone else _legend_name(name, runs)
                 color = _draw(ax, runs, x, panel.metric, legend)
                 if panel.companion is not None:
-                    companion = f"{legend}, {panel.companion_label}"
+                    # Dashed, in the line's colour: alone, the legend names it by itself.
+                    companion = (
+                        panel.companion_label if alone else f"{legend}, {panel.companion_label}"
+                    )
                     _draw(ax, runs, x, panel.companion, companion, color=color, dashed=True)
             if target is not None and panel.metric == "eval_accuracy":
                 ax.axhline(target, color="grey", linestyle=":", label=f"target {target:g}")

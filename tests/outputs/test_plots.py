@@ -39,7 +39,7 @@ def test_comparison_figure_has_what_a_paper_needs(tmp_path: Path) -> None:
     # Integer ticks only: without them matplotlib labels 0..2 in steps of 0.25.
     assert "1.75" not in accuracy and "0.25" not in accuracy
     loss = (tmp_path / "comparison_loss.svg").read_text()
-    assert "fedavg (n=3 seeds), train" in loss  # train loss drawn beside the test loss
+    assert "fedavg (n=3 seeds), train loss" in loss  # train loss drawn beside the test loss
 
 
 def test_any_field_can_be_a_panel_and_per_client_accuracy_is_a_box_per_round(
