@@ -161,7 +161,8 @@ def _node(context: Context) -> tuple[Scenario, int, NodeData]:
     hit = _nodes.get(id(context))
     if hit is not None and hit[0] is context and hit[1] is scenario:
         return scenario, hit[2], hit[3]
-    if any(kept is not scenario for _, kept, _, _ in list(_nodes.values())[:1]):
+    first = next(iter(_nodes.values()), None)  # all entries share one scenario
+    if first is not None and first[1] is not scenario:
         _nodes.clear()  # another run: forget the last one's nodes
     scenario, pid, data = _partition(context)
     _nodes[id(context)] = (context, scenario, pid, data)
