@@ -5,17 +5,20 @@ there before has ended. A finished run blocks a new one unless ``output.overwrit
 a crashed run (``CRASHED`` marker, or a log without a ``summary.json``: a process
 killed outright writes no marker) never blocks: the new run replaces it, unless it left
 a checkpoint (``fedsim run --resume`` continues it; ``overwrite`` discards it).
+
+Replacing a run removes only fedsim's own files and refuses a directory holding
+anything else; no fedsim file may be a symbolic link (:mod:`fedsim.run_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 from pathlib import Path
 
 from fedsim.errors import RunDirectoryError
+from fedsim.run_files import foreign_entries, refuse_links, remove_run_files, write_text
 from fedsim.run_lock import LOCK_FILE
 
 CRASH_FILE = "CRASHED"
@@ -37,19 +40,9 @@ def mark_crashed(run_dir: Path, exc: BaseException) -> None:
         "message": str(exc).splitlines()[0] if str(exc) else "",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    with contextlib.suppress(OSError):  # the run's own error matters more than the marker
-        (run_dir / CRASH_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
-
-
-def _clear(run_dir: Path) -> None:
-    """Remove a previous run's files (never the lock this run holds)."""
-    for entry in run_dir.iterdir():
-        if entry.name == LOCK_FILE:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    # The run's own error matters more than the marker.
+    with contextlib.suppress(OSError, RunDirectoryError):
+        write_text(run_dir / CRASH_FILE, json.dumps(info) + "\n")
 
 
 def claim(run_dir: Path, *, overwrite: bool) -> str | None:
@@ -59,9 +52,11 @@ def claim(run_dir: Path, *, overwrite: bool) -> str | None:
     ------
     RunDirectoryError
         If it holds a finished run (without ``overwrite``), a crashed run with a
-        checkpoint (without ``overwrite``), or run files but no resolved scenario (not
-        a fedsim run directory: nothing there is removed).
+        checkpoint (without ``overwrite``), run files but no resolved scenario (not
+        a fedsim run directory), or files fedsim did not write (nothing is removed);
+        or if a file fedsim writes is a symbolic link.
     """
+    refuse_links(run_dir)
     holds_run = any((run_dir / name).exists() for name in _RUN_FILES)
     if not holds_run and not (run_dir / CRASH_FILE).exists():
         return None
@@ -81,6 +76,14 @@ def claim(run_dir: Path, *, overwrite: bool) -> str | None:
                 f"{run_dir} holds a crashed run with a checkpoint: continue it with "
                 f"`fedsim run --resume {run_dir}`, or set output.overwrite: true"
             )
-    _clear(run_dir)
+    foreign = foreign_entries(run_dir)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        shown = ", ".join(foreign[:5]) + more
+        raise RunDirectoryError(
+            f"{run_dir} holds a previous run and files fedsim did not write ({shown}); "
+            "fedsim replaces only its own files: move them, or choose another --out"
+        )
+    remove_run_files(run_dir, keep=LOCK_FILE)
     what = "crashed run" if crashed else "run"
     return f"replaced the {what} in {run_dir}"

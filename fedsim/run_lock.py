@@ -6,7 +6,8 @@ step: of two runs started together into one directory, exactly one gets it and t
 other fails at once, naming the holder (pid, host, start time, written into the file
 by whoever holds the lock). The kernel drops the lock when its process ends, however
 it ends (SIGKILL, a crash, a power cut), so a lock left by a dead run is never stale:
-the next run takes it and writes itself in. The file stays behind on purpose (removing
+the next run takes it and writes itself in. A ``run.lock`` that is a symbolic link is
+refused (``O_NOFOLLOW``), never written through. The file stays behind on purpose (removing
 it would let a second run lock a new file while a third still waits on the old one).
 
 ``flock`` works on local file systems and, on Linux, on NFS (emulated with byte-range
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fedsim.errors import RunDirectoryError
+from fedsim.run_files import open_nofollow
 
 LOCK_FILE = "run.lock"
 
@@ -66,9 +68,10 @@ class RunLock:
             ) from None
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise RunDirectoryError(f"cannot create run directory {self.run_dir}: {exc}") from None
+        # Never through a link: a planted run.lock -> ~/.bashrc would be truncated.
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

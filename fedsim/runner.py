@@ -44,6 +44,7 @@ from fedsim.outputs.summary import summarize
 from fedsim.resume_rules import check_resume
 from fedsim.run_config import scenario_digest
 from fedsim.run_directory import CRASH_FILE, claim, mark_crashed
+from fedsim.run_files import entry_names, record_manifest, refuse_links, write_text
 from fedsim.run_lock import RunLock
 from fedsim.scenario import ENGINE_SECTIONS, Scenario
 from fedsim.scenario_loading import expand, load_scenario, run_label, to_yaml
@@ -98,7 +99,7 @@ def _write_resolved(run_dir: Path, scenario: Scenario) -> None:
     """Write ``scenario.resolved.yaml`` whole or not at all (temporary file, rename)."""
     path = run_dir / RESOLVED
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_yaml(scenario), encoding="utf-8")
+    write_text(tmp, to_yaml(scenario))
     tmp.replace(path)
 
 
@@ -293,6 +294,7 @@ def resume(
     if not (run_dir / RESOLVED).is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no {RESOLVED})")
     with RunLock(run_dir):
+        refuse_links(run_dir)
         checkpoint = load_checkpoint(run_dir)  # fail before any work: nothing to resume
         scenario = load_scenario(run_dir / RESOLVED, overrides)
         try:
@@ -316,6 +318,17 @@ def _execute(
     A run that raises (or is interrupted) leaves a ``CRASHED`` marker, so the next run
     into the directory replaces it (:mod:`fedsim.run_directory`).
     """
+    before = entry_names(run_dir)
+    try:
+        return _execute_recorded(scenario, run_dir, resume=resume, engine=engine)
+    finally:  # whatever the run wrote (a callback's files too) is the run's to replace
+        record_manifest(run_dir, before - {RESOLVED})
+
+
+def _execute_recorded(
+    scenario: Scenario, run_dir: Path, *, resume: bool, engine: Engine | None
+) -> RunResult:
+    """:func:`_execute` without the manifest."""
     resolved = run_dir / RESOLVED
     digest = scenario_digest(resolved.read_bytes())
     run_config: UserConfig = {
@@ -343,7 +356,7 @@ def _execute(
     sharing = run_dir / "sharing.json"  # written by strategies with an offline phase
     if sharing.exists():
         summary.update(json.loads(sharing.read_text(encoding="utf-8")))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(scenario, run_dir, records, summary)
 
 

@@ -18,13 +18,18 @@ from fedsim.outputs.callbacks import Callback, RunInfo
 def test_overwrite_replaces_a_finished_run(tiny: dict[str, Any], tmp_path: Path) -> None:
     tiny["rounds"] = 1
     fedsim.run(fedsim.load_scenario(tiny), tmp_path / "x")
-    (tmp_path / "x" / "stale.txt").write_text("from the old run")
     with pytest.raises(RunDirectoryError, match=r"output\.overwrite"):
         fedsim.run(fedsim.load_scenario(tiny), tmp_path / "x")
     tiny["output"]["overwrite"] = True
+    (tmp_path / "x" / "notes.txt").write_text("the user's")
+    with pytest.raises(RunDirectoryError, match=r"fedsim did not write \(notes\.txt\)"):
+        fedsim.run(
+            fedsim.load_scenario(tiny), tmp_path / "x"
+        )  # never deletes what it did not write
+    assert (tmp_path / "x" / "notes.txt").read_text() == "the user's"
+    (tmp_path / "x" / "notes.txt").unlink()
     with pytest.warns(FedsimWarning, match="replaced the run"):
         again = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "x")
-    assert not (tmp_path / "x" / "stale.txt").exists()
     assert (again.run_dir / "summary.json").exists()
 
 

@@ -19,6 +19,7 @@ from fedsim import wire
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.callbacks import Callback, RunInfo
 from fedsim.outputs.callbacks import Record as Record  # re-exported: older imports
+from fedsim.run_files import open_text, write_text
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord
@@ -86,7 +87,7 @@ class MetricsLog(Callback):
         self.recent: list[Record] = []
         run_dir.mkdir(parents=True, exist_ok=True)
         if not _keep:
-            self.path.write_text("", encoding="utf-8")
+            write_text(self.path, "")
 
     @classmethod
     def resumed(
@@ -130,7 +131,7 @@ class MetricsLog(Callback):
     def append(self, record: Record, *, notify: bool = True) -> None:
         """Write one record and notify listeners."""
         clean = clean_record(record)
-        with self.path.open("a", encoding="utf-8") as f:
+        with open_text(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
         if self.keep_recent:
             self.recent.append(clean)

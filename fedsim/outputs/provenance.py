@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fedsim.run_files import write_text
+
 PROVENANCE_FILE = "provenance.json"
 # The packages whose versions decide a run's numbers.
 PACKAGES = ("fedsim", "flwr", "torch", "opacus", "numpy")
@@ -120,7 +122,7 @@ def write_provenance(run_dir: Path, scenario_sha256: str, *, resumed: bool = Fal
         data.setdefault("resumes", []).append(entry)
     else:
         data = entry
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(data, indent=2) + "\n")  # never through a planted link
     return path
 
 
