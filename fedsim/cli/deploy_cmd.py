@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 
 from fedsim.cli.errors import user_errors
-from fedsim.deploy.exposure import RISK_FLAG, check_exposure
+from fedsim.deploy.exposure import RISK_FLAG, ROOT_FLAG, check_exposure, check_root, is_loopback
 from fedsim.deploy.flower_commands import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_NODE_PORT,
@@ -23,7 +24,9 @@ from fedsim.deploy.flower_commands import (
     superlink_env,
     supernode_command,
 )
-from fedsim.errors import DeploymentError, Problem, ScenarioError
+from fedsim.deploy.request_guard import DEFAULT_MAX_BODY
+from fedsim.deploy.trusted_apps import trusted_hashes
+from fedsim.errors import DeploymentError, FedsimWarning, Problem, ScenarioError
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import load_scenario
 from fedsim.submission_policy import PERMISSIONS, SubmissionPolicy
@@ -50,6 +53,12 @@ ControlAddress = Annotated[
         "--superlink",
         help="The SuperLink's Control API HOST:PORT (its --control-host/--control-port; "
         "reachable from the SuperLink's host only, unless its operator chose otherwise).",
+    ),
+]
+AllowRoot = Annotated[
+    bool,
+    typer.Option(
+        ROOT_FLAG, help="Start even as root (every Flower app it runs then runs as root)."
     ),
 ]
 RootCertificates = Annotated[
@@ -122,11 +131,29 @@ def superlink(
             "Control API address (the error names which).",
         ),
     ] = False,
+    trust_app: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trust-app",
+            help="Also run this Flower app (repeatable): its FAB's SHA-256, a .fab file or "
+            "an app folder. By default only fedsim's own app runs.",
+        ),
+    ] = None,
+    trust_any_app: Annotated[
+        bool,
+        typer.Option("--trust-any-app", help="Run every app submitted (Flower's default)."),
+    ] = False,
+    max_request_mb: Annotated[
+        int,
+        typer.Option(min=1, help="Largest request body, in MiB, refused before Flower reads it."),
+    ] = DEFAULT_MAX_BODY // 2**20,
+    allow_root: AllowRoot = False,
     dry_run: DryRun = False,
 ) -> None:
     """Start a Flower SuperLink (runs the ServerApp; SuperNodes connect to it)."""
     with user_errors():
         _one_of_tls(insecure, certificates)
+        check_root("SuperLink", allow_root=allow_root)
         check_exposure(
             host=host,
             control_host=control_host,
@@ -147,6 +174,8 @@ def superlink(
             certificates=certs,
             supernode_auth=supernode_auth,
             database=database,
+            trusted=None if trust_any_app else trusted_hashes(trust_app or []),
+            max_body=max_request_mb * 2**20,
         )
     _exec(cmd, dry_run, superlink_env(policy))
 
@@ -176,11 +205,30 @@ def node(
         Path | None,
         typer.Option(help="The node's EC private key (OpenSSH format) for SuperNode auth."),
     ] = None,
+    accept_risks: Annotated[
+        bool,
+        typer.Option(RISK_FLAG, help="Connect without TLS to a SuperLink beyond loopback."),
+    ] = False,
+    allow_root: AllowRoot = False,
     dry_run: DryRun = False,
 ) -> None:
     """Start a Flower SuperNode holding one partition (runs the ClientApp)."""
     with user_errors():
         _one_of_tls(insecure, root_certificates)
+        check_root("SuperNode", allow_root=allow_root)
+        link_host = superlink.rpartition(":")[0] or superlink
+        if insecure and not is_loopback(link_host):
+            if not accept_risks:
+                raise DeploymentError(
+                    f"refusing --insecure to {superlink}: without TLS the model, the updates "
+                    "and the node's credentials cross the network readable and forgeable; "
+                    f"use --root-certificates, or pass {RISK_FLAG}"
+                )
+            warnings.warn(
+                f"--insecure to {superlink}: traffic is readable and forgeable on the network",
+                FedsimWarning,
+                stacklevel=1,
+            )
         cmd = supernode_command(
             superlink=superlink,
             partition_id=partition_id,

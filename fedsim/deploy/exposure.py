@@ -9,10 +9,14 @@ start unless the operator passes :data:`RISK_FLAG`.
 from __future__ import annotations
 
 import ipaddress
+import os
+import warnings
 
-from fedsim.errors import DeploymentError
+from fedsim.errors import DeploymentError, FedsimWarning
 
 RISK_FLAG = "--i-understand-the-risks"
+ROOT_FLAG = "--allow-root"
+ROOT_ENV = "FEDSIM_ALLOW_ROOT"  # =1: the same as ROOT_FLAG (containers whose user is root)
 
 
 def is_loopback(host: str) -> bool:
@@ -60,3 +64,29 @@ def check_exposure(
             f"Use TLS, --supernode-auth and a loopback --control-host, or pass {RISK_FLAG} "
             "(docs/deployment.md, threat model)"
         )
+
+
+def check_root(process: str, *, allow_root: bool) -> None:
+    """Refuse to start ``process`` as root unless the operator insists (then warn).
+
+    A Flower app runs as the user of the process that runs it: as root, a submitted
+    app (or a client app sent to a node) can read and change everything on the host.
+
+    Raises
+    ------
+    DeploymentError
+        If this process runs as root and neither :data:`ROOT_FLAG` nor
+        ``FEDSIM_ALLOW_ROOT=1`` was given.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    what = (
+        f"the {process} would run as root, and so would every Flower app it runs "
+        "(it could read and change anything on this host)"
+    )
+    if not (allow_root or os.environ.get(ROOT_ENV) == "1"):
+        raise DeploymentError(
+            f"refusing to start: {what}; run it as an unprivileged user, or pass "
+            f"{ROOT_FLAG} (or set {ROOT_ENV}=1)"
+        )
+    warnings.warn(f"{what}; started anyway ({ROOT_FLAG})", FedsimWarning, stacklevel=2)

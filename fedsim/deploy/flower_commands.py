@@ -59,8 +59,14 @@ def superlink_command(
     database: Path | None = None,
     control_host: str = LOOPBACK,
     control_port: int = DEFAULT_CONTROL_PORT,
+    trusted: frozenset[str] | None = frozenset(),
+    max_body: int | None = None,
 ) -> list[str]:
     """Flower's SuperLink with SuperNodes on ``host:port`` and everything else on control.
+
+    Only the FABs whose hashes are in ``trusted`` may run (None: any app; see
+    :mod:`fedsim.deploy.request_guard`); request bodies are bounded by ``max_body``
+    bytes (default: the guard's).
 
     Runs ``flower-superlink`` through :mod:`fedsim.deploy.guarded_superlink`: Flower
     serves all its APIs on ``control_host:control_port`` (loopback by default), and
@@ -70,7 +76,15 @@ def superlink_command(
     """
     if port == control_port:  # the fleet-only listener is told apart by its port
         raise DeploymentError(f"--port and --control-port must differ (both {port})")
-    cmd = [sys.executable, "-m", GUARDED_SUPERLINK, "--fleet", join_address(host, port), "--"]
+    cmd = [sys.executable, "-m", GUARDED_SUPERLINK, "--fleet", join_address(host, port)]
+    if trusted is None:
+        cmd.append("--any-app")
+    else:
+        for digest in sorted(trusted):
+            cmd += ["--trusted-app", digest]
+    if max_body is not None:
+        cmd += ["--max-body", str(max_body)]
+    cmd.append("--")
     cmd += ["--host", control_host, "--port", str(control_port)]
     cmd.append("--disable-runtime-dependency-installation")
     if certificates is None:

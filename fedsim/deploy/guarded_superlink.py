@@ -9,9 +9,11 @@ key. This launcher runs Flower's own ``flower-superlink`` in this process with F
 told to serve on the *control* address (loopback by default), and opens one more
 listener on the *fleet* address that answers only the Fleet API (``/v1/fleet/...``)
 and ``/health``; every other path gets 403 there. Both listeners share Flower's app,
-state and TLS settings.
+state and TLS settings, and both pass :mod:`fedsim.deploy.request_guard` first
+(bounded bodies, trusted apps only, no replayed node signature).
 
-    python -m fedsim.deploy.guarded_superlink --fleet HOST:PORT -- FLOWER-SUPERLINK-ARGS
+    python -m fedsim.deploy.guarded_superlink --fleet HOST:PORT --trusted-app SHA256
+        -- FLOWER-SUPERLINK-ARGS
 
 (``fedsim deploy superlink`` builds this command.) The hook is Flower's call of
 ``uvicorn.run(app=..., host=..., port=..., ...)``; ``tests/deploy`` fails if a Flower
@@ -28,6 +30,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import uvicorn
+
+from fedsim.deploy.request_guard import DEFAULT_MAX_BODY, RequestGuard
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -90,11 +94,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def two_listener_run(fleet_host: str, fleet_port: int) -> Callable[..., None]:
-    """A stand-in for ``uvicorn.run`` that also serves ``fleet_host:fleet_port``."""
+def two_listener_run(
+    fleet_host: str,
+    fleet_port: int,
+    trusted: frozenset[str] | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> Callable[..., None]:
+    """A stand-in for ``uvicorn.run`` that also serves ``fleet_host:fleet_port``.
+
+    Every request on either listener passes :class:`RequestGuard` first (``trusted``:
+    the FAB hashes that may run, None for any).
+    """
 
     def run(app: ASGIApp, **kwargs: Any) -> None:
-        config = uvicorn.Config(FleetOnly(app, fleet_port), **kwargs)
+        guarded = RequestGuard(app, trusted, max_body)
+        config = uvicorn.Config(FleetOnly(guarded, fleet_port), **kwargs)
         control = bind(config.host, config.port)
         fleet = bind(fleet_host, fleet_port)
         uvicorn.Server(config).run(sockets=[control, fleet])
@@ -114,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     """Run Flower's ``flower-superlink`` entry point with the fleet-only listener added."""
     parser = argparse.ArgumentParser(prog="python -m fedsim.deploy.guarded_superlink")
     parser.add_argument("--fleet", required=True, help="HOST:PORT that serves SuperNodes only")
+    parser.add_argument(
+        "--trusted-app", action="append", default=[], help="SHA-256 of a FAB that may run"
+    )
+    parser.add_argument("--any-app", action="store_true", help="run every submitted FAB")
+    parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="bytes")
     parser.add_argument("flower_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     flower_args = list(args.flower_args)
@@ -123,7 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     (entry,) = entry_points(group="console_scripts", name="flower-superlink")
     # Flower's SuperLink calls `uvicorn.run(app=..., host=..., port=...)` once, in
     # this process: serve the same app on both listeners instead.
-    uvicorn.run = two_listener_run(fleet_host, fleet_port)
+    if not args.any_app and not args.trusted_app:
+        raise SystemExit("fedsim: name the apps this SuperLink may run (--trusted-app HASH)")
+    trusted = None if args.any_app else frozenset(args.trusted_app)
+    uvicorn.run = two_listener_run(fleet_host, fleet_port, trusted, args.max_body)
     sys.argv = ["flower-superlink", *flower_args]
     entry.load()()
 

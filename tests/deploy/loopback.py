@@ -83,7 +83,9 @@ class Cluster:
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         home = self.workdir / "flwr-home" / name  # each process its own FLWR_HOME
         home.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, **(env or {}), "FLWR_HOME": str(home)}
+        # FEDSIM_ALLOW_ROOT: CI's containers run as root, where `fedsim deploy` would
+        # refuse to start (tests/cli/test_deploy_cmd.py checks that refusal).
+        full_env = {**os.environ, "FEDSIM_ALLOW_ROOT": "1", **(env or {}), "FLWR_HOME": str(home)}
         log = (self.workdir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
             cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
