@@ -6,6 +6,12 @@ aliased objects, but everything after it (validation, copies, error messages) wa
 the expansion. Here the composed document is measured as it would expand, counting
 each aliased node once per use, before any Python object is built; a document past
 :data:`MAX_EXPANDED_NODES`, or one whose aliases refer to themselves, is refused.
+
+The same walk refuses a key written twice in one mapping (PyYAML silently keeps the
+last: a second ``rounds:`` far down a file would win unseen), naming both lines, and a
+number longer than :data:`MAX_NUMBER_CHARS` characters (Python refuses to convert
+integers past 4,300 digits, and nothing in a scenario needs a hundred). A document
+nested deeper than PyYAML's recursive composer can follow is refused too.
 """
 
 from __future__ import annotations
@@ -17,10 +23,39 @@ import yaml
 # A scenario file has a few hundred nodes; a generous sweep (many seeds and variants)
 # a few thousand. Counting stops here, long before the expansion costs anything.
 MAX_EXPANDED_NODES = 100_000
+MAX_NUMBER_CHARS = 100
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class YamlBombError(yaml.YAMLError):
     """A document whose aliases expand past the bound, or refer to themselves."""
+
+
+class YamlValueError(yaml.YAMLError):
+    """A document with a duplicate key or an overlong number (the message says where)."""
+
+
+def _check_node(node: yaml.Node) -> None:
+    """Refuse duplicate keys in a mapping node and overlong numbers in a scalar."""
+    long_number = isinstance(node, yaml.ScalarNode) and len(node.value) > MAX_NUMBER_CHARS
+    if long_number and node.tag in _NUMBER_TAGS:
+        raise YamlValueError(
+            f"line {node.start_mark.line + 1}: a number of {len(node.value):,} characters "
+            f"(at most {MAX_NUMBER_CHARS})"
+        )
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                continue  # a merge (<<) may be overridden by the keys written beside it
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                raise YamlValueError(
+                    f"key '{key.value}' is written twice in one mapping, on lines "
+                    f"{seen[key.value]} and {line} (YAML would keep only the last)"
+                )
+            seen[key.value] = line
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -60,6 +95,7 @@ def expanded_size(root: yaml.Node, limit: int = MAX_EXPANDED_NODES) -> int:
                     "or use fewer nested aliases"
                 )
             continue
+        _check_node(node)
         open_nodes.add(key)
         stack.append((node, True))
         for child in children:
@@ -80,5 +116,16 @@ class BoundedSafeLoader(yaml.SafeLoader):
 
 
 def safe_load(text: str) -> Any:
-    """``yaml.safe_load`` that refuses alias bombs (raises :class:`YamlBombError`)."""
-    return yaml.load(text, Loader=BoundedSafeLoader)  # a SafeLoader subclass
+    """``yaml.safe_load`` that refuses alias bombs (raises :class:`YamlBombError`).
+
+    Raises
+    ------
+    YamlBombError
+        For an alias bomb or a document nested too deeply to read.
+    YamlValueError
+        For a key written twice in a mapping or an overlong number.
+    """
+    try:
+        return yaml.load(text, Loader=BoundedSafeLoader)  # a SafeLoader subclass
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise YamlBombError("it is nested too deeply") from None

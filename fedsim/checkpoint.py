@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from flwr.serverapp.strategy import Strategy
 
+from fedsim import bounded_reads
 from fedsim.engine.telemetry import RoundStats, Telemetry
 from fedsim.errors import RunDirectoryError
+from fedsim.npz_bounds import check_npz_sizes
 from fedsim.rounds import LoopState
 from fedsim.state_codec import Decoder, Encoder, StateCodecError, register_state_type
 
@@ -217,13 +219,14 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
 
 
 def _read(path: Path) -> Checkpoint:
+    check_npz_sizes(path)  # before numpy allocates what a header claims
     with np.load(path, allow_pickle=False) as archive:
         if not isinstance(archive, np.lib.npyio.NpzFile) or STATE_MEMBER not in archive.files:
             raise ValueError(f"no {STATE_MEMBER} in it")
         raw: object = archive[STATE_MEMBER]  # not a .npy member: numpy returns its bytes
         if not isinstance(raw, bytes):
             raise ValueError(f"{STATE_MEMBER} is an array, not JSON")
-        doc = json.loads(raw)
+        doc = bounded_reads.loads(raw)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ValueError(f"{STATE_MEMBER} is not a {FORMAT}")
         if doc.get("version") != VERSION:

@@ -40,6 +40,9 @@ class Problem:
         return f"{self.key}: {self.message}" if self.key else self.message
 
 
+MAX_LINES = 20  # problems printed for one scenario, the rest counted
+
+
 class ScenarioError(FedsimError):
     """A scenario cannot be used as written; holds every problem found.
 
@@ -57,9 +60,16 @@ class ScenarioError(FedsimError):
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
-        """Return one line per problem, ``FILE: key: message``."""
+        """Return one line per problem, ``FILE: key: message`` (at most :data:`MAX_LINES`).
+
+        A file that merges one mapping into the next two hundred times has two hundred
+        unknown keys; the first lines say what is wrong, the rest is a count.
+        """
         prefix = f"{self.source}: " if self.source else ""
-        return [f"{prefix}{p}" for p in self.problems]
+        shown = [f"{prefix}{p}" for p in self.problems[:MAX_LINES]]
+        if len(self.problems) > MAX_LINES:
+            shown.append(f"{prefix}... and {len(self.problems) - MAX_LINES} more problems")
+        return shown
 
     def with_source(self, source: str) -> ScenarioError:
         """Return the same problems attributed to ``source``."""

@@ -138,6 +138,10 @@ def preflight(scenario: Scenario) -> None:
         from fedsim.engine.device_trace import load_trace
 
         load_trace(scenario.system.trace.path)  # a malformed trace fails before any training
+    if scenario.engine.name == "inprocess":  # the engine with a clock draws the devices
+        from fedsim.engine.devices import sample_population
+
+        sample_population(scenario.system, scenario.data.num_clients, scenario.seed)
     data = federated_data(scenario.data, scenario.seed)
     if scenario.output.per_client_eval and data.test_parts is None:
         raise ScenarioError(

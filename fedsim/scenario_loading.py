@@ -21,15 +21,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fedsim import bounded_yaml
-from fedsim.bounded_yaml import YamlBombError
+from fedsim import bounded_reads, bounded_yaml
+from fedsim.bounded_yaml import YamlBombError, YamlValueError
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
 from fedsim.param_types import param_type_problems
 from fedsim.plugins import import_plugins
+from fedsim.population_bounds import fraction_problems
 from fedsim.registry import choices_text, is_import_path, suggest
 from fedsim.scenario import Scenario
 
 # ------------------------------------------------------------------ raw mappings
+
+MAX_SCENARIO_BYTES = 16 * 2**20  # a scenario is kilobytes; a wrong path may be a huge log
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -45,16 +48,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ScenarioError([Problem("", "file not found")], source)
     try:
-        raw = bounded_yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = bounded_yaml.safe_load(bounded_reads.read_text(p, MAX_SCENARIO_BYTES))
     except YamlBombError as exc:
         raise ScenarioError([Problem("", f"refused: {exc}")], source) from None
+    except YamlValueError as exc:
+        raise ScenarioError([Problem("", str(exc))], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError([Problem("", f"YAML syntax error at {where}{what}")], source) from None
-    except UnicodeDecodeError:
-        raise ScenarioError([Problem("", "not a UTF-8 text file")], source) from None
+    except bounded_reads.UnreadableFile as exc:
+        raise ScenarioError([Problem("", str(exc).removeprefix(f"{p}: "))], source) from None
     if raw is None:
         raise ScenarioError([Problem("", "the file is empty")], source)
     if not isinstance(raw, dict):
@@ -364,12 +369,12 @@ def check_population(scenario: Scenario) -> list[Problem]:
     values = {**param_defaults(cls), "min_available_nodes": scenario.data.num_clients}
     values["fraction_evaluate"] = 0.0
     values.update(given)
+    problems = fraction_problems(given)  # a share of 2.0 waits forever too
     names = list(NODE_MINIMUMS)
     fraction = values.get("fraction_evaluate")
     if isinstance(fraction, int | float) and fraction > 0:
         names.append(EVALUATE_MINIMUM)
     n = scenario.data.num_clients
-    problems: list[Problem] = []
     for name in names:
         need = values.get(name)
         if not isinstance(need, int) or need <= n:

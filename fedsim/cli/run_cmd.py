@@ -11,7 +11,7 @@ from rich.console import Console
 from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
 from fedsim.cli.options import ImportOption, SetOption
 from fedsim.cli.tables import table
-from fedsim.errors import RunDirectoryError
+from fedsim.errors import RunDirectoryError, ScenarioError
 from fedsim.outputs.comparison import display
 from fedsim.outputs.metrics_log import listening
 from fedsim.outputs.progress import RoundProgress
@@ -82,10 +82,13 @@ def run(
             )
             runs = expand(scenario)
             total = sum(r.rounds for r in runs)
-            with RoundProgress(total, enabled=not quiet) as bar, listening(bar.on_record):
-                result = run_experiment(
-                    scenario, out, on_run_start=bar.run_started, progress=False, jobs=jobs
-                )
+            try:
+                with RoundProgress(total, enabled=not quiet) as bar, listening(bar.on_record):
+                    result = run_experiment(
+                        scenario, out, on_run_start=bar.run_started, progress=False, jobs=jobs
+                    )
+            except ScenarioError as exc:  # found before training: name the file, as validate
+                raise (exc if exc.source else exc.with_source(str(scenario_file))) from None
     if len(result.runs) == 1:
         s = result.runs[0].summary
         # The ray engine has no virtual clock: its runs have no virtual time.

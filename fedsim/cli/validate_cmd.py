@@ -76,6 +76,24 @@ def _built_problems(runs: list[Scenario]) -> list[Problem]:
     return problems
 
 
+def _preflight(runs: list[Scenario], path: Path) -> None:
+    """Make every check ``fedsim run`` makes before training (data, model, devices).
+
+    Raises
+    ------
+    ScenarioError
+        Naming ``path`` and the key, for the first run that ``run`` would refuse.
+    """
+    from fedsim.runner import preflight
+
+    for run in runs:
+        try:
+            preflight(run)
+        except ScenarioError as exc:
+            prefix = f"variants.{run.variant}" if run.variant else ""
+            raise (exc.with_prefix(prefix) if prefix else exc).with_source(str(path)) from None
+
+
 def check_data_files(runs: list[Scenario]) -> None:
     """Read the local data files the runs name (a bad file is an error of the scenario).
 
@@ -129,10 +147,17 @@ def validate(
             runs = expand(scenario, imports=not no_imports)
             check_data_files(runs)  # numbers only (no pickle): safe for untrusted files too
             problems = [] if no_imports else _built_problems(runs)
+            if not problems and not no_imports:
+                _preflight(runs, path)  # what `fedsim run` checks before training, too
             problems += _strict_problems(runs) if strict else []
             if problems:
                 raise ScenarioError(problems, str(path))
         except (ScenarioError, DataUnavailableError) as exc:
+            # Every line names its file (--strict's and a data file's too).
+            if isinstance(exc, DataUnavailableError):
+                exc = ScenarioError([Problem("", str(exc))], str(path))
+            elif exc.source is None:
+                exc = exc.with_source(str(path))
             report(exc)
             failed = True
             continue

@@ -56,13 +56,32 @@ def _read_batch(path: Path) -> dict[str, Any]:
 
 
 def _arrays(
-    batches: list[dict[str, Any]], label_key: str, path: Path
+    batches: list[dict[str, Any]], label_key: str, num_classes: int, path: Path
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The images (N, 3, 32, 32) in [0, 1] and labels of ``batches``, checked."""
+
+    def fail(message: str) -> DataUnavailableError:
+        return DataUnavailableError(f"data.dataset.path: {path}: {message}")
+
     try:
         data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-        labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+        labels = np.concatenate(
+            [np.asarray(b[label_key], dtype=np.int64).reshape(-1) for b in batches]
+        )
     except KeyError as exc:
-        raise DataUnavailableError(f"data.dataset.path: {path}: a batch lacks {exc}") from None
+        raise fail(f"a batch lacks {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise fail(f"a batch's data or labels are not numbers ({exc})") from None
+    if data.size % 3072 or (data.ndim == 2 and data.shape[1] != 3072):
+        raise fail(f"image data of shape {data.shape} is not rows of 3,072 (3 x 32 x 32) bytes")
+    if data.size // 3072 != len(labels):
+        raise fail(f"{data.size // 3072} images but {len(labels)} labels")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise fail(
+            f"label {int(labels[bad][0])} outside 0..{num_classes - 1} ({label_key}, "
+            f"{int(bad.sum())} such)"
+        )
     # Rows are 1024 red, then green, then blue values, row-major: already (C, H, W).
     return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
 
@@ -80,7 +99,7 @@ def load_cifar(cfg: CifarDataset) -> ArrayDataset:
     variant = found[0]
     train_names, test_name = _LAYOUTS[variant]
     key = "labels" if variant == "cifar-10" else f"{cfg.labels}_labels"
-    x, y = _arrays([_read_batch(root / n) for n in train_names], key, root)
-    x_test, y_test = _arrays([_read_batch(root / test_name)], key, root)
     num_classes = {"labels": 10, "fine_labels": 100, "coarse_labels": 20}[key]
+    x, y = _arrays([_read_batch(root / n) for n in train_names], key, num_classes, root)
+    x_test, y_test = _arrays([_read_batch(root / test_name)], key, num_classes, root)
     return ArrayDataset(x=x, y=y, x_test=x_test, y_test=y_test, num_classes=num_classes)

@@ -93,13 +93,39 @@ def _local_splits(root: Path, wanted: list[str]) -> dict[str, Any]:
     for split, paths in files.items():
         if not paths:
             continue
-        if all(p.suffix == ".arrow" for p in paths):
-            parts = [datasets.Dataset.from_file(str(p)) for p in paths]
-            splits[split] = datasets.concatenate_datasets(parts)
-        else:  # parquet is converted once to a memory-mapped Arrow cache
-            cache = str(cache_dir() / "hf")
-            splits[split] = datasets.Dataset.from_parquet([str(p) for p in paths], cache_dir=cache)
+        arrow = all(p.suffix == ".arrow" for p in paths)
+        for path in paths:
+            if not arrow and _head(path) != PARQUET_MAGIC:
+                raise DataUnavailableError(
+                    f"data.dataset.path: {path} is not a parquet file (no PAR1 header); "
+                    "give a parquet or arrow file, or a save_to_disk folder"
+                )
+        try:
+            if arrow:
+                parts = [datasets.Dataset.from_file(str(p)) for p in paths]
+                splits[split] = datasets.concatenate_datasets(parts)
+            else:  # parquet is converted once to a memory-mapped Arrow cache
+                cache = str(cache_dir() / "hf")
+                names = [str(p) for p in paths]
+                splits[split] = datasets.Dataset.from_parquet(names, cache_dir=cache)
+        except Exception as exc:  # pyarrow and datasets raise many types for a bad file
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise DataUnavailableError(
+                f"data.dataset.path: cannot read {', '.join(map(str, paths))} as "
+                f"{'arrow' if arrow else 'parquet'}: {type(exc).__name__}: {first}"
+            ) from None
     return splits
+
+
+PARQUET_MAGIC = b"PAR1"  # a parquet file starts (and ends) with these 4 bytes
+
+
+def _head(path: Path) -> bytes:
+    """The first 4 bytes of a regular file (b"" for anything else)."""
+    if not path.is_file():
+        return b""
+    with path.open("rb") as f:
+        return f.read(4)
 
 
 def _hub_splits(name: str) -> dict[str, Any]:

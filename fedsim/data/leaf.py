@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim import bounded_reads
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS
 from fedsim.errors import DataUnavailableError
@@ -48,7 +49,7 @@ def _read_split(folder: Path) -> Split:
     users: list[str] = []
     for file in files:
         try:
-            raw = json.loads(file.read_text(encoding="utf-8"))
+            raw = bounded_reads.loads(bounded_reads.read_text(file))
             for user in raw["users"]:
                 data = raw["user_data"][user]
                 if len(data["x"]) != len(data["y"]):

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim import bounded_reads
 from fedsim.engine.availability import Availability
 from fedsim.errors import Problem, ScenarioError
 
@@ -101,8 +102,10 @@ def load_trace(path: str | Path) -> list[TraceDevice]:
     if not p.is_file():
         raise _fail(f"file not found: {p}")
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = bounded_reads.loads(bounded_reads.read_text(p))
+    except bounded_reads.UnreadableFile as exc:
+        raise _fail(str(exc)) from None
+    except json.JSONDecodeError as exc:
         raise _fail(f"{p} is not a JSON file: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("devices"), list) or not raw["devices"]:
         raise _fail(f"{p}: needs a mapping with a non-empty list 'devices'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim import bounded_reads
 from fedsim.engine.availability import Availability
 from fedsim.engine.device_trace import load_trace, match_devices
 from fedsim.errors import Problem, ScenarioError
@@ -40,24 +42,42 @@ def _trace(cfg: TraceDist, n: int, rng: np.random.Generator, key: str) -> np.nda
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise ScenarioError([Problem(f"{key}.path", f"file not found: {path}")])
-    with path.open(newline="", encoding="utf-8") as f:
+    try:  # bounded, regular, UTF-8: a device file or a binary never hangs or crashes this
+        text = bounded_reads.read_text(path, MAX_TRACE_CSV_BYTES)
+    except bounded_reads.UnreadableFile as exc:
+        raise ScenarioError([Problem(f"{key}.path", str(exc))]) from None
+    try:
+        return np.resize(_trace_column(text, cfg.column, key, path), n)
+    except csv.Error as exc:
+        raise ScenarioError([Problem(f"{key}.path", f"{path} is not a CSV file: {exc}")]) from None
+
+
+MAX_TRACE_CSV_BYTES = 64 * 2**20
+
+
+def _trace_column(text: str, column: str, key: str, path: Path) -> np.ndarray:
+    """The positive numbers of ``column`` in the CSV ``text``."""
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or cfg.column not in reader.fieldnames:
+        if reader.fieldnames is None or column not in reader.fieldnames:
             raise ScenarioError(
                 [
                     Problem(
                         f"{key}.column",
-                        f"'{cfg.column}' is not a column of {path} (columns: {reader.fieldnames})",
+                        f"'{column}' is not a column of {path} (columns: "
+                        f"{', '.join(c[:40] for c in (reader.fieldnames or [])[:8])})",
                     )
                 ]
             )
         try:
-            values = np.array([float(row[cfg.column]) for row in reader])
-        except ValueError as exc:
+            values = np.array([float(row[column]) for row in reader])
+        except (ValueError, TypeError) as exc:  # TypeError: a row shorter than the header
             raise ScenarioError([Problem(f"{key}.path", f"non-numeric value: {exc}")]) from None
-    if len(values) == 0 or (values <= 0).any():
-        raise ScenarioError([Problem(f"{key}.path", "needs at least one row, all values > 0")])
-    return np.resize(values, n)
+    if len(values) == 0 or not (values > 0).all() or not np.isfinite(values).all():
+        raise ScenarioError(
+            [Problem(f"{key}.path", "needs at least one row, all values finite and > 0")]
+        )
+    return values
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsim import wire
+from fedsim import bounded_reads, wire
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.callbacks import Callback, RunInfo
 from fedsim.outputs.callbacks import Record as Record  # re-exported: older imports
@@ -169,7 +169,7 @@ def _complete_prefix(path: Path, limit: int, last_round: int) -> tuple[int, int]
         if newline < 0:
             break
         try:
-            record = json.loads(data[end:newline])
+            record = bounded_reads.loads(data[end:newline])
         except ValueError:  # a torn, padded or garbled line: nothing after it is trusted
             break
         if not isinstance(record, dict) or record.get("round") != count:
@@ -204,7 +204,7 @@ def read_metrics(run_dir: Path, warnings: list[str] | None = None) -> list[Recor
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = bounded_reads.loads(line)
         except ValueError:
             record = None
         if isinstance(record, dict):

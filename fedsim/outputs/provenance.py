@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fedsim import bounded_reads
 from fedsim.run_files import write_text
 
 PROVENANCE_FILE = "provenance.json"
@@ -130,7 +131,7 @@ def read_provenance(run_dir: Path) -> dict[str, Any] | None:
     """The run's provenance, or None if it has none (a run from an older fedsim)."""
     path = run_dir / PROVENANCE_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = bounded_reads.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
