@@ -57,6 +57,7 @@ from fedsim.clients import (  # noqa: F401  (register steps)
 )
 from fedsim.clients.attacks import attack_mod, poisoned_labels
 from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
+from fedsim.clients.failure_mod import failure_mod
 from fedsim.clients.link_mod import link_mod
 from fedsim.clients.losses import build_loss
 from fedsim.clients.low_precision import FixedPointWeights
@@ -86,9 +87,10 @@ class FedsimClientApp(ClientApp):
         return train_together(jobs, max_batch)
 
 
-# Outermost first: the link mod decodes what arrived before an attacker sees it and
-# codes the reply after the attacker has changed it, as on a real device.
-app = FedsimClientApp(mods=[link_mod, attack_mod])
+# Outermost first: the failure mod turns anything raised inside into an error reply
+# carrying the client's traceback; the link mod decodes what arrived before an attacker
+# sees it and codes the reply after the attacker has changed it, as on a real device.
+app = FedsimClientApp(mods=[failure_mod, link_mod, attack_mod])
 __all__ = ["STEPS", "app"]
 
 

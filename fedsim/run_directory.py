@@ -22,19 +22,24 @@ from fedsim.run_files import foreign_entries, refuse_links, remove_run_files, wr
 from fedsim.run_lock import LOCK_FILE
 
 CRASH_FILE = "CRASHED"
+FAILED_FILE = "FAILED"  # training stopped (every client failed): what failed, and when
 RESOLVED = "scenario.resolved.yaml"
 _RUN_FILES = ("metrics.jsonl", "summary.json")
 
 
 def is_crashed(run_dir: Path) -> bool:
     """Whether the run directory holds a run that started and never finished."""
-    if (run_dir / CRASH_FILE).exists():
+    if (run_dir / CRASH_FILE).exists() or (run_dir / FAILED_FILE).exists():
         return True
     return (run_dir / "metrics.jsonl").exists() and not (run_dir / "summary.json").exists()
 
 
-def mark_crashed(run_dir: Path, exc: BaseException) -> None:
-    """Write the ``CRASHED`` marker: what stopped the run, and when."""
+def mark_crashed(run_dir: Path, exc: BaseException, *, failed: bool = False) -> None:
+    """Write the ``CRASHED`` marker (``FAILED`` with ``failed``): what stopped the run, when.
+
+    ``FAILED`` says the run ended as it should not (its training stopped: every client
+    failed); either marker lets the next run into the directory replace it.
+    """
     info = {
         "error": type(exc).__name__,
         "message": str(exc).splitlines()[0] if str(exc) else "",
@@ -42,7 +47,7 @@ def mark_crashed(run_dir: Path, exc: BaseException) -> None:
     }
     # The run's own error matters more than the marker.
     with contextlib.suppress(OSError, RunDirectoryError):
-        write_text(run_dir / CRASH_FILE, json.dumps(info) + "\n")
+        write_text(run_dir / (FAILED_FILE if failed else CRASH_FILE), json.dumps(info) + "\n")
 
 
 def claim(run_dir: Path, *, overwrite: bool) -> str | None:
@@ -58,7 +63,7 @@ def claim(run_dir: Path, *, overwrite: bool) -> str | None:
     """
     refuse_links(run_dir)
     holds_run = any((run_dir / name).exists() for name in _RUN_FILES)
-    if not holds_run and not (run_dir / CRASH_FILE).exists():
+    if not holds_run and not is_crashed(run_dir):
         return None
     if not (run_dir / RESOLVED).exists():
         raise RunDirectoryError(

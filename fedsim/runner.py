@@ -32,6 +32,7 @@ from fedsim.errors import (
     ScenarioError,
     UnknownNameError,
 )
+from fedsim.failure_watch import TrainingStopped
 from fedsim.flower_log import flower_log
 from fedsim.models import build_model
 from fedsim.outputs.callbacks import Callback, attached
@@ -43,7 +44,7 @@ from fedsim.outputs.provenance import write_provenance
 from fedsim.outputs.summary import summarize
 from fedsim.resume_rules import check_resume
 from fedsim.run_config import scenario_digest
-from fedsim.run_directory import CRASH_FILE, claim, mark_crashed
+from fedsim.run_directory import CRASH_FILE, FAILED_FILE, claim, mark_crashed
 from fedsim.run_files import entry_names, record_manifest, refuse_links, write_text
 from fedsim.run_lock import RunLock
 from fedsim.scenario import ENGINE_SECTIONS, Scenario
@@ -347,9 +348,10 @@ def _execute_recorded(
     try:
         (engine or ENGINES.get(scenario.engine.name))(scenario, run_config)
     except BaseException as exc:
-        mark_crashed(run_dir, exc)
+        mark_crashed(run_dir, exc, failed=isinstance(exc, TrainingStopped))
         raise
     (run_dir / CRASH_FILE).unlink(missing_ok=True)  # a resumed crash that now finished
+    (run_dir / FAILED_FILE).unlink(missing_ok=True)
     records = read_metrics(run_dir)
     summary = summarize(
         records,

@@ -603,6 +603,11 @@ class _EngineSection(Section):
 
     # Wall-clock seconds a client may take to reply before it counts as a failure.
     client_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    # A round whose failed replies reach this share of its replies is a failed round
+    # (1.0: every reply failed); null: never stop. Injected faults do not count.
+    max_failure_fraction: Annotated[float, Field(gt=0, le=1)] | None = 1.0
+    # Failed rounds in a row that stop the run (exit 1, run directory marked FAILED).
+    max_failed_rounds: Annotated[int, Field(ge=1)] = 1
     # Where clients train: auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps,
     # or a list of them that worker processes take in turn ([cuda:0, cuda:1]).
     device: str | Annotated[list[str], Field(min_length=1)] = "auto"

@@ -50,6 +50,7 @@ from fedsim.evaluation import (
     mean_squared_error,
     per_example_scores,
 )
+from fedsim.failure_watch import FailureWatch
 from fedsim.label_prior import log_prior
 from fedsim.models import build_model
 from fedsim.outputs.callbacks import (
@@ -263,6 +264,9 @@ class RoundRecorder:
             None if tau is None else -tau * log_prior(data.global_label_counts, data.num_classes)
         )
         self.pending: dict[str, Any] = {}
+        engine = scenario.engine
+        self.failures = FailureWatch(engine.max_failure_fraction, engine.max_failed_rounds)
+        self.failures_seen = 0  # telemetry.failure_reasons already shown to the watch
 
     def strategy_metrics(self, server_round: int, kind: str, metrics: MetricRecord | None) -> None:
         """Keep what ``aggregate_train``/``aggregate_evaluate`` returned for the record."""
@@ -326,11 +330,23 @@ class RoundRecorder:
         self.pending = {}
         with rng_kept():
             self.callbacks.on_round_end(self.run, server_round, clean_record(record), arrays)
+        # After the round is logged: a run that stops shows what it did until then.
+        self.failures.after_round(
+            server_round, int(record.get("participants") or 0), self._new_failures()
+        )
         if loss is None:
             return None
         if acc is None:
             return MetricRecord({wire.EVAL_LOSS: loss})
         return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
+
+    def _new_failures(self) -> list[str]:
+        """Return the round's failure reasons; the kept list keeps their first lines only."""
+        kept = self.telemetry.failure_reasons
+        new = kept[self.failures_seen :]
+        kept[self.failures_seen :] = [r.split(wire.TRACEBACK_MARK, 1)[0] for r in new]
+        self.failures_seen = len(kept)
+        return new
 
     def _per_client(self, server_round: int) -> dict[str, Any]:
         """Score the loaded model on every client's own test split; log the rows."""

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Final
 
+# Flower's error code of a reply whose ClientApp raised (flwr.common.constant.ErrorCode):
+# a number on the wire; a client's traceback follows TRACEBACK_MARK in the reason.
+CLIENT_APP_RAISED_EXCEPTION: Final = 2
+TRACEBACK_MARK: Final = "\nclient traceback:\n"
+
 # Record names inside a message's RecordDict (Flower's defaults).
 ARRAYS: Final = "arrays"
 CONFIG: Final = "config"

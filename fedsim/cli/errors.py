@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedsim.errors import FedsimError, FedsimWarning, ScenarioError
+from fedsim.failure_watch import TrainingStopped
 
 USAGE_ERROR = 2
+RUN_FAILED = 1
 # emoji=False: ":x:" in a user's file (an /etc/passwd line) must not print as an emoji.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 _python_showwarning = warnings.showwarning
@@ -58,3 +60,6 @@ def user_errors() -> Iterator[None]:
     except FedsimError as exc:
         report(exc)
         raise typer.Exit(USAGE_ERROR) from None
+    except TrainingStopped as exc:  # the run went wrong, not its command line: exit 1
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+        raise typer.Exit(RUN_FAILED) from None

@@ -47,7 +47,6 @@ from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimError, FedsimWarning
 
-CLIENT_APP_RAISED_EXCEPTION = 2  # flwr.common.constant.ErrorCode
 NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: clear of the SuperLink's id 1
 
 
@@ -412,7 +411,9 @@ class InProcessGrid(Grid):
             reply = checked(self.reply_rules, message, outcome)  # type: ignore[arg-type]  # set by the executor
         except Exception as exc:  # a failing client never kills a run
             reply = Message(
-                Error(CLIENT_APP_RAISED_EXCEPTION, f"node {node}: {type(exc).__name__}: {exc}"),
+                Error(
+                    wire.CLIENT_APP_RAISED_EXCEPTION, f"node {node}: {type(exc).__name__}: {exc}"
+                ),
                 reply_to=message,
             )
         if reply.has_error():
