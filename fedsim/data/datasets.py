@@ -16,6 +16,7 @@ import numpy as np
 
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.client_ids import npz_client_ids
+from fedsim.data.image_layout import channels_first
 from fedsim.data.npz_file import read_npz
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
@@ -114,12 +115,15 @@ def load_npz(cfg: NpzDataset) -> ArrayDataset:
     y, y_test = arrays["y"], arrays.get("y_test")
     # Regression targets: one model output.
     num_classes = 1 if values else int(max(y.max(), -1 if y_test is None else y_test.max())) + 1
+    where = f"data.dataset.path: {path}"
+    x = channels_first(arrays["x"], where)
     x_test = arrays.get("x_test")
+    x_test = None if x_test is None else channels_first(x_test, where)
     with np.load(path, allow_pickle=False) as f:  # lazy: reads only the id arrays
         ids = npz_client_ids(f, path, len(y), None if y_test is None else len(y_test))
     return ArrayDataset(
         # copy=False: a float32 file's arrays are not copied a second time.
-        x=arrays["x"].astype(np.float32, copy=False),
+        x=x.astype(np.float32, copy=False),
         y=y,
         x_test=None if x_test is None else x_test.astype(np.float32, copy=False),
         y_test=y_test,

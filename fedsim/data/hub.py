@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS, cache_dir
+from fedsim.data.image_layout import channels_last
 from fedsim.errors import DataUnavailableError
 from fedsim.scenario import HubDataset
 
@@ -30,7 +31,6 @@ PROBE_TIMEOUT_S = 2.0  # how long the Hub may take to accept a connection
 _BATCH = 1024  # examples converted at a time
 _DATA_FILES = (".parquet", ".arrow")
 _SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
-_CHANNELS = (1, 3, 4)
 
 
 def _offline_flag() -> bool:
@@ -179,16 +179,11 @@ def _features(split: Any, key: str) -> NDArray[Any]:
         raise DataUnavailableError(f"data.dataset.path: split with no examples (column '{key}')")
     if is_image and out.ndim == 3:  # (N, H, W) grey images get a channel axis
         out = out[:, None]
-    elif out.ndim == 4 and (is_image or _channels_last(out.shape)):
+    elif out.ndim == 4 and (is_image or channels_last(out.shape)):
         out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
     if pixels:
         out /= 255.0
     return out
-
-
-def _channels_last(shape: tuple[int, ...]) -> bool:
-    """(N, H, W, C) rather than (N, C, H, W): a channel-sized last axis only."""
-    return shape[-1] in _CHANNELS and shape[1] not in _CHANNELS
 
 
 def _column(split: Any, key: str, what: str) -> NDArray[Any]:

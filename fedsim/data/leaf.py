@@ -90,6 +90,11 @@ def _shakespeare(split: Split, cfg: LeafDataset) -> tuple[NDArray[Any], NDArray[
     LEAF's reference scores only the last position).
     """
     xs, ys, _ = split
+    if not all(isinstance(s, str) for s in (*xs, *ys)):
+        raise DataUnavailableError(
+            "data.dataset.task: 'shakespeare' needs lines of text as x and y; these files "
+            "hold other values (another LEAF task?)"
+        )
     lengths = {len(s) for s in xs}
     if len(lengths) > 1:
         raise DataUnavailableError(
@@ -135,8 +140,15 @@ def load_leaf(cfg: LeafDataset) -> ArrayDataset:
         )
     convert = LEAF_TASKS.get(cfg.task)
     train, test = _read_split(root / "train"), _read_split(root / "test")
-    x, y, num_classes = convert(train, cfg)
-    x_test, y_test, _ = convert(test, cfg)
+    try:  # a task that does not match the files meets values of the wrong type
+        x, y, num_classes = convert(train, cfg)
+        x_test, y_test, _ = convert(test, cfg)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataUnavailableError(
+            f"data.dataset.task: '{cfg.task}' does not match the files in {root} "
+            f"({type(exc).__name__}: {first}); tasks: {', '.join(LEAF_TASKS.names())}"
+        ) from None
     return ArrayDataset(
         x=x,
         y=y,

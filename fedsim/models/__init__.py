@@ -89,6 +89,18 @@ def build_model(
         raise ScenarioError([Problem("model.name", str(exc))]) from None
     except TypeError as exc:
         raise ScenarioError([Problem("model.params", str(exc))]) from None
+    except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        # torch's own shape errors while the factory builds (a pooling that shrinks
+        # width 3 to nothing): the data's shape is what the user can change.
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ScenarioError(
+            [
+                Problem(
+                    "model.name",
+                    f"'{name}' cannot be built for examples of shape {tuple(input_shape)}: {first}",
+                )
+            ]
+        ) from None
 
 
 class IncompatibleDataError(ValueError):

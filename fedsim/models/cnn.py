@@ -12,7 +12,9 @@ from torch import nn
 from fedsim.models import IncompatibleDataError, register_model
 
 
-@register_model("cnn", inputs="(C, H, W) images (3x3 kernels up to 16 pixels a side, else 5x5)")
+@register_model(
+    "cnn", inputs="(C, H, W) or grey (H, W) images (3x3 kernels up to 16 pixels a side, else 5x5)"
+)
 def cnn(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -24,9 +26,13 @@ def cnn(
     Small images (at most 16 pixels a side, e.g. digits 8x8) use 3x3 kernels with
     padding; larger ones (MNIST 28x28) use 5x5 valid convolutions as in LeNet.
     """
+    grey = len(input_shape) == 2  # (H, W) images: one channel, added in the forward pass
+    if grey:
+        input_shape = (1, *input_shape)
     if len(input_shape) != 3:
         raise IncompatibleDataError(
-            f"'cnn' needs image data of shape (C, H, W), got {input_shape}; use 'cnn1d' or 'mlp'"
+            f"'cnn' needs image data of shape (C, H, W) or (H, W), got {input_shape}; "
+            "use 'cnn1d' or 'mlp'"
         )
     c, h, w = input_shape
     k, pad = (3, 1) if max(h, w) <= 16 else (5, 0)
@@ -42,7 +48,15 @@ def cnn(
     )
     with torch.no_grad():
         flat = body(torch.zeros(1, *input_shape)).shape[1]
-    return nn.Sequential(body, nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+    head = [body, nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*([_AddImageChannel()] if grey else []), *head)
+
+
+class _AddImageChannel(nn.Module):
+    """Grey images (..., H, W) to (..., 1, H, W) for Conv2d (batched or one example)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(-3)
 
 
 class _AddChannel(nn.Module):
