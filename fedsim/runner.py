@@ -308,6 +308,11 @@ def resume(
             )
         except ScenarioError as exc:
             raise exc.with_source(str(run_dir / RESOLVED)) from None
+        if checkpoint.server_round >= scenario.rounds and (run_dir / "summary.json").exists():
+            raise RunDirectoryError(
+                f"{run_dir} holds a finished run (all {scenario.rounds} rounds); nothing to "
+                f"resume: --set rounds=N (N > {scenario.rounds}) runs it on"
+            )
         preflight(scenario)
         if overrides:
             _write_resolved(run_dir, scenario)

@@ -200,6 +200,14 @@ def test_resume_refuses_a_hand_edited_resolved_scenario(short: Path) -> None:
     assert "changed since the checkpoint (3 -> 11)" in str(info.value)
 
 
+def test_resume_of_a_finished_run_says_so_and_reruns_nothing(short: Path) -> None:
+    before = (short / "metrics.jsonl").read_bytes()
+    result = _resume(short)
+    assert result.exit_code == 2
+    assert "holds a finished run (all 4 rounds); nothing to resume" in result.output
+    assert (short / "metrics.jsonl").read_bytes() == before
+
+
 def test_resume_with_more_rounds_ends_like_the_longer_uninterrupted_run(
     short: Path, runs: dict[str, Path]
 ) -> None:

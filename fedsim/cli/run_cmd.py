@@ -93,9 +93,10 @@ def run(
         s = result.runs[0].summary
         # The ray engine has no virtual clock: its runs have no virtual time.
         vt = "-" if s["virtual_time_s"] is None else f"{s['virtual_time_s']:.1f} s"
+        eps = "" if s.get("epsilon") is None else f", epsilon {s['epsilon']:.3f}"
         console.print(
             f"final accuracy {s['final_eval_accuracy']:.4f} (best {s['best_eval_accuracy']:.4f}), "
-            f"virtual time {vt}, stragglers {s['stragglers']}, failures {s['failures']}",
+            f"virtual time {vt}, stragglers {s['stragglers']}, failures {s['failures']}{eps}",
             soft_wrap=True,  # one line whatever the terminal width (scripts grep it)
         )
     else:

@@ -35,6 +35,9 @@ def deployment_run_config(
     config: dict[str, Any] = dict(run_config)
     config[wire.RUN_SCENARIO_YAML] = to_yaml(scenario)
     config[wire.RUN_WAIT_NODES] = wait_nodes
+    # Every ClientApp process on the nodes trains with the scenario's thread count, as
+    # the in-process engine does: torch's default (one per core) sums in another order.
+    config[wire.RUN_TORCH_THREADS] = scenario.engine.threads_per_worker
     return config
 
 

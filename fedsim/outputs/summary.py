@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedsim.outputs.metrics_log import FED_EVAL_PREFIX, TRAIN_PREFIX, Record
+from fedsim.wire import EPSILON
 
 
 def _last_strategy_metrics(records: list[Record]) -> dict[str, Any]:
@@ -12,7 +13,9 @@ def _last_strategy_metrics(records: list[Record]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for prefix in (TRAIN_PREFIX, FED_EVAL_PREFIX):
         for r in reversed(records):
-            fields = {k: v for k, v in r.items() if k.startswith(prefix)}
+            # Not the strategy's average of the clients' epsilon: a mean of privacy
+            # spends bounds nobody's; the summary's `epsilon` (the largest) is the one.
+            fields = {k: v for k, v in r.items() if k.startswith(prefix) and k != prefix + EPSILON}
             if fields:
                 out.update(fields)
                 break
