@@ -81,7 +81,7 @@ def report(
         return
     console = Console()
     headers = [c.replace("_eval", "").replace("_", " ") for c in COLUMNS]
-    cells = [[format_cell(row[c]) for c in COLUMNS] for row in result.rows]
+    cells = [[format_cell(row[c], c) for c in COLUMNS] for row in result.rows]
     console.print(table("runs", headers, cells))
     if result.differences:
         names = [str(row["run"]) for row in result.rows]

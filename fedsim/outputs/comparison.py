@@ -9,6 +9,7 @@ difference to it and the two-sided p-value of a paired t-test over the seeds bot
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,7 +85,8 @@ def comparison_rows(
                 "variant": name,
                 "runs": len(summaries),
                 "final_acc_mean": _mean(finals),
-                "final_acc_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                # One seed has no spread to report: null, never a made-up 0.
+                "final_acc_std": statistics.stdev(finals) if len(finals) > 1 else None,
                 "delta_acc_vs_baseline": delta,
                 "p_paired": p,
                 "best_acc_mean": _mean([s["best_eval_accuracy"] for s in summaries]),
@@ -115,10 +117,15 @@ def columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*COLUMNS, *extra]
 
 
-def format_cell(value: Any) -> str:
-    """A table cell: ``-`` for missing, 4 decimals for small floats, 1 for large."""
+def format_cell(value: Any, column: str = "") -> str:
+    """A table cell: ``-`` for missing, 4 decimals for small floats, 1 for large.
+
+    Byte counts are whole numbers with thousands separators (``1,234,567``).
+    """
     if value is None:
         return "-"
+    if "bytes" in column and isinstance(value, int | float) and math.isfinite(value):
+        return f"{round(value):,}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
@@ -137,10 +144,11 @@ def display(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str
     for r in rows:
         line = []
         for c in cols:
-            if c == "final_acc_mean" and r.get(c) is not None:
-                line.append(f"{format_cell(r[c])} ± {format_cell(r.get('final_acc_std'))}")
-            else:
-                line.append(format_cell(r.get(c)))
+            spread = r.get("final_acc_std")
+            if c == "final_acc_mean" and r.get(c) is not None and spread is not None:
+                line.append(f"{format_cell(r[c])} ± {format_cell(spread)}")
+            else:  # one seed: the mean alone (no ± from a single run)
+                line.append(format_cell(r.get(c), c))
         cells.append(line)
     return headers, cells
 
