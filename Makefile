@@ -9,10 +9,16 @@ TORCH := torch==2.13.0
 
 .PHONY: run test check venv clean
 
+# `make run` installs fedsim's runtime dependencies only; `make test` adds the dev set
+# (Ray, trackers, notebook, linters: gigabytes a first run does not need).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -21,7 +27,7 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/fedsim run scenarios/quickstart.yaml
 
-test: venv
+test: $(VENV)/.installed-dev
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash dev/check.sh
 
 clean:

@@ -22,6 +22,7 @@ from flwr.app import UserConfig
 
 from fedsim import wire
 from fedsim.checkpoint import load_checkpoint
+from fedsim.clock_needs import clock_problems
 from fedsim.data.federated import federated_data
 from fedsim.data.partitioners import coverage_problem
 from fedsim.engine.registry import ENGINES, Engine
@@ -131,6 +132,9 @@ def preflight(scenario: Scenario) -> None:
         from fedsim.training_device import check_devices
 
         check_devices(scenario.engine.device)
+    clockless = clock_problems(scenario.system, scenario.engine.name)
+    if clockless:
+        raise ScenarioError(clockless)
     if scenario.system.trace is not None:
         if scenario.engine.name != "inprocess":
             raise ScenarioError(

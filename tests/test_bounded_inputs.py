@@ -136,6 +136,11 @@ def _bad_files(tmp: Path) -> dict[str, str]:
         _scenario(**{"engine": {"name": "ray"}, "output.checkpoint_every": 1}),
         "output.checkpoint_every: engine 'ray' cannot checkpoint",
     )
+    scenario(
+        "ray_stragglers.yaml",
+        _scenario(**{"engine": {"name": "ray"}, "system.straggle_prob": 0.3}),
+        "system.straggle_prob: engine 'ray' has no virtual clock",
+    )
     return cases
 
 
