@@ -75,6 +75,21 @@ def _labels(run_dirs: Sequence[Path]) -> list[str]:
     ]
 
 
+def runs_in(paths: Sequence[Path]) -> list[Path]:
+    """Run directories, each comparison folder among ``paths`` replaced by its runs.
+
+    A comparison folder is what ``fedsim run`` writes for variants x seeds:
+    ``comparison.csv`` and one ``<variant>-seed<k>`` run directory per run.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if not (path / "metrics.jsonl").is_file() and (path / "comparison.csv").is_file():
+            found += sorted(d for d in path.iterdir() if (d / "metrics.jsonl").is_file())
+        else:
+            found.append(path)
+    return found
+
+
 def _records(run_dir: Path, warnings: list[str]) -> list[Record]:
     if not (run_dir / "metrics.jsonl").is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no metrics.jsonl)")
@@ -182,7 +197,8 @@ def write_report(
     Parameters
     ----------
     run_dirs : sequence of Path
-        Run directories (each with a ``metrics.jsonl``).
+        Run directories (each with a ``metrics.jsonl``), or comparison folders (their
+        runs, see :func:`runs_in`).
     out_dir : Path
         Where the CSV and plots go (created if needed).
     x : {"round", "virtual_time", "bytes_up"}
@@ -197,6 +213,7 @@ def write_report(
     """
     if x not in X_AXES:
         raise ValueError(f"x must be one of {sorted(X_AXES)}, got '{x}'")
+    run_dirs = runs_in(run_dirs)
     labels = _labels(run_dirs)
     warnings: list[str] = []
     runs = {label: _records(path, warnings) for label, path in zip(labels, run_dirs, strict=True)}

@@ -134,3 +134,13 @@ def test_report_curves_are_variants_with_their_seeds_pooled(tmp_path: Path) -> N
         "scenario.seed": ["0", "1", "0", "1"],
         "scenario.variant": ["fedavg", "fedavg", "fedprox", "fedprox"],
     }
+
+
+def test_report_of_a_comparison_folder_reports_its_runs(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    """What `fedsim run` writes for variants x seeds (comparison.csv beside the runs)."""
+    folder = two_runs[0].parent
+    (folder / "comparison.csv").write_text("variant\n")
+    report = write_report([folder], tmp_path / "out")
+    assert [r["run"] for r in report.rows] == ["fedavg", "fedprox"]
