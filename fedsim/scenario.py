@@ -75,7 +75,7 @@ class RegressionDataset(Section):
     num_features: Annotated[int, Field(ge=1, le=10_000)] = 40
     noise: Annotated[float, Field(ge=0)] = 0.1
     condition: Annotated[float, Field(ge=1)] = 100.0
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
 
 
 class HubDataset(Section):
@@ -714,7 +714,8 @@ class Scenario(Section):
     """A whole experiment. See ``docs/scenarios.md`` for every key."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    seed: int = 0
+    # numpy's and torch's generators take seeds in [0, 2**63): a negative one crashed them.
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -728,7 +729,7 @@ class Scenario(Section):
         default_factory=list,
         description="modules imported before names are resolved, in every process",
     )
-    seeds: Annotated[list[int], Field(min_length=1)] | None = None
+    seeds: Annotated[list[Annotated[int, Field(ge=0, lt=2**63)]], Field(min_length=1)] | None = None
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # A grid: dotted key -> values; every combination becomes a variant (x each variant).
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)

@@ -136,6 +136,8 @@ def _bad_files(tmp: Path) -> dict[str, str]:
         _scenario(**{"engine": {"name": "ray"}, "output.checkpoint_every": 1}),
         "output.checkpoint_every: engine 'ray' cannot checkpoint",
     )
+    # Found by dev/hidden_inputs.py: numpy's generators refuse a negative seed.
+    scenario("negative_seed.yaml", _scenario(seed=-1), "seed: Input should be greater than")
     scenario(
         "ray_stragglers.yaml",
         _scenario(**{"engine": {"name": "ray"}, "system.straggle_prob": 0.3}),
