@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
-from fedsim import bounded_yaml, wire
+from fedsim import wire
+from fedsim.config import bounded_yaml
+from fedsim.config.schema import Scenario
+from fedsim.config.sources import load_scenario
 from fedsim.errors import Problem, ScenarioError
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import load_scenario
 
 # By (the SHA-256 of the scenario's text, whether its import paths were imported).
 _cache: dict[tuple[str, bool], Scenario] = {}

@@ -21,7 +21,8 @@ from typing import Any
 from flwr.app import UserConfig
 
 from fedsim import wire
-from fedsim.checkpoint import load_checkpoint
+from fedsim.config.schema import ENGINE_SECTIONS, Scenario
+from fedsim.config.sources import expand, load_scenario, run_label, to_yaml
 from fedsim.data.federated import federated_data
 from fedsim.data.partitioners import coverage_problem
 from fedsim.engine.registry import ENGINES, Engine
@@ -45,8 +46,7 @@ from fedsim.resume_rules import check_resume
 from fedsim.run_config import scenario_digest
 from fedsim.run_directory import CRASH_FILE, claim, mark_crashed
 from fedsim.run_lock import RunLock
-from fedsim.scenario import ENGINE_SECTIONS, Scenario
-from fedsim.scenario_loading import expand, load_scenario, run_label, to_yaml
+from fedsim.server.checkpoint import load_checkpoint
 
 RESOLVED = "scenario.resolved.yaml"
 
@@ -156,7 +156,7 @@ def preflight(scenario: Scenario) -> None:
             [Problem("model.name", f"'{scenario.model.name}' cannot read this data: {first}")]
         ) from None
     if scenario.client.dp is not None:
-        from fedsim.clients.dp import check_model
+        from fedsim.client.dp import check_model
 
         try:
             check_model(scenario.client.dp, model)
@@ -187,7 +187,7 @@ def _check_resumable(scenario: Scenario) -> None:
                 f"engines that can: {', '.join(sorted(able))}",
             )
         )
-    from fedsim.rounds import uses_flower_loop_class
+    from fedsim.server.loop import uses_flower_loop_class
     from fedsim.strategies import STRATEGIES
 
     try:
@@ -427,7 +427,7 @@ def _run_parallel(
     from fedsim.engine.executor import main_module_hidden, process_context
     from fedsim.outputs.metrics_log import replay
 
-    context = process_context(["fedsim.runner", "fedsim.clients.app", "fedsim.server"])
+    context = process_context(["fedsim.runner", "fedsim.client.app", "fedsim.server.app"])
     results: list[RunResult | None] = [None] * len(runs)
     environ = dict(os.environ)  # a forkserver's children inherit its older environment
     with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:

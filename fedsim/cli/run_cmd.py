@@ -11,11 +11,11 @@ from rich.console import Console
 from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
 from fedsim.cli.options import ImportOption, SetOption
 from fedsim.cli.tables import table
+from fedsim.config.sources import expand, load_scenario
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.comparison import display
 from fedsim.outputs.metrics_log import listening
 from fedsim.outputs.progress import RoundProgress
-from fedsim.scenario_loading import expand, load_scenario
 
 
 def run(

@@ -1,6 +1,6 @@
 """Who runs a dispatch's client calls: this process, or a pool of worker processes.
 
-:class:`fedsim.engine.inprocess.InProcessGrid` decides every message's fate, copies
+:class:`fedsim.engine.inprocess_grid.InProcessGrid` decides every message's fate, copies
 what it delivers and stamps every reply on the virtual clock itself, in the order the
 strategy sent the messages; a :class:`ClientExecutor` only turns ``(message, node)``
 jobs into replies (or the exceptions the ClientApp raised). So a run's metrics do not
@@ -93,7 +93,7 @@ class TrainsTogether(Protocol):
 
     ``train_together(jobs, max_batch)`` returns, per ``(message, context)`` job, the
     reply the app would give it (up to float rounding) or None: run the app as usual.
-    fedsim's ClientApp is one (:mod:`fedsim.clients.batched`, ``engine.batch_clients``).
+    fedsim's ClientApp is one (:mod:`fedsim.client.stacked`, ``engine.batch_clients``).
     """
 
     def train_together(
@@ -126,7 +126,7 @@ class SerialExecutor:
     client_app : callable
         ``ClientApp`` (or any ``(Message, Context) -> Message`` callable).
     contexts : mutable mapping of node id to Context
-        The nodes' persistent Contexts (a :class:`fedsim.engine.inprocess.NodeContexts`
+        The nodes' persistent Contexts (a :class:`fedsim.engine.inprocess_grid.NodeContexts`
         builds them lazily; its ``built`` dict holds those that exist).
     watchdog : Watchdog, optional
         Abandons calls that outlast ``engine.client_timeout_s``.
@@ -238,7 +238,7 @@ class WorkerSpec:
     client_app : object
         The ClientApp, or an :class:`AppRef` to import it by.
     num_nodes, run_config, run_id
-        The population: node Contexts as :func:`fedsim.engine.inprocess.node_contexts`.
+        The population: node Contexts as :func:`fedsim.engine.inprocess_grid.node_contexts`.
     threads : int
         ``torch.set_num_threads`` in the worker (``engine.threads_per_worker``).
     device : str, optional
@@ -281,7 +281,7 @@ def app_ref(client_app: object) -> object:
     """An :class:`AppRef` for ``client_app`` if a module holds it, else the app itself.
 
     Among the modules holding it, the shallowest outside the tests wins
-    (``fedsim.clients.app:app``); the main script (``__main__``, and multiprocessing's
+    (``fedsim.client.app:app``); the main script (``__main__``, and multiprocessing's
     alias of it, ``__mp_main__``) is never named: a worker cannot import it by that
     name. An app only the main script holds is sent pickled.
     """
@@ -307,7 +307,7 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
     import torch
 
     from fedsim.engine.flower_compat import set_task_identity
-    from fedsim.engine.inprocess import node_contexts
+    from fedsim.engine.inprocess_grid import node_contexts
     from fedsim.training_device import set_process_device
 
     torch.set_num_threads(spec.threads)

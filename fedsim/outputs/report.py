@@ -85,7 +85,7 @@ def _records(run_dir: Path, warnings: list[str]) -> list[Record]:
 
 def _resolved(run_dir: Path) -> dict[str, Any] | None:
     """The run's resolved scenario as a mapping (None for a directory without one)."""
-    from fedsim.scenario_loading import read_yaml
+    from fedsim.config.sources import read_yaml
 
     path = run_dir / RESOLVED
     return read_yaml(path) if path.is_file() else None

@@ -16,13 +16,13 @@ from flwr.app import Context, Message
 
 import fedsim
 from fedsim import wire
-from fedsim.checkpoint import checkpoint_path, load_checkpoint
-from fedsim.clients.app import app as client_app
+from fedsim.client.app import app as client_app
+from fedsim.config.schema import InProcessEngine
 from fedsim.engine.executor import AppRef, WorkerPool, WorkerSpec, WorkerStartError
-from fedsim.engine.inprocess_engine import worker_count
+from fedsim.engine.inprocess_run import worker_count
 from fedsim.errors import ScenarioError
 from fedsim.outputs.metrics_log import read_metrics
-from fedsim.scenario import InProcessEngine
+from fedsim.server.checkpoint import checkpoint_path, load_checkpoint
 from tests.conftest import same_final_arrays, strip_wall_clock, write_yaml
 
 KILL_NODE, KILL_ROUND = 1002, 2
@@ -196,7 +196,7 @@ def test_workers_import_the_app_by_its_own_module() -> None:
     """This test module holds fedsim's app too; the worker still imports fedsim's module."""
     from fedsim.engine.executor import app_ref
 
-    assert app_ref(client_app) == AppRef("fedsim.clients.app", "app")
+    assert app_ref(client_app) == AppRef("fedsim.client.app", "app")
     assert app_ref(killing_app) == AppRef("tests.engine.test_workers", "killing_app")
     local = lambda msg, ctx: msg  # noqa: E731  (held by no module: sent pickled)
     assert app_ref(local) is local

@@ -1,0 +1,1 @@
+"""The median_of_means algorithm."""

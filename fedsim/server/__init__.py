@@ -1,0 +1,1 @@
+"""The ServerApp (``fedsim.server.app:app``), its round loop, recorder and checkpoints."""
