@@ -154,6 +154,9 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def names(self) -> list[str]:
         """Return the registered names, sorted."""
         return sorted(self._items)

@@ -21,8 +21,9 @@ from typing import Any
 from flwr.app import UserConfig
 
 from fedsim import wire
+from fedsim.config.expand import expand, run_label
 from fedsim.config.schema import ENGINE_SECTIONS, Scenario
-from fedsim.config.sources import expand, load_scenario, run_label, to_yaml
+from fedsim.config.sources import load_scenario, to_yaml
 from fedsim.data.federated import federated_data
 from fedsim.data.partitioners import coverage_problem
 from fedsim.engine.registry import ENGINES, Engine

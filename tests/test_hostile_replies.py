@@ -175,7 +175,7 @@ def test_the_same_scenario_without_hangs_is_unchanged_by_the_watchdog(
 
 def test_a_non_finite_global_model_stops_the_run_naming_the_round() -> None:
     from fedsim.errors import DivergedError
-    from fedsim.server.app import check_finite
+    from fedsim.server.recorder import check_finite
 
     arrays = ArrayRecord({"w": Array(np.array([1.0, np.nan], np.float32))})
     with pytest.raises(

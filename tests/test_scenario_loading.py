@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 import fedsim
+from fedsim.config.expand import expand, run_label
 from fedsim.config.schema import DirichletPartitioner, LognormalDist, NpzDataset
-from fedsim.config.sources import expand, run_label, to_yaml
+from fedsim.config.sources import to_yaml
 from fedsim.errors import ScenarioError
 
 

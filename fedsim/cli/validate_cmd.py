@@ -10,9 +10,10 @@ from pydantic import ValidationError
 
 from fedsim.cli.errors import USAGE_ERROR, report, stderr
 from fedsim.cli.options import ImportOption, SetOption
+from fedsim.config.expand import expand
 from fedsim.config.import_paths import scenario_imports
 from fedsim.config.schema import NpzDataset, Scenario
-from fedsim.config.sources import expand, load_scenario, read_raw
+from fedsim.config.sources import load_scenario, read_raw
 from fedsim.errors import DataUnavailableError, Problem, ScenarioError
 
 
@@ -53,7 +54,7 @@ def _built_problems(runs: list[Scenario]) -> list[Problem]:
     """
     from fedsim.data.shapes import model_input
     from fedsim.models import build_model
-    from fedsim.server.app import build_strategy
+    from fedsim.server.build import build_strategy
 
     problems: list[Problem] = []
     for run in runs:

@@ -50,10 +50,10 @@ from torch.func import functional_call, grad, vmap
 
 from fedsim import wire
 from fedsim.array_codec import decode, encode
-from fedsim.client.app import (
+from fedsim.client.job import (
     TRAIN_PURPOSE,
-    _partition,
     job_seed,
+    partition,
     received_arrays,
     train_config,
 )
@@ -164,7 +164,7 @@ def _node(context: Context) -> tuple[Scenario, int, NodeData]:
     first = next(iter(_nodes.values()), None)  # all entries share one scenario
     if first is not None and first[1] is not scenario:
         _nodes.clear()  # another run: forget the last one's nodes
-    scenario, pid, data = _partition(context)
+    scenario, pid, data = partition(context)
     _nodes[id(context)] = (context, scenario, pid, data)
     return scenario, pid, data
 

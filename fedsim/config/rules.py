@@ -55,7 +55,7 @@ def dp_releases(scenario: Scenario) -> list[Problem]:
     import fedsim.client.app  # noqa: F401  (registers every shipped step)
     from fedsim.client.dp import DP_EVALUATE_REFUSAL
     from fedsim.client.steps import STEPS
-    from fedsim.config.sources import accepted_params
+    from fedsim.config.components import accepted_params
 
     problems = []
     for name, cls in _strategy_chain(scenario.strategy.name, dict(scenario.strategy.params)):

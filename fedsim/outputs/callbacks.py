@@ -180,7 +180,7 @@ def _baseline_problems(scenario: Scenario) -> list[Problem]:
     baseline = scenario.output.baseline
     if baseline is None or not (scenario.variants or scenario.sweep):
         return []
-    from fedsim.config.sources import sweep_grid
+    from fedsim.config.expand import sweep_grid
 
     points = [label for label, _ in sweep_grid(scenario.sweep)] if scenario.sweep else [""]
     names = [

@@ -18,8 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fedsim.config.expand import run_label
 from fedsim.config.schema import Scenario
-from fedsim.config.sources import run_label
 
 
 def in_notebook() -> bool:

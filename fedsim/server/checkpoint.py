@@ -27,14 +27,21 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.config.schema import Scenario
+from fedsim.engine.protocols import ResumableGrid
 from fedsim.engine.telemetry import RoundStats, Telemetry
-from fedsim.errors import RunDirectoryError
+from fedsim.errors import Problem, RunDirectoryError, ScenarioError
+from fedsim.outputs.callbacks import Callback, RunInfo
+from fedsim.outputs.metrics_log import MetricsLog
+from fedsim.resume_rules import check_resume
 from fedsim.server.loop import LoopState
 from fedsim.server.state_codec import Decoder, Encoder, StateCodecError, register_state_type
 
@@ -60,17 +67,6 @@ _CONFIGURATION = (
     partial,
     type,
 )
-
-
-@runtime_checkable
-class ResumableGrid(Protocol):
-    """A grid whose engine state can be saved and restored (the in-process grid)."""
-
-    def engine_state(self) -> dict[str, Any]:
-        """Return the engine's state between rounds (in the types of :mod:`state_codec`)."""
-
-    def restore_engine_state(self, state: dict[str, Any]) -> None:
-        """Put back what :meth:`engine_state` returned."""
 
 
 @register_state_type("strategy-attributes")
@@ -242,4 +238,64 @@ def _read(path: Path) -> Checkpoint:
         raise ValueError("its loop state is not a LoopState")
     if doc.get("fingerprint") != checkpoint.fingerprint:
         raise ValueError("its scenario does not match its fingerprint")
+    return checkpoint
+
+
+class Checkpointer(Callback):
+    """A checkpoint every ``output.checkpoint_every`` rounds (a callback after the log).
+
+    It holds the loop's :class:`LoopState`, which the round loop updates in place, so
+    at a round's end it saves what ``Strategy.start`` would carry into the next round.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        run_dir: Path,
+        strategy: Strategy,
+        grid: Grid,
+        log: MetricsLog,
+        state: LoopState,
+    ) -> None:
+        if not isinstance(grid, ResumableGrid):
+            raise ScenarioError(
+                [Problem("output.checkpoint_every", "this engine cannot checkpoint its nodes")]
+            )
+        self.every = scenario.output.checkpoint_every or 1
+        self.scenario = scenario.model_dump(mode="json")
+        self.run_dir, self.strategy, self.grid, self.log = run_dir, strategy, grid, log
+        self.state = state
+
+    def on_round_end(
+        self, run: RunInfo, server_round: int, record: dict[str, Any], arrays: ArrayRecord
+    ) -> None:
+        """Save the run's state if ``server_round`` (> 0) is a multiple of ``every``."""
+        if server_round == 0 or server_round % self.every:
+            return
+        self.log.sync()  # the log the checkpoint counts on is on disk before it is
+        save_checkpoint(
+            self.run_dir,
+            Checkpoint(
+                server_round=server_round,
+                loop=self.state,
+                strategy_state=strategy_state(self.strategy),
+                engine_state=self.grid.engine_state(),
+                rng_state=capture_rng(),
+                metrics_bytes=self.log.size,
+                scenario=self.scenario,
+                recent_records=self.log.take_recent(),
+            ),
+        )
+
+
+def resume_from(scenario: Scenario, run_dir: Path, strategy: Strategy, grid: Grid) -> Checkpoint:
+    """Load the run's checkpoint and put strategy and engine back in its state."""
+    checkpoint = load_checkpoint(run_dir)
+    if not isinstance(grid, ResumableGrid):
+        raise ScenarioError([Problem("engine.name", "this engine cannot resume a run")])
+    # `fedsim run --resume` checked this already; a resume requested through Flower's
+    # run config (a deployment) is held to the same rules here.
+    check_resume(checkpoint.scenario, scenario.model_dump(mode="json"), checkpoint.server_round)
+    restore_strategy(strategy, checkpoint.strategy_state)
+    grid.restore_engine_state(checkpoint.engine_state)
     return checkpoint

@@ -132,16 +132,17 @@ def test_the_client_app_trains_a_label_flipper_on_flipped_labels(
     """The same node's data, once attacking and once not: labels y and 9 − y."""
     from fedsim.array_codec import encode_record
     from fedsim.client import app as client_app
+    from fedsim.client import job as client_job
     from fedsim.models import build_model
 
     seen: list[np.ndarray] = []
-    real = client_app.train_local
+    real = client_job.train_local
 
     def spy(model: Any, x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(np.array(y))  # a tensor on the training device (the CPU here)
         return real(model, x, y, *args, **kwargs)
 
-    monkeypatch.setattr(client_app, "train_local", spy)
+    monkeypatch.setattr(client_job, "train_local", spy)
     model = build_model("mlp", tiny["model"]["params"], (64,), 10)
     for flag in ("true", "false"):
         ctx = _context(tmp_path, tiny, "label-flip", **{wire.ATTACKER: flag})

@@ -176,9 +176,9 @@ def test_replies_equal_each_clients_own(
 
 
 def _n(context: Context) -> np.ndarray:
-    from fedsim.client.app import _partition
+    from fedsim.client.job import partition
 
-    return _partition(context)[2].y
+    return partition(context)[2].y
 
 
 def test_a_stack_of_one_equals_the_client_alone(tmp_path: Path) -> None:
@@ -323,7 +323,7 @@ def test_a_run_whose_clients_cannot_be_stacked_is_the_run_without(tmp_path: Path
 def test_job_seed_is_numpys_seed_sequence_of_the_four_words(
     words: tuple[int, int, int, int],
 ) -> None:
-    from fedsim.client.app import job_seed
+    from fedsim.client.job import job_seed
 
     want = int(np.random.SeedSequence(list(words)).generate_state(1)[0])
     assert job_seed(*words) == want

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import fedsim
 from fedsim.cli.main import app
-from fedsim.config.sources import expand, sweep_grid
+from fedsim.config.expand import expand, sweep_grid
 from fedsim.outputs.comparison import comparison_rows, paired_test
 
 

@@ -26,7 +26,7 @@ from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.engine.inprocess_run import build_grid
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS
-from fedsim.server.app import build_strategy
+from fedsim.server.build import build_strategy
 
 Model = dict[str, np.ndarray]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim import wire
+from fedsim.algorithms.agc import keys
 from fedsim.client.loop import batches
 from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
 from fedsim.config.schema import ClientConfig
@@ -27,8 +27,8 @@ from fedsim.data.node_data import NodeData
 class CodedGradientStep(LocalStep):
     """Encode the gradient over the held examples (selected by ``agc-p``)."""
 
-    trigger_key = wire.AGC_P
-    reads = frozenset({wire.AGC_P})
+    trigger_key = keys.AGC_P
+    reads = frozenset({keys.AGC_P})
     trains = False  # the reply is the coded gradient at the received model, not a model
     dp_refusal = "agc clients upload a coded gradient of their data without clipping or noise"
 
@@ -36,7 +36,7 @@ class CodedGradientStep(LocalStep):
         super().__init__(inputs)
         if inputs.data is None:
             raise ValueError("the coded-gradient step needs the node's data")
-        self.p = float(inputs.config[wire.AGC_P])
+        self.p = float(inputs.config[keys.AGC_P])
         data = inputs.data
         device = next(inputs.global_model.parameters()).device  # the training device
         self.x, self.y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
@@ -64,7 +64,7 @@ class CodedGradientStep(LocalStep):
             (losses * self.weights[idx]).sum().backward()  # grads add up across batches
             loss_sum += float(losses.detach().sum())
         gradient = {
-            f"{wire.AGC_GRAD_PREFIX}{name}": (
+            f"{keys.AGC_GRAD_PREFIX}{name}": (
                 p.grad.detach().cpu().numpy().copy() if p.grad is not None else np.zeros(p.shape)
             ).astype(np.float32)
             for name, p in model.named_parameters()

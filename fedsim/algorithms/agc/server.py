@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import wire
+from fedsim.algorithms.agc import keys
 from fedsim.config.schema import DataConfig
 from fedsim.data.sharing import sharing_plan
 from fedsim.strategies import register_strategy
@@ -118,7 +119,7 @@ class ApproxGradientCoding(FedAvg):
     ) -> Iterable[Message]:
         """Send p; keep only the clients that do not straggle this round."""
         self.current = arrays
-        config[wire.AGC_P] = self.p
+        config[keys.AGC_P] = self.p
         messages = list(super().configure_train(server_round, arrays, config, grid))
         # FedAvg samples m of the K connected nodes uniformly without replacement.
         self.cohort = len(list(grid.get_node_ids())) / max(len(messages), 1)
@@ -149,7 +150,7 @@ class ApproxGradientCoding(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Sum the encoded gradients that arrived, decode, and step the global model."""
-        prefix = wire.AGC_GRAD_PREFIX
+        prefix = keys.AGC_GRAD_PREFIX
         total: dict[str, np.ndarray] = {}
         represented, loss_sum, count = 0.0, 0.0, 0
         arrived: list[str] = []

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedsim import wire
+from fedsim.algorithms.fedaws import keys
+from fedsim.client.actions import register_action
+from fedsim.client.job import partition
 from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
 from fedsim.data.node_data import NodeData
 from fedsim.models.cosine import EMBEDDINGS_KEY, CosineClassifier
@@ -22,12 +26,12 @@ from fedsim.models.cosine import EMBEDDINGS_KEY, CosineClassifier
 class PositiveOnlyStep(LocalStep):
     """Pull each feature's cosine with its own class row up to the positive margin."""
 
-    trigger_key = wire.FEDAWS_CLASS
+    trigger_key = keys.FEDAWS_CLASS
     dp_refusal = (
         "fedaws asks every client for the labels it holds (query.labels), a release "
         "DP-SGD does not cover"
     )
-    reads = frozenset({wire.FEDAWS_CLASS, wire.FEDAWS_POSITIVE_MARGIN, wire.FEDAWS_TRAIN_ROW})
+    reads = frozenset({keys.FEDAWS_CLASS, keys.FEDAWS_POSITIVE_MARGIN, keys.FEDAWS_TRAIN_ROW})
     fills = frozenset({EMBEDDINGS_KEY})  # the server sends one row of it, never the matrix
 
     def __init__(self, inputs: StepInputs) -> None:
@@ -35,11 +39,11 @@ class PositiveOnlyStep(LocalStep):
         model = inputs.global_model
         if not isinstance(model, CosineClassifier):
             raise ValueError("fedaws needs a class-embedding head: use model 'cosine'")
-        self.cls = int(inputs.config[wire.FEDAWS_CLASS])
-        self.margin = float(inputs.config[wire.FEDAWS_POSITIVE_MARGIN])
-        self.train_row = bool(inputs.config.get(wire.FEDAWS_TRAIN_ROW, True))
+        self.cls = int(inputs.config[keys.FEDAWS_CLASS])
+        self.margin = float(inputs.config[keys.FEDAWS_POSITIVE_MARGIN])
+        self.train_row = bool(inputs.config.get(keys.FEDAWS_TRAIN_ROW, True))
         self.scale = model.scale
-        row = torch.from_numpy(np.asarray(inputs.extras[wire.FEDAWS_ROW]))  # copied to the device
+        row = torch.from_numpy(np.asarray(inputs.extras[keys.FEDAWS_ROW]))  # copied to the device
         with torch.no_grad():
             model.class_embeddings.zero_()
             model.class_embeddings[self.cls] = row
@@ -57,5 +61,15 @@ class PositiveOnlyStep(LocalStep):
         arrays = self.model_arrays(model)
         if self.train_row:
             row = model.class_embeddings[self.cls].detach().cpu().numpy().copy()
-            arrays[wire.FEDAWS_ROW] = row
+            arrays[keys.FEDAWS_ROW] = row
         return Reply(arrays, work)
+
+
+@register_action("query", keys.QUERY_LABELS)
+def labels(msg: Message, context: Context) -> Message:
+    """Reply with the distinct labels this node holds (FedAwS asks once per node)."""
+    scenario, _, data = partition(context)
+    if scenario.client.dp is not None:
+        raise ValueError(f"client.dp: {PositiveOnlyStep.dp_refusal}")
+    held = sorted({int(v) for v in np.unique(data.y)})
+    return Message(RecordDict({wire.METRICS: MetricRecord({keys.LABELS: held})}), reply_to=msg)

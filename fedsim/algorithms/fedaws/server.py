@@ -32,7 +32,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedsim import wire
+from fedsim.algorithms.fedaws import keys
 from fedsim.algorithms.fedaws.spreadout import DISTANCES, normalize_rows, spreadout_steps
 from fedsim.config.schema import Scenario
 from fedsim.errors import Problem, ScenarioError
@@ -142,8 +142,8 @@ class FedAwS(FedAvg):
         self._embeddings = arrays[EMBEDDINGS_KEY].numpy().copy()
         theta = {k: v for k, v in arrays.items() if k != EMBEDDINGS_KEY}
         self._learn_classes(grid)
-        config[wire.FEDAWS_POSITIVE_MARGIN] = self.positive_margin
-        config[wire.FEDAWS_TRAIN_ROW] = self.train_embeddings
+        config[keys.FEDAWS_POSITIVE_MARGIN] = self.positive_margin
+        config[keys.FEDAWS_TRAIN_ROW] = self.train_embeddings
         messages = []
         for sampled in super().configure_train(server_round, ArrayRecord(), config, grid):
             node = sampled.metadata.dst_node_id
@@ -151,9 +151,9 @@ class FedAwS(FedAvg):
                 continue  # its labels reply was lost; asked again next round
             cls = self.node_classes[node]
             payload = ArrayRecord(dict(theta))
-            payload[wire.FEDAWS_ROW] = Array(self._embeddings[cls].copy())
+            payload[keys.FEDAWS_ROW] = Array(self._embeddings[cls].copy())
             node_config = ConfigRecord(dict(config.items()))
-            node_config[wire.FEDAWS_CLASS] = cls
+            node_config[keys.FEDAWS_CLASS] = cls
             content = RecordDict(
                 {self.arrayrecord_key: payload, self.configrecord_key: node_config}
             )
@@ -172,12 +172,12 @@ class FedAwS(FedAvg):
             if msg.has_error() or self.arrayrecord_key not in msg.content.array_records:
                 continue
             record = msg.content.array_records[self.arrayrecord_key]
-            if wire.FEDAWS_ROW in record:
+            if keys.FEDAWS_ROW in record:
                 cls = self.node_classes[msg.metadata.src_node_id]
                 sent = next(iter(msg.content.metric_records.values()), MetricRecord())
                 weight = float(sent.get(self.weighted_by_key, 1))  # type: ignore[arg-type]
-                rows[cls].append((weight, record[wire.FEDAWS_ROW].numpy()))
-                theta = {k: v for k, v in record.items() if k != wire.FEDAWS_ROW}
+                rows[cls].append((weight, record[keys.FEDAWS_ROW].numpy()))
+                theta = {k: v for k, v in record.items() if k != keys.FEDAWS_ROW}
                 msg.content[self.arrayrecord_key] = ArrayRecord(theta)
         arrays, aggregated = super().aggregate_train(server_round, replies)
         if arrays is None or self._embeddings is None:
@@ -230,7 +230,7 @@ class FedAwS(FedAvg):
         if not unknown:
             return
         queries = [
-            Message(RecordDict(), dst_node_id=n, message_type=f"query.{wire.QUERY_LABELS}")
+            Message(RecordDict(), dst_node_id=n, message_type=f"query.{keys.QUERY_LABELS}")
             for n in unknown
         ]
         for reply in grid.send_and_receive(queries):
@@ -238,7 +238,7 @@ class FedAwS(FedAvg):
                 continue
             node = reply.metadata.src_node_id
             metrics = next(iter(reply.content.metric_records.values()), MetricRecord())
-            held = metrics.get(wire.LABELS, [])
+            held = metrics.get(keys.LABELS, [])
             labels = list(held) if isinstance(held, list) else [held]
             if len(labels) != 1:
                 raise ScenarioError(

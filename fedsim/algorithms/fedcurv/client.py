@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from fedsim import wire
+from fedsim.algorithms.fedcurv import keys
 from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
 from fedsim.data.node_data import NodeData
 from fedsim.kernels.oracle import per_example_grads_func, per_example_grads_loop
@@ -86,8 +87,8 @@ def curvature_penalty(
 class CurvatureStep(LocalStep):
     """The EWC-penalised step FedCurv asks for (config ``curv-lambda``)."""
 
-    trigger_key = wire.CURV_LAMBDA
-    reads = frozenset({wire.CURV_LAMBDA, wire.CURV_FISHER, wire.CURV_SUMS_ROUND, wire.CURV_MEMBERS})
+    trigger_key = keys.CURV_LAMBDA
+    reads = frozenset({keys.CURV_LAMBDA, keys.CURV_FISHER, keys.CURV_SUMS_ROUND, keys.CURV_MEMBERS})
     dp_refusal = (
         "fedcurv clients upload the Fisher diagonal of their data (curv.F, curv.FT), "
         "which DP-SGD's clipping and noise do not cover"
@@ -95,8 +96,8 @@ class CurvatureStep(LocalStep):
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)
-        self.lam = float(inputs.config[wire.CURV_LAMBDA])
-        self.estimator = str(inputs.config.get(wire.CURV_FISHER, "empirical"))
+        self.lam = float(inputs.config[keys.CURV_LAMBDA])
+        self.estimator = str(inputs.config.get(keys.CURV_FISHER, "empirical"))
         self.batch = inputs.batch_size
         self.state = inputs.state
         self.round = int(inputs.config.get(wire.SERVER_ROUND, 0))
@@ -105,12 +106,12 @@ class CurvatureStep(LocalStep):
         # sums), the penalty in the parameters' dtype.
         self.others: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for name, param in inputs.global_model.named_parameters():
-            key = f"{wire.CURV_PREFIX}U.{name}"
+            key = f"{keys.CURV_PREFIX}U.{name}"
             if key not in inputs.extras:
                 continue  # first round: nobody has sent curvature yet
             terms = []
             for kind, mine in (("U", "F"), ("V", "FT"), ("W", "FTT")):
-                total = np.asarray(inputs.extras[f"{wire.CURV_PREFIX}{kind}.{name}"], np.float64)
+                total = np.asarray(inputs.extras[f"{keys.CURV_PREFIX}{kind}.{name}"], np.float64)
                 own_key = f"{mine}.{name}"
                 own_term = own[own_key].numpy().astype(np.float64) if own_key in own else 0.0
                 terms.append(
@@ -139,8 +140,8 @@ class CurvatureStep(LocalStep):
         for name, p in model.named_parameters():
             f = fisher[name].detach().cpu().numpy()
             theta = p.detach().cpu().numpy()
-            extra[f"{wire.CURV_PREFIX}F.{name}"] = f
-            extra[f"{wire.CURV_PREFIX}FT.{name}"] = f * theta
+            extra[f"{keys.CURV_PREFIX}F.{name}"] = f
+            extra[f"{keys.CURV_PREFIX}FT.{name}"] = f * theta
             own[f"F.{name}"], own[f"FT.{name}"], own[f"FTT.{name}"] = (
                 f,
                 f * theta,
@@ -164,14 +165,14 @@ def own_terms_in_sums(state: RecordDict, config: Mapping[str, Any], node_id: int
         If the server counts this client in sums of a round whose terms it no longer
         has (its state was lost): guessing would give a wrong penalty.
     """
-    if wire.CURV_SUMS_ROUND not in config:
+    if keys.CURV_SUMS_ROUND not in config:
         return ArrayRecord()
-    sums_round = int(config[wire.CURV_SUMS_ROUND])
+    sums_round = int(config[keys.CURV_SUMS_ROUND])
     prefix = f"{OWN_TERMS}."
     for key in [k for k in state.array_records if k.startswith(prefix)]:
         if int(key[len(prefix) :]) < sums_round:
             del state[key]
-    members = {str(m) for m in config.get(wire.CURV_MEMBERS, [])}
+    members = {str(m) for m in config.get(keys.CURV_MEMBERS, [])}
     if str(node_id) not in members:
         return ArrayRecord()
     own = state.array_records.get(f"{prefix}{sums_round}")

@@ -32,6 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import wire
+from fedsim.algorithms.fedcurv import keys
 from fedsim.strategies import register_strategy
 
 FISHER_ESTIMATORS = ("empirical", "batch")
@@ -71,11 +72,11 @@ class FedCurv(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send λ, the estimator and the last round's sums along with the model."""
-        config[wire.CURV_LAMBDA] = self.curv_lambda
-        config[wire.CURV_FISHER] = self.fisher
+        config[keys.CURV_LAMBDA] = self.curv_lambda
+        config[keys.CURV_FISHER] = self.fisher
         if self.sums:
-            config[wire.CURV_SUMS_ROUND] = self.sums_round
-            config[wire.CURV_MEMBERS] = list(self.members)
+            config[keys.CURV_SUMS_ROUND] = self.sums_round
+            config[keys.CURV_MEMBERS] = list(self.members)
         payload = ArrayRecord(dict(arrays.items()))
         for key, value in self.sums.items():
             payload[key] = Array(value)
@@ -89,7 +90,7 @@ class FedCurv(FedAvg):
         sums: dict[str, np.ndarray] = {}
         members: list[str] = []
         term_dtypes: dict[str, np.dtype[Any]] = {}
-        prefix = wire.CURV_PREFIX
+        prefix = keys.CURV_PREFIX
         for msg in replies:
             if msg.has_error() or wire.ARRAYS not in msg.content.array_records:
                 continue

@@ -10,11 +10,17 @@ persist from message to message and are never averaged.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from torch import nn
 
+from fedsim import wire
+from fedsim.algorithms.lasgd import keys
+from fedsim.client.actions import register_action
+from fedsim.client.job import TRAIN_PURPOSE, resolve_job, train_job
 from fedsim.client.optimizers import SGD, LocalOptimizer, make_optimizer
 from fedsim.config.schema import OptimizerConfig
 
@@ -74,3 +80,22 @@ def keep(state: RecordDict, model: nn.Module, optimizer: LocalOptimizer | None =
                 if b is not None
             }
         )
+
+
+@register_action("train", keys.LASGD_ACTION)
+def train_lasgd_block(msg: Message, context: Context) -> Message:
+    """One LASGD block: merge what arrived into the kept model, train, keep, reply.
+
+    The reply's arrays are the block's snapshot (the model after its local steps); the
+    worker keeps that model in ``context.state`` and computes on from it next block.
+    """
+    start = time.perf_counter()
+    job = resolve_job(msg, context, purpose=TRAIN_PURPOSE, received_model=False)
+    config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
+    offset = msg.content.array_records.get(wire.ARRAYS, ArrayRecord())
+    load_merged(job.model, context.state, float(config[keys.LASGD_SCALE]), offset)  # type: ignore[arg-type]
+    optimizer = kept_optimizer(job.model, context.state, job.scenario.client.optimizer)
+    reply = train_job(job, msg, context, start, optimizer)
+    # Only after training: a failed block changes nothing.
+    keep(context.state, job.model, optimizer)
+    return reply

@@ -25,26 +25,14 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.engine.protocols import Link
 from fedsim.registry import Registry
 
 Arrays = dict[str, NDArray[np.float32]]  # one model: parameter name -> array
-
-
-class Link(Protocol):
-    """A device's network links (fedsim's ``DeviceProfile`` has them)."""
-
-    @property
-    def uplink_mbps(self) -> float:
-        """Upload bandwidth, Mbit/s."""
-
-    @property
-    def downlink_mbps(self) -> float:
-        """Download bandwidth, Mbit/s."""
 
 
 def transfer_s(nbytes: int, mbps: float, latency_s: float) -> float:

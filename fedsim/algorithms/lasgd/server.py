@@ -37,47 +37,29 @@ import heapq
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedsim import wire
+from fedsim.algorithms.lasgd import keys
 from fedsim.algorithms.lasgd.communication import (
     COMMUNICATIONS,
     Arrays,
     Communication,
     EventLog,
-    Link,
     mean_model,
 )
 from fedsim.config.schema import Scenario
+from fedsim.engine.protocols import VirtualClockGrid
 from fedsim.errors import Problem, UnknownNameError
 from fedsim.strategies import register_strategy
 
 logger = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
-
-
-@runtime_checkable
-class VirtualClockGrid(Protocol):
-    """A grid with simulated time and device links (fedsim's in-process engine)."""
-
-    @property
-    def virtual_time_s(self) -> float:
-        """Simulated seconds since the run started."""
-
-    @property
-    def latency_s(self) -> float:
-        """One-way latency of every link."""
-
-    def device(self, node_id: int) -> Link:
-        """The node's links."""
-
-    def pull_messages_until(self, message_ids: Iterable[str], until_s: float) -> list[Message]:
-        """Pull replies, never moving simulated time past ``until_s``."""
 
 
 @dataclass
@@ -305,7 +287,7 @@ class LASGD(Strategy):
         worker = run.workers[node]
         config = ConfigRecord(dict(run.base))
         config[wire.SERVER_ROUND] = worker.jobs + 1
-        config[wire.LASGD_SCALE] = 0.0 if worker.changed else 1.0
+        config[keys.LASGD_SCALE] = 0.0 if worker.changed else 1.0
         config[wire.LOCAL_COMPUTE] = True
         model = run.models[node] if worker.changed else {}
         arrays = ArrayRecord({k: Array(v) for k, v in model.items()})
@@ -317,7 +299,7 @@ class LASGD(Strategy):
     def _push(run: _Run, node: int) -> None:
         worker = run.workers[node]
         assert worker.content is not None
-        message = Message(worker.content, node, f"train.{wire.LASGD_ACTION}")
+        message = Message(worker.content, node, f"train.{keys.LASGD_ACTION}")
         (message_id,) = run.grid.push_messages([message])
         worker.job = message_id
         run.jobs[message_id] = node

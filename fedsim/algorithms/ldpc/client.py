@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim import wire
+from fedsim.algorithms.ldpc import keys
 from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
 from fedsim.data.node_data import NodeData
 
@@ -49,7 +49,7 @@ class MomentProductStep(LocalStep):
             raise ValueError(f"the moment block has {a.shape[1]} columns, the model {len(theta)}")
         rows = int(self.block.shape[0])
         return Reply(
-            {wire.MOMENT_PRODUCT: (a @ theta - c).numpy()},
+            {keys.MOMENT_PRODUCT: (a @ theta - c).numpy()},
             TrainResult(0.0, rows, 0, num_examples=float(rows)),
-            {wire.MOMENT_BLOCK: float(self.partition_id)},
+            {keys.MOMENT_BLOCK: float(self.partition_id)},
         )

@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import wire
+from fedsim.algorithms.ldpc import keys
 from fedsim.config.schema import DataConfig, Scenario
 from fedsim.data.moments import make_code, moment_plan
 from fedsim.erasure_code import ErasureCode, peel
@@ -114,7 +115,7 @@ class MomentEncodedGD(FedAvg):
         self.current = arrays
         config[wire.LOCAL_STEP] = self.client_step
         sent = ArrayRecord(dict(arrays.items()))
-        sent[wire.MOMENT_PRODUCT] = Array(np.zeros(self.rows))
+        sent[keys.MOMENT_PRODUCT] = Array(np.zeros(self.rows))
         return super().configure_train(server_round, sent, config, grid)
 
     def aggregate_train(
@@ -131,8 +132,8 @@ class MomentEncodedGD(FedAvg):
             if msg.has_error() or wire.ARRAYS not in msg.content.array_records:
                 continue
             metrics = msg.content.metric_records.get(wire.METRICS, MetricRecord())
-            block = metrics.get(wire.MOMENT_BLOCK)
-            product = msg.content.array_records[wire.ARRAYS].get(wire.MOMENT_PRODUCT)
+            block = metrics.get(keys.MOMENT_BLOCK)
+            product = msg.content.array_records[wire.ARRAYS].get(keys.MOMENT_PRODUCT)
             if not isinstance(block, int | float) or product is None:
                 continue
             j = int(block)

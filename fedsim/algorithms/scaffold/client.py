@@ -22,7 +22,7 @@ from flwr.app import Array, ArrayRecord
 from torch import nn
 
 import fedsim
-from fedsim import wire
+from fedsim.algorithms.scaffold import keys
 
 KEPT_C = "scaffold-c"  # context.state record: this client's control variate c_i
 
@@ -31,14 +31,14 @@ KEPT_C = "scaffold-c"  # context.state record: this client's control variate c_i
 class ScaffoldStep(fedsim.LocalStep):
     """Local SGD with the drift correction ``c - c_i``; replies with ``Δc_i`` too."""
 
-    reads = frozenset({wire.SCAFFOLD_OPTION})
+    reads = frozenset({keys.SCAFFOLD_OPTION})
     vectorisable = False  # its reply reads context.state
 
     def __init__(self, inputs: fedsim.StepInputs) -> None:
         super().__init__(inputs)
-        self.option = str(inputs.config.get(wire.SCAFFOLD_OPTION, "II"))
+        self.option = str(inputs.config.get(keys.SCAFFOLD_OPTION, "II"))
         if self.option not in ("I", "II"):
-            raise ValueError(f"{wire.SCAFFOLD_OPTION} must be 'I' or 'II', got {self.option!r}")
+            raise ValueError(f"{keys.SCAFFOLD_OPTION} must be 'I' or 'II', got {self.option!r}")
         self.state = inputs.state
         self.lr = inputs.lr
         params = dict(inputs.global_model.named_parameters())
@@ -48,7 +48,7 @@ class ScaffoldStep(fedsim.LocalStep):
             n: torch.from_numpy(kept[n].numpy()).to(p.device) if n in kept else torch.zeros_like(p)
             for n, p in self.anchor.items()
         }
-        prefix = wire.SCAFFOLD_C_PREFIX
+        prefix = keys.SCAFFOLD_C_PREFIX
         self.c = {
             n: torch.from_numpy(np.asarray(inputs.extras[prefix + n])).to(p.device, p.dtype)
             if prefix + n in inputs.extras
@@ -105,5 +105,5 @@ class ScaffoldStep(fedsim.LocalStep):
         )
         arrays = dict(self.model_arrays(model))
         for n, v in new_c.items():
-            arrays[wire.SCAFFOLD_C_PREFIX + n] = (v - self.c_i[n]).cpu().numpy()
+            arrays[keys.SCAFFOLD_C_PREFIX + n] = (v - self.c_i[n]).cpu().numpy()
         return fedsim.Reply(arrays, work)

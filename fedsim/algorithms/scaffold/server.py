@@ -30,6 +30,7 @@ from flwr.serverapp.strategy import FedAvg
 
 import fedsim
 from fedsim import wire
+from fedsim.algorithms.scaffold import keys
 
 OPTIONS = ("I", "II")
 
@@ -79,11 +80,11 @@ class Scaffold(FedAvg):
         """Send the model, c (zeros before any client replied) and the option."""
         self.num_nodes = len(list(grid.get_node_ids()))
         config[wire.LOCAL_STEP] = self.client_step
-        config[wire.SCAFFOLD_OPTION] = self.option
+        config[keys.SCAFFOLD_OPTION] = self.option
         payload = ArrayRecord(dict(arrays.items()))
         for name, value in arrays.items():
             c = self.c.get(name)
-            payload[wire.SCAFFOLD_C_PREFIX + name] = Array(
+            payload[keys.SCAFFOLD_C_PREFIX + name] = Array(
                 np.zeros_like(value.numpy()) if c is None else c
             )
         self._sent = arrays
@@ -94,7 +95,7 @@ class Scaffold(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the models (FedAvg), step by η_g, and add ``Σ Δc_i / N`` to c."""
         replies = list(replies)
-        prefix = wire.SCAFFOLD_C_PREFIX
+        prefix = keys.SCAFFOLD_C_PREFIX
         delta: dict[str, np.ndarray] = {}
         for msg in replies:
             if msg.has_error() or wire.ARRAYS not in msg.content.array_records:
