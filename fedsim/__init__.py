@@ -56,9 +56,10 @@ if TYPE_CHECKING:
     from fedsim.config.sources import load_scenario
     from fedsim.data.node_data import NodeData
     from fedsim.errors import Problem, ScenarioError
+    from fedsim.experiment import ExperimentResult, run_experiment
     from fedsim.models import register_model
     from fedsim.outputs.callbacks import Callback, RunInfo, register_callback
-    from fedsim.runner import ExperimentResult, RunResult, resume, run, run_experiment
+    from fedsim.runner import RunResult, resume, run
     from fedsim.strategies import register_strategy
 
 _LAZY = {
@@ -74,11 +75,11 @@ _LAZY = {
     "Problem": "fedsim.errors",
     "ScenarioError": "fedsim.errors",
     "register_model": "fedsim.models",
-    "ExperimentResult": "fedsim.runner",
+    "ExperimentResult": "fedsim.experiment",
     "RunResult": "fedsim.runner",
     "resume": "fedsim.runner",
     "run": "fedsim.runner",
-    "run_experiment": "fedsim.runner",
+    "run_experiment": "fedsim.experiment",
     "Scenario": "fedsim.config.schema",
     "load_scenario": "fedsim.config.sources",
     "register_strategy": "fedsim.strategies",

@@ -61,7 +61,8 @@ def run(
     """Run a scenario (every variant x seed) and write its run directory."""
     # Imported on use: torch loads with the runner, and `fedsim deploy node` on a small
     # device should not pay for that just to start Flower.
-    from fedsim.runner import ExperimentResult, resume, run_experiment
+    from fedsim.experiment import ExperimentResult, run_experiment
+    from fedsim.runner import resume
 
     console = Console(soft_wrap=True)  # paths and summaries stay on one line each
     if (scenario_file is None) == (resume_dir is None):

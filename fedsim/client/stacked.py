@@ -37,16 +37,14 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from numpy.typing import NDArray
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from fedsim import wire
 from fedsim.array_codec import decode, encode
@@ -57,17 +55,18 @@ from fedsim.client.job import (
     received_arrays,
     train_config,
 )
-from fedsim.client.loop import batch_spans, num_local_steps
+from fedsim.client.loop import num_local_steps
 from fedsim.client.losses import cross_entropy
 from fedsim.client.model_cache import model_for_job
-from fedsim.client.optimizers import sgd_update_
+from fedsim.client.stacked_training import (
+    train_stacked,
+)
 from fedsim.client.steps import LocalStep, StepInputs, select_step
 from fedsim.client.unread_keys import warn_unread
 from fedsim.config.schema import Scenario
 from fedsim.data.node_data import NodeData
 from fedsim.errors import FedsimWarning
 from fedsim.fast_records import filled
-from fedsim.kernels import mlp_linears, stacked_mlp_cross_entropy_grad
 from fedsim.run_config import scenario_from_run_config
 from fedsim.training_device import client_device
 
@@ -79,7 +78,7 @@ _EMPTY_ARRAYS, _EMPTY_METRICS, _EMPTY_CONTENT = ArrayRecord(), MetricRecord(), R
 
 
 @dataclass
-class _Client:
+class StackedJob:
     """One train job, resolved."""
 
     index: int  # position among the jobs
@@ -113,7 +112,7 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         raises for a bad job: it gets None and the ClientApp reports its error.
     """
     out: list[Message | None] = [None] * len(jobs)
-    groups: dict[tuple[Any, ...], list[_Client]] = {}
+    groups: dict[tuple[Any, ...], list[StackedJob]] = {}
     for i, (message, context) in enumerate(jobs):
         client = _resolve(i, message, context)
         if client is not None:
@@ -169,7 +168,7 @@ def _node(context: Context) -> tuple[Scenario, int, NodeData]:
     return scenario, pid, data
 
 
-def _resolve(index: int, message: Message, context: Context) -> _Client | None:
+def _resolve(index: int, message: Message, context: Context) -> StackedJob | None:
     """The job's client if it can be trained together with others, else None."""
     if message.metadata.message_type != "train" or not message.has_content():
         return None  # not what the ClientApp's plain train handler does
@@ -202,7 +201,7 @@ def _resolve(index: int, message: Message, context: Context) -> _Client | None:
         return None
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     seed = job_seed(scenario.seed, pid, server_round, TRAIN_PURPOSE)
-    return _Client(index, message, context, scenario, pid, data, config, arrays, seed, step_cls)
+    return StackedJob(index, message, context, scenario, pid, data, config, arrays, seed, step_cls)
 
 
 def _refusal(scenario: Scenario) -> str | None:
@@ -240,7 +239,7 @@ def _step_refusal(step_cls: type[LocalStep]) -> str | None:
     return None
 
 
-def _group_key(client: _Client) -> tuple[Any, ...]:
+def _group_key(client: StackedJob) -> tuple[Any, ...]:
     """Clients with equal keys share the model, the step and its hyperparameters."""
     config = tuple(sorted((k, repr(v)) for k, v in client.config.items()))
     # Flower's strategies send every node the same arrays: one group per round.
@@ -257,7 +256,7 @@ def _group_key(client: _Client) -> tuple[Any, ...]:
     )
 
 
-def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
+def _train_chunk(chunk: list[StackedJob]) -> list[Message | None]:
     """Train the clients of one group together; None for each if they cannot be."""
     start = time.perf_counter()
     first = chunk[0]
@@ -296,7 +295,7 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
     except Exception:  # arrays that do not fit, a bad config: the ClientApp reports it
         return [None] * len(chunk)
     try:
-        results = _train_stacked(model, step, chunk)
+        results = train_stacked(model, step, chunk)
     except Exception as exc:  # vmap cannot run this model (data-dependent control flow...)
         what = (str(exc).splitlines() or [""])[0][:200]
         _say(
@@ -326,161 +325,8 @@ def _unstackable(model: nn.Module, arrays: ArrayRecord) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class _Schedule:
-    """Step ``t`` of the stacked clients: who still trains, and on which examples."""
-
-    active: int  # clients 0..active-1 of the (step-count ordered) stack
-    index: torch.Tensor  # (active, B) rows of the concatenated data
-    scale: torch.Tensor  # (active, B): 1/batch for a real example, 0 for padding
-    real: torch.Tensor  # (active, B): 1 for a real example, 0 for padding
-    samples: NDArray[np.int64]  # (active,) real batch size of each active client
-
-
-def _schedule(chunk: list[_Client], order: list[int]) -> list[_Schedule]:
-    """Each client's batches, in the order its ClientApp job would draw them.
-
-    Clients are taken in ``order`` (most steps first), so at every step the clients
-    still training are the first rows of the stack.
-    """
-    cfg = chunk[0].scenario.client
-    offsets = np.cumsum([0] + [len(c.data.y) for c in chunk])
-    spans = []
-    for k in order:
-        n = len(chunk[k].data.y)
-        generator = torch.Generator().manual_seed(chunk[k].seed)
-        spans.append(list(batch_spans(n, cfg, num_local_steps(n, cfg), generator)))
-    counts = [[len(range(*span.indices(len(o)))) for o, span in s] for s in spans]
-    steps, width = len(counts[0]), max(max(c) for c in counts)
-    index = np.zeros((steps, len(order), width), dtype=np.int64)  # padding: row 0, weight 0
-    sizes = np.zeros((steps, len(order)), dtype=np.int64)
-    for row, (k, drawn, sized) in enumerate(zip(order, spans, counts, strict=True)):
-        views: dict[int, NDArray[np.int64]] = {}  # an epoch's order serves several batches
-        for t, ((tensor, span), c) in enumerate(zip(drawn, sized, strict=True)):
-            values = views.get(id(tensor))
-            if values is None:
-                values = views[id(tensor)] = tensor.numpy() + offsets[k]
-            index[t, row, :c] = values[span]
-        sizes[: len(sized), row] = sized
-    real = (np.arange(width) < sizes[:, :, None]).astype(np.float32)
-    scale = real / np.maximum(sizes, 1)[:, :, None].astype(np.float32)
-    active = (sizes > 0).sum(1)
-    return [
-        _Schedule(
-            int(a),
-            torch.from_numpy(index[t, :a]),
-            torch.from_numpy(scale[t, :a]),
-            torch.from_numpy(real[t, :a]),
-            sizes[t, :a],
-        )
-        for t, a in enumerate(active)
-    ]
-
-
-GradientFn = Callable[
-    [Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor],
-    tuple[dict[str, torch.Tensor], torch.Tensor],
-]
-
-
-def _stacked_gradient(model: nn.Module, step: LocalStep) -> GradientFn:
-    """Per-client gradients of the data loss (+ the step's penalty) for stacked parameters."""
-    has_penalty = step.penalty(dict(model.named_parameters())) is not None
-    linears = mlp_linears(model)
-    plain_loss = type(step).data_loss is LocalStep.data_loss and step.loss is cross_entropy
-    if linears is not None and plain_loss:
-        return _mlp_gradient(model, linears, step, has_penalty)
-
-    def client_loss(
-        params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        losses = step.data_loss(functional_call(model, dict(params), (x,)), y)
-        total = (losses * w).sum()
-        penalty = step.penalty(params) if has_penalty else None
-        if penalty is not None:
-            total = total + penalty
-        return total, losses.detach()
-
-    return vmap(grad(client_loss, has_aux=True))
-
-
-def _mlp_gradient(
-    model: nn.Module, linears: list[nn.Linear], step: LocalStep, has_penalty: bool
-) -> GradientFn:
-    """The batched-matmul gradient of plain MLPs under cross-entropy."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    w_names = [names[id(layer.weight)] for layer in linears]
-    b_names = [None if layer.bias is None else names[id(layer.bias)] for layer in linears]
-    penalty_grad = vmap(grad(step.penalty)) if has_penalty else None
-
-    def gradient(
-        params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        weights = [params[n] for n in w_names]
-        biases: list[torch.Tensor | None] = [None if n is None else params[n] for n in b_names]
-        w_grads, b_grads, losses = stacked_mlp_cross_entropy_grad(weights, biases, x, y, w)
-        grads = dict(zip(w_names, w_grads, strict=True))
-        for n, g in zip(b_names, b_grads, strict=True):
-            if n is not None and g is not None:
-                grads[n] = g
-        if penalty_grad is not None:
-            for n, g in penalty_grad(dict(params)).items():
-                grads[n] = grads[n] + g
-        return grads, losses
-
-    return gradient
-
-
-def _train_stacked(
-    model: nn.Module, step: LocalStep, chunk: list[_Client]
-) -> list[tuple[dict[str, np.ndarray], float, int]]:
-    """Train the chunk's clients from the model's weights; per client (arrays, loss, samples)."""
-    cfg = chunk[0].scenario.client
-    opt = cfg.optimizer
-    steps = [num_local_steps(len(c.data.y), cfg) for c in chunk]
-    order = sorted(range(len(chunk)), key=lambda k: -steps[k])  # stable: ties keep order
-    x = torch.from_numpy(np.concatenate([c.data.x for c in chunk]))
-    y = torch.from_numpy(np.concatenate([c.data.y for c in chunk]))
-    model.train()
-    names = [n for n, _ in model.named_parameters()]
-    stacked = {
-        n: p.detach().unsqueeze(0).expand(len(chunk), *p.shape).clone()
-        for n, p in model.named_parameters()
-    }
-    buffers: dict[str, torch.Tensor | None] = dict.fromkeys(names)
-    loss_sums = torch.zeros(len(chunk), dtype=torch.float64)
-    samples = np.zeros(len(chunk), dtype=np.int64)
-    gradient = _stacked_gradient(model, step)
-    for s in _schedule(chunk, order):
-        a = s.active
-        params = {n: stacked[n][:a] for n in names}
-        grads, losses = gradient(params, x[s.index], y[s.index], s.scale)
-        with torch.no_grad():
-            for n in names:
-                buf = buffers[n]
-                new = sgd_update_(
-                    params[n],
-                    grads[n],
-                    None if buf is None else buf[:a],
-                    opt.lr,
-                    opt.momentum,
-                    opt.weight_decay,
-                )
-                if buf is None:
-                    buffers[n] = new
-            loss_sums[:a] += (losses * s.real).sum(1, dtype=torch.float64)
-        samples[:a] += s.samples
-    results: list[tuple[dict[str, np.ndarray], float, int]] = [({}, 0.0, 0)] * len(chunk)
-    values = {n: stacked[n].numpy() for n in names}  # rows of these are contiguous views
-    for row, k in enumerate(order):
-        arrays = {n: values[n][row] for n in names}
-        count = int(samples[row])
-        results[k] = (arrays, float(loss_sums[row]) / max(count, 1), count)
-    return results
-
-
 def _reply(
-    client: _Client, arrays: dict[str, np.ndarray], loss: float, samples: int, duration: float
+    client: StackedJob, arrays: dict[str, np.ndarray], loss: float, samples: int, duration: float
 ) -> Message:
     """The reply the ClientApp's train handler gives (see :mod:`fedsim.client.app`)."""
     metrics = filled(  # what the handler puts there, in its order (Python numbers)

@@ -10,69 +10,58 @@ virtual-time order for asynchronous strategies.
 
 from __future__ import annotations
 
-import copy
 import heapq
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import (
     ArrayRecord,
-    ConfigRecord,
     Context,
     Error,
     Message,
-    MetricRecord,
     RecordDict,
-    UserConfig,
 )
 from flwr.serverapp import Grid
 
 from fedsim import wire
 from fedsim.array_codec import decoding_arrays
-from fedsim.engine.availability import wait_for_online
-from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
+from fedsim.engine.clock import Fate, VirtualClock
+from fedsim.engine.delivery import (
+    CLIENT_APP_RAISED_EXCEPTION,
+    DeviceTraceExhausted,
+    InjectedFault,
+    Plan,
+    arrive,
+    is_local,
+    online_nodes,
+    plan_message,
+    work_of,
+)
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.executor import (
     ClientCallable,
     ClientExecutor,
-    Outcome,
     SerialExecutor,
 )
 from fedsim.engine.flower_compat import assign_message_id, empty_run
+from fedsim.engine.node_contexts import NODE_ID_OFFSET as NODE_ID_OFFSET
+from fedsim.engine.node_contexts import NodeContexts
+from fedsim.engine.node_contexts import node_contexts as node_contexts
 from fedsim.engine.reply_check import ReplyRules, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
-from fedsim.errors import FedsimError, FedsimWarning
+from fedsim.errors import FedsimWarning
 
-CLIENT_APP_RAISED_EXCEPTION = 2  # flwr.common.constant.ErrorCode
-NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: clear of the SuperLink's id 1
-
-
-class InjectedFault(RuntimeError):
-    """Raised in place of a client when the scenario's ``system.failure_prob`` fires."""
-
-
-class DeviceTraceExhausted(FedsimError):
-    """A device trace never again has as many devices online as a round needs."""
-
-
-@dataclass
-class _Plan:
-    """One message of a dispatch between its three phases (see ``_dispatch_all``)."""
-
-    message: Message
-    message_id: str
-    node: int
-    device: DeviceProfile
-    fate: Fate
-    nbytes: int
-    now: float  # simulated time it was sent
-    offline: bool = False  # its node was offline when it was sent
-    delivered: Message | None = None  # the node's own copy, when the client runs
-    outcome: Outcome | None = None  # its reply or what the client raised
+__all__ = [
+    "NODE_ID_OFFSET",
+    "DeviceTraceExhausted",
+    "InProcessGrid",
+    "InjectedFault",
+    "node_contexts",
+]
 
 
 @dataclass(order=True)
@@ -206,17 +195,7 @@ class InProcessGrid(Grid):
         """
         if not self._traced:
             return list(self.contexts)
-        now = self.clock.now
-        t, online = wait_for_online(self._availability, now, self.min_online)
-        if math.isinf(t):
-            raise DeviceTraceExhausted(
-                f"system.trace: fewer than {self.min_online} devices are ever online after "
-                f"virtual time {now:.0f} s; give the trace a period_s or lower min_online"
-            )
-        if t > now:
-            self.clock.record(t, -1, "wait", self._dispatch)
-            self.clock.now = t
-        return online
+        return online_nodes(self.clock, self._availability, self.min_online, self._dispatch)
 
     @property
     def virtual_time_s(self) -> float:
@@ -355,7 +334,7 @@ class InProcessGrid(Grid):
             self.reply_rules.new_dispatch()
         sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
         self._sent = {}
-        plans: list[_Plan] = []
+        plans: list[Plan] = []
         for i, message in enumerate(messages):
             message_id = f"{self._dispatch}-{i}"
             assign_message_id(message, message_id)
@@ -363,38 +342,21 @@ class InProcessGrid(Grid):
             key = id(message.content)  # the contents stay alive, so ids stay unique
             if key not in sizes:
                 sizes[key] = content_bytes(message)
-            plans.append(self._plan(message, message_id, sizes[key]))
+            plans.append(
+                plan_message(
+                    self.clock, self.devices, self._dispatch, message, message_id, sizes[key]
+                )
+            )
         runs = [p for p in plans if p.delivered is not None]
         outcomes = self.executor.run([(p.delivered, p.node) for p in runs])  # type: ignore[misc]  # delivered is set
         for plan, outcome in zip(runs, outcomes, strict=True):
             plan.outcome = outcome
         return [self._settle(p) for p in plans]
 
-    def _plan(self, message: Message, message_id: str, nbytes: int) -> _Plan:
-        """Draw ``message``'s fate; copy what its node will be handed if it runs."""
-        node = message.metadata.dst_node_id
-        device = self.devices[node]
-        fate = self.clock.draw(self._dispatch, node)
-        plan = _Plan(message, message_id, node, device, fate, nbytes, self.clock.now)
-        if fate is Fate.DROPOUT:
-            return plan
-        if device.availability is not None and not device.availability.online_at(plan.now):
-            plan.offline = True
-            return plan
-        if fate is Fate.FAILURE:
-            plan.outcome = InjectedFault("fault injected by system.failure_prob")
-            return plan
-        # The node's own metadata; its own content containers only if the ClientApp is
-        # called (the executor copies then: training together only reads them).
-        plan.delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
-            content=message.content, metadata=copy.copy(message.metadata)
-        )
-        return plan
-
-    def _settle(self, plan: _Plan) -> tuple[float, str, Message | None]:
+    def _settle(self, plan: Plan) -> tuple[float, str, Message | None]:
         """Stamp one message's outcome on the clock; return (arrival, id, reply or None)."""
         message, node, device, now = plan.message, plan.node, plan.device, plan.now
-        local = _is_local(message)  # nothing crosses the simulated network
+        local = is_local(message)  # nothing crosses the simulated network
         self.telemetry.current.bytes_down += 0 if local else plan.nbytes
         if plan.fate is Fate.DROPOUT:
             self.telemetry.current.dropouts += 1
@@ -417,98 +379,22 @@ class InProcessGrid(Grid):
             )
         if reply.has_error():
             up_s = 0.0 if local else self.clock.upload_s(device, 0)
-            arrival, delivered_reply = self._arrive(node, device, now, t + up_s, reply)
+            arrival, delivered_reply = arrive(
+                self.clock, self.telemetry, self._dispatch, node, device, now, t + up_s, reply
+            )
             return arrival, plan.message_id, delivered_reply
         for record in reply.content.values():
             if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
                 decoding_arrays(record)
         up = 0 if local else content_bytes(reply)
         metrics = reply_metrics(reply)
-        t += self.clock.compute_s(device, _work(message.metadata.message_type, metrics), plan.fate)
+        t += self.clock.compute_s(
+            device, work_of(message.metadata.message_type, metrics), plan.fate
+        )
         up_s = 0.0 if local else self.clock.upload_s(device, up)
-        arrival, delivered_reply = self._arrive(node, device, now, t + up_s, reply)
+        arrival, delivered_reply = arrive(
+            self.clock, self.telemetry, self._dispatch, node, device, now, t + up_s, reply
+        )
         if delivered_reply is not None:
             self.telemetry.record_upload(reply, up, metrics)
         return arrival, plan.message_id, delivered_reply
-
-    def _arrive(
-        self, node: int, device: DeviceProfile, sent: float, arrival: float, reply: Message
-    ) -> tuple[float, Message | None]:
-        """The reply at its arrival time, or a dropout if the device goes offline first.
-
-        The client has run by then (its ``context.state`` keeps what it did, as a real
-        device that trained and lost its connection before uploading would).
-        """
-        if device.availability is not None:
-            offline = device.availability.offline_at(sent)
-            if offline < arrival:
-                self.clock.record(offline, node, "dropout", self._dispatch)
-                self.telemetry.current.dropouts += 1
-                return offline, None
-        self.clock.record(arrival, node, "reply", self._dispatch)
-        return arrival, reply
-
-
-def _is_local(message: Message) -> bool:
-    """Whether ``message`` asks for compute only (config ``local-compute``)."""
-    config = message.content.get(wire.CONFIG) if message.has_content() else None
-    return isinstance(config, ConfigRecord) and bool(config.get(wire.LOCAL_COMPUTE, False))
-
-
-def _work(kind: str, metrics: MetricRecord) -> float:
-    """Training examples' worth of compute a reply represents (drives the clock)."""
-    if kind.startswith("train"):
-        return float(metrics.get(wire.TRAIN_SAMPLES, metrics.get(wire.NUM_EXAMPLES, 0)))  # type: ignore[arg-type]
-    if kind.startswith("evaluate"):
-        return EVAL_COST_FACTOR * float(metrics.get(wire.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
-    return 0.0
-
-
-class NodeContexts(Mapping[int, Context]):
-    """One persistent Context per node, built the first time the node is looked up.
-
-    A large population where each round samples a few nodes never builds the Contexts
-    of the nodes that are never sent a message (10,000 nodes at 1% per round build a
-    few hundred).
-
-    Parameters
-    ----------
-    num_nodes : int
-        Population size; node ids are ``NODE_ID_OFFSET + k`` for partition ``k``.
-    run_config : UserConfig
-        Flower's run config every Context carries (each gets its own copy).
-    run_id : int
-        Flower run id.
-    """
-
-    def __init__(self, num_nodes: int, run_config: UserConfig, run_id: int = 1) -> None:
-        self.num_nodes = num_nodes
-        self.run_config = dict(run_config)
-        self.run_id = run_id
-        self.built: dict[int, Context] = {}
-
-    def __getitem__(self, node_id: int) -> Context:
-        context = self.built.get(node_id)
-        if context is None:
-            k = node_id - NODE_ID_OFFSET
-            if not 0 <= k < self.num_nodes:
-                raise KeyError(node_id)
-            context = self.built[node_id] = Context(
-                run_id=self.run_id,
-                node_id=node_id,
-                node_config={wire.PARTITION_ID: k, wire.NUM_PARTITIONS: self.num_nodes},
-                state=RecordDict(),
-                run_config=dict(self.run_config),
-            )
-        return context
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(NODE_ID_OFFSET, NODE_ID_OFFSET + self.num_nodes))
-
-    def __len__(self) -> int:
-        return self.num_nodes
-
-
-def node_contexts(num_nodes: int, run_config: UserConfig, run_id: int = 1) -> NodeContexts:
-    """One persistent Context per node, with Flower's partition keys in node_config."""
-    return NodeContexts(num_nodes, run_config, run_id)

@@ -15,9 +15,9 @@ from fedsim.apps import load_apps
 from fedsim.config.schema import Scenario, _EngineSection
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.devices import sample_population
-from fedsim.engine.executor import WorkerPool, WorkerSpec, app_ref
 from fedsim.engine.flower_compat import SERVER_NODE_ID, set_task_identity
 from fedsim.engine.inprocess_grid import InProcessGrid, node_contexts
+from fedsim.engine.workers import WorkerPool, WorkerSpec, app_ref
 from fedsim.outputs.availability import EVENTS_FILE, PLOT_FILE, plot_availability, write_events
 from fedsim.training_device import check_devices, set_process_device
 
