@@ -34,8 +34,9 @@ from timing import interleaved_medians  # benchmarks/timing.py, beside this scri
 from fedsim import wire
 from fedsim.array_codec import encode_record
 from fedsim.client.app import app as client_app
+from fedsim.compose import load_scenario
 from fedsim.config.schema import Scenario
-from fedsim.config.sources import load_scenario, to_yaml
+from fedsim.config.sources import to_yaml
 from fedsim.data.federated import federated_data
 from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.engine.inprocess_run import build_grid

@@ -52,8 +52,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+    from fedsim.compose import load_scenario
     from fedsim.config.schema import Scenario
-    from fedsim.config.sources import load_scenario
     from fedsim.data.node_data import NodeData
     from fedsim.errors import Problem, ScenarioError
     from fedsim.experiment import ExperimentResult, run_experiment
@@ -81,7 +81,7 @@ _LAZY = {
     "run": "fedsim.runner",
     "run_experiment": "fedsim.experiment",
     "Scenario": "fedsim.config.schema",
-    "load_scenario": "fedsim.config.sources",
+    "load_scenario": "fedsim.compose",
     "register_strategy": "fedsim.strategies",
 }
 

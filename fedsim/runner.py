@@ -21,8 +21,9 @@ from typing import Any
 from flwr.app import UserConfig
 
 from fedsim import wire
-from fedsim.config.schema import ENGINE_SECTIONS, Scenario
-from fedsim.config.sources import load_scenario, to_yaml
+from fedsim.compose import compose, load_scenario
+from fedsim.config.schema import Scenario
+from fedsim.config.sources import to_yaml
 from fedsim.data.federated import federated_data
 from fedsim.data.partitioners import coverage_problem
 from fedsim.engine.registry import ENGINES, Engine
@@ -107,22 +108,22 @@ def progress_display(total_rounds: int | None, progress: bool | None) -> Iterato
 
 
 def preflight(scenario: Scenario) -> None:
-    """Fail before any training if the data cannot be had or the model cannot take it."""
+    """Fail before any training (and any run directory) on what ``validate`` refuses.
+
+    Every check of ``fedsim validate`` (:func:`fedsim.compose.compose`, done once per
+    scenario in this process), then those that need the data: it can be had, and the
+    model can take it.
+    """
+    compose(scenario)
     try:
         ENGINES.get(scenario.engine.name)
     except UnknownNameError as exc:
         raise ScenarioError([Problem("engine.name", f"unknown engine: {exc}")]) from None
-    if scenario.output.checkpoint_every is not None:
-        _check_resumable(scenario)
     if getattr(scenario.engine, "ray_address", None) is None:  # a cluster has its own devices
         from fedsim.training_device import check_devices
 
         check_devices(scenario.engine.device)
     if scenario.system.trace is not None:
-        if scenario.engine.name != "inprocess":
-            raise ScenarioError(
-                [Problem("system.trace", "needs engine 'inprocess' (the others have no clock)")]
-            )
         from fedsim.engine.device_trace import load_trace
 
         load_trace(scenario.system.trace.path)  # a malformed trace fails before any training
@@ -162,37 +163,6 @@ def _warn_uncovered(scenario: Scenario) -> None:
     uncovered = coverage_problem(scenario.data.partitioner, data.y, data.parts, scenario.seed)
     if uncovered is not None:
         warnings.warn(str(uncovered), FedsimWarning, stacklevel=3)
-
-
-def _check_resumable(scenario: Scenario) -> None:
-    """Checkpoints need an engine that can save its nodes and Flower's round loop."""
-    problems = []
-    if not scenario.engine.resumable:
-        able = [c.model_fields["name"].default for c in ENGINE_SECTIONS if c.resumable]
-        problems.append(
-            Problem(
-                "output.checkpoint_every",
-                f"engine '{scenario.engine.name}' cannot checkpoint its nodes' state; "
-                f"engines that can: {', '.join(sorted(able))}",
-            )
-        )
-    from fedsim.server.loop import uses_flower_loop_class
-    from fedsim.strategies import STRATEGIES
-
-    try:
-        cls = STRATEGIES.get(scenario.strategy.name)
-    except UnknownNameError:
-        cls = None  # reported when the strategy is built
-    if cls is not None and not uses_flower_loop_class(cls):
-        problems.append(
-            Problem(
-                "output.checkpoint_every",
-                f"strategy '{scenario.strategy.name}' runs its own loop (overrides start) "
-                "and cannot be checkpointed",
-            )
-        )
-    if problems:
-        raise ScenarioError(problems)
 
 
 def run(

@@ -121,9 +121,3 @@ EPSILON: Final = "epsilon"  # DP-SGD: the client's privacy spent so far (at its 
 MODEL_BYTES: Final = "model-bytes"
 # 1 if the reply came from an attacking node, else 0 (only when system.attackers is set).
 ATTACKER_METRIC: Final = "attacker"
-
-
-# Reply arrays that stand for one model parameter each, "<prefix><parameter name>"
-# (FedCurv's F and F⊙θ, AGC's encoded gradient): the engine checks each against the
-# shape of the parameter it names, and refuses reply arrays it cannot place.
-PER_PARAMETER_PREFIXES: Final = (f"{CURV_PREFIX}F.", f"{CURV_PREFIX}FT.", AGC_GRAD_PREFIX)

@@ -17,8 +17,8 @@ import yaml
 from typer.testing import CliRunner
 
 from fedsim.cli.main import app
+from fedsim.compose import load_scenario
 from fedsim.config.bounded_yaml import YamlBombError, expanded_size, safe_load
-from fedsim.config.sources import load_scenario
 from fedsim.errors import DataUnavailableError, ScenarioError
 from tests.conftest import TINY, write_yaml
 

@@ -18,8 +18,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fedsim.cli.main import app
+from fedsim.compose import load_scenario
 from fedsim.config.import_paths import ImportName, scenario_imports
-from fedsim.config.sources import load_scenario
 from fedsim.errors import ScenarioError
 from fedsim.models import is_model_factory
 from tests.conftest import write_yaml

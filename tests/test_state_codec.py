@@ -155,7 +155,7 @@ def test_the_attributes_of_every_resumable_strategy_round_trip(
 ) -> None:
     """Each strategy as the scenario builds it: every attribute that is not configuration
     (a function, a class) is saved and comes back equal, type for type."""
-    from fedsim.server.build import build_strategy
+    from fedsim.compose.strategy import build_strategy
 
     strategy = build_strategy(_scenario(tiny, name))
     state = checkpoint_module.strategy_state(strategy)

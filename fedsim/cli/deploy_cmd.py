@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 
 from fedsim.cli.errors import user_errors
+from fedsim.compose import load_scenario
 from fedsim.config.schema import Scenario
-from fedsim.config.sources import load_scenario
 from fedsim.deploy.exposure import RISK_FLAG, check_exposure
 from fedsim.deploy.flower_commands import (
     DEFAULT_CONTROL_PORT,

@@ -11,8 +11,8 @@ from rich.console import Console
 from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
 from fedsim.cli.options import ImportOption, SetOption
 from fedsim.cli.tables import table
+from fedsim.compose import load_scenario
 from fedsim.config.expand import expand
-from fedsim.config.sources import load_scenario
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.comparison import display
 from fedsim.outputs.metrics_log import listening

@@ -34,6 +34,7 @@ evaluate
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Sequence
 
@@ -41,13 +42,8 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim import wire
-from fedsim.algorithms.agc import client as _agc  # noqa: F401  (register steps and actions)
+from fedsim.algorithms import shipped_algorithms
 from fedsim.algorithms.compression.client import link_mod
-from fedsim.algorithms.fedaws import client as _fedaws  # noqa: F401
-from fedsim.algorithms.fedcurv import client as _fedcurv  # noqa: F401
-from fedsim.algorithms.lasgd import client as _lasgd  # noqa: F401
-from fedsim.algorithms.ldpc import client as _ldpc  # noqa: F401
-from fedsim.algorithms.scaffold import client as _scaffold  # noqa: F401
 from fedsim.client.actions import ACTIONS
 from fedsim.client.attacks import attack_mod
 from fedsim.client.dp import DP_EVALUATE_REFUSAL
@@ -61,6 +57,12 @@ from fedsim.client.job import (
 from fedsim.client.stacked import train_together
 from fedsim.client.steps import STEPS  # all shipped
 from fedsim.evaluation import evaluate_model, mean_squared_error
+
+# Every shipped algorithm's client half: its local steps and actions register on import
+# (a plugin algorithm's come with the scenario's plugins, imported in every process).
+for _spec in shipped_algorithms():
+    if _spec.client is not None:
+        importlib.import_module(_spec.client)
 
 
 class FedsimClientApp(ClientApp):

@@ -187,10 +187,7 @@ class PrivateGradient:
 # ---------------------------------------------------------------- accounting
 
 # Federated evaluation on a node's data under client.dp: refused (validation and client).
-DP_EVALUATE_REFUSAL = (
-    "federated evaluation (strategy.params.fraction_evaluate > 0) releases the clients' "
-    "loss and accuracy on their private data outside DP-SGD"
-)
+from fedsim.config.rules import DP_EVALUATE_REFUSAL as DP_EVALUATE_REFUSAL  # noqa: E402
 
 LEDGER = "dp-ledger"
 # Opacus RDPAccountant's default orders.

@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from fedsim.algorithms.spec import VIRTUAL_CLOCK
 from fedsim.config.section import (
     Section,
 )
@@ -39,6 +40,8 @@ class _EngineSection(Section):
     # Whether the engine's grid can save and restore every node's state
     # (``output.checkpoint_every``, ``fedsim run --resume``).
     resumable: ClassVar[bool] = False
+    # What algorithms may need of it (fedsim.algorithms.spec: VIRTUAL_CLOCK, ...).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     @field_validator("device")
     @classmethod
@@ -54,6 +57,7 @@ class InProcessEngine(_EngineSection):
 
     name: Literal["inprocess"] = "inprocess"
     resumable: ClassVar[bool] = True
+    capabilities: ClassVar[frozenset[str]] = frozenset({VIRTUAL_CLOCK})
     # Processes that run the clients: 1 = this process (no IPC); N long-lived worker
     # processes, nodes pinned to one; auto = physical cores // threads_per_worker.
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1

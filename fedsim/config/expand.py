@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedsim.config.schema import Scenario
-from fedsim.config.sources import deep_merge, set_dotted, validate_mapping
+from fedsim.config.sources import deep_merge, parse_mapping, set_dotted
 from fedsim.errors import Problem, ScenarioError
 
 
@@ -64,7 +64,7 @@ def expand(scenario: Scenario, *, imports: bool = True) -> list[Scenario]:
                 swept["seed"] = seed
                 swept["variant"] = label
                 try:
-                    runs.append(validate_mapping(swept, imports=imports))
+                    runs.append(parse_mapping(swept, imports=imports))
                 except ScenarioError as exc:
                     prefix = f"variants.{vname}" if vname else ("sweep" if point else "")
                     raise (exc.with_prefix(prefix) if prefix else exc) from None

@@ -1,8 +1,8 @@
-"""Scenario files to validated :class:`~fedsim.config.schema.Scenario` objects.
+"""Scenario sources: YAML, then ``--set``, then ``--sweep``, then ``--import``.
 
-Reading YAML, ``--set key=value`` overrides, variant x seed expansion and the
-conversion of every validation failure into :class:`~fedsim.errors.Problem` lines
-that name the dotted key and the valid choices.
+Read into a mapping, overridden, and checked against the schema (every failure a
+:class:`~fedsim.errors.Problem` naming the dotted key). What the scenario's names refer
+to is checked by :func:`fedsim.compose.compose`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from fedsim.config import bounded_yaml
 from fedsim.config.bounded_yaml import YamlBombError
-from fedsim.config.components import check_components, check_population, raw_name_problems
 from fedsim.config.plugins import import_plugins
 from fedsim.config.problems import problems_from_validation
 from fedsim.config.schema import Scenario
@@ -116,34 +115,19 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
 # --------------------------------------------------------------------- public API
 
 
-def validate_mapping(raw: Mapping[str, Any], *, imports: bool = True) -> Scenario:
-    """Validate a raw mapping into a :class:`Scenario`, checking registry names too.
+def parse_mapping(raw: Mapping[str, Any], *, imports: bool = True) -> Scenario:
+    """Validate a raw mapping against the schema into a :class:`Scenario`.
 
-    ``imports=False`` validates without importing any ``pkg.module:attr`` name.
+    Only the schema and the plugins (imported with ``imports``, before any name is
+    looked up: they register names); what the names refer to is checked by
+    :func:`fedsim.compose.compose`.
     """
     try:
         scenario = Scenario.model_validate(dict(raw))
     except ValidationError as exc:
-        schema = problems_from_validation(exc)
-        # One pass: the names the schema cannot check are reported with its errors.
-        schema += [p for p in raw_name_problems(raw, imports=imports) if p not in schema]
-        raise ScenarioError(schema) from None
-    from fedsim.config.rules import check_combinations
-    from fedsim.outputs.callbacks import output_problems
-
-    problems: list[Problem] = []
-    if imports:  # before any name is looked up: plugins register names
-        try:
-            import_plugins(scenario.plugins)
-        except ScenarioError as exc:
-            problems += exc.problems
-    problems += check_components(scenario, imports=imports)
-    problems += output_problems(scenario, imports=imports)
-    if imports:  # both look strategies up, which imports a `pkg.module:Class` name
-        problems = problems or check_population(scenario)
-        problems += check_combinations(scenario)
-    if problems:
-        raise ScenarioError(problems)
+        raise ScenarioError(problems_from_validation(exc)) from None
+    if imports:
+        import_plugins(scenario.plugins)
     return _with_natural_client_count(scenario)
 
 
@@ -189,7 +173,7 @@ def read_raw(
     return raw
 
 
-def load_scenario(
+def read_scenario(
     source: str | Path | Mapping[str, Any],
     overrides: Iterable[str] = (),
     *,
@@ -197,38 +181,16 @@ def load_scenario(
     plugins: Iterable[str] = (),
     sweeps: Iterable[str] = (),
 ) -> Scenario:
-    """Load and validate a scenario (and every variant it declares).
+    """Read a scenario and check it (and every variant it declares) against the schema.
 
-    Parameters
-    ----------
-    source : str, Path or mapping
-        A YAML file, or an already-parsed mapping.
-    overrides : iterable of str
-        ``dotted.key=value`` strings applied before validation.
-    imports : bool
-        False: leave ``pkg.module:attr`` names unresolved and ``plugins`` unimported, so
-        an untrusted file is checked without running any of its code (see
-        :mod:`fedsim.config.import_paths`).
-    plugins : iterable of str
-        Modules added to the scenario's ``plugins`` (``fedsim run --import``).
-    sweeps : iterable of str
-        ``dotted.key=v1,v2`` grid axes added to the scenario's ``sweep``.
-
-    Returns
-    -------
-    Scenario
-        The validated scenario; use :func:`expand` for its concrete runs.
-
-    Raises
-    ------
-    ScenarioError
-        Listing every problem, each naming its dotted key.
+    :func:`fedsim.load_scenario` (:func:`fedsim.compose.load_scenario`) adds the checks
+    of what its names refer to; see there for the parameters.
     """
+    from fedsim.config.expand import expand  # it parses with this module
+
     label = None if isinstance(source, Mapping) else str(source)
     try:
-        scenario = validate_mapping(read_raw(source, overrides, plugins, sweeps), imports=imports)
-        from fedsim.config.expand import expand  # it validates with this module
-
+        scenario = parse_mapping(read_raw(source, overrides, plugins, sweeps), imports=imports)
         expand(scenario, imports=imports)  # a variant breaking the schema: the file is wrong
     except ScenarioError as exc:
         raise (exc.with_source(label) if label and exc.source is None else exc) from None
@@ -242,18 +204,23 @@ def to_yaml(scenario: Scenario) -> str:
 
 
 # Names this module held before it was split (``fedsim.scenario_loading.expand`` etc.):
-# still importable from here for outside code; fedsim imports them from their modules.
+# still importable from here (lazily: fedsim.compose imports this module) for outside
+# code; fedsim imports them from where they are.
 _MOVED_OUT = {
     "expand": "fedsim.config.expand",
     "sweep_grid": "fedsim.config.expand",
     "run_label": "fedsim.config.expand",
     "problems_from_validation": "fedsim.config.problems",
-    "accepted_params": "fedsim.config.components",
-    "required_params": "fedsim.config.components",
-    "unknown_params": "fedsim.config.components",
-    "param_defaults": "fedsim.config.components",
-    "NODE_MINIMUMS": "fedsim.config.components",
-    "EVALUATE_MINIMUM": "fedsim.config.components",
+    "accepted_params": "fedsim.compose.components",
+    "required_params": "fedsim.compose.components",
+    "unknown_params": "fedsim.compose.components",
+    "param_defaults": "fedsim.compose.components",
+    "NODE_MINIMUMS": "fedsim.compose.components",
+    "EVALUATE_MINIMUM": "fedsim.compose.components",
+    "check_components": "fedsim.compose.components",
+    # Loading checks what names refer to: that is composition's job now.
+    "load_scenario": "fedsim.compose",
+    "validate_mapping": "fedsim.compose",
 }
 
 

@@ -150,10 +150,16 @@ class InProcessGrid(Grid):
         self._availability = {n: d.availability for n, d in self.devices.items()}
         self._traced = any(a is not None for a in self._availability.values())
 
-    def check_replies(self, model: ArrayRecord, partition_examples: Sequence[int]) -> None:
+    def check_replies(
+        self,
+        model: ArrayRecord,
+        partition_examples: Sequence[int],
+        per_parameter: Sequence[str] = (),
+    ) -> None:
         """Refuse replies that do not fit ``model`` or claim more examples than their node has.
 
-        ``partition_examples[k]`` is the number of examples of partition ``k``.
+        ``partition_examples[k]`` is the number of examples of partition ``k``;
+        ``per_parameter`` the reply array prefixes that stand for one parameter each.
         """
         sizes = list(partition_examples)
 
@@ -161,7 +167,8 @@ class InProcessGrid(Grid):
             partition = int(self.contexts[node].node_config[wire.PARTITION_ID])
             return sizes[partition] if 0 <= partition < len(sizes) else math.inf
 
-        self.reply_rules = ReplyRules.for_model(model, node_examples, float(sum(sizes)))
+        total = float(sum(sizes))
+        self.reply_rules = ReplyRules.for_model(model, node_examples, total, per_parameter)
 
     # ----------------------------------------------------------------- Grid API
 

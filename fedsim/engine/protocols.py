@@ -27,7 +27,12 @@ class ObservedRounds(Protocol):
 class ReplyCheckingGrid(Protocol):
     """A grid that checks every reply against the model before a strategy sees it."""
 
-    def check_replies(self, model: ArrayRecord, partition_examples: Sequence[int]) -> None:
+    def check_replies(
+        self,
+        model: ArrayRecord,
+        partition_examples: Sequence[int],
+        per_parameter: Sequence[str] = (),
+    ) -> None:
         """Check replies from now on against ``model`` and each node's example count."""
 
 

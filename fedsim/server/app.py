@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim import wire
+from fedsim.compose import compose
 from fedsim.data.federated import federated_data
 from fedsim.data.label_noise import flipped_per_client
 from fedsim.engine.observed_grid import ObservedGrid
@@ -44,7 +45,6 @@ from fedsim.outputs.per_client import (
     keep_rounds,
 )
 from fedsim.run_config import scenario_from_run_config
-from fedsim.server.build import build_strategy
 from fedsim.server.checkpoint import (
     Checkpointer,
     restore_rng,
@@ -93,6 +93,8 @@ def main(grid: Grid, context: Context) -> None:
         # scenario is loaded, which imports what it names.
         SubmissionPolicy.from_environ().check(context.run_config)
     scenario = scenario_from_run_config(context.run_config)
+    # Every check of `fedsim validate` (done already when this process ran it).
+    composition = compose(scenario)
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
     if flower_grid:  # count and check what passes
         grid = ObservedGrid(grid, scenario.engine.client_timeout_s)
@@ -109,8 +111,9 @@ def main(grid: Grid, context: Context) -> None:
         ).state_dict()
     )
     if isinstance(grid, ReplyCheckingGrid):  # every reply checked before aggregation
-        grid.check_replies(initial, [len(part) for part in data.parts])
-    strategy = build_strategy(scenario)
+        sizes = [len(part) for part in data.parts]
+        grid.check_replies(initial, sizes, composition.reply_prefixes)
+    strategy = composition.build_strategy()
     offline = getattr(strategy, "offline_phase", None)
     if callable(offline):  # a one-time data phase before round 1 (AGC's sharing plan)
         try:

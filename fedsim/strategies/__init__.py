@@ -8,6 +8,7 @@ FedAvg with a faster aggregation, :mod:`fedsim.algorithms.fedavg.server`); fedsi
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import TypeVar
@@ -63,12 +64,9 @@ _FLOWER = {
 for _name, (_cls, _help) in _FLOWER.items():
     STRATEGIES.add(_name, getattr(flwr_strategies, _cls), help=f"Flower: {_help}")
 
-# fedsim's own strategies (one module each) register themselves on import.
-from fedsim.algorithms.agc import server as _agc  # noqa: E402, F401
-from fedsim.algorithms.fedavg import server as _fedavg  # noqa: E402, F401
-from fedsim.algorithms.fedaws import server as _fedaws  # noqa: E402, F401
-from fedsim.algorithms.fedcurv import server as _fedcurv  # noqa: E402, F401
-from fedsim.algorithms.lasgd import server as _lasgd  # noqa: E402, F401
-from fedsim.algorithms.ldpc import server as _ldpc  # noqa: E402, F401
-from fedsim.algorithms.median_of_means import server as _median_of_means  # noqa: E402, F401
-from fedsim.algorithms.scaffold import server as _scaffold  # noqa: E402, F401
+# fedsim's own strategies (one algorithm package each, fedsim/algorithms/) register
+# themselves on import.
+from fedsim.algorithms import shipped_algorithms  # noqa: E402
+
+for _spec in shipped_algorithms():
+    importlib.import_module(_spec.server.partition(":")[0])

@@ -20,7 +20,8 @@ from fedsim.array_codec import decode
 from fedsim.client.app import app
 from fedsim.client.stacked import train_together
 from fedsim.client.steps import STEPS, LocalStep, PlainStep
-from fedsim.config.sources import load_scenario, to_yaml
+from fedsim.compose import load_scenario
+from fedsim.config.sources import to_yaml
 from fedsim.engine.executor import copy_content
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.engine.inprocess_grid import node_contexts

@@ -19,6 +19,7 @@ from fedsim.algorithms.lasgd.client import KEPT_MODEL
 from fedsim.algorithms.lasgd.communication import EventLog, PushSumGossip, ring_allreduce_s
 from fedsim.algorithms.lasgd.server import LASGD
 from fedsim.client.app import app as client_app
+from fedsim.compose.strategy import build_strategy
 from fedsim.config.sources import to_yaml
 from fedsim.data.federated import federated_data
 from fedsim.data.node_data import node_data
@@ -26,7 +27,6 @@ from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.engine.inprocess_run import build_grid
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS
-from fedsim.server.build import build_strategy
 
 Model = dict[str, np.ndarray]
 

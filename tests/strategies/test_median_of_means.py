@@ -148,7 +148,7 @@ def test_registered_and_validated() -> None:
 
 
 def test_the_inner_strategy_is_built_with_fedsims_defaults(tiny: dict[str, Any]) -> None:
-    from fedsim.server.build import build_strategy
+    from fedsim.compose.strategy import build_strategy
 
     tiny["strategy"] = {"name": "median-of-means", "params": {"blocks": 2}}
     built = build_strategy(fedsim.load_scenario(tiny))

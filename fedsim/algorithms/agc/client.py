@@ -30,7 +30,7 @@ class CodedGradientStep(LocalStep):
     trigger_key = keys.AGC_P
     reads = frozenset({keys.AGC_P})
     trains = False  # the reply is the coded gradient at the received model, not a model
-    dp_refusal = "agc clients upload a coded gradient of their data without clipping or noise"
+    dp_refusal = keys.DP_REFUSAL
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)

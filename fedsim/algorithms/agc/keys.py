@@ -9,3 +9,9 @@ from typing import Final
 # gradient, "<prefix><parameter name>".
 AGC_P: Final = "agc-p"
 AGC_GRAD_PREFIX: Final = "agc.grad."
+
+# Why it cannot run under client.dp: its step refuses with it, its spec declares it.
+DP_REFUSAL: Final = "agc clients upload a coded gradient of their data without clipping or noise"
+
+# Reply arrays with one entry per model parameter: the encoded gradient.
+REPLY_PREFIXES: Final = (AGC_GRAD_PREFIX,)

@@ -27,10 +27,7 @@ class PositiveOnlyStep(LocalStep):
     """Pull each feature's cosine with its own class row up to the positive margin."""
 
     trigger_key = keys.FEDAWS_CLASS
-    dp_refusal = (
-        "fedaws asks every client for the labels it holds (query.labels), a release "
-        "DP-SGD does not cover"
-    )
+    dp_refusal = keys.DP_REFUSAL
     reads = frozenset({keys.FEDAWS_CLASS, keys.FEDAWS_POSITIVE_MARGIN, keys.FEDAWS_TRAIN_ROW})
     fills = frozenset({EMBEDDINGS_KEY})  # the server sends one row of it, never the matrix
 

@@ -14,3 +14,9 @@ FEDAWS_ROW: Final = "fedaws.row"
 # Query actions (message type "query.<action>").
 QUERY_LABELS: Final = "labels"  # reply metrics: LABELS, the distinct labels the node holds
 LABELS: Final = "labels"  # reply to a labels query: list of ints
+
+# Why it cannot run under client.dp: its step refuses with it, its spec declares it.
+DP_REFUSAL: Final = (
+    "fedaws asks every client for the labels it holds (query.labels), a release "
+    "DP-SGD does not cover"
+)

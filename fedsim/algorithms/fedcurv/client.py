@@ -89,10 +89,7 @@ class CurvatureStep(LocalStep):
 
     trigger_key = keys.CURV_LAMBDA
     reads = frozenset({keys.CURV_LAMBDA, keys.CURV_FISHER, keys.CURV_SUMS_ROUND, keys.CURV_MEMBERS})
-    dp_refusal = (
-        "fedcurv clients upload the Fisher diagonal of their data (curv.F, curv.FT), "
-        "which DP-SGD's clipping and noise do not cover"
-    )
+    dp_refusal = keys.DP_REFUSAL
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)

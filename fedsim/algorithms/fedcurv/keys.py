@@ -13,3 +13,12 @@ CURV_MEMBERS: Final = "curv-members"
 # FedCurv array keys, "<prefix><kind>.<parameter name>" in the one ArrayRecord of a
 # message: server -> client U, V, W (sums over other clients); client -> server F, FT.
 CURV_PREFIX: Final = "curv."
+
+# Why it cannot run under client.dp: its step refuses with it, its spec declares it.
+DP_REFUSAL: Final = (
+    "fedcurv clients upload the Fisher diagonal of their data (curv.F, curv.FT), "
+    "which DP-SGD's clipping and noise do not cover"
+)
+
+# Reply arrays with one entry per model parameter: F and F⊙θ.
+REPLY_PREFIXES: Final = (f"{CURV_PREFIX}F.", f"{CURV_PREFIX}FT.")

@@ -35,9 +35,8 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -52,9 +51,8 @@ from fedsim.algorithms.lasgd.communication import (
     EventLog,
     mean_model,
 )
-from fedsim.config.schema import Scenario
 from fedsim.engine.protocols import VirtualClockGrid
-from fedsim.errors import Problem, UnknownNameError
+from fedsim.errors import UnknownNameError
 from fedsim.strategies import register_strategy
 
 logger = logging.getLogger(__name__)
@@ -110,14 +108,6 @@ class LASGD(Strategy):
         Simulated seconds between central evaluations; the run stops after
         ``rounds`` of them (the simulated-time budget is ``rounds * eval_interval_s``).
     """
-
-    @classmethod
-    def check(cls, scenario: Scenario, params: Mapping[str, Any]) -> list[Problem]:
-        """LASGD runs on the in-process engine's virtual clock."""
-        if scenario.engine.name != "inprocess":
-            reason = "lasgd runs on the virtual clock: use engine.name: inprocess"
-            return [Problem("engine.name", reason)]
-        return []
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ class MomentProductStep(LocalStep):
     """Reply ``A_j θ − c_j`` at the received model (selected by ``local-step``)."""
 
     trains = False  # the reply is a coded product at the received model, not a model
-    dp_refusal = "moment-encoded clients reply with products of every client's data moments"
+    dp_refusal = keys.DP_REFUSAL
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)

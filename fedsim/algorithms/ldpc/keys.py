@@ -9,3 +9,6 @@ from typing import Final
 # A_j θ - c_j, and its partition id as the MOMENT_BLOCK metric (the code position).
 MOMENT_PRODUCT: Final = "moment.product"
 MOMENT_BLOCK: Final = "moment-block"
+
+# Why it cannot run under client.dp: its step refuses with it, its spec declares it.
+DP_REFUSAL: Final = "moment-encoded clients reply with products of every client's data moments"

@@ -1,4 +1,4 @@
-"""Checks of the names and parameters a scenario gives registered components.
+"""Checks of the names and parameters a scenario gives registered components (for compose).
 
 Strategy, model and engine names must resolve, their ``params`` must be keyword
 parameters the component accepts (of the right type), wrapper strategies' inner
@@ -8,9 +8,12 @@ strategies likewise, and strategy node minimums must be reachable by the populat
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from fedsim.algorithms.spec import StrategyLink
 from fedsim.config.param_types import param_type_problems
 from fedsim.config.plugins import import_plugins
 from fedsim.config.schema import Scenario
@@ -83,20 +86,30 @@ def unknown_params(
     ]
 
 
-def check_components(scenario: Scenario, *, imports: bool = True) -> list[Problem]:
+def check_components(
+    scenario: Scenario, links: Sequence[StrategyLink], *, imports: bool = True
+) -> list[Problem]:
     """Check the names and parameters that refer to registries.
 
+    ``links`` is the scenario's strategy chain (:func:`fedsim.compose.walker.strategy_chain`).
     With ``imports=False`` a ``pkg.module:attr`` name is left unresolved (nothing is
     imported) and its parameters unchecked.
     """
     # Imported here: the registries pull in torch and flwr, which plain schema use avoids.
     from fedsim.engine.registry import ENGINES
     from fedsim.models import MODELS
-    from fedsim.strategies import STRATEGIES
 
     problems: list[Problem] = []
+    for i, link in enumerate(links):
+        key = f"{link.key}.params"
+        if link.spec.params is not None:  # the algorithm's typed params
+            problems += typed_param_problems(link.spec.params, link.params, key)
+        unknown = unknown_params(link.strategy_cls, link.params, key)
+        if i == 0:
+            problems += unknown or param_type_problems(link.strategy_cls, link.params, key)
+        else:
+            problems += unknown
     lookups: list[tuple[str, Any, str, Mapping[str, Any] | None, tuple[str, ...]]] = [
-        ("strategy", STRATEGIES, scenario.strategy.name, scenario.strategy.params, ()),
         (
             "model",
             MODELS,
@@ -117,30 +130,22 @@ def check_components(scenario: Scenario, *, imports: bool = True) -> list[Proble
         if params is not None:
             unknown = unknown_params(component, params, f"{section}.params", skip=skip)
             problems += unknown or param_type_problems(component, params, f"{section}.params")
-    problems += _inner_strategy_problems(scenario.strategy.params, "strategy.params.strategy")
     return problems
 
 
-def _inner_strategy_problems(params: Mapping[str, Any], key: str) -> list[Problem]:
-    """Check a wrapper's inner ``strategy: {name, params}`` (and its own inner one)."""
-    from fedsim.strategies import STRATEGIES
-
-    inner = params.get("strategy")
-    if not isinstance(inner, Mapping):
-        return []
-    extra = sorted(set(inner) - {"name", "params"})
-    if extra or not isinstance(inner.get("name"), str):
-        return [Problem(key, "expected a mapping with 'name' (a strategy) and 'params'")]
+def typed_param_problems(
+    model: type[BaseModel], params: Mapping[str, Any], key: str
+) -> list[Problem]:
+    """Check ``params`` against an algorithm's pydantic parameters model."""
     try:
-        component = STRATEGIES.get(inner["name"])
-    except UnknownNameError as exc:
-        return [Problem(f"{key}.name", f"unknown strategy: {exc}")]
-    inner_params = inner.get("params") or {}
-    if not isinstance(inner_params, Mapping):
-        return [Problem(f"{key}.params", "expected a mapping")]
-    return unknown_params(component, inner_params, f"{key}.params") + _inner_strategy_problems(
-        inner_params, f"{key}.params.strategy"
-    )
+        model.model_validate(dict(params))
+    except ValidationError as exc:
+        return [
+            Problem(".".join([key, *(str(part) for part in error["loc"])]), error["msg"])
+            for error in exc.errors()
+            if error["type"] != "extra_forbidden"  # unknown keys: reported once, by name
+        ]
+    return []
 
 
 # Flower strategy parameters that make a round wait until so many nodes exist; the
@@ -165,18 +170,15 @@ def param_defaults(cls: type) -> dict[str, Any]:
     return defaults
 
 
-def check_population(scenario: Scenario) -> list[Problem]:
+def check_population(scenario: Scenario, links: Sequence[StrategyLink]) -> list[Problem]:
     """Refuse strategy node minimums the population can never meet (a run would wait forever)."""
-    from fedsim.strategies import STRATEGIES
-
-    try:
-        cls = STRATEGIES.get(scenario.strategy.name)
-    except UnknownNameError:
-        return []  # reported by check_components
+    if not links:
+        return []  # an unknown strategy: reported by the walk
+    cls = links[0].strategy_cls
     if not inspect.isclass(cls):
         return []
     given = scenario.strategy.params
-    # fedsim's own defaults (fedsim.server.build.strategy_defaults): the whole population, no
+    # fedsim's own defaults (fedsim.compose.strategy.strategy_defaults): the whole population, no
     # federated evaluation; then the strategy's, then what the scenario sets.
     values = {**param_defaults(cls), "min_available_nodes": scenario.data.num_clients}
     values["fraction_evaluate"] = 0.0

@@ -1,20 +1,18 @@
-"""Building the scenario's strategy: registry name, params, fedsim's defaults, wrappers."""
+"""Building the scenario's strategy from its chain: params, fedsim's defaults, wrappers."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flwr.serverapp.strategy import Strategy
-from pydantic import ValidationError
 
 from fedsim import wire
 from fedsim.algorithms.compression.server import CompressedLinks
-from fedsim.config.components import accepted_params
-from fedsim.config.schema import DeviceTraceConfig, Scenario, StrategyConfig
-from fedsim.errors import Problem, ScenarioError, UnknownNameError
-from fedsim.strategies import STRATEGIES
+from fedsim.algorithms.spec import StrategyLink
+from fedsim.config.schema import Scenario
+from fedsim.errors import Problem, ScenarioError
 
 
 def strategy_defaults(num_clients: int) -> dict[str, Any]:
@@ -33,19 +31,30 @@ def strategy_defaults(num_clients: int) -> dict[str, Any]:
     }
 
 
-def build_strategy(scenario: Scenario) -> Strategy:
+def build_strategy(scenario: Scenario, links: Sequence[StrategyLink] | None = None) -> Strategy:
     """Instantiate the scenario's strategy with its params (plus fedsim's defaults).
 
-    A ``strategy`` param given as ``{name, params}`` (a wrapper's inner strategy, as in
-    ``median-of-means``) is built the same way first. A ``compression`` section that
-    codes either direction wraps the result in
-    :class:`~fedsim.algorithms.compression.server.CompressedLinks`.
+    ``links`` is the scenario's strategy chain (walked here if not given): a wrapper's
+    inner strategy (``params.strategy: {name, params}``, as in ``median-of-means``) is
+    built first, the same way. A ``compression`` section that codes either direction
+    wraps the result in :class:`~fedsim.algorithms.compression.server.CompressedLinks`.
     """
+    if links is None:
+        from fedsim.compose.walker import strategy_chain
+
+        links, problems = strategy_chain(scenario.strategy.name, scenario.strategy.params)
+        if problems:
+            raise ScenarioError(problems)
     # With a device trace the population is never all online: a round waits for
     # `min_online` of them instead of everyone.
     trace = scenario.system.trace
     population = scenario.data.num_clients if trace is None else trace.min_online
-    strategy = _build(scenario.strategy, population, "strategy", trace)
+    strategy: Strategy | None = None
+    for link in reversed(links):  # innermost first
+        strategy = _build(link, population, strategy)
+        if trace is not None:
+            _check_min_online(strategy, trace.min_online)
+    assert strategy is not None, "a chain has at least the scenario's strategy"
     if scenario.compression.active:
         try:
             strategy = CompressedLinks(
@@ -56,34 +65,21 @@ def build_strategy(scenario: Scenario) -> Strategy:
     return strategy
 
 
-def _build(
-    config: StrategyConfig, population: int, key: str, trace: DeviceTraceConfig | None
-) -> Strategy:
-    try:
-        cls = STRATEGIES.get(config.name)
-    except UnknownNameError as exc:
-        raise ScenarioError([exc.problem(f"{key}.name", "strategy")]) from None
+def _build(link: StrategyLink, population: int, inner: Strategy | None) -> Strategy:
     # Follows **kwargs into the Flower base class, so subclasses get the defaults too.
-    accepted = accepted_params(cls) or []
+    accepted = link.accepted or ()
     params = {k: v for k, v in strategy_defaults(population).items() if k in accepted}
-    params.update(config.params)
-    if "strategy" in accepted and "strategy" not in params:
-        params["strategy"] = {"name": "fedavg"}  # a wrapper's default, with fedsim's defaults
-    inner = params.get("strategy")
-    if isinstance(inner, Mapping):
-        try:
-            inner_config = StrategyConfig.model_validate(dict(inner))
-        except ValidationError as exc:
-            raise ScenarioError([Problem(f"{key}.params.strategy", str(exc))]) from None
-        params["strategy"] = _build(inner_config, population, f"{key}.params.strategy", trace)
+    params.update(link.params)
+    if inner is not None:
+        params["strategy"] = inner
     try:
-        strategy = cls(**params)
+        strategy = link.strategy_cls(**params)
     except (TypeError, ValueError) as exc:
-        raise ScenarioError([Problem(_param_key(key, config.params, str(exc)), str(exc))]) from None
+        key = _param_key(link.key, link.params, str(exc))
+        raise ScenarioError([Problem(key, str(exc))]) from None
     if not isinstance(strategy, Strategy):
-        raise ScenarioError([Problem(f"{key}.name", f"{cls!r} is not a flwr Strategy")])
-    if trace is not None:
-        _check_min_online(strategy, trace.min_online)
+        cls = link.strategy_cls
+        raise ScenarioError([Problem(f"{link.key}.name", f"{cls!r} is not a flwr Strategy")])
     return strategy
 
 
