@@ -80,6 +80,20 @@ ALGORITHM_SERVERS = tuple(
             ("fedsim.server", "fedsim.strategies", *ALGORITHM_SERVERS),
         ),
         ("fedsim/client/**/*.py", ("fedsim.server", "fedsim.strategies", *ALGORITHM_SERVERS)),
+        # Scenarios are data: config knows no client, server, engine or composition
+        # (capabilities come from algorithm specs and engine sections).
+        (
+            "fedsim/config/*.py",
+            (
+                "fedsim.client",
+                "fedsim.server",
+                "fedsim.engine",
+                "fedsim.compose",
+                "fedsim.strategies",
+            ),
+        ),
+        # Outputs read run directories, not scenario sources.
+        ("fedsim/outputs/*.py", ("fedsim.config.sources",)),
         # The engines import no algorithm and no client module.
         (
             "fedsim/engine/*.py",

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
-from pathlib import Path
 
 import torch
 from flwr.app import Context, RecordDict, UserConfig
 from flwr.clientapp import ClientApp
 
-from fedsim import wire
 from fedsim.apps import load_apps
 from fedsim.config.schema import Scenario, _EngineSection
 from fedsim.engine.clock import VirtualClock
@@ -18,7 +16,6 @@ from fedsim.engine.devices import sample_population
 from fedsim.engine.flower_compat import SERVER_NODE_ID, set_task_identity
 from fedsim.engine.inprocess_grid import InProcessGrid, node_contexts
 from fedsim.engine.workers import WorkerPool, WorkerSpec, app_ref
-from fedsim.outputs.availability import EVENTS_FILE, PLOT_FILE, plot_availability, write_events
 from fedsim.training_device import check_devices, set_process_device
 
 RUN_ID = 1
@@ -108,14 +105,3 @@ def run_inprocess(scenario: Scenario, run_config: UserConfig) -> None:
         gc.unfreeze()
         grid.close()
         torch.set_num_threads(threads)
-    if grid.clock.events is not None:
-        _write_trace_outputs(grid, scenario, Path(str(run_config[wire.RUN_DIR])))
-
-
-def _write_trace_outputs(grid: InProcessGrid, scenario: Scenario, run_dir: Path) -> None:
-    """With a device trace: the clock's log and a plot of availability over time."""
-    events = grid.clock.events or []
-    write_events(events, run_dir / EVENTS_FILE)
-    if scenario.output.plots:
-        availability = [device.availability for device in grid.devices.values()]
-        plot_availability(availability, events, run_dir / "plots" / PLOT_FILE)

@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import ArrayRecord, Message
 
+from fedsim.engine.clock import VirtualClock
+from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.telemetry import Telemetry
 
 
@@ -77,3 +79,11 @@ class VirtualClockGrid(Protocol):
 
     def pull_messages_until(self, message_ids: Iterable[str], until_s: float) -> list[Message]:
         """Pull replies, never moving simulated time past ``until_s``."""
+
+
+@runtime_checkable
+class ClockedGrid(Protocol):
+    """A grid with a virtual clock and simulated devices (its log and traces are outputs)."""
+
+    clock: VirtualClock
+    devices: dict[int, DeviceProfile]

@@ -28,11 +28,13 @@ from fedsim.data.federated import federated_data
 from fedsim.data.label_noise import flipped_per_client
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.protocols import (
+    ClockedGrid,
     ObservedRounds,
     ReplyCheckingGrid,
 )
 from fedsim.errors import Problem, ScenarioError
 from fedsim.models import build_model
+from fedsim.outputs.availability import write_trace_outputs
 from fedsim.outputs.callbacks import (
     RunInfo,
 )
@@ -180,3 +182,6 @@ def main(grid: Grid, context: Context) -> None:
         save_arrays(recorder.final_arrays, run_dir / "final_arrays.npz")
     with rng_kept():
         callbacks.on_run_end(run, read_metrics(run_dir))
+    if isinstance(grid, ClockedGrid) and grid.clock.events is not None:  # a device trace
+        availability = [device.availability for device in grid.devices.values()]
+        write_trace_outputs(grid.clock.events, availability, run_dir, plots=scenario.output.plots)

@@ -24,9 +24,21 @@ def is_strategy_class(obj: object) -> bool:
     return inspect.isclass(obj) and issubclass(obj, Strategy)
 
 
+# fedsim's own strategies (one algorithm package each, fedsim/algorithms/) register
+# themselves when their module is imported: on the registry's first lookup, so that
+# importing one strategy module does not import every other (they subclass each other).
+def _load_shipped() -> None:
+    from fedsim.algorithms import shipped_algorithms
+
+    for spec in shipped_algorithms():
+        importlib.import_module(spec.server.partition(":")[0])
+
+
 S = TypeVar("S", bound=type[Strategy])
 STRATEGIES: Registry[type[Strategy]] = Registry(
-    "strategies", importable=ImportKind("a flwr Strategy subclass", is_strategy_class)
+    "strategies",
+    importable=ImportKind("a flwr Strategy subclass", is_strategy_class),
+    loader=_load_shipped,
 )
 
 
@@ -63,10 +75,3 @@ _FLOWER = {
 }
 for _name, (_cls, _help) in _FLOWER.items():
     STRATEGIES.add(_name, getattr(flwr_strategies, _cls), help=f"Flower: {_help}")
-
-# fedsim's own strategies (one algorithm package each, fedsim/algorithms/) register
-# themselves on import.
-from fedsim.algorithms import shipped_algorithms  # noqa: E402
-
-for _spec in shipped_algorithms():
-    importlib.import_module(_spec.server.partition(":")[0])
