@@ -44,6 +44,7 @@ from flwr.clientapp import ClientApp
 from fedsim import wire
 from fedsim.algorithms import shipped_algorithms
 from fedsim.algorithms.compression.client import link_mod
+from fedsim.client import stacked
 from fedsim.client.actions import ACTIONS
 from fedsim.client.attacks import attack_mod
 from fedsim.client.dp import DP_EVALUATE_REFUSAL
@@ -54,7 +55,6 @@ from fedsim.client.job import (
     resolve_job,
     train_job,
 )
-from fedsim.client.stacked import train_together
 from fedsim.client.steps import STEPS  # all shipped
 from fedsim.evaluation import evaluate_model, mean_squared_error
 
@@ -100,7 +100,7 @@ class FedsimClientApp(ClientApp):
         self, jobs: Sequence[tuple[Message, Context]], max_batch: int
     ) -> list[Message | None]:
         """See :func:`fedsim.client.stacked.train_together` (None: call the app)."""
-        return train_together(jobs, max_batch)
+        return stacked.train_together(jobs, max_batch)
 
 
 # Outermost first: the link mod decodes what arrived before an attacker sees it and

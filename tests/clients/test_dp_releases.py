@@ -80,7 +80,7 @@ def test_step_under_dp_is_private_or_refused(
             super().__init__(*args)
             self.generator = torch.Generator().manual_seed(12345)
 
-    monkeypatch.setattr(fedsim.client.app, "PrivateGradient", OtherNoise)
+    monkeypatch.setattr(fedsim.client.job, "PrivateGradient", OtherNoise)
     second = fedsim.run(scenario, tmp_path / "b")
     with (
         np.load(first.run_dir / "final_arrays.npz") as a,
