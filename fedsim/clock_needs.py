@@ -10,8 +10,8 @@ speeds and bandwidths only change virtual time, which such an engine reports as 
 
 from __future__ import annotations
 
+from fedsim.config.schema import SystemConfig
 from fedsim.errors import Problem
-from fedsim.scenario import SystemConfig
 
 CLOCK_ENGINES = frozenset({"inprocess"})
 _NEEDS_CLOCK = ("deadline_s", "straggle_prob", "dropout_prob", "failure_prob")

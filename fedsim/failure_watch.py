@@ -6,7 +6,7 @@ looks at each round's failed replies (:class:`FailureWatch`, called once per rou
 
 - the first failure of each distinct kind (its exception type and first line, node
   numbers aside) is shown once, as a :class:`ClientFailureWarning` naming the node and
-  carrying the client's traceback (:mod:`fedsim.clients.failure_mod` sends it);
+  carrying the client's traceback (:mod:`fedsim.client.failure_mod` sends it);
 - a round whose failures reach ``engine.max_failure_fraction`` of its replies (default
   1.0: every reply failed), ``engine.max_failed_rounds`` rounds in a row (default 1),
   stops the run with :class:`TrainingStopped` naming the cause. The CLI exits 1 and the

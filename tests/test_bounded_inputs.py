@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from fedsim import bounded_reads
-from fedsim.checkpoint import checkpoint_path, load_checkpoint
 from fedsim.errors import RunDirectoryError
+from fedsim.server.checkpoint import checkpoint_path, load_checkpoint
 from tests.conftest import TINY, write_yaml
 
 FEDSIM = [sys.executable, "-c", "from fedsim.cli.main import main; main()"]

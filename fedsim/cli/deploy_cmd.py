@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 
 from fedsim.cli.errors import user_errors
+from fedsim.compose import load_scenario
+from fedsim.config.schema import Scenario
 from fedsim.deploy.exposure import RISK_FLAG, ROOT_FLAG, check_exposure, check_root, is_loopback
 from fedsim.deploy.flower_commands import (
     DEFAULT_CONTROL_PORT,
@@ -27,8 +29,6 @@ from fedsim.deploy.flower_commands import (
 from fedsim.deploy.request_guard import DEFAULT_MAX_BODY
 from fedsim.deploy.trusted_apps import trusted_hashes
 from fedsim.errors import DeploymentError, FedsimWarning, Problem, ScenarioError
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import load_scenario
 from fedsim.submission_policy import PERMISSIONS, SubmissionPolicy
 
 # `run` and `split` import the runner and the data code (and so torch) on use: a

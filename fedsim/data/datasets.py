@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.config.schema import DigitsDataset, Mnist1dDataset, NpzDataset, TextDataset
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.client_ids import npz_client_ids
 from fedsim.data.image_layout import channels_first
 from fedsim.data.npz_file import read_npz
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
-from fedsim.scenario import DigitsDataset, Mnist1dDataset, NpzDataset, TextDataset
 
 Loader = Callable[[Any], ArrayDataset]
 DATASETS: Registry[Loader] = Registry("datasets")
