@@ -5,7 +5,7 @@ Flower's strategies sample ``max(int(fraction_train * N), min_train_nodes)`` of 
 In a simulation the population is fixed, so a share above 1 waits forever; a
 ``fraction_train`` of 0 silently skips training (Flower returns no messages), and a
 negative one trains ``min_train_nodes`` clients. Each is an error of the scenario.
-(The node minimums are checked by :func:`fedsim.scenario_loading.check_population`.)
+(The node minimums are checked by :func:`fedsim.compose.components.check_population`.)
 """
 
 from __future__ import annotations
