@@ -5,36 +5,44 @@ ClientApp would handle one by one and trains the clients together: their paramet
 stacked along a leading axis, each step one batched gradient (``torch.func``'s
 ``vmap`` over ``functional_call``, or for a plain MLP under cross-entropy the batched
 matrix products of :func:`fedsim.kernels.stacked_mlp_cross_entropy_grad`) and one
-elementwise SGD update of the whole stack. Each client still takes exactly the updates
-it would take alone:
+elementwise optimizer update of the whole stack. Each client still takes exactly the
+updates it would take alone:
 
 - its batch order is drawn by :func:`fedsim.clients.training.batch_spans` from the
-  generator its ClientApp job would seed (:func:`fedsim.clients.app.job_seed`);
+  generator its ClientApp job would seed (:func:`fedsim.clients.app.job_seed`), and a
+  step gathers every client's batch by one index tensor (no loop over clients);
 - a last partial batch is padded and the padding weighs nothing in its loss;
 - clients are ordered by step count, so the clients still training form a prefix of
-  the stack and the finished ones are left alone (momentum and weight decay included);
-- the loss is the step's ``data_loss`` plus its ``penalty`` and the update is
-  :func:`fedsim.clients.optimizers.sgd_update_`, the functions the one training loop
-  calls (:func:`fedsim.clients.training.train_local`).
+  the stack and the finished ones are left alone (optimizer state included);
+- each client has its own local step, built from its own inputs as the ClientApp
+  builds it (its ``context.state``, its extras, its ``client.loss`` with its label
+  prior); :class:`fedsim.clients.stacked_steps.StackedStep` stacks the steps' tensors,
+  so ``data_loss``, ``penalty`` and ``correction`` (SCAFFOLD's ``c - c_i``, FedCurv's
+  sums less the client's own terms) run per client inside the stacked computation;
+- the update is the optimizer's :class:`~fedsim.clients.optimizers.UpdateRule` (SGD with
+  momentum and weight decay, Adam), the code the one training loop
+  (:func:`fedsim.clients.training.train_local`) steps each client with;
+- a step with its own ``reply`` (SCAFFOLD, FedCurv) gets each client's trained model
+  and replies as in the ClientApp.
+
+The training device is the node's (``engine.device``: CPU or CUDA). A node's examples
+are moved there once per process and kept; the trained parameters leave the device in
+one copy per array and chunk.
 
 So a reply equals the ClientApp's up to float rounding (tests hold them within 1e-5
 relative). A job that cannot be trained this way gets None, and the caller runs the
-ClientApp as usual: not a train message, a step whose class is not ``vectorisable``,
-a step that overrides another hook (``correction``, ``reply``, ``model_arrays``) or
-fills arrays, a ``client.loss`` other than cross-entropy, a training device other
-than the CPU, DP-SGD, low-precision weights,
-link compression, attackers, an optimizer other than SGD, a model with buffers
-(BatchNorm), dropout or recurrent layers, extra or withheld arrays, or a model that
-``vmap`` cannot run. Each reason is said once per run
-(:class:`~fedsim.errors.FedsimWarning`), never silently.
-
-A vectorisable step's ``data_loss`` and ``penalty`` may depend only on the train config
-and the received model (not on the node's data, state or identity): clients that
-received the same message share one instance of the step.
+ClientApp as usual: not a train message, a step whose class is not ``vectorisable``
+(undeclared custom steps), a step that does not train the whole received model,
+DP-SGD, low-precision weights, link compression, attackers, a model with buffers
+(BatchNorm), dropout or recurrent layers, extra or withheld arrays, steps whose
+tensors cannot be stacked, or a model that ``vmap`` cannot run (data-dependent
+control flow). Each reason is said once per run (:class:`~fedsim.errors.FedsimWarning`),
+never silently.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -57,10 +65,13 @@ from fedsim.clients.app import (
     received_arrays,
     train_config,
 )
-from fedsim.clients.losses import cross_entropy
+from fedsim.clients.dp import spend
+from fedsim.clients.losses import build_loss, cross_entropy
 from fedsim.clients.model_cache import model_for_job
-from fedsim.clients.optimizers import sgd_update_
-from fedsim.clients.steps import LocalStep, StepInputs, select_step
+from fedsim.clients.optimizers import update_rule
+from fedsim.clients.stacked_dp import StackedPrivateGradient
+from fedsim.clients.stacked_steps import StackedStep
+from fedsim.clients.steps import LocalStep, StepInputs, TrainResult, select_step
 from fedsim.clients.training import batch_spans, num_local_steps
 from fedsim.clients.unread_keys import warn_unread
 from fedsim.data.node_data import NodeData
@@ -69,7 +80,7 @@ from fedsim.fast_records import filled
 from fedsim.kernels import mlp_linears, stacked_mlp_cross_entropy_grad
 from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import Scenario
-from fedsim.training_device import client_device
+from fedsim.training_device import client_device, on_device
 
 # Layers whose forward pass draws random numbers or keeps state between calls: the
 # stacked computation cannot reproduce the ClientApp's draws.
@@ -92,6 +103,7 @@ class _Client:
     arrays: ArrayRecord
     seed: int
     step_cls: type[LocalStep]
+    device: str
 
 
 def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> list[Message | None]:
@@ -120,6 +132,9 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
             groups.setdefault(_group_key(client), []).append(client)
     size = max(1, max_batch)
     for members in groups.values():
+        # Most steps first (stable): the clients still training are a prefix of the stack.
+        cfg = members[0].scenario.client
+        members.sort(key=lambda c: -num_local_steps(len(c.data.y), cfg))
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
             for client, reply in zip(chunk, _train_chunk(chunk), strict=True):
@@ -179,13 +194,13 @@ def _resolve(index: int, message: Message, context: Context) -> _Client | None:
         return None
     reason = _refusal(scenario)
     device = client_device(scenario.engine.device, context.node_config)
-    if reason is None and device != "cpu":
-        reason = f"engine.device {device!r}: training together runs on the CPU only"
     config = dict(train_config(message))
     try:
         step_cls = select_step(config)
     except ValueError:
         return None
+    if scenario.client.dp is not None and step_cls.dp_refusal is not None:
+        return None  # the ClientApp refuses it (validation already does)
     if reason is None:
         reason = _step_refusal(step_cls)
     if reason is None and config.get(wire.LABEL_FLIP):
@@ -202,20 +217,16 @@ def _resolve(index: int, message: Message, context: Context) -> _Client | None:
         return None
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     seed = job_seed(scenario.seed, pid, server_round, TRAIN_PURPOSE)
-    return _Client(index, message, context, scenario, pid, data, config, arrays, seed, step_cls)
+    return _Client(
+        index, message, context, scenario, pid, data, config, arrays, seed, step_cls, device
+    )
 
 
 def _refusal(scenario: Scenario) -> str | None:
     """Why no job of ``scenario`` can be trained together (None: they may be)."""
     cfg = scenario.client
-    if cfg.dp is not None:
-        return "client.dp trains one by one (per-example clipping and noise)"
     if cfg.weights is not None:
         return "client.weights (low-precision weights) trains one by one"
-    if cfg.loss.name != "cross_entropy":  # others may depend on the node's labels
-        return f"client.loss {cfg.loss.name!r} (only cross_entropy is vectorised)"
-    if cfg.optimizer.name != "sgd":
-        return f"client.optimizer.name {cfg.optimizer.name!r} (only sgd is vectorised)"
     if scenario.compression.active:
         return "compression codes each client's link"
     if scenario.system.attackers is not None:
@@ -224,19 +235,12 @@ def _refusal(scenario: Scenario) -> str | None:
 
 
 def _step_refusal(step_cls: type[LocalStep]) -> str | None:
-    """Why ``step_cls``'s clients cannot be trained together (None: they can).
-
-    Only the hooks run here (``data_loss``, ``penalty``): a step that declares itself
-    vectorisable but overrides one of the others still runs through the ClientApp.
-    """
+    """Why ``step_cls``'s clients cannot be trained together (None: they can)."""
     name = step_cls.__name__
     if not step_cls.vectorisable:
         return f"local step {name} is not vectorisable"
     if not step_cls.trains or step_cls.fills:
         return f"local step {name} does not train the whole received model"
-    for hook in ("correction", "reply", "model_arrays"):
-        if getattr(step_cls, hook) is not getattr(LocalStep, hook):
-            return f"local step {name} overrides {hook} (not vectorised)"
     return None
 
 
@@ -249,6 +253,7 @@ def _group_key(client: _Client) -> tuple[Any, ...]:
     return (
         id(client.scenario),
         client.step_cls,
+        client.device,
         config,
         arrays,
         data.input_shape,
@@ -269,6 +274,7 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
             data.input_shape,
             data.num_classes,
             overwritten=first.arrays.keys(),
+            device=first.device,
         )
     except Exception:  # the ClientApp reports it
         return [None] * len(chunk)
@@ -276,27 +282,15 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
     if reason is not None:
         _say(first.context, reason)
         return [None] * len(chunk)
-    cfg = scenario.client
     try:
-        model.load_state_dict({k: torch.from_numpy(decode(v)) for k, v in first.arrays.items()})
-        inputs = StepInputs(
-            first.config,
-            model,
-            {},
-            first.context.state,
-            cfg.batch_size,
-            data,
-            first.partition_id,
-            first.context.node_id,
-            lr=cfg.optimizer.lr,
-            local_steps=num_local_steps(len(data.y), cfg),
-            loss=cross_entropy,  # the only client.loss trained together
-        )
-        step = first.step_cls(inputs)
+        own = model.state_dict().keys()
+        model.load_state_dict({k: torch.from_numpy(decode(first.arrays[k])) for k in own})
+        steps = [_step(model, c) for c in chunk]
+        stacked = StackedStep(steps)
     except Exception:  # arrays that do not fit, a bad config: the ClientApp reports it
         return [None] * len(chunk)
     try:
-        results = _train_stacked(model, step, chunk)
+        results = _train_stacked(model, stacked, chunk)
     except Exception as exc:  # vmap cannot run this model (data-dependent control flow...)
         what = (str(exc).splitlines() or [""])[0][:200]
         _say(
@@ -304,11 +298,36 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
             f"model {scenario.model.name!r} cannot be stacked ({type(exc).__name__}: {what})",
         )
         return [None] * len(chunk)
+    if stacked.has_custom_reply:
+        return [
+            _custom_reply(model, step, c, r, start, len(chunk))
+            for c, step, r in zip(chunk, steps, results, strict=True)
+        ]
     share = (time.perf_counter() - start) / len(chunk)
     return [
-        _reply(c, arrays, loss, samples, share)
-        for c, (arrays, loss, samples) in zip(chunk, results, strict=True)
+        _reply(c, arrays, TrainResult(loss, samples, taken), {}, share)
+        for c, (arrays, loss, samples, taken) in zip(chunk, results, strict=True)
     ]
+
+
+def _step(model: nn.Module, client: _Client) -> LocalStep:
+    """The client's own local step, built as the ClientApp builds it."""
+    cfg, data = client.scenario.client, client.data
+    own = set(model.state_dict())
+    inputs = StepInputs(
+        client.config,
+        model,
+        {k: decode(v) for k, v in client.arrays.items() if k not in own},
+        client.context.state,
+        cfg.batch_size,
+        data,
+        client.partition_id,
+        client.context.node_id,
+        lr=cfg.optimizer.lr,
+        local_steps=num_local_steps(len(data.y), cfg),
+        loss=build_loss(cfg.loss, data.y, data.num_classes, data.global_label_counts),
+    )
+    return client.step_cls(inputs)
 
 
 def _unstackable(model: nn.Module, arrays: ArrayRecord) -> str | None:
@@ -318,9 +337,8 @@ def _unstackable(model: nn.Module, arrays: ArrayRecord) -> str | None:
     for module in model.modules():
         if isinstance(module, _UNSTACKABLE) or type(module).__module__.startswith("fedsim.kernels"):
             return f"models with {type(module).__name__} layers train one by one"
-    names = {n for n, _ in model.named_parameters()}
-    if set(arrays.keys()) != names:
-        return "messages with extra or withheld arrays train one by one"
+    if not set(model.state_dict()) <= set(arrays.keys()):
+        return "messages that withhold model arrays train one by one"
     if not all(p.requires_grad for p in model.parameters()):
         return "models with frozen parameters train one by one"
     return None
@@ -337,84 +355,92 @@ class _Schedule:
     samples: NDArray[np.int64]  # (active,) real batch size of each active client
 
 
-def _schedule(chunk: list[_Client], order: list[int]) -> list[_Schedule]:
+def _schedule(chunk: list[_Client], device: str) -> list[_Schedule]:
     """Each client's batches, in the order its ClientApp job would draw them.
 
-    Clients are taken in ``order`` (most steps first), so at every step the clients
-    still training are the first rows of the stack.
+    The chunk's clients come most steps first, so at every step the clients still
+    training are the first rows of the stack. The index, weight and mask tensors are
+    built on the host and moved to ``device`` once for the whole chunk.
     """
     cfg = chunk[0].scenario.client
     offsets = np.cumsum([0] + [len(c.data.y) for c in chunk])
     spans = []
-    for k in order:
-        n = len(chunk[k].data.y)
-        generator = torch.Generator().manual_seed(chunk[k].seed)
+    for client in chunk:
+        n = len(client.data.y)
+        generator = torch.Generator().manual_seed(client.seed)
         spans.append(list(batch_spans(n, cfg, num_local_steps(n, cfg), generator)))
     counts = [[len(range(*span.indices(len(o)))) for o, span in s] for s in spans]
     steps, width = len(counts[0]), max(max(c) for c in counts)
-    index = np.zeros((steps, len(order), width), dtype=np.int64)  # padding: row 0, weight 0
-    sizes = np.zeros((steps, len(order)), dtype=np.int64)
-    for row, (k, drawn, sized) in enumerate(zip(order, spans, counts, strict=True)):
+    index = np.zeros((steps, len(chunk), width), dtype=np.int64)  # padding: row 0, weight 0
+    sizes = np.zeros((steps, len(chunk)), dtype=np.int64)
+    for row, (drawn, sized) in enumerate(zip(spans, counts, strict=True)):
         views: dict[int, NDArray[np.int64]] = {}  # an epoch's order serves several batches
-        for t, ((tensor, span), c) in enumerate(zip(drawn, sized, strict=True)):
+        for t, ((tensor, span), size) in enumerate(zip(drawn, sized, strict=True)):
             values = views.get(id(tensor))
             if values is None:
-                values = views[id(tensor)] = tensor.numpy() + offsets[k]
-            index[t, row, :c] = values[span]
+                values = views[id(tensor)] = tensor.numpy() + offsets[row]
+            index[t, row, :size] = values[span]
         sizes[: len(sized), row] = sized
-    real = (np.arange(width) < sizes[:, :, None]).astype(np.float32)
-    scale = real / np.maximum(sizes, 1)[:, :, None].astype(np.float32)
+    real_np = (np.arange(width) < sizes[:, :, None]).astype(np.float32)
+    scale_np = real_np / np.maximum(sizes, 1)[:, :, None].astype(np.float32)
     active = (sizes > 0).sum(1)
+    index_t = torch.from_numpy(index).to(device)
+    scale_t = torch.from_numpy(scale_np).to(device)
+    real_t = torch.from_numpy(real_np).to(device)
     return [
-        _Schedule(
-            int(a),
-            torch.from_numpy(index[t, :a]),
-            torch.from_numpy(scale[t, :a]),
-            torch.from_numpy(real[t, :a]),
-            sizes[t, :a],
-        )
+        _Schedule(int(a), index_t[t, :a], scale_t[t, :a], real_t[t, :a], sizes[t, :a])
         for t, a in enumerate(active)
     ]
 
 
 GradientFn = Callable[
-    [Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor],
+    [Mapping[str, torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor],
     tuple[dict[str, torch.Tensor], torch.Tensor],
 ]
 
 
-def _stacked_gradient(model: nn.Module, step: LocalStep) -> GradientFn:
+def _stacked_gradient(model: nn.Module, stacked: StackedStep) -> GradientFn:
     """Per-client gradients of the data loss (+ the step's penalty) for stacked parameters."""
+    step = stacked.first
     has_penalty = step.penalty(dict(model.named_parameters())) is not None
     linears = mlp_linears(model)
     plain_loss = type(step).data_loss is LocalStep.data_loss and step.loss is cross_entropy
-    if linears is not None and plain_loss:
+    if linears is not None and plain_loss and not any(d == 0 for d in stacked.dims):
         return _mlp_gradient(model, linears, step, has_penalty)
 
     def client_loss(
-        params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        params: Mapping[str, torch.Tensor],
+        values: list[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        losses = step.data_loss(functional_call(model, dict(params), (x,)), y)
+        own = stacked.view(values)  # this client's step (its own tensors)
+        losses = own.data_loss(functional_call(model, dict(params), (x,)), y)
         total = (losses * w).sum()
-        penalty = step.penalty(params) if has_penalty else None
+        penalty = own.penalty(params) if has_penalty else None
         if penalty is not None:
             total = total + penalty
         return total, losses.detach()
 
-    return vmap(grad(client_loss, has_aux=True))
+    return vmap(grad(client_loss, has_aux=True), in_dims=(0, list(stacked.dims), 0, 0, 0))
 
 
 def _mlp_gradient(
     model: nn.Module, linears: list[nn.Linear], step: LocalStep, has_penalty: bool
 ) -> GradientFn:
-    """The batched-matmul gradient of plain MLPs under cross-entropy."""
+    """The batched-matmul gradient of plain MLPs under cross-entropy (steps sharing tensors)."""
     names = {id(p): n for n, p in model.named_parameters()}
     w_names = [names[id(layer.weight)] for layer in linears]
     b_names = [None if layer.bias is None else names[id(layer.bias)] for layer in linears]
     penalty_grad = vmap(grad(step.penalty)) if has_penalty else None
 
     def gradient(
-        params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        params: Mapping[str, torch.Tensor],
+        values: list[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         weights = [params[n] for n in w_names]
         biases: list[torch.Tensor | None] = [None if n is None else params[n] for n in b_names]
@@ -431,67 +457,127 @@ def _mlp_gradient(
     return gradient
 
 
-def _train_stacked(
-    model: nn.Module, step: LocalStep, chunk: list[_Client]
-) -> list[tuple[dict[str, np.ndarray], float, int]]:
-    """Train the chunk's clients from the model's weights; per client (arrays, loss, samples)."""
+def _chunk_data(chunk: list[_Client], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's examples, concatenated on ``device`` (each node's moved there once)."""
+    if device == "cpu":
+        x = torch.from_numpy(np.concatenate([c.data.x for c in chunk]))
+        y = torch.from_numpy(np.concatenate([c.data.y for c in chunk]))
+        return x, y
+    xs, ys = [], []
+    for c in chunk:
+        key = (_run_key(c.context), c.partition_id)
+        xs.append(on_device(c.data.x, device, (*key, "stacked-x")))
+        ys.append(on_device(c.data.y, device, (*key, "stacked-y")))
+    return torch.cat(xs), torch.cat(ys)
+
+
+_Result = tuple[dict[str, np.ndarray], float, int, int]  # arrays, mean loss, samples, steps
+
+
+def _train_stacked(model: nn.Module, stacked: StackedStep, chunk: list[_Client]) -> list[_Result]:
+    """Train the chunk's clients from the model's weights; per client what it did."""
     cfg = chunk[0].scenario.client
-    opt = cfg.optimizer
+    device = chunk[0].device
+    rule = update_rule(cfg.optimizer)
     steps = [num_local_steps(len(c.data.y), cfg) for c in chunk]
-    order = sorted(range(len(chunk)), key=lambda k: -steps[k])  # stable: ties keep order
-    x = torch.from_numpy(np.concatenate([c.data.x for c in chunk]))
-    y = torch.from_numpy(np.concatenate([c.data.y for c in chunk]))
+    if any(a < b for a, b in itertools.pairwise(steps)):
+        raise ValueError("a chunk's clients are ordered by step count (train_together)")
+    x, y = _chunk_data(chunk, device)
     model.train()
     names = [n for n, _ in model.named_parameters()]
-    stacked = {
+    params_now = {
         n: p.detach().unsqueeze(0).expand(len(chunk), *p.shape).clone()
         for n, p in model.named_parameters()
     }
-    buffers: dict[str, torch.Tensor | None] = dict.fromkeys(names)
-    loss_sums = torch.zeros(len(chunk), dtype=torch.float64)
+    states = {n: rule.new_state() for n in names}
+    loss_sums = torch.zeros(len(chunk), dtype=torch.float64, device=device)
     samples = np.zeros(len(chunk), dtype=np.int64)
-    gradient = _stacked_gradient(model, step)
-    for s in _schedule(chunk, order):
+    taken = np.zeros(len(chunk), dtype=np.int64)
+    gradient: GradientFn = _stacked_gradient(model, stacked)
+    if cfg.dp is not None:
+        gradient = StackedPrivateGradient(
+            model,
+            stacked,
+            cfg.dp,
+            [float(min(cfg.batch_size, len(c.data.y))) for c in chunk],
+            [c.seed + 1 for c in chunk],  # the ClientApp's noise generator seed
+        )
+    for t, s in enumerate(_schedule(chunk, device)):
         a = s.active
-        params = {n: stacked[n][:a] for n in names}
-        grads, losses = gradient(params, x[s.index], y[s.index], s.scale)
+        params = {n: params_now[n][:a] for n in names}
+        grads, losses = gradient(params, stacked.rows(a), x[s.index], y[s.index], s.scale)
+        correction = stacked.correction(params, a)
         with torch.no_grad():
             for n in names:
-                buf = buffers[n]
-                new = sgd_update_(
-                    params[n],
-                    grads[n],
-                    None if buf is None else buf[:a],
-                    opt.lr,
-                    opt.momentum,
-                    opt.weight_decay,
-                )
-                if buf is None:
-                    buffers[n] = new
+                g = grads[n]
+                if correction is not None and n in correction:
+                    g = g + correction[n]
+                state = [None if b is None else b[:a] for b in states[n]]
+                rule.update_(params[n], g, state, t + 1)
+                if t == 0:  # made at the first step, when every client is active
+                    states[n] = state
             loss_sums[:a] += (losses * s.real).sum(1, dtype=torch.float64)
         samples[:a] += s.samples
-    results: list[tuple[dict[str, np.ndarray], float, int]] = [({}, 0.0, 0)] * len(chunk)
-    values = {n: stacked[n].numpy() for n in names}  # rows of these are contiguous views
-    for row, k in enumerate(order):
-        arrays = {n: values[n][row] for n in names}
-        count = int(samples[row])
-        results[k] = (arrays, float(loss_sums[row]) / max(count, 1), count)
-    return results
+        taken[:a] += 1
+    # One device-to-host copy per array for the whole chunk.
+    values = {n: params_now[n].cpu().numpy() for n in names}  # rows: contiguous views
+    sums = loss_sums.cpu().numpy()
+    return [
+        (
+            {n: values[n][k] for n in names},
+            float(sums[k]) / max(int(samples[k]), 1),
+            int(samples[k]),
+            int(taken[k]),
+        )
+        for k in range(len(chunk))
+    ]
+
+
+def _custom_reply(
+    model: nn.Module, step: LocalStep, client: _Client, result: _Result, start: float, n: int
+) -> Message:
+    """The reply of a step with its own ``reply``: it sees the client's trained model."""
+    arrays, loss, samples, taken = result
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.from_numpy(arrays[name]))
+    reply = step.reply(model, client.data, TrainResult(loss, samples, taken))
+    out = {
+        k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        for k, v in reply.arrays.items()
+    }
+    # The stacked training's time shared out, plus this client's own reply work.
+    return _reply(client, out, reply.work, reply.metrics, time.perf_counter() - start)
 
 
 def _reply(
-    client: _Client, arrays: dict[str, np.ndarray], loss: float, samples: int, duration: float
+    client: _Client,
+    arrays: Mapping[str, np.ndarray],
+    work: TrainResult,
+    step_metrics: Mapping[str, float],
+    duration: float,
 ) -> Message:
     """The reply the ClientApp's train handler gives (see :mod:`fedsim.clients.app`)."""
-    metrics = filled(  # what the handler puts there, in its order (Python numbers)
-        _EMPTY_METRICS,
-        {
-            wire.NUM_EXAMPLES: len(client.data.y),
-            wire.TRAIN_SAMPLES: samples,
-            wire.DURATION_S: duration,
-            wire.TRAIN_LOSS: loss,
-        },
+    values: dict[str, Any] = {  # what the handler puts there, in its order (Python numbers)
+        wire.NUM_EXAMPLES: len(client.data.y)
+        if work.num_examples is None
+        else float(work.num_examples),
+        wire.TRAIN_SAMPLES: int(work.samples),
+        wire.DURATION_S: duration,
+    }
+    values.update(step_metrics)
+    dp = client.scenario.client.dp
+    if dp is None:
+        values[wire.TRAIN_LOSS] = work.mean_loss
+    else:  # the loss is a statistic of the private data: it stays on the device
+        n = len(client.data.y)
+        values[wire.EPSILON] = spend(
+            client.context.state, dp, n, min(client.scenario.client.batch_size, n), work.steps
+        )
+    metrics = filled(_EMPTY_METRICS, values)
+    record = filled(
+        _EMPTY_ARRAYS,
+        {name: encode(np.ascontiguousarray(value)) for name, value in arrays.items()},
     )
-    record = filled(_EMPTY_ARRAYS, {name: encode(value) for name, value in arrays.items()})
     content = filled(_EMPTY_CONTENT, {wire.ARRAYS: record, wire.METRICS: metrics})
     return Message(content, reply_to=client.message)

@@ -92,6 +92,8 @@ class CurvatureStep(LocalStep):
         "fedcurv clients upload the Fisher diagonal of their data (curv.F, curv.FT), "
         "which DP-SGD's clipping and noise do not cover"
     )
+    # penalty reads only tensors (the sums less own terms); reply runs per client
+    vectorisable = True
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)
