@@ -65,6 +65,7 @@ from fedsim.clients.app import (
     received_arrays,
     train_config,
 )
+from fedsim.clients.chunk_size import auto_chunk
 from fedsim.clients.dp import spend
 from fedsim.clients.losses import build_loss, cross_entropy
 from fedsim.clients.model_cache import model_for_job
@@ -115,7 +116,8 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         Train messages with their nodes' Contexts; both are only read, never changed
         (so the caller need not copy a message for this).
     max_batch : int
-        At most this many clients train in one stacked computation.
+        At most this many clients train in one stacked computation; below 0
+        (``engine.batch_clients: auto``): as many as :func:`auto_chunk` allows.
 
     Returns
     -------
@@ -130,11 +132,11 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         client = _resolve(i, message, context)
         if client is not None:
             groups.setdefault(_group_key(client), []).append(client)
-    size = max(1, max_batch)
     for members in groups.values():
         # Most steps first (stable): the clients still training are a prefix of the stack.
         cfg = members[0].scenario.client
         members.sort(key=lambda c: -num_local_steps(len(c.data.y), cfg))
+        size = max(1, max_batch) if max_batch >= 0 else _auto_size(members[0])
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
             for client, reply in zip(chunk, _train_chunk(chunk), strict=True):
@@ -145,6 +147,22 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         # torch's default generator seeded with its job seed).
         torch.default_generator.manual_seed(max(trained, key=lambda c: c.index).seed)
     return out
+
+
+def _auto_size(client: _Client) -> int:
+    """``engine.batch_clients: auto``: the chunk size for ``client``'s group."""
+    scenario, data = client.scenario, client.data
+    try:
+        model = model_for_job(
+            scenario.model.name,
+            scenario.model.params,
+            data.input_shape,
+            data.num_classes,
+            device=client.device,
+        )
+    except Exception:  # _train_chunk meets it again, and the ClientApp reports it
+        return 1
+    return auto_chunk(model, data.input_shape, scenario.client.batch_size, client.device)
 
 
 def _run_key(context: Context) -> Hashable:

@@ -14,7 +14,7 @@ from fedsim import wire
 from fedsim.apps import load_apps
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.devices import sample_population
-from fedsim.engine.executor import WorkerPool, WorkerSpec, app_ref
+from fedsim.engine.executor import AUTO_BATCH, WorkerPool, WorkerSpec, app_ref
 from fedsim.engine.flower_compat import SERVER_NODE_ID, set_task_identity
 from fedsim.engine.inprocess import InProcessGrid, node_contexts
 from fedsim.outputs.availability import EVENTS_FILE, PLOT_FILE, plot_availability, write_events
@@ -39,7 +39,8 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
     trace = scenario.system.trace
     engine = scenario.engine
     workers = worker_count(engine)
-    batch_clients = int(getattr(engine, "batch_clients", 0))  # inprocess only
+    chosen = getattr(engine, "batch_clients", 0)  # inprocess only
+    batch_clients = AUTO_BATCH if chosen == "auto" else int(chosen)
     pool = None
     if workers > 1:
         devices_named = [engine.device] if isinstance(engine.device, str) else engine.device

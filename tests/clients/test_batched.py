@@ -396,3 +396,46 @@ def test_dp_replies_together_equal_each_clients_own(
         m_got = batched.content.metric_records[wire.METRICS]
         m_want = own.content.metric_records[wire.METRICS]
         assert wire.TRAIN_LOSS not in m_got and m_got[wire.EPSILON] == m_want[wire.EPSILON] > 0
+
+
+def test_batch_clients_auto_sizes_chunks_from_free_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``auto`` (-1 on the way to the app): chunk sizes from free memory, same replies."""
+    from fedsim.clients import chunk_size
+    from fedsim.engine.executor import AUTO_BATCH
+
+    assert (
+        _scenario(engine={"name": "inprocess", "batch_clients": "auto"}).engine.batch_clients
+        == "auto"
+    )
+    with pytest.raises(Exception, match="whole number >= 0 or 'auto'"):
+        _scenario(engine={"name": "inprocess", "batch_clients": "all"})
+    small, large = (
+        build_model("mlp", {"hidden": [8]}, (64,), 10),
+        build_model("mlp", {"hidden": [512]}, (64,), 10),
+    )
+    assert (
+        chunk_size.auto_chunk(small, (64,), 16, "cpu")
+        >= chunk_size.auto_chunk(large, (64,), 16, "cpu")
+        >= 1
+    )
+    # 2 clients' worth of free memory: chunks of two, replies as each client's own.
+    model = build_model("mlp", {"hidden": [16]}, (64,), 10)
+    per_client = chunk_size.auto_chunk(model, (64,), 16, "cpu")
+    free = chunk_size.free_bytes("cpu")
+    monkeypatch.setattr(chunk_size, "free_bytes", lambda device: int(free * 2 / per_client) + 1)
+    seen: list[int] = []
+    from fedsim.clients import batched
+
+    original = batched._train_chunk
+    monkeypatch.setattr(
+        batched, "_train_chunk", lambda chunk: seen.append(len(chunk)) or original(chunk)
+    )
+    jobs = _jobs(_scenario(client={"local_steps": 2}), tmp_path, {})
+    alone = _sequential(jobs)
+    together = train_together([(_delivered(m), c) for m, c in jobs], max_batch=AUTO_BATCH)
+    assert seen == [2, 2, 2]
+    for got, want in zip(together, alone, strict=True):
+        assert got is not None
+        _assert_same_reply(got, want)
