@@ -45,7 +45,7 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,18 +151,25 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
 
 def _auto_size(client: _Client) -> int:
     """``engine.batch_clients: auto``: the chunk size for ``client``'s group."""
-    scenario, data = client.scenario, client.data
     try:
-        model = model_for_job(
-            scenario.model.name,
-            scenario.model.params,
-            data.input_shape,
-            data.num_classes,
-            device=client.device,
-        )
+        model = _model(client)
     except Exception:  # _train_chunk meets it again, and the ClientApp reports it
         return 1
-    return auto_chunk(model, data.input_shape, scenario.client.batch_size, client.device)
+    data = client.data
+    return auto_chunk(model, data.input_shape, client.scenario.client.batch_size, client.device)
+
+
+def _model(client: _Client, overwritten: Collection[str] = ()) -> nn.Module:
+    """The process's model of ``client``'s architecture on its device (see model_for_job)."""
+    scenario, data = client.scenario, client.data
+    return model_for_job(
+        scenario.model.name,
+        scenario.model.params,
+        data.input_shape,
+        data.num_classes,
+        overwritten=overwritten,
+        device=client.device,
+    )
 
 
 def _run_key(context: Context) -> Hashable:
@@ -284,16 +291,9 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
     """Train the clients of one group together; None for each if they cannot be."""
     start = time.perf_counter()
     first = chunk[0]
-    scenario, data = first.scenario, first.data
+    scenario = first.scenario
     try:
-        model = model_for_job(
-            scenario.model.name,
-            scenario.model.params,
-            data.input_shape,
-            data.num_classes,
-            overwritten=first.arrays.keys(),
-            device=first.device,
-        )
+        model = _model(first, first.arrays.keys())
     except Exception:  # the ClientApp reports it
         return [None] * len(chunk)
     reason = _unstackable(model, first.arrays)

@@ -122,6 +122,19 @@ def _jobs(scenario: Any, tmp_path: Path, config: dict[str, Any]) -> list[tuple[M
     return [(Message(content, node, "train"), contexts[node]) for node in contexts]
 
 
+def twin_jobs(jobs: Sequence[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
+    """The jobs with copies of their Contexts (steps write to ``context.state``)."""
+    return [
+        (
+            m,
+            Context(
+                c.run_id, c.node_id, dict(c.node_config), copy.deepcopy(c.state), dict(c.run_config)
+            ),
+        )
+        for m, c in jobs
+    ]
+
+
 def _delivered(message: Message) -> Message:
     return Message(content=copy_content(message.content), metadata=copy.copy(message.metadata))  # type: ignore[call-overload]
 
@@ -379,15 +392,7 @@ def test_dp_replies_together_equal_each_clients_own(
     client = {"local_steps": 3, "batch_size": 8, "dp": dp}
     scenario = _scenario(client=client, data={"num_clients": 4})
     jobs = _jobs(scenario, tmp_path, config)
-    twins = [
-        (
-            m,
-            Context(
-                c.run_id, c.node_id, dict(c.node_config), copy.deepcopy(c.state), dict(c.run_config)
-            ),
-        )
-        for m, c in jobs
-    ]
+    twins = twin_jobs(jobs)
     alone = [app(_delivered(m), c) for m, c in twins]
     together = train_together([(_delivered(m), c) for m, c in jobs], max_batch=3)
     for batched, own in zip(together, alone, strict=True):

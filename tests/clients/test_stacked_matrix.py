@@ -40,6 +40,7 @@ from fedsim.engine.flower_compat import set_task_identity
 from fedsim.engine.inprocess import node_contexts
 from fedsim.models import build_model, register_model
 from fedsim.scenario_loading import load_scenario, to_yaml
+from tests.clients.test_batched import twin_jobs
 
 RTOL = 1e-5
 SIZES = (9, 6, 3)
@@ -217,15 +218,7 @@ def _check(tmp_path: Path, model: str, step: str, loss: str, optimizer: str) -> 
     scenario = _scenario(tmp_path, model, loss, optimizer)
     jobs = _jobs(scenario, tmp_path, step, MODELS[model][1])
     # Each side on its own copy of the nodes' state (SCAFFOLD and FedCurv write there).
-    twins = [
-        (
-            m,
-            Context(
-                c.run_id, c.node_id, dict(c.node_config), copy.deepcopy(c.state), dict(c.run_config)
-            ),
-        )
-        for m, c in jobs
-    ]
+    twins = twin_jobs(jobs)
     alone = [app(_delivered(m), c) for m, c in twins]
     together = train_together([(_delivered(m), c) for m, c in jobs], max_batch=8)
     for (_, c), (_, c_alone), batched, own in zip(jobs, twins, together, alone, strict=True):
