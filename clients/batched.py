@@ -301,9 +301,9 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
         _say(first.context, reason)
         return [None] * len(chunk)
     try:
-        own = model.state_dict().keys()
+        own = frozenset(model.state_dict())
         model.load_state_dict({k: torch.from_numpy(decode(first.arrays[k])) for k in own})
-        steps = [_step(model, c) for c in chunk]
+        steps = [_step(model, own, c) for c in chunk]
         stacked = StackedStep(steps)
     except Exception:  # arrays that do not fit, a bad config: the ClientApp reports it
         return [None] * len(chunk)
@@ -328,10 +328,9 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
     ]
 
 
-def _step(model: nn.Module, client: _Client) -> LocalStep:
-    """The client's own local step, built as the ClientApp builds it."""
+def _step(model: nn.Module, own: frozenset[str], client: _Client) -> LocalStep:
+    """The client's own local step, built as the ClientApp builds it (``own``: model keys)."""
     cfg, data = client.scenario.client, client.data
-    own = set(model.state_dict())
     inputs = StepInputs(
         client.config,
         model,
