@@ -318,7 +318,7 @@ def _train_chunk(chunk: list[_Client]) -> list[Message | None]:
         return [None] * len(chunk)
     if stacked.has_custom_reply:
         return [
-            _custom_reply(model, step, c, r, start, len(chunk))
+            _custom_reply(model, step, c, r, start)
             for c, step, r in zip(chunk, steps, results, strict=True)
         ]
     share = (time.perf_counter() - start) / len(chunk)
@@ -551,14 +551,21 @@ def _train_stacked(model: nn.Module, stacked: StackedStep, chunk: list[_Client])
 
 
 def _custom_reply(
-    model: nn.Module, step: LocalStep, client: _Client, result: _Result, start: float, n: int
-) -> Message:
-    """The reply of a step with its own ``reply``: it sees the client's trained model."""
+    model: nn.Module, step: LocalStep, client: _Client, result: _Result, start: float
+) -> Message | None:
+    """The reply of a step with its own ``reply``: it sees the client's trained model.
+
+    None if the step's reply raises: the ClientApp then runs the job and reports it
+    (a shipped step writes ``context.state`` only once its reply is complete).
+    """
     arrays, loss, samples, taken = result
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.from_numpy(arrays[name]))
-    reply = step.reply(model, client.data, TrainResult(loss, samples, taken))
+    try:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(torch.from_numpy(arrays[name]))
+        reply = step.reply(model, client.data, TrainResult(loss, samples, taken))
+    except Exception:
+        return None
     out = {
         k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
         for k, v in reply.arrays.items()
