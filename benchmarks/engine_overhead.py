@@ -52,14 +52,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 import fedsim
 from fedsim import wire
+from fedsim.config.schema import Scenario
+from fedsim.config.sources import to_yaml
 from fedsim.data import federated
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.engine.inprocess import node_contexts
+from fedsim.engine.inprocess_grid import node_contexts
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import read_metrics
 from fedsim.run_config import _cache as scenario_cache
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import to_yaml
 
 CLIENTS, ROUNDS = 100, 5
 
@@ -127,8 +127,8 @@ def pure_rounds(scenario: Scenario, work: Path, stacked: bool = False) -> list[f
     ``stacked``: the round's messages trained together by one ``train_together`` call
     (what ``engine.batch_clients`` computes), no engine around it.
     """
-    from fedsim.clients.app import app as client_app
-    from fedsim.clients.batched import train_together
+    from fedsim.client.app import app as client_app
+    from fedsim.client.stacked import train_together
 
     work.mkdir(parents=True, exist_ok=True)
     resolved = work / "scenario.resolved.yaml"

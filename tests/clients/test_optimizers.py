@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsim.clients.optimizers import SGD
+from fedsim.client.optimizers import SGD
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_zero_grad_to_zeros() -> None:
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 def test_adam_takes_torch_adams_steps(weight_decay: float) -> None:
     """The Adam rule both training paths share equals ``torch.optim.Adam`` (single tensor)."""
-    from fedsim.clients.optimizers import AdamRule, RuleOptimizer
+    from fedsim.client.optimizers import AdamRule, RuleOptimizer
 
     torch.manual_seed(0)
     ours = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]

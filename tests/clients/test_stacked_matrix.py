@@ -30,16 +30,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from torch import nn
 
 from fedsim import wire
+from fedsim.algorithms.fedcurv.client import OWN_TERMS
+from fedsim.algorithms.scaffold.client import KEPT_C
 from fedsim.array_codec import decode
-from fedsim.clients.app import app
-from fedsim.clients.batched import train_together
-from fedsim.clients.curvature import OWN_TERMS
-from fedsim.clients.scaffold import KEPT_C
+from fedsim.client.app import app
+from fedsim.client.stacked import train_together
+from fedsim.compose import load_scenario
+from fedsim.config.sources import to_yaml
 from fedsim.engine.executor import copy_content
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.engine.inprocess import node_contexts
+from fedsim.engine.inprocess_grid import node_contexts
 from fedsim.models import build_model, register_model
-from fedsim.scenario_loading import load_scenario, to_yaml
 from tests.clients.test_batched import twin_jobs
 
 RTOL = 1e-5
