@@ -44,19 +44,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
 from fedsim import wire
-from fedsim.array_codec import decode, encode
+from fedsim.array_codec import decode
 from fedsim.client.chunk_size import auto_chunk
-from fedsim.client.dp import spend
 from fedsim.client.job import (
     TRAIN_PURPOSE,
     job_seed,
@@ -67,14 +65,14 @@ from fedsim.client.job import (
 from fedsim.client.loop import num_local_steps
 from fedsim.client.losses import build_loss
 from fedsim.client.model_cache import model_for_job
+from fedsim.client.stacked_reply import custom_reply, train_reply
 from fedsim.client.stacked_steps import StackedStep
-from fedsim.client.stacked_training import Result, train_stacked
+from fedsim.client.stacked_training import train_stacked
 from fedsim.client.steps import LocalStep, StepInputs, TrainResult, select_step
 from fedsim.client.unread_keys import warn_unread
 from fedsim.config.schema import Scenario
 from fedsim.data.node_data import NodeData
 from fedsim.errors import FedsimWarning
-from fedsim.fast_records import filled
 from fedsim.run_config import scenario_from_run_config
 from fedsim.training_device import client_device
 
@@ -82,7 +80,6 @@ from fedsim.training_device import client_device
 # stacked computation cannot reproduce the ClientApp's draws.
 _UNSTACKABLE = (nn.modules.dropout._DropoutNd, nn.RNNBase)
 _said: set[tuple[Hashable, str]] = set()  # (run, reason): each said once per run
-_EMPTY_ARRAYS, _EMPTY_METRICS, _EMPTY_CONTENT = ArrayRecord(), MetricRecord(), RecordDict()
 
 
 @dataclass
@@ -313,12 +310,12 @@ def _train_chunk(chunk: list[StackedJob]) -> list[Message | None]:
         return [None] * len(chunk)
     if stacked.has_custom_reply:
         return [
-            _custom_reply(model, step, c, r, start)
+            custom_reply(model, step, c, r, start)
             for c, step, r in zip(chunk, steps, results, strict=True)
         ]
     share = (time.perf_counter() - start) / len(chunk)
     return [
-        _reply(c, arrays, TrainResult(loss, samples, taken), {}, share)
+        train_reply(c, arrays, TrainResult(loss, samples, taken), {}, share)
         for c, (arrays, loss, samples, taken) in zip(chunk, results, strict=True)
     ]
 
@@ -354,60 +351,3 @@ def _unstackable(model: nn.Module, arrays: ArrayRecord) -> str | None:
     if not all(p.requires_grad for p in model.parameters()):
         return "models with frozen parameters train one by one"
     return None
-
-
-def _custom_reply(
-    model: nn.Module, step: LocalStep, client: StackedJob, result: Result, start: float
-) -> Message | None:
-    """The reply of a step with its own ``reply``: it sees the client's trained model.
-
-    None if the step's reply raises: the ClientApp then runs the job and reports it
-    (a shipped step writes ``context.state`` only once its reply is complete).
-    """
-    arrays, loss, samples, taken = result
-    try:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(torch.from_numpy(arrays[name]))
-        reply = step.reply(model, client.data, TrainResult(loss, samples, taken))
-    except Exception:
-        return None
-    out = {
-        k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-        for k, v in reply.arrays.items()
-    }
-    # The stacked training's time shared out, plus this client's own reply work.
-    return _reply(client, out, reply.work, reply.metrics, time.perf_counter() - start)
-
-
-def _reply(
-    client: StackedJob,
-    arrays: Mapping[str, np.ndarray],
-    work: TrainResult,
-    step_metrics: Mapping[str, float],
-    duration: float,
-) -> Message:
-    """The reply the ClientApp's train handler gives (see :mod:`fedsim.client.app`)."""
-    values: dict[str, Any] = {  # what the handler puts there, in its order (Python numbers)
-        wire.NUM_EXAMPLES: len(client.data.y)
-        if work.num_examples is None
-        else float(work.num_examples),
-        wire.TRAIN_SAMPLES: int(work.samples),
-        wire.DURATION_S: duration,
-    }
-    values.update(step_metrics)
-    dp = client.scenario.client.dp
-    if dp is None:
-        values[wire.TRAIN_LOSS] = work.mean_loss
-    else:  # the loss is a statistic of the private data: it stays on the device
-        n = len(client.data.y)
-        values[wire.EPSILON] = spend(
-            client.context.state, dp, n, min(client.scenario.client.batch_size, n), work.steps
-        )
-    metrics = filled(_EMPTY_METRICS, values)
-    record = filled(
-        _EMPTY_ARRAYS,
-        {name: encode(np.ascontiguousarray(value)) for name, value in arrays.items()},
-    )
-    content = filled(_EMPTY_CONTENT, {wire.ARRAYS: record, wire.METRICS: metrics})
-    return Message(content, reply_to=client.message)
