@@ -280,9 +280,8 @@ def _assert_close_records(got: list[dict[str, Any]], want: list[dict[str, Any]])
                 assert a[key] == value, key
 
 
-def test_a_run_with_batch_clients_has_the_metrics_of_one_without(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _count_stacked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each train_together call's number of stacked replies, appended as runs go."""
     from fedsim.client import stacked as batched
 
     stacked_replies: list[int] = []
@@ -293,6 +292,13 @@ def test_a_run_with_batch_clients_has_the_metrics_of_one_without(
         return replies
 
     monkeypatch.setattr(batched, "train_together", counting)
+    return stacked_replies
+
+
+def test_a_run_with_batch_clients_has_the_metrics_of_one_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stacked_replies = _count_stacked(monkeypatch)
     base = {
         "rounds": 3,
         "strategy": {"name": "fedprox", "params": {"proximal_mu": 0.1, "fraction_train": 0.7}},
@@ -464,16 +470,7 @@ def test_a_run_keeping_client_state_with_batch_clients_is_the_run_without(
 ) -> None:
     """Partial participation and deadline stragglers with steps that keep client state
     (SCAFFOLD's c_i, FedCurv's own terms, DP's privacy ledger): same metrics, same ε."""
-    from fedsim.client import stacked as batched
-
-    stacked_replies: list[int] = []
-
-    def counting(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> list[Message | None]:
-        replies = train_together(jobs, max_batch)
-        stacked_replies.append(sum(r is not None for r in replies))
-        return replies
-
-    monkeypatch.setattr(batched, "train_together", counting)
+    stacked_replies = _count_stacked(monkeypatch)
     base = {
         "rounds": 3,
         "client": {"local_steps": 2, "batch_size": 16},
