@@ -25,8 +25,13 @@ Usage::
 
     python benchmarks/engine_overhead.py [--repeats 40] [--ray-repeats 2] [--threads 1]
 
-The last line printed is ``speedup_vs_flower_ray: X`` (ray end to end / inprocess end
-to end).
+Then the same with ``engine.batch_clients: 100`` (issue 29): each batched in-process run
+against the stacked compute alone (``train_together`` on the round's 100 train messages
+in a plain loop, no engine), alternated the same way; the engine's own cost per client
+update is the difference of the steady rounds over 100.
+
+The last line printed is ``engine_us_per_update_batched: X`` (that cost, in µs);
+``speedup_vs_flower_ray: X`` (ray end to end / inprocess end to end) comes before it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import gc
 import itertools
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -115,9 +121,14 @@ def pure_compute(scenario: Scenario, work: Path) -> float:
     return min(pure_rounds(scenario, work)[1:])
 
 
-def pure_rounds(scenario: Scenario, work: Path) -> list[float]:
-    """Seconds of each round of the same updates in a plain loop of ClientApp calls."""
+def pure_rounds(scenario: Scenario, work: Path, stacked: bool = False) -> list[float]:
+    """Seconds of each round of the same updates in a plain loop of ClientApp calls.
+
+    ``stacked``: the round's messages trained together by one ``train_together`` call
+    (what ``engine.batch_clients`` computes), no engine around it.
+    """
     from fedsim.client.app import app as client_app
+    from fedsim.client.stacked import train_together
 
     work.mkdir(parents=True, exist_ok=True)
     resolved = work / "scenario.resolved.yaml"
@@ -145,8 +156,11 @@ def pure_rounds(scenario: Scenario, work: Path) -> list[float]:
         ]
         gc.freeze()  # as the in-process engine does for its rounds
         start = time.perf_counter()
-        for message in messages:
-            client_app(message, contexts[message.metadata.dst_node_id])
+        if stacked:
+            train_together([(m, contexts[m.metadata.dst_node_id]) for m in messages], CLIENTS)
+        else:
+            for message in messages:
+                client_app(message, contexts[message.metadata.dst_node_id])
         rounds.append(time.perf_counter() - start)
         gc.unfreeze()
     return rounds
@@ -159,6 +173,9 @@ def main() -> None:
     )
     parser.add_argument("--ray-repeats", type=int, default=2, help="ray runs (fastest counts)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (Ray actors: 1)")
+    parser.add_argument(
+        "--batched-repeats", type=int, default=10, help="batch_clients runs (between stacks)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("flwr").setLevel(logging.ERROR)  # as the fedsim CLI does
@@ -177,9 +194,19 @@ def main() -> None:
             pure.append(pure_compute(base, root / f"pure{k + 1}"))
             inproc.append(total)
             overhead.append((steady - (pure[k] + pure[k + 1]) / 2) / CLIENTS)
+        batched = fedsim.load_scenario(
+            {**WORKLOAD, "engine": {"name": "inprocess", "batch_clients": CLIENTS}}
+        )
+        stacks = [min(pure_rounds(base, root / "stack0", stacked=True)[1:])]
+        batched_overhead = []
+        for k in range(args.batched_repeats):
+            _, steady = engine_run(batched, root / f"batched{k}")
+            stacks.append(min(pure_rounds(base, root / f"stack{k + 1}", stacked=True)[1:]))
+            batched_overhead.append((steady - (stacks[k] + stacks[k + 1]) / 2) / CLIENTS)
         # The fastest of the Ray runs: the comparison errs in Flower's favour.
         ray_total, ray_round = min(
-            engine_run(ray, root / f"ray{k}") for k in range(args.ray_repeats)
+            (engine_run(ray, root / f"ray{k}") for k in range(args.ray_repeats)),
+            default=(math.nan, math.nan),  # --ray-repeats 0: no Ray figures
         )
     pure_update = statistics.median(pure) / CLIENTS
     inproc_total = statistics.median(inproc)
@@ -200,6 +227,8 @@ def main() -> None:
     print(f"overhead_fraction: {ours / pure_update:.3f}")
     print(f"steady_overhead_ratio: {flower / ours:.1f}")
     print(f"speedup_vs_flower_ray: {ray_total / inproc_total:.1f}")
+    print(f"stacked_compute_per_update_ms: {statistics.median(stacks) / CLIENTS * 1e3:.3f}")
+    print(f"engine_us_per_update_batched: {statistics.median(batched_overhead) * 1e6:.1f}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ them from its partition file). A class with no examples gets the prior
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,38 +53,63 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return per_example(F.cross_entropy(logits, targets, reduction="none"))
 
 
+# The parametrised losses are small dataclasses rather than closures: their tensors
+# (a node's label prior) are attributes, so the stacked path
+# (:mod:`fedsim.clients.stacked_steps`) can stack them along a client axis.
+
+
+@dataclass(frozen=True)
+class LogitAdjusted:
+    """``-log softmax(z + shift)_y`` with ``shift = tau * log(prior)``, shape (C,)."""
+
+    shift: torch.Tensor
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example losses, shape (B,)."""
+        return cross_entropy(shift_logits(logits, self.shift), targets)
+
+
 def logit_adjusted(prior_log: torch.Tensor, tau: float) -> LossFn:
     """``-log softmax(z + tau * log(prior))_y``; ``tau = 0`` is :func:`cross_entropy`."""
     if tau == 0.0:
         return cross_entropy
-    shift = tau * prior_log  # (C,)
+    return LogitAdjusted(tau * prior_log)
 
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(shift_logits(logits, shift), targets)
 
-    return loss
+@dataclass(frozen=True)
+class LabelSmoothing:
+    """``(1 - epsilon) * CE + epsilon * mean_c(-log p_c)``: soft uniform targets."""
+
+    epsilon: float
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example losses, shape (B,)."""
+        return per_example(
+            F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.epsilon)
+        )
 
 
 def label_smoothing(epsilon: float) -> LossFn:
-    """``(1 - epsilon) * CE + epsilon * mean_c(-log p_c)``: soft uniform targets."""
+    """The :class:`LabelSmoothing` loss."""
+    return LabelSmoothing(epsilon)
 
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return per_example(
-            F.cross_entropy(logits, targets, reduction="none", label_smoothing=epsilon)
-        )
 
-    return loss
+@dataclass(frozen=True)
+class EntropyRegularised:
+    """``CE - beta * H(softmax(z))``: the confidence penalty (Pereyra et al. 2017)."""
+
+    beta: float
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example losses, shape (B,)."""
+        log_p = F.log_softmax(logits, dim=1)
+        entropy = -(log_p.exp() * log_p).sum(dim=1)  # (B,) or (B, T)
+        return per_example(F.nll_loss(log_p, targets, reduction="none") - self.beta * entropy)
 
 
 def entropy_regularised(beta: float) -> LossFn:
-    """``CE - beta * H(softmax(z))``: the confidence penalty (Pereyra et al. 2017)."""
-
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits, dim=1)
-        entropy = -(log_p.exp() * log_p).sum(dim=1)  # (B,) or (B, T)
-        return per_example(F.nll_loss(log_p, targets, reduction="none") - beta * entropy)
-
-    return loss
+    """The :class:`EntropyRegularised` loss."""
+    return EntropyRegularised(beta)
 
 
 # A loss factory gets its section, the node's training labels, the class count and the

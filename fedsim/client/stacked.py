@@ -5,49 +5,56 @@ ClientApp would handle one by one and trains the clients together: their paramet
 stacked along a leading axis, each step one batched gradient (``torch.func``'s
 ``vmap`` over ``functional_call``, or for a plain MLP under cross-entropy the batched
 matrix products of :func:`fedsim.kernels.stacked_mlp_cross_entropy_grad`) and one
-elementwise SGD update of the whole stack. Each client still takes exactly the updates
-it would take alone:
+elementwise optimizer update of the whole stack. Each client still takes exactly the
+updates it would take alone:
 
-- its batch order is drawn by :func:`fedsim.client.loop.batch_spans` from the
-  generator its ClientApp job would seed (:func:`fedsim.client.app.job_seed`);
+- its batch order is drawn by :func:`fedsim.client.training.batch_spans` from the
+  generator its ClientApp job would seed (:func:`fedsim.client.app.job_seed`), and a
+  step gathers every client's batch by one index tensor (no loop over clients);
 - a last partial batch is padded and the padding weighs nothing in its loss;
 - clients are ordered by step count, so the clients still training form a prefix of
-  the stack and the finished ones are left alone (momentum and weight decay included);
-- the loss is the step's ``data_loss`` plus its ``penalty`` and the update is
-  :func:`fedsim.client.optimizers.sgd_update_`, the functions the one training loop
-  calls (:func:`fedsim.client.loop.train_local`).
+  the stack and the finished ones are left alone (optimizer state included);
+- each client has its own local step, built from its own inputs as the ClientApp
+  builds it (its ``context.state``, its extras, its ``client.loss`` with its label
+  prior); :class:`fedsim.client.stacked_steps.StackedStep` stacks the steps' tensors,
+  so ``data_loss``, ``penalty`` and ``correction`` (SCAFFOLD's ``c - c_i``, FedCurv's
+  sums less the client's own terms) run per client inside the stacked computation;
+- the update is the optimizer's :class:`~fedsim.client.optimizers.UpdateRule` (SGD with
+  momentum and weight decay, Adam), the code the one training loop
+  (:func:`fedsim.client.training.train_local`) steps each client with;
+- a step with its own ``reply`` (SCAFFOLD, FedCurv) gets each client's trained model
+  and replies as in the ClientApp.
+
+The training device is the node's (``engine.device``: CPU or CUDA). A node's examples
+are moved there once per process and kept; the trained parameters leave the device in
+one copy per array and chunk.
 
 So a reply equals the ClientApp's up to float rounding (tests hold them within 1e-5
 relative). A job that cannot be trained this way gets None, and the caller runs the
-ClientApp as usual: not a train message, a step whose class is not ``vectorisable``,
-a step that overrides another hook (``correction``, ``reply``, ``model_arrays``) or
-fills arrays, a ``client.loss`` other than cross-entropy, a training device other
-than the CPU, DP-SGD, low-precision weights,
-link compression, attackers, an optimizer other than SGD, a model with buffers
-(BatchNorm), dropout or recurrent layers, extra or withheld arrays, or a model that
-``vmap`` cannot run. Each reason is said once per run
-(:class:`~fedsim.errors.FedsimWarning`), never silently.
-
-A vectorisable step's ``data_loss`` and ``penalty`` may depend only on the train config
-and the received model (not on the node's data, state or identity): clients that
-received the same message share one instance of the step.
+ClientApp as usual: not a train message, a step whose class is not ``vectorisable``
+(undeclared custom steps), a step that does not train the whole received model,
+DP-SGD, low-precision weights, link compression, attackers, a model with buffers
+(BatchNorm), dropout or recurrent layers, extra or withheld arrays, steps whose
+tensors cannot be stacked, or a model that ``vmap`` cannot run (data-dependent
+control flow). Each reason is said once per run (:class:`~fedsim.errors.FedsimWarning`),
+never silently.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
 from fedsim import wire
-from fedsim.array_codec import decode, encode
+from fedsim.array_codec import decode
+from fedsim.client.chunk_size import auto_chunk
 from fedsim.client.job import (
     TRAIN_PURPOSE,
     job_seed,
@@ -56,17 +63,16 @@ from fedsim.client.job import (
     train_config,
 )
 from fedsim.client.loop import num_local_steps
-from fedsim.client.losses import cross_entropy
+from fedsim.client.losses import build_loss
 from fedsim.client.model_cache import model_for_job
-from fedsim.client.stacked_training import (
-    train_stacked,
-)
-from fedsim.client.steps import LocalStep, StepInputs, select_step
+from fedsim.client.stacked_reply import custom_reply, train_reply
+from fedsim.client.stacked_steps import StackedStep
+from fedsim.client.stacked_training import train_stacked
+from fedsim.client.steps import LocalStep, StepInputs, TrainResult, select_step
 from fedsim.client.unread_keys import warn_unread
 from fedsim.config.schema import Scenario
 from fedsim.data.node_data import NodeData
 from fedsim.errors import FedsimWarning
-from fedsim.fast_records import filled
 from fedsim.run_config import scenario_from_run_config
 from fedsim.training_device import client_device
 
@@ -74,7 +80,6 @@ from fedsim.training_device import client_device
 # stacked computation cannot reproduce the ClientApp's draws.
 _UNSTACKABLE = (nn.modules.dropout._DropoutNd, nn.RNNBase)
 _said: set[tuple[Hashable, str]] = set()  # (run, reason): each said once per run
-_EMPTY_ARRAYS, _EMPTY_METRICS, _EMPTY_CONTENT = ArrayRecord(), MetricRecord(), RecordDict()
 
 
 @dataclass
@@ -91,6 +96,7 @@ class StackedJob:
     arrays: ArrayRecord
     seed: int
     step_cls: type[LocalStep]
+    device: str
 
 
 def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> list[Message | None]:
@@ -102,7 +108,8 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         Train messages with their nodes' Contexts; both are only read, never changed
         (so the caller need not copy a message for this).
     max_batch : int
-        At most this many clients train in one stacked computation.
+        At most this many clients train in one stacked computation; below 0
+        (``engine.batch_clients: auto``): as many as :func:`auto_chunk` allows.
 
     Returns
     -------
@@ -117,8 +124,11 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         client = _resolve(i, message, context)
         if client is not None:
             groups.setdefault(_group_key(client), []).append(client)
-    size = max(1, max_batch)
     for members in groups.values():
+        # Most steps first (stable): the clients still training are a prefix of the stack.
+        cfg = members[0].scenario.client
+        members.sort(key=lambda c: -num_local_steps(len(c.data.y), cfg))
+        size = max(1, max_batch) if max_batch >= 0 else _auto_size(members[0])
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
             for client, reply in zip(chunk, _train_chunk(chunk), strict=True):
@@ -129,6 +139,29 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         # torch's default generator seeded with its job seed).
         torch.default_generator.manual_seed(max(trained, key=lambda c: c.index).seed)
     return out
+
+
+def _auto_size(client: StackedJob) -> int:
+    """``engine.batch_clients: auto``: the chunk size for ``client``'s group."""
+    try:
+        model = _model(client)
+    except Exception:  # _train_chunk meets it again, and the ClientApp reports it
+        return 1
+    data = client.data
+    return auto_chunk(model, data.input_shape, client.scenario.client.batch_size, client.device)
+
+
+def _model(client: StackedJob, overwritten: Collection[str] = ()) -> nn.Module:
+    """The process's model of ``client``'s architecture on its device (see model_for_job)."""
+    scenario, data = client.scenario, client.data
+    return model_for_job(
+        scenario.model.name,
+        scenario.model.params,
+        data.input_shape,
+        data.num_classes,
+        overwritten=overwritten,
+        device=client.device,
+    )
 
 
 def _run_key(context: Context) -> Hashable:
@@ -178,13 +211,13 @@ def _resolve(index: int, message: Message, context: Context) -> StackedJob | Non
         return None
     reason = _refusal(scenario)
     device = client_device(scenario.engine.device, context.node_config)
-    if reason is None and device != "cpu":
-        reason = f"engine.device {device!r}: training together runs on the CPU only"
     config = dict(train_config(message))
     try:
         step_cls = select_step(config)
     except ValueError:
         return None
+    if scenario.client.dp is not None and step_cls.dp_refusal is not None:
+        return None  # the ClientApp refuses it (validation already does)
     if reason is None:
         reason = _step_refusal(step_cls)
     if reason is None and config.get(wire.LABEL_FLIP):
@@ -201,20 +234,16 @@ def _resolve(index: int, message: Message, context: Context) -> StackedJob | Non
         return None
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     seed = job_seed(scenario.seed, pid, server_round, TRAIN_PURPOSE)
-    return StackedJob(index, message, context, scenario, pid, data, config, arrays, seed, step_cls)
+    return StackedJob(
+        index, message, context, scenario, pid, data, config, arrays, seed, step_cls, device
+    )
 
 
 def _refusal(scenario: Scenario) -> str | None:
     """Why no job of ``scenario`` can be trained together (None: they may be)."""
     cfg = scenario.client
-    if cfg.dp is not None:
-        return "client.dp trains one by one (per-example clipping and noise)"
     if cfg.weights is not None:
         return "client.weights (low-precision weights) trains one by one"
-    if cfg.loss.name != "cross_entropy":  # others may depend on the node's labels
-        return f"client.loss {cfg.loss.name!r} (only cross_entropy is vectorised)"
-    if cfg.optimizer.name != "sgd":
-        return f"client.optimizer.name {cfg.optimizer.name!r} (only sgd is vectorised)"
     if scenario.compression.active:
         return "compression codes each client's link"
     if scenario.system.attackers is not None:
@@ -223,19 +252,12 @@ def _refusal(scenario: Scenario) -> str | None:
 
 
 def _step_refusal(step_cls: type[LocalStep]) -> str | None:
-    """Why ``step_cls``'s clients cannot be trained together (None: they can).
-
-    Only the hooks run here (``data_loss``, ``penalty``): a step that declares itself
-    vectorisable but overrides one of the others still runs through the ClientApp.
-    """
+    """Why ``step_cls``'s clients cannot be trained together (None: they can)."""
     name = step_cls.__name__
     if not step_cls.vectorisable:
         return f"local step {name} is not vectorisable"
     if not step_cls.trains or step_cls.fills:
         return f"local step {name} does not train the whole received model"
-    for hook in ("correction", "reply", "model_arrays"):
-        if getattr(step_cls, hook) is not getattr(LocalStep, hook):
-            return f"local step {name} overrides {hook} (not vectorised)"
     return None
 
 
@@ -248,6 +270,7 @@ def _group_key(client: StackedJob) -> tuple[Any, ...]:
     return (
         id(client.scenario),
         client.step_cls,
+        client.device,
         config,
         arrays,
         data.input_shape,
@@ -260,42 +283,24 @@ def _train_chunk(chunk: list[StackedJob]) -> list[Message | None]:
     """Train the clients of one group together; None for each if they cannot be."""
     start = time.perf_counter()
     first = chunk[0]
-    scenario, data = first.scenario, first.data
+    scenario = first.scenario
     try:
-        model = model_for_job(
-            scenario.model.name,
-            scenario.model.params,
-            data.input_shape,
-            data.num_classes,
-            overwritten=first.arrays.keys(),
-        )
+        model = _model(first, first.arrays.keys())
     except Exception:  # the ClientApp reports it
         return [None] * len(chunk)
     reason = _unstackable(model, first.arrays)
     if reason is not None:
         _say(first.context, reason)
         return [None] * len(chunk)
-    cfg = scenario.client
     try:
-        model.load_state_dict({k: torch.from_numpy(decode(v)) for k, v in first.arrays.items()})
-        inputs = StepInputs(
-            first.config,
-            model,
-            {},
-            first.context.state,
-            cfg.batch_size,
-            data,
-            first.partition_id,
-            first.context.node_id,
-            lr=cfg.optimizer.lr,
-            local_steps=num_local_steps(len(data.y), cfg),
-            loss=cross_entropy,  # the only client.loss trained together
-        )
-        step = first.step_cls(inputs)
+        own = frozenset(model.state_dict())
+        model.load_state_dict({k: torch.from_numpy(decode(first.arrays[k])) for k in own})
+        steps = [_step(model, own, c) for c in chunk]
+        stacked = StackedStep(steps)
     except Exception:  # arrays that do not fit, a bad config: the ClientApp reports it
         return [None] * len(chunk)
     try:
-        results = train_stacked(model, step, chunk)
+        results = train_stacked(model, stacked, chunk)
     except Exception as exc:  # vmap cannot run this model (data-dependent control flow...)
         what = (str(exc).splitlines() or [""])[0][:200]
         _say(
@@ -303,11 +308,35 @@ def _train_chunk(chunk: list[StackedJob]) -> list[Message | None]:
             f"model {scenario.model.name!r} cannot be stacked ({type(exc).__name__}: {what})",
         )
         return [None] * len(chunk)
+    if stacked.has_custom_reply:
+        return [
+            custom_reply(model, step, c, r, start)
+            for c, step, r in zip(chunk, steps, results, strict=True)
+        ]
     share = (time.perf_counter() - start) / len(chunk)
     return [
-        _reply(c, arrays, loss, samples, share)
-        for c, (arrays, loss, samples) in zip(chunk, results, strict=True)
+        train_reply(c, arrays, TrainResult(loss, samples, taken), {}, share)
+        for c, (arrays, loss, samples, taken) in zip(chunk, results, strict=True)
     ]
+
+
+def _step(model: nn.Module, own: frozenset[str], client: StackedJob) -> LocalStep:
+    """The client's own local step, built as the ClientApp builds it (``own``: model keys)."""
+    cfg, data = client.scenario.client, client.data
+    inputs = StepInputs(
+        client.config,
+        model,
+        {k: decode(v) for k, v in client.arrays.items() if k not in own},
+        client.context.state,
+        cfg.batch_size,
+        data,
+        client.partition_id,
+        client.context.node_id,
+        lr=cfg.optimizer.lr,
+        local_steps=num_local_steps(len(data.y), cfg),
+        loss=build_loss(cfg.loss, data.y, data.num_classes, data.global_label_counts),
+    )
+    return client.step_cls(inputs)
 
 
 def _unstackable(model: nn.Module, arrays: ArrayRecord) -> str | None:
@@ -317,27 +346,8 @@ def _unstackable(model: nn.Module, arrays: ArrayRecord) -> str | None:
     for module in model.modules():
         if isinstance(module, _UNSTACKABLE) or type(module).__module__.startswith("fedsim.kernels"):
             return f"models with {type(module).__name__} layers train one by one"
-    names = {n for n, _ in model.named_parameters()}
-    if set(arrays.keys()) != names:
-        return "messages with extra or withheld arrays train one by one"
+    if not set(model.state_dict()) <= set(arrays.keys()):
+        return "messages that withhold model arrays train one by one"
     if not all(p.requires_grad for p in model.parameters()):
         return "models with frozen parameters train one by one"
     return None
-
-
-def _reply(
-    client: StackedJob, arrays: dict[str, np.ndarray], loss: float, samples: int, duration: float
-) -> Message:
-    """The reply the ClientApp's train handler gives (see :mod:`fedsim.client.app`)."""
-    metrics = filled(  # what the handler puts there, in its order (Python numbers)
-        _EMPTY_METRICS,
-        {
-            wire.NUM_EXAMPLES: len(client.data.y),
-            wire.TRAIN_SAMPLES: samples,
-            wire.DURATION_S: duration,
-            wire.TRAIN_LOSS: loss,
-        },
-    )
-    record = filled(_EMPTY_ARRAYS, {name: encode(value) for name, value in arrays.items()})
-    content = filled(_EMPTY_CONTENT, {wire.ARRAYS: record, wire.METRICS: metrics})
-    return Message(content, reply_to=client.message)

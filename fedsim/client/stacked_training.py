@@ -1,7 +1,13 @@
-"""The stacked computation: the clients' batch schedule and training over stacked parameters."""
+"""The stacked training of one chunk (``engine.batch_clients``; see :mod:`fedsim.client.stacked`).
+
+Each client's batch schedule, the stacked gradients (``vmap`` over ``functional_call``,
+or the batched MLP kernel) and the loop that steps the whole stack with the
+optimizer's update rule, on the chunk's device.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,20 +18,18 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fedsim import wire
 from fedsim.client.loop import batch_spans, num_local_steps
 from fedsim.client.losses import cross_entropy
-from fedsim.client.optimizers import sgd_update_
+from fedsim.client.optimizers import update_rule
+from fedsim.client.stacked_dp import StackedPrivateGradient
+from fedsim.client.stacked_steps import StackedStep
 from fedsim.client.steps import LocalStep
 from fedsim.kernels import mlp_linears, stacked_mlp_cross_entropy_grad
+from fedsim.training_device import on_device
 
-if TYPE_CHECKING:  # the stacked path imports this module
+if TYPE_CHECKING:
     from fedsim.client.stacked import StackedJob
-
-
-GradientFn = Callable[
-    [Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor],
-    tuple[dict[str, torch.Tensor], torch.Tensor],
-]
 
 
 @dataclass(frozen=True)
@@ -39,78 +43,92 @@ class Schedule:
     samples: NDArray[np.int64]  # (active,) real batch size of each active client
 
 
-def schedule(chunk: list[StackedJob], order: list[int]) -> list[Schedule]:
+def schedule(chunk: list[StackedJob], device: str) -> list[Schedule]:
     """Each client's batches, in the order its ClientApp job would draw them.
 
-    Clients are taken in ``order`` (most steps first), so at every step the clients
-    still training are the first rows of the stack.
+    The chunk's clients come most steps first, so at every step the clients still
+    training are the first rows of the stack. The index, weight and mask tensors are
+    built on the host and moved to ``device`` once for the whole chunk.
     """
     cfg = chunk[0].scenario.client
     offsets = np.cumsum([0] + [len(c.data.y) for c in chunk])
     spans = []
-    for k in order:
-        n = len(chunk[k].data.y)
-        generator = torch.Generator().manual_seed(chunk[k].seed)
+    for client in chunk:
+        n = len(client.data.y)
+        generator = torch.Generator().manual_seed(client.seed)
         spans.append(list(batch_spans(n, cfg, num_local_steps(n, cfg), generator)))
     counts = [[len(range(*span.indices(len(o)))) for o, span in s] for s in spans]
     steps, width = len(counts[0]), max(max(c) for c in counts)
-    index = np.zeros((steps, len(order), width), dtype=np.int64)  # padding: row 0, weight 0
-    sizes = np.zeros((steps, len(order)), dtype=np.int64)
-    for row, (k, drawn, sized) in enumerate(zip(order, spans, counts, strict=True)):
+    index = np.zeros((steps, len(chunk), width), dtype=np.int64)  # padding: row 0, weight 0
+    sizes = np.zeros((steps, len(chunk)), dtype=np.int64)
+    for row, (drawn, sized) in enumerate(zip(spans, counts, strict=True)):
         views: dict[int, NDArray[np.int64]] = {}  # an epoch's order serves several batches
-        for t, ((tensor, span), c) in enumerate(zip(drawn, sized, strict=True)):
+        for t, ((tensor, span), size) in enumerate(zip(drawn, sized, strict=True)):
             values = views.get(id(tensor))
             if values is None:
-                values = views[id(tensor)] = tensor.numpy() + offsets[k]
-            index[t, row, :c] = values[span]
+                values = views[id(tensor)] = tensor.numpy() + offsets[row]
+            index[t, row, :size] = values[span]
         sizes[: len(sized), row] = sized
-    real = (np.arange(width) < sizes[:, :, None]).astype(np.float32)
-    scale = real / np.maximum(sizes, 1)[:, :, None].astype(np.float32)
+    real_np = (np.arange(width) < sizes[:, :, None]).astype(np.float32)
+    scale_np = real_np / np.maximum(sizes, 1)[:, :, None].astype(np.float32)
     active = (sizes > 0).sum(1)
+    index_t = torch.from_numpy(index).to(device)
+    scale_t = torch.from_numpy(scale_np).to(device)
+    real_t = torch.from_numpy(real_np).to(device)
     return [
-        Schedule(
-            int(a),
-            torch.from_numpy(index[t, :a]),
-            torch.from_numpy(scale[t, :a]),
-            torch.from_numpy(real[t, :a]),
-            sizes[t, :a],
-        )
+        Schedule(int(a), index_t[t, :a], scale_t[t, :a], real_t[t, :a], sizes[t, :a])
         for t, a in enumerate(active)
     ]
 
 
-def stacked_gradient(model: nn.Module, step: LocalStep) -> GradientFn:
+GradientFn = Callable[
+    [Mapping[str, torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[dict[str, torch.Tensor], torch.Tensor],
+]
+
+
+def stacked_gradient(model: nn.Module, stacked: StackedStep) -> GradientFn:
     """Per-client gradients of the data loss (+ the step's penalty) for stacked parameters."""
+    step = stacked.first
     has_penalty = step.penalty(dict(model.named_parameters())) is not None
     linears = mlp_linears(model)
     plain_loss = type(step).data_loss is LocalStep.data_loss and step.loss is cross_entropy
-    if linears is not None and plain_loss:
+    if linears is not None and plain_loss and not any(d == 0 for d in stacked.dims):
         return mlp_gradient(model, linears, step, has_penalty)
 
     def client_loss(
-        params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        params: Mapping[str, torch.Tensor],
+        values: list[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        losses = step.data_loss(functional_call(model, dict(params), (x,)), y)
+        own = stacked.view(values)  # this client's step (its own tensors)
+        losses = own.data_loss(functional_call(model, dict(params), (x,)), y)
         total = (losses * w).sum()
-        penalty = step.penalty(params) if has_penalty else None
+        penalty = own.penalty(params) if has_penalty else None
         if penalty is not None:
             total = total + penalty
         return total, losses.detach()
 
-    return vmap(grad(client_loss, has_aux=True))
+    return vmap(grad(client_loss, has_aux=True), in_dims=(0, list(stacked.dims), 0, 0, 0))
 
 
 def mlp_gradient(
     model: nn.Module, linears: list[nn.Linear], step: LocalStep, has_penalty: bool
 ) -> GradientFn:
-    """The batched-matmul gradient of plain MLPs under cross-entropy."""
+    """The batched-matmul gradient of plain MLPs under cross-entropy (steps sharing tensors)."""
     names = {id(p): n for n, p in model.named_parameters()}
     w_names = [names[id(layer.weight)] for layer in linears]
     b_names = [None if layer.bias is None else names[id(layer.bias)] for layer in linears]
     penalty_grad = vmap(grad(step.penalty)) if has_penalty else None
 
     def gradient(
-        params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        params: Mapping[str, torch.Tensor],
+        values: list[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         weights = [params[n] for n in w_names]
         biases: list[torch.Tensor | None] = [None if n is None else params[n] for n in b_names]
@@ -127,49 +145,78 @@ def mlp_gradient(
     return gradient
 
 
-def train_stacked(
-    model: nn.Module, step: LocalStep, chunk: list[StackedJob]
-) -> list[tuple[dict[str, np.ndarray], float, int]]:
-    """Train the chunk's clients from the model's weights; per client (arrays, loss, samples)."""
+def chunk_data(chunk: list[StackedJob], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's examples, concatenated on ``device`` (each node's moved there once)."""
+    if device == "cpu":
+        x = torch.from_numpy(np.concatenate([c.data.x for c in chunk]))
+        y = torch.from_numpy(np.concatenate([c.data.y for c in chunk]))
+        return x, y
+    xs, ys = [], []
+    for c in chunk:
+        context = c.context
+        key = (context.run_id, str(context.run_config.get(wire.RUN_DIR, "")), c.partition_id)
+        xs.append(on_device(c.data.x, device, (*key, "stacked-x")))
+        ys.append(on_device(c.data.y, device, (*key, "stacked-y")))
+    return torch.cat(xs), torch.cat(ys)
+
+
+Result = tuple[dict[str, np.ndarray], float, int, int]  # arrays, mean loss, samples, steps
+
+
+def train_stacked(model: nn.Module, stacked: StackedStep, chunk: list[StackedJob]) -> list[Result]:
+    """Train the chunk's clients from the model's weights; per client what it did."""
     cfg = chunk[0].scenario.client
-    opt = cfg.optimizer
+    device = chunk[0].device
+    rule = update_rule(cfg.optimizer)
     steps = [num_local_steps(len(c.data.y), cfg) for c in chunk]
-    order = sorted(range(len(chunk)), key=lambda k: -steps[k])  # stable: ties keep order
-    x = torch.from_numpy(np.concatenate([c.data.x for c in chunk]))
-    y = torch.from_numpy(np.concatenate([c.data.y for c in chunk]))
+    if any(a < b for a, b in itertools.pairwise(steps)):
+        raise ValueError("a chunk's clients are ordered by step count (train_together)")
+    x, y = chunk_data(chunk, device)
     model.train()
     names = [n for n, _ in model.named_parameters()]
-    stacked = {
+    params_now = {
         n: p.detach().unsqueeze(0).expand(len(chunk), *p.shape).clone()
         for n, p in model.named_parameters()
     }
-    buffers: dict[str, torch.Tensor | None] = dict.fromkeys(names)
-    loss_sums = torch.zeros(len(chunk), dtype=torch.float64)
+    states = {n: rule.new_state() for n in names}
+    loss_sums = torch.zeros(len(chunk), dtype=torch.float64, device=device)
     samples = np.zeros(len(chunk), dtype=np.int64)
-    gradient = stacked_gradient(model, step)
-    for s in schedule(chunk, order):
+    taken = np.zeros(len(chunk), dtype=np.int64)
+    gradient: GradientFn = stacked_gradient(model, stacked)
+    if cfg.dp is not None:
+        gradient = StackedPrivateGradient(
+            model,
+            stacked,
+            cfg.dp,
+            [float(min(cfg.batch_size, len(c.data.y))) for c in chunk],
+            [c.seed + 1 for c in chunk],  # the ClientApp's noise generator seed
+        )
+    for t, s in enumerate(schedule(chunk, device)):
         a = s.active
-        params = {n: stacked[n][:a] for n in names}
-        grads, losses = gradient(params, x[s.index], y[s.index], s.scale)
+        params = {n: params_now[n][:a] for n in names}
+        grads, losses = gradient(params, stacked.rows(a), x[s.index], y[s.index], s.scale)
+        correction = stacked.correction(params, a)
         with torch.no_grad():
             for n in names:
-                buf = buffers[n]
-                new = sgd_update_(
-                    params[n],
-                    grads[n],
-                    None if buf is None else buf[:a],
-                    opt.lr,
-                    opt.momentum,
-                    opt.weight_decay,
-                )
-                if buf is None:
-                    buffers[n] = new
+                g = grads[n]
+                if correction is not None and n in correction:
+                    g = g + correction[n]
+                state = [None if b is None else b[:a] for b in states[n]]
+                rule.update_(params[n], g, state, t + 1)
+                if t == 0:  # made at the first step, when every client is active
+                    states[n] = state
             loss_sums[:a] += (losses * s.real).sum(1, dtype=torch.float64)
         samples[:a] += s.samples
-    results: list[tuple[dict[str, np.ndarray], float, int]] = [({}, 0.0, 0)] * len(chunk)
-    values = {n: stacked[n].numpy() for n in names}  # rows of these are contiguous views
-    for row, k in enumerate(order):
-        arrays = {n: values[n][row] for n in names}
-        count = int(samples[row])
-        results[k] = (arrays, float(loss_sums[row]) / max(count, 1), count)
-    return results
+        taken[:a] += 1
+    # One device-to-host copy per array for the whole chunk.
+    values = {n: params_now[n].cpu().numpy() for n in names}  # rows: contiguous views
+    sums = loss_sums.cpu().numpy()
+    return [
+        (
+            {n: values[n][k] for n in names},
+            float(sums[k]) / max(int(samples[k]), 1),
+            int(samples[k]),
+            int(taken[k]),
+        )
+        for k in range(len(chunk))
+    ]

@@ -166,8 +166,11 @@ class LocalStep:
     # gradient. A step that releases anything else (statistics of the data, an
     # unclipped gradient) says what here, and is refused with DP before training.
     dp_refusal: ClassVar[str | None] = None
-    # Whether a batched trainer may run this step for many clients at once (only the
-    # hooks data_loss and penalty as pure functions of the parameters).
+    # Whether the stacked path (engine.batch_clients) may run this step for many
+    # clients at once: data_loss, penalty and correction are pure functions of the
+    # parameters and of tensors the step holds (attributes, dicts, lists, tuples of
+    # them, its loss); every other attribute they read is the same for every client
+    # that received the same message (see fedsim.clients.stacked_steps).
     vectorisable: ClassVar[bool] = False
     # The per-example data loss (``inputs.loss``); the class default also serves steps
     # whose ``__init__`` does not call the base one.

@@ -67,9 +67,19 @@ class InProcessEngine(_EngineSection):
     # processes, nodes pinned to one; auto = physical cores // threads_per_worker.
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     # Train up to this many of a dispatch's clients together in one stacked computation
-    # (0: one by one; with workers, each worker its own nodes'). Replies equal the
-    # one-by-one ones up to float rounding, not bit for bit, so it is off by default.
-    batch_clients: Annotated[int, Field(ge=0)] = 0
+    # (0: one by one; with workers, each worker its own nodes'; auto: as many as half
+    # the free memory of the training device holds). Replies equal the one-by-one ones
+    # up to float rounding, not bit for bit, so it is off by default.
+    batch_clients: Annotated[int, Field(ge=0)] | Literal["auto"] = 0
+
+    @field_validator("batch_clients", mode="before")
+    @classmethod
+    def _batch_choice(cls, value: Any) -> Any:
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ):
+            return value
+        raise ValueError("must be a whole number >= 0 or 'auto'")
 
     @field_validator("workers", mode="before")
     @classmethod

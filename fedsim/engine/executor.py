@@ -71,6 +71,10 @@ def _with_own_lists(record: ConfigRecord | MetricRecord) -> ConfigRecord | Metri
     return copied
 
 
+# ``engine.batch_clients: auto`` on its way to the app: the app sizes each chunk itself.
+AUTO_BATCH = -1
+
+
 class WorkerDied(RuntimeError):
     """The worker process running a job ended before it replied."""
 

@@ -13,6 +13,7 @@ from fedsim.apps import load_apps
 from fedsim.config.schema import Scenario, _EngineSection
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.devices import sample_population
+from fedsim.engine.executor import AUTO_BATCH
 from fedsim.engine.flower_compat import SERVER_NODE_ID, set_task_identity
 from fedsim.engine.inprocess_grid import InProcessGrid, node_contexts
 from fedsim.engine.workers import WorkerPool, WorkerSpec, app_ref
@@ -36,7 +37,8 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
     trace = scenario.system.trace
     engine = scenario.engine
     workers = worker_count(engine)
-    batch_clients = int(getattr(engine, "batch_clients", 0))  # inprocess only
+    chosen = getattr(engine, "batch_clients", 0)  # inprocess only
+    batch_clients = AUTO_BATCH if chosen == "auto" else int(chosen)
     pool = None
     if workers > 1:
         devices_named = [engine.device] if isinstance(engine.device, str) else engine.device

@@ -37,3 +37,24 @@ def test_zero_grad_to_zeros() -> None:
     p.grad = torch.ones(2)
     SGD([p], lr=0.1).zero_grad(set_to_none=False)
     assert p.grad is not None and torch.equal(p.grad, torch.zeros(2))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_adam_takes_torch_adams_steps(weight_decay: float) -> None:
+    """The Adam rule both training paths share equals ``torch.optim.Adam`` (single tensor)."""
+    from fedsim.client.optimizers import AdamRule, RuleOptimizer
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt_ours = RuleOptimizer(ours, AdamRule(0.01, weight_decay))
+    opt_theirs = torch.optim.Adam(theirs, lr=0.01, weight_decay=weight_decay, foreach=False)
+    for step in range(6):
+        grads = [torch.randn_like(p) for p in ours]
+        for params in (ours, theirs):
+            params[0].grad = grads[0].clone()
+            params[1].grad = None if step % 3 == 2 else grads[1].clone()  # skipped: no step
+        opt_ours.step()
+        opt_theirs.step()
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

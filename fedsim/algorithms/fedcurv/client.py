@@ -90,6 +90,8 @@ class CurvatureStep(LocalStep):
     trigger_key = keys.CURV_LAMBDA
     reads = frozenset({keys.CURV_LAMBDA, keys.CURV_FISHER, keys.CURV_SUMS_ROUND, keys.CURV_MEMBERS})
     dp_refusal = keys.DP_REFUSAL
+    # penalty reads only tensors (the sums less own terms); reply runs per client
+    vectorisable = True
 
     def __init__(self, inputs: StepInputs) -> None:
         super().__init__(inputs)

@@ -32,7 +32,8 @@ class ScaffoldStep(fedsim.LocalStep):
     """Local SGD with the drift correction ``c - c_i``; replies with ``Δc_i`` too."""
 
     reads = frozenset({keys.SCAFFOLD_OPTION})
-    vectorisable = False  # its reply reads context.state
+    # correction reads only tensors (its c - c_i); reply runs per client when stacked
+    vectorisable = True
 
     def __init__(self, inputs: fedsim.StepInputs) -> None:
         super().__init__(inputs)

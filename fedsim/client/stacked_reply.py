@@ -1,0 +1,85 @@
+"""The replies of a stacked chunk: what the ClientApp's train handler would send.
+
+See :mod:`fedsim.client.stacked`; the metrics come in the handler's order
+(:mod:`fedsim.client.app`), ``epsilon`` instead of ``train-loss`` under DP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from torch import nn
+
+from fedsim import wire
+from fedsim.array_codec import encode
+from fedsim.client.dp import spend
+from fedsim.client.stacked_training import Result
+from fedsim.client.steps import LocalStep, TrainResult
+from fedsim.fast_records import filled
+
+if TYPE_CHECKING:
+    from fedsim.client.stacked import StackedJob
+
+_EMPTY_ARRAYS, _EMPTY_METRICS, _EMPTY_CONTENT = ArrayRecord(), MetricRecord(), RecordDict()
+
+
+def custom_reply(
+    model: nn.Module, step: LocalStep, client: StackedJob, result: Result, start: float
+) -> Message | None:
+    """The reply of a step with its own ``reply``: it sees the client's trained model.
+
+    None if the step's reply raises: the ClientApp then runs the job and reports it
+    (a shipped step writes ``context.state`` only once its reply is complete).
+    """
+    arrays, loss, samples, taken = result
+    try:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(torch.from_numpy(arrays[name]))
+        reply = step.reply(model, client.data, TrainResult(loss, samples, taken))
+    except Exception:
+        return None
+    out = {
+        k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        for k, v in reply.arrays.items()
+    }
+    # The stacked training's time shared out, plus this client's own reply work.
+    return train_reply(client, out, reply.work, reply.metrics, time.perf_counter() - start)
+
+
+def train_reply(
+    client: StackedJob,
+    arrays: Mapping[str, np.ndarray],
+    work: TrainResult,
+    step_metrics: Mapping[str, float],
+    duration: float,
+) -> Message:
+    """The reply the ClientApp's train handler gives (see :mod:`fedsim.client.app`)."""
+    values: dict[str, Any] = {  # what the handler puts there, in its order (Python numbers)
+        wire.NUM_EXAMPLES: len(client.data.y)
+        if work.num_examples is None
+        else float(work.num_examples),
+        wire.TRAIN_SAMPLES: int(work.samples),
+        wire.DURATION_S: duration,
+    }
+    values.update(step_metrics)
+    dp = client.scenario.client.dp
+    if dp is None:
+        values[wire.TRAIN_LOSS] = work.mean_loss
+    else:  # the loss is a statistic of the private data: it stays on the device
+        n = len(client.data.y)
+        values[wire.EPSILON] = spend(
+            client.context.state, dp, n, min(client.scenario.client.batch_size, n), work.steps
+        )
+    metrics = filled(_EMPTY_METRICS, values)
+    record = filled(
+        _EMPTY_ARRAYS,
+        {name: encode(np.ascontiguousarray(value)) for name, value in arrays.items()},
+    )
+    content = filled(_EMPTY_CONTENT, {wire.ARRAYS: record, wire.METRICS: metrics})
+    return Message(content, reply_to=client.message)
