@@ -245,7 +245,8 @@ class StructuredDropoutLSTM(nn.Module):
                 # on the dropped input: measured faster on CPU than the step loop with a
                 # gathered input GEMM (docs/benchmarks.md). Same math either way.
                 mask = keep_in if k == 0 else (None if keep is None else keep[k - 1])
-                x_in = out if mask is None else out * mask * scale
+                # One pass over the (B, T, I) input: the small (T, I) factor is built first.
+                x_in = out if mask is None else out * (mask * scale).to(out.dtype)
                 h0, c0 = state[0][k : k + 1], state[1][k : k + 1]
                 out, h, c = torch.lstm(
                     x_in,
@@ -281,7 +282,7 @@ class StructuredDropoutLSTM(nn.Module):
             c_n.append(c)
             out = seq
         if keep is not None:
-            out = out * keep[-1] * scale
+            out = out * (keep[-1] * scale).to(out.dtype)
         return out, (torch.stack(h_n), torch.stack(c_n))
 
 
