@@ -60,14 +60,21 @@ class _Recurrence(torch.autograd.Function):
             act = torch.sigmoid(gates, out=acts[s])
             torch.tanh(gates[:, 2 * hid : 3 * hid], out=act[:, 2 * hid : 3 * hid])
             i, f, g, o = act.chunk(4, 1)
-            torch.addcmul(f * cs[s], i, g, out=cs[s + 1])
+            torch.mul(f, cs[s], out=cs[s + 1]).addcmul_(i, g)
             torch.mul(o, torch.tanh(cs[s + 1], out=tcs[s]), out=hs[s + 1])
-        # Derivative factors for the backward pass, for all steps at once (big ops).
-        dact = acts * (1 - acts)  # sigmoid' for i, f, o: (T, B, 4H)
-        g_all = acts[..., 2 * hid : 3 * hid]
-        dact[..., 2 * hid : 3 * hid] = 1 - g_all * g_all  # tanh' for g
-        oq = acts[..., 3 * hid :] * (1 - tcs * tcs)  # o · tanh'(c) = dc_t/dh_t: (T, B, H)
-        ctx.save_for_backward(w_hh, hs, cs, tcs, acts, dact, oq)
+        # What the backward pass multiplies each step's dc or dh by, for all steps at once
+        # (big ops): dL/dz_i = dc·g·σ'(z_i), dL/dz_f = dc·c_{t-1}·σ'(z_f),
+        # dL/dz_g = dc·i·tanh'(z_g), dL/dz_o = dh·tanh(c_t)·σ'(z_o). So each step of the
+        # backward loop is two multiplies, two accumulations and one GEMM.
+        i_all, f_all, g_all, o_all = acts.chunk(4, 2)
+        fac = acts * (1 - acts)  # sigmoid' for i, f, o: (T, B, 4H)
+        fi, ff, fg, fo = fac.chunk(4, 2)
+        torch.mul(g_all, g_all, out=fg).neg_().add_(1).mul_(i_all)  # tanh'(z_g)·i
+        fi.mul_(g_all)
+        ff.mul_(cs[:-1])
+        fo.mul_(tcs)
+        oq = o_all * (1 - tcs * tcs)  # o · tanh'(c) = dc_t/dh_t: (T, B, H)
+        ctx.save_for_backward(w_hh, hs, f_all.contiguous(), fac, oq)
         ctx.capture = capture  # type: ignore[attr-defined]
         return hs[1:].transpose(0, 1), hs[t].clone(), cs[t].clone()
 
@@ -75,25 +82,21 @@ class _Recurrence(torch.autograd.Function):
     def backward(
         ctx: Any, d_hs: torch.Tensor, d_ht: torch.Tensor, d_ct: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        w_hh, hs, cs, tcs, acts, dact, oq = ctx.saved_tensors
-        t, b, _ = acts.shape
-        hid = w_hh.shape[1]
+        w_hh, hs, f_all, fac, oq = ctx.saved_tensors
+        t, b, four_h = fac.shape
+        hid = four_h // 4
         d_hs_t = d_hs.transpose(0, 1)  # (T, B, H)
-        dg_all = acts.new_empty(t, b, 4 * hid)  # gate pre-activation gradients
-        buf = acts.new_empty(b, 4 * hid)
-        bi, bf, bg, bo = buf.chunk(4, 1)
+        dg_all = fac.new_empty(t, b, four_h)  # gate pre-activation gradients
+        # (T, B, 3, H) views: the i, f, g gates all scale dc; o scales dh.
+        fac3, dg3 = fac.view(t, b, 4, hid)[:, :, :3], dg_all.view(t, b, 4, hid)[:, :, :3]
         dh = d_ht.clone()
         dc = d_ct.clone()
         for s in reversed(range(t)):
-            i, f, g, _ = acts[s].chunk(4, 1)
             dh += d_hs_t[s]
             dc.addcmul_(dh, oq[s])
-            torch.mul(dc, g, out=bi)
-            torch.mul(dc, cs[s], out=bf)  # c_{t-1}
-            torch.mul(dc, i, out=bg)
-            torch.mul(dh, tcs[s], out=bo)
-            torch.mul(buf, dact[s], out=dg_all[s])
-            dc = dc * f
+            torch.mul(fac3[s], dc.unsqueeze(1), out=dg3[s])
+            torch.mul(fac[s, :, 3 * hid :], dh, out=dg_all[s, :, 3 * hid :])
+            dc.mul_(f_all[s])
             dh = torch.mm(dg_all[s], w_hh)  # (B, H)
         capture = ctx.capture
         if capture is not None:
@@ -299,9 +302,14 @@ class LSTM(StructuredDropoutLSTM):
 class LSTMKernel(Kernel):
     """Per-example norms of every layer's four parameters from the captured BPTT terms.
 
-    Layer k's weights are sequence-Linear cases: ``W_ih`` sees the (dropped) input
-    ``X̃_k`` and ``W_hh`` the previous hidden states, both against the gate gradients
-    ``G_k``; each bias gets ``Σ_t G_k``.
+    Both weights of layer k see the same gate gradients ``G_k``: ``W_ih`` against the
+    (dropped) input ``X̃_k`` and ``W_hh`` against the previous hidden states. So the
+    layer is one sequence-Linear case, the weight ``[W_ih | W_hh]`` on the input
+    ``Z_k = [X̃_k, H_k]`` (B, T, I + H), and its route (ghost norm or materialised
+    per-example gradients, :func:`~fedsim.kernels.linear.prefer_ghost`) is decided once
+    per layer by that shape: a ghost norm computes ``G_k G_kᵀ`` once for both weights,
+    and the clipped sums of both are one GEMM, split by columns. Each bias gets
+    ``Σ_t G_k``.
     """
 
     captures_itself = True
@@ -309,25 +317,34 @@ class LSTMKernel(Kernel):
     def _layers(self, record: Record) -> dict[int, dict[str, torch.Tensor]]:
         return record.cache.get("layers", {})  # type: ignore[no-any-return]
 
+    def _z(self, k: int, rec: dict[str, torch.Tensor], cache: dict[str, Any]) -> torch.Tensor:
+        """``[X̃_k, H_k]`` (B, T, I + H), built once per pass."""
+        key = f"z{k}"
+        if key not in cache:
+            cache[key] = torch.cat((rec["x"], rec["hprev"]), dim=2)
+        return cache[key]  # type: ignore[no-any-return]
+
     def norm_sq(self, module: nn.Module, record: Record) -> torch.Tensor:
-        """``‖G_iᵀX̃_i‖² + ‖G_iᵀH_i‖² + 2‖Σ_t G_it‖²`` summed over layers."""
+        """``‖G_iᵀ[X̃_i, H_i]‖² + 2‖Σ_t G_it‖²`` summed over layers."""
         total: torch.Tensor | int = 0
         for k, rec in self._layers(record).items():
-            x, hprev, dg = rec["x"], rec["hprev"], rec["dg"]
+            dg = rec["dg"]
             bias = dg.sum(1).pow(2).sum(1)
-            ih = seq_norm_sq(x, dg, record.cache, f"ih{k}")
-            total = total + ih + seq_norm_sq(hprev, dg, record.cache, f"hh{k}") + 2 * bias
+            z = self._z(k, rec, record.cache)
+            total = total + seq_norm_sq(z, dg, record.cache, f"w{k}") + 2 * bias
         assert isinstance(total, torch.Tensor), "LSTM ran no layer in capture mode"
         return total
 
     def accumulate(self, module: nn.Module, record: Record, coef: torch.Tensor) -> None:
-        """Clipped sums as three GEMM-shaped contractions per layer."""
+        """Clipped sums: one GEMM-shaped contraction per layer, split into both weights."""
         assert isinstance(module, StructuredDropoutLSTM)
         for k, rec in self._layers(record).items():
-            x, hprev, dg = rec["x"], rec["hprev"], rec["dg"]
+            dg = rec["dg"]
             w_ih, w_hh, b_ih, b_hh = module.layer_params(k)
-            set_grad(w_ih, seq_weighted_sum(x, dg, coef, record.cache, f"ih{k}"))
-            set_grad(w_hh, seq_weighted_sum(hprev, dg, coef, record.cache, f"hh{k}"))
+            z = self._z(k, rec, record.cache)
+            dw = seq_weighted_sum(z, dg, coef, record.cache, f"w{k}")  # (4H, I + H)
+            set_grad(w_ih, dw[:, : w_ih.shape[1]].contiguous())
+            set_grad(w_hh, dw[:, w_ih.shape[1] :].contiguous())
             db = coef @ dg.sum(1)
             set_grad(b_ih, db)
             set_grad(b_hh, db.clone())
