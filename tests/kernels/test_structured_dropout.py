@@ -219,7 +219,15 @@ class _FixedMaskLM(nn.Module):
         return self.dec(self.lstm(self.emb(x), masks=self.masks)[0]).transpose(1, 2)
 
 
-def test_fast_clipping_serves_the_structured_lstm() -> None:
+@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
+def test_fast_clipping_serves_the_structured_lstm(
+    fused_forward: bool, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DP clipping through the gathered input projections (both routes) and both forward
+    recurrences of a DP pass, against the batch-of-one oracle."""
+    from fedsim.kernels import lstm as lstm_module
+
+    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", {"cpu"} if fused_forward else set())
     torch.manual_seed(4)
     model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
     x, y = torch.randint(0, 9, (5, 7)), torch.randint(0, 9, (5, 7))
