@@ -141,6 +141,18 @@ class _Recurrence(torch.autograd.Function):
 DP_FUSED_FORWARD: set[str] = {"cuda"}
 
 
+# Above this many multiply-adds in a step's recurrent GEMM (B·H·4H) the GEMM itself
+# needs every thread: PTB-medium's 64 x 650 x 2,600 = 108 M keeps them; the DP
+# benchmark's LSTMs (128 x 128 x 512 = 8.4 M, 128 x 256 x 1,024 = 34 M) do not.
+ONE_THREAD_MAX_MACS = 2**26
+
+
+def _step_macs(like: torch.Tensor) -> int:
+    """B·H·4H of a (T, B, 4H) tensor: the multiply-adds of one step's recurrent GEMM."""
+    _, b, four_h = like.shape
+    return b * four_h * four_h // 4
+
+
 @contextmanager
 def _one_thread(like: torch.Tensor) -> Iterator[None]:
     """Run a CPU step loop on one intra-op thread, restoring the count afterwards.
@@ -152,7 +164,7 @@ def _one_thread(like: torch.Tensor) -> Iterator[None]:
     two. The count is the same at every call, so results stay deterministic.
     """
     threads = torch.get_num_threads()
-    if like.device.type != "cpu" or threads == 1:
+    if like.device.type != "cpu" or threads == 1 or _step_macs(like) > ONE_THREAD_MAX_MACS:
         yield
         return
     torch.set_num_threads(1)
