@@ -282,3 +282,34 @@ def test_charlm_drops_its_embedding_output_by_default() -> None:
     assert off.lstm.last_input_mask is None
     model.eval()(torch.randint(0, 20, (3, 40)))
     assert model.lstm.last_input_mask is None  # eval: no mask
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunks"])
+def test_gathered_linear_on_cuda_takes_the_batched_route_and_equals_the_dense(
+    chunked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA's route (batched GEMMs over (T, B, kept)) against the dense masked Linear on
+    the CPU, forward and both gradients, in float64."""
+    assert gathered.ROUTES["cuda"] is gathered._GatheredLinearBatched
+    if chunked:
+        monkeypatch.setattr(gathered, "BATCHED_MAX", 3 * 40 * 30)
+    torch.manual_seed(7)
+    x = torch.randn(6, 11, 40)
+    keep = torch.rand(11, 40) > 0.5
+    keep[3] = False
+    lin = nn.Linear(40, 30)
+    w = torch.randn(11, 6, 30)
+    x_ref = x.clone().requires_grad_(True)
+    ref = lin(x_ref * keep * 2.0).transpose(0, 1)
+    (ref * w).sum().backward()
+    ref_grads = (x_ref.grad, lin.weight.grad.clone(), lin.bias.grad.clone())
+    lin = lin.cuda()
+    lin.zero_grad()
+    x_gpu = x.cuda().requires_grad_(True)
+    y = gathered_linear(x_gpu, keep.cuda(), lin.weight, lin.bias, scale=2.0)
+    (y * w.cuda()).sum().backward()
+    torch.testing.assert_close(y.cpu(), ref, rtol=0, atol=1e-12)
+    for a, b in zip((x_gpu.grad, lin.weight.grad, lin.bias.grad), ref_grads, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-12)
