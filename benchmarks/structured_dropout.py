@@ -19,7 +19,7 @@ round-robin in one process (median after warm-up, with device synchronisation):
 Usage::
 
     python benchmarks/structured_dropout.py [--repeats 3] [--threads 2] [--device cpu]
-        [--shapes ptb-medium-b64,...] [--impls structured,torch]
+        [--shapes ptb-medium-b64,...] [--impls structured,torch] [--ps 0.3,0.5,0.65]
 
 Last lines: ``speedup_vs_torch_lstm_p0.5: X`` (PTB-medium, B = 64) and
 ``worst_speedup_vs_torch_lstm: Y`` (the minimum of torch/structured over every shape
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--impls", default=",".join(IMPLS), help="structured and torch always")
+    parser.add_argument("--ps", default=",".join(map(str, PS)), help="dropout rates")
     parser.add_argument("--large-ps", default="0.5", help=f"dropout rates for {LARGE}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,7 +109,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, vocab, (b, t), generator=g).to(dev)
         y = torch.randint(0, vocab, (b, t), generator=g).to(dev)
-        ps = [float(p) for p in args.large_ps.split(",")] if name == LARGE else PS
+        ps = [float(p) for p in (args.large_ps if name == LARGE else args.ps).split(",")]
         for p in ps:
             torch.manual_seed(0)
             fns = {
