@@ -32,8 +32,8 @@ from fedsim.kernels.registry import Kernel, Record, register_kernel, set_grad
 # kernel and rebuilds what BPTT needs from its hidden states in bulk (one GEMM over all
 # steps, fused elementwise ops, one op a step for the cell state). On CUDA that replaces
 # a launch-bound loop of seven kernels a step with cuDNN (not yet measured: no GPU was
-# lent when this was written). On this project's 2-core CPU it measured slower (1.9-2.0x
-# against 1.5-1.6x of a non-private step, docs/benchmarks.md), so the CPU keeps the loop.
+# lent when this was written). On this project's 2-core CPU it measured slower (1.9-2.3x
+# against 1.5-2.0x of a non-private step in A/Bs under load), so the CPU keeps the loop.
 DP_FUSED_FORWARD: set[str] = {"cuda"}
 
 
