@@ -9,7 +9,10 @@ Opacus's ``DPLSTM``, fedsim's fast mode ``fedsim.kernels.LSTM``: the same archit
 
 Usage::
 
-    python benchmarks/dp_clipping.py [--repeats 5] [--threads 2] [--models cnn8,cnn28,lstm,charlstm]
+    python benchmarks/dp_clipping.py [--repeats 5] [--threads 2] [--device cpu]
+        [--models cnn8,cnn28,lstm,charlstm] [--skip naive,opacus-hooks]
+
+Every step is timed with device synchronisation (CUDA runs asynchronously).
 
 Prints a table and, last, ``worst_fast_over_nonprivate: X``.
 """
@@ -19,9 +22,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+import timing  # first: sets OMP_WAIT_POLICY before torch loads its OpenMP runtime
 import torch
 import torch.nn.functional as F
-from timing import interleaved_medians
 from torch import nn
 
 from fedsim.client.dp import PrivateGradient
@@ -128,13 +131,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", default="cnn8,cnn28,lstm,charlstm")
     parser.add_argument("--skip", default="", help="modes to skip, e.g. naive,opacus-hooks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     print(
-        f"torch {torch.__version__}, {args.threads} threads, batch {BATCH}, "
+        f"torch {torch.__version__}, {args.device}, {args.threads} threads, batch {BATCH}, "
         f"median of {args.repeats} interleaved runs after warm-up; "
         "ms, ratio = mode / non-private"
     )
@@ -143,11 +147,12 @@ def main() -> None:
     ratios: dict[str, dict[str, float]] = {}
     for name in args.models.split(","):
         factory, x, y = workloads()[name]
+        x, y = x.to(args.device), y.to(args.device)
         fns = {}
         for mode in ("nonprivate", *[m for m in MODES if m not in skip]):
             torch.manual_seed(0)
-            fns[mode] = step_fn(mode, factory(mode), x, y)
-        med = interleaved_medians(fns, args.repeats)
+            fns[mode] = step_fn(mode, factory(mode).to(args.device), x, y)
+        med = timing.interleaved_medians(fns, args.repeats, sync=timing.device_sync(args.device))
         base = med["nonprivate"]
         row, ratios[name] = f"{name:<9} {base * 1e3:>11.1f}", {}
         for mode in MODES:

@@ -174,13 +174,22 @@ class PrivateGradient:
             for p in params:
                 p.grad = torch.zeros_like(p)
         std = self.cfg.noise_multiplier * self.cfg.max_grad_norm
-        for p in params:
-            assert p.grad is not None
-            if std > 0:
-                # Drawn on the CPU whatever the device: the same noise on every device.
-                noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
-                p.grad.add_(noise.to(p.device), alpha=std)
-            p.grad.div_(self.expected_batch)
+        grads = [p.grad for p in params]
+        assert all(g is not None for g in grads)
+        if std > 0 and params:
+            # One draw for every parameter, on the CPU whatever the device (the same noise
+            # on every device), and one copy to the device: no host round trip per
+            # parameter. Each parameter then adds its slice, in parameter order.
+            first = params[0]
+            flat = torch.randn(
+                sum(p.numel() for p in params), generator=self.generator, dtype=first.dtype
+            ).to(first.device, non_blocking=True)
+            for g, noise in zip(grads, flat.split([p.numel() for p in params]), strict=True):
+                assert g is not None
+                g.add_(noise.view(g.shape).to(g.device, g.dtype), alpha=std)
+        for g in grads:
+            assert g is not None
+            g.div_(self.expected_batch)
         return losses
 
 

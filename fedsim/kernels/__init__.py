@@ -4,7 +4,9 @@
   norms and the clipped gradient sum in one forward/backward pass, through a registry of
   per-layer kernels keyed by layer type (:func:`register_kernel`), with a ``torch.func``
   fallback for layers without one.
-- :class:`LSTM`: an ``nn.LSTM``-compatible layer built so that those kernels apply.
+- :class:`LSTM`: an ``nn.LSTM``-compatible layer built so that those kernels apply, and
+  :class:`StructuredDropoutLSTM` with :func:`gathered_linear` for consumers of its
+  output; :func:`structure_pays` is the rule for when gathering pays.
 - :func:`mlp_cross_entropy_grad`: a plain MLP's cross-entropy gradient without autograd
   (:func:`mlp_linears` tells whether a model is one), and
   :func:`stacked_mlp_cross_entropy_grad` for many MLPs at once.
@@ -25,11 +27,14 @@ from fedsim.kernels.mlp import (
     stacked_mlp_cross_entropy_grad,
 )
 from fedsim.kernels.registry import KERNELS, Kernel, Record, UnsupportedModuleError, register_kernel
+from fedsim.kernels.structure_rule import GATHER_RULES, GatherRule, structure_pays
 
 __all__ = [
+    "GATHER_RULES",
     "KERNELS",
     "LSTM",
     "ClipResult",
+    "GatherRule",
     "Kernel",
     "Record",
     "StructuredDropoutLSTM",
@@ -42,4 +47,5 @@ __all__ = [
     "per_example_grad_norms",
     "register_kernel",
     "stacked_mlp_cross_entropy_grad",
+    "structure_pays",
 ]

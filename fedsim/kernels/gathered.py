@@ -5,7 +5,18 @@ with a fresh mask every time step: at step t the input ``x_t`` (B, H) is zero ou
 the kept set ``K_t`` and scaled by ``1/(1-p)`` inside it. A layer consuming it then
 needs only ``x_t[:, K_t]`` and ``W[:, K_t]``, so its forward GEMM and both backward GEMMs
 (data and weight gradient) shrink by the keep ratio. :func:`gathered_linear` does that
-per time step, with its own backward.
+with its own backward, by one of two routes chosen by the device (:data:`ROUTES`):
+
+* per step (CPU): T GEMMs of B rows, each against its own gathered weight slice;
+* batched (CUDA and other accelerators): the kept index sets of all steps are found in
+  one call (one host synchronisation, for the largest kept count), padded to that count
+  with dropped units whose inputs are zeroed, and every step's slice is gathered at once,
+  so the forward and both backward GEMMs are batched GEMMs over (T, B, kept): a handful
+  of kernel launches instead of several per step. Steps are taken in chunks that bound
+  the gathered weights to :data:`BATCHED_MAX` elements.
+
+Both are exact: the padded positions contribute zeros, and each step's kept set is the
+same as the per-step route's.
 """
 
 from __future__ import annotations
@@ -69,6 +80,91 @@ class _GatheredLinear(torch.autograd.Function):
         return dx, None, None if dwt is None else dwt.t(), db, None
 
 
+# Largest gathered weight block (chunk·kept·out elements) of the batched route: 1 GiB in
+# float32, a small share of an accelerator's memory, and few chunks at PTB-large.
+BATCHED_MAX = 2**28
+
+
+def padded_kept_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each step's kept units first, padded with distinct dropped units, and the validity.
+
+    Returns ``idx`` (T, k_max) long and ``valid`` (T, k_max) bool, where ``k_max`` is the
+    largest kept count. A stable sort on ``~keep`` lists a row's kept units in
+    ascending order and then its dropped ones, so every row of ``idx`` is a set of
+    distinct units: scattering back through it never collides.
+    """
+    counts = keep.sum(1)
+    k_max = max(int(counts.max()), 1)  # the one host synchronisation of the route
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_max]
+    valid = torch.arange(k_max, device=keep.device) < counts.unsqueeze(1)
+    return order, valid
+
+
+class _GatheredLinearBatched(torch.autograd.Function):
+    """The same map as :class:`_GatheredLinear`, as batched GEMMs over chunks of steps."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: torch.Tensor,  # (B, T, H)
+        keep: torch.Tensor,  # (T, H) bool
+        weight: torch.Tensor,  # (out, H)
+        bias: torch.Tensor | None,  # (out,)
+        scale: float,
+    ) -> torch.Tensor:
+        b, t, h = x.shape
+        idx, valid = padded_kept_index(keep)
+        k = idx.shape[1]
+        xt = x.transpose(0, 1)  # (T, B, H), a view
+        # Inputs on the kept units, padded positions zero: (T, B, k).
+        sv = (valid * scale).to(x.dtype).unsqueeze(1)  # (T, 1, k): scale, 0 on padding
+        xs = xt.gather(2, idx.unsqueeze(1).expand(t, b, k)) * sv
+        wt = weight.t()  # (H, out)
+        out = x.new_empty(t, b, weight.shape[0])
+        for s0, s1 in _chunks(t, k * weight.shape[0]):
+            ws = wt[idx[s0:s1]]  # (c, k, out): every step's weight slice in one gather
+            if bias is None:
+                torch.bmm(xs[s0:s1], ws, out=out[s0:s1])
+            else:
+                torch.baddbmm(bias, xs[s0:s1], ws, out=out[s0:s1])
+        ctx.save_for_backward(xs, idx, sv, weight)
+        ctx.has_bias, ctx.x_shape = bias is not None, (b, t, h)  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xs, idx, sv, weight = ctx.saved_tensors
+        b, t, h = ctx.x_shape
+        k = idx.shape[1]
+        wt = weight.t()
+        dxs = xs.new_empty(t, b, k) if ctx.needs_input_grad[0] else None
+        dwt = torch.zeros_like(wt) if ctx.needs_input_grad[2] else None
+        for s0, s1 in _chunks(t, k * weight.shape[0]):
+            ii = idx[s0:s1]
+            d = d_out[s0:s1]  # (c, B, out)
+            if dxs is not None:  # (c, B, k) = d · W_Kᵀ: the data-gradient GEMMs, shrunk
+                torch.bmm(d, wt[ii].transpose(1, 2), out=dxs[s0:s1])
+            if dwt is not None:  # (c, k, out) = X_Kᵀ d: the weight-gradient GEMMs, shrunk
+                dwt.index_add_(
+                    0, ii.reshape(-1), torch.bmm(xs[s0:s1].transpose(1, 2), d).flatten(0, 1)
+                )
+        dx = None
+        if dxs is not None:
+            # Scaled like the inputs, zero on padding, which lands on dropped units
+            # (distinct within a row, so the scatter never collides).
+            dxs.mul_(sv)
+            dx = xs.new_zeros(t, b, h).scatter_(2, idx.unsqueeze(1).expand(t, b, k), dxs)
+            dx = dx.transpose(0, 1)
+        db = d_out.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return dx, None, None if dwt is None else dwt.t(), db, None
+
+
+def _chunks(steps: int, per_step: int) -> list[tuple[int, int]]:
+    """Consecutive step ranges whose gathered weights stay under :data:`BATCHED_MAX`."""
+    size = max(1, BATCHED_MAX // max(per_step, 1))
+    return [(s, min(s + size, steps)) for s in range(0, steps, size)]
+
+
 def gathered_linear(
     x: torch.Tensor,
     keep: torch.Tensor,
@@ -88,5 +184,17 @@ def gathered_linear(
         As in ``nn.Linear`` ((out, H) and (out,)).
     scale : float
         Applied to ``x`` (the inverted-dropout factor ``1/(1-p)``).
+
+    The route (per step or batched) follows the device, :data:`ROUTES`.
     """
-    return _GatheredLinear.apply(x, keep, weight, bias, scale)  # type: ignore[no-any-return]
+    route = ROUTES.get(x.device.type, _GatheredLinearBatched)
+    return route.apply(x, keep, weight, bias, scale)  # type: ignore[no-any-return]
+
+
+# Per device type; any other device takes the batched route (one launch per chunk, not
+# per step). The CPU's per-step GEMMs measured faster there than a batched GEMM over the
+# gathered slices (docs/benchmarks.md).
+ROUTES: dict[str, type[torch.autograd.Function]] = {
+    "cpu": _GatheredLinear,
+    "cuda": _GatheredLinearBatched,
+}

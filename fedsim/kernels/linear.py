@@ -60,8 +60,18 @@ def seq_weighted_sum(
     """``Σ_i coef_i Δ_iᵀ A_i`` (p, d): one GEMM over all positions of all examples."""
     if cache is not None and key in cache:
         return torch.einsum("b,bpd->pd", coef, cache[key])
+    if d.shape[1] > 1 and _time_major(a) and _time_major(d):
+        # (B, T, ·) views of (T, B, ·) storage (the LSTM's captures): the same sum over
+        # positions in storage order, with no copy of either operand.
+        dw_t = d.transpose(0, 1) * coef.view(1, -1, 1)  # (T, B, p)
+        return dw_t.reshape(-1, d.shape[2]).t() @ a.transpose(0, 1).reshape(-1, a.shape[2])
     dw = d * coef.view(-1, 1, 1)  # (B, T, p)
     return dw.reshape(-1, d.shape[2]).t() @ a.reshape(-1, a.shape[2])
+
+
+def _time_major(x: torch.Tensor) -> bool:
+    """Whether a (B, T, f) tensor is a transposed view of contiguous (T, B, f) storage."""
+    return x.transpose(0, 1).is_contiguous()
 
 
 def as_sequence(x: torch.Tensor) -> torch.Tensor:

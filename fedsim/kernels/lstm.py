@@ -1,8 +1,8 @@
 """LSTMs built for speed and per-example gradients.
 
 BPTT is written out by hand, and structured dropout shrinks the GEMMs that consume the
-dropped units. One autograd function per layer runs the recurrence and keeps the gate gradients of
-every time step at hand.
+dropped units. One autograd function per layer (:class:`~fedsim.kernels.recurrence.Recurrence`)
+runs the recurrence and keeps the gate gradients of every time step at hand.
 
 For layer l with inputs ``X`` (B, T, I), previous hidden states ``Hprev`` (B, T, H) and
 gate pre-activation gradients ``G`` (B, T, 4H), the weight gradients are single GEMMs
@@ -22,87 +22,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd.function import FunctionCtx
 
 from fedsim.kernels.gathered import draw_keep_masks, gathered_linear
 from fedsim.kernels.linear import seq_norm_sq, seq_weighted_sum
+from fedsim.kernels.recurrence import Recurrence, fused_layer
 from fedsim.kernels.registry import Kernel, Record, register_kernel, set_grad
 
-
-class _Recurrence(torch.autograd.Function):
-    """The recurrent part of one LSTM layer, given the input projections of all steps.
-
-    The forward pass stores each step's activated gates and their derivative factors,
-    so the backward pass is a few elementwise ops and one GEMM per step, on contiguous
-    time-major slices. In capture mode it records ``(H_prev, G)`` for the kernel and
-    returns no gradient for ``w_hh``.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        gx: torch.Tensor,  # (T, B, 4H) input projections plus both biases
-        h0: torch.Tensor,  # (B, H)
-        c0: torch.Tensor,  # (B, H)
-        w_hh: torch.Tensor,  # (4H, H)
-        capture: dict[str, Any] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t, b, _ = gx.shape
-        hid = w_hh.shape[1]
-        hs = gx.new_empty(t + 1, b, hid)  # hs[0] = h0, hs[s + 1] = h after step s
-        cs = gx.new_empty(t + 1, b, hid)
-        tcs = gx.new_empty(t, b, hid)  # tanh(c_t)
-        acts = gx.new_empty(t, b, 4 * hid)  # activated gates i, f, g, o
-        hs[0], cs[0] = h0, c0
-        w_hh_t = w_hh.t()
-        for s in range(t):  # only what the recurrence needs happens step by step
-            gates = torch.addmm(gx[s], hs[s], w_hh_t)  # (B, 4H) pre-activations
-            act = torch.sigmoid(gates, out=acts[s])
-            torch.tanh(gates[:, 2 * hid : 3 * hid], out=act[:, 2 * hid : 3 * hid])
-            i, f, g, o = act.chunk(4, 1)
-            torch.addcmul(f * cs[s], i, g, out=cs[s + 1])
-            torch.mul(o, torch.tanh(cs[s + 1], out=tcs[s]), out=hs[s + 1])
-        # Derivative factors for the backward pass, for all steps at once (big ops).
-        dact = acts * (1 - acts)  # sigmoid' for i, f, o: (T, B, 4H)
-        g_all = acts[..., 2 * hid : 3 * hid]
-        dact[..., 2 * hid : 3 * hid] = 1 - g_all * g_all  # tanh' for g
-        oq = acts[..., 3 * hid :] * (1 - tcs * tcs)  # o · tanh'(c) = dc_t/dh_t: (T, B, H)
-        ctx.save_for_backward(w_hh, hs, cs, tcs, acts, dact, oq)
-        ctx.capture = capture  # type: ignore[attr-defined]
-        return hs[1:].transpose(0, 1), hs[t].clone(), cs[t].clone()
-
-    @staticmethod
-    def backward(
-        ctx: Any, d_hs: torch.Tensor, d_ht: torch.Tensor, d_ct: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        w_hh, hs, cs, tcs, acts, dact, oq = ctx.saved_tensors
-        t, b, _ = acts.shape
-        hid = w_hh.shape[1]
-        d_hs_t = d_hs.transpose(0, 1)  # (T, B, H)
-        dg_all = acts.new_empty(t, b, 4 * hid)  # gate pre-activation gradients
-        buf = acts.new_empty(b, 4 * hid)
-        bi, bf, bg, bo = buf.chunk(4, 1)
-        dh = d_ht.clone()
-        dc = d_ct.clone()
-        for s in reversed(range(t)):
-            i, f, g, _ = acts[s].chunk(4, 1)
-            dh += d_hs_t[s]
-            dc.addcmul_(dh, oq[s])
-            torch.mul(dc, g, out=bi)
-            torch.mul(dc, cs[s], out=bf)  # c_{t-1}
-            torch.mul(dc, i, out=bg)
-            torch.mul(dh, tcs[s], out=bo)
-            torch.mul(buf, dact[s], out=dg_all[s])
-            dc = dc * f
-            dh = torch.mm(dg_all[s], w_hh)  # (B, H)
-        capture = ctx.capture
-        if capture is not None:
-            # Per-example kernels want (B, T, ·) views.
-            capture["hprev"], capture["dg"] = hs[:-1].transpose(0, 1), dg_all.transpose(0, 1)
-            dw_hh = None
-        else:
-            dw_hh = dg_all.view(t * b, -1).t() @ hs[:-1].reshape(t * b, -1)
-        return dg_all, dh, dc, dw_hh, None
+# Device types on which a DP pass runs each layer's forward recurrence in torch's fused
+# kernel and rebuilds what BPTT needs from its hidden states in bulk (one GEMM over all
+# steps, fused elementwise ops, one op a step for the cell state). On CUDA that replaces
+# a launch-bound loop of seven kernels a step with cuDNN (not yet measured: no GPU was
+# lent when this was written). On this project's 2-core CPU it measured slower (1.9-2.3x
+# against 1.5-2.0x of a non-private step in A/Bs under load), so the CPU keeps the loop.
+DP_FUSED_FORWARD: set[str] = {"cuda"}
 
 
 class StructuredDropoutLSTM(nn.Module):
@@ -245,19 +177,9 @@ class StructuredDropoutLSTM(nn.Module):
                 # on the dropped input: measured faster on CPU than the step loop with a
                 # gathered input GEMM (docs/benchmarks.md). Same math either way.
                 mask = keep_in if k == 0 else (None if keep is None else keep[k - 1])
-                x_in = out if mask is None else out * mask * scale
-                h0, c0 = state[0][k : k + 1], state[1][k : k + 1]
-                out, h, c = torch.lstm(
-                    x_in,
-                    (h0.contiguous(), c0.contiguous()),
-                    [w_ih, w_hh, b_ih, b_hh],
-                    True,
-                    1,
-                    0.0,
-                    self.training,
-                    False,
-                    True,
-                )
+                # One pass over the (B, T, I) input: the small (T, I) factor is built first.
+                x_in = out if mask is None else out * (mask * scale).to(out.dtype)
+                out, h, c = fused_layer(x_in, state, k, (w_ih, w_hh, b_ih, b_hh), self.training)
                 h_n.append(h[0])
                 c_n.append(c[0])
                 continue
@@ -274,14 +196,20 @@ class StructuredDropoutLSTM(nn.Module):
             else:  # structured: only the kept columns of each step enter the GEMMs
                 gx = gathered_linear(out, mask, w_ih, bias, scale)
                 x_eff = out * mask * scale if capture is not None else out
+            known_h = None
             if capture is not None:
-                capture["x"] = x_eff.detach()
-            seq, h, c = _Recurrence.apply(gx, state[0][k], state[1][k], w_hh, capture)
+                capture["x"] = x_eff = x_eff.detach()
+            if capture is not None and x_eff.device.type in DP_FUSED_FORWARD:
+                # A DP pass: the fused kernel runs the forward recurrence (no graph);
+                # Recurrence rebuilds what BPTT needs from its hidden states in bulk.
+                with torch.no_grad():
+                    known_h = fused_layer(x_eff, state, k, (w_ih, w_hh, b_ih, b_hh), False)[0]
+            seq, h, c = Recurrence.apply(gx, state[0][k], state[1][k], w_hh, capture, known_h)
             h_n.append(h)
             c_n.append(c)
             out = seq
         if keep is not None:
-            out = out * keep[-1] * scale
+            out = out * (keep[-1] * scale).to(out.dtype)
         return out, (torch.stack(h_n), torch.stack(c_n))
 
 
@@ -298,9 +226,14 @@ class LSTM(StructuredDropoutLSTM):
 class LSTMKernel(Kernel):
     """Per-example norms of every layer's four parameters from the captured BPTT terms.
 
-    Layer k's weights are sequence-Linear cases: ``W_ih`` sees the (dropped) input
-    ``X̃_k`` and ``W_hh`` the previous hidden states, both against the gate gradients
-    ``G_k``; each bias gets ``Σ_t G_k``.
+    Both weights of layer k see the same gate gradients ``G_k``: ``W_ih`` against the
+    (dropped) input ``X̃_k`` and ``W_hh`` against the previous hidden states. So the
+    layer is one sequence-Linear case, the weight ``[W_ih | W_hh]`` on the input
+    ``Z_k = [X̃_k, H_k]`` (B, T, I + H), and its route (ghost norm or materialised
+    per-example gradients, :func:`~fedsim.kernels.linear.prefer_ghost`) is decided once
+    per layer by that shape: a ghost norm computes ``G_k G_kᵀ`` once for both weights,
+    and the clipped sums of both are one GEMM, split by columns. Each bias gets
+    ``Σ_t G_k``.
     """
 
     captures_itself = True
@@ -308,25 +241,48 @@ class LSTMKernel(Kernel):
     def _layers(self, record: Record) -> dict[int, dict[str, torch.Tensor]]:
         return record.cache.get("layers", {})  # type: ignore[no-any-return]
 
+    def _z(self, k: int, rec: dict[str, torch.Tensor], cache: dict[str, Any]) -> torch.Tensor:
+        """``[X̃_k, H_k]`` (B, T, I + H), built once per pass.
+
+        Stored time major, like the captured ``G``, so the clipped sum's GEMM over all
+        positions reads both without a copy (:func:`~fedsim.kernels.linear.seq_weighted_sum`).
+        """
+        key = f"z{k}"
+        if key not in cache:
+            parts = (rec["x"].transpose(0, 1), rec["hprev"].transpose(0, 1))
+            cache[key] = torch.cat(parts, dim=2).transpose(0, 1)
+        return cache[key]  # type: ignore[no-any-return]
+
+    def _g_sum(self, k: int, rec: dict[str, torch.Tensor], cache: dict[str, Any]) -> torch.Tensor:
+        """``Σ_t G_k`` (B, 4H): each example's bias gradient, reduced over time once."""
+        key = f"gsum{k}"
+        if key not in cache:
+            # The captured G is a (B, T, 4H) view of time-major storage: reduce over
+            # the leading storage axis (summing over dim 1 of the view ran 10x slower).
+            cache[key] = rec["dg"].transpose(0, 1).sum(0)
+        return cache[key]  # type: ignore[no-any-return]
+
     def norm_sq(self, module: nn.Module, record: Record) -> torch.Tensor:
-        """``‖G_iᵀX̃_i‖² + ‖G_iᵀH_i‖² + 2‖Σ_t G_it‖²`` summed over layers."""
+        """``‖G_iᵀ[X̃_i, H_i]‖² + 2‖Σ_t G_it‖²`` summed over layers."""
         total: torch.Tensor | int = 0
         for k, rec in self._layers(record).items():
-            x, hprev, dg = rec["x"], rec["hprev"], rec["dg"]
-            bias = dg.sum(1).pow(2).sum(1)
-            ih = seq_norm_sq(x, dg, record.cache, f"ih{k}")
-            total = total + ih + seq_norm_sq(hprev, dg, record.cache, f"hh{k}") + 2 * bias
+            dg = rec["dg"]
+            bias = self._g_sum(k, rec, record.cache).pow(2).sum(1)
+            z = self._z(k, rec, record.cache)
+            total = total + seq_norm_sq(z, dg, record.cache, f"w{k}") + 2 * bias
         assert isinstance(total, torch.Tensor), "LSTM ran no layer in capture mode"
         return total
 
     def accumulate(self, module: nn.Module, record: Record, coef: torch.Tensor) -> None:
-        """Clipped sums as three GEMM-shaped contractions per layer."""
+        """Clipped sums: one GEMM-shaped contraction per layer, split into both weights."""
         assert isinstance(module, StructuredDropoutLSTM)
         for k, rec in self._layers(record).items():
-            x, hprev, dg = rec["x"], rec["hprev"], rec["dg"]
+            dg = rec["dg"]
             w_ih, w_hh, b_ih, b_hh = module.layer_params(k)
-            set_grad(w_ih, seq_weighted_sum(x, dg, coef, record.cache, f"ih{k}"))
-            set_grad(w_hh, seq_weighted_sum(hprev, dg, coef, record.cache, f"hh{k}"))
-            db = coef @ dg.sum(1)
+            z = self._z(k, rec, record.cache)
+            dw = seq_weighted_sum(z, dg, coef, record.cache, f"w{k}")  # (4H, I + H)
+            set_grad(w_ih, dw[:, : w_ih.shape[1]].contiguous())
+            set_grad(w_hh, dw[:, w_ih.shape[1] :].contiguous())
+            db = coef @ self._g_sum(k, rec, record.cache)
             set_grad(b_ih, db)
             set_grad(b_hh, db.clone())

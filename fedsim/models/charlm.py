@@ -5,15 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.kernels import StructuredDropoutLSTM, gathered_linear
+from fedsim.kernels import StructuredDropoutLSTM, gathered_linear, structure_pays
 from fedsim.models import IncompatibleDataError, register_model
-
-# Below this batch size the per-step gathered decoder GEMMs (B rows each) run so far
-# below the throughput of one dense (B·T)-row GEMM that gathering loses time on CPU
-# (docs/benchmarks.md: 0.65-0.95x at B = 20, 1.13-1.26x at B = 64 for p >= 0.5), and
-# below this drop rate too little is skipped (0.90x at B = 64, p = 0.3).
-GATHER_MIN_BATCH = 48
-GATHER_MIN_P = 0.4
 
 
 class CharLM(nn.Module):
@@ -23,12 +16,13 @@ class CharLM(nn.Module):
     ``dropout_input=False``) and every layer's output, each with a mask shared by the
     batch and redrawn at every time step.
 
-    In training with structured dropout of at least :data:`GATHER_MIN_P` and batches
-    of at least :data:`GATHER_MIN_BATCH` sequences (where it pays on CPU), the decoder
+    In training with structured dropout, where :func:`~fedsim.kernels.structure_pays`
+    says gathering pays for the device, batch, hidden size and drop rate, the decoder
     reads only the kept units of each step (:func:`~fedsim.kernels.gathered_linear`),
-    so its forward and backward GEMMs shrink with the keep ratio too. Logits are (B, V, T)
-    (time major (T, B, V) with ``time_major=True``), ready for a cross-entropy against
-    (B, T) targets.
+    so its forward and backward GEMMs shrink with the keep ratio too; elsewhere it is
+    the dense decoder on the dropped output, what ``nn.Dropout`` + ``nn.Linear`` do.
+    Logits are (B, V, T) (time major (T, B, V) with ``time_major=True``), ready for a
+    cross-entropy against (B, T) targets.
     """
 
     def __init__(
@@ -54,10 +48,9 @@ class CharLM(nn.Module):
         """Logits for next-token prediction at every position of ``x`` (B, T)."""
         out, _ = self.lstm(self.emb(x))  # (B, T, H), dropped units are zero
         masks = self.lstm.last_masks
-        gather = (
-            x.shape[0] >= GATHER_MIN_BATCH
-            and self.lstm.dropout >= GATHER_MIN_P
-            and not self.lstm.per_element
+        lstm = self.lstm
+        gather = not lstm.per_element and structure_pays(
+            x.device.type, x.shape[0], lstm.hidden_size, lstm.dropout
         )
         if masks is not None and gather and self.lstm.dp_capture is None:
             logits = gathered_linear(out, masks[-1], self.dec.weight, self.dec.bias)  # (T, B, V)

@@ -185,8 +185,17 @@ def test_lstm_language_model(b: int, t: int, i: int, h: int, layers: int) -> Non
     check(LM(), torch.randint(0, 7, (b, t)), torch.randint(0, 7, (b, t)))
 
 
-def test_lstm_classifier_on_raw_inputs() -> None:
-    """The LSTM as first layer (its input needs no gradient) with the last state read."""
+@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
+def test_lstm_classifier_on_raw_inputs(
+    fused_forward: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LSTM as first layer (its input needs no gradient) with the last state read;
+    the DP pass's forward recurrence both as fedsim's step loop (the CPU's route) and as
+    torch's fused kernel with the BPTT terms rebuilt in bulk (CUDA's route)."""
+    from fedsim.kernels import lstm as lstm_module
+
+    routes = {"cpu"} if fused_forward else set()
+    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", routes)
     torch.manual_seed(0)
 
     class Clf(nn.Module):

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.kernels import StructuredDropoutLSTM, clip_and_accumulate, gathered_linear
+from fedsim.kernels import (
+    GATHER_RULES,
+    StructuredDropoutLSTM,
+    clip_and_accumulate,
+    gathered,
+    gathered_linear,
+    structure_pays,
+)
 from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
 
 
@@ -54,7 +61,9 @@ def reference_lstm(x, params, masks, p, layers):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "step-loop+gathered"])
 @pytest.mark.parametrize(("layers", "p"), [(1, 0.3), (2, 0.5), (3, 0.65)])
-def test_given_masks_match_the_masked_dense_reference(layers: int, p: float, fused: bool) -> None:
+def test_given_masks_match_the_masked_dense_reference(
+    layers: int, p: float, fused: bool, route: str
+) -> None:
     torch.manual_seed(layers)
     b, t, i, h = 4, 6, 3, 5
     lstm = StructuredDropoutLSTM(i, h, layers, dropout=p, fused=fused).train()
@@ -112,11 +121,31 @@ def test_per_element_variant_masks_each_row() -> None:
     assert not torch.equal(zero, zero[:1].expand_as(zero))
 
 
-def test_gathered_linear_equals_the_dense_masked_linear() -> None:
+ROUTE_IDS = ["per-step", "batched"]
+
+
+@pytest.fixture(params=ROUTE_IDS)
+def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the CPU through each route of ``gathered_linear``; the batched one
+    (the CUDA route) also in chunks of two steps, so the chunk seams are exercised."""
+    batched = request.param == "batched"
+    cls = gathered._GatheredLinearBatched if batched else gathered._GatheredLinear
+    monkeypatch.setitem(gathered.ROUTES, "cpu", cls)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunks"])
+def test_gathered_linear_equals_the_dense_masked_linear(
+    route: str, chunked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(3)
     x = torch.randn(5, 7, 9, requires_grad=True)
     keep = torch.rand(7, 9) > 0.5
+    keep[2] = False  # a step that keeps nothing
+    keep[4] = True  # and one that keeps everything
     lin = nn.Linear(9, 4)
+    if chunked:  # two steps of (k_max · out) elements per chunk
+        monkeypatch.setattr(gathered, "BATCHED_MAX", 2 * 9 * 4)
     y = gathered_linear(x, keep, lin.weight, lin.bias, scale=2.0)  # (T, B, out)
     w = torch.randn_like(y)
     (y * w).sum().backward()
@@ -127,6 +156,53 @@ def test_gathered_linear_equals_the_dense_masked_linear() -> None:
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
     for a, b in zip(got, (x.grad, lin.weight.grad, lin.bias.grad), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_padded_kept_index_lists_kept_units_first_and_never_repeats() -> None:
+    keep = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    idx, valid = gathered.padded_kept_index(keep)
+    assert idx.tolist() == [[0, 2], [3, 0]]
+    assert valid.tolist() == [[True, True], [True, False]]
+
+
+@pytest.mark.parametrize(
+    ("device", "batch", "hidden", "p", "pays"),
+    [
+        ("cpu", 64, 650, 0.5, True),
+        ("cpu", 20, 650, 0.5, False),  # B rows per step: too narrow a GEMM
+        ("cpu", 64, 650, 0.3, False),  # too little dropped
+        ("cuda", 64, 650, 0.5, False),  # the gathered copy outweighs the halved GEMM
+        ("cuda", 64, 1500, 0.5, True),
+        ("mps", 64, 1500, 0.5, False),  # no rule for the device: the dense route
+    ],
+)
+def test_structure_pays_by_device_and_shape(
+    device: str, batch: int, hidden: int, p: float, pays: bool
+) -> None:
+    assert structure_pays(device, batch, hidden, p) is pays
+
+
+@pytest.mark.parametrize(
+    "batch", [GATHER_RULES["cpu"].min_batch - 1, GATHER_RULES["cpu"].min_batch]
+)
+def test_charlm_gathers_exactly_where_the_rule_says(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsim.models import build_model, charlm
+
+    calls: list[int] = []
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return gathered_linear(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(charlm, "gathered_linear", spy)
+    torch.manual_seed(0)
+    model = build_model("charlm", {"hidden": 8, "dropout": 0.5}, (5,), 11).train()
+    model(torch.randint(0, 11, (batch, 5)))
+    assert bool(calls) is structure_pays("cpu", batch, 8, 0.5)
+    model.eval()(torch.randint(0, 11, (batch, 5)))  # eval never gathers
+    assert len(calls) == int(structure_pays("cpu", batch, 8, 0.5))
 
 
 class _FixedMaskLM(nn.Module):
@@ -143,7 +219,15 @@ class _FixedMaskLM(nn.Module):
         return self.dec(self.lstm(self.emb(x), masks=self.masks)[0]).transpose(1, 2)
 
 
-def test_fast_clipping_serves_the_structured_lstm() -> None:
+@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
+def test_fast_clipping_serves_the_structured_lstm(
+    fused_forward: bool, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DP clipping through the gathered input projections (both routes) and both forward
+    recurrences of a DP pass, against the batch-of-one oracle."""
+    from fedsim.kernels import lstm as lstm_module
+
+    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", {"cpu"} if fused_forward else set())
     torch.manual_seed(4)
     model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
     x, y = torch.randint(0, 9, (5, 7)), torch.randint(0, 9, (5, 7))
@@ -198,3 +282,34 @@ def test_charlm_drops_its_embedding_output_by_default() -> None:
     assert off.lstm.last_input_mask is None
     model.eval()(torch.randint(0, 20, (3, 40)))
     assert model.lstm.last_input_mask is None  # eval: no mask
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunks"])
+def test_gathered_linear_on_cuda_takes_the_batched_route_and_equals_the_dense(
+    chunked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA's route (batched GEMMs over (T, B, kept)) against the dense masked Linear on
+    the CPU, forward and both gradients, in float64."""
+    assert gathered.ROUTES["cuda"] is gathered._GatheredLinearBatched
+    if chunked:
+        monkeypatch.setattr(gathered, "BATCHED_MAX", 3 * 40 * 30)
+    torch.manual_seed(7)
+    x = torch.randn(6, 11, 40)
+    keep = torch.rand(11, 40) > 0.5
+    keep[3] = False
+    lin = nn.Linear(40, 30)
+    w = torch.randn(11, 6, 30)
+    x_ref = x.clone().requires_grad_(True)
+    ref = lin(x_ref * keep * 2.0).transpose(0, 1)
+    (ref * w).sum().backward()
+    ref_grads = (x_ref.grad, lin.weight.grad.clone(), lin.bias.grad.clone())
+    lin = lin.cuda()
+    lin.zero_grad()
+    x_gpu = x.cuda().requires_grad_(True)
+    y = gathered_linear(x_gpu, keep.cuda(), lin.weight, lin.bias, scale=2.0)
+    (y * w.cuda()).sum().backward()
+    torch.testing.assert_close(y.cpu(), ref, rtol=0, atol=1e-12)
+    for a, b in zip((x_gpu.grad, lin.weight.grad, lin.bias.grad), ref_grads, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-12)

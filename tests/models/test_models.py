@@ -66,11 +66,11 @@ def test_charlm_logits_layout(dropout: float) -> None:
 
 def test_charlm_gathered_decoder_equals_dense() -> None:
     """With the same masks, the decoder on kept columns gives the dense decoder's logits."""
-    from fedsim.models.charlm import GATHER_MIN_BATCH
+    from fedsim.kernels import GATHER_RULES
 
     torch.manual_seed(1)
     model = build_model("charlm", {"hidden": 16, "dropout": 0.5}, (9,), 80).train()
-    x = torch.randint(0, 80, (GATHER_MIN_BATCH, 9))
+    x = torch.randint(0, 80, (GATHER_RULES["cpu"].min_batch, 9))
     gathered = model(x)
     masks, input_mask = model.lstm.last_masks, model.lstm.last_input_mask
     out, _ = model.lstm(model.emb(x), masks=masks, input_mask=input_mask)
