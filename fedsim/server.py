@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -76,6 +77,7 @@ from fedsim.outputs.per_client import (
     summarize_clients,
 )
 from fedsim.outputs.plots import PlotsCallback
+from fedsim.outputs.summary import NON_FINITE
 from fedsim.resume_rules import check_resume
 from fedsim.rounds import FED_EVAL_METRICS, LoopState, run_rounds, uses_flower_loop
 from fedsim.run_config import scenario_from_run_config
@@ -303,6 +305,9 @@ class RoundRecorder:
             "eval_loss": loss,
             "eval_accuracy": acc,
         }
+        if evaluate and not all(v is None or math.isfinite(v) for v in (loss, acc)):
+            # The log writes NaN as null: this says the round was evaluated, to NaN.
+            record["eval_status"] = NON_FINITE
         if evaluate and self.scenario.output.class_recall and not regression:
             recall = class_recall(
                 self.model,

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
 from fedsim.cli.options import ImportOption, SetOption
+from fedsim.cli.summary_line import DIVERGED_EXIT, diverged_runs, summary_line
 from fedsim.cli.tables import table
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.comparison import display
@@ -87,15 +88,14 @@ def run(
                     scenario, out, on_run_start=bar.run_started, progress=False, jobs=jobs
                 )
     if len(result.runs) == 1:
-        s = result.runs[0].summary
-        # The ray engine has no virtual clock: its runs have no virtual time.
-        vt = "-" if s["virtual_time_s"] is None else f"{s['virtual_time_s']:.1f} s"
-        console.print(
-            f"final accuracy {s['final_eval_accuracy']:.4f} (best {s['best_eval_accuracy']:.4f}), "
-            f"virtual time {vt}, stragglers {s['stragglers']}, failures {s['failures']}",
-            soft_wrap=True,  # one line whatever the terminal width (scripts grep it)
-        )
+        # soft_wrap: one line whatever the terminal width (scripts grep it)
+        console.print(summary_line(result.runs[0].summary), soft_wrap=True, markup=False)
     else:
         headers, cells = display(result.table)
         console.print(table("comparison", headers, cells))
-    console.print(f"run directory: {result.out_dir}", soft_wrap=True)
+    console.print(f"run directory: {result.out_dir}", soft_wrap=True, markup=False)
+    failed = diverged_runs({str(r.run_dir): r.summary for r in result.runs})
+    for line in failed:
+        stderr.print(line)
+    if failed:
+        raise typer.Exit(DIVERGED_EXIT)

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS
+from fedsim.data.npz_file import check_loaded
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
 from fedsim.scenario import LeafDataset
@@ -136,7 +137,7 @@ def load_leaf(cfg: LeafDataset) -> ArrayDataset:
     train, test = _read_split(root / "train"), _read_split(root / "test")
     x, y, num_classes = convert(train, cfg)
     x_test, y_test, _ = convert(test, cfg)
-    return ArrayDataset(
+    ds = ArrayDataset(
         x=x,
         y=y,
         num_classes=num_classes,
@@ -145,3 +146,6 @@ def load_leaf(cfg: LeafDataset) -> ArrayDataset:
         client_id=np.asarray(train[2]),
         client_id_test=np.asarray(test[2]),
     )
+    # NaN pixels or a label past the task's classes: refused as in a data file.
+    check_loaded(ds, f"data.dataset.path: {root}", num_classes=num_classes)
+    return ds

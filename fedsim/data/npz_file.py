@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.data.arrays import ArrayDataset
 from fedsim.errors import DataUnavailableError
 
 NUMBER_KINDS = "biuf"  # numpy dtype kinds accepted as features
@@ -79,6 +80,31 @@ def read_npz(
         raise fail(f"cannot be read as .npz ({type(exc).__name__})") from None
     _check(arrays, fail, whole_dataset, values)
     return arrays
+
+
+def check_loaded(ds: ArrayDataset, where: str, *, num_classes: int | None = None) -> None:
+    """Hold a dataset from another reader (LEAF, Hugging Face) to a data file's rules.
+
+    Non-finite features, labels that are not integers ``0..C-1`` and a stray label that
+    would build a model of mostly unused classes are refused as in :func:`read_npz`.
+    ``num_classes`` is the class count the data declares (LEAF's task, a Hugging Face
+    ``ClassLabel``); without one the labels themselves are checked for plausibility.
+
+    Raises
+    ------
+    DataUnavailableError
+        On the first problem found, starting with ``where``.
+    """
+
+    def fail(message: str) -> DataUnavailableError:
+        return DataUnavailableError(f"{where}: {message}")
+
+    arrays: dict[str, NDArray[Any]] = {"x": ds.x, "y": ds.y}
+    if ds.x_test is not None and ds.y_test is not None:
+        arrays.update(x_test=ds.x_test, y_test=ds.y_test)
+    if num_classes is not None:
+        arrays["num_classes"] = np.asarray(num_classes)
+    _check(arrays, fail, True, False)
 
 
 def _array(f: Any, name: str, fail: Fail) -> NDArray[Any]:
