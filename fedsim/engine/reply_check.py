@@ -8,6 +8,14 @@ skips it like any failed client, and the telemetry counts it as a failure whose 
 names the node. Nothing here knows a strategy; the rules are the wire's:
 
 - every array decodes, is numeric and finite;
+- an array keeps the type of the array it answers (the model's, or the one sent): a
+  narrower float (float16) or integer is cast up, a wider float cast down; bool and
+  unsigned bytes are refused, and integers into a float array are accepted only where
+  they are exact in it;
+- every value's magnitude is plausible: at most :data:`MAGNITUDE_FACTOR` times the
+  largest magnitude of the array it answers (at least 1), and never above
+  :data:`MAGNITUDE_CAP` (an array with no sent counterpart has that cap only), so one
+  reply of 2^62 cannot make the average meaningless;
 - an array the server sent comes back with the shape it was sent with; a model array
   with the model's shape; a per-parameter array (``wire.PER_PARAMETER_PREFIXES``:
   FedCurv's Fisher terms, AGC's gradient) with the shape of the parameter it names;
@@ -32,17 +40,26 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord
+from numpy.typing import NDArray
 
 from fedsim import wire
-from fedsim.array_codec import view
+from fedsim.array_codec import encode, view
 from fedsim.rounding import decode_rounded, is_rounded
 
 # fedsim's own error code for a refused reply (flwr.common.constant.ErrorCode ends at 8).
 REPLY_REJECTED = 100
 NUMERIC_KINDS = "biuf"  # numpy dtype kinds a model array may have
+# A reply's values may be this many times the largest magnitude of what was sent (or of
+# 1, for a model near zero): local training moves weights by far less, and a poisoned
+# value past it would dominate any average. The cap keeps squares finite in float32
+# (1e15^2 = 1e30, summed over a million weights still < 3.4e38).
+MAGNITUDE_FACTOR = 1e6
+MAGNITUDE_CAP = 1e15
+_REFUSED_KINDS = "bu"  # bool and unsigned bytes never stand for a float or signed weight
 
 
 def _unbounded(_node: int) -> float:
@@ -60,6 +77,8 @@ class _SentView:
     allowed: set[str]  # array record names a reply may use
     # Per sent record: the model arrays a reply must return, and each sent array's shape.
     expected: dict[str, tuple[set[str], dict[str, tuple[int, ...]]]]
+    # Per sent record: each sent array's dtype and the magnitude bound of a reply to it.
+    kinds: dict[str, dict[str, tuple[np.dtype[Any], float]]]
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,7 @@ class ReplyRules:
     model: Mapping[str, tuple[int, ...]]
     node_examples: Callable[[int], float] = _unbounded
     max_examples: float = math.inf
+    dtypes: Mapping[str, np.dtype[Any]] = field(default_factory=dict)
     _prefixes: tuple[str, ...] = field(default=wire.PER_PARAMETER_PREFIXES, repr=False)
     # What a sent content allows, by the content's id (the content kept alive beside
     # it): a round's messages share one content, so it is worked out once per round.
@@ -98,6 +118,7 @@ class ReplyRules:
             {k: tuple(int(d) for d in v.shape) for k, v in arrays.items()},
             node_examples,
             max_examples,
+            {k: np.dtype(v.dtype) for k, v in arrays.items()},
         )
 
     def problem(self, sent: Message, reply: Message) -> str | None:
@@ -143,6 +164,7 @@ class ReplyRules:
                 )
                 for name, record in records.items()
             },
+            {name: _kinds(record) for name, record in records.items()},
         )
         if len(self._sent_views) >= 8:  # a run sends a handful of distinct contents a round
             self._sent_views.clear()
@@ -164,27 +186,63 @@ class ReplyRules:
                 if returned != expected:
                     return carries_model, _key_difference(returned, expected)
             sent_arrays = view_.records.get(name, _NO_ARRAYS)
-            for key, array in record.items():
+            kinds = view_.kinds.get(name, {})
+            for key, array in list(record.items()):
                 shape = shapes.get(key) or self._expected_shape(key, sent_arrays)
-                problem = self._array_problem(key, array, shape)
+                want = kinds.get(key) or (self._expected_dtype(key), MAGNITUDE_CAP)
+                problem, cast = self._array_problem(key, array, shape, *want)
                 if problem:
                     return carries_model, problem
+                if cast is not None:  # the same values in the type of what was sent
+                    record[key] = encode(cast)
         return carries_model, None
 
-    def _array_problem(self, key: str, array: Array, shape: tuple[int, ...] | None) -> str | None:
+    def _array_problem(
+        self,
+        key: str,
+        array: Array,
+        shape: tuple[int, ...] | None,
+        dtype: np.dtype[Any] | None,
+        bound: float,
+    ) -> tuple[str | None, NDArray[Any] | None]:
+        """What is wrong with one array, or the array cast to ``dtype`` if it needs it."""
         if shape is None:
-            return f"unexpected array '{key}'"
+            return f"unexpected array '{key}'", None
         try:
             # A link-coded array (compression.uplink) is checked as what it decodes to.
-            value = decode_rounded(array)[0] if is_rounded(array) else view(array)
+            rounded = is_rounded(array)
+            value = decode_rounded(array)[0] if rounded else view(array)
         except Exception as exc:  # whatever the bytes are, they are not an array
-            return f"array '{key}' cannot be read ({type(exc).__name__})"
+            return f"array '{key}' cannot be read ({type(exc).__name__})", None
         if value.dtype.kind not in NUMERIC_KINDS:
-            return f"array '{key}' has non-numeric dtype {value.dtype}"
+            return f"array '{key}' has non-numeric dtype {value.dtype}", None
         if value.shape != shape:
-            return f"array '{key}' has shape {list(value.shape)}, expected {list(shape)}"
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            return f"array '{key}' has non-finite values"
+            return f"array '{key}' has shape {list(value.shape)}, expected {list(shape)}", None
+        if value.size == 0:
+            return None, None
+        largest = float(np.max(np.abs(value)))  # NaN if any value is NaN
+        if not math.isfinite(largest):
+            return f"array '{key}' has non-finite values", None
+        if largest > bound:
+            return (
+                f"array '{key}' holds {largest:.3g}, implausibly far from what it was sent "
+                f"(bound {bound:.3g})",
+                None,
+            )
+        if dtype is None or value.dtype == dtype:
+            return None, None
+        problem = _cast_problem(key, value, dtype, largest)
+        if problem or rounded:  # a coded array's header names its type: no silent recode
+            return problem or f"array '{key}' is coded as {value.dtype}, expected {dtype}", None
+        return None, value.astype(dtype)
+
+    def _expected_dtype(self, key: str) -> np.dtype[Any] | None:
+        """The dtype of the model array ``key`` is, or names (a per-parameter array)."""
+        if key in self.dtypes:
+            return self.dtypes[key]
+        for prefix in self._prefixes:
+            if key.startswith(prefix) and key[len(prefix) :] in self.dtypes:
+                return self.dtypes[key[len(prefix) :]]
         return None
 
     def _expected_shape(self, key: str, sent: ArrayRecord) -> tuple[int, ...] | None:
@@ -228,6 +286,44 @@ class ReplyRules:
         if isinstance(samples, int | float) and samples < 0:
             return f"{wire.TRAIN_SAMPLES} {samples:g} is negative"
         return None
+
+
+def _kinds(record: ArrayRecord) -> dict[str, tuple[np.dtype[Any], float]]:
+    """Each sent array's dtype and the largest magnitude a reply to it may hold."""
+    out: dict[str, tuple[np.dtype[Any], float]] = {}
+    for key, array in record.items():
+        try:
+            value = decode_rounded(array)[0] if is_rounded(array) else view(array)
+        except Exception:  # the server's own array: checked where it is made
+            continue
+        if value.dtype.kind not in NUMERIC_KINDS:
+            continue
+        largest = float(np.max(np.abs(value))) if value.size else 0.0
+        scale = max(1.0, largest) if math.isfinite(largest) else 1.0
+        out[key] = (value.dtype, min(MAGNITUDE_CAP, MAGNITUDE_FACTOR * scale))
+    return out
+
+
+def _cast_problem(
+    key: str, value: NDArray[Any], dtype: np.dtype[Any], largest: float
+) -> str | None:
+    """Why ``value`` cannot stand for an array of ``dtype`` (None: cast it).
+
+    Floats cast to any float (a float16 reply is widened, a float64 one rounded);
+    integers widen to integers; integers become floats only where every value is exact
+    in the float (|v| <= 2^24 for float32). Bool and unsigned bytes are refused: no
+    optimizer step produces them, and their values would silently change the type.
+    """
+    have = value.dtype
+    if have.kind in _REFUSED_KINDS and dtype.kind != have.kind:
+        return f"array '{key}' has dtype {have}, expected {dtype}"
+    if have.kind == "f" and dtype.kind == "f":
+        return None
+    if have.kind == dtype.kind == "i" and np.can_cast(have, dtype, "safe"):
+        return None
+    if have.kind == "i" and dtype.kind == "f" and largest <= 2.0 ** (np.finfo(dtype).nmant + 1):
+        return None
+    return f"array '{key}' has dtype {have}, expected {dtype}"
 
 
 def _key_difference(returned: set[str], expected: set[str]) -> str:
