@@ -43,6 +43,7 @@ from fedsim.checkpoint import (
 from fedsim.data.federated import FederatedData, federated_data
 from fedsim.data.label_noise import flipped_per_client
 from fedsim.engine.observed_grid import ObservedGrid
+from fedsim.engine.reply_check import WorkBound
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import DivergedError, Problem, ScenarioError, UnknownNameError
 from fedsim.evaluation import (
@@ -477,7 +478,9 @@ def main(grid: Grid, context: Context) -> None:
     )
     check_replies = getattr(grid, "check_replies", None)
     if callable(check_replies):  # every reply checked against the model before aggregation
-        check_replies(initial, [len(part) for part in data.parts])
+        c = scenario.client
+        work = WorkBound(c.local_epochs, c.local_steps, c.batch_size)
+        check_replies(initial, [len(part) for part in data.parts], work)
     strategy = build_strategy(scenario)
     offline = getattr(strategy, "offline_phase", None)
     if callable(offline):  # a one-time data phase before round 1 (AGC's sharing plan)

@@ -42,7 +42,7 @@ from fedsim.engine.executor import (
     SerialExecutor,
 )
 from fedsim.engine.flower_compat import assign_message_id, empty_run
-from fedsim.engine.reply_check import ReplyRules, agreeing, checked
+from fedsim.engine.reply_check import ReplyRules, WorkBound, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimError, FedsimWarning
@@ -161,10 +161,16 @@ class InProcessGrid(Grid):
         self._availability = {n: d.availability for n, d in self.devices.items()}
         self._traced = any(a is not None for a in self._availability.values())
 
-    def check_replies(self, model: ArrayRecord, partition_examples: Sequence[int]) -> None:
+    def check_replies(
+        self,
+        model: ArrayRecord,
+        partition_examples: Sequence[int],
+        work: WorkBound | None = None,
+    ) -> None:
         """Refuse replies that do not fit ``model`` or claim more examples than their node has.
 
-        ``partition_examples[k]`` is the number of examples of partition ``k``.
+        ``partition_examples[k]`` is the number of examples of partition ``k``; ``work``
+        bounds the ``train-samples`` a reply may claim on them (they drive the clock).
         """
         sizes = list(partition_examples)
 
@@ -172,7 +178,7 @@ class InProcessGrid(Grid):
             partition = int(self.contexts[node].node_config[wire.PARTITION_ID])
             return sizes[partition] if 0 <= partition < len(sizes) else math.inf
 
-        self.reply_rules = ReplyRules.for_model(model, node_examples, float(sum(sizes)))
+        self.reply_rules = ReplyRules.for_model(model, node_examples, float(sum(sizes)), work)
 
     # ----------------------------------------------------------------- Grid API
 

@@ -27,7 +27,12 @@ names the node. Nothing here knows a strategy; the rules are the wire's:
 - every metric is finite; a train or evaluate reply has one ``num-examples``, positive
   and at most the examples the node holds (in simulation the engine knows them; a
   reply without model arrays, such as AGC's, may count shared examples too, so it is
-  bounded by the whole federation).
+  bounded by the whole federation);
+- the numbers that drive the virtual clock are what the node could have done: a train
+  reply's ``train-samples`` at most the work :class:`WorkBound` allows on the examples
+  it may count (``local_steps x batch_size``, or ``local_epochs x (examples +
+  batch_size)``), and ``duration-s`` between 0 and the wall-clock seconds since the
+  message was created (plus :data:`CLOCK_SLACK_S`).
 
 :func:`agreeing` adds the round-level rule Flower's aggregation assumes (all replies
 carry the same keys): replies whose keys differ from the round's majority are refused
@@ -37,6 +42,7 @@ instead of aborting the aggregation.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +66,30 @@ NUMERIC_KINDS = "biuf"  # numpy dtype kinds a model array may have
 MAGNITUDE_FACTOR = 1e6
 MAGNITUDE_CAP = 1e15
 _REFUSED_KINDS = "bu"  # bool and unsigned bytes never stand for a float or signed weight
+# A client's wall-clock seconds cannot exceed the time since the server made its message;
+# the slack covers timestamps taken on different clocks of one host (and rounding).
+CLOCK_SLACK_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkBound:
+    """The most training samples one local job may report (``client`` section's numbers).
+
+    A job takes ``local_steps`` batches, or ``local_epochs`` passes over the examples
+    in batches of ``batch_size`` (the last one of each pass may be short), so it touches
+    at most ``local_steps x batch_size`` or ``local_epochs x (examples + batch_size)``
+    samples.
+    """
+
+    local_epochs: int = 1
+    local_steps: int | None = None
+    batch_size: int = 1
+
+    def samples(self, examples: float) -> float:
+        """The most samples a job over ``examples`` examples touches."""
+        if self.local_steps is not None:
+            return float(self.local_steps * self.batch_size)
+        return self.local_epochs * (examples + self.batch_size)
 
 
 def _unbounded(_node: int) -> float:
@@ -99,6 +129,7 @@ class ReplyRules:
     node_examples: Callable[[int], float] = _unbounded
     max_examples: float = math.inf
     dtypes: Mapping[str, np.dtype[Any]] = field(default_factory=dict)
+    work: WorkBound | None = None  # None: train-samples only has to be non-negative
     _prefixes: tuple[str, ...] = field(default=wire.PER_PARAMETER_PREFIXES, repr=False)
     # What a sent content allows, by the content's id (the content kept alive beside
     # it): a round's messages share one content, so it is worked out once per round.
@@ -112,6 +143,7 @@ class ReplyRules:
         arrays: ArrayRecord,
         node_examples: Callable[[int], float] = _unbounded,
         max_examples: float = math.inf,
+        work: WorkBound | None = None,
     ) -> ReplyRules:
         """Rules for replies to a run whose global model is ``arrays``."""
         return cls(
@@ -119,6 +151,7 @@ class ReplyRules:
             node_examples,
             max_examples,
             {k: np.dtype(v.dtype) for k, v in arrays.items()},
+            work,
         )
 
     def problem(self, sent: Message, reply: Message) -> str | None:
@@ -282,10 +315,33 @@ class ReplyRules:
         bound = self.node_examples(sent.metadata.dst_node_id) if own else self.max_examples
         if n > bound:
             return f"{wire.NUM_EXAMPLES} {n:g} exceeds the {bound:g} examples it can hold"
-        samples = metrics.get(wire.TRAIN_SAMPLES)
-        if isinstance(samples, int | float) and samples < 0:
+        return _work_problem(sent, metrics, self.work, bound)
+
+
+def _work_problem(
+    sent: Message, metrics: MetricRecord, work: WorkBound | None, examples: float
+) -> str | None:
+    """What is wrong with a reply's ``train-samples`` and ``duration-s`` (clock inputs)."""
+    samples = metrics.get(wire.TRAIN_SAMPLES)
+    if isinstance(samples, list):
+        return f"{wire.TRAIN_SAMPLES} is a list"
+    if samples is not None:
+        if samples < 0:
             return f"{wire.TRAIN_SAMPLES} {samples:g} is negative"
-        return None
+        most = math.inf if work is None else work.samples(examples)
+        if samples > most:
+            return f"{wire.TRAIN_SAMPLES} {samples:g} exceeds the {most:g} a local job can take"
+    duration = metrics.get(wire.DURATION_S)
+    if isinstance(duration, list):
+        return f"{wire.DURATION_S} is a list"
+    if duration is not None:
+        elapsed = time.time() - sent.metadata.created_at + CLOCK_SLACK_S
+        if not 0 <= duration <= elapsed:
+            return (
+                f"{wire.DURATION_S} {duration:g} is not within the {elapsed:.3g} s "
+                "since the message was sent"
+            )
+    return None
 
 
 def _kinds(record: ArrayRecord) -> dict[str, tuple[np.dtype[Any], float]]:
