@@ -143,6 +143,33 @@ def strategy_checks(scenario: Scenario) -> list[Problem]:
     return problems
 
 
+@RULES.register("attacker-count", help="robust aggregation assuming more attackers than clients")
+def attacker_count(scenario: Scenario) -> list[Problem]:
+    """``num_malicious_nodes`` (Krum, Multi-Krum, Bulyan) below the number of clients.
+
+    Those aggregations assume ``f`` of the round's replies are malicious; ``f`` at or
+    past the whole population leaves no honest reply to select, and Flower's code
+    would silently pick among too few neighbours.
+    """
+    problems: list[Problem] = []
+    key, params = "strategy.params", dict(scenario.strategy.params)
+    while True:
+        f = params.get("num_malicious_nodes")
+        n = scenario.data.num_clients
+        if isinstance(f, int) and not isinstance(f, bool) and f >= n:
+            problems.append(
+                Problem(
+                    f"{key}.num_malicious_nodes",
+                    f"{f} malicious nodes assumed among {n} clients (data.num_clients); "
+                    f"at most {n - 1}",
+                )
+            )
+        inner = params.get("strategy")
+        if not isinstance(inner, dict):
+            return problems
+        key, params = f"{key}.strategy.params", dict(inner.get("params") or {})
+
+
 def check_combinations(scenario: Scenario) -> list[Problem]:
     """Return the problems every registered rule finds in ``scenario``."""
     return [p for name in RULES.names() for p in RULES.get(name)(scenario)]

@@ -4,7 +4,9 @@ Called with the directory's :class:`~fedsim.run_lock.RunLock` held, so whatever 
 there before has ended. A finished run blocks a new one unless ``output.overwrite``;
 a crashed run (``CRASHED`` marker, or a log without a ``summary.json``: a process
 killed outright writes no marker) never blocks: the new run replaces it, unless it left
-a checkpoint (``fedsim run --resume`` continues it; ``overwrite`` discards it).
+a checkpoint (``fedsim run --resume`` continues it; ``overwrite`` discards it). A run
+killed before its first checkpoint was complete has none: it is rerun, and
+``--resume`` starts it again from round 0.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+from fedsim.checkpoint import checkpoint_path
 from fedsim.errors import RunDirectoryError
 from fedsim.run_lock import LOCK_FILE
 
@@ -76,7 +79,9 @@ def claim(run_dir: Path, *, overwrite: bool) -> str | None:
                 f"{run_dir} already holds a run; choose another --out "
                 "(or set output.overwrite: true to replace it)"
             )
-        if (run_dir / "checkpoints").exists():
+        # A completed checkpoint, not the folder: a run killed while writing its first
+        # one left only a temporary file there, and is a crashed run like any other.
+        if checkpoint_path(run_dir).is_file():
             raise RunDirectoryError(
                 f"{run_dir} holds a crashed run with a checkpoint: continue it with "
                 f"`fedsim run --resume {run_dir}`, or set output.overwrite: true"

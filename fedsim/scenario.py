@@ -7,16 +7,66 @@ YAML, ``--set`` overrides and variant expansion live in :mod:`fedsim.scenario_lo
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+# Plausible maxima of sizes a user writes (docs/scenarios.md, "Bounds"): past them a run
+# would exhaust memory or time long before it said anything useful.
+MAX_RUNS = 10_000  # variants x sweep points x seeds of one scenario
+MAX_WORKERS = 256  # engine.workers, engine.threads_per_worker
+MAX_DISTRIBUTION_VALUE = 1e12  # any value a device distribution draws or is given
+MAX_LOGNORMAL_SIGMA = 10.0  # exp(10 z): spreads of 10^4 per standard deviation
+BOOL_NUMBER = "bool_number"  # the error type of true/false given for a number
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]  # numpy's and torch's seeds are unsigned
 
 
 class Section(BaseModel):
-    """Base of every scenario section: immutable, unknown keys rejected."""
+    """Base of every scenario section: immutable, unknown keys rejected.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Numbers are plain: no NaN or infinity anywhere (``lr: .inf``), and ``true``/``false``
+    is no count (``rounds: true`` would be 1 round to pydantic).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(value, bool) and field and not _takes_bool(field.annotation):
+                    # The loader puts `key` on the error's path (a model validator has none).
+                    raise PydanticCustomError(
+                        BOOL_NUMBER,
+                        "expects a number, not {value}",
+                        {"key": key, "value": str(value).lower()},
+                    )
+        return data
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field typed ``annotation`` may hold a bool (only number fields may not)."""
+    if annotation in (int, float):
+        return False
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _takes_bool(args[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return any(_takes_bool(a) for a in args if a is not type(None))
+    return True
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -36,7 +86,9 @@ class Mnist1dDataset(Section):
     """MNIST-1D, generated locally by the ``mnist1d`` package (40-step sequences)."""
 
     name: Literal["mnist1d"] = "mnist1d"
-    num_samples: Annotated[int, Field(ge=100, description="samples generated in total")] = 5000
+    num_samples: Annotated[
+        int, Field(ge=100, le=2_000_000, description="samples generated in total")
+    ] = 5000
 
 
 class TextDataset(Section):
@@ -75,7 +127,7 @@ class RegressionDataset(Section):
     num_features: Annotated[int, Field(ge=1, le=10_000)] = 40
     noise: Annotated[float, Field(ge=0)] = 0.1
     condition: Annotated[float, Field(ge=1)] = 100.0
-    seed: int = 0
+    seed: Seed = 0
 
 
 class HubDataset(Section):
@@ -423,15 +475,15 @@ class ConstantDist(Section):
     """Every node gets the same value."""
 
     distribution: Literal["constant"] = "constant"
-    value: PositiveFloat = 1.0
+    value: Annotated[float, Field(gt=0, le=MAX_DISTRIBUTION_VALUE)] = 1.0
 
 
 class UniformDist(Section):
     """Values drawn uniformly from ``[low, high]``."""
 
     distribution: Literal["uniform"] = "uniform"
-    low: PositiveFloat
-    high: PositiveFloat
+    low: Annotated[float, Field(gt=0, le=MAX_DISTRIBUTION_VALUE)]
+    high: Annotated[float, Field(gt=0, le=MAX_DISTRIBUTION_VALUE)]
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformDist:
@@ -444,8 +496,8 @@ class LognormalDist(Section):
     """Values ``median * exp(sigma * N(0, 1))``: heavy-tailed device populations."""
 
     distribution: Literal["lognormal"] = "lognormal"
-    median: PositiveFloat = 1.0
-    sigma: Annotated[float, Field(ge=0)] = 0.5
+    median: Annotated[float, Field(gt=0, le=MAX_DISTRIBUTION_VALUE)] = 1.0
+    sigma: Annotated[float, Field(ge=0, le=MAX_LOGNORMAL_SIGMA)] = 0.5
 
 
 class TraceDist(Section):
@@ -608,7 +660,7 @@ class _EngineSection(Section):
     device: str | Annotated[list[str], Field(min_length=1)] = "auto"
     # torch.set_num_threads in every process that trains (with another process on a
     # core, two threads made small updates 20-60x slower; one thread was unaffected).
-    threads_per_worker: Annotated[int, Field(ge=1)] = 1
+    threads_per_worker: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
     # Whether the engine's grid can save and restore every node's state
     # (``output.checkpoint_every``, ``fedsim run --resume``).
     resumable: ClassVar[bool] = False
@@ -640,10 +692,10 @@ class InProcessEngine(_EngineSection):
     def _workers_choice(cls, value: Any) -> Any:
         # One message for the union (pydantic would report each alternative).
         if value == "auto" or (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS
         ):
             return value
-        raise ValueError("must be a whole number >= 1 or 'auto'")
+        raise ValueError(f"must be a whole number in 1..{MAX_WORKERS} or 'auto'")
 
 
 class RayEngine(_EngineSection):
@@ -709,7 +761,7 @@ class Scenario(Section):
     """A whole experiment. See ``docs/scenarios.md`` for every key."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    seed: int = 0
+    seed: Seed = 0
     rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -723,7 +775,7 @@ class Scenario(Section):
         default_factory=list,
         description="modules imported before names are resolved, in every process",
     )
-    seeds: Annotated[list[int], Field(min_length=1)] | None = None
+    seeds: Annotated[list[Seed], Field(min_length=1)] | None = None
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # A grid: dotted key -> values; every combination becomes a variant (x each variant).
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
@@ -745,6 +797,30 @@ class Scenario(Section):
         for name in value:
             if not name or not all(c.isalnum() or c in "._-" for c in name):
                 raise ValueError(f"variant name '{name}' may use letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        # Two runs with one seed are one run twice (and would share a run directory).
+        repeated = sorted({s for s in value or [] if (value or []).count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice; seeds must differ")
+        return value
+
+    @field_validator("sweep")
+    @classmethod
+    def _bounded_runs(
+        cls, value: dict[str, list[Any]], info: ValidationInfo
+    ) -> dict[str, list[Any]]:
+        # Counted before anything is expanded: 1000 x 1000 sweep values are 10^6 runs.
+        # (Fields validate in order: variants and seeds are in info.data by now.)
+        runs = max(len(info.data.get("variants") or {}), 1) * len(info.data.get("seeds") or [0])
+        runs *= math.prod(len(values) for values in value.values())
+        if runs > MAX_RUNS:
+            raise ValueError(
+                f"variants x sweep points x seeds make {runs:,} runs; at most {MAX_RUNS:,}"
+            )
         return value
 
     @property

@@ -24,10 +24,11 @@ from pydantic import BaseModel, ValidationError
 from fedsim import bounded_yaml
 from fedsim.bounded_yaml import YamlBombError
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
+from fedsim.file_names import short_name
 from fedsim.param_types import param_type_problems
 from fedsim.plugins import import_plugins
 from fedsim.registry import choices_text, is_import_path, suggest
-from fedsim.scenario import Scenario
+from fedsim.scenario import BOOL_NUMBER, Scenario
 
 # ------------------------------------------------------------------ raw mappings
 
@@ -173,7 +174,10 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
     """Convert pydantic's errors into one :class:`Problem` per mistake."""
     problems: list[Problem] = []
     for err in exc.errors():
-        path, parent = _walk(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        if err["type"] == BOOL_NUMBER:  # raised for a whole section: the key is in ctx
+            loc += (str(err.get("ctx", {}).get("key")),)
+        path, parent = _walk(loc)
         key = ".".join(path)
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -596,7 +600,9 @@ def expand(scenario: Scenario, *, imports: bool = True) -> list[Scenario]:
 
 def run_label(scenario: Scenario) -> str:
     """Return a directory-safe label ``variant-seedN`` (or ``seedN``) for one run."""
-    return f"{scenario.variant}-seed{scenario.seed}" if scenario.variant else f"seed{scenario.seed}"
+    # A long sweep value makes a long label: shortened, it still names a directory.
+    variant = short_name(scenario.variant) if scenario.variant else None
+    return f"{variant}-seed{scenario.seed}" if variant else f"seed{scenario.seed}"
 
 
 def to_yaml(scenario: Scenario) -> str:

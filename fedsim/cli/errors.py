@@ -9,6 +9,7 @@ from typing import TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedsim.errors import FedsimError, FedsimWarning, ScenarioError
 
@@ -27,7 +28,10 @@ def show_warning(
 ) -> None:
     """Print fedsim's warnings as one ``warning:`` line; others as Python would."""
     if issubclass(category, FedsimWarning):
-        stderr.print(f"[bold yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+        # User text (a path, a value) is escaped: `[/]` in it is text, not markup.
+        stderr.print(
+            f"[bold yellow]warning:[/] {escape(str(message))}", markup=True, soft_wrap=True
+        )
         return
     _python_showwarning(message, category, filename, lineno, file, line)
 
@@ -42,7 +46,7 @@ def report(exc: FedsimError) -> None:
     lines = exc.lines() if isinstance(exc, ScenarioError) else [str(exc)]
     for line in lines:
         # soft_wrap: an error stays one line however narrow the terminal.
-        stderr.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(line)}", markup=True, soft_wrap=True)
 
 
 @contextmanager
