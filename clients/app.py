@@ -41,7 +41,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+    UserConfig,
+)
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -84,6 +92,15 @@ class FedsimClientApp(ClientApp):
         from fedsim.clients.batched import train_together  # it imports this module
 
         return train_together(jobs, max_batch)
+
+    def prepare(self, run_config: UserConfig) -> None:
+        """Load the scenario and its data once per process, before any job is timed.
+
+        (:class:`fedsim.engine.executor.Preparable`: a worker calls it before it says it
+        is ready, so ``engine.client_timeout_s`` counts a client's own work only.)
+        """
+        scenario = scenario_from_run_config(run_config)
+        node_data(scenario.data, scenario.seed, 0, None)  # fills the per-process caches
 
 
 # Outermost first: the link mod decodes what arrived before an attacker sees it and

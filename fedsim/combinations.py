@@ -170,6 +170,26 @@ def attacker_count(scenario: Scenario) -> list[Problem]:
         key, params = f"{key}.strategy.params", dict(inner.get("params") or {})
 
 
+@RULES.register("client-timeout", help="engine.client_timeout_s on an engine that cannot honour it")
+def client_timeout(scenario: Scenario) -> list[Problem]:
+    """``engine.client_timeout_s`` only where the engine can stop a late client.
+
+    Flower's Ray engine runs a ClientApp in an actor it cannot interrupt, and the
+    ServerApp's wait would count the actors' start-up: the limit would fail rounds of
+    healthy clients and leave hung ones running, so it is refused up front.
+    """
+    engine = scenario.engine
+    if engine.client_timeout_s is None or type(engine).stops_late_clients:
+        return []
+    return [
+        Problem(
+            "engine.client_timeout_s",
+            f"engine '{engine.name}' cannot stop a client that runs too long (nor tell its "
+            "start-up from its work); use engine 'inprocess' or drop the key",
+        )
+    ]
+
+
 def check_combinations(scenario: Scenario) -> list[Problem]:
     """Return the problems every registered rule finds in ``scenario``."""
     return [p for name in RULES.names() for p in RULES.get(name)(scenario)]

@@ -664,6 +664,9 @@ class _EngineSection(Section):
     # Whether the engine's grid can save and restore every node's state
     # (``output.checkpoint_every``, ``fedsim run --resume``).
     resumable: ClassVar[bool] = False
+    # Whether the engine can stop a client past ``client_timeout_s`` (kill its process)
+    # and time it from the start of its own work; an engine that cannot refuses the key.
+    stops_late_clients: ClassVar[bool] = False
 
     @field_validator("device")
     @classmethod
@@ -679,6 +682,7 @@ class InProcessEngine(_EngineSection):
 
     name: Literal["inprocess"] = "inprocess"
     resumable: ClassVar[bool] = True
+    stops_late_clients: ClassVar[bool] = True
     # Processes that run the clients: 1 = this process (no IPC); N long-lived worker
     # processes, nodes pinned to one; auto = physical cores // threads_per_worker.
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
