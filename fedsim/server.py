@@ -43,6 +43,7 @@ from fedsim.checkpoint import (
 from fedsim.data.federated import FederatedData, federated_data
 from fedsim.data.label_noise import flipped_per_client
 from fedsim.engine.observed_grid import ObservedGrid
+from fedsim.engine.ray_actors import replace_dead_actors
 from fedsim.engine.reply_check import WorkBound
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import DivergedError, Problem, ScenarioError, UnknownNameError
@@ -464,6 +465,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
     if flower_grid:  # count and check what passes
         grid = ObservedGrid(grid, scenario.engine.client_timeout_s)
+        replace_dead_actors()  # Flower's Ray simulation: a dead actor is one failure
     wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))
     # Flower samples nodes with the global `random` module; seed everything up front.
