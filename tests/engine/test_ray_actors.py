@@ -1,4 +1,5 @@
-"""On Ray, a client that kills its actor's process costs one failure (issue #33, item 6).
+"""On Ray, a client that kills its actor's process costs one failure (issue #33, item 6),
+and a client's float16 replies do not retype the global model (item 2).
 
 Flower 1.41 put the dead actor back into its pool, so every later job it got failed;
 fedsim's ServerApp replaces it (:mod:`fedsim.engine.ray_actors`).
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import TINY, write_yaml
@@ -33,9 +35,18 @@ class KillsItsProcess(fedsim.LocalStep):
 
     def __init__(self, inputs):
         super().__init__(inputs)
+        self.partition_id = inputs.partition_id
         if inputs.partition_id == 0 and not MARKER.exists():
             MARKER.touch()
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def reply(self, model, data, work):
+        """Partition 1 replies in float16 (which must not retype the global model)."""
+        out = super().reply(model, data, work)
+        if self.partition_id == 1:
+            half = {{k: v.detach().cpu().numpy().astype("float16") for k, v in out.arrays.items()}}
+            out = fedsim.Reply(half, out.work, out.metrics)
+        return out
 
 
 @fedsim.register_strategy("killer-avg")
@@ -47,7 +58,9 @@ class KillerAvg(FedAvg):
 
 
 @pytest.mark.slow
-def test_a_client_that_kills_its_actor_costs_one_failure(tmp_path: Path) -> None:
+def test_a_client_that_kills_its_actor_costs_one_failure_and_cannot_retype_the_model(
+    tmp_path: Path,
+) -> None:
     work = tmp_path / "work"
     (work / "killer").mkdir(parents=True)
     marker = tmp_path / "killed"
@@ -76,6 +89,11 @@ def test_a_client_that_kills_its_actor_costs_one_failure(tmp_path: Path) -> None
     # One failure, in round 1; every client trains in rounds 2 and 3.
     assert [r["failures"] for r in records] == [0, 1, 0, 0]
     assert [r["participants"] for r in records] == [0, 2, 3, 3]
+    # Partition 1's float16 replies were widened: the model sent down keeps its size
+    # and the final model its type.
+    assert len({r["bytes_down"] for r in records[1:]}) == 1
+    final = np.load(work / "run" / "final_arrays.npz")
+    assert all(final[k].dtype == np.float32 for k in final.files)
 
 
 def test_the_patch_finds_flowers_actor_pool() -> None:
