@@ -8,7 +8,8 @@ pool's result fetch once: a job whose actor died still fails (one counted failur
 Flower reports it), and a fresh actor takes the dead one's place in the pool.
 
 This reaches into Flower's simulation internals (``BasicActorPool``): the pinned flwr
-version and ``tests/engine/test_ray_actors.py`` hold it in place.
+version and ``tests/engine/test_ray_actors.py`` (a Ray run in which a client kills its actor)
+hold it in place.
 """
 
 from __future__ import annotations
