@@ -42,7 +42,6 @@ instead of aborting the aggregation.
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,42 +53,31 @@ from numpy.typing import NDArray
 
 from fedsim import wire
 from fedsim.array_codec import encode, view
+from fedsim.engine.reply_values import (
+    MAGNITUDE_CAP,
+    MAGNITUDE_FACTOR,
+    NUMERIC_KINDS,
+    cast_problem,
+    sent_kinds,
+)
+from fedsim.engine.reply_work import CLOCK_SLACK_S, WorkBound, work_problem
 from fedsim.rounding import decode_rounded, is_rounded
+
+# Re-exported: the engines and tests name them through this module.
+__all__ = [
+    "CLOCK_SLACK_S",
+    "MAGNITUDE_CAP",
+    "MAGNITUDE_FACTOR",
+    "REPLY_REJECTED",
+    "ReplyRules",
+    "WorkBound",
+    "agreeing",
+    "checked",
+    "rejected",
+]
 
 # fedsim's own error code for a refused reply (flwr.common.constant.ErrorCode ends at 8).
 REPLY_REJECTED = 100
-NUMERIC_KINDS = "biuf"  # numpy dtype kinds a model array may have
-# A reply's values may be this many times the largest magnitude of what was sent (or of
-# 1, for a model near zero): local training moves weights by far less, and a poisoned
-# value past it would dominate any average. The cap keeps squares finite in float32
-# (1e15^2 = 1e30, summed over a million weights still < 3.4e38).
-MAGNITUDE_FACTOR = 1e6
-MAGNITUDE_CAP = 1e15
-_REFUSED_KINDS = "bu"  # bool and unsigned bytes never stand for a float or signed weight
-# A client's wall-clock seconds cannot exceed the time since the server made its message;
-# the slack covers timestamps taken on different clocks of one host (and rounding).
-CLOCK_SLACK_S = 1.0
-
-
-@dataclass(frozen=True)
-class WorkBound:
-    """The most training samples one local job may report (``client`` section's numbers).
-
-    A job takes ``local_steps`` batches, or ``local_epochs`` passes over the examples
-    in batches of ``batch_size`` (the last one of each pass may be short), so it touches
-    at most ``local_steps x batch_size`` or ``local_epochs x (examples + batch_size)``
-    samples.
-    """
-
-    local_epochs: int = 1
-    local_steps: int | None = None
-    batch_size: int = 1
-
-    def samples(self, examples: float) -> float:
-        """The most samples a job over ``examples`` examples touches."""
-        if self.local_steps is not None:
-            return float(self.local_steps * self.batch_size)
-        return self.local_epochs * (examples + self.batch_size)
 
 
 def _unbounded(_node: int) -> float:
@@ -197,7 +185,7 @@ class ReplyRules:
                 )
                 for name, record in records.items()
             },
-            {name: _kinds(record) for name, record in records.items()},
+            {name: sent_kinds(record) for name, record in records.items()},
         )
         if len(self._sent_views) >= 8:  # a run sends a handful of distinct contents a round
             self._sent_views.clear()
@@ -264,7 +252,7 @@ class ReplyRules:
             )
         if dtype is None or value.dtype == dtype:
             return None, None
-        problem = _cast_problem(key, value, dtype, largest)
+        problem = cast_problem(key, value, dtype, largest)
         if problem or rounded:  # a coded array's header names its type: no silent recode
             return problem or f"array '{key}' is coded as {value.dtype}, expected {dtype}", None
         return None, value.astype(dtype)
@@ -315,71 +303,7 @@ class ReplyRules:
         bound = self.node_examples(sent.metadata.dst_node_id) if own else self.max_examples
         if n > bound:
             return f"{wire.NUM_EXAMPLES} {n:g} exceeds the {bound:g} examples it can hold"
-        return _work_problem(sent, metrics, self.work, bound)
-
-
-def _work_problem(
-    sent: Message, metrics: MetricRecord, work: WorkBound | None, examples: float
-) -> str | None:
-    """What is wrong with a reply's ``train-samples`` and ``duration-s`` (clock inputs)."""
-    samples = metrics.get(wire.TRAIN_SAMPLES)
-    if isinstance(samples, list):
-        return f"{wire.TRAIN_SAMPLES} is a list"
-    if samples is not None:
-        if samples < 0:
-            return f"{wire.TRAIN_SAMPLES} {samples:g} is negative"
-        most = math.inf if work is None else work.samples(examples)
-        if samples > most:
-            return f"{wire.TRAIN_SAMPLES} {samples:g} exceeds the {most:g} a local job can take"
-    duration = metrics.get(wire.DURATION_S)
-    if isinstance(duration, list):
-        return f"{wire.DURATION_S} is a list"
-    if duration is not None:
-        elapsed = time.time() - sent.metadata.created_at + CLOCK_SLACK_S
-        if not 0 <= duration <= elapsed:
-            return (
-                f"{wire.DURATION_S} {duration:g} is not within the {elapsed:.3g} s "
-                "since the message was sent"
-            )
-    return None
-
-
-def _kinds(record: ArrayRecord) -> dict[str, tuple[np.dtype[Any], float]]:
-    """Each sent array's dtype and the largest magnitude a reply to it may hold."""
-    out: dict[str, tuple[np.dtype[Any], float]] = {}
-    for key, array in record.items():
-        try:
-            value = decode_rounded(array)[0] if is_rounded(array) else view(array)
-        except Exception:  # the server's own array: checked where it is made
-            continue
-        if value.dtype.kind not in NUMERIC_KINDS:
-            continue
-        largest = float(np.max(np.abs(value))) if value.size else 0.0
-        scale = max(1.0, largest) if math.isfinite(largest) else 1.0
-        out[key] = (value.dtype, min(MAGNITUDE_CAP, MAGNITUDE_FACTOR * scale))
-    return out
-
-
-def _cast_problem(
-    key: str, value: NDArray[Any], dtype: np.dtype[Any], largest: float
-) -> str | None:
-    """Why ``value`` cannot stand for an array of ``dtype`` (None: cast it).
-
-    Floats cast to any float (a float16 reply is widened, a float64 one rounded);
-    integers widen to integers; integers become floats only where every value is exact
-    in the float (|v| <= 2^24 for float32). Bool and unsigned bytes are refused: no
-    optimizer step produces them, and their values would silently change the type.
-    """
-    have = value.dtype
-    if have.kind in _REFUSED_KINDS and dtype.kind != have.kind:
-        return f"array '{key}' has dtype {have}, expected {dtype}"
-    if have.kind == "f" and dtype.kind == "f":
-        return None
-    if have.kind == dtype.kind == "i" and np.can_cast(have, dtype, "safe"):
-        return None
-    if have.kind == "i" and dtype.kind == "f" and largest <= 2.0 ** (np.finfo(dtype).nmant + 1):
-        return None
-    return f"array '{key}' has dtype {have}, expected {dtype}"
+        return work_problem(sent, metrics, self.work, bound)
 
 
 def _key_difference(returned: set[str], expected: set[str]) -> str:
