@@ -17,9 +17,9 @@ import shutil
 import time
 from pathlib import Path
 
-from fedsim.checkpoint import checkpoint_path
 from fedsim.errors import RunDirectoryError
 from fedsim.run_lock import LOCK_FILE
+from fedsim.server.checkpoint import checkpoint_path
 
 CRASH_FILE = "CRASHED"
 RESOLVED = "scenario.resolved.yaml"

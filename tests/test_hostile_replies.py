@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 
 import fedsim
 from fedsim import wire
-from fedsim.engine.inprocess import InProcessGrid
+from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.outputs.metrics_log import read_metrics
 from tests.conftest import run_with_client_app, strip_wall_clock
 
@@ -88,7 +88,7 @@ EXPECTED = {  # what the failure reason says for each corruption
 
 def _hostile(kinds: list[str]) -> Callable[[Message, Context], Message]:
     """The ClientApp, except that one node of five corrupts its reply of round r with kinds[r-1]."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     def client(msg: Message, ctx: Context) -> Message:
         reply = client_app(msg, ctx)
@@ -104,7 +104,7 @@ def _check_against_clean(
     tiny: dict[str, Any], strategy: str, kinds: list[str], tmp_path: Path
 ) -> InProcessGrid:
     """Run clean and hostile; the hostile run ends, finite and close, with one failure a round."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     scenario = _scenario(tiny, rounds=len(kinds), strategy={"name": strategy})
     _run(scenario, client_app, tmp_path / "clean")
@@ -165,7 +165,7 @@ def test_the_same_scenario_without_hangs_is_unchanged_by_the_timeout(
 
 def test_a_non_finite_global_model_stops_the_run_naming_the_round() -> None:
     from fedsim.errors import DivergedError
-    from fedsim.server import check_finite
+    from fedsim.server.recorder import check_finite
 
     arrays = ArrayRecord({"w": Array(np.array([1.0, np.nan], np.float32))})
     with pytest.raises(

@@ -144,7 +144,7 @@ def test_a_one_example_test_set_runs_with_a_warning(tiny: dict[str, Any], tmp_pa
 def _killed_in_first_checkpoint(
     tiny: dict[str, Any], run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
-    import fedsim.server
+    import fedsim.server.checkpoint as checkpoint
 
     def killed(directory: Path, checkpoint: Any) -> None:
         part = directory / "checkpoints" / "state.npz.123.tmp"
@@ -155,7 +155,7 @@ def _killed_in_first_checkpoint(
     tiny["output"]["checkpoint_every"] = 1
     scenario = fedsim.load_scenario(tiny)
     with monkeypatch.context() as patch:
-        patch.setattr(fedsim.server, "save_checkpoint", killed)
+        patch.setattr(checkpoint, "save_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
             fedsim.run(scenario, run_dir)
     assert not (run_dir / "summary.json").exists()

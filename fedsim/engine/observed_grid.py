@@ -44,6 +44,7 @@ class ObservedGrid(Grid):
         self,
         model: ArrayRecord,
         partition_examples: Sequence[int],
+        per_parameter: Sequence[str] = (),
         work: WorkBound | None = None,
     ) -> None:
         """Refuse replies that do not fit ``model`` (see :mod:`fedsim.engine.reply_check`).
@@ -54,7 +55,7 @@ class ObservedGrid(Grid):
         ``train-samples`` bounded by ``work`` only where it does not depend on the
         examples (``client.local_steps``).
         """
-        self.reply_rules = ReplyRules.for_model(model, work=work)
+        self.reply_rules = ReplyRules.for_model(model, per_parameter=per_parameter, work=work)
 
     def set_run(self, run: Any) -> None:
         """Set the run the inner grid operates in."""

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedsim.config.schema import DataConfig
 from fedsim.data.datasets import load_dataset
 from fedsim.errors import DataUnavailableError
-from fedsim.scenario import DataConfig
 from tests.data.test_leaf import USERS, _femnist, _write_leaf
 
 

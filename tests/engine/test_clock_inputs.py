@@ -60,7 +60,7 @@ def test_honest_clock_inputs_pass() -> None:
 
 def boasting_app(msg: Message, ctx: Context) -> Message:
     """fedsim's ClientApp, except that partition 0 claims 1e300 samples in round 1."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     reply = client_app(msg, ctx)
     round_ = int(msg.content.config_records[wire.CONFIG][wire.SERVER_ROUND])
@@ -71,7 +71,7 @@ def boasting_app(msg: Message, ctx: Context) -> Message:
 
 
 def test_a_boasting_client_cannot_move_the_clock(tiny: dict[str, Any], tmp_path: Path) -> None:
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     scenario = fedsim.load_scenario(tiny)
     run_with_client_app(scenario, client_app, tmp_path / "clean")

@@ -105,7 +105,7 @@ REFUSED = {"uint8": "dtype uint8", "bool": "dtype bool", "int64-2^62": "implausi
 
 def retyping_app(msg: Message, ctx: Context) -> Message:
     """fedsim's ClientApp, except that partition 0 retypes its reply (module level: workers)."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     reply = client_app(msg, ctx)
     round_ = int(msg.content.config_records[wire.CONFIG][wire.SERVER_ROUND])

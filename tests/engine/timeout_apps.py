@@ -8,7 +8,7 @@ import torch
 from flwr.app import Context, Message, UserConfig
 
 from fedsim import wire
-from fedsim.clients.app import app as fedsim_app
+from fedsim.client.app import app as fedsim_app
 
 SPIN_ROUNDS = (1, 2)  # the rounds in which partition 0 never returns
 
