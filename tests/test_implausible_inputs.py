@@ -122,7 +122,10 @@ def test_an_npz_that_decompresses_like_a_bomb_is_refused_before_loading(
     assert code == 2 and "this host has 0.0156 GiB free" in lines[0], lines
 
 
-def test_a_one_example_test_set_runs_with_a_warning(tiny: dict[str, Any], tmp_path: Path) -> None:
+def test_a_one_example_test_set_runs_with_a_warning(
+    tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default run directory, runs/<name>-<time>, goes here
     tiny.update(rounds=1, name="n" * 100_000)  # and a name too long for a file name
     tiny["data"]["test_fraction"] = 1e-300
     tiny["output"]["dir"] = None
@@ -134,7 +137,7 @@ def test_a_one_example_test_set_runs_with_a_warning(tiny: dict[str, Any], tmp_pa
     )
     assert result.exit_code == 0, result.output[-500:]
     assert "data.test_fraction: 1e-300 of 1797 examples is a test set of 1" in result.output
-    run_dir = Path(result.output.split("run directory: ")[1].split()[0])
+    run_dir = tmp_path / Path(result.output.split("run directory: ")[1].split()[0])
     assert len(run_dir.name) < 120 and json.loads((run_dir / "summary.json").read_text())
 
 
