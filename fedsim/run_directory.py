@@ -7,7 +7,9 @@ killed outright writes no marker) never blocks: the new run replaces it, unless 
 a checkpoint (``fedsim run --resume`` continues it; ``overwrite`` discards it).
 
 Replacing a run removes only fedsim's own files and refuses a directory holding
-anything else; no fedsim file may be a symbolic link (:mod:`fedsim.run_files`).
+anything else; no fedsim file may be a symbolic link (:mod:`fedsim.run_files`). A run
+killed before its first checkpoint was complete has none: it is rerun, and
+``--resume`` starts it again from round 0.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from fedsim.errors import RunDirectoryError
 from fedsim.run_files import foreign_entries, refuse_links, remove_run_files, write_text
 from fedsim.run_lock import LOCK_FILE
+from fedsim.server.checkpoint import checkpoint_path
 
 CRASH_FILE = "CRASHED"
 FAILED_FILE = "FAILED"  # training stopped (every client failed): what failed, and when
@@ -76,7 +79,9 @@ def claim(run_dir: Path, *, overwrite: bool) -> str | None:
                 f"{run_dir} already holds a run; choose another --out "
                 "(or set output.overwrite: true to replace it)"
             )
-        if (run_dir / "checkpoints").exists():
+        # A completed checkpoint, not the folder: a run killed while writing its first
+        # one left only a temporary file there, and is a crashed run like any other.
+        if checkpoint_path(run_dir).is_file():
             raise RunDirectoryError(
                 f"{run_dir} holds a crashed run with a checkpoint: continue it with "
                 f"`fedsim run --resume {run_dir}`, or set output.overwrite: true"

@@ -36,6 +36,7 @@ from fedsim.errors import (
     UnknownNameError,
 )
 from fedsim.failure_watch import TrainingStopped
+from fedsim.file_names import short_name
 from fedsim.flower_log import flower_log
 from fedsim.models import build_model
 from fedsim.outputs.callbacks import Callback, attached
@@ -45,10 +46,10 @@ from fedsim.outputs.provenance import write_provenance
 from fedsim.outputs.summary import summarize
 from fedsim.resume_rules import check_resume
 from fedsim.run_config import scenario_digest
-from fedsim.run_directory import CRASH_FILE, FAILED_FILE, claim, mark_crashed
+from fedsim.run_directory import CRASH_FILE, FAILED_FILE, claim, is_crashed, mark_crashed
 from fedsim.run_files import entry_names, record_manifest, refuse_links, write_text
 from fedsim.run_lock import RunLock
-from fedsim.server.checkpoint import load_checkpoint
+from fedsim.server.checkpoint import checkpoint_path, load_checkpoint
 
 RESOLVED = "scenario.resolved.yaml"
 
@@ -79,7 +80,7 @@ def default_out_dir(scenario: Scenario) -> Path:
     """``output.dir`` or ``runs/<name>-<timestamp>`` (never an existing directory)."""
     if scenario.output.dir:
         return Path(scenario.output.dir)
-    base = Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"{short_name(scenario.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     candidate, k = base, 1
     while candidate.exists():
         k += 1
@@ -263,6 +264,9 @@ def resume(
         raise RunDirectoryError(f"{run_dir} is not a run directory (no {RESOLVED})")
     with RunLock(run_dir):
         refuse_links(run_dir)
+        if is_crashed(run_dir) and not checkpoint_path(run_dir).is_file():
+            # Killed before its first checkpoint was complete: round 0 is its checkpoint.
+            return _restart(run_dir, overrides, verbose, progress)
         checkpoint = load_checkpoint(run_dir)  # fail before any work: nothing to resume
         scenario = load_scenario(run_dir / RESOLVED, overrides)
         try:
@@ -281,6 +285,28 @@ def resume(
             _write_resolved(run_dir, scenario)
         with flower_log(verbose), progress_display(None, progress):
             return _execute(scenario, run_dir, resume=True)
+
+
+def _restart(
+    run_dir: Path, overrides: Sequence[str], verbose: bool | None, progress: bool | None
+) -> RunResult:
+    """Run a crashed run that has no checkpoint again from the start, in its directory.
+
+    Called with the directory's lock held; the result is the run an uninterrupted one
+    would have given (same scenario, same seed).
+    """
+    scenario = load_scenario(run_dir / RESOLVED, overrides)
+    preflight(scenario)
+    warnings.warn(
+        f"{run_dir}: the run stopped before its first checkpoint was complete; "
+        "it starts again from round 0",
+        FedsimWarning,
+        stacklevel=3,
+    )
+    claim(run_dir, overwrite=True)
+    _write_resolved(run_dir, scenario)
+    with flower_log(verbose), progress_display(scenario.rounds, progress):
+        return _execute(scenario, run_dir, resume=False)
 
 
 def _execute(

@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedsim.cli.errors import user_errors
+from fedsim.cli.errors import stderr, user_errors
+from fedsim.cli.summary_line import DIVERGED_EXIT, diverged_runs, summary_line
 from fedsim.compose import load_scenario
 from fedsim.config.schema import Scenario
 from fedsim.deploy.exposure import RISK_FLAG, ROOT_FLAG, check_exposure, check_root, is_loopback
@@ -292,11 +293,13 @@ def run(
             on_log=None if quiet else typer.echo,
         )
         result = run_scenario(scenario, out, engine=engine)
-    s = result.summary
-    console.print(
-        f"final accuracy {s['final_eval_accuracy']:.4f} (best {s['best_eval_accuracy']:.4f})"
-    )
-    console.print(f"run directory: {result.run_dir}")
+    console.print(summary_line(result.summary), markup=False)
+    console.print(f"run directory: {result.run_dir}", markup=False)
+    failed = diverged_runs({str(result.run_dir): result.summary})
+    for line in failed:
+        stderr.print(line)
+    if failed:
+        raise typer.Exit(DIVERGED_EXIT)
 
 
 @app.command("register")

@@ -31,6 +31,7 @@ def show_warning(
 ) -> None:
     """Print fedsim's warnings as one ``warning:`` line; others as Python would."""
     if issubclass(category, FedsimWarning):
+        # User text (a path, a value) is escaped: `[/]` in it is text, not markup.
         stderr.print(
             f"[bold yellow]warning:[/] {escape(str(message))}", markup=True, soft_wrap=True
         )

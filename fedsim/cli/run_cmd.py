@@ -10,6 +10,7 @@ from rich.console import Console
 
 from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
 from fedsim.cli.options import ImportOption, SetOption
+from fedsim.cli.summary_line import DIVERGED_EXIT, diverged_runs, summary_line
 from fedsim.cli.tables import table
 from fedsim.compose import load_scenario
 from fedsim.config.expand import expand
@@ -92,16 +93,14 @@ def run(
             except ScenarioError as exc:  # found before training: name the file, as validate
                 raise (exc if exc.source else exc.with_source(str(scenario_file))) from None
     if len(result.runs) == 1:
-        s = result.runs[0].summary
-        # The ray engine has no virtual clock: its runs have no virtual time.
-        vt = "-" if s["virtual_time_s"] is None else f"{s['virtual_time_s']:.1f} s"
-        eps = "" if s.get("epsilon") is None else f", epsilon {s['epsilon']:.3f}"
-        console.print(
-            f"final accuracy {s['final_eval_accuracy']:.4f} (best {s['best_eval_accuracy']:.4f}), "
-            f"virtual time {vt}, stragglers {s['stragglers']}, failures {s['failures']}{eps}",
-            soft_wrap=True,  # one line whatever the terminal width (scripts grep it)
-        )
+        # soft_wrap: one line whatever the terminal width (scripts grep it)
+        console.print(summary_line(result.runs[0].summary), soft_wrap=True, markup=False)
     else:
         headers, cells = display(result.table)
         console.print(table("comparison", headers, cells))
-    console.print(f"run directory: {result.out_dir}", soft_wrap=True)
+    console.print(f"run directory: {result.out_dir}", soft_wrap=True, markup=False)
+    failed = diverged_runs({str(r.run_dir): r.summary for r in result.runs})
+    for line in failed:
+        stderr.print(line)
+    if failed:
+        raise typer.Exit(DIVERGED_EXIT)

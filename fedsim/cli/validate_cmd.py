@@ -134,6 +134,6 @@ def validate(
             continue
         plural = "s" if len(runs) != 1 else ""
         how = " without imports" if no_imports else ""
-        stderr.print(f"{path}: ok{how} ({len(runs)} run{plural})", soft_wrap=True)
+        stderr.print(f"{path}: ok{how} ({len(runs)} run{plural})", soft_wrap=True, markup=False)
     if failed:
         raise typer.Exit(USAGE_ERROR)

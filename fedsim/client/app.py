@@ -38,7 +38,7 @@ import importlib
 import time
 from collections.abc import Sequence
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict, UserConfig
 from flwr.clientapp import ClientApp
 
 from fedsim import wire
@@ -57,7 +57,9 @@ from fedsim.client.job import (
     train_job,
 )
 from fedsim.client.steps import STEPS  # all shipped
+from fedsim.data.node_data import node_data
 from fedsim.evaluation import evaluate_model, mean_squared_error
+from fedsim.run_config import scenario_from_run_config
 
 # Every shipped algorithm's client half: its local steps and actions register on import
 # (a plugin algorithm's come with the scenario's plugins, imported in every process).
@@ -102,6 +104,15 @@ class FedsimClientApp(ClientApp):
     ) -> list[Message | None]:
         """See :func:`fedsim.client.stacked.train_together` (None: call the app)."""
         return stacked.train_together(jobs, max_batch)
+
+    def prepare(self, run_config: UserConfig) -> None:
+        """Load the scenario and its data once per process, before any job is timed.
+
+        (:class:`fedsim.engine.executor.Preparable`: a worker calls it before it says it
+        is ready, so ``engine.client_timeout_s`` counts a client's own work only.)
+        """
+        scenario = scenario_from_run_config(run_config)
+        node_data(scenario.data, scenario.seed, 0, None)  # fills the per-process caches
 
 
 # Outermost first: the failure mod turns what the handler raised into an error reply

@@ -10,6 +10,7 @@ from fedsim.config.section import (
     PositiveFloat,
     Probability,
     Section,
+    Seed,
     name_shorthand,
 )
 
@@ -26,7 +27,9 @@ class Mnist1dDataset(Section):
     """MNIST-1D, generated locally by the ``mnist1d`` package (40-step sequences)."""
 
     name: Literal["mnist1d"] = "mnist1d"
-    num_samples: Annotated[int, Field(ge=100, description="samples generated in total")] = 5000
+    num_samples: Annotated[
+        int, Field(ge=100, le=2_000_000, description="samples generated in total")
+    ] = 5000
 
 
 class TextDataset(Section):
@@ -65,7 +68,7 @@ class RegressionDataset(Section):
     num_features: Annotated[int, Field(ge=1, le=10_000)] = 40
     noise: Annotated[float, Field(ge=0)] = 0.1
     condition: Annotated[float, Field(ge=1)] = 100.0
-    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    seed: Seed = 0
 
 
 class HubDataset(Section):

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from fedsim.algorithms.spec import VIRTUAL_CLOCK
 from fedsim.config.section import (
+    MAX_WORKERS,
     Section,
 )
 
@@ -41,10 +42,13 @@ class _EngineSection(Section):
     device: str | Annotated[list[str], Field(min_length=1)] = "auto"
     # torch.set_num_threads in every process that trains (with another process on a
     # core, two threads made small updates 20-60x slower; one thread was unaffected).
-    threads_per_worker: Annotated[int, Field(ge=1)] = 1
+    threads_per_worker: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
     # Whether the engine's grid can save and restore every node's state
     # (``output.checkpoint_every``, ``fedsim run --resume``).
     resumable: ClassVar[bool] = False
+    # Whether the engine can stop a client past ``client_timeout_s`` (kill its process)
+    # and time it from the start of its own work; an engine that cannot refuses the key.
+    stops_late_clients: ClassVar[bool] = False
     # What algorithms may need of it (fedsim.algorithms.spec: VIRTUAL_CLOCK, ...).
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
@@ -62,6 +66,7 @@ class InProcessEngine(_EngineSection):
 
     name: Literal["inprocess"] = "inprocess"
     resumable: ClassVar[bool] = True
+    stops_late_clients: ClassVar[bool] = True
     capabilities: ClassVar[frozenset[str]] = frozenset({VIRTUAL_CLOCK})
     # Processes that run the clients: 1 = this process (no IPC); N long-lived worker
     # processes, nodes pinned to one; auto = physical cores // threads_per_worker.
@@ -86,10 +91,10 @@ class InProcessEngine(_EngineSection):
     def _workers_choice(cls, value: Any) -> Any:
         # One message for the union (pydantic would report each alternative).
         if value == "auto" or (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS
         ):
             return value
-        raise ValueError("must be a whole number >= 1 or 'auto'")
+        raise ValueError(f"must be a whole number in 1..{MAX_WORKERS} or 'auto'")
 
 
 class RayEngine(_EngineSection):

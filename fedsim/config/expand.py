@@ -11,6 +11,7 @@ from typing import Any
 from fedsim.config.schema import Scenario
 from fedsim.config.sources import deep_merge, parse_mapping, set_dotted
 from fedsim.errors import Problem, ScenarioError
+from fedsim.file_names import short_name
 
 
 def sweep_grid(sweep: Mapping[str, Sequence[Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -73,4 +74,6 @@ def expand(scenario: Scenario, *, imports: bool = True) -> list[Scenario]:
 
 def run_label(scenario: Scenario) -> str:
     """Return a directory-safe label ``variant-seedN`` (or ``seedN``) for one run."""
-    return f"{scenario.variant}-seed{scenario.seed}" if scenario.variant else f"seed{scenario.seed}"
+    # A long sweep value makes a long label: shortened, it still names a directory.
+    variant = short_name(scenario.variant) if scenario.variant else None
+    return f"{variant}-seed{scenario.seed}" if variant else f"seed{scenario.seed}"

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from fedsim.config.schema import Scenario
+from fedsim.config.section import BOOL_NUMBER
 from fedsim.errors import Problem
 from fedsim.registry import choices_text, suggest
 
@@ -65,7 +66,10 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
     """Convert pydantic's errors into one :class:`Problem` per mistake."""
     problems: list[Problem] = []
     for err in exc.errors():
-        path, parent = _walk(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        if err["type"] == BOOL_NUMBER:  # raised for a whole section: the key is in ctx
+            loc += (str(err.get("ctx", {}).get("key")),)
+        path, parent = _walk(loc)
         key = ".".join(path)
         kind = err["type"]
         if kind == "extra_forbidden":

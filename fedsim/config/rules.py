@@ -146,6 +146,49 @@ def strategy_checks(scenario: Scenario, links: Sequence[StrategyLink]) -> list[P
     return problems
 
 
+@RULES.register("attacker-count", help="robust aggregation assuming more attackers than clients")
+def attacker_count(scenario: Scenario, links: Sequence[StrategyLink]) -> list[Problem]:
+    """``num_malicious_nodes`` (Krum, Multi-Krum, Bulyan) below the number of clients.
+
+    Those aggregations assume ``f`` of the round's replies are malicious; ``f`` at or
+    past the whole population leaves no honest reply to select, and Flower's code
+    would silently pick among too few neighbours.
+    """
+    problems: list[Problem] = []
+    n = scenario.data.num_clients
+    for link in links:
+        f = link.params.get("num_malicious_nodes")
+        if isinstance(f, int) and not isinstance(f, bool) and f >= n:
+            problems.append(
+                Problem(
+                    f"{link.key}.params.num_malicious_nodes",
+                    f"{f} malicious nodes assumed among {n} clients (data.num_clients); "
+                    f"at most {n - 1}",
+                )
+            )
+    return problems
+
+
+@RULES.register("client-timeout", help="engine.client_timeout_s on an engine that cannot honour it")
+def client_timeout(scenario: Scenario, links: Sequence[StrategyLink]) -> list[Problem]:
+    """``engine.client_timeout_s`` only where the engine can stop a late client.
+
+    Flower's Ray engine runs a ClientApp in an actor it cannot interrupt, and the
+    ServerApp's wait would count the actors' start-up: the limit would fail rounds of
+    healthy clients and leave hung ones running, so it is refused up front.
+    """
+    engine = scenario.engine
+    if engine.client_timeout_s is None or type(engine).stops_late_clients:
+        return []
+    return [
+        Problem(
+            "engine.client_timeout_s",
+            f"engine '{engine.name}' cannot stop a client that runs too long (nor tell its "
+            "start-up from its work); use engine 'inprocess' or drop the key",
+        )
+    ]
+
+
 def check_combinations(scenario: Scenario, links: Sequence[StrategyLink]) -> list[Problem]:
     """Return the problems every registered rule finds in ``scenario``."""
     return [p for name in RULES.names() for p in RULES.get(name)(scenario, links)]

@@ -10,9 +10,10 @@ YAML, ``--set`` overrides and variant expansion live in :mod:`fedsim.config.sour
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from fedsim.config.client import (
     ClientConfig as ClientConfig,
@@ -146,6 +147,7 @@ from fedsim.config.output import (
 from fedsim.config.output import (
     PlotFormat as PlotFormat,
 )
+from fedsim.config.section import MAX_RUNS, Seed
 from fedsim.config.section import (
     PositiveFloat as PositiveFloat,
 )
@@ -215,8 +217,7 @@ class Scenario(Section):
     """A whole experiment. See ``docs/scenarios.md`` for every key."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    # numpy's and torch's generators take seeds in [0, 2**63): a negative one crashed them.
-    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    seed: Seed = 0
     rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -230,7 +231,7 @@ class Scenario(Section):
         default_factory=list,
         description="modules imported before names are resolved, in every process",
     )
-    seeds: Annotated[list[Annotated[int, Field(ge=0, lt=2**63)]], Field(min_length=1)] | None = None
+    seeds: Annotated[list[Seed], Field(min_length=1)] | None = None
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # A grid: dotted key -> values; every combination becomes a variant (x each variant).
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
@@ -252,6 +253,30 @@ class Scenario(Section):
         for name in value:
             if not name or not all(c.isalnum() or c in "._-" for c in name):
                 raise ValueError(f"variant name '{name}' may use letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        # Two runs with one seed are one run twice (and would share a run directory).
+        repeated = sorted({s for s in value or [] if (value or []).count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice; seeds must differ")
+        return value
+
+    @field_validator("sweep")
+    @classmethod
+    def _bounded_runs(
+        cls, value: dict[str, list[Any]], info: ValidationInfo
+    ) -> dict[str, list[Any]]:
+        # Counted before anything is expanded: 1000 x 1000 sweep values are 10^6 runs.
+        # (Fields validate in order: variants and seeds are in info.data by now.)
+        runs = max(len(info.data.get("variants") or {}), 1) * len(info.data.get("seeds") or [0])
+        runs *= math.prod(len(values) for values in value.values())
+        if runs > MAX_RUNS:
+            raise ValueError(
+                f"variants x sweep points x seeds make {runs:,} runs; at most {MAX_RUNS:,}"
+            )
         return value
 
     @property

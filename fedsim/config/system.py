@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from fedsim.config.section import (
+    MAX_DISTRIBUTION_VALUE,
+    MAX_LOGNORMAL_SIGMA,
     PositiveFloat,
     Probability,
     Section,
@@ -21,15 +23,15 @@ class ConstantDist(Section):
     """Every node gets the same value."""
 
     distribution: Literal["constant"] = "constant"
-    value: PositiveFloat = 1.0
+    value: Annotated[float, Field(gt=0, le=MAX_DISTRIBUTION_VALUE)] = 1.0
 
 
 class UniformDist(Section):
     """Values drawn uniformly from ``[low, high]``."""
 
     distribution: Literal["uniform"] = "uniform"
-    low: PositiveFloat
-    high: PositiveFloat
+    low: Annotated[float, Field(gt=0, le=MAX_DISTRIBUTION_VALUE)]
+    high: Annotated[float, Field(gt=0, le=MAX_DISTRIBUTION_VALUE)]
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformDist:
@@ -42,8 +44,8 @@ class LognormalDist(Section):
     """Values ``median * exp(sigma * N(0, 1))``: heavy-tailed device populations."""
 
     distribution: Literal["lognormal"] = "lognormal"
-    median: PositiveFloat = 1.0
-    sigma: Annotated[float, Field(ge=0)] = 0.5
+    median: Annotated[float, Field(gt=0, le=MAX_DISTRIBUTION_VALUE)] = 1.0
+    sigma: Annotated[float, Field(ge=0, le=MAX_LOGNORMAL_SIGMA)] = 0.5
 
 
 class TraceDist(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -15,6 +16,7 @@ from fedsim.data.datasets import load_dataset
 from fedsim.data.label_noise import noisy_labels
 from fedsim.data.natural import chosen_ids, group_by_id
 from fedsim.data.partitioners import BY_CLIENT_ID, partition
+from fedsim.errors import FedsimWarning
 from fedsim.label_prior import label_counts
 
 # The held-out test split is drawn with a fixed seed so that every run seed and every
@@ -82,12 +84,23 @@ class FederatedData:
         return self.x[idx], self.y[idx]
 
 
+# A carved test set smaller than this reports accuracy in coarse steps (1 example: 0 or 1).
+MIN_TEST_EXAMPLES = 20
+
+
 def _split_test(ds: ArrayDataset, test_fraction: float) -> ArrayDataset:
     """Carve a test split out of the training arrays when the dataset has none."""
     if ds.x_test is not None and ds.y_test is not None:
         return ds
     order = np.random.default_rng(TEST_SPLIT_SEED).permutation(len(ds.y))
     n_test = max(1, round(test_fraction * len(ds.y)))
+    if n_test < MIN_TEST_EXAMPLES:
+        warnings.warn(
+            f"data.test_fraction: {test_fraction:g} of {len(ds.y)} examples is a test set of "
+            f"{n_test}; its accuracy moves in steps of {1 / n_test:.0%} (raise it)",
+            FedsimWarning,
+            stacklevel=2,
+        )
     test, train = order[:n_test], np.sort(order[n_test:])
     ids = ds.client_id  # carved with the examples, so every client keeps a test share
     return ArrayDataset(

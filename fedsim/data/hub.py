@@ -25,6 +25,7 @@ from fedsim.config.schema import HubDataset
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS, cache_dir
 from fedsim.data.image_layout import channels_last
+from fedsim.data.npz_file import check_loaded
 from fedsim.errors import DataUnavailableError
 
 PROBE_TIMEOUT_S = 2.0  # how long the Hub may take to accept a connection
@@ -225,7 +226,8 @@ def load_hub(cfg: HubDataset) -> ArrayDataset:
         ids = _column(train, cfg.client_id_key, "client_id_key")
         if test is not None and cfg.client_id_key in test.column_names:
             ids_test = _column(test, cfg.client_id_key, "client_id_key")
-    return ArrayDataset(
+    names = getattr(train.features[cfg.label_key], "names", None)
+    ds = ArrayDataset(
         x=_features(train, cfg.image_key),
         y=y,
         x_test=None if test is None else _features(test, cfg.image_key),
@@ -234,3 +236,7 @@ def load_hub(cfg: HubDataset) -> ArrayDataset:
         client_id=ids,
         client_id_test=ids_test,
     )
+    # The data file's rules: finite features, labels 0..C-1 (a ClassLabel declares C;
+    # otherwise a stray label of 10^6 must not build a 1,000,001-class model).
+    check_loaded(ds, f"data.dataset.path: {cfg.path}", num_classes=len(names) if names else None)
+    return ds

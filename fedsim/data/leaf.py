@@ -21,6 +21,7 @@ from fedsim import bounded_reads
 from fedsim.config.schema import LeafDataset
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS
+from fedsim.data.npz_file import check_loaded
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
 
@@ -149,7 +150,7 @@ def load_leaf(cfg: LeafDataset) -> ArrayDataset:
             f"data.dataset.task: '{cfg.task}' does not match the files in {root} "
             f"({type(exc).__name__}: {first}); tasks: {', '.join(LEAF_TASKS.names())}"
         ) from None
-    return ArrayDataset(
+    ds = ArrayDataset(
         x=x,
         y=y,
         num_classes=num_classes,
@@ -158,3 +159,6 @@ def load_leaf(cfg: LeafDataset) -> ArrayDataset:
         client_id=np.asarray(train[2]),
         client_id_test=np.asarray(test[2]),
     )
+    # NaN pixels or a label past the task's classes: refused as in a data file.
+    check_loaded(ds, f"data.dataset.path: {root}", num_classes=num_classes)
+    return ds

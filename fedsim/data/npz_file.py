@@ -9,6 +9,7 @@ trains. Files are read without pickle, so loading never runs code.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +18,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.data.arrays import ArrayDataset
 from fedsim.errors import DataUnavailableError
 
+# Real data compresses a few times, rarely 100x; a file expanding more than this past
+# the floor is built to exhaust memory (a few MB of deflated zeros become gigabytes).
+MAX_EXPANSION = 200
+BOMB_FLOOR_BYTES = 256 * 2**20
 NUMBER_KINDS = "biuf"  # numpy dtype kinds accepted as features
 LABEL_KINDS = "iu"  # ... and as labels (integral floats too, see _labels)
 Fail = Callable[[str], DataUnavailableError]
@@ -66,6 +72,7 @@ def read_npz(
         raise DataUnavailableError(f"{where}: file not found: {path}")
     if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
         raise fail("not a .npz file (numpy.savez writes one)")
+    _check_sizes(path, ("x", "y", *optional), fail)
     arrays: dict[str, NDArray[Any]] = {}
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -79,6 +86,68 @@ def read_npz(
         raise fail(f"cannot be read as .npz ({type(exc).__name__})") from None
     _check(arrays, fail, whole_dataset, values)
     return arrays
+
+
+def _available_memory() -> int:
+    """Bytes of memory this host has free now (its total if that is not known)."""
+    try:
+        import psutil  # comes with Flower's dependencies
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _check_sizes(path: Path, names: tuple[str, ...], fail: Fail) -> None:
+    """Refuse a file whose arrays would decompress past free memory, or like a zip bomb.
+
+    Sizes come from the zip directory (nothing is decompressed): the arrays to be read
+    may need at most half the free memory (the loaders copy them once more), and a file
+    may not expand more than :data:`MAX_EXPANSION` times past :data:`BOMB_FLOOR_BYTES`.
+    """
+    wanted = {f"{n}.npy" for n in names}
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist() if i.filename in wanted)
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise fail(f"cannot be read as .npz ({type(exc).__name__})") from None
+    size = path.stat().st_size
+    if total > BOMB_FLOOR_BYTES and total > MAX_EXPANSION * size:
+        raise fail(
+            f"its arrays decompress to {total / 2**30:.3g} GiB from {size / 2**20:.3g} MiB "
+            f"(over {MAX_EXPANSION}x: not data); store them uncompressed or smaller"
+        )
+    free = _available_memory()
+    if total > free // 2:
+        raise fail(
+            f"its arrays need {total / 2**30:.3g} GiB decompressed; this host has "
+            f"{free / 2**30:.3g} GiB free"
+        )
+
+
+def check_loaded(ds: ArrayDataset, where: str, *, num_classes: int | None = None) -> None:
+    """Hold a dataset from another reader (LEAF, Hugging Face) to a data file's rules.
+
+    Non-finite features, labels that are not integers ``0..C-1`` and a stray label that
+    would build a model of mostly unused classes are refused as in :func:`read_npz`.
+    ``num_classes`` is the class count the data declares (LEAF's task, a Hugging Face
+    ``ClassLabel``); without one the labels themselves are checked for plausibility.
+
+    Raises
+    ------
+    DataUnavailableError
+        On the first problem found, starting with ``where``.
+    """
+
+    def fail(message: str) -> DataUnavailableError:
+        return DataUnavailableError(f"{where}: {message}")
+
+    arrays: dict[str, NDArray[Any]] = {"x": ds.x, "y": ds.y}
+    if ds.x_test is not None and ds.y_test is not None:
+        arrays.update(x_test=ds.x_test, y_test=ds.y_test)
+    if num_classes is not None:
+        arrays["num_classes"] = np.asarray(num_classes)
+    _check(arrays, fail, True, False)
 
 
 def _array(f: Any, name: str, fail: Fail) -> NDArray[Any]:

@@ -34,6 +34,7 @@ from flwr.app import (
     Message,
     MetricRecord,
     RecordDict,
+    UserConfig,
 )
 
 from fedsim.engine.watchdog import Watchdog
@@ -96,6 +97,19 @@ class TrainsTogether(Protocol):
         self, jobs: Sequence[tuple[Message, Context]], max_batch: int
     ) -> list[Message | None]:
         """Replies of the jobs trained together (None: not trained)."""
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """A client app that can do its process-wide set-up before the first job.
+
+    ``prepare(run_config)`` loads what every node of this process shares (the scenario,
+    the dataset): a worker calls it before it reports ready, so a client's time limit
+    counts the client's own work, not the process's start-up.
+    """
+
+    def prepare(self, run_config: UserConfig) -> None:
+        """Load what the process's nodes share."""
 
 
 class ClientExecutor(Protocol):

@@ -49,7 +49,7 @@ from fedsim.engine.flower_compat import assign_message_id, empty_run
 from fedsim.engine.node_contexts import NODE_ID_OFFSET as NODE_ID_OFFSET
 from fedsim.engine.node_contexts import NodeContexts
 from fedsim.engine.node_contexts import node_contexts as node_contexts
-from fedsim.engine.reply_check import ReplyRules, agreeing, checked
+from fedsim.engine.reply_check import ReplyRules, WorkBound, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimWarning
@@ -154,11 +154,13 @@ class InProcessGrid(Grid):
         model: ArrayRecord,
         partition_examples: Sequence[int],
         per_parameter: Sequence[str] = (),
+        work: WorkBound | None = None,
     ) -> None:
         """Refuse replies that do not fit ``model`` or claim more examples than their node has.
 
         ``partition_examples[k]`` is the number of examples of partition ``k``;
-        ``per_parameter`` the reply array prefixes that stand for one parameter each.
+        ``per_parameter`` the reply array prefixes that stand for one parameter each;
+        ``work`` bounds the ``train-samples`` a reply may claim (they drive the clock).
         """
         sizes = list(partition_examples)
 
@@ -167,7 +169,7 @@ class InProcessGrid(Grid):
             return sizes[partition] if 0 <= partition < len(sizes) else math.inf
 
         total = float(sum(sizes))
-        self.reply_rules = ReplyRules.for_model(model, node_examples, total, per_parameter)
+        self.reply_rules = ReplyRules.for_model(model, node_examples, total, per_parameter, work)
 
     # ----------------------------------------------------------------- Grid API
 

@@ -40,7 +40,10 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
     chosen = getattr(engine, "batch_clients", 0)  # inprocess only
     batch_clients = AUTO_BATCH if chosen == "auto" else int(chosen)
     pool = None
-    if workers > 1:
+    # A client that can be abandoned runs in a worker process that can be killed: a
+    # thread past its limit would keep the CPU (and the GIL) for the rest of the run.
+    timeout = engine.client_timeout_s
+    if workers > 1 or timeout is not None:
         devices_named = [engine.device] if isinstance(engine.device, str) else engine.device
         specs = [
             WorkerSpec(
@@ -50,13 +53,13 @@ def build_grid(client_app: ClientApp, scenario: Scenario, run_config: UserConfig
                 RUN_ID,
                 engine.threads_per_worker,
                 devices_named[w % len(devices_named)],
-                engine.client_timeout_s,
+                None,  # the pool stops late jobs itself (timeout_s)
                 dict(os.environ),
-                batch_clients,
+                0 if timeout is not None else batch_clients,  # each client timed alone
             )
             for w in range(workers)
         ]
-        pool = WorkerPool(specs)
+        pool = WorkerPool(specs, timeout_s=timeout)
     return InProcessGrid(
         client_app,
         contexts,

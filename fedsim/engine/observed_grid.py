@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.engine.reply_check import ReplyRules, agreeing, checked
+from fedsim.engine.reply_check import ReplyRules, WorkBound, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes
 
 
@@ -45,14 +45,17 @@ class ObservedGrid(Grid):
         model: ArrayRecord,
         partition_examples: Sequence[int],
         per_parameter: Sequence[str] = (),
+        work: WorkBound | None = None,
     ) -> None:
         """Refuse replies that do not fit ``model`` (see :mod:`fedsim.engine.reply_check`).
 
         ``partition_examples`` goes unused: Flower's runtimes do not tell the server
         which partition a node holds (a deployed node may hold its own file), so
-        ``num-examples`` is only required to be finite and positive here.
+        ``num-examples`` is only required to be finite and positive here, and
+        ``train-samples`` bounded by ``work`` only where it does not depend on the
+        examples (``client.local_steps``).
         """
-        self.reply_rules = ReplyRules.for_model(model, per_parameter=per_parameter)
+        self.reply_rules = ReplyRules.for_model(model, per_parameter=per_parameter, work=work)
 
     def set_run(self, run: Any) -> None:
         """Set the run the inner grid operates in."""

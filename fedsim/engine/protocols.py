@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, Message
 
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.devices import DeviceProfile
+from fedsim.engine.reply_work import WorkBound
 from fedsim.engine.telemetry import Telemetry
 
 
@@ -34,6 +35,7 @@ class ReplyCheckingGrid(Protocol):
         model: ArrayRecord,
         partition_examples: Sequence[int],
         per_parameter: Sequence[str] = (),
+        work: WorkBound | None = None,
     ) -> None:
         """Check replies from now on against ``model`` and each node's example count."""
 

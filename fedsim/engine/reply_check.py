@@ -8,6 +8,14 @@ skips it like any failed client, and the telemetry counts it as a failure whose 
 names the node. Nothing here knows a strategy; the rules are the wire's:
 
 - every array decodes, is numeric and finite;
+- an array keeps the type of the array it answers (the model's, or the one sent): a
+  narrower float (float16) or integer is cast up, a wider float cast down; bool and
+  unsigned bytes are refused, and integers into a float array are accepted only where
+  they are exact in it;
+- every value's magnitude is plausible: at most :data:`MAGNITUDE_FACTOR` times the
+  largest magnitude of the array it answers (at least 1), and never above
+  :data:`MAGNITUDE_CAP` (an array with no sent counterpart has that cap only), so one
+  reply of 2^62 cannot make the average meaningless;
 - an array the server sent comes back with the shape it was sent with; a model array
   with the model's shape; a per-parameter array (a prefix in the algorithm's spec:
   FedCurv's Fisher terms, AGC's gradient) with the shape of the parameter it names;
@@ -19,7 +27,12 @@ names the node. Nothing here knows a strategy; the rules are the wire's:
 - every metric is finite; a train or evaluate reply has one ``num-examples``, positive
   and at most the examples the node holds (in simulation the engine knows them; a
   reply without model arrays, such as AGC's, may count shared examples too, so it is
-  bounded by the whole federation).
+  bounded by the whole federation);
+- the numbers that drive the virtual clock are what the node could have done: a train
+  reply's ``train-samples`` at most the work :class:`WorkBound` allows on the examples
+  it may count (``local_steps x batch_size``, or ``local_epochs x (examples +
+  batch_size)``), and ``duration-s`` between 0 and the wall-clock seconds since the
+  message was created (plus :data:`CLOCK_SLACK_S`).
 
 :func:`agreeing` adds the round-level rule Flower's aggregation assumes (all replies
 carry the same keys): replies whose keys differ from the round's majority are refused
@@ -32,17 +45,39 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord
+from numpy.typing import NDArray
 
 from fedsim import wire
-from fedsim.array_codec import view
+from fedsim.array_codec import encode, view
+from fedsim.engine.reply_values import (
+    MAGNITUDE_CAP,
+    MAGNITUDE_FACTOR,
+    NUMERIC_KINDS,
+    cast_problem,
+    sent_kinds,
+)
+from fedsim.engine.reply_work import CLOCK_SLACK_S, WorkBound, work_problem
 from fedsim.rounding import decode_rounded, is_rounded
+
+# Re-exported: the engines and tests name them through this module.
+__all__ = [
+    "CLOCK_SLACK_S",
+    "MAGNITUDE_CAP",
+    "MAGNITUDE_FACTOR",
+    "REPLY_REJECTED",
+    "ReplyRules",
+    "WorkBound",
+    "agreeing",
+    "checked",
+    "rejected",
+]
 
 # fedsim's own error code for a refused reply (flwr.common.constant.ErrorCode ends at 8).
 REPLY_REJECTED = 100
-NUMERIC_KINDS = "biuf"  # numpy dtype kinds a model array may have
 
 
 def _unbounded(_node: int) -> float:
@@ -60,6 +95,8 @@ class _SentView:
     allowed: set[str]  # array record names a reply may use
     # Per sent record: the model arrays a reply must return, and each sent array's shape.
     expected: dict[str, tuple[set[str], dict[str, tuple[int, ...]]]]
+    # Per sent record: each sent array's dtype and the magnitude bound of a reply to it.
+    kinds: dict[str, dict[str, tuple[np.dtype[Any], float]]]
 
 
 @dataclass(frozen=True)
@@ -82,6 +119,8 @@ class ReplyRules:
     # Reply array prefixes that stand for one model parameter each (the algorithms'
     # specs say which: FedCurv's "curv.F.", AGC's "agc.grad.").
     per_parameter: tuple[str, ...] = ()
+    dtypes: Mapping[str, np.dtype[Any]] = field(default_factory=dict)
+    work: WorkBound | None = None  # None: train-samples only has to be non-negative
     # What a sent content allows, by the content's id (the content kept alive beside
     # it): a round's messages share one content, so it is worked out once per round.
     _sent_views: dict[int, tuple[object, _SentView]] = field(
@@ -95,6 +134,7 @@ class ReplyRules:
         node_examples: Callable[[int], float] = _unbounded,
         max_examples: float = math.inf,
         per_parameter: Sequence[str] = (),
+        work: WorkBound | None = None,
     ) -> ReplyRules:
         """Rules for replies to a run whose global model is ``arrays``."""
         return cls(
@@ -102,6 +142,8 @@ class ReplyRules:
             node_examples,
             max_examples,
             tuple(per_parameter),
+            {k: np.dtype(v.dtype) for k, v in arrays.items()},
+            work,
         )
 
     def problem(self, sent: Message, reply: Message) -> str | None:
@@ -147,6 +189,7 @@ class ReplyRules:
                 )
                 for name, record in records.items()
             },
+            {name: sent_kinds(record) for name, record in records.items()},
         )
         if len(self._sent_views) >= 8:  # a run sends a handful of distinct contents a round
             self._sent_views.clear()
@@ -168,27 +211,63 @@ class ReplyRules:
                 if returned != expected:
                     return carries_model, _key_difference(returned, expected)
             sent_arrays = view_.records.get(name, _NO_ARRAYS)
-            for key, array in record.items():
+            kinds = view_.kinds.get(name, {})
+            for key, array in list(record.items()):
                 shape = shapes.get(key) or self._expected_shape(key, sent_arrays)
-                problem = self._array_problem(key, array, shape)
+                want = kinds.get(key) or (self._expected_dtype(key), MAGNITUDE_CAP)
+                problem, cast = self._array_problem(key, array, shape, *want)
                 if problem:
                     return carries_model, problem
+                if cast is not None:  # the same values in the type of what was sent
+                    record[key] = encode(cast)
         return carries_model, None
 
-    def _array_problem(self, key: str, array: Array, shape: tuple[int, ...] | None) -> str | None:
+    def _array_problem(
+        self,
+        key: str,
+        array: Array,
+        shape: tuple[int, ...] | None,
+        dtype: np.dtype[Any] | None,
+        bound: float,
+    ) -> tuple[str | None, NDArray[Any] | None]:
+        """What is wrong with one array, or the array cast to ``dtype`` if it needs it."""
         if shape is None:
-            return f"unexpected array '{key}'"
+            return f"unexpected array '{key}'", None
         try:
             # A link-coded array (compression.uplink) is checked as what it decodes to.
-            value = decode_rounded(array)[0] if is_rounded(array) else view(array)
+            rounded = is_rounded(array)
+            value = decode_rounded(array)[0] if rounded else view(array)
         except Exception as exc:  # whatever the bytes are, they are not an array
-            return f"array '{key}' cannot be read ({type(exc).__name__})"
+            return f"array '{key}' cannot be read ({type(exc).__name__})", None
         if value.dtype.kind not in NUMERIC_KINDS:
-            return f"array '{key}' has non-numeric dtype {value.dtype}"
+            return f"array '{key}' has non-numeric dtype {value.dtype}", None
         if value.shape != shape:
-            return f"array '{key}' has shape {list(value.shape)}, expected {list(shape)}"
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            return f"array '{key}' has non-finite values"
+            return f"array '{key}' has shape {list(value.shape)}, expected {list(shape)}", None
+        if value.size == 0:
+            return None, None
+        largest = float(np.max(np.abs(value)))  # NaN if any value is NaN
+        if not math.isfinite(largest):
+            return f"array '{key}' has non-finite values", None
+        if largest > bound:
+            return (
+                f"array '{key}' holds {largest:.3g}, implausibly far from what it was sent "
+                f"(bound {bound:.3g})",
+                None,
+            )
+        if dtype is None or value.dtype == dtype:
+            return None, None
+        problem = cast_problem(key, value, dtype, largest)
+        if problem or rounded:  # a coded array's header names its type: no silent recode
+            return problem or f"array '{key}' is coded as {value.dtype}, expected {dtype}", None
+        return None, value.astype(dtype)
+
+    def _expected_dtype(self, key: str) -> np.dtype[Any] | None:
+        """The dtype of the model array ``key`` is, or names (a per-parameter array)."""
+        if key in self.dtypes:
+            return self.dtypes[key]
+        for prefix in self.per_parameter:
+            if key.startswith(prefix) and key[len(prefix) :] in self.dtypes:
+                return self.dtypes[key[len(prefix) :]]
         return None
 
     def _expected_shape(self, key: str, sent: ArrayRecord) -> tuple[int, ...] | None:
@@ -228,10 +307,7 @@ class ReplyRules:
         bound = self.node_examples(sent.metadata.dst_node_id) if own else self.max_examples
         if n > bound:
             return f"{wire.NUM_EXAMPLES} {n:g} exceeds the {bound:g} examples it can hold"
-        samples = metrics.get(wire.TRAIN_SAMPLES)
-        if isinstance(samples, int | float) and samples < 0:
-            return f"{wire.TRAIN_SAMPLES} {samples:g} is negative"
-        return None
+        return work_problem(sent, metrics, self.work, bound)
 
 
 def _key_difference(returned: set[str], expected: set[str]) -> str:

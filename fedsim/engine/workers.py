@@ -15,7 +15,8 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -29,11 +30,15 @@ from fedsim.engine.executor import (
     ClientCallable,
     Job,
     Outcome,
+    Preparable,
     SerialExecutor,
     WorkerDied,
     WorkerStartError,
 )
+from fedsim.engine.process_start import main_module_hidden, process_context
 from fedsim.engine.watchdog import Watchdog
+
+__all__ = ["AppRef", "WorkerPool", "WorkerSpec", "app_ref", "main_module_hidden", "process_context"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class WorkerSpec:
     device : str, optional
         The training device this worker's clients use (``engine.device``, resolved).
     client_timeout_s : float, optional
-        ``engine.client_timeout_s``: each worker runs its calls under a watchdog.
+        A watchdog inside the worker (abandons, cannot stop); the pool's own
+        ``timeout_s`` kills a worker instead and leaves this None.
     environ : dict
         The parent's environment when the pool started (a forkserver's children
         inherit the server's environment, which may be older).
@@ -121,6 +127,8 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
     set_process_device(spec.device)
     set_task_identity(spec.run_id)
     app = spec.client_app.load() if isinstance(spec.client_app, AppRef) else spec.client_app
+    if isinstance(app, Preparable):  # before "ready": start-up is not the first job's time
+        app.prepare(spec.run_config)
     watchdog = None if spec.client_timeout_s is None else Watchdog(spec.client_timeout_s)
     executor = SerialExecutor(
         app,  # type: ignore[arg-type]  # a ClientApp or a test's callable
@@ -149,6 +157,18 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
             return
 
 
+def _ending(code: int | None) -> str:
+    """How a process ended, in words: ``was killed by SIGKILL``, ``exited with code 3``."""
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 def _dumps_outcome(index: int, outcome: Outcome) -> bytes:
     """Pickle a job's outcome; an exception that does not survive pickling becomes its text."""
     try:
@@ -161,50 +181,9 @@ def _dumps_outcome(index: int, outcome: Outcome) -> bytes:
         return pickle.dumps((index, RuntimeError(text)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def process_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    """How fedsim starts processes: 'forkserver' where it exists, else 'spawn'.
-
-    Never plain 'fork': torch's thread pools and CUDA do not survive a fork of a process
-    that has used them. The forkserver imports ``preload`` once (torch, Flower, fedsim:
-    seconds) when the first pool of this process starts it, so each process it forks
-    starts in milliseconds; it lives until this process ends.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["fedsim.training_device", *preload])
-    return ctx
-
-
 def _context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
     """The worker's start method, preloading its ClientApp's module."""
     return process_context([spec.client_app.module] if isinstance(spec.client_app, AppRef) else [])
-
-
-@contextlib.contextmanager
-def main_module_hidden() -> Iterator[None]:
-    """Start processes that do not re-import this program's ``__main__``.
-
-    multiprocessing's forkserver and spawn children run the parent's main script again
-    (as ``__mp_main__``) so that objects defined there unpickle; a script that calls
-    ``fedsim.run`` without an ``if __name__ == "__main__":`` guard would then start a
-    run in every child. fedsim's children import what they run by module name, so they
-    never need the script: while this block runs, ``__main__`` names no file or module.
-    """
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved: dict[str, Any] = {
-        k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__
-    }
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
 
 
 class _Worker:
@@ -249,16 +228,26 @@ class _Worker:
 class WorkerPool:
     """Long-lived worker processes; node ``n`` always runs on worker ``n % len(specs)``.
 
+    With ``timeout_s``, a job still running that long after it started (its worker's
+    previous reply, or the dispatch) is stopped for real: the worker process is killed,
+    the job fails with :class:`~fedsim.engine.watchdog.CallTimeout`, a fresh worker
+    takes the worker's nodes (their states as after :class:`WorkerDied`) and runs the
+    jobs that were queued behind it. Nothing of the stopped call keeps running.
+
     Parameters
     ----------
     specs : sequence of WorkerSpec
         What each worker runs (one per worker; they differ in ``device`` at most).
+    timeout_s : float, optional
+        ``engine.client_timeout_s``: wall-clock seconds a job may take.
     """
 
-    def __init__(self, specs: Sequence[WorkerSpec]) -> None:
+    def __init__(self, specs: Sequence[WorkerSpec], timeout_s: float | None = None) -> None:
         if not specs:
             raise ValueError("a worker pool needs at least one worker")
         self.specs = list(specs)
+        self.timeout_s = timeout_s
+        self.timeouts = 0  # jobs stopped by killing their worker
         # The nodes' states as of the last checkpoint taken or restored: what a restarted
         # worker's nodes go back to.
         self.known_states: dict[int, RecordDict] = {}
@@ -297,9 +286,26 @@ class WorkerPool:
             except OSError:  # died between dispatches
                 self._fail(w, indices, outcomes)
         remaining = {w: len(ix) for w, ix in waiting.items()}
+        started = dict.fromkeys(remaining, time.monotonic())  # the current job's start
         while remaining:
             by_conn = {self._workers[w].conn: w for w in remaining}
-            for conn in wait(list(by_conn)):
+            limit = None
+            if self.timeout_s is not None:
+                limit = max(
+                    0.0, min(started[w] for w in remaining) + self.timeout_s - time.monotonic()
+                )
+            ready = wait(list(by_conn), limit)
+            if not ready:  # some worker's current job has run past timeout_s
+                now = time.monotonic()
+                for w in [w for w in remaining if now - started[w] >= (self.timeout_s or 0)]:
+                    done = len(waiting[w]) - remaining[w]
+                    rest = self._stop(w, jobs, waiting[w][done], waiting[w][done + 1 :], outcomes)
+                    if rest:
+                        waiting[w], remaining[w], started[w] = rest, len(rest), time.monotonic()
+                    else:
+                        del remaining[w]
+                continue
+            for conn in ready:
                 w = by_conn[conn]  # type: ignore[index]  # wait returns what it was given
                 try:
                     local, outcome = pickle.loads(conn.recv_bytes())  # type: ignore[union-attr]
@@ -309,18 +315,53 @@ class WorkerPool:
                     continue
                 outcomes[waiting[w][local]] = outcome
                 remaining[w] -= 1
+                started[w] = time.monotonic()  # the worker's next job starts now
                 if not remaining[w]:
                     del remaining[w]
         return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+    def _stop(
+        self,
+        w: int,
+        jobs: Sequence[Job],
+        late: int,
+        queued: list[int],
+        outcomes: list[Outcome | None],
+    ) -> list[int]:
+        """Kill worker ``w`` for job ``late``; restart it with the ``queued`` jobs.
+
+        Returns the indices the fresh worker runs (empty if it could not take them).
+        """
+        from fedsim.engine.watchdog import CallTimeout
+
+        worker = self._workers[w]
+        worker.process.kill()  # a thread could only be abandoned; a process really stops
+        worker.process.join(5)
+        worker.conn.close()
+        self.timeouts += 1
+        outcomes[late] = CallTimeout(f"no reply within {self.timeout_s:g} s (worker stopped)")
+        self._restart(w)
+        if not queued:
+            return []
+        try:
+            self._workers[w].conn.send(("run", [jobs[i] for i in queued]))
+        except OSError:
+            self._fail(w, queued, outcomes)
+            return []
+        return queued
 
     def _fail(self, w: int, indices: Sequence[int], outcomes: list[Outcome | None]) -> None:
         """Worker ``w`` died: its unanswered jobs fail, and a fresh worker takes its nodes."""
         worker = self._workers[w]
         worker.process.join(5)
-        code = worker.process.exitcode
+        how = _ending(worker.process.exitcode)
         for i in indices:
-            outcomes[i] = WorkerDied(f"worker process ended (exit code {code}) before replying")
+            outcomes[i] = WorkerDied(f"its worker process {how} before replying")
         worker.conn.close()
+        self._restart(w)
+
+    def _restart(self, w: int) -> None:
+        """Start a fresh worker ``w``; its nodes go back to their last known states."""
         self._workers[w] = self._start(self.specs[w])
         self._workers[w].ready()
         self.restarts += 1

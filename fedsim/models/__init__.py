@@ -83,6 +83,11 @@ def build_model(
         factory = MODELS.get(name)
     except UnknownNameError as exc:
         raise ScenarioError([exc.problem("model.name", "model")]) from None
+    from fedsim.models.size_check import counted_parameters, size_problem
+
+    too_big = size_problem(counted_parameters(factory, input_shape, num_classes, **params))
+    if too_big is not None:  # counted on the meta device, before any memory is taken
+        raise ScenarioError([too_big])
     try:
         return factory(input_shape, num_classes, **params)
     except IncompatibleDataError as exc:

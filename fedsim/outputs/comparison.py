@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedsim.outputs.summary import DIVERGED
+
 COLUMNS = (
     "variant",
     "runs",
@@ -98,6 +100,9 @@ def comparison_rows(
                 "bytes_up_mean": _mean([s.get("bytes_up") for s in summaries]),
             }
         )
+        diverged = sum(s.get("status") == DIVERGED for s in summaries)
+        if diverged:  # their final accuracy is NaN: left out of the mean, counted here
+            rows[-1]["diverged_runs"] = diverged
         if not finals:  # regression (least squares): no accuracy, the test MSE instead
             rows[-1]["final_loss_mean"] = _mean([s.get("final_eval_loss") for s in summaries])
             rows[-1]["virtual_time_mean_s"] = _mean([s.get("virtual_time_s") for s in summaries])

@@ -32,6 +32,8 @@ from fedsim.engine.protocols import (
     ObservedRounds,
     ReplyCheckingGrid,
 )
+from fedsim.engine.ray_actors import replace_dead_actors
+from fedsim.engine.reply_check import WorkBound
 from fedsim.errors import Problem, ScenarioError
 from fedsim.models import build_model
 from fedsim.outputs.availability import write_trace_outputs
@@ -100,6 +102,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
     if flower_grid:  # count and check what passes
         grid = ObservedGrid(grid, scenario.engine.client_timeout_s)
+        replace_dead_actors()  # Flower's Ray simulation: a dead actor is one failure
     wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))
     # Flower samples nodes with the global `random` module; seed everything up front.
@@ -114,7 +117,9 @@ def main(grid: Grid, context: Context) -> None:
     )
     if isinstance(grid, ReplyCheckingGrid):  # every reply checked before aggregation
         sizes = [len(part) for part in data.parts]
-        grid.check_replies(initial, sizes, composition.reply_prefixes)
+        c = scenario.client
+        work = WorkBound(c.local_epochs, c.local_steps, c.batch_size)
+        grid.check_replies(initial, sizes, composition.reply_prefixes, work)
     strategy = composition.build_strategy()
     offline = getattr(strategy, "offline_phase", None)
     if callable(offline):  # a one-time data phase before round 1 (AGC's sharing plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ from fedsim.outputs.per_client import (
     summarize_clients,
 )
 from fedsim.outputs.plots import PlotsCallback
+from fedsim.outputs.summary import NON_FINITE
 from fedsim.server.checkpoint import (
     capture_rng,
     restore_rng,
@@ -177,6 +179,9 @@ class RoundRecorder:
             "eval_loss": loss,
             "eval_accuracy": acc,
         }
+        if evaluate and not all(v is None or math.isfinite(v) for v in (loss, acc)):
+            # The log writes NaN as null: this says the round was evaluated, to NaN.
+            record["eval_status"] = NON_FINITE
         if evaluate and self.scenario.output.class_recall and not regression:
             recall = class_recall(
                 self.model,

@@ -344,12 +344,20 @@ def test_job_seed_is_numpys_seed_sequence_of_the_four_words(
 
 
 def test_batch_clients_under_a_client_timeout_says_it_is_off(tmp_path: Path) -> None:
+    from fedsim.config.sources import to_yaml
     from fedsim.engine.inprocess_run import build_grid
+    from fedsim.engine.workers import WorkerPool
 
     scenario = _scenario(engine={"name": "inprocess", "batch_clients": 4, "client_timeout_s": 30.0})
+    (tmp_path / "s.yaml").write_text(to_yaml(scenario))
     with pytest.warns(FedsimWarning, match="batch_clients is off under engine.client_timeout_s"):
         grid = build_grid(app, scenario, {wire.RUN_SCENARIO: str(tmp_path / "s.yaml")})
-    assert grid.executor.watchdog is not None  # type: ignore[attr-defined]  # the serial one
+    try:  # the clients run in a killable worker, each timed alone
+        pool = grid.executor
+        assert isinstance(pool, WorkerPool) and pool.timeout_s == 30.0
+        assert [spec.batch_clients for spec in pool.specs] == [0]
+    finally:
+        grid.close()
 
 
 @pytest.mark.slow

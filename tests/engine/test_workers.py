@@ -100,7 +100,13 @@ def test_a_worker_killed_mid_round_fails_its_jobs_and_the_run_goes_on(
         # it was queued behind the crash, and succeeds when it ran first.
         failures = [r["failures"] for r in records[1:]]
         assert failures[0] == failures[2] == 0 and failures[1] in (1, 2)
-        assert any("WorkerDied" in reason for reason in grid.telemetry.failure_reasons)
+        # The reason names the node and how its process died.
+        assert any(
+            reason.startswith(
+                f"node {KILL_NODE}: WorkerDied: its worker process was killed by SIGKILL"
+            )
+            for reason in grid.telemetry.failure_reasons
+        ), grid.telemetry.failure_reasons
     finally:
         grid.close()
     assert len(pool.started) == 3 and _all_gone(pool.started)
