@@ -115,6 +115,27 @@ def _logit_adjusted(
     return logit_adjusted(log_prior(counts, c), cfg.tau)
 
 
+# Losses whose form depends on the node's private data, by name: what DP-SGD does not
+# cover (its sensitivity bound assumes the per-example loss is fixed before the data
+# is seen). Each maps the loss section to a refusal reason, or None where it is fine.
+LossDpRefusal = Callable[[Any], "str | None"]
+LOSS_DP_REFUSALS: Registry[LossDpRefusal] = Registry("losses refused under client.dp")
+
+
+@LOSS_DP_REFUSALS.register("logit_adjusted", help="prior: own is counted on private labels")
+def _own_prior_refusal(cfg: LogitAdjustedLoss) -> str | None:
+    # Adding one example changes the prior, and so every other example's clipped
+    # gradient: measured 1.05 C of change in the clipped sum, where the accountant
+    # assumes at most C.
+    if cfg.prior != "own":
+        return None
+    return (
+        "cannot be used with client.loss.prior: 'own' (logit_adjusted): the prior is "
+        "counted on the client's private labels, so one example changes every "
+        "example's loss and the DP-SGD sensitivity bound fails; use prior: 'global'"
+    )
+
+
 @LOSSES.register("label_smoothing", help="cross-entropy against smoothed targets (epsilon)")
 def _label_smoothing(
     cfg: LabelSmoothingLoss, y: NDArray[np.int64], c: int, g: NDArray[np.int64] | None

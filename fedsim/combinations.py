@@ -54,6 +54,7 @@ def dp_releases(scenario: Scenario) -> list[Problem]:
         return []
     import fedsim.clients.app  # noqa: F401  (registers every shipped step)
     from fedsim.clients.dp import DP_EVALUATE_REFUSAL
+    from fedsim.clients.losses import LOSS_DP_REFUSALS
     from fedsim.clients.steps import STEPS
     from fedsim.scenario_loading import accepted_params
 
@@ -71,6 +72,11 @@ def dp_releases(scenario: Scenario) -> list[Problem]:
                     "clients' training loss, which stays on the device under DP-SGD",
                 )
             )
+    loss = scenario.client.loss
+    if loss.name in LOSS_DP_REFUSALS:
+        loss_refusal = LOSS_DP_REFUSALS.get(loss.name)(loss)
+        if loss_refusal is not None:
+            problems.append(Problem("client.dp", loss_refusal))
     if float(scenario.strategy.params.get("fraction_evaluate", 0.0)) > 0:
         problems.append(Problem("client.dp", f"cannot be used with {DP_EVALUATE_REFUSAL}"))
     if scenario.output.per_client_eval:
