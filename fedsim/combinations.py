@@ -128,6 +128,26 @@ def regression_targets(scenario: Scenario) -> list[Problem]:
     return problems
 
 
+@RULES.register("colluding-attacks", help="alie/ipm need a strategy on Flower's round loop")
+def colluding_attacks(scenario: Scenario) -> list[Problem]:
+    """Colluding attackers are simulated by a wrapper, which needs Flower's round loop."""
+    from flwr.serverapp.strategy import Strategy
+
+    from fedsim.strategies.collusion import COLLUSIONS
+
+    attackers = scenario.system.attackers
+    if attackers is None or attackers.attack.name not in COLLUSIONS:
+        return []
+    for name, cls in _strategy_chain(scenario.strategy.name, dict(scenario.strategy.params))[:1]:
+        if issubclass(cls, Strategy) and cls.start is not Strategy.start:
+            reason = (
+                f"'{attackers.attack.name}' cannot be used with strategy '{name}': its "
+                "attackers collude through the server's round loop, which it replaces"
+            )
+            return [Problem("system.attackers.attack", reason)]
+    return []
+
+
 @RULES.register("strategy-checks", help="what each strategy needs of the scenario (its check)")
 def strategy_checks(scenario: Scenario) -> list[Problem]:
     """Each strategy's (and each inner strategy's) own ``check(scenario, params)``.

@@ -500,8 +500,35 @@ class LabelFlipAttack(Section):
     name: Literal["label-flip"] = "label-flip"
 
 
+class AlieAttack(Section):
+    """Colluding "a little is enough" attack (Baruch et al. 2019).
+
+    Every attacker replies ``g + μ - z·σ``, μ and σ the coordinate-wise mean and std of
+    the round's honest updates; z from the round's n replies and m attackers unless given.
+    """
+
+    name: Literal["alie"] = "alie"
+    z: PositiveFloat | None = None
+
+
+class IpmAttack(Section):
+    """Colluding inner-product manipulation (Xie et al. 2019).
+
+    Every attacker replies ``g - epsilon·μ``, μ the mean of the round's honest updates.
+    """
+
+    name: Literal["ipm"] = "ipm"
+    epsilon: PositiveFloat = 0.1
+
+
 AttackConfig = Annotated[
-    SignFlipAttack | ScaleAttack | GaussianAttack | SameValueAttack | LabelFlipAttack,
+    SignFlipAttack
+    | ScaleAttack
+    | GaussianAttack
+    | SameValueAttack
+    | LabelFlipAttack
+    | AlieAttack
+    | IpmAttack,
     Field(discriminator="name"),
 ]
 

@@ -82,6 +82,7 @@ from fedsim.run_config import scenario_from_run_config
 from fedsim.scenario import DeviceTraceConfig, Scenario, StrategyConfig
 from fedsim.scenario_loading import accepted_params
 from fedsim.strategies import STRATEGIES
+from fedsim.strategies.collusion import COLLUSIONS, ColludingAttackers
 from fedsim.strategies.compression import CompressedLinks
 from fedsim.submission_policy import SubmissionPolicy
 from fedsim.training_device import first, resolve
@@ -113,7 +114,9 @@ def build_strategy(scenario: Scenario) -> Strategy:
     """Instantiate the scenario's strategy with its params (plus fedsim's defaults).
 
     A ``strategy`` param given as ``{name, params}`` (a wrapper's inner strategy, as in
-    ``median-of-means``) is built the same way first. A ``compression`` section that
+    ``median-of-means``) is built the same way first. Colluding attackers
+    (``system.attackers.attack: alie | ipm``) wrap it in
+    :class:`~fedsim.strategies.collusion.ColludingAttackers`. A ``compression`` section that
     codes either direction wraps the result in
     :class:`~fedsim.strategies.compression.CompressedLinks`.
     """
@@ -122,6 +125,9 @@ def build_strategy(scenario: Scenario) -> Strategy:
     trace = scenario.system.trace
     population = scenario.data.num_clients if trace is None else trace.min_online
     strategy = _build(scenario.strategy, population, "strategy", trace)
+    attackers = scenario.system.attackers
+    if attackers is not None and attackers.attack.name in COLLUSIONS:  # ALIE, IPM
+        strategy = ColludingAttackers(strategy, attackers.attack)  # type: ignore[arg-type]
     if scenario.compression.active:
         try:
             strategy = CompressedLinks(
