@@ -27,7 +27,7 @@ from fedsim.outputs.comparison import ci95_half_width
 from fedsim.runner import RunResult, execute_runs
 from fedsim.scenario import Scenario
 from fedsim.scenario_loading import expand, load_scenario, run_label
-from fedsim.tuning import run_or_reuse
+from fedsim.tuning import finished, run_or_reuse
 
 BASE = Path(__file__).parents[1] / "scenarios" / "robust_digits.yaml"
 STRATEGIES: dict[str, Any] = {
@@ -59,8 +59,12 @@ def suite_scenario(
     base = load_scenario(BASE)
     clients = base.data.num_clients
     variants: dict[str, dict[str, Any]] = {}
-    for name in strategies:
-        for attack, fraction in [("none", 0.0)] + [(a, f) for a in attacks for f in fractions]:
+    # Setting-major order, the middle fraction first: an interrupted suite has whole rows
+    # of the table, every attack at one fraction before any at the others.
+    middle = sorted(fractions, key=lambda f: abs(f - sorted(fractions)[len(fractions) // 2]))
+    settings = [("none", 0.0)] + [(a, f) for f in middle for a in attacks]
+    for attack, fraction in settings:
+        for name in strategies:
             strategy = json.loads(json.dumps(STRATEGIES[name]))
             if name == "krum":
                 strategy["params"] = {"num_malicious_nodes": round(fraction * clients)}
@@ -86,6 +90,22 @@ def run_suite(scenario: Scenario, out: Path, jobs: int) -> list[RunResult]:
     diverged = [r.variant for r, o in zip(runs, outcomes, strict=True) if isinstance(o, str)]
     if diverged:
         raise RuntimeError(f"runs diverged: {diverged}")
+    return [o for o in outcomes if isinstance(o, RunResult)]
+
+
+def finished_runs(scenario: Scenario, out: Path) -> list[RunResult]:
+    """The runs of the suite that finished so far, read back (none is started)."""
+    every = expand(scenario)
+    done = {run_label(r) for r in every if finished(out / run_label(r), r)}
+    # Whole variants only: a table cell is every seed or nothing.
+    whole = {
+        r.variant
+        for r in every
+        if all(run_label(o) in done for o in every if o.variant == r.variant)
+    }
+    runs = [r for r in every if r.variant in whole]
+    targets = [out / run_label(r) for r in runs]
+    outcomes = run_or_reuse(runs, targets, lambda r, t: [])
     return [o for o in outcomes if isinstance(o, RunResult)]
 
 
@@ -121,11 +141,17 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument(
+        "--collect", action="store_true", help="write the results of the runs finished so far"
+    )
     args = parser.parse_args()
     scenario = suite_scenario(
         args.strategies, args.attacks, args.fractions, args.seeds, args.rounds
     )
-    runs = run_suite(scenario, args.out, args.jobs)
+    if args.collect:
+        runs = finished_runs(scenario, args.out)
+    else:
+        runs = run_suite(scenario, args.out, args.jobs)
     payload: dict[str, Any] = {"command": "benchmarks/robust_suite.py", "rounds": scenario.rounds}
     payload.update(results(runs))
     args.results.parent.mkdir(parents=True, exist_ok=True)

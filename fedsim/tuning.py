@@ -153,7 +153,8 @@ def choose(points: dict[str, Point], cfg: TuningConfig) -> dict[str, Point]:
 Runner = Callable[[list[Scenario], list[Path]], list[Any]]
 
 
-def _finished(target: Path, concrete: Scenario) -> bool:
+def finished(target: Path, concrete: Scenario) -> bool:
+    """Whether ``target`` holds the finished result (or divergence) of ``concrete``."""
     resolved = target / RESOLVED
     done = (target / "summary.json").exists() or (target / DIVERGED_FILE).exists()
     return done and resolved.exists() and resolved.read_text(encoding="utf-8") == to_yaml(concrete)
@@ -169,7 +170,7 @@ def run_or_reuse(
     """
     from fedsim.runner import RunResult
 
-    todo = [i for i, (r, t) in enumerate(zip(runs, targets, strict=True)) if not _finished(t, r)]
+    todo = [i for i, (r, t) in enumerate(zip(runs, targets, strict=True)) if not finished(t, r)]
     for i in todo:  # an interrupted run starts again from scratch
         shutil.rmtree(targets[i], ignore_errors=True)
     outcomes = execute([runs[i] for i in todo], [targets[i] for i in todo])
