@@ -110,6 +110,15 @@ def tuning_scenario(scenario: Scenario) -> tuple[Scenario, dict[str, Point]]:
     return runs, points
 
 
+def tuning_runs(scenario: Scenario, *, imports: bool = True) -> list[Scenario]:
+    """Every concrete tuning run; a bad grid key or value is reported under ``tuning``."""
+    as_comparison, _ = tuning_scenario(scenario)
+    try:
+        return expand(as_comparison, imports=imports)
+    except ScenarioError as exc:
+        raise exc.with_prefix("tuning") from None
+
+
 def chosen_scenario(scenario: Scenario, choices: dict[str, Point]) -> Scenario:
     """The scenario of the reported runs: each variant with its chosen settings."""
     variants = scenario.variants or {"base": {}}
@@ -200,8 +209,8 @@ def tune(
     """
     cfg = scenario.tuning
     assert cfg is not None
-    as_comparison, points = tuning_scenario(scenario)
-    runs = expand(as_comparison)
+    _, points = tuning_scenario(scenario)
+    runs = tuning_runs(scenario)
     targets = [root / "tuning" / run_label(r) for r in runs]
     for run, outcome in zip(runs, run_or_reuse(runs, targets, execute), strict=True):
         point = points[run.variant or ""]

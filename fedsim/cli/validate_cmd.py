@@ -14,6 +14,7 @@ from fedsim.errors import DataUnavailableError, Problem, ScenarioError
 from fedsim.import_paths import scenario_imports
 from fedsim.scenario import NpzDataset, Scenario
 from fedsim.scenario_loading import expand, load_scenario, read_raw
+from fedsim.tuning import tuning_runs
 
 
 def _imports_line(
@@ -127,6 +128,8 @@ def validate(
         try:
             scenario = load_scenario(path, overrides, imports=not no_imports, plugins=plugins)
             runs = expand(scenario, imports=not no_imports)
+            if scenario.tuning is not None:  # its grid points are runs too
+                runs += tuning_runs(scenario, imports=not no_imports)
             check_data_files(runs)  # numbers only (no pickle): safe for untrusted files too
             problems = [] if no_imports else _built_problems(runs)
             problems += _strict_problems(runs) if strict else []

@@ -111,3 +111,17 @@ def test_tuning_seeds_must_differ_from_the_reported_ones(tiny: dict[str, Any]) -
     tiny["tuning"] = {"seeds": [2], "grid": {"client.optimizer.lr": [0.1]}}
     with pytest.raises(fedsim.ScenarioError, match=r"tuning\.seeds must differ"):
         load_scenario(tiny)
+
+
+def test_validate_checks_every_tuning_point(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """A grid key that does not exist is refused by `fedsim validate`, naming tuning."""
+    from typer.testing import CliRunner
+
+    from fedsim.cli.main import app
+    from tests.conftest import write_yaml
+
+    tiny["seeds"] = [5]
+    tiny["tuning"] = {"seeds": [1], "grid": {"client.optimizer.lrr": [0.1]}}
+    result = CliRunner().invoke(app, ["validate", str(write_yaml(tmp_path / "s.yaml", tiny))])
+    assert result.exit_code == 2, result.output
+    assert "tuning." in result.output and "lrr" in result.output
