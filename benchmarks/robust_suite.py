@@ -23,10 +23,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from fedsim.compose import load_scenario
+from fedsim.config.expand import expand, run_label
+from fedsim.config.schema import Scenario
+from fedsim.experiment import execute_runs
 from fedsim.outputs.comparison import ci95_half_width
-from fedsim.runner import RunResult, execute_runs
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import expand, load_scenario, run_label
+from fedsim.runner import RunResult
 from fedsim.tuning import finished, run_or_reuse
 
 BASE = Path(__file__).parents[1] / "scenarios" / "robust_digits.yaml"

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedsim.runner import ExperimentResult, run_experiment
-from fedsim.scenario_loading import load_scenario
+from fedsim.compose import load_scenario
+from fedsim.experiment import ExperimentResult, run_experiment
 
 
 def result_file(experiment: ExperimentResult, scenario_path: str) -> dict[str, Any]:

@@ -29,15 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedsim.config.expand import expand, run_label, sweep_grid
+from fedsim.config.schema import Scenario, TuningConfig
+from fedsim.config.sources import to_yaml
 from fedsim.errors import DivergedError, Problem, ScenarioError
 from fedsim.outputs.comparison import format_cell
 from fedsim.outputs.metrics_log import read_metrics
 from fedsim.run_directory import RESOLVED
-from fedsim.scenario import Scenario, TuningConfig
-from fedsim.scenario_loading import expand, run_label, sweep_grid, to_yaml
 
 if TYPE_CHECKING:
-    from fedsim.runner import ExperimentResult, RunResult
+    from fedsim.experiment import ExperimentResult
+    from fedsim.runner import RunResult
 
 DIVERGED_FILE = "diverged.json"  # in a tuning run's directory: why it counts as diverged
 Record = dict[str, Any]
@@ -279,7 +281,8 @@ def run_tuned(
     The reported runs go to ``root/<variant>-seed<k>`` as in any comparison; a reported
     run that diverges is counted (``diverged_runs``) and left out of the means.
     """
-    from fedsim.runner import ExperimentResult, RunResult, compare, execute_runs, preflight
+    from fedsim.experiment import ExperimentResult, compare, execute_runs
+    from fedsim.runner import RunResult, preflight
 
     def execute(runs: list[Scenario], targets: list[Path]) -> list[Any]:
         for r in runs:  # fail fast on every run's data/model before one trains

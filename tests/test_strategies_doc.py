@@ -61,8 +61,8 @@ def test_the_scripts_run_a_one_round_comparison(tiny: dict[str, Any], tmp_path: 
         r"\| alie, 20% \| [-0-9.]+ ± [0-9.]+ \| [-0-9.]+ ± [0-9.]+ \|", doc.robust(rows)
     )
 
-    from fedsim.runner import run_experiment
-    from fedsim.scenario_loading import load_scenario
+    from fedsim.compose import load_scenario
+    from fedsim.experiment import run_experiment
 
     tiny.update(rounds=1, seeds=[5, 6], variants={"a": {}, "b": {"client.optimizer.lr": 0.3}})
     tiny["tuning"] = {"seeds": [1], "variants": {"a": {"client.optimizer.lr": [0.05, 0.2]}}}

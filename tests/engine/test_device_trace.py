@@ -14,14 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 import fedsim
 from fedsim import wire
+from fedsim.config.schema import DeviceTraceConfig, SystemConfig
 from fedsim.engine.availability import Availability
 from fedsim.engine.clock import ClockEvent, VirtualClock
 from fedsim.engine.device_trace import load_trace, match_devices
 from fedsim.engine.devices import DeviceProfile, sample_population
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.engine.inprocess import NODE_ID_OFFSET, InProcessGrid, node_contexts
+from fedsim.engine.inprocess_grid import NODE_ID_OFFSET, InProcessGrid, node_contexts
 from fedsim.errors import ScenarioError
-from fedsim.scenario import DeviceTraceConfig, SystemConfig
 
 SHIPPED = Path(__file__).parents[2] / "scenarios" / "trace_devices.yaml"
 

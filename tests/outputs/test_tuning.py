@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import fedsim
-from fedsim.runner import run_experiment
-from fedsim.scenario_loading import load_scenario
+from fedsim.compose import load_scenario
+from fedsim.experiment import run_experiment
 
 LRS = [0.003, 0.3, 1e4]  # 1e4 blows the model up: diverged
 
@@ -92,15 +92,15 @@ def test_an_interrupted_tuned_comparison_resumes_with_jobs(
     shutil.rmtree(root / "sgd-seed6")
     (root / "tuning" / "sgd__lr-0.03-seed1" / "summary.json").unlink()  # cut short
     ran: list[str] = []
-    from fedsim import runner
+    from fedsim import experiment
 
-    real = runner.execute_runs
+    real = experiment.execute_runs
 
     def counting(runs: Any, targets: Any, jobs: int, verbose: Any) -> Any:
         ran.extend(t.name for t in targets)
         return real(runs, targets, jobs, verbose)
 
-    monkeypatch.setattr(runner, "execute_runs", counting)
+    monkeypatch.setattr(experiment, "execute_runs", counting)
     again = run_experiment(scenario, root, jobs=2)
     assert sorted(ran) == ["sgd-seed6", "sgd__lr-0.03-seed1"]
     assert again.table == first.table

@@ -14,8 +14,8 @@ from flwr.serverapp.strategy import FedAvg
 
 import fedsim
 from fedsim import wire
+from fedsim.config.schema import AlieAttack, IpmAttack
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.scenario import AlieAttack, IpmAttack
 from fedsim.strategies.collusion import ColludingAttackers, alie_z
 
 G = np.array([[0.5, -1.0], [2.0, 0.0]], np.float32)
@@ -109,7 +109,7 @@ def test_a_colluding_attack_needs_the_round_loop(tiny: dict[str, Any]) -> None:
 def test_a_run_under_ipm_is_wrapped_and_counts_its_attackers(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
-    from fedsim.server import build_strategy
+    from fedsim.compose.strategy import build_strategy
 
     tiny["rounds"] = 1
     tiny["system"]["attackers"] = {"fraction": 0.5, "attack": {"name": "ipm", "epsilon": 2.0}}

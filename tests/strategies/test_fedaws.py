@@ -13,14 +13,14 @@ from flwr.app import Message
 
 import fedsim
 from fedsim import wire
-from fedsim.clients.positive import PositiveOnlyStep
-from fedsim.clients.steps import StepInputs, TrainResult
+from fedsim.algorithms.fedaws.client import PositiveOnlyStep
+from fedsim.algorithms.fedaws.server import FedAwS
+from fedsim.algorithms.fedaws.spreadout import normalize_rows, spreadout_loss, spreadout_steps
+from fedsim.client.steps import StepInputs, TrainResult
 from fedsim.data.node_data import NodeData
-from fedsim.engine.inprocess import InProcessGrid
+from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.models import build_model
 from fedsim.models.cosine import EMBEDDINGS_KEY, mean_offdiagonal_cosine
-from fedsim.strategies.fedaws import FedAwS
-from fedsim.strategies.spreadout import normalize_rows, spreadout_loss, spreadout_steps
 
 
 def _pair_distance(w: np.ndarray, i: int, j: int, distance: str) -> float:
@@ -228,7 +228,7 @@ def test_lost_replies_leave_no_client_state_to_reconcile(
     (the row they train arrives with every message), and a node whose labels reply was
     lost is asked again, so with dropouts, failures and deadline stragglers every
     node ends up known by its true class and no node state needs a rollback."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
     from tests.conftest import run_with_client_app
 
     _fedaws(tiny)

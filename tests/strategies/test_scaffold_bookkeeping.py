@@ -20,9 +20,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 import fedsim
-from fedsim.clients.scaffold import KEPT_C, PENDING_C, PENDING_ROUND
+from fedsim.algorithms.scaffold.client import KEPT_C, PENDING_C, PENDING_ROUND
+from fedsim.algorithms.scaffold.server import Scaffold
 from fedsim.strategies import register_strategy
-from fedsim.strategies.scaffold import Scaffold
 
 
 def effective_c_i(state: RecordDict | None, confirmed: int) -> dict[str, np.ndarray]:
