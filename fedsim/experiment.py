@@ -9,6 +9,7 @@ from typing import Any
 
 from fedsim.config.expand import expand, run_label
 from fedsim.config.schema import Scenario
+from fedsim.errors import DivergedError
 from fedsim.outputs.callbacks import Callback
 from fedsim.outputs.comparison import comparison_rows, write_comparison
 from fedsim.outputs.plots import plot_comparison
@@ -50,9 +51,12 @@ def run_experiment(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    runs = expand(scenario)
     root = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
-    baseline = scenario.output.baseline  # checked against the variants by validation
+    if scenario.tuning is not None:  # tune each variant first (fedsim.tuning)
+        from fedsim.tuning import run_tuned
+
+        return run_tuned(scenario, root, jobs=jobs, verbose=verbose)
+    runs = expand(scenario)
     for r in runs:  # fail fast on every run's data/model before the first one trains
         preflight(r)
     if jobs > 1 and callbacks:
@@ -75,9 +79,15 @@ def run_experiment(
                 )
     if len(runs) == 1:
         return ExperimentResult(root, results)
+    return ExperimentResult(root, results, compare(scenario, results, root))
+
+
+def compare(scenario: Scenario, results: Sequence[RunResult], root: Path) -> list[dict[str, Any]]:
+    """Write the comparison table and plots of ``results`` (grouped by variant) in ``root``."""
     groups: dict[str, list[RunResult]] = {}
     for res in results:
         groups.setdefault(res.scenario.variant or "base", []).append(res)
+    baseline = scenario.output.baseline  # checked against the variants by validation
     rows = comparison_rows({k: [r.summary for r in v] for k, v in groups.items()}, baseline)
     write_comparison(rows, root)
     plot_comparison(
@@ -87,7 +97,32 @@ def run_experiment(
         target=scenario.output.target_accuracy,
         formats=scenario.output.plot_formats,
     )
-    return ExperimentResult(root, results, rows)
+    return rows
+
+
+def execute_runs(
+    runs: Sequence[Scenario], targets: Sequence[Path], jobs: int, verbose: bool | None
+) -> list[RunResult | DivergedError]:
+    """Run each scenario into its target, ``jobs`` at once.
+
+    A diverged run's :class:`DivergedError` is returned in its place; any other error
+    is raised.
+    """
+    if jobs > 1 and len(runs) > 1:
+        return _run_parallel(runs, targets, jobs, [], verbose, job=_run_or_diverged)  # type: ignore[return-value]
+    return [_run_or_diverged(r, t, verbose, None) for r, t in zip(runs, targets, strict=True)]
+
+
+def _run_or_diverged(
+    scenario: Scenario, run_dir: Path, verbose: bool | None, environ: dict[str, str] | None
+) -> RunResult | DivergedError:
+    """One run, or the :class:`DivergedError` it raised (a job of :func:`execute_runs`)."""
+    try:
+        if environ is not None:
+            return _run_in_job(scenario, run_dir, verbose, environ)
+        return run(scenario, run_dir, verbose=verbose, progress=False)
+    except DivergedError as exc:
+        return exc
 
 
 def _run_parallel(
@@ -96,8 +131,12 @@ def _run_parallel(
     jobs: int,
     on_run_start: Sequence[Callable[[int, int, Scenario], None]],
     verbose: bool | None,
+    job: Callable[..., Any] | None = None,
 ) -> list[RunResult]:
-    """Run ``runs`` in ``jobs`` processes; return their results in the order of ``runs``."""
+    """Run ``runs`` in ``jobs`` processes; return their results in the order of ``runs``.
+
+    ``job(scenario, run_dir, verbose, environ)`` runs one (default :func:`_run_in_job`).
+    """
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -112,7 +151,7 @@ def _run_parallel(
     with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:
         with main_module_hidden():  # the job processes start here (see its docstring)
             futures = {
-                pool.submit(_run_in_job, concrete, target, verbose, environ): i
+                pool.submit(job or _run_in_job, concrete, target, verbose, environ): i
                 for i, (concrete, target) in enumerate(zip(runs, targets, strict=True))
             }
         for future in as_completed(futures):
@@ -120,7 +159,8 @@ def _run_parallel(
             results[i] = future.result()  # a run's error is raised here, as with jobs=1
             for started in on_run_start:
                 started(i, len(runs), runs[i])
-            replay(results[i].metrics)  # type: ignore[union-attr]  # set just above
+            if isinstance(results[i], RunResult):
+                replay(results[i].metrics)  # type: ignore[union-attr]  # set just above
     return results  # type: ignore[return-value]  # every slot is filled above
 
 

@@ -16,6 +16,7 @@ from fedsim.config.import_paths import scenario_imports
 from fedsim.config.schema import NpzDataset, Scenario
 from fedsim.config.sources import read_raw
 from fedsim.errors import DataUnavailableError, Problem, ScenarioError
+from fedsim.tuning import tuning_runs
 
 
 def _imports_line(
@@ -116,6 +117,8 @@ def validate(
         try:
             scenario = load_scenario(path, overrides, imports=not no_imports, plugins=plugins)
             runs = expand(scenario, imports=not no_imports)
+            if scenario.tuning is not None:  # its grid points are runs too
+                runs += tuning_runs(scenario, imports=not no_imports)
             check_data_files(runs)  # numbers only (no pickle): safe for untrusted files too
             # load_scenario composed every run: the strategy and model were built then.
             problems = _strict_problems(runs) if strict else []

@@ -19,8 +19,13 @@ arrays, ``g`` the arrays of the same name and shape it received) before replying
   ``label-flip`` the mod adds) and replies with that honest-looking update.
 
 Arrays that are not float, or that have no received counterpart, pass unchanged.
-ALIE ("a little is enough": mean + z·std of the round's honest updates) is not here: it
-needs every honest update of the round, which no client of a real deployment sees.
+
+``alie`` ("a little is enough") and ``ipm`` (inner-product manipulation) need the
+round's honest updates, which no single client sees: their attackers collude. On the
+node they train honestly and flag their reply (``Attack.colludes``); the server-side
+stand-in for their coordination, :class:`fedsim.strategies.collusion.ColludingAttackers`,
+replaces the flagged replies once the round's replies are in (a simulation of an
+omniscient adversary, as robust-aggregation papers evaluate it).
 
 Every train reply carries the metric ``attacker`` (1 or 0) while ``system.attackers``
 is set, so the engines count attackers among the delivered replies.
@@ -38,17 +43,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from numpy.typing import NDArray
 
 from fedsim import wire
-from fedsim.array_codec import decode, encode
+from fedsim.array_codec import decode
 from fedsim.config.schema import (
     AttackersConfig,
     GaussianAttack,
     SameValueAttack,
     ScaleAttack,
 )
+from fedsim.model_updates import Update, replace_update, update_of
 from fedsim.registry import Registry
 from fedsim.run_config import scenario_of_run_config
 
-Update = dict[str, NDArray[Any]]
 Corrupt = Callable[[Update, Any, np.random.Generator], Update]
 CallNext = Callable[[Message, Context], Message]
 _ATTACK = 0xA77AC  # purpose tag of the attackers' draws
@@ -60,6 +65,9 @@ class Attack:
 
     corrupt: Corrupt
     poisons_labels: bool = False
+    # Replaced on the server from the round's honest updates (ALIE, IPM): the node's own
+    # reply stays honest, flagged by the ``attacker`` metric.
+    colludes: bool = False
 
 
 def _sign_flip(update: Update, cfg: Any, rng: np.random.Generator) -> Update:
@@ -92,6 +100,8 @@ ATTACKS.add("scale", Attack(_scale), help="reply g + factor * u")
 ATTACKS.add("gaussian", Attack(_gaussian), help="reply g + noise of the update's norm")
 ATTACKS.add("same-value", Attack(_same_value), help="reply g + value everywhere")
 ATTACKS.add("label-flip", Attack(_unchanged, poisons_labels=True), help="train on C - 1 - y")
+ATTACKS.add("alie", Attack(_unchanged, colludes=True), help="colluding: g + mean - z*std")
+ATTACKS.add("ipm", Attack(_unchanged, colludes=True), help="colluding: g - epsilon * mean")
 
 
 def attacker_partitions(cfg: AttackersConfig, num_clients: int, seed: int) -> frozenset[int]:
@@ -135,9 +145,11 @@ def attack_mod(msg: Message, ctx: Context, call_next: CallNext) -> Message:
         poisoned = ConfigRecord(dict(config))
         poisoned[wire.LABEL_FLIP] = True
         msg.content[wire.CONFIG] = poisoned
-    references = {  # only an attacker needs what it received
+    references = {  # only an attacker that corrupts its own reply needs what it received
         key: decode(array)
-        for record in (msg.content.array_records.values() if attacking else ())
+        for record in (
+            msg.content.array_records.values() if attacking and not attack.colludes else ()
+        )
         for key, array in record.items()
     }
     reply = call_next(msg, ctx)
@@ -146,7 +158,7 @@ def attack_mod(msg: Message, ctx: Context, call_next: CallNext) -> Message:
     for record in reply.content.values():
         if isinstance(record, MetricRecord):
             record[wire.ATTACKER_METRIC] = int(attacking)
-    if not attacking:
+    if not attacking or attack.colludes:
         return reply
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
     pid = int(ctx.node_config[wire.PARTITION_ID])
@@ -161,10 +173,4 @@ def _corrupt_record(
     record: ArrayRecord, references: Update, corrupt: Callable[[Update], Update]
 ) -> None:
     """Replace, in place, each float array ``w`` with a reference ``g`` by ``g + u'``."""
-    update: Update = {}
-    for key, array in record.items():
-        value, reference = decode(array), references.get(key)
-        if value.dtype.kind == "f" and reference is not None and reference.shape == value.shape:
-            update[key] = value - reference
-    for key, u in corrupt(update).items():
-        record[key] = encode(np.ascontiguousarray((references[key] + u).astype(u.dtype)))
+    replace_update(record, references, corrupt(update_of(record, references)))

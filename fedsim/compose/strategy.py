@@ -13,6 +13,7 @@ from fedsim.algorithms.compression.server import CompressedLinks
 from fedsim.algorithms.spec import StrategyLink
 from fedsim.config.schema import Scenario
 from fedsim.errors import Problem, ScenarioError
+from fedsim.strategies.collusion import ColludingAttackers
 
 
 def strategy_defaults(num_clients: int) -> dict[str, Any]:
@@ -37,7 +38,9 @@ def build_strategy(scenario: Scenario, links: Sequence[StrategyLink] | None = No
     ``links`` is the scenario's strategy chain (walked here if not given): a wrapper's
     inner strategy (``params.strategy: {name, params}``, as in ``median-of-means``) is
     built first, the same way. A ``compression`` section that codes either direction
-    wraps the result in :class:`~fedsim.algorithms.compression.server.CompressedLinks`.
+    wraps the result in :class:`~fedsim.algorithms.compression.server.CompressedLinks`;
+    colluding attackers (``system.attackers.attack: alie | ipm``) in
+    :class:`~fedsim.strategies.collusion.ColludingAttackers` (inside the compression).
     """
     if links is None:
         from fedsim.compose.walker import strategy_chain
@@ -55,6 +58,9 @@ def build_strategy(scenario: Scenario, links: Sequence[StrategyLink] | None = No
         if trace is not None:
             _check_min_online(strategy, trace.min_online)
     assert strategy is not None, "a chain has at least the scenario's strategy"
+    attackers = scenario.system.attackers
+    if attackers is not None and attackers.attack.colludes:  # ALIE, IPM
+        strategy = ColludingAttackers(strategy, attackers.attack)  # type: ignore[arg-type]
     if scenario.compression.active:
         try:
             strategy = CompressedLinks(

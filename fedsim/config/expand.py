@@ -39,7 +39,9 @@ def _label_text(value: Any) -> str:
 
 def expand(scenario: Scenario, *, imports: bool = True) -> list[Scenario]:
     """Return one concrete scenario per variant x sweep point x seed, in declaration order."""
-    base = scenario.model_dump(mode="json", exclude={"variants", "seeds", "variant", "sweep"})
+    base = scenario.model_dump(
+        mode="json", exclude={"variants", "seeds", "variant", "sweep", "tuning"}
+    )
     seeds = scenario.seeds or [scenario.seed]
     variants: dict[str, dict[str, Any]] = scenario.variants or {"": {}}
     grid = sweep_grid(scenario.sweep) if scenario.sweep else [("", {})]

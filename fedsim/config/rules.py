@@ -64,6 +64,9 @@ def dp_releases(scenario: Scenario, links: Sequence[StrategyLink]) -> list[Probl
                     "clients' training loss, which stays on the device under DP-SGD",
                 )
             )
+    loss_refusal = scenario.client.loss.dp_refusal()  # a loss shaped by private data
+    if loss_refusal is not None:
+        problems.append(Problem("client.dp", loss_refusal))
     if float(scenario.strategy.params.get("fraction_evaluate", 0.0)) > 0:
         problems.append(Problem("client.dp", f"cannot be used with {DP_EVALUATE_REFUSAL}"))
     if scenario.output.per_client_eval:
@@ -75,6 +78,24 @@ def dp_releases(scenario: Scenario, links: Sequence[StrategyLink]) -> list[Probl
             )
         )
     return problems
+
+
+@RULES.register("colluding-attacks", help="alie/ipm need a strategy on Flower's round loop")
+def colluding_attacks(scenario: Scenario, links: Sequence[StrategyLink]) -> list[Problem]:
+    """Colluding attackers are simulated by a wrapper, which needs Flower's round loop."""
+    from flwr.serverapp.strategy import Strategy
+
+    attackers = scenario.system.attackers
+    if attackers is None or not attackers.attack.colludes or not links:
+        return []
+    link = links[0]
+    if issubclass(link.strategy_cls, Strategy) and link.strategy_cls.start is not Strategy.start:
+        reason = (
+            f"'{attackers.attack.name}' cannot be used with strategy '{link.name}': its "
+            "attackers collude through the server's round loop, which it replaces"
+        )
+        return [Problem("system.attackers.attack", reason)]
+    return []
 
 
 @RULES.register("regression-targets", help="least-squares data with classification keys")

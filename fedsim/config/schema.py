@@ -11,9 +11,9 @@ YAML, ``--set`` overrides and variant expansion live in :mod:`fedsim.config.sour
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fedsim.config.client import (
     ClientConfig as ClientConfig,
@@ -158,6 +158,9 @@ from fedsim.config.section import (
     Section as Section,
 )
 from fedsim.config.system import (
+    AlieAttack as AlieAttack,
+)
+from fedsim.config.system import (
     AttackConfig as AttackConfig,
 )
 from fedsim.config.system import (
@@ -177,6 +180,9 @@ from fedsim.config.system import (
 )
 from fedsim.config.system import (
     GaussianAttack as GaussianAttack,
+)
+from fedsim.config.system import (
+    IpmAttack as IpmAttack,
 )
 from fedsim.config.system import (
     LabelFlipAttack as LabelFlipAttack,
@@ -205,6 +211,29 @@ from fedsim.config.system import (
 from fedsim.config.system import (
     UniformDist as UniformDist,
 )
+
+# ------------------------------------------------------------------------ tuning
+
+Grid = dict[str, Annotated[list[Any], Field(min_length=1)]]  # dotted key -> values
+
+
+class TuningConfig(Section):
+    """Tune each variant on its own seeds before the reported runs (fedsim.tuning)."""
+
+    # Dotted key -> values, tried for every variant (every combination).
+    grid: Grid = Field(default_factory=dict)
+    # Variant name -> its own grid, replacing `grid` for that variant.
+    variants: dict[str, Grid] = Field(default_factory=dict)
+    # Seeds of the tuning runs; the reported runs use `seeds`, which must differ.
+    seeds: Annotated[list[int], Field(min_length=1)]
+    metric: Literal["accuracy", "loss"] = "accuracy"  # central evaluation's
+    # final: the last evaluation; best_last_k: the best of the last `last_k` evaluations.
+    select: Literal["final", "best_last_k"] = "final"
+    last_k: Annotated[int, Field(ge=1)] = 3
+    # non_finite: a non-finite model or loss; worse_than_start: that, or a final
+    # evaluation loss above the round-0 one.
+    diverged: Literal["non_finite", "worse_than_start"] = "worse_than_start"
+
 
 # ----------------------------------------------------------------------- scenario
 
@@ -236,6 +265,8 @@ class Scenario(Section):
     # A grid: dotted key -> values; every combination becomes a variant (x each variant).
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     variant: str | None = Field(default=None, description="set by expansion; not user-facing")
+    # Per-variant tuning on tuning seeds before the reported `seeds` run (fedsim.tuning).
+    tuning: TuningConfig | None = None
 
     @field_validator("engine", mode="before")
     @classmethod
@@ -281,5 +312,18 @@ class Scenario(Section):
 
     @property
     def is_expanded(self) -> bool:
-        """Whether this is one concrete run (no ``seeds`` list, ``variants`` or ``sweep``)."""
-        return self.seeds is None and not self.variants and not self.sweep
+        """Whether this is one concrete run (no ``seeds``, ``variants``, ``sweep``, ``tuning``)."""
+        return self.seeds is None and not self.variants and not self.sweep and self.tuning is None
+
+    @model_validator(mode="after")
+    def _tuning_seeds_apart(self) -> Scenario:
+        if self.tuning is not None:
+            shared = sorted(set(self.tuning.seeds) & set(self.seeds or [self.seed]))
+            if shared:
+                raise ValueError(
+                    f"tuning.seeds must differ from the reported seeds; both have {shared}"
+                )
+            unknown = sorted(set(self.tuning.variants) - set(self.variants or {}))
+            if unknown:
+                raise ValueError(f"tuning.variants names no variant: {unknown}")
+        return self

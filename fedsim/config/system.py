@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -61,40 +61,78 @@ DistributionConfig = Annotated[
 ]
 
 
-class SignFlipAttack(Section):
+class AttackSection(Section):
+    """A ``system.attackers.attack`` section: what every attack declares."""
+
+    # Whether its attackers collude: the server replaces their flagged honest replies
+    # from the round's honest updates (fedsim.strategies.collusion), so it needs a
+    # strategy on Flower's round loop.
+    colludes: ClassVar[bool] = False
+
+
+class SignFlipAttack(AttackSection):
     """Reply ``g - u`` for the honest update ``u = w - g`` (g: the received model)."""
 
     name: Literal["sign-flip"] = "sign-flip"
 
 
-class ScaleAttack(Section):
+class ScaleAttack(AttackSection):
     """Reply ``g + factor * u``: the honest update scaled."""
 
     name: Literal["scale"] = "scale"
     factor: float = 10.0
 
 
-class GaussianAttack(Section):
+class GaussianAttack(AttackSection):
     """Reply ``g + z``, z Gaussian noise rescaled to the honest update's norm."""
 
     name: Literal["gaussian"] = "gaussian"
 
 
-class SameValueAttack(Section):
+class SameValueAttack(AttackSection):
     """Reply ``g + value`` in every coordinate: an update of one repeated value."""
 
     name: Literal["same-value"] = "same-value"
     value: float = 1.0
 
 
-class LabelFlipAttack(Section):
+class LabelFlipAttack(AttackSection):
     """Data poisoning: train honestly on labels mapped ``y -> C - 1 - y``."""
 
     name: Literal["label-flip"] = "label-flip"
 
 
+class AlieAttack(AttackSection):
+    """Colluding "a little is enough" attack (Baruch et al. 2019).
+
+    Every attacker replies ``g + μ - z·σ``, μ and σ the coordinate-wise mean and std of
+    the round's honest updates; z from the round's n replies and m attackers unless given.
+    """
+
+    name: Literal["alie"] = "alie"
+    colludes: ClassVar[bool] = True
+    z: PositiveFloat | None = None
+
+
+class IpmAttack(AttackSection):
+    """Colluding inner-product manipulation (Xie et al. 2019).
+
+    Every attacker replies ``g - epsilon·μ``, μ the mean of the round's honest updates.
+    """
+
+    name: Literal["ipm"] = "ipm"
+    colludes: ClassVar[bool] = True
+    epsilon: PositiveFloat = 0.1
+
+
 AttackConfig = Annotated[
-    SignFlipAttack | ScaleAttack | GaussianAttack | SameValueAttack | LabelFlipAttack,
+    SignFlipAttack
+    | ScaleAttack
+    | GaussianAttack
+    | SameValueAttack
+    | LabelFlipAttack
+    | AlieAttack
+    | IpmAttack,
     Field(discriminator="name"),
 ]
 

@@ -1,9 +1,13 @@
 """Comparison of variants x seeds: a table (CSV and Markdown) and plots.
 
-Each variant's final accuracy is its mean ± standard deviation over seeds; given a
-baseline variant (``output.baseline``), every other variant also gets the mean paired
-difference to it and the two-sided p-value of a paired t-test over the seeds both ran
-(``scipy.stats.ttest_rel``; None with fewer than two pairs or no spread).
+Each variant's final accuracy is its mean over seeds with its standard deviation and
+the half-width of its 95% confidence interval (Student's t with n - 1 degrees of
+freedom, ``t·s/√n``; None with one run). Given a baseline variant
+(``output.baseline``), every other variant also gets the mean paired difference to it
+and the two-sided p-value of a paired t-test over the seeds both ran
+(``scipy.stats.ttest_rel``; None with fewer than two pairs or no spread). Rounds to
+``output.target_accuracy`` come with their standard deviation over the runs that
+reached it and the count of runs that never did (``never_reached``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ COLUMNS = (
     "runs",
     "final_acc_mean",
     "final_acc_std",
+    "final_acc_ci95",
     "delta_acc_vs_baseline",
     "p_paired",
     "best_acc_mean",
     "rounds_to_target_mean",
+    "rounds_to_target_std",
     "virtual_time_to_target_mean_s",
     "reached_target",
+    "never_reached",
     "bytes_up_mean",
 )
 
@@ -35,6 +42,20 @@ COLUMNS = (
 def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.fmean(vals) if vals else None
+
+
+def ci95_half_width(values: Sequence[float]) -> float | None:
+    """Half-width of the t-based 95% confidence interval of the mean (None below 2)."""
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def _stdev(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.stdev(vals) if len(vals) > 1 else None
 
 
 def paired_test(
@@ -89,14 +110,17 @@ def comparison_rows(
                 "final_acc_mean": _mean(finals),
                 # One seed has no spread to report: null, never a made-up 0.
                 "final_acc_std": statistics.stdev(finals) if len(finals) > 1 else None,
+                "final_acc_ci95": ci95_half_width(finals),
                 "delta_acc_vs_baseline": delta,
                 "p_paired": p,
                 "best_acc_mean": _mean([s["best_eval_accuracy"] for s in summaries]),
                 "rounds_to_target_mean": _mean([s["rounds_to_target"] for s in summaries]),
+                "rounds_to_target_std": _stdev([s["rounds_to_target"] for s in summaries]),
                 "virtual_time_to_target_mean_s": _mean(
                     [s["virtual_time_to_target_s"] for s in summaries]
                 ),
                 "reached_target": sum(s["rounds_to_target"] is not None for s in summaries),
+                "never_reached": sum(s["rounds_to_target"] is None for s in summaries),
                 "bytes_up_mean": _mean([s.get("bytes_up") for s in summaries]),
             }
         )
@@ -137,19 +161,18 @@ def format_cell(value: Any, column: str = "") -> str:
 
 
 def display(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells for a printed table: final accuracy as ``mean ± std``.
+    """Headers and cells for a printed table: final accuracy as ``mean ± 95% CI``.
 
     Columns that are None in every row (no baseline, no target) are left out.
     """
-    cols = [
-        c for c in columns(rows) if c != "final_acc_std" and any(r.get(c) is not None for r in rows)
-    ]
-    headers = ["final_acc (mean ± std)" if c == "final_acc_mean" else c for c in cols]
+    hidden = ("final_acc_std", "final_acc_ci95")
+    cols = [c for c in columns(rows) if c not in hidden and any(r.get(c) is not None for r in rows)]
+    headers = ["final_acc (mean ± 95% CI)" if c == "final_acc_mean" else c for c in cols]
     cells = []
     for r in rows:
         line = []
         for c in cols:
-            spread = r.get("final_acc_std")
+            spread = r.get("final_acc_ci95")
             if c == "final_acc_mean" and r.get(c) is not None and spread is not None:
                 line.append(f"{format_cell(r[c])} ± {format_cell(spread)}")
             else:  # one seed: the mean alone (no ± from a single run)

@@ -141,3 +141,61 @@ def test_a_wrapped_strategy_is_checked_too(tiny: dict[str, Any]) -> None:
     }
     with pytest.raises(fedsim.ScenarioError, match=r"client\.dp: .*'fedcurv'"):
         fedsim.load_scenario(raw)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_loss_counted_on_private_labels_is_refused_under_dp(
+    tiny: dict[str, Any], tmp_path: Path, command: str
+) -> None:
+    """logit_adjusted with prior: own reads the private label counts: exit 2 naming
+    client.dp and client.loss.prior, one line, in validate and in run alike."""
+    from typer.testing import CliRunner
+
+    from fedsim.cli.main import app
+    from tests.conftest import write_yaml
+
+    raw = _scenario(tiny, "plain")
+    raw["client"]["loss"] = {"name": "logit_adjusted", "prior": "own"}
+    path = write_yaml(tmp_path / "s.yaml", raw)
+    args = [command, str(path)] + (["--out", str(tmp_path / "run")] if command == "run" else [])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if "client.loss.prior" in line]
+    assert len(lines) == 1 and "client.dp" in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_logit_adjusted_with_the_global_prior_stays_allowed_under_dp(
+    tiny: dict[str, Any],
+) -> None:
+    raw = _scenario(tiny, "plain")
+    raw["client"]["loss"] = {"name": "logit_adjusted", "prior": "global"}
+    fedsim.load_scenario(raw)  # the global counts are public: nothing to refuse
+
+
+def test_the_accountant_counts_releases_that_never_reached_the_server(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """A deadline straggler's reply is sent (an observer of the link sees it) though the
+    server drops it, so its privacy is spent: the ledger is never rolled back. With
+    every node sampled each round and stragglers but no dropouts or failures, every
+    node's ledger holds one entry per round while fewer replies were aggregated."""
+    from fedsim.client.app import app as client_app
+    from fedsim.client.dp import LEDGER
+    from tests.conftest import run_with_client_app
+
+    raw = _scenario(tiny, "plain")
+    raw["rounds"] = 2
+    raw["system"].update(straggle_prob=0.5, straggle_slowdown=100.0, deadline_s=1.0)
+    scenario = fedsim.load_scenario(raw)
+    grid = run_with_client_app(scenario, client_app, tmp_path / "run")
+    states = grid.engine_state()["node_states"]
+    assert len(states) == raw["data"]["num_clients"]
+    for state in states.values():
+        assert len(state.config_records[LEDGER]["steps"]) == raw["rounds"]
+    import json
+
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    aggregated = sum(json.loads(line).get("participants") or 0 for line in lines)
+    assert aggregated > 0
+    assert aggregated < raw["rounds"] * raw["data"]["num_clients"]

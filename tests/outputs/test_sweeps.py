@@ -118,8 +118,8 @@ def test_two_keys_two_values_two_seeds_make_eight_runs_and_one_table(
     assert all(r["runs"] == "2" for r in rows)
     assert rows[0]["p_paired"] == "" and rows[0]["delta_acc_vs_baseline"] == ""
     assert all(r["delta_acc_vs_baseline"] != "" for r in rows[1:])
-    # Printed as a table with mean ± std, not raw markdown.
-    assert "±" in result.output and "final_acc (mean ± std)" in result.output
+    # Printed as a table with mean ± 95% CI, not raw markdown.
+    assert "±" in result.output and "final_acc (mean ± 95% CI)" in result.output
     assert "|---|" not in result.output
 
 

@@ -219,3 +219,35 @@ def test_misuse_is_a_scenario_error(
     scenario.update(change)
     with pytest.raises(fedsim.ScenarioError, match=key.replace(".", r"\.")):
         fedsim.run(fedsim.load_scenario(scenario), tmp_path)
+
+
+def test_lost_replies_leave_no_client_state_to_reconcile(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """The audit for SCAFFOLD's class of bug: FedAwS clients keep nothing between rounds
+    (the row they train arrives with every message), and a node whose labels reply was
+    lost is asked again, so with dropouts, failures and deadline stragglers every
+    node ends up known by its true class and no node state needs a rollback."""
+    from fedsim.client.app import app as client_app
+    from tests.conftest import run_with_client_app
+
+    _fedaws(tiny)
+    tiny["rounds"] = 3
+    tiny["system"].update(
+        dropout_prob=0.2, failure_prob=0.1, straggle_prob=0.2, straggle_slowdown=100.0
+    )
+    tiny["system"]["deadline_s"] = 1.0
+    seen: list[FedAwS] = []
+    original = FedAwS.__init__
+
+    def keep(self: FedAwS, **kwargs: Any) -> None:
+        original(self, **kwargs)
+        seen.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FedAwS, "__init__", keep)
+        grid = run_with_client_app(fedsim.load_scenario(tiny), client_app, tmp_path / "r")
+    states = grid.engine_state()["node_states"]
+    assert all(len(state) == 0 for state in states.values())
+    first = min(grid.get_node_ids())
+    assert seen[-1].node_classes == {n: (n - first) % 10 for n in grid.get_node_ids()}

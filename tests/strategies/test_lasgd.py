@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -27,6 +27,7 @@ from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.engine.inprocess_run import build_grid
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS
+from fedsim.strategies import register_strategy
 
 Model = dict[str, np.ndarray]
 
@@ -361,3 +362,33 @@ def test_needs_a_virtual_clock() -> None:
 
     with pytest.raises(TypeError, match="virtual clock"):
         LASGD().start(WallClockGrid(), ArrayRecord())  # type: ignore[arg-type]
+
+
+@register_strategy("test-recording-lasgd")
+class RecordingLASGD(LASGD):
+    """LASGD that keeps every instance, to read its last run's workers."""
+
+    seen: ClassVar[list[LASGD]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seen.append(self)
+
+
+def test_lost_replies_are_refused_and_failed_jobs_are_sent_again(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """A dropped reply never arrives (its worker would wait for good): refused, naming the
+    key. A failed job ran nothing on the worker, so sending it again keeps every worker
+    computing: each one finishes jobs despite 30% failures."""
+    _lasgd(tiny)
+    tiny["system"]["dropout_prob"] = 0.1
+    with pytest.raises(fedsim.ScenarioError, match=r"system\.dropout_prob: must be 0 with lasgd"):
+        fedsim.load_scenario(tiny)
+    tiny["system"].update(dropout_prob=0.0, failure_prob=0.3)
+    RecordingLASGD.seen.clear()
+    tiny["strategy"]["name"] = "test-recording-lasgd"
+    result = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "r")
+    assert result.summary["failures"] > 0
+    jobs = [w.jobs for w in _sim(RecordingLASGD.seen[-1]).workers.values()]
+    assert len(jobs) == 4 and min(jobs) >= 3, jobs

@@ -5,6 +5,7 @@ the geometric median is the minimiser of the summed distances."""
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,8 @@ def test_a_minority_of_corrupted_blocks_stays_within_the_clean_block_means(media
     must lie within their range in every coordinate.
     """
     rng = np.random.default_rng(4)
-    strategy = MedianOfMeans(FedAvg(), blocks=5, median=median, seed=11)
+    # Disjoint blocks: with independently drawn ones an attacker may sit in several.
+    strategy = MedianOfMeans(FedAvg(), blocks=5, median=median, seed=11, blocks_sampling="disjoint")
     blocks = strategy.draw_blocks(1, 15)
     corrupted = set(blocks[0]) | set(blocks[3])
     weights = rng.integers(1, 50, 15)
@@ -112,13 +114,52 @@ def test_a_minority_of_corrupted_blocks_stays_within_the_clean_block_means(media
         assert (got >= means.min(axis=0) - 1e-5).all() and (got <= means.max(axis=0) + 1e-5).all()
 
 
-def test_blocks_are_redrawn_each_round_from_the_seed() -> None:
-    a = MedianOfMeans(FedAvg(), blocks=4, seed=3)
-    b = MedianOfMeans(FedAvg(), blocks=4, seed=3)
+@pytest.mark.parametrize("sampling", ["without_replacement", "disjoint"])
+def test_blocks_are_redrawn_each_round_from_the_seed(sampling: str) -> None:
+    a = MedianOfMeans(FedAvg(), blocks=4, seed=3, blocks_sampling=sampling)  # type: ignore[arg-type]
+    b = MedianOfMeans(FedAvg(), blocks=4, seed=3, blocks_sampling=sampling)  # type: ignore[arg-type]
     first = [list(x) for x in a.draw_blocks(1, 12)]
     assert first == [list(x) for x in b.draw_blocks(1, 12)]
     assert first != [list(x) for x in a.draw_blocks(2, 12)]
-    assert sorted(itertools.chain.from_iterable(first)) == list(range(12))  # no repeats
+    if sampling == "disjoint":  # a partition of the replies
+        assert sorted(itertools.chain.from_iterable(first)) == list(range(12))
+
+
+def test_disjoint_blocks_partition_into_nearly_equal_sizes() -> None:
+    """The issue's example: K = 15, n = 20 gives 10 singletons and 5 pairs."""
+    blocks = MedianOfMeans(FedAvg(), blocks=15, seed=1, blocks_sampling="disjoint").draw_blocks(
+        1, 20
+    )
+    assert sorted(len(b) for b in blocks) == [1] * 10 + [2] * 5
+
+
+def test_without_replacement_blocks_are_equal_sized_and_drawn_independently() -> None:
+    """The paper's randomized MoM: K = 4 blocks of B = ⌊n/K⌋ = 5 out of n = 20, each a
+    uniform draw without replacement, independent of the others.
+
+    Over 3000 rounds: every block has 5 distinct replies; each reply is in a block with
+    probability B/n = 1/4; and the overlap of two blocks follows the hypergeometric law
+    P(|A ∩ B| = j) = C(5, j) C(15, 5 - j) / C(20, 5) that independent draws give
+    (disjoint blocks would always have overlap 0), in total variation below 0.03.
+    """
+    strategy = MedianOfMeans(FedAvg(), blocks=4, seed=7)
+    n, size, rounds = 20, 5, 3000
+    overlaps = np.zeros(size + 1)
+    inclusion = np.zeros(n)
+    for r in range(1, rounds + 1):
+        blocks = strategy.draw_blocks(r, n)
+        assert len(blocks) == 4
+        assert all(len(b) == size and len(set(b.tolist())) == size for b in blocks)
+        for b in blocks:
+            inclusion[b] += 1
+        for i, j in itertools.combinations(range(4), 2):
+            overlaps[len(set(blocks[i].tolist()) & set(blocks[j].tolist()))] += 1
+    np.testing.assert_allclose(inclusion / (4 * rounds), size / n, atol=0.02)
+    hypergeometric = np.array(
+        [math.comb(size, j) * math.comb(n - size, size - j) for j in range(size + 1)]
+    ) / math.comb(n, size)
+    empirical = overlaps / overlaps.sum()
+    assert 0.5 * np.abs(empirical - hypergeometric).sum() < 0.03
 
 
 def test_geometric_median_matches_a_brute_force_search() -> None:
@@ -145,6 +186,8 @@ def test_registered_and_validated() -> None:
         MedianOfMeans(FedAvg(), blocks=0)
     with pytest.raises(ValueError, match="median"):
         MedianOfMeans(FedAvg(), median="mean")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="blocks_sampling"):
+        MedianOfMeans(FedAvg(), blocks_sampling="bootstrap")  # type: ignore[arg-type]
 
 
 def test_the_inner_strategy_is_built_with_fedsims_defaults(tiny: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 import fedsim
-from fedsim.algorithms.scaffold.client import KEPT_C, ScaffoldStep
+from fedsim.algorithms.scaffold.client import KEPT_C, PENDING_C, ScaffoldStep
 from fedsim.algorithms.scaffold.server import Scaffold
 
 ROOT = Path(__file__).parents[2]
@@ -113,8 +113,31 @@ def test_one_round_of_control_variates_matches_the_hand_computation(option: str)
             expected = -torch.from_numpy(c[n]) + (x[n] - y[n]) / (2 * 0.1)
         torch.testing.assert_close(torch.as_tensor(reply.arrays[f"scaffold.c.{n}"]), expected)
         torch.testing.assert_close(torch.as_tensor(reply.arrays[n]), y[n])
-        kept = torch.from_numpy(state[KEPT_C][n].numpy())
-        torch.testing.assert_close(kept, torch.from_numpy(c_i[n]) + expected)
+        pending = torch.from_numpy(state[PENDING_C][n].numpy())
+        torch.testing.assert_close(pending, torch.from_numpy(c_i[n]) + expected)
+        # Not in effect until the server confirms the round it was computed in.
+        torch.testing.assert_close(
+            torch.from_numpy(state[KEPT_C][n].numpy()), torch.from_numpy(c_i[n])
+        )
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_a_pending_control_variate_commits_only_when_confirmed(confirmed: bool) -> None:
+    """c_i+ computed in round 3 becomes c_i when the next message confirms round 3; any
+    other confirmed round (the reply never reached c) rolls back to the old c_i."""
+    c = {"weight": np.zeros((2, 3), np.float32), "bias": np.zeros(2, np.float32)}
+    c_i = {"weight": np.ones((2, 3), np.float32), "bias": np.ones(2, np.float32)}
+    model, data, state, inputs = _step("II", c, c_i)
+    inputs.config["server-round"] = 3
+    step = fedsim_step("scaffold")(inputs)
+    step.reply(model, data, fedsim.TrainResult(0.5, 8, 2))
+    c_plus = {n: state[PENDING_C][n].numpy().copy() for n in c}
+    inputs.config.update({"server-round": 5, "scaffold-confirmed-round": 3 if confirmed else 2})
+    nxt = fedsim_step("scaffold")(inputs)
+    expected = c_plus if confirmed else c_i
+    for n in c:
+        np.testing.assert_array_equal(nxt.c_i[n].numpy(), expected[n])
+    assert PENDING_C not in state.array_records  # settled one way or the other
 
 
 def test_a_first_round_starts_from_zero_client_control_variates() -> None:
@@ -157,6 +180,14 @@ def test_the_server_adds_the_mean_change_over_all_nodes_to_c() -> None:
     assert new_x is not None
     np.testing.assert_allclose(new_x["w"].numpy(), 0.5 * 1.5)  # 0 + 0.5·(1.5 - 0)
     np.testing.assert_allclose(strategy.c["w"], (4.0 + 8.0) / 4)
+    assert strategy.confirmed == {str(m.metadata.dst_node_id): 1 for m in sent}
+    # Each node's next message says which of its rounds reached c; the others' say none.
+    again = {
+        m.metadata.dst_node_id: m for m in strategy.configure_train(2, x, ConfigRecord(), _Grid())
+    }  # type: ignore[arg-type]
+    for node, msg in again.items():
+        expected = strategy.confirmed.get(str(node), 0)
+        assert msg.content.config_records["config"]["scaffold-confirmed-round"] == expected
 
 
 def test_zero_control_variates_give_fedavg(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -51,8 +52,9 @@ from fedsim.algorithms.lasgd.communication import (
     EventLog,
     mean_model,
 )
+from fedsim.config.schema import Scenario
 from fedsim.engine.protocols import VirtualClockGrid
-from fedsim.errors import UnknownNameError
+from fedsim.errors import Problem, UnknownNameError
 from fedsim.strategies import register_strategy
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,25 @@ class LASGD(Strategy):
         Simulated seconds between central evaluations; the run stops after
         ``rounds`` of them (the simulated-time budget is ``rounds * eval_interval_s``).
     """
+
+    @classmethod
+    def check(cls, scenario: Scenario, params: Mapping[str, Any]) -> list[Problem]:
+        """LASGD runs without lost replies (its spec asks for the virtual clock).
+
+        A dropped reply never arrives, so its worker would wait for it for the rest of
+        the run (measured: 2 of 4 workers computed nothing after one dropout each) and
+        the average would keep its stale model. Failures are fine: the failed job is sent
+        again (the worker ran nothing, so keeps nothing).
+        """
+        problems = []
+        lost = "a dropped reply never arrives and its lasgd worker would stop for good"
+        if scenario.system.dropout_prob > 0:
+            reason = f"must be 0 with lasgd: {lost}; system.failure_prob models faults"
+            problems.append(Problem("system.dropout_prob", reason))
+        if scenario.system.trace is not None:
+            reason = f"cannot be used with lasgd: a device going offline drops replies; {lost}"
+            problems.append(Problem("system.trace", reason))
+        return problems
 
     def __init__(
         self,

@@ -2,16 +2,25 @@
 
 Laforgue, Clémençon & Bertail, "On Medians of (Randomized) Pairwise Means" (ICML 2019):
 a median-of-means estimator keeps its guarantees when its blocks are drawn by sampling
-without replacement rather than by a fixed segmentation. Here, each round, the train
-replies are dealt into ``blocks`` blocks by a permutation drawn
-from ``(seed, round)``; each block's example-weighted mean is computed with FedAvg's
+without replacement rather than by a fixed segmentation. Their randomized MoM draws
+each of the K blocks independently: B of the n points, uniformly without replacement
+(so two blocks may share points). Each round, with n train replies, K =
+``min(blocks, n)``, and the draws seeded by ``(seed, round)``:
+
+- ``blocks_sampling: without_replacement`` (default, the paper's): K blocks of equal
+  size B = ⌊n/K⌋, each drawn independently, without replacement within the block;
+- ``blocks_sampling: disjoint``: one random permutation cut into K disjoint blocks of
+  sizes differing by at most one (at K = 15 and n = 20: 10 singletons and 5 pairs).
+
+Each block's example-weighted mean is computed with FedAvg's
 arithmetic, and the aggregate is the coordinate-wise median or the geometric median
 (Weiszfeld's iteration, stopped when a step moves less than ``tol`` relative to the
 estimate) of the block means. The wrapped strategy then aggregates that one robust
 mean as if it were the round's only reply (carrying the round's total examples and
 example-weighted metrics), so a server optimizer (FedAdam, ...) still applies. With
 ``blocks: 1`` the result is the wrapped strategy's own aggregate, bit for bit (tested
-with FedAvg). With fewer replies than blocks, each reply is its own block.
+with FedAvg). With fewer replies than blocks, each reply is its own block (disjoint) or K = n
+blocks of one reply each are drawn (without replacement).
 
 While fewer than half the blocks hold an attacker, each coordinate of the
 coordinate-wise median lies within the range of the clean blocks' means.
@@ -38,6 +47,7 @@ from fedsim.strategies import register_strategy
 from fedsim.strategies.wrapper import StrategyWrapper
 
 _BLOCKS = 0x30A  # purpose tag of the block draws
+SAMPLINGS = ("without_replacement", "disjoint")
 
 
 def geometric_median(
@@ -104,6 +114,9 @@ class MedianOfMeans(StrategyWrapper):
         Coordinate-wise median or geometric median (Weiszfeld) of the block means.
     tol : float
         Weiszfeld's relative stopping tolerance.
+    blocks_sampling : {"without_replacement", "disjoint"}
+        Independent equal-size blocks, each drawn without replacement (the paper's
+        randomized MoM), or one permutation cut into disjoint blocks.
     seed : int, optional
         Seed of the block draws; by default drawn from numpy's global generator,
         which fedsim's ServerApp seeds with the run seed.
@@ -116,6 +129,7 @@ class MedianOfMeans(StrategyWrapper):
         blocks: int = 5,
         median: Literal["coordinate", "geometric"] = "coordinate",
         tol: float = 1e-7,
+        blocks_sampling: Literal["without_replacement", "disjoint"] = "without_replacement",
         seed: int | None = None,
     ) -> None:
         super().__init__(strategy if strategy is not None else FastFedAvg())
@@ -125,15 +139,26 @@ class MedianOfMeans(StrategyWrapper):
             raise ValueError(f"median must be one of {sorted(_MEDIANS)}, got {median!r}")
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol!r}")
+        if blocks_sampling not in SAMPLINGS:
+            raise ValueError(
+                f"blocks_sampling must be one of {list(SAMPLINGS)}, got {blocks_sampling!r}"
+            )
         self.blocks, self.median, self.tol = blocks, median, tol
+        self.blocks_sampling = blocks_sampling
         self.seed = int(np.random.randint(2**31)) if seed is None else seed
 
     def draw_blocks(self, server_round: int, count: int) -> list[NDArray[np.int64]]:
-        """Indices of ``count`` replies dealt into ``min(blocks, count)`` random blocks."""
+        """Indices of the replies in each of ``min(blocks, count)`` random blocks."""
         rng = np.random.default_rng([self.seed, server_round, _BLOCKS])
+        k = min(self.blocks, count)
+        if self.blocks_sampling == "disjoint":
+            drawn = np.array_split(rng.permutation(count), k)
+        else:
+            size = count // k
+            drawn = [rng.choice(count, size=size, replace=False) for _ in range(k)]
         # Within a block, replies keep their order: with one block the sums run in
         # the wrapped strategy's order, which floating point needs for equal bits.
-        return [np.sort(b) for b in np.array_split(rng.permutation(count), min(self.blocks, count))]
+        return [np.sort(b) for b in drawn]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -10,6 +10,11 @@ adds ``c - c_i`` to the data gradient (the gradient correction), so the update r
   momentum or weight decay it is the paper's estimate all the same).
 
 The reply carries the trained model and ``c_i+ - c_i`` under the keys c arrived with.
+
+``c_i+`` is kept pending (``scaffold-pending``, tagged with its round) until a later
+message's ``scaffold-confirmed-round`` says the server added its ``Δc_i`` to c; then it
+becomes ``c_i``, and otherwise it is dropped (the reply never reached c: deadline,
+dropout, failure). Without this, c drifts away from the mean of the ``c_i``.
 """
 
 from __future__ import annotations
@@ -18,21 +23,38 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
 import fedsim
+from fedsim import wire
 from fedsim.algorithms.scaffold import keys
 
 KEPT_C = "scaffold-c"  # context.state record: this client's control variate c_i
+# context.state records: c_i+ awaiting the server's confirmation, and its round.
+PENDING_C = "scaffold-pending"
+PENDING_ROUND = "scaffold-pending-round"
+
+
+def settle_pending(state: RecordDict, confirmed_round: int) -> None:
+    """Commit the pending ``c_i+`` if its round is ``confirmed_round``; else drop it."""
+    pending = state.array_records.get(PENDING_C)
+    if pending is None:
+        return
+    trained_in = int(state.config_records[PENDING_ROUND]["round"])  # type: ignore[arg-type]
+    if trained_in == confirmed_round:
+        state[KEPT_C] = pending
+    del state[PENDING_C]
+    del state[PENDING_ROUND]
 
 
 @fedsim.register_step("scaffold", help="SCAFFOLD: gradient corrected by c - c_i")
 class ScaffoldStep(fedsim.LocalStep):
     """Local SGD with the drift correction ``c - c_i``; replies with ``Δc_i`` too."""
 
-    reads = frozenset({keys.SCAFFOLD_OPTION})
-    # correction reads only tensors (its c - c_i); reply runs per client when stacked
+    reads = frozenset({keys.SCAFFOLD_OPTION, keys.SCAFFOLD_CONFIRMED})
+    # correction reads only tensors (its c - c_i); reply (and its pending c_i+ in
+    # context.state) runs per client when stacked
     vectorisable = True
 
     def __init__(self, inputs: fedsim.StepInputs) -> None:
@@ -42,6 +64,8 @@ class ScaffoldStep(fedsim.LocalStep):
             raise ValueError(f"{keys.SCAFFOLD_OPTION} must be 'I' or 'II', got {self.option!r}")
         self.state = inputs.state
         self.lr = inputs.lr
+        self.round = int(inputs.config.get(wire.SERVER_ROUND, 0))
+        settle_pending(inputs.state, int(inputs.config.get(keys.SCAFFOLD_CONFIRMED, 0)))
         params = dict(inputs.global_model.named_parameters())
         self.anchor = {n: p.detach().clone() for n, p in params.items()}
         kept = inputs.state.array_records.get(KEPT_C, ArrayRecord())
@@ -88,7 +112,7 @@ class ScaffoldStep(fedsim.LocalStep):
     def reply(
         self, model: nn.Module, data: fedsim.NodeData, work: fedsim.TrainResult | None
     ) -> fedsim.Reply:
-        """The trained model and ``c_i+ - c_i``; keeps ``c_i+`` in ``context.state``."""
+        """The trained model and ``c_i+ - c_i``; keeps ``c_i+`` pending in ``context.state``."""
         assert work is not None  # this step trains
         trained = dict(model.named_parameters())
         if self.c_at_x is not None:
@@ -101,9 +125,10 @@ class ScaffoldStep(fedsim.LocalStep):
                 else self.c_i[n] - self.c[n]
                 for n in self.anchor
             }
-        self.state[KEPT_C] = ArrayRecord(
+        self.state[PENDING_C] = ArrayRecord(
             {n: Array(np.ascontiguousarray(v.cpu().numpy())) for n, v in new_c.items()}
         )
+        self.state[PENDING_ROUND] = ConfigRecord({"round": self.round})
         arrays = dict(self.model_arrays(model))
         for n, v in new_c.items():
             arrays[keys.SCAFFOLD_C_PREFIX + n] = (v - self.c_i[n]).cpu().numpy()

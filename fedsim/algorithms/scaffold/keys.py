@@ -10,3 +10,7 @@ from typing import Final
 # under a key the server sent, in the shape it was sent).
 SCAFFOLD_OPTION: Final = "scaffold-option"
 SCAFFOLD_C_PREFIX: Final = "scaffold.c."
+# Per node: the latest round whose Δc_i from this node the server added to c (0: none).
+# The client commits the c_i+ it computed in that round, and rolls back any other (a
+# reply that missed the deadline, dropped or failed never reached c).
+SCAFFOLD_CONFIRMED: Final = "scaffold-confirmed-round"

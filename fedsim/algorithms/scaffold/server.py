@@ -12,10 +12,20 @@ with N the number of nodes. The average of the models is Flower's FedAvg's (weig
 clients); with c and every ``c_i`` zero the client steps are plain SGD, so SCAFFOLD's
 first round is FedAvg's.
 
-Client contract: the train config carries ``local-step: scaffold`` and
-``scaffold-option`` ("I" or "II"); the message's arrays carry the model and c as
-``scaffold.c.<name>``; the reply carries the trained model and ``Δc_i`` under the same
-keys. Clients keep ``c_i`` in ``context.state``.
+Client contract: the train config carries ``local-step: scaffold``,
+``scaffold-option`` ("I" or "II") and, per node, ``scaffold-confirmed-round``: the
+latest round whose ``Δc_i`` from that node the server added to c (0: none); the
+message's arrays carry the model and c as ``scaffold.c.<name>``; the reply carries the
+trained model and ``Δc_i`` under the same keys. Clients keep ``c_i`` in
+``context.state``.
+
+Commit on confirmation: a client's ``c_i+`` takes effect only once the server has
+added its ``Δc_i`` to c. A reply that misses the round's deadline, drops or fails
+never reaches c, so the client must roll back to its old ``c_i``, or c would stop being
+the mean of the ``c_i`` (with 20% deadline stragglers the gap reached 86-111% of ‖c‖ by
+round 20). The client keeps ``c_i+`` pending, tagged with its round, and commits it when
+the next message it receives confirms that round (FedCurv's members serve the same
+purpose). So ``c = (1/N) Σ_i c_i`` holds after every round.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -59,7 +69,10 @@ class Scaffold(FedAvg):
             raise ValueError(f"server_lr must be > 0, got {server_lr}")
         super().__init__(**kwargs)
         self.option, self.server_lr = option, float(server_lr)
-        self.c: dict[str, np.ndarray] = {}  # "<name>" -> the server's control variate
+        # "<name>" -> the server's control variate, in float64 (sent in the model's dtype)
+        self.c: dict[str, np.ndarray] = {}
+        # str(node id) -> the latest round whose Δc_i from that node is in c
+        self.confirmed: dict[str, int] = {}
         self.num_nodes = 0  # N: the nodes the grid knows
         self._sent = ArrayRecord()  # this round's x (for the server step size)
 
@@ -84,11 +97,22 @@ class Scaffold(FedAvg):
         payload = ArrayRecord(dict(arrays.items()))
         for name, value in arrays.items():
             c = self.c.get(name)
+            x = value.numpy()
             payload[keys.SCAFFOLD_C_PREFIX + name] = Array(
-                np.zeros_like(value.numpy()) if c is None else c
+                np.zeros_like(x) if c is None else c.astype(x.dtype)
             )
         self._sent = arrays
-        return super().configure_train(server_round, payload, config, grid)
+        messages = super().configure_train(server_round, payload, config, grid)
+        return [self._with_confirmation(msg) for msg in messages]
+
+    def _with_confirmation(self, msg: Message) -> Message:
+        """``msg`` with its own config: the node's confirmed round added (FedAvg shares one)."""
+        node = msg.metadata.dst_node_id
+        content = RecordDict(dict(msg.content.items()))
+        config = ConfigRecord(dict(msg.content.config_records[self.configrecord_key]))
+        config[keys.SCAFFOLD_CONFIRMED] = self.confirmed.get(str(node), 0)
+        content[self.configrecord_key] = config
+        return Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -97,27 +121,28 @@ class Scaffold(FedAvg):
         replies = list(replies)
         prefix = keys.SCAFFOLD_C_PREFIX
         delta: dict[str, np.ndarray] = {}
+        members: list[str] = []
         for msg in replies:
             if msg.has_error() or wire.ARRAYS not in msg.content.array_records:
                 continue
             record = msg.content.array_records[wire.ARRAYS]
-            for key, value in record.items():
-                if key.startswith(prefix):
-                    name = key[len(prefix) :]
-                    d = value.numpy().astype(np.float64)
-                    delta[name] = delta[name] + d if name in delta else d
-            # FedAvg below sees the model only.
-            msg.content[wire.ARRAYS] = ArrayRecord(
-                {k: v for k, v in record.items() if not k.startswith(prefix)}
-            )
+            model = ArrayRecord({k: v for k, v in record.items() if not k.startswith(prefix)})
+            msg.content[wire.ARRAYS] = model  # FedAvg below sees the model only
+            # A Δc_i counts whole or not at all: the client commits all of c_i+ or none.
+            if not all(prefix + name in record for name in model):
+                continue
+            members.append(str(msg.metadata.src_node_id))
+            for name in model:
+                d = record[prefix + name].numpy().astype(np.float64)
+                delta[name] = delta[name] + d if name in delta else d
         averaged, metrics = super().aggregate_train(server_round, replies)
         if averaged is None:
-            return None, metrics
+            return None, metrics  # c unchanged, so nobody's c_i+ is confirmed
         n = max(self.num_nodes, 1)
         for name, d in delta.items():
-            old = self.c.get(name)
-            base = np.zeros_like(d) if old is None else old.astype(np.float64)
-            self.c[name] = (base + d / n).astype(averaged[name].numpy().dtype)
+            self.c[name] = self.c.get(name, np.zeros_like(d)) + d / n
+        for node in members:
+            self.confirmed[node] = server_round
         if self.server_lr != 1.0:
             averaged = ArrayRecord(
                 {

@@ -1,0 +1,61 @@
+"""Run one shipped comparison (tuned, if it declares ``tuning:``) and keep a small result file.
+
+The result file is what docs/strategies.md's tables are generated from
+(``benchmarks/strategies_doc.py``): per variant, the chosen settings, the final test
+accuracy (or, for least squares, the final test loss) per evaluation seed, rounds to
+target per seed, and the tuning table::
+
+    nice -n 10 python benchmarks/run_comparison.py scenarios/scaffold_digits.yaml \\
+        --out runs/scaffold --results benchmarks/results/scaffold_digits.json --jobs 2
+
+``--set KEY=VALUE`` overrides the scenario as ``fedsim run --set`` does (CI shrinks a
+comparison with ``rounds=1`` and one seed this way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fedsim.compose import load_scenario
+from fedsim.experiment import ExperimentResult, run_experiment
+
+
+def result_file(experiment: ExperimentResult, scenario_path: str) -> dict[str, Any]:
+    """The compact record of one comparison's reported runs (and its tuning)."""
+    variants: dict[str, Any] = {}
+    for run in experiment.runs:
+        empty: dict[str, Any] = {"final_acc": {}, "final_loss": {}, "rounds_to_target": {}}
+        entry = variants.setdefault(run.scenario.variant or "base", empty)
+        seed = str(run.scenario.seed)
+        entry["final_acc"][seed] = run.summary.get("final_eval_accuracy")
+        entry["final_loss"][seed] = run.summary.get("final_eval_loss")
+        entry["rounds_to_target"][seed] = run.summary.get("rounds_to_target")
+    tuning_path = experiment.out_dir / "tuning.json"
+    tuning = json.loads(tuning_path.read_text(encoding="utf-8")) if tuning_path.exists() else None
+    if tuning is not None:
+        for name, settings in tuning["chosen"].items():
+            variants.setdefault(name, {})["tuned"] = settings
+    rounds = experiment.runs[0].scenario.rounds if experiment.runs else None
+    return {"scenario": scenario_path, "rounds": rounds, "variants": variants, "tuning": tuning}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--results", type=Path, required=True)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    scenario = load_scenario(args.scenario, [*args.overrides, "output.plots=false"])
+    experiment = run_experiment(scenario, args.out, jobs=args.jobs, progress=False)
+    payload = result_file(experiment, args.scenario)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

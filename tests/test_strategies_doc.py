@@ -1,0 +1,80 @@
+"""docs/strategies.md's generated tables equal what the committed result files give, and
+the comparison scripts' code path runs end to end on a 1-round version."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def _script(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_generated_block_equals_its_result_file() -> None:
+    """The docs' numbers are the committed result files' (no hand-copied figures)."""
+    doc = _script("strategies_doc")
+    text = (ROOT / "docs" / "strategies.md").read_text(encoding="utf-8")
+    blocks = {m.group("name"): m.group("body") for m in doc.BLOCK.finditer(text)}
+    assert set(blocks) == set(doc.SECTIONS)
+    for name, body in blocks.items():
+        assert body == doc.render(name), f"docs/strategies.md block {name} is stale"
+
+
+def test_a_verdict_is_held_only_when_the_interval_is_above_zero() -> None:
+    doc = _script("strategies_doc")
+    assert doc.verdict([0.1, 0.12, 0.11])[1] is True
+    assert doc.verdict([0.1, -0.12, 0.11])[1] is False  # the interval straddles 0
+    assert doc.verdict([0.5])[1] is False  # one pair: no interval, no verdict
+
+
+def test_the_scripts_run_a_one_round_comparison(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """CI's reduced version: the robust suite (2 strategies x ALIE at 20%, 1 round) and a
+    tuned comparison's result file, rendered into tables as the docs' blocks are."""
+    suite, runner, doc = (
+        _script("robust_suite"),
+        _script("run_comparison"),
+        _script("strategies_doc"),
+    )
+    scenario = suite.suite_scenario(["fedavg", "mom"], ["alie"], [0.2], [0, 1], rounds=1)
+    rows = suite.results(suite.run_suite(scenario, tmp_path / "suite", 1))
+    assert set(rows["variants"]) == {"fedavg-none-0", "fedavg-alie-20", "mom-none-0", "mom-alie-20"}
+    rows["rounds"] = 1
+    assert re.search(
+        r"\| alie, 20% \| [-0-9.]+ ± [0-9.]+ \| [-0-9.]+ ± [0-9.]+ \|", doc.robust(rows)
+    )
+
+    from fedsim.compose import load_scenario
+    from fedsim.experiment import run_experiment
+
+    tiny.update(rounds=1, seeds=[5, 6], variants={"a": {}, "b": {"client.optimizer.lr": 0.3}})
+    tiny["tuning"] = {"seeds": [1], "variants": {"a": {"client.optimizer.lr": [0.05, 0.2]}}}
+    experiment = run_experiment(load_scenario(tiny), tmp_path / "cmp")
+    result = runner.result_file(experiment, "tiny")
+    assert result["variants"]["a"]["tuned"]["client.optimizer.lr"] in (0.05, 0.2)
+    assert result["variants"]["b"]["tuned"] == {}  # nothing to tune: as written
+    table = doc.comparison_table(result) + doc.claims_table(result, [("a beats b", "a", "b")])
+    assert "| a | lr " in table and "| b | - |" in table and "| a beats b (a − b) |" in table
+    json.dumps(result)  # what the script writes
+
+
+@pytest.mark.parametrize("name", ["scaffold_digits", "compressed_digits", "robust_suite"])
+def test_result_files_are_committed(name: str) -> None:
+    assert (ROOT / "benchmarks" / "results" / f"{name}.json").is_file()
