@@ -50,6 +50,7 @@ from fedsim.array_codec import decode, encode
 from fedsim.clients import (  # noqa: F401  (register steps)
     coded,
     curvature,
+    demlearn,
     lasgd,
     moments,
     positive,

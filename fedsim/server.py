@@ -67,6 +67,7 @@ from fedsim.outputs.metrics_log import (
     clean_record,
     read_metrics,
 )
+from fedsim.outputs.own_models import ClientTests, HoldsOwnModels, score_own_models
 from fedsim.outputs.per_client import (
     NO_CLIENT_TESTS,
     PER_CLIENT_FILE,
@@ -244,8 +245,11 @@ class RoundRecorder:
         grid: Grid,
         callbacks: CallbackList,
         run: RunInfo,
+        owner: HoldsOwnModels | None = None,
     ) -> None:
         self.scenario = scenario
+        self.owner = owner  # a strategy whose own models are scored too
+        self.client_tests: ClientTests | None = None
         self.data = data
         self.grid = grid
         self.callbacks = callbacks
@@ -316,6 +320,8 @@ class RoundRecorder:
             record["eval_recall_min"] = min((r for r in recall if r is not None), default=None)
         if evaluate and self.scenario.output.per_client_eval:
             record.update(self._per_client(server_round))
+        if evaluate and self.owner is not None:
+            record.update(self._own_models(arrays))
         record.update(self.telemetry.pop().as_record())
         diagnostics = getattr(self.model, "diagnostics", None)
         if evaluate and callable(diagnostics):
@@ -331,6 +337,20 @@ class RoundRecorder:
         if acc is None:
             return MetricRecord({wire.EVAL_LOSS: loss})
         return MetricRecord({wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc})
+
+    def _own_models(self, arrays: ArrayRecord) -> dict[str, Any]:
+        """Generalisation per level and specialisation per client (:mod:`own_models`)."""
+        assert self.owner is not None
+        data = self.data
+        if self.client_tests is None:
+            self.client_tests = ClientTests.build(
+                data.y, data.parts, data.y_test, data.test_parts, data.num_classes
+            )
+        tests = self.client_tests
+        batch = self.scenario.client.eval_batch_size
+        return score_own_models(
+            self.model, self.owner, arrays, data.x_test, data.y_test, tests, batch
+        )
 
     def _per_client(self, server_round: int) -> dict[str, Any]:
         """Score the loaded model on every client's own test split; log the rows."""
@@ -519,7 +539,8 @@ def main(grid: Grid, context: Context) -> None:
             None if every is None else Checkpointer(scenario, run_dir, strategy, grid, log, state)
         )
         callbacks = build_callbacks(scenario, log, checkpointer)
-        recorder = RoundRecorder(scenario, data, grid, callbacks, run)
+        owner = strategy if isinstance(strategy, HoldsOwnModels) else None
+        recorder = RoundRecorder(scenario, data, grid, callbacks, run, owner)
         with rng_kept():
             callbacks.on_run_start(run)
         if checkpoint is None:

@@ -66,6 +66,7 @@ for _name, (_cls, _help) in _FLOWER.items():
 # fedsim's own strategies (one module each) register themselves on import.
 from fedsim.strategies import (  # noqa: E402, F401
     coded,
+    demlearn,
     fedavg,
     fedaws,
     fedcurv,
