@@ -54,10 +54,11 @@ from fedsim.clients import (  # noqa: F401  (register steps)
     lasgd,
     moments,
     positive,
+    rgp,
     scaffold,
 )
 from fedsim.clients.attacks import attack_mod, poisoned_labels
-from fedsim.clients.dp import DP_EVALUATE_REFUSAL, PrivateGradient, spend
+from fedsim.clients.dp import DP_EVALUATE_REFUSAL, private_gradient, spend
 from fedsim.clients.link_mod import link_mod
 from fedsim.clients.losses import build_loss
 from fedsim.clients.low_precision import FixedPointWeights
@@ -297,7 +298,7 @@ def _train(
         if cfg.dp is not None:
             noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
             expected = float(min(cfg.batch_size, len(job.data.y)))  # q·n with q = batch / n
-            gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
+            gradient = private_gradient(cfg.dp, job.model, expected, noise, context.state)
         xt, yt = _placed_data(job, config, context)
         work = train_local(
             job.model,
