@@ -112,5 +112,9 @@ def carrier_grads(
 def reconstruct(
     grad_left: torch.Tensor, grad_right: torch.Tensor, left: torch.Tensor, right: torch.Tensor
 ) -> torch.Tensor:
-    """The weight's update (p, d) from carrier gradients: ``∂L R + L ∂R − L Lᵀ ∂L R``."""
-    return grad_left @ right + left @ grad_right - left @ ((left.T @ grad_left) @ right)
+    """The weight's update (p, d) from carrier gradients: ``∂L R + L ∂R − L Lᵀ ∂L R``.
+
+    As ``(∂L − L Lᵀ ∂L) R + L ∂R``: one (p, d) result, every other product rank-r.
+    """
+    residual = grad_left - left @ (left.T @ grad_left)  # (p, r)
+    return (residual @ right).addmm_(left, grad_right)
