@@ -16,7 +16,7 @@ from scipy.cluster.hierarchy import linkage as scipy_linkage
 import fedsim
 from fedsim.strategies.demlearn import DemLearn
 from fedsim.strategies.hierarchy import cluster, generalise, specialise
-from tests.conftest import same_final_arrays, strip_wall_clock
+from tests.conftest import run_killed_in_round, same_final_arrays, strip_wall_clock
 
 
 def _same_partition(a: list[int], b: list[int]) -> bool:
@@ -147,19 +147,7 @@ def test_sampling_and_stragglers_give_the_same_metrics_on_workers_and_resumed(
     workers = fedsim.run(fedsim.load_scenario(tiny | {"engine": {"workers": 2}}), tmp_path / "w")
     assert strip_wall_clock(workers.metrics) == strip_wall_clock(whole.metrics)
 
-    from fedsim import server
-
-    original = server.RoundRecorder.__call__
-
-    def dies_in_round_3(self: Any, server_round: int, arrays: Any) -> Any:
-        if server_round == 3:
-            raise KeyboardInterrupt("killed")
-        return original(self, server_round, arrays)
-
-    monkeypatch.setattr(server.RoundRecorder, "__call__", dies_in_round_3)
-    with pytest.raises(KeyboardInterrupt):
-        fedsim.run(fedsim.load_scenario(tiny), tmp_path / "crashed")
-    monkeypatch.setattr(server.RoundRecorder, "__call__", original)
+    run_killed_in_round(fedsim.load_scenario(tiny), tmp_path / "crashed", 3, monkeypatch)
     resumed = fedsim.resume(tmp_path / "crashed")
     assert strip_wall_clock(resumed.metrics) == strip_wall_clock(whole.metrics)
     assert same_final_arrays(resumed.run_dir, whole.run_dir)
