@@ -20,7 +20,6 @@ from fedsim.data.federated import federated_data
 from fedsim.kernels.capture import backprop_per_example
 from fedsim.kernels.rgp import carrier_grads, carriers, layer_inputs, reconstruct
 from fedsim.scenario import DPConfig
-from tests.conftest import same_final_arrays, strip_wall_clock
 
 
 def _model(norm: bool = False) -> nn.Sequential:
@@ -208,9 +207,6 @@ def test_rgp_is_accounted_as_opacus_does(tiny: dict[str, Any], tmp_path: Path) -
         acc.history = [(dp.noise_multiplier, b / n, math.ceil(n / b) * scenario.rounds)]
         by_hand.append(acc.get_epsilon(dp.delta))
     assert result.summary["epsilon"] == pytest.approx(max(by_hand), abs=1e-6)
-    again = fedsim.run(scenario, tmp_path / "b")  # carriers and noise are seeded
-    assert strip_wall_clock(again.metrics) == strip_wall_clock(result.metrics)
-    assert same_final_arrays(again.run_dir, result.run_dir)
 
 
 def test_models_without_linear_or_conv_layers_are_refused(tiny: dict[str, Any]) -> None:
