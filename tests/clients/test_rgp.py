@@ -220,3 +220,32 @@ def test_rgp_keys_under_another_mode_are_refused(tiny: dict[str, Any]) -> None:
     tiny["client"]["dp"] = {"mode": "fast", "rank": 4}
     with pytest.raises(fedsim.ScenarioError, match=r"client\.dp: .*rank: read by mode 'rgp' only"):
         fedsim.load_scenario(tiny)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "loss", "model", "sampling"),
+    [
+        ({"name": "fedprox", "params": {"proximal_mu": 0.1}}, "label_smoothing", "cnn", "poisson"),
+        ({"name": "scaffold", "params": {"option": "II"}}, "logit_adjusted", "mlp", "fixed"),
+    ],
+)
+def test_rgp_trains_under_every_kind_of_step_and_loss(
+    tiny: dict[str, Any],
+    tmp_path: Path,
+    strategy: dict[str, Any],
+    loss: str,
+    model: str,
+    sampling: str,
+) -> None:
+    """RGP is the gradient of the one loop: a penalty (FedProx), a gradient correction
+    (SCAFFOLD), the losses, a CNN's Conv2d layers and fixed-size batches all train to a
+    finite model with ε spent (steps DP refuses, e.g. FedCurv's, are refused for rgp too)."""
+    tiny["rounds"] = 1
+    tiny["strategy"] = strategy
+    tiny["client"]["loss"] = {"name": loss}
+    tiny["client"]["dp"] = {"mode": "rgp", "rank": 2, "sampling": sampling}
+    tiny["model"] = {"name": model} if model == "cnn" else tiny["model"]
+    result = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "run")
+    assert result.summary["epsilon"] is not None and result.summary["epsilon"] > 0
+    assert result.metrics[-1]["eval_loss"] is not None
+    assert math.isfinite(result.metrics[-1]["eval_loss"])
