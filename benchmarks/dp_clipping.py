@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from timing import interleaved_medians
 from torch import nn
 
-from fedsim.clients.dp import PrivateGradient
+from fedsim.client.dp import PrivateGradient
+from fedsim.config.schema import DPConfig
 from fedsim.kernels import LSTM as FastLSTM
 from fedsim.models import build_model
-from fedsim.scenario import DPConfig
 
 BATCH = 128
 MODES = ("naive", "opacus-hooks", "opacus-ghost", "fast")

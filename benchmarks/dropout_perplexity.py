@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedsim.config.schema import TextDataset
 from fedsim.data.datasets import load_text
 from fedsim.evaluation import evaluate_model
 from fedsim.models.charlm import CharLM
-from fedsim.scenario import TextDataset
 
 VARIANTS = {"none": (0.0, False), "element": (None, True), "structured": (None, False)}
 

@@ -46,14 +46,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 import fedsim
 from fedsim import wire
+from fedsim.config.schema import Scenario
+from fedsim.config.sources import to_yaml
 from fedsim.data import federated
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.engine.inprocess import node_contexts
+from fedsim.engine.inprocess_grid import node_contexts
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import read_metrics
 from fedsim.run_config import _cache as scenario_cache
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import to_yaml
 
 CLIENTS, ROUNDS = 100, 5
 
@@ -117,7 +117,7 @@ def pure_compute(scenario: Scenario, work: Path) -> float:
 
 def pure_rounds(scenario: Scenario, work: Path) -> list[float]:
     """Seconds of each round of the same updates in a plain loop of ClientApp calls."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     work.mkdir(parents=True, exist_ok=True)
     resolved = work / "scenario.resolved.yaml"

@@ -8,7 +8,7 @@ process, contenders alternated after one warm-up run of each:
   measures it);
 - ``inprocess``: ``fedsim.run`` on the in-process engine as it runs by default;
 - ``batched``: the same with ``engine.batch_clients: 100`` (the round's clients trained
-  together, :mod:`fedsim.clients.batched`);
+  together, :mod:`fedsim.client.stacked`);
 - ``ray``: ``fedsim.run`` on Flower's Ray simulation engine (one CPU, one 1-CPU actor),
   the fastest of ``--ray-repeats`` runs (errs in Flower's favour).
 

@@ -33,13 +33,14 @@ from timing import interleaved_medians  # benchmarks/timing.py, beside this scri
 
 from fedsim import wire
 from fedsim.array_codec import encode_record
-from fedsim.clients.app import app as client_app
+from fedsim.client.app import app as client_app
+from fedsim.compose import load_scenario
+from fedsim.config.schema import Scenario
+from fedsim.config.sources import to_yaml
 from fedsim.data.federated import federated_data
-from fedsim.engine.inprocess import InProcessGrid
-from fedsim.engine.inprocess_engine import build_grid
+from fedsim.engine.inprocess_grid import InProcessGrid
+from fedsim.engine.inprocess_run import build_grid
 from fedsim.models import build_model
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import load_scenario, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = [

@@ -46,9 +46,9 @@ def child(mode: str, width: int, batch: int, positions: int) -> None:
     from flwr.app import RecordDict
     from torch import nn
 
-    from fedsim.clients.dp import private_gradient
-    from fedsim.clients.rgp import RGPGradient  # noqa: F401  (registers mode rgp)
-    from fedsim.scenario import DPConfig
+    from fedsim.client.dp import private_gradient
+    from fedsim.client.rgp import RGPGradient  # noqa: F401  (registers mode rgp)
+    from fedsim.config.client import DPConfig
 
     torch.set_num_threads(1)
 

@@ -21,6 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Modules moved into fedsim/{algorithms,client,config,server}/ keep their old import names
+# (old scenarios and run directories name them): see fedsim/moved.py.
+from fedsim import moved as _moved
+
+_moved.install()
+
 __all__ = [
     "Callback",
     "ExperimentResult",
@@ -45,36 +51,37 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fedsim.clients.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+    from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
+    from fedsim.compose import load_scenario
+    from fedsim.config.schema import Scenario
     from fedsim.data.node_data import NodeData
     from fedsim.errors import Problem, ScenarioError
+    from fedsim.experiment import ExperimentResult, run_experiment
     from fedsim.models import register_model
     from fedsim.outputs.callbacks import Callback, RunInfo, register_callback
-    from fedsim.runner import ExperimentResult, RunResult, resume, run, run_experiment
-    from fedsim.scenario import Scenario
-    from fedsim.scenario_loading import load_scenario
+    from fedsim.runner import RunResult, resume, run
     from fedsim.strategies import register_strategy
 
 _LAZY = {
     "Callback": "fedsim.outputs.callbacks",
     "RunInfo": "fedsim.outputs.callbacks",
     "register_callback": "fedsim.outputs.callbacks",
-    "LocalStep": "fedsim.clients.steps",
-    "Reply": "fedsim.clients.steps",
-    "StepInputs": "fedsim.clients.steps",
-    "TrainResult": "fedsim.clients.steps",
-    "register_step": "fedsim.clients.steps",
+    "LocalStep": "fedsim.client.steps",
+    "Reply": "fedsim.client.steps",
+    "StepInputs": "fedsim.client.steps",
+    "TrainResult": "fedsim.client.steps",
+    "register_step": "fedsim.client.steps",
     "NodeData": "fedsim.data.node_data",
     "Problem": "fedsim.errors",
     "ScenarioError": "fedsim.errors",
     "register_model": "fedsim.models",
-    "ExperimentResult": "fedsim.runner",
+    "ExperimentResult": "fedsim.experiment",
     "RunResult": "fedsim.runner",
     "resume": "fedsim.runner",
     "run": "fedsim.runner",
-    "run_experiment": "fedsim.runner",
-    "Scenario": "fedsim.scenario",
-    "load_scenario": "fedsim.scenario_loading",
+    "run_experiment": "fedsim.experiment",
+    "Scenario": "fedsim.config.schema",
+    "load_scenario": "fedsim.compose",
     "register_strategy": "fedsim.strategies",
 }
 

@@ -1,6 +1,6 @@
 """Label priors: class frequencies of training labels, for logit adjustment.
 
-Used by the logit-adjusted client loss (:mod:`fedsim.clients.losses`) and by post-hoc
+Used by the logit-adjusted client loss (:mod:`fedsim.client.losses`) and by post-hoc
 adjustment of central evaluation (``output.eval_logit_adjust``). A class with no
 examples gets the prior ``MIN_PRIOR``, so its log prior is very low but finite.
 """

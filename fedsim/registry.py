@@ -112,13 +112,28 @@ class Registry(Generic[T]):
     importable : ImportKind, optional
         If given, names of the form ``pkg.module:attr`` are imported on lookup, and the
         object must be of this kind (checked before anything calls it).
+    loader : callable, optional
+        Called once, before the first lookup, to import the modules that register the
+        shipped components (so importing one of them never imports all the others).
     """
 
-    def __init__(self, kind: str, *, importable: ImportKind | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        importable: ImportKind | None = None,
+        loader: Callable[[], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.importable = importable
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._loader = loader
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None
+            loader()
 
     def register(self, name: str, *, help: str = "") -> Callable[[T], T]:
         """Return a decorator that registers its argument under ``name``."""
@@ -140,6 +155,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the component called ``name`` (or imported from ``pkg.module:attr``)."""
+        self._load()
         if name in self._items:
             return self._items[name]
         if self.importable is not None and is_import_path(name):
@@ -149,13 +165,20 @@ class Registry(Generic[T]):
         raise UnknownNameError(choices_text(name, self.names()))
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        self._load()
         return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._items)
 
     def names(self) -> list[str]:
         """Return the registered names, sorted."""
+        self._load()
         return sorted(self._items)
 
     def describe(self) -> list[tuple[str, str]]:

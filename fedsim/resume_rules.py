@@ -24,7 +24,7 @@ MAY_CHANGE: dict[str, str] = {
     "output.checkpoint_every": "when checkpoints are taken does not change the run",
     "output.plot_formats": "plots are drawn from metrics.jsonl at the end",
     "output.overwrite": "only decides what happens to a directory a new run is pointed at",
-    # Callbacks run with the global RNG states put back (fedsim.server.rng_kept), and
+    # Callbacks run with the global RNG states put back (fedsim.server.recorder.rng_kept), and
     # see the round's record and arrays, never change them.
     "output.trackers": "trackers only copy the records (metrics.csv is rewritten whole)",
     "output.callbacks": "callbacks see the rounds and cannot change them",

@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
-from fedsim import bounded_yaml, wire
+from fedsim import wire
+from fedsim.config import bounded_yaml
+from fedsim.config.schema import Scenario
+from fedsim.config.sources import parse_mapping
 from fedsim.errors import Problem, ScenarioError
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import load_scenario
 
 # By (the SHA-256 of the scenario's text, whether its import paths were imported).
 _cache: dict[tuple[str, bool], Scenario] = {}
@@ -133,6 +134,8 @@ def _load_text(text: str, source: str, imports: bool) -> Scenario:
     if not isinstance(raw, dict):
         raise ScenarioError([Problem("", "the scenario must be a mapping")], source)
     try:
-        return load_scenario(raw, imports=imports)
+        # The schema (and the plugins) only: the ServerApp composes the scenario, and a
+        # client needs no more than its own sections.
+        return parse_mapping(raw, imports=imports)
     except ScenarioError as exc:
         raise exc.with_source(source) from None

@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flwr.app import UserConfig
 
 from fedsim import wire
-from fedsim.checkpoint import load_checkpoint
+from fedsim.compose import compose, load_scenario
+from fedsim.config.schema import Scenario
+from fedsim.config.sources import to_yaml
 from fedsim.data.federated import federated_data
 from fedsim.data.partitioners import coverage_problem
 from fedsim.engine.registry import ENGINES, Engine
@@ -35,18 +37,15 @@ from fedsim.errors import (
 from fedsim.flower_log import flower_log
 from fedsim.models import build_model
 from fedsim.outputs.callbacks import Callback, attached
-from fedsim.outputs.comparison import comparison_rows, write_comparison
 from fedsim.outputs.metrics_log import Record, listening, read_metrics
 from fedsim.outputs.per_client import NO_CLIENT_TESTS
-from fedsim.outputs.plots import plot_comparison
 from fedsim.outputs.provenance import write_provenance
 from fedsim.outputs.summary import summarize
 from fedsim.resume_rules import check_resume
 from fedsim.run_config import scenario_digest
 from fedsim.run_directory import CRASH_FILE, claim, mark_crashed
 from fedsim.run_lock import RunLock
-from fedsim.scenario import ENGINE_SECTIONS, Scenario
-from fedsim.scenario_loading import expand, load_scenario, run_label, to_yaml
+from fedsim.server.checkpoint import load_checkpoint
 
 RESOLVED = "scenario.resolved.yaml"
 
@@ -73,15 +72,6 @@ class RunResult:
     summary: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class ExperimentResult:
-    """All runs of a scenario (variants x seeds) and their comparison table."""
-
-    out_dir: Path
-    runs: list[RunResult]
-    table: list[dict[str, Any]] = field(default_factory=list)
-
-
 def default_out_dir(scenario: Scenario) -> Path:
     """``output.dir`` or ``runs/<name>-<timestamp>`` (never an existing directory)."""
     if scenario.output.dir:
@@ -103,7 +93,7 @@ def _write_resolved(run_dir: Path, scenario: Scenario) -> None:
 
 
 @contextmanager
-def _display(total_rounds: int | None, progress: bool | None) -> Iterator[Any]:
+def progress_display(total_rounds: int | None, progress: bool | None) -> Iterator[Any]:
     """A progress bar over the records written in the block (default: in notebooks).
 
     Yields the bar (its ``run_started`` names each run) or None.
@@ -118,22 +108,22 @@ def _display(total_rounds: int | None, progress: bool | None) -> Iterator[Any]:
 
 
 def preflight(scenario: Scenario) -> None:
-    """Fail before any training if the data cannot be had or the model cannot take it."""
+    """Fail before any training (and any run directory) on what ``validate`` refuses.
+
+    Every check of ``fedsim validate`` (:func:`fedsim.compose.compose`, done once per
+    scenario in this process), then those that need the data: it can be had, and the
+    model can take it.
+    """
+    compose(scenario)
     try:
         ENGINES.get(scenario.engine.name)
     except UnknownNameError as exc:
         raise ScenarioError([Problem("engine.name", f"unknown engine: {exc}")]) from None
-    if scenario.output.checkpoint_every is not None:
-        _check_resumable(scenario)
     if getattr(scenario.engine, "ray_address", None) is None:  # a cluster has its own devices
         from fedsim.training_device import check_devices
 
         check_devices(scenario.engine.device)
     if scenario.system.trace is not None:
-        if scenario.engine.name != "inprocess":
-            raise ScenarioError(
-                [Problem("system.trace", "needs engine 'inprocess' (the others have no clock)")]
-            )
         from fedsim.engine.device_trace import load_trace
 
         load_trace(scenario.system.trace.path)  # a malformed trace fails before any training
@@ -156,7 +146,7 @@ def preflight(scenario: Scenario) -> None:
             [Problem("model.name", f"'{scenario.model.name}' cannot read this data: {first}")]
         ) from None
     if scenario.client.dp is not None:
-        from fedsim.clients.dp import check_model
+        from fedsim.client.dp import check_model
 
         try:
             check_model(scenario.client.dp, model)
@@ -173,37 +163,6 @@ def _warn_uncovered(scenario: Scenario) -> None:
     uncovered = coverage_problem(scenario.data.partitioner, data.y, data.parts, scenario.seed)
     if uncovered is not None:
         warnings.warn(str(uncovered), FedsimWarning, stacklevel=3)
-
-
-def _check_resumable(scenario: Scenario) -> None:
-    """Checkpoints need an engine that can save its nodes and Flower's round loop."""
-    problems = []
-    if not scenario.engine.resumable:
-        able = [c.model_fields["name"].default for c in ENGINE_SECTIONS if c.resumable]
-        problems.append(
-            Problem(
-                "output.checkpoint_every",
-                f"engine '{scenario.engine.name}' cannot checkpoint its nodes' state; "
-                f"engines that can: {', '.join(sorted(able))}",
-            )
-        )
-    from fedsim.rounds import uses_flower_loop_class
-    from fedsim.strategies import STRATEGIES
-
-    try:
-        cls = STRATEGIES.get(scenario.strategy.name)
-    except UnknownNameError:
-        cls = None  # reported when the strategy is built
-    if cls is not None and not uses_flower_loop_class(cls):
-        problems.append(
-            Problem(
-                "output.checkpoint_every",
-                f"strategy '{scenario.strategy.name}' runs its own loop (overrides start) "
-                "and cannot be checkpointed",
-            )
-        )
-    if problems:
-        raise ScenarioError(problems)
 
 
 def run(
@@ -256,7 +215,7 @@ def run(
         if notice is not None:
             warnings.warn(notice, FedsimWarning, stacklevel=2)
         _write_resolved(run_dir, scenario)
-        with attached(callbacks), flower_log(verbose), _display(scenario.rounds, progress):
+        with attached(callbacks), flower_log(verbose), progress_display(scenario.rounds, progress):
             return _execute(scenario, run_dir, resume=False, engine=engine)
 
 
@@ -304,7 +263,7 @@ def resume(
         preflight(scenario)
         if overrides:
             _write_resolved(run_dir, scenario)
-        with flower_log(verbose), _display(None, progress):
+        with flower_log(verbose), progress_display(None, progress):
             return _execute(scenario, run_dir, resume=True)
 
 
@@ -345,112 +304,3 @@ def _execute(
         summary.update(json.loads(sharing.read_text(encoding="utf-8")))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunResult(scenario, run_dir, records, summary)
-
-
-def run_experiment(
-    scenario: Scenario,
-    out_dir: str | Path | None = None,
-    on_run_start: Callable[[int, int, Scenario], None] | None = None,
-    callbacks: Sequence[Callback] = (),
-    *,
-    verbose: bool | None = None,
-    progress: bool | None = None,
-    jobs: int = 1,
-) -> ExperimentResult:
-    """Run every variant x sweep point x seed of a scenario and compare them.
-
-    A scenario with a single run writes its run directory at ``out_dir`` itself;
-    otherwise ``out_dir`` holds one ``<variant>-seed<k>`` directory per run plus
-    ``comparison.csv``, ``comparison.md`` and the ``comparison_*`` plots.
-    ``callbacks``, ``verbose`` and ``progress`` are as for :func:`run` (one progress
-    bar over every run's rounds).
-
-    With ``jobs`` above 1, that many runs go at once, each in a process of its own
-    (``fedsim run --jobs N``); every run is the run it would be alone, so the results
-    and the comparison do not depend on ``jobs``. ``on_run_start`` is then called as
-    each run finishes, and the progress bar sees its records then. Callback objects
-    live in this process, so they need ``jobs=1`` (``output.callbacks`` run anywhere).
-    """
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
-    runs = expand(scenario)
-    root = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
-    baseline = scenario.output.baseline  # checked against the variants by validation
-    for r in runs:  # fail fast on every run's data/model before the first one trains
-        preflight(r)
-    if jobs > 1 and callbacks:
-        raise ValueError("callback objects run in this process: use jobs=1 with them")
-    targets = [root if len(runs) == 1 else root / run_label(r) for r in runs]
-    with _display(sum(r.rounds for r in runs), progress) as bar:
-        if jobs > 1 and len(runs) > 1:
-            bar_start = None if bar is None else bar.run_started
-            starts = [f for f in (on_run_start, bar_start) if f is not None]
-            results = _run_parallel(runs, targets, jobs, starts, verbose)
-        else:
-            results = []
-            for i, (concrete, target) in enumerate(zip(runs, targets, strict=True)):
-                if on_run_start is not None:
-                    on_run_start(i, len(runs), concrete)
-                if bar is not None:
-                    bar.run_started(i, len(runs), concrete)
-                results.append(
-                    run(concrete, target, callbacks=callbacks, verbose=verbose, progress=False)
-                )
-    if len(runs) == 1:
-        return ExperimentResult(root, results)
-    groups: dict[str, list[RunResult]] = {}
-    for res in results:
-        groups.setdefault(res.scenario.variant or "base", []).append(res)
-    rows = comparison_rows({k: [r.summary for r in v] for k, v in groups.items()}, baseline)
-    write_comparison(rows, root)
-    plot_comparison(
-        {k: [r.metrics for r in v] for k, v in groups.items()},
-        root,
-        scenario.name,
-        target=scenario.output.target_accuracy,
-        formats=scenario.output.plot_formats,
-    )
-    return ExperimentResult(root, results, rows)
-
-
-def _run_parallel(
-    runs: Sequence[Scenario],
-    targets: Sequence[Path],
-    jobs: int,
-    on_run_start: Sequence[Callable[[int, int, Scenario], None]],
-    verbose: bool | None,
-) -> list[RunResult]:
-    """Run ``runs`` in ``jobs`` processes; return their results in the order of ``runs``."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from fedsim.engine.executor import main_module_hidden, process_context
-    from fedsim.outputs.metrics_log import replay
-
-    context = process_context(["fedsim.runner", "fedsim.clients.app", "fedsim.server"])
-    results: list[RunResult | None] = [None] * len(runs)
-    environ = dict(os.environ)  # a forkserver's children inherit its older environment
-    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:
-        with main_module_hidden():  # the job processes start here (see its docstring)
-            futures = {
-                pool.submit(_run_in_job, concrete, target, verbose, environ): i
-                for i, (concrete, target) in enumerate(zip(runs, targets, strict=True))
-            }
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()  # a run's error is raised here, as with jobs=1
-            for started in on_run_start:
-                started(i, len(runs), runs[i])
-            replay(results[i].metrics)  # type: ignore[union-attr]  # set just above
-    return results  # type: ignore[return-value]  # every slot is filled above
-
-
-def _run_in_job(
-    scenario: Scenario, run_dir: Path, verbose: bool | None, environ: dict[str, str]
-) -> RunResult:
-    """One run of a parallel comparison, in a job process."""
-    import os
-
-    os.environ.clear()
-    os.environ.update(environ)
-    return run(scenario, run_dir, verbose=verbose, progress=False)

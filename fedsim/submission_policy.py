@@ -1,7 +1,7 @@
 """What a run submitted to a SuperLink may ask of the SuperLink's host.
 
 A submitted run's config is written by whoever submits it. On a SuperLink it could
-name Python import paths (code the ServerApp imports: :mod:`fedsim.import_paths`),
+name Python import paths (code the ServerApp imports: :mod:`fedsim.config.import_paths`),
 files on the host (``run-dir``, where the ServerApp writes; ``scenario``, a file it
 reads) and ``resume`` (a checkpoint it loads). By default the ServerApp refuses all of
 them; the SuperLink's **operator** allows them on that host only, through environment
@@ -92,7 +92,7 @@ class SubmissionPolicy:
 
     def problems(self, run_config: Mapping[str, Any]) -> list[Problem]:
         """Everything ``run_config`` asks for that this policy refuses (imports nothing)."""
-        from fedsim.import_paths import scenario_imports
+        from fedsim.config.import_paths import scenario_imports
         from fedsim.run_config import scenario_from_run_config
 
         found: list[Problem] = []

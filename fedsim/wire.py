@@ -8,6 +8,66 @@ from __future__ import annotations
 
 from typing import Final
 
+# Keys that belong to one algorithm live in its package (fedsim/algorithms/<name>/keys.py);
+# named here too for code written before the move.
+from fedsim.algorithms.agc.keys import (
+    AGC_GRAD_PREFIX as AGC_GRAD_PREFIX,
+)
+from fedsim.algorithms.agc.keys import (
+    AGC_P as AGC_P,
+)
+from fedsim.algorithms.fedaws.keys import (
+    FEDAWS_CLASS as FEDAWS_CLASS,
+)
+from fedsim.algorithms.fedaws.keys import (
+    FEDAWS_POSITIVE_MARGIN as FEDAWS_POSITIVE_MARGIN,
+)
+from fedsim.algorithms.fedaws.keys import (
+    FEDAWS_ROW as FEDAWS_ROW,
+)
+from fedsim.algorithms.fedaws.keys import (
+    FEDAWS_TRAIN_ROW as FEDAWS_TRAIN_ROW,
+)
+from fedsim.algorithms.fedaws.keys import (
+    LABELS as LABELS,
+)
+from fedsim.algorithms.fedaws.keys import (
+    QUERY_LABELS as QUERY_LABELS,
+)
+from fedsim.algorithms.fedcurv.keys import (
+    CURV_FISHER as CURV_FISHER,
+)
+from fedsim.algorithms.fedcurv.keys import (
+    CURV_LAMBDA as CURV_LAMBDA,
+)
+from fedsim.algorithms.fedcurv.keys import (
+    CURV_MEMBERS as CURV_MEMBERS,
+)
+from fedsim.algorithms.fedcurv.keys import (
+    CURV_PREFIX as CURV_PREFIX,
+)
+from fedsim.algorithms.fedcurv.keys import (
+    CURV_SUMS_ROUND as CURV_SUMS_ROUND,
+)
+from fedsim.algorithms.lasgd.keys import (
+    LASGD_ACTION as LASGD_ACTION,
+)
+from fedsim.algorithms.lasgd.keys import (
+    LASGD_SCALE as LASGD_SCALE,
+)
+from fedsim.algorithms.ldpc.keys import (
+    MOMENT_BLOCK as MOMENT_BLOCK,
+)
+from fedsim.algorithms.ldpc.keys import (
+    MOMENT_PRODUCT as MOMENT_PRODUCT,
+)
+from fedsim.algorithms.scaffold.keys import (
+    SCAFFOLD_C_PREFIX as SCAFFOLD_C_PREFIX,
+)
+from fedsim.algorithms.scaffold.keys import (
+    SCAFFOLD_OPTION as SCAFFOLD_OPTION,
+)
+
 # Record names inside a message's RecordDict (Flower's defaults).
 ARRAYS: Final = "arrays"
 CONFIG: Final = "config"
@@ -38,52 +98,16 @@ ATTACKER: Final = "attacker"
 SERVER_ROUND: Final = "server-round"  # set by Flower's strategies
 LOCAL_STEP: Final = "local-step"  # name of the client step to run (default: inferred)
 PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
-CURV_LAMBDA: Final = "curv-lambda"  # FedCurv: penalty weight (selects the curvature step)
-CURV_FISHER: Final = "curv-fisher"  # FedCurv: "empirical" | "batch" Fisher estimate
-# FedCurv: the round whose replies the sums U, V, W cover, and the node ids (as strings:
-# Flower's node ids are unsigned 64-bit) of the clients whose terms are in them.
-CURV_SUMS_ROUND: Final = "curv-sums-round"
-CURV_MEMBERS: Final = "curv-members"
-# FedCurv array keys, "<prefix><kind>.<parameter name>" in the one ArrayRecord of a
-# message: server -> client U, V, W (sums over other clients); client -> server F, FT.
-CURV_PREFIX: Final = "curv."
-# FedAwS: the class a client holds and the one class-embedding row it may see (never
-# the whole matrix). Config: the class, the positive margin, whether to train the row;
-# array key (both directions): the row.
-FEDAWS_CLASS: Final = "fedaws-class"
-FEDAWS_POSITIVE_MARGIN: Final = "fedaws-positive-margin"
-FEDAWS_TRAIN_ROW: Final = "fedaws-train-row"
-FEDAWS_ROW: Final = "fedaws.row"
 
 # Data poisoning (system.attackers label-flip): train on labels y -> C - 1 - y.
 LABEL_FLIP: Final = "label-flip"
 
-# Query actions (message type "query.<action>").
-QUERY_LABELS: Final = "labels"  # reply metrics: LABELS, the distinct labels the node holds
-# Approximate gradient coding (AGC): the straggle probability p the encoding weights
-# assume (the sharing plan is the nodes' data); the reply's arrays are the encoded
-# gradient, "<prefix><parameter name>".
-AGC_P: Final = "agc-p"
-AGC_GRAD_PREFIX: Final = "agc.grad."
-# LDPC moment encoding: the server sends a zero MOMENT_PRODUCT array (shape: the block's
-# rows) beside the model; the client replies it filled with its coded block's product
-# A_j θ - c_j, and its partition id as the MOMENT_BLOCK metric (the code position).
-MOMENT_PRODUCT: Final = "moment.product"
-MOMENT_BLOCK: Final = "moment-block"
 
-# LASGD: block messages are "train.<LASGD_ACTION>"; the worker merges x <- a*x + b with
-# a = LASGD_SCALE from the config and b the message's ArrayRecord (none: keep computing).
-LASGD_ACTION: Final = "lasgd"
-LASGD_SCALE: Final = "lasgd-scale"
 # Config flag (bool): the simulated network carries nothing for this message (a job on
 # data the node already holds); the in-process clock charges its compute only. A
 # decentralised strategy that times its own communication (LASGD's All-Reduce) sets it.
 LOCAL_COMPUTE: Final = "local-compute"
 
-# Reply arrays that stand for one model parameter each, "<prefix><parameter name>"
-# (FedCurv's F and F⊙θ, AGC's encoded gradient): the engine checks each against the
-# shape of the parameter it names, and refuses reply arrays it cannot place.
-PER_PARAMETER_PREFIXES: Final = (f"{CURV_PREFIX}F.", f"{CURV_PREFIX}FT.", AGC_GRAD_PREFIX)
 
 # Client -> server metrics.
 NUM_EXAMPLES: Final = "num-examples"
@@ -93,15 +117,7 @@ DURATION_S: Final = "duration-s"  # wall-clock seconds of local work
 EVAL_LOSS: Final = "eval-loss"
 EVAL_ACCURACY: Final = "eval-accuracy"
 EPSILON: Final = "epsilon"  # DP-SGD: the client's privacy spent so far (at its delta)
-LABELS: Final = "labels"  # reply to a labels query: list of ints
 # client.weights: bytes of the client's model in its fixed-point encoding.
 MODEL_BYTES: Final = "model-bytes"
 # 1 if the reply came from an attacking node, else 0 (only when system.attackers is set).
 ATTACKER_METRIC: Final = "attacker"
-
-# SCAFFOLD: the option ("I" | "II") by which clients update their control variate c_i;
-# array keys "<prefix><parameter name>": server -> client the server control variate c,
-# client -> server the change of the client's control variate, c_i+ - c_i (an array
-# under a key the server sent, in the shape it was sent).
-SCAFFOLD_OPTION: Final = "scaffold-option"
-SCAFFOLD_C_PREFIX: Final = "scaffold.c."

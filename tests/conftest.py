@@ -73,9 +73,9 @@ def run_with_client_app(scenario: Any, client_app: Any, run_dir: Path) -> Any:
     from flwr.app import Context, RecordDict
 
     from fedsim import wire
-    from fedsim.engine.inprocess_engine import build_grid
-    from fedsim.scenario_loading import to_yaml
-    from fedsim.server import app as server_app
+    from fedsim.config.sources import to_yaml
+    from fedsim.engine.inprocess_run import build_grid
+    from fedsim.server.app import app as server_app
 
     run_dir.mkdir()
     resolved = run_dir / "scenario.resolved.yaml"

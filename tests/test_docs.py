@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from fedsim.scenario import Scenario
+from fedsim.config.schema import Scenario
 
 ROOT = Path(__file__).parents[1]
 

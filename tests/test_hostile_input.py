@@ -16,10 +16,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedsim.bounded_yaml import YamlBombError, expanded_size, safe_load
 from fedsim.cli.main import app
+from fedsim.compose import load_scenario
+from fedsim.config.bounded_yaml import YamlBombError, expanded_size, safe_load
 from fedsim.errors import DataUnavailableError, ScenarioError
-from fedsim.scenario_loading import load_scenario
 from tests.conftest import TINY, write_yaml
 
 # ------------------------------------------------------------------ alias bombs
@@ -142,8 +142,8 @@ def _write_case(tmp_path: Path, content: dict[str, Any] | bytes) -> Path:
 def test_every_npz_problem_is_one_line_naming_the_key(
     case: str, content: dict[str, Any] | bytes, expected: str, tmp_path: Path
 ) -> None:
+    from fedsim.config.schema import NpzDataset
     from fedsim.data.datasets import load_npz
-    from fedsim.scenario import NpzDataset
 
     if case == "inf-test":
         expected = "array 'x_test' has 40 non-finite values"
@@ -172,8 +172,8 @@ def test_validate_and_run_find_npz_problems(case: str, tmp_path: Path) -> None:
 
 
 def test_a_good_npz_still_loads(tmp_path: Path) -> None:
+    from fedsim.config.schema import NpzDataset
     from fedsim.data.datasets import load_npz
-    from fedsim.scenario import NpzDataset
 
     path = _npz(tmp_path / "d.npz", **_good())
     ds = load_npz(NpzDataset(path=str(path)))
@@ -181,8 +181,8 @@ def test_a_good_npz_still_loads(tmp_path: Path) -> None:
 
 
 def test_a_node_file_may_hold_few_classes_but_none_beyond_the_dataset(tmp_path: Path) -> None:
+    from fedsim.config.schema import DataConfig
     from fedsim.data.node_data import node_data
-    from fedsim.scenario import DataConfig
 
     cfg = DataConfig.model_validate({"dataset": "digits", "num_clients": 2})
     one_class = _npz(tmp_path / "a.npz", x=np.zeros((5, 64), np.float32), y=np.full(5, 7))
@@ -235,7 +235,7 @@ def test_populations_that_can_start_pass() -> None:
 
 
 def test_a_long_wait_on_nodes_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    from fedsim.server import wait_for_nodes
+    from fedsim.server.app import wait_for_nodes
 
     class Slow:
         polls = 0
@@ -244,6 +244,6 @@ def test_a_long_wait_on_nodes_says_so(caplog: pytest.LogCaptureFixture) -> None:
             self.polls += 1
             return list(range(min(self.polls, 3)))
 
-    with caplog.at_level(logging.WARNING, logger="fedsim.server"):
+    with caplog.at_level(logging.WARNING, logger="fedsim.server.app"):
         wait_for_nodes(Slow(), 3, poll_s=0.0, notice_s=0.0)  # type: ignore[arg-type]
     assert "waiting for nodes: 1 of 3 connected" in caplog.text

@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 
 import fedsim
 from fedsim import wire
-from fedsim.engine.inprocess import InProcessGrid
+from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.outputs.metrics_log import read_metrics
 from tests.conftest import run_with_client_app, strip_wall_clock
 
@@ -89,7 +89,7 @@ EXPECTED = {  # what the failure reason says for each corruption
 
 def _hostile(kinds: list[str]) -> Callable[[Message, Context], Message]:
     """The ClientApp, except that one node of five corrupts its reply of round r with kinds[r-1]."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     def client(msg: Message, ctx: Context) -> Message:
         reply = client_app(msg, ctx)
@@ -105,7 +105,7 @@ def _check_against_clean(
     tiny: dict[str, Any], strategy: str, kinds: list[str], tmp_path: Path
 ) -> InProcessGrid:
     """Run clean and hostile; the hostile run ends, finite and close, with one failure a round."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     scenario = _scenario(tiny, rounds=len(kinds), strategy={"name": strategy})
     _run(scenario, client_app, tmp_path / "clean")
@@ -138,7 +138,7 @@ def test_a_hung_client_is_abandoned_after_client_timeout_s(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
     """Node 1000 hangs in round 1 (until the test releases it); the run goes on without it."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     release = threading.Event()
 
@@ -163,7 +163,7 @@ def test_the_same_scenario_without_hangs_is_unchanged_by_the_watchdog(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
     """Running clients on the watchdog's thread gives the very same metrics."""
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
 
     plain = _scenario(tiny)
     _run(plain, client_app, tmp_path / "a")
@@ -175,7 +175,7 @@ def test_the_same_scenario_without_hangs_is_unchanged_by_the_watchdog(
 
 def test_a_non_finite_global_model_stops_the_run_naming_the_round() -> None:
     from fedsim.errors import DivergedError
-    from fedsim.server import check_finite
+    from fedsim.server.recorder import check_finite
 
     arrays = ArrayRecord({"w": Array(np.array([1.0, np.nan], np.float32))})
     with pytest.raises(

@@ -18,10 +18,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fedsim.cli.main import app
+from fedsim.compose import load_scenario
+from fedsim.config.import_paths import ImportName, scenario_imports
 from fedsim.errors import ScenarioError
-from fedsim.import_paths import ImportName, scenario_imports
 from fedsim.models import is_model_factory
-from fedsim.scenario_loading import load_scenario
 from tests.conftest import write_yaml
 
 # A module with a side effect on import: the marker file proves whether it was imported.

@@ -145,7 +145,7 @@ def test_a_user_module_runs_on_a_loopback_deployment(tmp_path: Path) -> None:
 def test_engines_pass_on_the_folders_plugins_came_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsim.plugins import plugin_roots, pythonpath_with
+    from fedsim.config.plugins import plugin_roots, pythonpath_with
 
     (tmp_path / "quietpkg").mkdir()
     (tmp_path / "quietpkg" / "__init__.py").write_text("", encoding="utf-8")

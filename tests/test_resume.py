@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 import fedsim
-from fedsim.checkpoint import checkpoint_path, load_checkpoint
 from fedsim.cli.main import app
 from fedsim.errors import RunDirectoryError, ScenarioError
 from fedsim.outputs.metrics_log import read_metrics
+from fedsim.server.checkpoint import checkpoint_path, load_checkpoint
 from tests.conftest import run_killed_in_round, same_final_arrays, strip_wall_clock, write_yaml
 
 

@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 import fedsim
 from fedsim import wire
-from fedsim.checkpoint import checkpoint_path, load_checkpoint
 from fedsim.cli.main import app
 from fedsim.errors import RunDirectoryError, ScenarioError
 from fedsim.outputs.metrics_log import read_metrics
 from fedsim.run_config import scenario_digest, scenario_from_run_config
+from fedsim.server.checkpoint import checkpoint_path, load_checkpoint
 from tests.conftest import TINY, same_final_arrays, strip_wall_clock, write_yaml
 
 FEDSIM = [sys.executable, "-c", "from fedsim.cli.main import main; main()"]

@@ -122,7 +122,7 @@ def test_injected_failures_are_counted_and_the_run_completes(
 def test_a_client_app_that_raises_on_some_nodes(tiny: dict[str, Any], tmp_path: Path) -> None:
     """A real exception inside the ClientApp (odd partitions) becomes a counted failure."""
     from fedsim import wire
-    from fedsim.clients.app import app as client_app
+    from fedsim.client.app import app as client_app
     from fedsim.outputs.metrics_log import read_metrics
 
     def flaky(msg: Message, ctx: Context) -> Message:

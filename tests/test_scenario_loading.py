@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 import fedsim
+from fedsim.config.expand import expand, run_label
+from fedsim.config.schema import DirichletPartitioner, LognormalDist, NpzDataset
+from fedsim.config.sources import to_yaml
 from fedsim.errors import ScenarioError
-from fedsim.scenario import DirichletPartitioner, LognormalDist, NpzDataset
-from fedsim.scenario_loading import expand, run_label, to_yaml
 
 
 def test_defaults_and_shorthands(tiny: dict[str, Any]) -> None:

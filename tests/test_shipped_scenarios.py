@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import fedsim
-from fedsim.scenario import has_regression_targets
-from fedsim.scenario_loading import expand
+from fedsim.config.expand import expand
+from fedsim.config.schema import has_regression_targets
 
 SCENARIOS = sorted(Path(__file__).parents[1].joinpath("scenarios").glob("*.yaml"))
 

@@ -15,11 +15,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 import fedsim
-from fedsim import checkpoint as checkpoint_module
-from fedsim.checkpoint import Checkpoint, load_checkpoint
 from fedsim.engine.telemetry import RoundStats, Telemetry
-from fedsim.rounds import uses_flower_loop_class
-from fedsim.state_codec import StateCodecError, decode, encode
+from fedsim.server import checkpoint as checkpoint_module
+from fedsim.server.checkpoint import Checkpoint, load_checkpoint
+from fedsim.server.loop import uses_flower_loop_class
+from fedsim.server.state_codec import StateCodecError, decode, encode
 from fedsim.strategies import STRATEGIES
 
 
@@ -155,7 +155,7 @@ def test_the_attributes_of_every_resumable_strategy_round_trip(
 ) -> None:
     """Each strategy as the scenario builds it: every attribute that is not configuration
     (a function, a class) is saved and comes back equal, type for type."""
-    from fedsim.server import build_strategy
+    from fedsim.compose.strategy import build_strategy
 
     strategy = build_strategy(_scenario(tiny, name))
     state = checkpoint_module.strategy_state(strategy)
@@ -197,7 +197,7 @@ def test_the_checkpoint_of_a_stateful_strategy_reads_back_exactly(
         saved.append(copy.deepcopy(checkpoint))
         return original(run_dir, checkpoint)
 
-    monkeypatch.setattr("fedsim.server.save_checkpoint", keep)
+    monkeypatch.setattr("fedsim.server.checkpoint.save_checkpoint", keep)
     result = fedsim.run(_scenario(tiny, name), tmp_path / "run")
     (before,) = saved
     after = load_checkpoint(result.run_dir)

@@ -10,9 +10,10 @@ from flwr.app import Context, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim import wire
+from fedsim.compose import load_scenario
+from fedsim.config.sources import to_yaml
 from fedsim.errors import ScenarioError
-from fedsim.scenario_loading import load_scenario, to_yaml
-from fedsim.server import main as server_main
+from fedsim.server.app import main as server_main
 from fedsim.submission_policy import ALLOW_ENV, RUNS_ROOT_ENV, SubmissionPolicy
 
 

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 import fedsim
 from fedsim.cli.main import app
-from fedsim.clients.dp import CLIPPERS, PrivateGradient
+from fedsim.client.dp import CLIPPERS, PrivateGradient
+from fedsim.config.schema import DPConfig
 from fedsim.errors import ScenarioError
 from fedsim.kernels import StructuredDropoutLSTM
 from fedsim.kernels.oracle import clipped_sum_of, per_example_grads_loop
 from fedsim.models import build_model
-from fedsim.scenario import DPConfig
 from fedsim.training_device import (
     client_device,
     on_device,

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 
 from fedsim.cli.errors import user_errors
+from fedsim.compose import load_scenario
+from fedsim.config.schema import Scenario
 from fedsim.deploy.exposure import RISK_FLAG, check_exposure
 from fedsim.deploy.flower_commands import (
     DEFAULT_CONTROL_PORT,
@@ -24,8 +26,6 @@ from fedsim.deploy.flower_commands import (
     supernode_command,
 )
 from fedsim.errors import DeploymentError, Problem, ScenarioError
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import load_scenario
 from fedsim.submission_policy import PERMISSIONS, SubmissionPolicy
 
 # `run` and `split` import the runner and the data code (and so torch) on use: a

@@ -30,14 +30,14 @@ class Kind(StrEnum):
 # Where each registry lives; imported on demand so listing one kind stays light.
 _REGISTRIES = {
     Kind.strategies: "fedsim.strategies:STRATEGIES",
-    Kind.steps: "fedsim.clients.app:STEPS",  # the app imports every shipped step
+    Kind.steps: "fedsim.client.app:STEPS",  # the app imports every shipped step
     Kind.models: "fedsim.models:MODELS",
     Kind.datasets: "fedsim.data.datasets:DATASETS",
     Kind.partitioners: "fedsim.data.partitioners:PARTITIONERS",
     Kind.engines: "fedsim.engine.registry:ENGINES",
     Kind.distributions: "fedsim.engine.devices:DISTRIBUTIONS",
-    Kind.optimizers: "fedsim.clients.optimizers:OPTIMIZERS",
-    Kind.losses: "fedsim.clients.losses:LOSSES",
+    Kind.optimizers: "fedsim.client.optimizers:OPTIMIZERS",
+    Kind.losses: "fedsim.client.losses:LOSSES",
 }
 
 

@@ -13,7 +13,7 @@ from fedsim.cli.list_cmd import list_registry
 from fedsim.cli.report_cmd import report
 from fedsim.cli.run_cmd import run
 from fedsim.cli.validate_cmd import validate
-from fedsim.plugins import cwd_on_path
+from fedsim.config.plugins import cwd_on_path
 
 app = typer.Typer(
     name="fedsim",

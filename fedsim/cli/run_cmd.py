@@ -11,11 +11,12 @@ from rich.console import Console
 from fedsim.cli.errors import USAGE_ERROR, stderr, user_errors
 from fedsim.cli.options import ImportOption, SetOption
 from fedsim.cli.tables import table
+from fedsim.compose import load_scenario
+from fedsim.config.expand import expand
 from fedsim.errors import RunDirectoryError
 from fedsim.outputs.comparison import display
 from fedsim.outputs.metrics_log import listening
 from fedsim.outputs.progress import RoundProgress
-from fedsim.scenario_loading import expand, load_scenario
 
 
 def run(
@@ -60,7 +61,8 @@ def run(
     """Run a scenario (every variant x seed) and write its run directory."""
     # Imported on use: torch loads with the runner, and `fedsim deploy node` on a small
     # device should not pay for that just to start Flower.
-    from fedsim.runner import ExperimentResult, resume, run_experiment
+    from fedsim.experiment import ExperimentResult, run_experiment
+    from fedsim.runner import resume
 
     console = Console(soft_wrap=True)  # paths and summaries stay on one line each
     if (scenario_file is None) == (resume_dir is None):

@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from fedsim.cli.errors import USAGE_ERROR, report, stderr
 from fedsim.cli.options import ImportOption, SetOption
+from fedsim.compose import load_scenario
+from fedsim.config.expand import expand
+from fedsim.config.import_paths import scenario_imports
+from fedsim.config.schema import NpzDataset, Scenario
+from fedsim.config.sources import read_raw
 from fedsim.errors import DataUnavailableError, Problem, ScenarioError
-from fedsim.import_paths import scenario_imports
-from fedsim.scenario import NpzDataset, Scenario
-from fedsim.scenario_loading import expand, load_scenario, read_raw
 
 
 def _imports_line(
@@ -42,37 +44,6 @@ def _strict_problems(runs: list[Scenario]) -> list[Problem]:
         if problem is not None:
             prefix = f"variants.{run.variant}." if run.variant else ""
             problems.append(Problem(prefix + problem.key, problem.message))
-    return problems
-
-
-def _built_problems(runs: list[Scenario]) -> list[Problem]:
-    """Build each run's strategy and model (no data, no training): their own checks run.
-
-    The model is built for the dataset's shape (:mod:`fedsim.data.shapes`); a dataset
-    whose shape is not known without loading it leaves the model unbuilt.
-    """
-    from fedsim.data.shapes import model_input
-    from fedsim.models import build_model
-    from fedsim.server import build_strategy
-
-    problems: list[Problem] = []
-    for run in runs:
-        prefix = f"variants.{run.variant}" if run.variant else ""
-        found: list[Problem] = []
-        try:
-            build_strategy(run)
-        except ScenarioError as exc:
-            found += exc.problems
-        shape = model_input(run.data.dataset)
-        if shape is not None:
-            try:
-                build_model(run.model.name, dict(run.model.params), *shape)
-            except ScenarioError as exc:
-                found += exc.problems
-        for problem in found:
-            key = f"{prefix}.{problem.key}" if prefix else problem.key
-            if Problem(key, problem.message) not in problems:
-                problems.append(Problem(key, problem.message))
     return problems
 
 
@@ -128,8 +99,8 @@ def validate(
             scenario = load_scenario(path, overrides, imports=not no_imports, plugins=plugins)
             runs = expand(scenario, imports=not no_imports)
             check_data_files(runs)  # numbers only (no pickle): safe for untrusted files too
-            problems = [] if no_imports else _built_problems(runs)
-            problems += _strict_problems(runs) if strict else []
+            # load_scenario composed every run: the strategy and model were built then.
+            problems = _strict_problems(runs) if strict else []
             if problems:
                 raise ScenarioError(problems, str(path))
         except (ScenarioError, DataUnavailableError) as exc:

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.config.schema import CifarDataset
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS
 from fedsim.errors import DataUnavailableError
-from fedsim.scenario import CifarDataset
 
 # The only globals a CIFAR batch (or numpy's pickling of an array) refers to.
 _ALLOWED = frozenset(

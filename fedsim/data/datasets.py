@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.config.schema import DigitsDataset, Mnist1dDataset, NpzDataset, TextDataset
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.client_ids import npz_client_ids
 from fedsim.data.npz_file import read_npz
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
-from fedsim.scenario import DigitsDataset, Mnist1dDataset, NpzDataset, TextDataset
 
 Loader = Callable[[Any], ArrayDataset]
 DATASETS: Registry[Loader] = Registry("datasets")

@@ -9,13 +9,13 @@ from functools import cached_property, lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.config.schema import DataConfig, DatasetConfig
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import load_dataset
 from fedsim.data.label_noise import noisy_labels
 from fedsim.data.natural import chosen_ids, group_by_id
 from fedsim.data.partitioners import BY_CLIENT_ID, partition
 from fedsim.label_prior import label_counts
-from fedsim.scenario import DataConfig, DatasetConfig
 
 # The held-out test split is drawn with a fixed seed so that every run seed and every
 # variant of a comparison is scored on the same examples.

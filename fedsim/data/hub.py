@@ -21,10 +21,10 @@ from urllib.parse import urlparse
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.config.schema import HubDataset
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS, cache_dir
 from fedsim.errors import DataUnavailableError
-from fedsim.scenario import HubDataset
 
 PROBE_TIMEOUT_S = 2.0  # how long the Hub may take to accept a connection
 _BATCH = 1024  # examples converted at a time

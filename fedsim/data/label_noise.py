@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.config.schema import LabelNoiseConfig
 from fedsim.errors import Problem, ScenarioError
-from fedsim.scenario import LabelNoiseConfig
 
 NOISE_SEED_TAG = 0x4E015E  # separates the noise draws from the partition's
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.config.schema import LeafDataset
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS
 from fedsim.errors import DataUnavailableError
 from fedsim.registry import Registry
-from fedsim.scenario import LeafDataset
 
 # LEAF's Shakespeare vocabulary (models/utils/language_utils.py): a character's id is
 # its position in this string, 80 symbols: the charlm model's vocabulary size.

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.config.schema import DataConfig, MomentEncodingConfig
 from fedsim.data.federated import federated_data
 from fedsim.erasure_code import ErasureCode, ldpc, replication, uncoded
 from fedsim.errors import Problem, ScenarioError
-from fedsim.scenario import DataConfig, MomentEncodingConfig
 
 _lock = threading.Lock()
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.config.schema import NaturalPartitioner
 from fedsim.data.partitioners import PARTITIONERS, Indices
 from fedsim.errors import Problem, ScenarioError
-from fedsim.scenario import NaturalPartitioner
 
 # A sample of ids (``num_clients`` below the number of ids) is drawn from its own stream,
 # so it never coincides with a draw of another part of the run seeded alike.

@@ -17,12 +17,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedsim import wire
+from fedsim.config.schema import DataConfig, has_regression_targets
 from fedsim.data.federated import federated_data
 from fedsim.data.moments import moment_plan
 from fedsim.data.npz_file import read_npz
 from fedsim.data.sharing import sharing_plan
 from fedsim.errors import DataUnavailableError
-from fedsim.scenario import DataConfig, has_regression_targets
 
 
 @dataclass(frozen=True)

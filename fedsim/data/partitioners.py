@@ -13,9 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsim.errors import Problem, ScenarioError
-from fedsim.registry import Registry
-from fedsim.scenario import (
+from fedsim.config.schema import (
     ContiguousPartitioner,
     DirichletPartitioner,
     IidPartitioner,
@@ -23,6 +21,8 @@ from fedsim.scenario import (
     PathologicalPartitioner,
     ShardsPartitioner,
 )
+from fedsim.errors import Problem, ScenarioError
+from fedsim.registry import Registry
 
 Indices = list[NDArray[np.int64]]
 # Partitioners that never look at the labels (so sequence targets are fine).

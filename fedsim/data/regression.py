@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedsim.config.schema import RegressionDataset
 from fedsim.data.arrays import ArrayDataset
 from fedsim.data.datasets import DATASETS
-from fedsim.scenario import RegressionDataset
 
 
 @DATASETS.register("regression", help="synthetic linear least squares, offline")

@@ -12,7 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedsim.scenario import CifarDataset, DigitsDataset, Mnist1dDataset, NpzDataset, TextDataset
+from fedsim.config.schema import (
+    CifarDataset,
+    DigitsDataset,
+    Mnist1dDataset,
+    NpzDataset,
+    TextDataset,
+)
 
 Shape = tuple[tuple[int, ...], int]  # (one example's shape, number of classes)
 

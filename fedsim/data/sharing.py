@@ -16,8 +16,8 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
+from fedsim.config.schema import DataConfig
 from fedsim.data.federated import FederatedData, federated_data
-from fedsim.scenario import DataConfig
 
 # Salt that keeps the plan's random stream apart from the partitioner's.
 SHARING_SALT = 0x5A6C

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim import wire
+from fedsim.config.schema import DEVICE_PATTERN
 from fedsim.errors import DeploymentError
-from fedsim.scenario import DEVICE_PATTERN
 from fedsim.submission_policy import SubmissionPolicy
 
 DEFAULT_SUPERLINK_PORT = 9093  # the Fleet API: what SuperNodes connect to

@@ -18,10 +18,10 @@ from flwr.app import UserConfig
 
 from fedsim import wire
 from fedsim.apps import APP_DIR
+from fedsim.config.schema import Scenario
+from fedsim.config.sources import to_yaml
 from fedsim.deploy.flwr_cli import SuperLinkConnection, check_completed, submit_run
 from fedsim.errors import DeploymentError
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import to_yaml
 
 __all__ = ["APP_DIR", "FLOWER_LOG", "DeploymentEngine", "deployment_run_config"]
 

@@ -7,8 +7,8 @@ from enum import Enum
 
 import numpy as np
 
+from fedsim.config.schema import SystemConfig
 from fedsim.engine.devices import DeviceProfile
-from fedsim.scenario import SystemConfig
 
 # Evaluation is a forward pass only: about a third of a training step's work.
 EVAL_COST_FACTOR = 1.0 / 3.0

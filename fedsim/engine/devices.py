@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.config.schema import ConstantDist, LognormalDist, SystemConfig, TraceDist, UniformDist
 from fedsim.engine.availability import Availability
 from fedsim.engine.device_trace import load_trace, match_devices
 from fedsim.errors import Problem, ScenarioError
 from fedsim.registry import Registry
-from fedsim.scenario import ConstantDist, LognormalDist, SystemConfig, TraceDist, UniformDist
 
 Sampler = Callable[[Any, int, np.random.Generator, str], np.ndarray]
 DISTRIBUTIONS: Registry[Sampler] = Registry("distributions")

@@ -1,14 +1,15 @@
 """Who runs a dispatch's client calls: this process, or a pool of worker processes.
 
-:class:`fedsim.engine.inprocess.InProcessGrid` decides every message's fate, copies
+:class:`fedsim.engine.inprocess_grid.InProcessGrid` decides every message's fate, copies
 what it delivers and stamps every reply on the virtual clock itself, in the order the
 strategy sent the messages; a :class:`ClientExecutor` only turns ``(message, node)``
 jobs into replies (or the exceptions the ClientApp raised). So a run's metrics do not
 depend on which executor ran it, nor on how many processes it used.
 
 :class:`SerialExecutor` (``engine.workers: 1``) calls the ClientApp here, one job after
-another, with no inter-process traffic. :class:`WorkerPool` (``engine.workers: N``)
-keeps N long-lived worker processes, each a :class:`SerialExecutor` of its own (its own
+another, with no inter-process traffic. :class:`~fedsim.engine.workers.WorkerPool`
+(``engine.workers: N``) keeps N long-lived worker processes, each a
+:class:`SerialExecutor` of its own (its own
 ClientApp, model cache, torch threads and node Contexts); a node is pinned to one worker
 (``node % N``), so its ``context.state`` lives there. A dispatch's jobs go out to all
 workers at once, each worker's share in one pickled batch (the model's bytes, shared
@@ -17,22 +18,14 @@ by its messages, cross once per worker).
 A worker that dies (killed, out of memory, a crashing extension) turns the jobs it had
 not answered into failures (:class:`WorkerDied`, counted like any failing client); it is
 restarted and its nodes go back to the states of the last checkpoint taken or restored
-(:meth:`WorkerPool.node_states`), or to empty states if there was none: whatever those
-nodes kept since (a DP accountant's history, an LASGD worker's model) is lost.
+(:meth:`~fedsim.engine.workers.WorkerPool.node_states`), or to empty states if there was
+none: whatever those nodes kept since (a DP accountant's history, an LASGD worker's model) is lost.
 """
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import os
-import pickle
-import signal
-import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from flwr.app import (
     ArrayRecord,
@@ -41,7 +34,6 @@ from flwr.app import (
     Message,
     MetricRecord,
     RecordDict,
-    UserConfig,
 )
 
 from fedsim.engine.watchdog import Watchdog
@@ -93,7 +85,7 @@ class TrainsTogether(Protocol):
 
     ``train_together(jobs, max_batch)`` returns, per ``(message, context)`` job, the
     reply the app would give it (up to float rounding) or None: run the app as usual.
-    fedsim's ClientApp is one (:mod:`fedsim.clients.batched`, ``engine.batch_clients``).
+    fedsim's ClientApp is one (:mod:`fedsim.client.stacked`, ``engine.batch_clients``).
     """
 
     def train_together(
@@ -126,7 +118,7 @@ class SerialExecutor:
     client_app : callable
         ``ClientApp`` (or any ``(Message, Context) -> Message`` callable).
     contexts : mutable mapping of node id to Context
-        The nodes' persistent Contexts (a :class:`fedsim.engine.inprocess.NodeContexts`
+        The nodes' persistent Contexts (a :class:`fedsim.engine.inprocess_grid.NodeContexts`
         builds them lazily; its ``built`` dict holds those that exist).
     watchdog : Watchdog, optional
         Abandons calls that outlast ``engine.client_timeout_s``.
@@ -227,324 +219,3 @@ class SerialExecutor:
 
 
 # ------------------------------------------------------------------ worker pool
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker process needs to run its nodes (sent once, when it starts).
-
-    Attributes
-    ----------
-    client_app : object
-        The ClientApp, or an :class:`AppRef` to import it by.
-    num_nodes, run_config, run_id
-        The population: node Contexts as :func:`fedsim.engine.inprocess.node_contexts`.
-    threads : int
-        ``torch.set_num_threads`` in the worker (``engine.threads_per_worker``).
-    device : str, optional
-        The training device this worker's clients use (``engine.device``, resolved).
-    client_timeout_s : float, optional
-        ``engine.client_timeout_s``: each worker runs its calls under a watchdog.
-    environ : dict
-        The parent's environment when the pool started (a forkserver's children
-        inherit the server's environment, which may be older).
-    batch_clients : int
-        ``engine.batch_clients``: each worker trains its own nodes' train jobs together.
-    """
-
-    client_app: object
-    num_nodes: int
-    run_config: UserConfig
-    run_id: int
-    threads: int
-    device: str | None
-    client_timeout_s: float | None
-    environ: dict[str, str]
-    batch_clients: int = 0
-
-
-@dataclass(frozen=True)
-class AppRef:
-    """A ClientApp named by module and attribute: imported in the worker, not pickled."""
-
-    module: str
-    attribute: str
-
-    def load(self) -> ClientCallable:
-        """Import the app."""
-        import importlib
-
-        return getattr(importlib.import_module(self.module), self.attribute)  # type: ignore[no-any-return]
-
-
-def app_ref(client_app: object) -> object:
-    """An :class:`AppRef` for ``client_app`` if a module holds it, else the app itself.
-
-    Among the modules holding it, the shallowest outside the tests wins
-    (``fedsim.clients.app:app``); the main script (``__main__``, and multiprocessing's
-    alias of it, ``__mp_main__``) is never named: a worker cannot import it by that
-    name. An app only the main script holds is sent pickled.
-    """
-    candidates = [
-        (name.split(".")[0] == "tests", name.count("."), name, attr)
-        for name, module in list(sys.modules.items())
-        if name not in ("__main__", "__mp_main__") and module is not None
-        for attr, value in list(getattr(module, "__dict__", {}).items())
-        if value is client_app
-    ]
-    if not candidates:
-        return client_app
-    _, _, module, attribute = min(candidates)
-    return AppRef(module, attribute)
-
-
-def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
-    """A worker process: run the jobs the parent sends until told to stop (or orphaned)."""
-    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.clear()
-    os.environ.update(spec.environ)
-    import torch
-
-    from fedsim.engine.flower_compat import set_task_identity
-    from fedsim.engine.inprocess import node_contexts
-    from fedsim.training_device import set_process_device
-
-    torch.set_num_threads(spec.threads)
-    set_process_device(spec.device)
-    set_task_identity(spec.run_id)
-    app = spec.client_app.load() if isinstance(spec.client_app, AppRef) else spec.client_app
-    watchdog = None if spec.client_timeout_s is None else Watchdog(spec.client_timeout_s)
-    executor = SerialExecutor(
-        app,  # type: ignore[arg-type]  # a ClientApp or a test's callable
-        node_contexts(spec.num_nodes, spec.run_config, spec.run_id),
-        watchdog,
-        spec.batch_clients,
-    )
-    conn.send("ready")
-    while True:
-        try:
-            request, payload = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        try:
-            if request == "run":
-                for i, outcome in enumerate(executor.each(payload)):
-                    conn.send_bytes(_dumps_outcome(i, outcome))
-            elif request == "states":
-                conn.send(executor.node_states())
-            elif request == "restore":
-                executor.restore_node_states(payload)
-                conn.send(None)
-            else:  # "stop"
-                return
-        except (BrokenPipeError, OSError):
-            return
-
-
-def _dumps_outcome(index: int, outcome: Outcome) -> bytes:
-    """Pickle a job's outcome; an exception that does not survive pickling becomes its text."""
-    try:
-        data = pickle.dumps((index, outcome), protocol=pickle.HIGHEST_PROTOCOL)
-        if isinstance(outcome, BaseException):
-            pickle.loads(data)  # some exceptions pickle but cannot be rebuilt (required args)
-        return data
-    except Exception:
-        text = f"{type(outcome).__name__}: {outcome}"
-        return pickle.dumps((index, RuntimeError(text)), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def process_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    """How fedsim starts processes: 'forkserver' where it exists, else 'spawn'.
-
-    Never plain 'fork': torch's thread pools and CUDA do not survive a fork of a process
-    that has used them. The forkserver imports ``preload`` once (torch, Flower, fedsim:
-    seconds) when the first pool of this process starts it, so each process it forks
-    starts in milliseconds; it lives until this process ends.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["fedsim.training_device", *preload])
-    return ctx
-
-
-def _context(spec: WorkerSpec) -> multiprocessing.context.BaseContext:
-    """The worker's start method, preloading its ClientApp's module."""
-    return process_context([spec.client_app.module] if isinstance(spec.client_app, AppRef) else [])
-
-
-@contextlib.contextmanager
-def main_module_hidden() -> Iterator[None]:
-    """Start processes that do not re-import this program's ``__main__``.
-
-    multiprocessing's forkserver and spawn children run the parent's main script again
-    (as ``__mp_main__``) so that objects defined there unpickle; a script that calls
-    ``fedsim.run`` without an ``if __name__ == "__main__":`` guard would then start a
-    run in every child. fedsim's children import what they run by module name, so they
-    never need the script: while this block runs, ``__main__`` names no file or module.
-    """
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved: dict[str, Any] = {
-        k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__
-    }
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
-
-
-class _Worker:
-    """One worker process and the parent's end of its pipe (call :meth:`ready` next)."""
-
-    def __init__(self, spec: WorkerSpec) -> None:
-        ctx = _context(spec)
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(  # type: ignore[attr-defined]
-            target=_worker_main, args=(child, spec), daemon=True, name="fedsim-worker"
-        )
-        # A ClientApp defined in the main script itself needs the script in the worker.
-        hide = isinstance(spec.client_app, AppRef)
-        with main_module_hidden() if hide else contextlib.nullcontext():
-            self.process.start()
-        child.close()  # only the worker holds its end: EOF here when it dies
-
-    def ready(self) -> None:
-        """Wait until the worker has built its app; raise if it died instead."""
-        try:
-            answer = self.conn.recv()
-        except (EOFError, OSError):
-            answer = None
-        if answer != "ready":
-            self.process.join(5)
-            raise WorkerStartError(
-                f"engine.workers: a worker process ended while starting (exit code "
-                f"{self.process.exitcode}); its error is on stderr above"
-            )
-
-    def stop(self) -> None:
-        """Ask the worker to stop; kill it if it does not within a few seconds."""
-        with contextlib.suppress(OSError):  # already gone
-            self.conn.send(("stop", None))
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.conn.close()
-
-
-class WorkerPool:
-    """Long-lived worker processes; node ``n`` always runs on worker ``n % len(specs)``.
-
-    Parameters
-    ----------
-    specs : sequence of WorkerSpec
-        What each worker runs (one per worker; they differ in ``device`` at most).
-    """
-
-    def __init__(self, specs: Sequence[WorkerSpec]) -> None:
-        if not specs:
-            raise ValueError("a worker pool needs at least one worker")
-        self.specs = list(specs)
-        # The nodes' states as of the last checkpoint taken or restored: what a restarted
-        # worker's nodes go back to.
-        self.known_states: dict[int, RecordDict] = {}
-        self.restarts = 0
-        self.started: list[int] = []  # every worker process's id, restarted ones too
-        self._workers: list[_Worker] = []
-        try:
-            for spec in self.specs:  # all start at once, then each is waited for
-                self._workers.append(self._start(spec))
-            for worker in self._workers:
-                worker.ready()
-        except BaseException:
-            self.close()
-            raise
-
-    def _start(self, spec: WorkerSpec) -> _Worker:
-        worker = _Worker(spec)
-        self.started.append(worker.process.pid)
-        return worker
-
-    def owner(self, node: int) -> int:
-        """The worker that runs ``node``."""
-        return node % len(self._workers)
-
-    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
-        """Send each worker its share of ``jobs`` at once, then collect every outcome."""
-        shares: dict[int, list[int]] = {}  # worker -> indices into jobs, in order
-        for i, (_, node) in enumerate(jobs):
-            shares.setdefault(self.owner(node), []).append(i)
-        outcomes: list[Outcome | None] = [None] * len(jobs)
-        waiting: dict[int, list[int]] = {}
-        for w, indices in shares.items():
-            try:
-                self._workers[w].conn.send(("run", [jobs[i] for i in indices]))
-                waiting[w] = indices
-            except OSError:  # died between dispatches
-                self._fail(w, indices, outcomes)
-        remaining = {w: len(ix) for w, ix in waiting.items()}
-        while remaining:
-            by_conn = {self._workers[w].conn: w for w in remaining}
-            for conn in wait(list(by_conn)):
-                w = by_conn[conn]  # type: ignore[index]  # wait returns what it was given
-                try:
-                    local, outcome = pickle.loads(conn.recv_bytes())  # type: ignore[union-attr]
-                except (EOFError, OSError):
-                    done = len(waiting[w]) - remaining.pop(w)
-                    self._fail(w, waiting[w][done:], outcomes)
-                    continue
-                outcomes[waiting[w][local]] = outcome
-                remaining[w] -= 1
-                if not remaining[w]:
-                    del remaining[w]
-        return outcomes  # type: ignore[return-value]  # every slot is filled above
-
-    def _fail(self, w: int, indices: Sequence[int], outcomes: list[Outcome | None]) -> None:
-        """Worker ``w`` died: its unanswered jobs fail, and a fresh worker takes its nodes."""
-        worker = self._workers[w]
-        worker.process.join(5)
-        code = worker.process.exitcode
-        for i in indices:
-            outcomes[i] = WorkerDied(f"worker process ended (exit code {code}) before replying")
-        worker.conn.close()
-        self._workers[w] = self._start(self.specs[w])
-        self._workers[w].ready()
-        self.restarts += 1
-        mine = {n: s for n, s in self.known_states.items() if self.owner(n) == w}
-        if mine:
-            self._ask(w, "restore", mine)
-
-    def _ask(self, w: int, request: str, payload: Any = None) -> Any:
-        """Send worker ``w`` one request and return its answer."""
-        conn = self._workers[w].conn
-        conn.send((request, payload))
-        return conn.recv()
-
-    def node_states(self) -> dict[int, RecordDict]:
-        """Every worker's nodes' states that hold something (taken between dispatches)."""
-        states: dict[int, RecordDict] = {}
-        for w in range(len(self._workers)):
-            states.update(self._ask(w, "states"))
-        self.known_states = dict(states)
-        return states
-
-    def restore_node_states(self, states: Mapping[int, RecordDict]) -> None:
-        """Send each worker its nodes' states."""
-        self.known_states = dict(states)
-        for w in range(len(self._workers)):
-            mine = {n: s for n, s in states.items() if self.owner(n) == w}
-            if mine:
-                self._ask(w, "restore", mine)
-
-    def close(self) -> None:
-        """Stop every worker process (idempotent)."""
-        workers, self._workers = self._workers, []
-        for worker in workers:
-            worker.stop()

@@ -40,14 +40,19 @@ class ObservedGrid(Grid):
         self.reply_rules: ReplyRules | None = None
         self._sent: dict[str, Message] = {}  # pushed messages whose replies are not pulled
 
-    def check_replies(self, model: ArrayRecord, partition_examples: Sequence[int]) -> None:
+    def check_replies(
+        self,
+        model: ArrayRecord,
+        partition_examples: Sequence[int],
+        per_parameter: Sequence[str] = (),
+    ) -> None:
         """Refuse replies that do not fit ``model`` (see :mod:`fedsim.engine.reply_check`).
 
         ``partition_examples`` goes unused: Flower's runtimes do not tell the server
         which partition a node holds (a deployed node may hold its own file), so
         ``num-examples`` is only required to be finite and positive here.
         """
-        self.reply_rules = ReplyRules.for_model(model)
+        self.reply_rules = ReplyRules.for_model(model, per_parameter=per_parameter)
 
     def set_run(self, run: Any) -> None:
         """Set the run the inner grid operates in."""

@@ -26,12 +26,12 @@ from pathlib import Path
 from flwr.app import UserConfig
 
 from fedsim import wire
+from fedsim.config.import_paths import scenario_imports
+from fedsim.config.plugins import plugin_roots, pythonpath_with, scenario_modules
+from fedsim.config.schema import RayEngine, Scenario
 from fedsim.deploy.flwr_cli import check_completed, submit_run
 from fedsim.engine.local_superlink import local_superlink
 from fedsim.errors import Problem, ScenarioError
-from fedsim.import_paths import scenario_imports
-from fedsim.plugins import plugin_roots, pythonpath_with, scenario_modules
-from fedsim.scenario import RayEngine, Scenario
 from fedsim.submission_policy import SubmissionPolicy
 from fedsim.training_device import check_devices
 

@@ -6,8 +6,8 @@ from typing import Protocol
 
 from flwr.app import UserConfig
 
+from fedsim.config.schema import Scenario
 from fedsim.registry import Registry
-from fedsim.scenario import Scenario
 
 
 class Engine(Protocol):
@@ -21,7 +21,7 @@ ENGINES: Registry[Engine] = Registry("engines")
 
 
 def _register_builtin() -> None:
-    from fedsim.engine.inprocess_engine import run_inprocess
+    from fedsim.engine.inprocess_run import run_inprocess
     from fedsim.engine.ray_engine import run_ray
 
     ENGINES.add("inprocess", run_inprocess, help="in-process grid with a virtual clock (default)")

@@ -9,7 +9,7 @@ names the node. Nothing here knows a strategy; the rules are the wire's:
 
 - every array decodes, is numeric and finite;
 - an array the server sent comes back with the shape it was sent with; a model array
-  with the model's shape; a per-parameter array (``wire.PER_PARAMETER_PREFIXES``:
+  with the model's shape; a per-parameter array (a prefix in the algorithm's spec:
   FedCurv's Fisher terms, AGC's gradient) with the shape of the parameter it names;
   any other array is unexpected;
 - a reply that carries model arrays carries exactly the model arrays it was sent (all
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,7 +79,9 @@ class ReplyRules:
     model: Mapping[str, tuple[int, ...]]
     node_examples: Callable[[int], float] = _unbounded
     max_examples: float = math.inf
-    _prefixes: tuple[str, ...] = field(default=wire.PER_PARAMETER_PREFIXES, repr=False)
+    # Reply array prefixes that stand for one model parameter each (the algorithms'
+    # specs say which: FedCurv's "curv.F.", AGC's "agc.grad.").
+    per_parameter: tuple[str, ...] = ()
     # What a sent content allows, by the content's id (the content kept alive beside
     # it): a round's messages share one content, so it is worked out once per round.
     _sent_views: dict[int, tuple[object, _SentView]] = field(
@@ -92,12 +94,14 @@ class ReplyRules:
         arrays: ArrayRecord,
         node_examples: Callable[[int], float] = _unbounded,
         max_examples: float = math.inf,
+        per_parameter: Sequence[str] = (),
     ) -> ReplyRules:
         """Rules for replies to a run whose global model is ``arrays``."""
         return cls(
             {k: tuple(int(d) for d in v.shape) for k, v in arrays.items()},
             node_examples,
             max_examples,
+            tuple(per_parameter),
         )
 
     def problem(self, sent: Message, reply: Message) -> str | None:
@@ -192,7 +196,7 @@ class ReplyRules:
             return tuple(int(d) for d in sent[key].shape)
         if key in self.model:
             return self.model[key]
-        for prefix in self._prefixes:
+        for prefix in self.per_parameter:
             if key.startswith(prefix) and key[len(prefix) :] in self.model:
                 return self.model[key[len(prefix) :]]
         return None

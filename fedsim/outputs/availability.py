@@ -75,3 +75,16 @@ def plot_availability(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_trace_outputs(
+    events: Sequence[ClockEvent],
+    availability: Sequence[Availability | None],
+    run_dir: Path,
+    *,
+    plots: bool,
+) -> None:
+    """With a device trace: the clock's log and (``plots``) availability over time."""
+    write_events(events, run_dir / EVENTS_FILE)
+    if plots:
+        plot_availability(availability, events, run_dir / "plots" / PLOT_FILE)

@@ -29,7 +29,7 @@ from fedsim.registry import ImportKind, Registry, is_import_path
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord
 
-    from fedsim.scenario import Scenario
+    from fedsim.config.schema import Scenario
 
 
 # One metrics.jsonl record (the same alias as fedsim.outputs.metrics_log.Record, which
@@ -180,7 +180,7 @@ def _baseline_problems(scenario: Scenario) -> list[Problem]:
     baseline = scenario.output.baseline
     if baseline is None or not (scenario.variants or scenario.sweep):
         return []
-    from fedsim.scenario_loading import sweep_grid
+    from fedsim.config.expand import sweep_grid
 
     points = [label for label, _ in sweep_grid(scenario.sweep)] if scenario.sweep else [""]
     names = [

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 Listener = Callable[[Record], None]
 _listeners: list[Listener] = []
 
-# The prefixes of the metrics a strategy returns (fedsim.rounds): what `aggregate_train`
+# The prefixes of the metrics a strategy returns (fedsim.server.loop): what `aggregate_train`
 # and `aggregate_evaluate` return lands in the round's record as `train/<name>` and
 # `fed-eval/<name>`, so it never overwrites a field fedsim writes itself.
 TRAIN_PREFIX = "train/"

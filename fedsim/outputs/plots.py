@@ -210,7 +210,7 @@ class PlotsCallback(Callback):
     """``plots/``: the run's figures, drawn when the run ends (``output.plots``)."""
 
     def on_run_end(self, run: RunInfo, records: Sequence[Record]) -> None:  # noqa: D102
-        from fedsim.scenario_loading import run_label
+        from fedsim.config.expand import run_label
 
         out = run.run_dir / "plots"
         output = run.scenario.output

@@ -18,8 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fedsim.scenario import Scenario
-from fedsim.scenario_loading import run_label
+from fedsim.config.expand import run_label
+from fedsim.config.schema import Scenario
 
 
 def in_notebook() -> bool:

@@ -85,10 +85,13 @@ def _records(run_dir: Path, warnings: list[str]) -> list[Record]:
 
 def _resolved(run_dir: Path) -> dict[str, Any] | None:
     """The run's resolved scenario as a mapping (None for a directory without one)."""
-    from fedsim.scenario_loading import read_yaml
+    from fedsim.config.bounded_yaml import safe_load  # a file, not a scenario source
 
     path = run_dir / RESOLVED
-    return read_yaml(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    raw = safe_load(path.read_text(encoding="utf-8"))
+    return raw if isinstance(raw, dict) else None
 
 
 def _target(run_dir: Path, records: list[Record], target: float | None) -> float | None:

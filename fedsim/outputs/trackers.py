@@ -133,7 +133,7 @@ def _params(run: RunInfo) -> dict[str, Any]:
 
 
 def _run_name(run: RunInfo) -> str:
-    from fedsim.scenario_loading import run_label
+    from fedsim.config.expand import run_label
 
     return run_label(run.scenario)
 

@@ -1,4 +1,4 @@
-"""Attack mods reply exactly as documented in :mod:`fedsim.clients.attacks`; who attacks
+"""Attack mods reply exactly as documented in :mod:`fedsim.client.attacks`; who attacks
 is drawn from the seed or set by the node config."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim import wire
-from fedsim.clients.attacks import attack_mod, attacker_partitions, poisoned_labels
+from fedsim.client.attacks import attack_mod, attacker_partitions, poisoned_labels
+from fedsim.config.schema import AttackersConfig
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.scenario import AttackersConfig
 from tests.conftest import write_yaml
 
 G = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "b": np.ones(4, np.float32)}
@@ -131,17 +131,18 @@ def test_the_client_app_trains_a_label_flipper_on_flipped_labels(
 ) -> None:
     """The same node's data, once attacking and once not: labels y and 9 − y."""
     from fedsim.array_codec import encode_record
-    from fedsim.clients import app as client_app
+    from fedsim.client import app as client_app
+    from fedsim.client import job as client_job
     from fedsim.models import build_model
 
     seen: list[np.ndarray] = []
-    real = client_app.train_local
+    real = client_job.train_local
 
     def spy(model: Any, x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(np.array(y))  # a tensor on the training device (the CPU here)
         return real(model, x, y, *args, **kwargs)
 
-    monkeypatch.setattr(client_app, "train_local", spy)
+    monkeypatch.setattr(client_job, "train_local", spy)
     model = build_model("mlp", tiny["model"]["params"], (64,), 10)
     for flag in ("true", "false"):
         ctx = _context(tmp_path, tiny, "label-flip", **{wire.ATTACKER: flag})

@@ -17,16 +17,17 @@ from torch import nn
 import fedsim
 from fedsim import wire
 from fedsim.array_codec import decode
-from fedsim.clients.app import app
-from fedsim.clients.batched import train_together
-from fedsim.clients.steps import STEPS, LocalStep, PlainStep
+from fedsim.client.app import app
+from fedsim.client.stacked import train_together
+from fedsim.client.steps import STEPS, LocalStep, PlainStep
+from fedsim.compose import load_scenario
+from fedsim.config.sources import to_yaml
 from fedsim.engine.executor import copy_content
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.engine.inprocess import node_contexts
+from fedsim.engine.inprocess_grid import node_contexts
 from fedsim.errors import FedsimWarning
 from fedsim.models import build_model, register_model
 from fedsim.outputs.metrics_log import read_metrics
-from fedsim.scenario_loading import load_scenario, to_yaml
 from tests.conftest import strip_wall_clock
 
 RTOL = 1e-5
@@ -176,9 +177,9 @@ def test_replies_equal_each_clients_own(
 
 
 def _n(context: Context) -> np.ndarray:
-    from fedsim.clients.app import _partition
+    from fedsim.client.job import partition
 
-    return _partition(context)[2].y
+    return partition(context)[2].y
 
 
 def test_a_stack_of_one_equals_the_client_alone(tmp_path: Path) -> None:
@@ -230,7 +231,7 @@ def test_what_cannot_be_stacked_falls_back_and_says_so_once(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fedsim.clients import batched
+    from fedsim.client import stacked as batched
 
     monkeypatch.setattr(batched, "_said", set())
     jobs = _jobs(_scenario(**overrides), tmp_path, config)
@@ -275,7 +276,7 @@ def _assert_close_records(got: list[dict[str, Any]], want: list[dict[str, Any]])
 def test_a_run_with_batch_clients_has_the_metrics_of_one_without(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsim.clients import batched
+    from fedsim.client import stacked as batched
 
     stacked_replies: list[int] = []
 
@@ -323,14 +324,14 @@ def test_a_run_whose_clients_cannot_be_stacked_is_the_run_without(tmp_path: Path
 def test_job_seed_is_numpys_seed_sequence_of_the_four_words(
     words: tuple[int, int, int, int],
 ) -> None:
-    from fedsim.clients.app import job_seed
+    from fedsim.client.job import job_seed
 
     want = int(np.random.SeedSequence(list(words)).generate_state(1)[0])
     assert job_seed(*words) == want
 
 
 def test_batch_clients_under_a_client_timeout_says_it_is_off(tmp_path: Path) -> None:
-    from fedsim.engine.inprocess_engine import build_grid
+    from fedsim.engine.inprocess_run import build_grid
 
     scenario = _scenario(engine={"name": "inprocess", "batch_clients": 4, "client_timeout_s": 30.0})
     with pytest.warns(FedsimWarning, match="batch_clients is off under engine.client_timeout_s"):
@@ -352,7 +353,7 @@ def test_workers_train_their_own_nodes_together(tmp_path: Path) -> None:
 def test_a_training_device_other_than_the_cpu_falls_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsim.clients import batched
+    from fedsim.client import stacked as batched
 
     monkeypatch.setattr(batched, "client_device", lambda device, node_config: "cuda:0")
     jobs = _jobs(_scenario(), tmp_path, {})

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from opacus.accountants import RDPAccountant
 
 import fedsim
-from fedsim.clients.dp import CLIPPERS, PrivateGradient
+from fedsim.client.dp import CLIPPERS, PrivateGradient
+from fedsim.config.schema import DPConfig
 from fedsim.data.federated import federated_data
 from fedsim.kernels.oracle import clipped_sum_of, per_example_grads_loop
 from fedsim.models import build_model
-from fedsim.scenario import DPConfig
 from tests.conftest import same_final_arrays, strip_wall_clock
 
 ROOT = Path(__file__).parents[2]
@@ -103,7 +103,7 @@ def test_fixed_size_batches_are_accounted_by_dp_accounting(
     from dp_accounting.privacy_accountant import NeighboringRelation
     from dp_accounting.rdp import RdpAccountant
 
-    from fedsim.clients.dp import ALPHAS
+    from fedsim.client.dp import ALPHAS
 
     tiny["rounds"] = 2
     tiny["client"]["dp"] = {"noise_multiplier": 1.3, "max_grad_norm": 1.0, "sampling": "fixed"}
@@ -125,8 +125,8 @@ def test_fixed_size_batches_are_accounted_by_dp_accounting(
 
 def test_fixed_size_dp_batches_are_independent_uniform_subsets() -> None:
     """Each batch: exactly B distinct examples, drawn afresh (not an epoch's partition)."""
-    from fedsim.clients.training import batches
-    from fedsim.scenario import ClientConfig
+    from fedsim.client.loop import batches
+    from fedsim.config.schema import ClientConfig
 
     cfg = ClientConfig(batch_size=5, dp=DPConfig(sampling="fixed"))
     drawn = list(batches(20, cfg, 400, torch.Generator().manual_seed(0)))

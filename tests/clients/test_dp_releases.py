@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import fedsim
-import fedsim.clients.app
-from fedsim.clients.dp import PrivateGradient
-from fedsim.clients.steps import STEPS
-from fedsim.scenario import Scenario
+import fedsim.client.app
+from fedsim.client.dp import PrivateGradient
+from fedsim.client.steps import STEPS
+from fedsim.config.schema import Scenario
 
 DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
 # Every registered step, with the scenario changes that make a strategy ask for it.
@@ -80,7 +80,7 @@ def test_step_under_dp_is_private_or_refused(
             super().__init__(*args)
             self.generator = torch.Generator().manual_seed(12345)
 
-    monkeypatch.setattr(fedsim.clients.app, "PrivateGradient", OtherNoise)
+    monkeypatch.setattr(fedsim.client.job, "PrivateGradient", OtherNoise)
     second = fedsim.run(scenario, tmp_path / "b")
     with (
         np.load(first.run_dir / "final_arrays.npz") as a,
@@ -124,8 +124,8 @@ def test_no_steps_means_no_epsilon() -> None:
     """ε is 0 until a DP step is taken (the RDP conversion alone would say ≈ 0.1)."""
     from flwr.app import RecordDict
 
-    from fedsim.clients.dp import spend
-    from fedsim.scenario import DPConfig
+    from fedsim.client.dp import spend
+    from fedsim.config.schema import DPConfig
 
     state = RecordDict()
     assert spend(state, DPConfig(), n=100, batch=10, steps=0) == 0.0

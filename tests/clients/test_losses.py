@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.clients.losses import (
+from fedsim.client.losses import (
     build_loss,
     cross_entropy,
     entropy_regularised,
     label_smoothing,
     logit_adjusted,
 )
+from fedsim.config.schema import ClientConfig
 from fedsim.label_prior import log_prior
-from fedsim.scenario import ClientConfig
 
 # Two examples, three classes; targets 0 and 2.
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], dtype=torch.float64)
@@ -126,9 +126,9 @@ def test_build_loss_own_and_global_prior() -> None:
 )
 def test_every_loss_clips_per_example_under_dp(loss: dict[str, object]) -> None:
     """DP-SGD's fast clipped sum with each loss equals the per-example loop (the oracle)."""
-    from fedsim.clients.dp import PrivateGradient
+    from fedsim.client.dp import PrivateGradient
+    from fedsim.config.schema import DPConfig
     from fedsim.models import build_model
-    from fedsim.scenario import DPConfig
 
     torch.manual_seed(0)
     x, y = torch.randn(12, 6), torch.randint(0, 4, (12,))
@@ -147,7 +147,7 @@ def test_every_loss_clips_per_example_under_dp(loss: dict[str, object]) -> None:
 
 def test_squared_error_closed_form() -> None:
     """(f(x) - y)² / 2 for one output per example."""
-    from fedsim.clients.losses import squared_error
+    from fedsim.client.losses import squared_error
 
     out = torch.tensor([[1.5], [-0.5]], dtype=torch.float64)
     y = torch.tensor([0.5, 1.0])
@@ -157,8 +157,8 @@ def test_squared_error_closed_form() -> None:
 def test_every_loss_section_has_a_registered_loss() -> None:
     from typing import get_args
 
-    from fedsim.clients.losses import LOSSES
-    from fedsim.scenario import LossConfig
+    from fedsim.client.losses import LOSSES
+    from fedsim.config.schema import LossConfig
 
     sections = get_args(get_args(LossConfig)[0])
     assert {cls.model_fields["name"].default for cls in sections} == set(LOSSES.names())

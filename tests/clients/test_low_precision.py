@@ -13,10 +13,10 @@ from torch import nn
 
 from fedsim import wire
 from fedsim.array_codec import encode_record
-from fedsim.clients.low_precision import FixedPointWeights
+from fedsim.client.low_precision import FixedPointWeights
+from fedsim.config.schema import LowPrecisionWeights
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.models import build_model
-from fedsim.scenario import LowPrecisionWeights
 from tests.conftest import write_yaml
 
 STEP = 2.0**-6
@@ -56,7 +56,7 @@ def test_randomized_rounding_keeps_a_small_update_deterministic_erases_it() -> N
 
 
 def test_the_client_replies_with_a_model_on_the_grid(tmp_path: Path, tiny: dict[str, Any]) -> None:
-    from fedsim.clients import app as client_app
+    from fedsim.client import app as client_app
 
     set_task_identity(1)
     tiny["client"]["weights"] = {"bits": 10, "step": STEP}

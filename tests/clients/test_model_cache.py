@@ -10,12 +10,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 import fedsim
 from fedsim import wire
-from fedsim.clients import model_cache
-from fedsim.clients.app import app as client_app
-from fedsim.clients.model_cache import model_for_job
+from fedsim.client import model_cache
+from fedsim.client.app import app as client_app
+from fedsim.client.model_cache import model_for_job
+from fedsim.config.sources import to_yaml
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.models import build_model
-from fedsim.scenario_loading import to_yaml
 
 
 def test_reused_only_when_every_entry_is_overwritten() -> None:

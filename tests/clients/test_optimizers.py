@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsim.clients.optimizers import SGD
+from fedsim.client.optimizers import SGD
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,11 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 import fedsim
-from fedsim.clients.rgp import HISTORY, RGPGradient, clipped_carrier_sums
+from fedsim.client.rgp import HISTORY, RGPGradient, clipped_carrier_sums
+from fedsim.config.client import DPConfig
 from fedsim.data.federated import federated_data
 from fedsim.kernels.capture import backprop_per_example
 from fedsim.kernels.rgp import carrier_grads, carriers, layer_inputs, reconstruct
-from fedsim.scenario import DPConfig
 
 
 def _model(norm: bool = False) -> nn.Sequential:
@@ -210,7 +210,7 @@ def test_rgp_is_accounted_as_opacus_does(tiny: dict[str, Any], tmp_path: Path) -
 
 
 def test_models_without_linear_or_conv_layers_are_refused(tiny: dict[str, Any]) -> None:
-    from fedsim.clients.dp import check_model
+    from fedsim.client.dp import check_model
 
     with pytest.raises(ValueError, match="'rgp' found no Linear or Conv layer"):
         check_model(DPConfig(mode="rgp"), nn.Sequential(nn.Flatten(), nn.LayerNorm(4)))

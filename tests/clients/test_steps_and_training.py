@@ -12,7 +12,8 @@ from torch import nn
 
 import fedsim
 from fedsim import wire
-from fedsim.clients.steps import (
+from fedsim.client.loop import num_local_steps, train_local
+from fedsim.client.steps import (
     STEPS,
     LocalStep,
     PlainStep,
@@ -20,10 +21,9 @@ from fedsim.clients.steps import (
     StepInputs,
     select_step,
 )
-from fedsim.clients.training import num_local_steps, train_local
-from fedsim.clients.unread_keys import unread_keys, warn_unread
+from fedsim.client.unread_keys import unread_keys, warn_unread
+from fedsim.config.schema import ClientConfig
 from fedsim.errors import FedsimWarning
-from fedsim.scenario import ClientConfig
 
 
 def test_step_selection() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedsim.config.schema import DataConfig
 from fedsim.data.datasets import DATASETS, load_dataset
 from fedsim.data.federated import federated_data
 from fedsim.errors import DataUnavailableError
-from fedsim.scenario import DataConfig
 
 
 def test_digits_is_embedded() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedsim.config.schema import DataConfig, LabelNoiseConfig
 from fedsim.data.federated import federated_data
 from fedsim.data.label_noise import flipped_per_client, noisy_labels
 from fedsim.data.node_data import node_data, write_partitions
-from fedsim.scenario import DataConfig, LabelNoiseConfig
 
 TRAIN = np.repeat(np.arange(4), [10, 20, 30, 40])  # class c has 10(c+1) examples
 

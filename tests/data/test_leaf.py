@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import fedsim
+from fedsim.config.schema import DataConfig
 from fedsim.data.datasets import load_dataset
 from fedsim.data.federated import federated_data
 from fedsim.data.leaf import LEAF_CHARACTERS
 from fedsim.errors import DataUnavailableError
-from fedsim.scenario import DataConfig
 
 RNG = np.random.default_rng(0)
 

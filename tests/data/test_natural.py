@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import fedsim
+from fedsim.config.schema import DataConfig, NaturalPartitioner
 from fedsim.data.federated import federated_data
 from fedsim.data.natural import chosen_ids, group_by_id
 from fedsim.data.partitioners import partition
 from fedsim.errors import DataUnavailableError, ScenarioError
-from fedsim.scenario import DataConfig, NaturalPartitioner
 
 RNG = np.random.default_rng(5)
 IDS = RNG.integers(0, 37, size=600) * 11  # 37 ids, not 0..36: the mapping must not assume it

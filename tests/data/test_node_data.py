@@ -11,13 +11,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fedsim
 from fedsim import wire
-from fedsim.clients.app import app as client_app
+from fedsim.client.app import app as client_app
+from fedsim.config.sources import to_yaml
 from fedsim.data.federated import federated_data
 from fedsim.data.node_data import node_data, partition_file, write_partitions
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.errors import DataUnavailableError
 from fedsim.models import build_model
-from fedsim.scenario_loading import to_yaml
 
 
 def test_split_files_hold_exactly_the_partitions(tiny: dict[str, Any], tmp_path: Path) -> None:

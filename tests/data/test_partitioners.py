@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedsim.config.schema import DataConfig
 from fedsim.data.partitioners import PARTITIONERS, partition
 from fedsim.errors import ScenarioError
-from fedsim.scenario import DataConfig
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=2000).astype(np.int64)
 

@@ -17,12 +17,12 @@ from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
 import fedsim
 from fedsim import wire
+from fedsim.config.sources import to_yaml
 from fedsim.deploy import flwr_cli
 from fedsim.deploy.flwr_cli import SuperLinkConnection
 from fedsim.deploy.submission import APP_DIR, DeploymentEngine, deployment_run_config
 from fedsim.errors import DeploymentError
 from fedsim.run_config import scenario_from_run_config
-from fedsim.scenario_loading import to_yaml
 
 
 def test_the_app_declares_every_run_config_key() -> None:
@@ -31,7 +31,10 @@ def test_the_app_declares_every_run_config_key() -> None:
     keys = {v for k, v in vars(wire).items() if k.startswith("RUN_")}
     assert keys == set(declared["config"])
     components = declared["components"]
-    assert components == {"serverapp": "fedsim.server:app", "clientapp": "fedsim.clients.app:app"}
+    assert components == {
+        "serverapp": "fedsim.server.app:app",
+        "clientapp": "fedsim.client.app:app",
+    }
 
 
 def test_a_whole_scenario_survives_flowers_run_config(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedsim.config.schema import SystemConfig
 from fedsim.engine.clock import Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile, sample_population
-from fedsim.scenario import SystemConfig
 
 
 def test_round_trip_components() -> None:

@@ -14,14 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 import fedsim
 from fedsim import wire
+from fedsim.config.schema import DeviceTraceConfig, SystemConfig
 from fedsim.engine.availability import Availability
 from fedsim.engine.clock import ClockEvent, VirtualClock
 from fedsim.engine.device_trace import load_trace, match_devices
 from fedsim.engine.devices import DeviceProfile, sample_population
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.engine.inprocess import NODE_ID_OFFSET, InProcessGrid, node_contexts
+from fedsim.engine.inprocess_grid import NODE_ID_OFFSET, InProcessGrid, node_contexts
 from fedsim.errors import ScenarioError
-from fedsim.scenario import DeviceTraceConfig, SystemConfig
 
 SHIPPED = Path(__file__).parents[2] / "scenarios" / "trace_devices.yaml"
 
@@ -197,11 +197,13 @@ def test_shipped_trace_scenario_samples_only_online_clients(tmp_path: Path) -> N
 
 
 def test_strategy_waiting_for_more_than_min_online_is_refused(tmp_path: Path) -> None:
-    scenario = fedsim.load_scenario(
-        SHIPPED, ["rounds=1", "strategy.params.min_train_nodes=5", "output.plots=false"]
-    )
+    # Refused while the scenario is composed (as `fedsim validate` refuses it), before
+    # any run directory exists.
     with pytest.raises(ScenarioError, match=r"system\.trace\.min_online: must be at least"):
-        fedsim.run(scenario, tmp_path / "run")
+        fedsim.load_scenario(
+            SHIPPED, ["rounds=1", "strategy.params.min_train_nodes=5", "output.plots=false"]
+        )
+    assert not (tmp_path / "run").exists()
 
 
 def test_two_rounds_on_a_trace_file_are_deterministic(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim import wire
+from fedsim.config.schema import SystemConfig
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.flower_compat import set_task_identity
-from fedsim.engine.inprocess import NODE_ID_OFFSET, InProcessGrid, node_contexts
-from fedsim.scenario import SystemConfig
+from fedsim.engine.inprocess_grid import NODE_ID_OFFSET, InProcessGrid, node_contexts
 
 
 def _grid(client, n: int = 4, speeds=None, **system) -> InProcessGrid:  # type: ignore[no-untyped-def]

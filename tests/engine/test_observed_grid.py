@@ -14,7 +14,7 @@ from fedsim import wire
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import NODE_UNAVAILABLE, content_bytes
-from fedsim.server import wait_for_nodes
+from fedsim.server.app import wait_for_nodes
 
 
 def test_node_unavailable_is_flowers_error_code() -> None:

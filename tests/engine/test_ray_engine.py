@@ -12,17 +12,17 @@ from typer.testing import CliRunner
 import fedsim
 from fedsim.apps import APP_DIR, load_apps
 from fedsim.cli.main import app
+from fedsim.config.schema import RayEngine
 from fedsim.engine import local_superlink
 from fedsim.engine.ray_engine import federation_config
 from fedsim.outputs.metrics_log import read_metrics
-from fedsim.scenario import RayEngine
 from tests.conftest import write_yaml
 
 
 def test_every_engine_runs_the_one_flower_app() -> None:
     """The Ray engine submits fedsim/deploy/app; the in-process engine loads what it names."""
-    from fedsim.clients.app import app as client_app
-    from fedsim.server import app as server_app
+    from fedsim.client.app import app as client_app
+    from fedsim.server.app import app as server_app
 
     assert load_apps(APP_DIR) == (server_app, client_app)
 

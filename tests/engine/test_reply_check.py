@@ -48,7 +48,12 @@ def _reply(sent: Message, arrays: dict[str, Any] | None = None, **metrics: Any) 
     return Message(content, reply_to=sent)
 
 
-RULES = ReplyRules.for_model(_record(MODEL), node_examples=lambda node: 40.0, max_examples=400.0)
+RULES = ReplyRules.for_model(
+    _record(MODEL),
+    node_examples=lambda node: 40.0,
+    max_examples=400.0,
+    per_parameter=("curv.F.", "curv.FT.", "agc.grad."),  # what those algorithms' specs declare
+)
 
 
 def _problem(

@@ -16,13 +16,14 @@ from flwr.app import Context, Message
 
 import fedsim
 from fedsim import wire
-from fedsim.checkpoint import checkpoint_path, load_checkpoint
-from fedsim.clients.app import app as client_app
-from fedsim.engine.executor import AppRef, WorkerPool, WorkerSpec, WorkerStartError
-from fedsim.engine.inprocess_engine import worker_count
+from fedsim.client.app import app as client_app
+from fedsim.config.schema import InProcessEngine
+from fedsim.engine.executor import WorkerStartError
+from fedsim.engine.inprocess_run import worker_count
+from fedsim.engine.workers import AppRef, WorkerPool, WorkerSpec
 from fedsim.errors import ScenarioError
 from fedsim.outputs.metrics_log import read_metrics
-from fedsim.scenario import InProcessEngine
+from fedsim.server.checkpoint import checkpoint_path, load_checkpoint
 from tests.conftest import same_final_arrays, strip_wall_clock, write_yaml
 
 KILL_NODE, KILL_ROUND = 1002, 2
@@ -167,7 +168,7 @@ def test_workers_start_without_rerunning_the_main_script() -> None:
     """A script that runs fedsim without `if __name__ == "__main__":` is not rerun per worker."""
     from multiprocessing import spawn
 
-    from fedsim.engine.executor import main_module_hidden
+    from fedsim.engine.workers import main_module_hidden
 
     main = sys.modules["__main__"]
     before = (getattr(main, "__file__", None), getattr(main, "__spec__", None))
@@ -194,9 +195,9 @@ def test_a_bad_worker_count_is_one_problem_naming_the_key(tiny: dict[str, Any], 
 
 def test_workers_import_the_app_by_its_own_module() -> None:
     """This test module holds fedsim's app too; the worker still imports fedsim's module."""
-    from fedsim.engine.executor import app_ref
+    from fedsim.engine.workers import app_ref
 
-    assert app_ref(client_app) == AppRef("fedsim.clients.app", "app")
+    assert app_ref(client_app) == AppRef("fedsim.client.app", "app")
     assert app_ref(killing_app) == AppRef("tests.engine.test_workers", "killing_app")
     local = lambda msg, ctx: msg  # noqa: E731  (held by no module: sent pickled)
     assert app_ref(local) is local

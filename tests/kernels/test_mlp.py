@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.clients.positive import PositiveOnlyStep
-from fedsim.clients.steps import LocalStep, ProximalStep, StepInputs
-from fedsim.clients.training import default_gradient, plain_gradient, train_local
+from fedsim.algorithms.fedaws.client import PositiveOnlyStep
+from fedsim.client.loop import default_gradient, plain_gradient, train_local
+from fedsim.client.steps import LocalStep, ProximalStep, StepInputs
+from fedsim.config.schema import ClientConfig
 from fedsim.kernels import mlp_cross_entropy_grad, mlp_linears
 from fedsim.models import build_model
-from fedsim.scenario import ClientConfig
 
 
 def _autograd(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -142,8 +142,8 @@ def test_under_dp_the_strategy_metrics_hold_no_training_loss(
 
 
 def test_callback_and_sweep_import_paths_count_as_code(tiny: dict[str, Any]) -> None:
-    """A SuperLink's policy sees them: a scenario naming them is code (fedsim.import_paths)."""
-    from fedsim.import_paths import scenario_imports
+    """A SuperLink's policy sees them: a scenario naming them is code (fedsim.config.import_paths)."""
+    from fedsim.config.import_paths import scenario_imports
 
     tiny["output"]["callbacks"] = ["mylab.callbacks:Print", {"name": "mylab.cb:Other"}]
     tiny["sweep"] = {"strategy.name": ["fedavg", "mylab.strategies:Mine"]}

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 import fedsim
 from fedsim.cli.main import app
+from fedsim.config.expand import expand, sweep_grid
 from fedsim.outputs.comparison import comparison_rows, paired_test
-from fedsim.scenario_loading import expand, sweep_grid
 
 
 def test_sweep_grid_names_every_combination_in_order() -> None:

@@ -186,8 +186,8 @@ def test_decoder_is_unbiased_for_a_sampled_cohort(draws: int) -> None:
 
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+    from fedsim.algorithms.agc.server import ApproxGradientCoding
     from fedsim.engine.flower_compat import set_task_identity
-    from fedsim.strategies.coded import ApproxGradientCoding
 
     set_task_identity(1)
     random.seed(0)
@@ -249,8 +249,8 @@ def test_per_client_decoder_corrects_clients_that_are_late_at_their_own_rates() 
 
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+    from fedsim.algorithms.agc.server import ApproxGradientCoding
     from fedsim.engine.flower_compat import set_task_identity
-    from fedsim.strategies.coded import ApproxGradientCoding
 
     set_task_identity(1)
     random.seed(0)

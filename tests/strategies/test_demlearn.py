@@ -14,8 +14,8 @@ from scipy.cluster.hierarchy import fcluster
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 
 import fedsim
-from fedsim.strategies.demlearn import DemLearn
-from fedsim.strategies.hierarchy import cluster, generalise, specialise
+from fedsim.algorithms.demlearn.hierarchy import cluster, generalise, specialise
+from fedsim.algorithms.demlearn.server import DemLearn
 from tests.conftest import run_killed_in_round, same_final_arrays, strip_wall_clock
 
 

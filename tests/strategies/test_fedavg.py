@@ -11,10 +11,10 @@ from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.exception import InconsistentMessageReplies
 
 from fedsim import wire
+from fedsim.algorithms.fedavg.server import FedAvg
 from fedsim.array_codec import decoding_arrays
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.strategies import STRATEGIES
-from fedsim.strategies.fedavg import FedAvg
 
 SHAPES = {"1.weight": (6, 4), "1.bias": (6,), "3.weight": (3, 6), "3.bias": (3,)}
 

@@ -13,14 +13,14 @@ from flwr.app import Message
 
 import fedsim
 from fedsim import wire
-from fedsim.clients.positive import PositiveOnlyStep
-from fedsim.clients.steps import StepInputs, TrainResult
+from fedsim.algorithms.fedaws.client import PositiveOnlyStep
+from fedsim.algorithms.fedaws.server import FedAwS
+from fedsim.algorithms.fedaws.spreadout import normalize_rows, spreadout_loss, spreadout_steps
+from fedsim.client.steps import StepInputs, TrainResult
 from fedsim.data.node_data import NodeData
-from fedsim.engine.inprocess import InProcessGrid
+from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.models import build_model
 from fedsim.models.cosine import EMBEDDINGS_KEY, mean_offdiagonal_cosine
-from fedsim.strategies.fedaws import FedAwS
-from fedsim.strategies.spreadout import normalize_rows, spreadout_loss, spreadout_steps
 
 
 def _pair_distance(w: np.ndarray, i: int, j: int, distance: str) -> float:

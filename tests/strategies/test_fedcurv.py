@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fedsim
-from fedsim.clients.curvature import curvature_penalty, empirical_fisher
+from fedsim.algorithms.fedcurv.client import curvature_penalty, empirical_fisher
 
 
 def _direct(
@@ -144,7 +144,7 @@ def test_shipped_comparison_orders_the_variants(tmp_path: Path) -> None:
 
 def test_batch_fisher_is_the_squared_mean_gradient_of_the_last_batch() -> None:
     """OpenFL's estimate, kept for comparison: (∇ mean loss of the last batch)²."""
-    from fedsim.clients.curvature import batch_fisher
+    from fedsim.algorithms.fedcurv.client import batch_fisher
 
     torch.manual_seed(1)
     model = nn.Linear(5, 3).to(torch.float64)
@@ -194,12 +194,12 @@ def test_penalty_under_partial_participation_counts_only_the_clients_in_the_sums
 
     from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
+    from fedsim.algorithms.fedcurv.client import CurvatureStep
+    from fedsim.algorithms.fedcurv.server import FedCurv
     from fedsim.array_codec import encode_record
-    from fedsim.clients.curvature import CurvatureStep
-    from fedsim.clients.steps import StepInputs, TrainResult
+    from fedsim.client.steps import StepInputs, TrainResult
     from fedsim.data.node_data import NodeData
     from fedsim.engine.flower_compat import set_task_identity
-    from fedsim.strategies.fedcurv import FedCurv
 
     set_task_identity(1)
     random.seed(0)
@@ -307,7 +307,7 @@ def test_a_member_without_its_terms_fails_rather_than_guessing() -> None:
     from flwr.app import RecordDict
 
     from fedsim import wire
-    from fedsim.clients.curvature import own_terms_in_sums
+    from fedsim.algorithms.fedcurv.client import own_terms_in_sums
 
     config = {wire.CURV_SUMS_ROUND: 3, wire.CURV_MEMBERS: ["7"]}
     assert len(own_terms_in_sums(RecordDict(), config, node_id=8)) == 0

@@ -15,18 +15,18 @@ from flwr.app import Array, ArrayRecord, Context, Message
 
 import fedsim
 from fedsim import wire
-from fedsim.clients.app import app as client_app
-from fedsim.clients.lasgd import KEPT_MODEL
+from fedsim.algorithms.lasgd.client import KEPT_MODEL
+from fedsim.algorithms.lasgd.communication import EventLog, PushSumGossip, ring_allreduce_s
+from fedsim.algorithms.lasgd.server import LASGD
+from fedsim.client.app import app as client_app
+from fedsim.compose.strategy import build_strategy
+from fedsim.config.sources import to_yaml
 from fedsim.data.federated import federated_data
 from fedsim.data.node_data import node_data
-from fedsim.engine.inprocess import InProcessGrid
-from fedsim.engine.inprocess_engine import build_grid
+from fedsim.engine.inprocess_grid import InProcessGrid
+from fedsim.engine.inprocess_run import build_grid
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS
-from fedsim.scenario_loading import to_yaml
-from fedsim.server import build_strategy
-from fedsim.strategies.decentralised import EventLog, PushSumGossip, ring_allreduce_s
-from fedsim.strategies.lasgd import LASGD
 
 Model = dict[str, np.ndarray]
 

@@ -10,16 +10,16 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 import fedsim
-from fedsim.clients.moments import MomentProductStep, linear_parameters
-from fedsim.clients.steps import StepInputs
+from fedsim.algorithms.ldpc.client import MomentProductStep, linear_parameters
+from fedsim.algorithms.ldpc.server import step_linear
+from fedsim.client.steps import StepInputs
+from fedsim.config.schema import DataConfig, Scenario
 from fedsim.data.federated import federated_data
 from fedsim.data.moments import moment_plan
 from fedsim.data.node_data import node_data
 from fedsim.erasure_code import peel
 from fedsim.errors import ScenarioError
 from fedsim.models import build_model
-from fedsim.scenario import DataConfig, Scenario
-from fedsim.strategies.ldpc import step_linear
 
 DATA = {
     "dataset": {"name": "regression", "num_samples": 300, "num_features": 7},
@@ -106,7 +106,7 @@ def test_run_takes_full_gradient_steps_and_reports_mse(tmp_path: Path) -> None:
 
 
 def test_refused_under_dp_and_with_target_accuracy() -> None:
-    from fedsim.combinations import check_combinations
+    from fedsim.compose import combination_problems as check_combinations
 
     keys = [p.key for p in check_combinations(_scenario(client={"dp": {}}))]
     assert "client.dp" in keys
@@ -137,7 +137,7 @@ def test_deployed_devices_read_their_block_and_npz_regression_targets(tmp_path: 
 
 
 def test_regression_targets_need_label_free_partitions_and_squared_error() -> None:
-    from fedsim.combinations import check_combinations
+    from fedsim.compose import combination_problems as check_combinations
 
     with pytest.raises(ScenarioError, match="needs one class label"):
         federated_data(DataConfig.model_validate({**DATA, "partitioner": {"name": "dirichlet"}}), 0)
@@ -152,7 +152,7 @@ def test_regression_targets_need_label_free_partitions_and_squared_error() -> No
 
 
 def test_strategy_needs_the_encoding_and_a_linear_model() -> None:
-    from fedsim.combinations import check_combinations
+    from fedsim.compose import combination_problems as check_combinations
 
     bad = _scenario(model={"name": "mlp"}, data={**DATA, "moment_encoding": None})
     keys = {p.key for p in check_combinations(bad)}

@@ -14,11 +14,11 @@ from flwr.serverapp import strategy as flwr_strategies
 
 import fedsim
 from fedsim import wire
+from fedsim.algorithms.fedavg.server import FedAvg
+from fedsim.algorithms.median_of_means.server import MedianOfMeans, geometric_median
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.errors import ScenarioError
 from fedsim.strategies import STRATEGIES
-from fedsim.strategies.fedavg import FedAvg
-from fedsim.strategies.median_of_means import MedianOfMeans, geometric_median
 
 SHAPES = {"w": (4, 3), "b": (3,)}
 
@@ -148,7 +148,7 @@ def test_registered_and_validated() -> None:
 
 
 def test_the_inner_strategy_is_built_with_fedsims_defaults(tiny: dict[str, Any]) -> None:
-    from fedsim.server import build_strategy
+    from fedsim.compose.strategy import build_strategy
 
     tiny["strategy"] = {"name": "median-of-means", "params": {"blocks": 2}}
     built = build_strategy(fedsim.load_scenario(tiny))

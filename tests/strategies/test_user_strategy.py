@@ -69,7 +69,7 @@ def test_bad_params_are_scenario_errors(tiny: dict[str, Any]) -> None:
 
 
 def test_fedsim_defaults_reach_strategies_that_forward_kwargs() -> None:
-    from fedsim.server import build_strategy
+    from fedsim.compose.strategy import build_strategy
 
     scenario = fedsim.load_scenario(
         {"name": "x", "strategy": {"name": "fedsim_examples.server_lr_fedavg:ServerLrFedAvg"}}

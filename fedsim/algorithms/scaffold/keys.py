@@ -1,0 +1,12 @@
+"""Message keys of scaffold: its server and client halves import these, never each other."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# SCAFFOLD: the option ("I" | "II") by which clients update their control variate c_i;
+# array keys "<prefix><parameter name>": server -> client the server control variate c,
+# client -> server the change of the client's control variate, c_i+ - c_i (an array
+# under a key the server sent, in the shape it was sent).
+SCAFFOLD_OPTION: Final = "scaffold-option"
+SCAFFOLD_C_PREFIX: Final = "scaffold.c."

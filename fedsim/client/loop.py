@@ -1,0 +1,160 @@
+"""The one local training loop.
+
+Algorithms change it only through a :class:`LocalStep`, and differential privacy only
+through the gradient it plugs in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from fedsim.client.losses import cross_entropy
+from fedsim.client.optimizers import LocalOptimizer, make_optimizer
+from fedsim.client.steps import LocalStep, TrainResult
+from fedsim.config.schema import ClientConfig
+from fedsim.kernels import mlp_cross_entropy_grad, mlp_linears
+
+__all__ = ["Gradient", "TrainResult", "batch_spans", "batches", "num_local_steps", "train_local"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Fills p.grad for one batch; returns the per-example losses.
+Gradient = Callable[[nn.Module, LossFn, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def num_local_steps(num_examples: int, cfg: ClientConfig) -> int:
+    """Return the optimizer steps one job takes (``local_steps`` or epochs x batches)."""
+    if cfg.local_steps is not None:
+        return cfg.local_steps
+    return cfg.local_epochs * math.ceil(num_examples / min(cfg.batch_size, num_examples))
+
+
+def plain_gradient(
+    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Ordinary gradient of the mean batch loss."""
+    losses = loss_fn(model(x), y)
+    losses.mean().backward()
+    return losses.detach()
+
+
+def default_gradient(model: nn.Module, step: LocalStep) -> Gradient:
+    """The non-private gradient for ``model`` under ``step``.
+
+    A plain MLP (:func:`fedsim.kernels.mlp_linears`) trained on the plain cross-entropy
+    (``client.loss`` left at its default, and a step that keeps the base ``data_loss``)
+    gets its gradient from :func:`fedsim.kernels.mlp_cross_entropy_grad`, without
+    autograd's fixed costs; every other model or loss goes through autograd.
+    """
+    linears = mlp_linears(model)
+    plain_loss = type(step).data_loss is LocalStep.data_loss and step.loss is cross_entropy
+    if linears is None or not plain_loss:
+        return plain_gradient
+    mlp = linears  # a name the closure can see as non-None (mypy does not narrow captures)
+
+    def gradient(
+        model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        if y.dim() != 1:  # not class targets: let autograd (and its errors) handle it
+            return plain_gradient(model, loss_fn, x, y)
+        return mlp_cross_entropy_grad(mlp, x, y)
+
+    return gradient
+
+
+def batches(
+    n: int, cfg: ClientConfig, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Index batches for ``steps`` steps (see :func:`batch_spans` for how they are drawn)."""
+    for order, span in batch_spans(n, cfg, steps, generator):
+        yield order[span]
+
+
+def batch_spans(
+    n: int, cfg: ClientConfig, steps: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, slice]]:
+    """Each of ``steps`` batches as an index tensor and the slice of it the batch is.
+
+    Reshuffled epochs of ``batch_size`` by default (one permutation, several batches).
+    Under DP-SGD each batch is drawn afresh, as its accounting assumes: with
+    ``client.dp.sampling: poisson`` every example joins each batch independently with
+    probability ``batch_size / n``; with ``fixed`` each batch is a uniformly random subset
+    of exactly ``batch_size`` examples (sampling without replacement within a batch,
+    independently across batches; an epoch's reshuffled partition would not match the
+    accountant's bound). The one batch order: :func:`batches` slices these, and the
+    vectorised path (:mod:`fedsim.client.stacked`) reads them without torch slices.
+    """
+    batch = min(cfg.batch_size, n)
+    if cfg.dp is not None and cfg.dp.sampling == "poisson":
+        q = batch / n
+        for _ in range(steps):
+            yield torch.nonzero(torch.rand(n, generator=generator) < q).flatten(), slice(None)
+        return
+    if cfg.dp is not None:
+        for _ in range(steps):
+            yield torch.randperm(n, generator=generator), slice(0, batch)
+        return
+    taken = 0
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch):
+            if taken == steps:
+                return
+            yield order, slice(start, start + batch)
+            taken += 1
+
+
+def train_local(
+    model: nn.Module,
+    x: NDArray[np.float32] | torch.Tensor,
+    y: NDArray[np.int64] | torch.Tensor,
+    cfg: ClientConfig,
+    step: LocalStep,
+    generator: torch.Generator,
+    gradient: Gradient = plain_gradient,
+    optimizer: LocalOptimizer | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``(x, y)`` with the injected ``step`` and ``gradient``.
+
+    Each of :func:`num_local_steps` steps fills ``p.grad`` from the data loss (plainly,
+    or privately when ``gradient`` is a DP-SGD gradient), adds the step's penalty
+    gradient and its gradient correction (data-independent, so they cost no privacy),
+    and takes an optimizer step;
+    ``after_step(model)`` then runs (low-precision weights project the model there).
+    ``optimizer`` (over ``model``'s parameters) carries state from an earlier job, such
+    as momentum; by default every job starts a fresh ``client.optimizer``.
+    """
+    model.train()
+    if optimizer is None:
+        optimizer = make_optimizer(model.parameters(), cfg.optimizer)
+    # Tensors already on the model's device (fedsim.training_device.on_device), or arrays.
+    xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+    yt = y if isinstance(y, torch.Tensor) else torch.from_numpy(y)
+    total_steps = num_local_steps(len(y), cfg)
+    loss_sum, samples, taken = 0.0, 0, 0
+    for idx in batches(len(y), cfg, total_steps, generator):
+        optimizer.zero_grad(set_to_none=True)
+        losses = gradient(model, step.data_loss, xt[idx], yt[idx])
+        params = dict(model.named_parameters())
+        penalty = step.penalty(params)
+        if penalty is not None:
+            penalty.backward()
+        correction = step.correction(params)
+        if correction is not None:
+            with torch.no_grad():
+                for name, c in correction.items():
+                    p = params[name]
+                    p.grad = c.clone() if p.grad is None else p.grad.add_(c)
+        optimizer.step()
+        if after_step is not None:
+            after_step(model)
+        loss_sum += float(losses.sum())
+        samples += len(idx)
+        taken += 1
+    return TrainResult(mean_loss=loss_sum / max(samples, 1), samples=samples, steps=taken)

@@ -1,0 +1,1 @@
+"""Scenarios: the schema (by section), its sources, expansion, problems and rules."""

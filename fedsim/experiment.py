@@ -1,0 +1,135 @@
+"""Experiments: every variant x sweep point x seed of a scenario, run and compared."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsim.config.expand import expand, run_label
+from fedsim.config.schema import Scenario
+from fedsim.outputs.callbacks import Callback
+from fedsim.outputs.comparison import comparison_rows, write_comparison
+from fedsim.outputs.plots import plot_comparison
+from fedsim.runner import RunResult, default_out_dir, preflight, progress_display, run
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """All runs of a scenario (variants x seeds) and their comparison table."""
+
+    out_dir: Path
+    runs: list[RunResult]
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_experiment(
+    scenario: Scenario,
+    out_dir: str | Path | None = None,
+    on_run_start: Callable[[int, int, Scenario], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+    *,
+    verbose: bool | None = None,
+    progress: bool | None = None,
+    jobs: int = 1,
+) -> ExperimentResult:
+    """Run every variant x sweep point x seed of a scenario and compare them.
+
+    A scenario with a single run writes its run directory at ``out_dir`` itself;
+    otherwise ``out_dir`` holds one ``<variant>-seed<k>`` directory per run plus
+    ``comparison.csv``, ``comparison.md`` and the ``comparison_*`` plots.
+    ``callbacks``, ``verbose`` and ``progress`` are as for :func:`run` (one progress
+    bar over every run's rounds).
+
+    With ``jobs`` above 1, that many runs go at once, each in a process of its own
+    (``fedsim run --jobs N``); every run is the run it would be alone, so the results
+    and the comparison do not depend on ``jobs``. ``on_run_start`` is then called as
+    each run finishes, and the progress bar sees its records then. Callback objects
+    live in this process, so they need ``jobs=1`` (``output.callbacks`` run anywhere).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    runs = expand(scenario)
+    root = Path(out_dir) if out_dir is not None else default_out_dir(scenario)
+    baseline = scenario.output.baseline  # checked against the variants by validation
+    for r in runs:  # fail fast on every run's data/model before the first one trains
+        preflight(r)
+    if jobs > 1 and callbacks:
+        raise ValueError("callback objects run in this process: use jobs=1 with them")
+    targets = [root if len(runs) == 1 else root / run_label(r) for r in runs]
+    with progress_display(sum(r.rounds for r in runs), progress) as bar:
+        if jobs > 1 and len(runs) > 1:
+            bar_start = None if bar is None else bar.run_started
+            starts = [f for f in (on_run_start, bar_start) if f is not None]
+            results = _run_parallel(runs, targets, jobs, starts, verbose)
+        else:
+            results = []
+            for i, (concrete, target) in enumerate(zip(runs, targets, strict=True)):
+                if on_run_start is not None:
+                    on_run_start(i, len(runs), concrete)
+                if bar is not None:
+                    bar.run_started(i, len(runs), concrete)
+                results.append(
+                    run(concrete, target, callbacks=callbacks, verbose=verbose, progress=False)
+                )
+    if len(runs) == 1:
+        return ExperimentResult(root, results)
+    groups: dict[str, list[RunResult]] = {}
+    for res in results:
+        groups.setdefault(res.scenario.variant or "base", []).append(res)
+    rows = comparison_rows({k: [r.summary for r in v] for k, v in groups.items()}, baseline)
+    write_comparison(rows, root)
+    plot_comparison(
+        {k: [r.metrics for r in v] for k, v in groups.items()},
+        root,
+        scenario.name,
+        target=scenario.output.target_accuracy,
+        formats=scenario.output.plot_formats,
+    )
+    return ExperimentResult(root, results, rows)
+
+
+def _run_parallel(
+    runs: Sequence[Scenario],
+    targets: Sequence[Path],
+    jobs: int,
+    on_run_start: Sequence[Callable[[int, int, Scenario], None]],
+    verbose: bool | None,
+) -> list[RunResult]:
+    """Run ``runs`` in ``jobs`` processes; return their results in the order of ``runs``."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from fedsim.engine.workers import main_module_hidden, process_context
+    from fedsim.outputs.metrics_log import replay
+
+    context = process_context(
+        ["fedsim.experiment", "fedsim.runner", "fedsim.client.app", "fedsim.server.app"]
+    )
+    results: list[RunResult | None] = [None] * len(runs)
+    environ = dict(os.environ)  # a forkserver's children inherit its older environment
+    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:
+        with main_module_hidden():  # the job processes start here (see its docstring)
+            futures = {
+                pool.submit(_run_in_job, concrete, target, verbose, environ): i
+                for i, (concrete, target) in enumerate(zip(runs, targets, strict=True))
+            }
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()  # a run's error is raised here, as with jobs=1
+            for started in on_run_start:
+                started(i, len(runs), runs[i])
+            replay(results[i].metrics)  # type: ignore[union-attr]  # set just above
+    return results  # type: ignore[return-value]  # every slot is filled above
+
+
+def _run_in_job(
+    scenario: Scenario, run_dir: Path, verbose: bool | None, environ: dict[str, str]
+) -> RunResult:
+    """One run of a parallel comparison, in a job process."""
+    import os
+
+    os.environ.clear()
+    os.environ.update(environ)
+    return run(scenario, run_dir, verbose=verbose, progress=False)
