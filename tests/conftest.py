@@ -101,3 +101,27 @@ def same_final_arrays(a: Path, b: Path) -> bool:
     return sorted(wa.files) == sorted(wb.files) and all(
         np.array_equal(wa[k], wb[k]) for k in wa.files
     )
+
+
+def run_killed_in_round(
+    scenario: Any, run_dir: Path, server_round: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run ``scenario`` in ``run_dir`` with the ServerApp dying in ``server_round``.
+
+    The death comes at the round's central evaluation, after the checkpoint of the round
+    before; the run directory is then what a killed run leaves for ``fedsim.resume``.
+    """
+    import fedsim
+    from fedsim import server
+
+    original = server.RoundRecorder.__call__
+
+    def dies(self: Any, r: int, arrays: Any) -> Any:
+        if r == server_round:
+            raise KeyboardInterrupt("killed")
+        return original(self, r, arrays)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(server.RoundRecorder, "__call__", dies)
+        with pytest.raises(KeyboardInterrupt):
+            fedsim.run(scenario, run_dir)

@@ -18,7 +18,7 @@ from fedsim.cli.main import app
 from fedsim.errors import RunDirectoryError, ScenarioError
 from fedsim.outputs.metrics_log import read_metrics
 from fedsim.server.checkpoint import checkpoint_path, load_checkpoint
-from tests.conftest import same_final_arrays, strip_wall_clock, write_yaml
+from tests.conftest import run_killed_in_round, same_final_arrays, strip_wall_clock, write_yaml
 
 
 @pytest.fixture
@@ -48,19 +48,7 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(
     """The ServerApp dies in round 3 (after the round-2 checkpoint); resuming reruns 3..5."""
     whole = fedsim.run(fedsim.load_scenario(stateful), tmp_path / "whole")
 
-    from fedsim import server
-
-    original = server.RoundRecorder.__call__
-
-    def dies_in_round_3(self: Any, server_round: int, arrays: Any) -> Any:
-        if server_round == 3:
-            raise KeyboardInterrupt("killed")
-        return original(self, server_round, arrays)
-
-    monkeypatch.setattr(server.RoundRecorder, "__call__", dies_in_round_3)
-    with pytest.raises(KeyboardInterrupt):
-        fedsim.run(fedsim.load_scenario(stateful), tmp_path / "crashed")
-    monkeypatch.setattr(server.RoundRecorder, "__call__", original)
+    run_killed_in_round(fedsim.load_scenario(stateful), tmp_path / "crashed", 3, monkeypatch)
     assert load_checkpoint(tmp_path / "crashed").server_round == 2
 
     resumed = fedsim.resume(tmp_path / "crashed")

@@ -9,6 +9,10 @@ clipped to ``max_grad_norm``); the noise, the scaling and the accounting are sha
 * ``opacus-ghost``: Opacus ghost clipping, two backward passes;
 * ``naive``: one backward pass per example.
 
+``rgp`` (:mod:`fedsim.client.rgp`) privatises differently: its noise goes on low-rank
+gradient carriers, not on ``p.grad``; it registers in :data:`GRADIENT_MODES` and
+:func:`private_gradient` picks it by name. Every mode shares the accountant.
+
 The accountant is Opacus's RDP accountant; its history lives in the node's
 ``context.state`` so privacy spent accumulates across rounds.
 """
@@ -27,12 +31,16 @@ from torch import nn
 from fedsim.config.schema import DPConfig
 from fedsim.kernels import clipped_gradient
 from fedsim.kernels.oracle import clipped_sum_of, per_example_grads_loop
+from fedsim.kernels.rgp import supports_rgp
 from fedsim.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # A clipper fills p.grad with the clipped sum and returns the per-example losses (B,).
 Clipper = Callable[[nn.Module, LossFn, torch.Tensor, torch.Tensor, float], torch.Tensor]
 CLIPPERS: Registry[Callable[[nn.Module], Clipper]] = Registry("DP modes")
+# Modes that are whole private gradients (noise placed their own way), by mode name:
+# ``factory(cfg, model, expected_batch, generator, state)`` returns the gradient callable.
+GRADIENT_MODES: Registry[Callable[..., Any]] = Registry("DP gradient modes")
 
 
 def _set_clipped_sum(
@@ -135,6 +143,8 @@ def check_model(cfg: DPConfig, model: nn.Module) -> None:
     lstm = any(isinstance(m, StructuredDropoutLSTM) for m in model.modules())
     if cfg.mode.startswith("opacus") and lstm:
         raise ValueError(f"'{cfg.mode}' cannot train fedsim's LSTM layers; use mode: fast")
+    if cfg.mode == "rgp" and not any(supports_rgp(m) for m in model.modules()):
+        raise ValueError("'rgp' found no Linear or Conv layer to reparametrize; use mode: fast")
 
 
 class PrivateGradient:
@@ -191,6 +201,19 @@ class PrivateGradient:
             assert g is not None
             g.div_(self.expected_batch)
         return losses
+
+
+def private_gradient(
+    cfg: DPConfig,
+    model: nn.Module,
+    expected_batch: float,
+    generator: torch.Generator,
+    state: RecordDict,
+) -> Callable[[nn.Module, LossFn, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The DP-SGD gradient of ``cfg.mode``: a registered gradient mode, else clip-and-noise."""
+    if cfg.mode in GRADIENT_MODES:
+        return GRADIENT_MODES.get(cfg.mode)(cfg, model, expected_batch, generator, state)  # type: ignore[no-any-return]
+    return PrivateGradient(cfg, model, expected_batch, generator)
 
 
 # ---------------------------------------------------------------- accounting

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedsim.config.section import (
     PositiveFloat,
@@ -34,6 +34,10 @@ class OptimizerConfig(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
 
 
+RGP_RANK = 8  # client.dp.rank when mode is rgp and rank is not given
+RGP_POWER_ITERATIONS = 1  # client.dp.power_iterations likewise
+
+
 class DPConfig(Section):
     """Differentially private local training (DP-SGD) on each client."""
 
@@ -41,7 +45,17 @@ class DPConfig(Section):
     max_grad_norm: PositiveFloat = 1.0
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     sampling: Literal["poisson", "fixed"] = "poisson"
-    mode: Literal["fast", "opacus-hooks", "opacus-ghost", "naive"] = "fast"
+    mode: Literal["fast", "opacus-hooks", "opacus-ghost", "naive", "rgp"] = "fast"
+    # Mode rgp only (None: its defaults, RGP_RANK and RGP_POWER_ITERATIONS).
+    rank: Annotated[int, Field(ge=1)] | None = None  # the gradient carriers' rank r
+    power_iterations: Annotated[int, Field(ge=0)] | None = None  # power-method rounds
+
+    @model_validator(mode="after")
+    def _rgp_keys(self) -> DPConfig:
+        given = [k for k in ("rank", "power_iterations") if getattr(self, k) is not None]
+        if self.mode != "rgp" and given:
+            raise ValueError(f"{', '.join(given)}: read by mode 'rgp' only (mode is {self.mode!r})")
+        return self
 
 
 class LowPrecisionWeights(Section):

@@ -44,6 +44,7 @@ from fedsim.outputs.metrics_log import (
     MetricsLog,
     read_metrics,
 )
+from fedsim.outputs.own_models import HoldsOwnModels
 from fedsim.outputs.per_client import (
     PER_CLIENT_FILE,
     keep_rounds,
@@ -166,7 +167,8 @@ def main(grid: Grid, context: Context) -> None:
             None if every is None else Checkpointer(scenario, run_dir, strategy, grid, log, state)
         )
         callbacks = build_callbacks(scenario, log, checkpointer)
-        recorder = RoundRecorder(scenario, data, grid, callbacks, run)
+        owner = strategy if isinstance(strategy, HoldsOwnModels) else None
+        recorder = RoundRecorder(scenario, data, grid, callbacks, run, owner)
         with rng_kept():
             callbacks.on_run_start(run)
         if checkpoint is None:

@@ -45,6 +45,7 @@ from fedsim.outputs.metrics_log import (
     MetricsLog,
     clean_record,
 )
+from fedsim.outputs.own_models import ClientTests, HoldsOwnModels, score_own_models
 from fedsim.outputs.per_client import (
     NO_CLIENT_TESTS,
     PER_CLIENT_FILE,
@@ -115,8 +116,11 @@ class RoundRecorder:
         grid: Grid,
         callbacks: CallbackList,
         run: RunInfo,
+        owner: HoldsOwnModels | None = None,
     ) -> None:
         self.scenario = scenario
+        self.owner = owner  # a strategy whose own models are scored too
+        self.client_tests: ClientTests | None = None
         self.data = data
         self.grid = grid
         self.callbacks = callbacks
@@ -195,6 +199,8 @@ class RoundRecorder:
             record["eval_recall_min"] = min((r for r in recall if r is not None), default=None)
         if evaluate and self.scenario.output.per_client_eval:
             record.update(self._per_client(server_round))
+        if evaluate and self.owner is not None:
+            record.update(self._own_models(arrays))
         record.update(self.telemetry.pop().as_record())
         diagnostics = getattr(self.model, "diagnostics", None)
         if evaluate and callable(diagnostics):
@@ -222,6 +228,18 @@ class RoundRecorder:
         kept[self.failures_seen :] = [r.split(wire.TRACEBACK_MARK, 1)[0] for r in new]
         self.failures_seen = len(kept)
         return new
+    def _own_models(self, arrays: ArrayRecord) -> dict[str, Any]:
+        """Generalisation per level and specialisation per client (:mod:`own_models`)."""
+        assert self.owner is not None
+        data = self.data
+        if self.client_tests is None:
+            self.client_tests = ClientTests.build(
+                data.y, data.parts, data.y_test, data.test_parts, data.num_classes
+            )
+        batch = self.scenario.client.eval_batch_size
+        return score_own_models(
+            self.model, self.owner, arrays, data.x_test, data.y_test, self.client_tests, batch
+        )
 
     def _per_client(self, server_round: int) -> dict[str, Any]:
         """Score the loaded model on every client's own test split; log the rows."""
