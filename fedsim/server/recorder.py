@@ -228,6 +228,7 @@ class RoundRecorder:
         kept[self.failures_seen :] = [r.split(wire.TRACEBACK_MARK, 1)[0] for r in new]
         self.failures_seen = len(kept)
         return new
+
     def _own_models(self, arrays: ArrayRecord) -> dict[str, Any]:
         """Generalisation per level and specialisation per client (:mod:`own_models`)."""
         assert self.owner is not None
