@@ -7,6 +7,9 @@ real time, not results. Usage::
 
     python dev/metrics_snapshot.py OUT.json [--rounds 2]
     python dev/metrics_snapshot.py --compare BEFORE.json AFTER.json
+
+``dev/metrics_c7b47b8.json`` is the snapshot of commit c7b47b8 (before the layout moved),
+taken with ``PYTHONPATH`` pointing at a checkout of it.
 """
 
 from __future__ import annotations
@@ -60,11 +63,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.compare:
         before, after = (json.loads(Path(p).read_text()) for p in args.compare)
-        differ = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+        common = sorted(set(before) & set(after))
+        differ = [k for k in common if before[k] != after[k]]
         for key in differ:
             print("DIFFERENT:", key)
-        print(f"{len(before) - len(differ)} of {len(before)} runs identical")
-        return 1 if differ or set(before) != set(after) else 0
+        for key in sorted(set(before) - set(after)):
+            print("MISSING (in the first file only):", key)
+        for key in sorted(set(after) - set(before)):
+            print("NEW (in the second file only, not compared):", key)
+        print(f"{len(common) - len(differ)} of {len(common)} runs in both files identical")
+        return 1 if differ or set(before) - set(after) else 0
     Path(args.out).write_text(json.dumps(snapshot(args.rounds), indent=1, sort_keys=True))
     return 0
 

@@ -8,9 +8,10 @@ The public Python API::
     result = fedsim.resume(result.run_dir)   # continue from its last checkpoint
     results = fedsim.run_experiment(scenario)  # variants x seeds -> ExperimentResult
 
-Extension points: :func:`register_strategy`, :func:`register_model`, and client-side
-training through :class:`LocalStep` subclasses registered with :func:`register_step`
-(see docs/write-a-strategy.md).
+Extension points: :func:`register_algorithm` (a strategy with its spec: its local steps,
+per-parameter reply keys, DP refusal; see docs/write-a-strategy.md),
+:func:`register_strategy`, :func:`register_model`, and client-side training through
+:class:`LocalStep` subclasses registered with :func:`register_step`.
 Outputs are callbacks: subclass :class:`Callback` and register it with
 :func:`register_callback` (or pass objects to ``fedsim.run(callbacks=...)``).
 """
@@ -41,6 +42,7 @@ __all__ = [
     "StepInputs",
     "TrainResult",
     "load_scenario",
+    "register_algorithm",
     "register_callback",
     "register_model",
     "register_step",
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from fedsim.algorithms import register_algorithm
     from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
     from fedsim.compose import load_scenario
     from fedsim.config.schema import Scenario
@@ -82,6 +85,7 @@ _LAZY = {
     "run_experiment": "fedsim.experiment",
     "Scenario": "fedsim.config.schema",
     "load_scenario": "fedsim.compose",
+    "register_algorithm": "fedsim.algorithms",
     "register_strategy": "fedsim.strategies",
 }
 

@@ -28,13 +28,16 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
+from fedsim.client.losses import LossFn
+
+# Federated evaluation on a node's data under client.dp: refused (validation and client).
+from fedsim.config.rules import DP_EVALUATE_REFUSAL as DP_EVALUATE_REFUSAL
 from fedsim.config.schema import DPConfig
 from fedsim.kernels import clipped_gradient
 from fedsim.kernels.oracle import clipped_sum_of, per_example_grads_loop
 from fedsim.kernels.rgp import supports_rgp
 from fedsim.registry import Registry
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # A clipper fills p.grad with the clipped sum and returns the per-example losses (B,).
 Clipper = Callable[[nn.Module, LossFn, torch.Tensor, torch.Tensor, float], torch.Tensor]
 CLIPPERS: Registry[Callable[[nn.Module], Clipper]] = Registry("DP modes")
@@ -209,8 +212,6 @@ def private_gradient(
 
 # ---------------------------------------------------------------- accounting
 
-# Federated evaluation on a node's data under client.dp: refused (validation and client).
-from fedsim.config.rules import DP_EVALUATE_REFUSAL as DP_EVALUATE_REFUSAL  # noqa: E402
 
 LEDGER = "dp-ledger"
 # Opacus RDPAccountant's default orders.

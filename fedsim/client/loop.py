@@ -14,7 +14,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from fedsim.client.losses import cross_entropy
+from fedsim.client.losses import LossFn, cross_entropy
 from fedsim.client.optimizers import LocalOptimizer, make_optimizer
 from fedsim.client.steps import LocalStep, TrainResult
 from fedsim.config.schema import ClientConfig
@@ -22,7 +22,6 @@ from fedsim.kernels import mlp_cross_entropy_grad, mlp_linears
 
 __all__ = ["Gradient", "TrainResult", "batch_spans", "batches", "num_local_steps", "train_local"]
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Fills p.grad for one batch; returns the per-example losses.
 Gradient = Callable[[nn.Module, LossFn, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MetricRecord
@@ -31,6 +31,16 @@ class InjectedFault(RuntimeError):
 
 class DeviceTraceExhausted(FedsimError):
     """A device trace never again has as many devices online as a round needs."""
+
+
+@dataclass(order=True)
+class Pending:
+    """A reply waiting for its arrival time (asynchronous pulls hand them out in order)."""
+
+    arrival: float
+    seq: int
+    message_id: str = field(compare=False)
+    reply: Message = field(compare=False)
 
 
 @dataclass

@@ -14,7 +14,6 @@ import heapq
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import (
@@ -33,6 +32,7 @@ from fedsim.engine.delivery import (
     CLIENT_APP_RAISED_EXCEPTION,
     DeviceTraceExhausted,
     InjectedFault,
+    Pending,
     Plan,
     arrive,
     is_local,
@@ -62,14 +62,6 @@ __all__ = [
     "InjectedFault",
     "node_contexts",
 ]
-
-
-@dataclass(order=True)
-class _Pending:
-    arrival: float
-    seq: int
-    message_id: str = field(compare=False)
-    reply: Message = field(compare=False)
 
 
 class InProcessGrid(Grid):
@@ -136,7 +128,7 @@ class InProcessGrid(Grid):
         self.deadline_s = deadline_s
         self.telemetry = Telemetry()
         self._run = empty_run(run_id)
-        self._pending: list[_Pending] = []
+        self._pending: list[Pending] = []
         self._dispatch = 0
         self._seq = 0
         self.reply_rules: ReplyRules | None = None
@@ -224,7 +216,7 @@ class InProcessGrid(Grid):
         for arrival, message_id, reply in self._dispatch_all(messages):
             ids.append(message_id)
             if reply is not None:
-                heapq.heappush(self._pending, _Pending(arrival, self._seq, message_id, reply))
+                heapq.heappush(self._pending, Pending(arrival, self._seq, message_id, reply))
                 self._seq += 1
         return ids
 

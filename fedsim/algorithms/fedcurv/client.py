@@ -16,7 +16,7 @@ in (``context.state``), dropping those older than any round the server still use
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,12 +26,12 @@ from torch import nn
 
 from fedsim import wire
 from fedsim.algorithms.fedcurv import keys
+from fedsim.client.losses import LossFn
 from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
 from fedsim.data.node_data import NodeData
 from fedsim.kernels.oracle import per_example_grads_func, per_example_grads_loop
 from fedsim.training_device import model_device
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # context.state records "curv-own.<round>": this client's F, F⊙θ, F⊙θ² of that round.
 OWN_TERMS = "curv-own"
 FISHER_CHUNK = 64  # examples per vectorised per-example-gradient call

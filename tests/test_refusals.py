@@ -1,0 +1,157 @@
+"""Every refusal: ``fedsim validate`` and ``fedsim run`` refuse the same scenarios, alike.
+
+Each case changes a tiny valid scenario so that one check refuses it: a combination
+rule, a strategy's own check, a component's name or parameter, a strategy that cannot
+be built (``curv_lambda: -1``). Both commands must exit 2 with the same one error line,
+and ``run`` must refuse before it claims a run directory. Every registered combination
+rule has a case (a new rule without one fails here). Then: a scenario is validated
+once per process, however many times it is loaded, preflighted and served.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import fedsim
+from fedsim.cli.main import app
+from fedsim.config.rules import RULES
+from tests.conftest import TINY, write_yaml
+
+DP = {"dp": {"noise_multiplier": 1.0}}
+REGRESSION = {"dataset": {"name": "regression"}, "num_clients": 4, "partitioner": {"name": "iid"}}
+
+# id -> (what it exercises, scenario changes, the key the error line names)
+CASES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "curv-lambda-negative": (
+        "build",
+        {"strategy": {"name": "fedcurv", "params": {"curv_lambda": -1}}},
+        "strategy.params.curv_lambda",
+    ),
+    "dp-fedcurv": ("dp-releases", {"strategy": {"name": "fedcurv"}, "client": DP}, "client.dp"),
+    "dp-agc": ("dp-releases", {"strategy": {"name": "agc"}, "client": DP}, "client.dp"),
+    "dp-qfedavg-loss-weights": (
+        "dp-releases",
+        {"strategy": {"name": "qfedavg", "params": {"client_learning_rate": 0.1}}, "client": DP},
+        "client.dp",
+    ),
+    "dp-federated-evaluation": (
+        "dp-releases",
+        {"strategy": {"name": "fedavg", "params": {"fraction_evaluate": 0.5}}, "client": DP},
+        "client.dp",
+    ),
+    "dp-inner-strategy": (
+        "dp-releases",
+        {
+            "strategy": {"name": "median-of-means", "params": {"strategy": {"name": "fedcurv"}}},
+            "client": DP,
+        },
+        "client.dp",
+    ),
+    "squared-error-on-labels": (
+        "regression-targets",
+        {"client": {"loss": {"name": "squared_error"}}},
+        "client.loss",
+    ),
+    "accuracy-target-on-regression": (
+        "regression-targets",
+        {"data": REGRESSION, "client": {"loss": {"name": "squared_error"}}},
+        "output.target_accuracy",
+    ),
+    "lasgd-without-a-clock": (
+        "engine-needs",
+        {"strategy": {"name": "lasgd"}, "engine": {"name": "ray"}},
+        "engine.name",
+    ),
+    "fedaws-needs-cosine": (
+        "strategy-checks",
+        {
+            "strategy": {"name": "fedaws"},
+            "data": {**TINY["data"], "num_clients": 10, "partitioner": {"name": "one-class"}},
+        },
+        "model.name",
+    ),
+    "scaffold-option-i-under-dp": (
+        "strategy-checks",
+        {"strategy": {"name": "scaffold", "params": {"option": "I"}}, "client": DP},
+        "strategy.params.option",
+    ),
+    "fednova-with-momentum": (
+        "strategy-checks",
+        {
+            "strategy": {"name": "fednova"},
+            "client": {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}},
+        },
+        "client.optimizer.momentum",
+    ),
+    "unknown-strategy": ("components", {"strategy": {"name": "fedavgg"}}, "strategy.name"),
+    "unknown-strategy-param": (
+        "components",
+        {"strategy": {"name": "fedavg", "params": {"fraction_trian": 0.5}}},
+        "strategy.params.fraction_trian",
+    ),
+    "unknown-inner-strategy": (
+        "components",
+        {"strategy": {"name": "median-of-means", "params": {"strategy": {"name": "nope"}}}},
+        "strategy.params.strategy.name",
+    ),
+    "unknown-model": ("components", {"model": {"name": "mlpp"}}, "model.name"),
+    "population-too-small": (
+        "population",
+        {"strategy": {"name": "fedavg", "params": {"min_available_nodes": 9}}},
+        "strategy.params.min_available_nodes",
+    ),
+    "checkpoint-own-loop": (
+        "checkpoints",
+        {"strategy": {"name": "lasgd"}, "output": {"plots": False, "checkpoint_every": 1}},
+        "output.checkpoint_every",
+    ),
+}
+
+
+def _scenario(tmp_path: Path, changes: dict[str, Any]) -> Path:
+    raw: dict[str, Any] = {**TINY, "name": f"refusal-{uuid.uuid4().hex[:8]}", "system": {}}
+    for section, value in changes.items():
+        base = raw.get(section)
+        raw[section] = (
+            {**base, **value} if isinstance(base, dict) and section != "strategy" else value
+        )
+    return write_yaml(tmp_path / "s.yaml", raw)
+
+
+def _errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error")]
+
+
+def test_every_rule_has_a_case() -> None:
+    exercised = {what for what, _, _ in CASES.values()}
+    assert set(RULES.names()) <= exercised
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_validate_and_run_refuse_alike(case: str, tmp_path: Path) -> None:
+    _, changes, key = CASES[case]
+    path = _scenario(tmp_path, changes)
+    runner = CliRunner()
+    validate = runner.invoke(app, ["validate", str(path)])
+    run = runner.invoke(app, ["run", str(path), "-q", "--out", str(tmp_path / "run")])
+    assert validate.exit_code == 2, validate.output
+    assert run.exit_code == 2, run.output
+    assert "Traceback" not in validate.output + run.output
+    assert _errors(validate.output) == _errors(run.output), (validate.output, run.output)
+    assert len(_errors(run.output)) == 1 and f"{key}:" in _errors(run.output)[0]
+    assert not (tmp_path / "run").exists()  # refused before a run directory was claimed
+
+
+def test_a_scenario_is_validated_once_per_process(tmp_path: Path) -> None:
+    from fedsim.compose import CHECKS_RUN, digest
+
+    raw = {**TINY, "name": f"once-{uuid.uuid4().hex[:8]}", "system": {}}
+    scenario = fedsim.load_scenario(raw)
+    fedsim.load_scenario(raw)  # loaded again, as `validate` then `run` would
+    fedsim.run(scenario, tmp_path / "run")  # preflight and the in-process ServerApp
+    assert CHECKS_RUN[digest(scenario)] == 1
