@@ -21,7 +21,7 @@ from fedsim import wire
 from fedsim.array_codec import decode, encode
 from fedsim.client import rgp  # noqa: F401  (registers client.dp.mode rgp)
 from fedsim.client.attacks import poisoned_labels
-from fedsim.client.dp import private_gradient, spend
+from fedsim.client.dp import GRADIENT_MODES, PrivateGradient, private_gradient, spend
 from fedsim.client.loop import Gradient, default_gradient, num_local_steps, train_local
 from fedsim.client.losses import build_loss
 from fedsim.client.low_precision import FixedPointWeights
@@ -218,7 +218,10 @@ def train_job(
         if cfg.dp is not None:
             noise = torch.Generator().manual_seed(int(torch.initial_seed()) + 1)
             expected = float(min(cfg.batch_size, len(job.data.y)))  # q·n with q = batch / n
-            gradient = private_gradient(cfg.dp, job.model, expected, noise, context.state)
+            if cfg.dp.mode in GRADIENT_MODES:  # rgp: its noise goes on the carriers
+                gradient = private_gradient(cfg.dp, job.model, expected, noise, context.state)
+            else:
+                gradient = PrivateGradient(cfg.dp, job.model, expected, noise)
         xt, yt = placed_data(job, config, context)
         work = train_local(
             job.model,

@@ -35,9 +35,8 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from torch import nn
 
 from fedsim.client.dp import GRADIENT_MODES
-from fedsim.client.losses import LossFn
 from fedsim.config.client import RGP_POWER_ITERATIONS, RGP_RANK, DPConfig
-from fedsim.kernels.capture import backprop_per_example
+from fedsim.kernels.capture import LossFn, backprop_per_example
 from fedsim.kernels.clipping import EPS
 from fedsim.kernels.registry import set_grad
 from fedsim.kernels.rgp import (

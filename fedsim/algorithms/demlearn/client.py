@@ -19,6 +19,8 @@ from fedsim.algorithms.demlearn import keys
 class DemLearnStep(fedsim.LocalStep):
     """Plain empirical risk minimisation; the reply adds the node's partition id."""
 
+    dp_refusal = keys.DP_REFUSAL  # the strategy's report reads the agents' own data
+
     def __init__(self, inputs: fedsim.StepInputs) -> None:
         super().__init__(inputs)
         self.partition_id = inputs.partition_id
