@@ -10,6 +10,7 @@ from typing import Any
 from fedsim.config.expand import expand, run_label
 from fedsim.config.schema import Scenario
 from fedsim.errors import DivergedError
+from fedsim.failure_watch import TrainingStopped
 from fedsim.outputs.callbacks import Callback
 from fedsim.outputs.comparison import comparison_rows, write_comparison
 from fedsim.outputs.plots import plot_comparison
@@ -101,16 +102,34 @@ def compare(scenario: Scenario, results: Sequence[RunResult], root: Path) -> lis
 
 
 def execute_runs(
-    runs: Sequence[Scenario], targets: Sequence[Path], jobs: int, verbose: bool | None
+    runs: Sequence[Scenario],
+    targets: Sequence[Path],
+    jobs: int,
+    verbose: bool | None,
+    *,
+    stops_diverge: bool = False,
 ) -> list[RunResult | DivergedError]:
     """Run each scenario into its target, ``jobs`` at once.
 
     A diverged run's :class:`DivergedError` is returned in its place; any other error
-    is raised.
+    is raised. With ``stops_diverge`` (tuning: a grid point whose clients' replies are
+    all refused, e.g. as implausibly large, is a setting that diverged) a run whose
+    training stopped counts as diverged too.
     """
+    job = _run_or_stopped if stops_diverge else _run_or_diverged
     if jobs > 1 and len(runs) > 1:
-        return _run_parallel(runs, targets, jobs, [], verbose, job=_run_or_diverged)  # type: ignore[return-value]
-    return [_run_or_diverged(r, t, verbose, None) for r, t in zip(runs, targets, strict=True)]
+        return _run_parallel(runs, targets, jobs, [], verbose, job=job)  # type: ignore[return-value]
+    return [job(r, t, verbose, None) for r, t in zip(runs, targets, strict=True)]
+
+
+def _run_or_stopped(
+    scenario: Scenario, run_dir: Path, verbose: bool | None, environ: dict[str, str] | None
+) -> RunResult | DivergedError:
+    """:func:`_run_or_diverged`, with a run whose training stopped counted as diverged."""
+    try:
+        return _run_or_diverged(scenario, run_dir, verbose, environ)
+    except TrainingStopped as exc:
+        return DivergedError(str(exc))
 
 
 def _run_or_diverged(

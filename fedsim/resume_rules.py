@@ -56,7 +56,9 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], server_ro
         One problem per changed key outside :data:`MAY_CHANGE`, and for ``rounds``
         below the rounds the checkpoint has already run.
     """
-    before, after = flatten(saved), flatten(current)
+    # Keys a later fedsim added are absent from an older checkpoint's scenario: read it
+    # with today's schema, so they count as their defaults (what the old code did).
+    before, after = flatten(_with_defaults(saved)), flatten(current)
     allowed = ", ".join(MAY_CHANGE)
     problems = [
         Problem(
@@ -81,6 +83,16 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], server_ro
 
 
 _ABSENT = object()
+
+
+def _with_defaults(saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``saved`` as today's schema reads it (new keys at their defaults), if it still reads."""
+    from fedsim.config.schema import Scenario
+
+    try:
+        return Scenario.model_validate(dict(saved)).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError: compare the keys as saved
+        return saved
 
 
 def _show(values: Mapping[str, Any], key: str) -> str:

@@ -284,14 +284,14 @@ def run_tuned(
     from fedsim.experiment import ExperimentResult, compare, execute_runs
     from fedsim.runner import RunResult, preflight
 
-    def execute(runs: list[Scenario], targets: list[Path]) -> list[Any]:
+    def execute(runs: list[Scenario], targets: list[Path], *, tuning: bool = False) -> list[Any]:
         for r in runs:  # fail fast on every run's data/model before one trains
             preflight(r)
-        return execute_runs(runs, targets, jobs, verbose)
+        return execute_runs(runs, targets, jobs, verbose, stops_diverge=tuning)
 
     cfg = scenario.tuning
     assert cfg is not None
-    points, choices = tune(scenario, root, execute)
+    points, choices = tune(scenario, root, lambda r, t: execute(r, t, tuning=True))
     reported = expand(chosen_scenario(scenario, choices))
     targets = [root / run_label(r) for r in reported]
     outcomes = run_or_reuse(reported, targets, execute)

@@ -81,8 +81,12 @@ def test_undeclared_reply_keys_are_refused_by_the_engine(tmp_path: Path) -> None
     done = _fedsim(work, "run", "s.yaml", "-q", "--out", "r")
     lines = (work / "r" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines][1:]
-    assert done.returncode == 0, done.stderr
-    assert all(r["failures"] == 3 and r.get("train/sqplug-sum") is None for r in records)
+    # Every reply refused is a failed round: the run stops there (exit 1), naming why.
+    assert done.returncode == 1, done.stderr
+    assert "training stopped" in done.stderr and "unexpected array 'sqplug.sq." in done.stderr
+    assert records and all(
+        r["failures"] == 3 and r.get("train/sqplug-sum") is None for r in records
+    )
 
 
 @pytest.mark.slow

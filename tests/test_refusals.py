@@ -27,6 +27,24 @@ REGRESSION = {"dataset": {"name": "regression"}, "num_clients": 4, "partitioner"
 
 # id -> (what it exercises, scenario changes, the key the error line names)
 CASES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "alie-with-lasgd": (
+        "colluding-attacks",
+        {
+            "strategy": {"name": "lasgd"},
+            "system": {"attackers": {"fraction": 0.25, "attack": "alie"}},
+        },
+        "system.attackers.attack",
+    ),
+    "krum-more-attackers-than-clients": (
+        "attacker-count",
+        {"strategy": {"name": "krum", "params": {"num_malicious_nodes": 100}}},
+        "strategy.params.num_malicious_nodes",
+    ),
+    "client-timeout-on-ray": (
+        "client-timeout",
+        {"engine": {"name": "ray", "client_timeout_s": 2.0}},
+        "engine.client_timeout_s",
+    ),
     "curv-lambda-negative": (
         "build",
         {"strategy": {"name": "fedcurv", "params": {"curv_lambda": -1}}},

@@ -187,7 +187,10 @@ def test_incompatible_model_and_data(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
-    assert "model.name: 'cnn' needs image data of shape (C, H, W), got (40,)" in result.output
+    assert (
+        "model.name: 'cnn' needs image data of shape (C, H, W) or (H, W), got (40,)"
+        in result.output
+    )
 
 
 def test_missing_npz(tmp_path: Path) -> None:

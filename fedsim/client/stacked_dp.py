@@ -14,6 +14,7 @@ sees the same steps), up to float rounding of the clipped sums.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -97,19 +98,24 @@ class StackedPrivateGradient:
         norms = torch.as_tensor(sq).sqrt()  # (a, B)
         coef = (self.cfg.max_grad_norm / (norms + EPS)).clamp(max=1.0) * real
         std = self.cfg.noise_multiplier * self.cfg.max_grad_norm
+        noise: dict[str, torch.Tensor] = {}
+        if std > 0 and self.names:
+            # As the per-client path draws it: one flat draw per client from its own
+            # generator over every parameter in order, each parameter taking its slice.
+            shapes = [grads[n].shape[2:] for n in self.names]
+            sizes = [math.prod(shape) for shape in shapes]
+            dtype = grads[self.names[0]].dtype
+            flat = torch.stack(
+                [torch.randn(sum(sizes), generator=gen, dtype=dtype) for gen in self.generators[:a]]
+            )  # (a, P)
+            for n, shape, part in zip(self.names, shapes, flat.split(sizes, dim=1), strict=True):
+                noise[n] = part.reshape(a, *shape)
         out: dict[str, torch.Tensor] = {}
         for n in self.names:
             g = grads[n]
             total = torch.einsum("ab,ab...->a...", coef.to(g.dtype), g)  # (a, ...)
-            if std > 0:
-                # Each client's noise from its own generator, in the per-client order.
-                noise = torch.stack(
-                    [
-                        torch.randn(g.shape[2:], generator=gen, dtype=g.dtype)
-                        for gen in self.generators[:a]
-                    ]
-                )
-                total = total + std * noise.to(total.device)
+            if n in noise:
+                total = total + std * noise[n].to(total.device, total.dtype)
             out[n] = total / self.expected[:a].view(a, *([1] * (total.dim() - 1))).to(g.dtype)
         if self.has_penalty:  # outside the privatised gradient, as train_local adds it
             for n, g in self.penalty_grad(dict(params), values).items():

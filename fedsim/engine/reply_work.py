@@ -26,15 +26,21 @@ class WorkBound:
     A job takes ``local_steps`` batches, or ``local_epochs`` passes over the examples
     in batches of ``batch_size`` (the last one of each pass may be short), so it touches
     at most ``local_steps x batch_size`` or ``local_epochs x (examples + batch_size)``
-    samples.
+    samples. Under DP's Poisson sampling a batch's size is random (each example joins
+    with probability ``batch_size / examples``), so one batch may hold every example:
+    the bound is then ``batches x examples``.
     """
 
     local_epochs: int = 1
     local_steps: int | None = None
     batch_size: int = 1
+    poisson: bool = False  # client.dp with sampling: poisson
 
     def samples(self, examples: float) -> float:
         """The most samples a job over ``examples`` examples touches."""
+        if self.poisson:
+            batches = self.local_steps or self.local_epochs * math.ceil(examples / self.batch_size)
+            return float(batches * max(examples, self.batch_size))
         if self.local_steps is not None:
             return float(self.local_steps * self.batch_size)
         return self.local_epochs * (examples + self.batch_size)

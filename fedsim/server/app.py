@@ -119,7 +119,8 @@ def main(grid: Grid, context: Context) -> None:
     if isinstance(grid, ReplyCheckingGrid):  # every reply checked before aggregation
         sizes = [len(part) for part in data.parts]
         c = scenario.client
-        work = WorkBound(c.local_epochs, c.local_steps, c.batch_size)
+        poisson = c.dp is not None and c.dp.sampling == "poisson"
+        work = WorkBound(c.local_epochs, c.local_steps, c.batch_size, poisson)
         grid.check_replies(initial, sizes, composition.reply_prefixes, work)
     strategy = composition.build_strategy()
     offline = getattr(strategy, "offline_phase", None)

@@ -442,8 +442,11 @@ def test_batch_clients_auto_sizes_chunks_from_free_memory(
     )
     # 2 clients' worth of free memory: chunks of two, replies as each client's own.
     model = build_model("mlp", {"hidden": [16]}, (64,), 10)
-    per_client = chunk_size.auto_chunk(model, (64,), 16, "cpu")
-    free = chunk_size.free_bytes("cpu")
+    # A fixed free memory (the machine's own changes between two reads under load).
+    free = 10**9
+    monkeypatch.setattr(chunk_size, "free_bytes", lambda device: free)
+    per_client = chunk_size.auto_chunk(model, (64,), 16, "cpu")  # clients in 1 GB, < MAX_CHUNK
+    assert 3 <= per_client < chunk_size.MAX_CHUNK
     monkeypatch.setattr(chunk_size, "free_bytes", lambda device: int(free * 2 / per_client) + 1)
     seen: list[int] = []
     from fedsim.client import stacked as batched

@@ -28,6 +28,7 @@ BY_STEP: dict[str, dict[str, Any]] = {
     "proximal": {"strategy": {"name": "fedprox", "params": {"proximal_mu": 0.1}}},
     "curvature": {"strategy": {"name": "fedcurv", "params": {"curv_lambda": 0.5}}},
     "scaffold": {"strategy": {"name": "scaffold"}},  # option II: from the private update
+    "fednova": {"strategy": {"name": "fednova"}},  # reports its step count alongside
     "demlearn": {"strategy": {"name": "demlearn", "params": {"groups": []}}},  # refused
     "coded-gradient": {"strategy": {"name": "agc", "params": {"c": 0.1, "d": 2}}},
     "moment-product": {

@@ -242,7 +242,11 @@ def test_rgp_trains_under_every_kind_of_step_and_loss(
     finite model with ε spent (steps DP refuses, e.g. FedCurv's, are refused for rgp too)."""
     tiny["rounds"] = 1
     tiny["strategy"] = strategy
-    tiny["client"]["loss"] = {"name": loss}
+    # logit_adjusted's prior from public counts: DP refuses one from the private labels.
+    tiny["client"]["loss"] = {
+        "name": loss,
+        **({"prior": "global"} if loss == "logit_adjusted" else {}),
+    }
     tiny["client"]["dp"] = {"mode": "rgp", "rank": 2, "sampling": sampling}
     tiny["model"] = {"name": model} if model == "cnn" else tiny["model"]
     result = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "run")

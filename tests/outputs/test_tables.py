@@ -20,6 +20,9 @@ def test_one_seed_shows_no_spread_and_bytes_are_whole_numbers() -> None:
     assert rows[0]["final_acc_std"] is None
     headers, cells = display(rows)
     one, two = (dict(zip(headers, line, strict=True)) for line in cells)
-    assert one["final_acc (mean ± std)"] == "0.5000"
-    assert two["final_acc (mean ± std)"] == "0.6000 ± 0.1414"
+    assert rows[0]["final_acc_ci95"] is None
+    key = "final_acc (mean ± 95% CI)"
+    assert one[key] == "0.5000"
+    # Two seeds, std 0.1414: t(0.975, 1) = 12.706, so the half-width is 12.706 x 0.1 = 1.2706.
+    assert two[key] == "0.6000 ± 1.2706"
     assert one["bytes_up_mean"] == "1,234,567" and two["bytes_up_mean"] == "10"

@@ -96,9 +96,9 @@ def test_an_interrupted_tuned_comparison_resumes_with_jobs(
 
     real = experiment.execute_runs
 
-    def counting(runs: Any, targets: Any, jobs: int, verbose: Any) -> Any:
+    def counting(runs: Any, targets: Any, jobs: int, verbose: Any, **kw: Any) -> Any:
         ran.extend(t.name for t in targets)
-        return real(runs, targets, jobs, verbose)
+        return real(runs, targets, jobs, verbose, **kw)
 
     monkeypatch.setattr(experiment, "execute_runs", counting)
     again = run_experiment(scenario, root, jobs=2)
