@@ -16,13 +16,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from flwr.app import (
-    ArrayRecord,
-    Context,
-    Error,
-    Message,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim import wire
