@@ -43,12 +43,17 @@ class Schedule:
     samples: NDArray[np.int64]  # (active,) real batch size of each active client
 
 
-def schedule(chunk: list[StackedJob], device: str) -> list[Schedule]:
+def schedule(
+    chunk: list[StackedJob], device: str, dtype: torch.dtype = torch.float32
+) -> list[Schedule]:
     """Each client's batches, in the order its ClientApp job would draw them.
 
     The chunk's clients come most steps first, so at every step the clients still
     training are the first rows of the stack. The index, weight and mask tensors are
-    built on the host and moved to ``device`` once for the whole chunk.
+    built on the host and moved to ``device`` once for the whole chunk. The weights
+    ``1/batch`` are in the model's ``dtype``: a float32 ``1/3`` is 3e-8 off, which a
+    float64 model's update would carry (Adam amplifies it where a gradient nearly
+    cancels), while the one-by-one path divides by the batch size in float64.
     """
     cfg = chunk[0].scenario.client
     offsets = np.cumsum([0] + [len(c.data.y) for c in chunk])
@@ -70,10 +75,11 @@ def schedule(chunk: list[StackedJob], device: str) -> list[Schedule]:
             index[t, row, :size] = values[span]
         sizes[: len(sized), row] = sized
     real_np = (np.arange(width) < sizes[:, :, None]).astype(np.float32)
-    scale_np = real_np / np.maximum(sizes, 1)[:, :, None].astype(np.float32)
+    # In float64, then rounded once to the model's dtype (float32: the same value).
+    scale_np = real_np.astype(np.float64) / np.maximum(sizes, 1)[:, :, None]
     active = (sizes > 0).sum(1)
     index_t = torch.from_numpy(index).to(device)
-    scale_t = torch.from_numpy(scale_np).to(device)
+    scale_t = torch.from_numpy(scale_np).to(device=device, dtype=dtype)
     real_t = torch.from_numpy(real_np).to(device)
     return [
         Schedule(int(a), index_t[t, :a], scale_t[t, :a], real_t[t, :a], sizes[t, :a])
@@ -191,7 +197,8 @@ def train_stacked(model: nn.Module, stacked: StackedStep, chunk: list[StackedJob
             [float(min(cfg.batch_size, len(c.data.y))) for c in chunk],
             [c.seed + 1 for c in chunk],  # the ClientApp's noise generator seed
         )
-    for t, s in enumerate(schedule(chunk, device)):
+    dtype = next(model.parameters()).dtype
+    for t, s in enumerate(schedule(chunk, device, dtype)):
         a = s.active
         params = {n: params_now[n][:a] for n in names}
         grads, losses = gradient(params, stacked.rows(a), x[s.index], y[s.index], s.scale)

@@ -252,7 +252,10 @@ def _pairwise() -> list[tuple[str, str, str, str]]:
 CASES = (
     list(itertools.product(MODELS, STEPS, LOSSES, OPTIMIZERS))
     if os.environ.get("FEDSIM_FULL_MATRIX")
-    else _pairwise()
+    # The case that found the float32 1/batch weights of the stacked path (a 3-example
+    # client: 1/3 is inexact in float32; a weight whose gradient nearly cancels its
+    # weight decay, which Adam magnifies). It failed at 1.6e-5 before the fix.
+    else [*_pairwise(), ("femnist-cnn", "plain", "label_smoothing", "adam")]
 )
 
 
