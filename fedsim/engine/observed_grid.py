@@ -218,7 +218,10 @@ class ObservedGrid(Grid):
         # Dropouts never reach their node; injected failures are the engine's, not a
         # client's: only the others are sent (and their clients run), as in-process.
         runs = [p for p in plans if p.delivered is not None]
-        replies = self.inner.send_and_receive([p.message for p in runs], timeout=limit)
+        # (Nothing to send when every message was dropped: no call to Flower at all.)
+        replies = (
+            self.inner.send_and_receive([p.message for p in runs], timeout=limit) if runs else []
+        )
         by_message = {r.metadata.reply_to_message_id: r for r in replies}
         waited = (
             "the round's timeout"
