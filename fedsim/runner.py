@@ -21,7 +21,6 @@ from typing import Any
 from flwr.app import UserConfig
 
 from fedsim import wire
-from fedsim.clock_needs import clock_problems
 from fedsim.compose import compose, load_scenario
 from fedsim.config.schema import Scenario
 from fedsim.config.sources import to_yaml
@@ -127,17 +126,13 @@ def preflight(scenario: Scenario) -> None:
         from fedsim.training_device import check_devices
 
         check_devices(scenario.engine.device)
-    clockless = clock_problems(scenario.system, scenario.engine.name)
-    if clockless:
-        raise ScenarioError(clockless)
     if scenario.system.trace is not None:
         from fedsim.engine.device_trace import load_trace
 
         load_trace(scenario.system.trace.path)  # a malformed trace fails before any training
-    if scenario.engine.name == "inprocess":  # the engine with a clock draws the devices
-        from fedsim.engine.devices import sample_population
+    from fedsim.engine.devices import sample_population  # every engine keeps the clock
 
-        sample_population(scenario.system, scenario.data.num_clients, scenario.seed)
+    sample_population(scenario.system, scenario.data.num_clients, scenario.seed)
     data = federated_data(scenario.data, scenario.seed)
     if scenario.output.per_client_eval and data.test_parts is None:
         raise ScenarioError(

@@ -93,6 +93,9 @@ RUN_WAIT_NODES: Final = "wait-nodes"  # nodes the ServerApp waits for before rou
 # Node config (per node; `flower-supernode --node-config`).
 PARTITION_ID: Final = "partition-id"
 NUM_PARTITIONS: Final = "num-partitions"
+# Message type asking a node which partition it holds (reply metrics: PARTITION_ID);
+# the server's virtual clock knows Flower's nodes by their partitions.
+QUERY_PARTITION: Final = "query.partition"
 DATA_PATH: Final = "data-path"
 NODE_DEVICE: Final = "device"  # a node's training device (engine.device's choices)
 # true/false: this node attacks (wins over the scenario's system.attackers draw), so a

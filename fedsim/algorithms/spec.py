@@ -17,6 +17,9 @@ from pydantic import BaseModel
 # Engine capabilities an algorithm may need (engine.name values that provide them are
 # listed in fedsim.config.rules).
 VIRTUAL_CLOCK = "virtual-clock"  # simulated time and device links (LASGD's All-Reduce)
+# The clock kept on whole rounds of Flower's loop (system.deadline_s, stragglers,
+# dropouts, injected failures): every engine's grid stamps and cuts the replies.
+ROUND_CLOCK = "round-clock"
 
 
 @dataclass(frozen=True)

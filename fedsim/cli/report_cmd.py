@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from fedsim.cli.errors import stderr, user_errors
 from fedsim.cli.tables import table
-from fedsim.outputs.comparison import format_cell
+from fedsim.outputs.comparison import display, format_cell
 from fedsim.outputs.report import COLUMNS, write_report
 
 
@@ -83,11 +83,15 @@ def report(
     headers = [c.replace("_eval", "").replace("_", " ") for c in COLUMNS]
     cells = [[format_cell(row[c], c) for c in COLUMNS] for row in result.rows]
     console.print(table("runs", headers, cells))
+    if any(row["runs"] > 1 for row in result.variants):
+        # Runs that differ only in the seed, pooled: mean ± 95% CI (none from one seed).
+        variant_headers, variant_cells = display(result.variants)
+        console.print(table("variants (over their seeds)", variant_headers, variant_cells))
     if result.differences:
         names = [str(row["run"]) for row in result.rows]
         diff = [[key, *values] for key, values in result.differences]
         console.print(table("where the runs differ", ["key", *names], diff))
     elif len(result.rows) > 1:
         console.print("the runs' scenarios and provenance do not differ")
-    for path in [result.csv_path, *result.plots]:
+    for path in [result.csv_path, *result.variants_csv, *result.plots]:
         console.print(f"wrote {escape(str(path))}", soft_wrap=True)

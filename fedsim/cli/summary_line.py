@@ -33,7 +33,7 @@ def summary_line(s: Mapping[str, Any]) -> str:
         final = f"final accuracy {_number(s['final_eval_accuracy'])}"
     if s.get("best_eval_accuracy") is not None:
         final += f" (best {_number(s['best_eval_accuracy'])} at round {s['best_eval_round']})"
-    # The ray engine has no virtual clock: its runs have no virtual time.
+    # A run from before every engine kept the clock may have no virtual time.
     vt = s.get("virtual_time_s")
     clock = "-" if vt is None else f"{vt:.1f} s"
     eps = s.get("epsilon")  # a DP run's privacy spent, beside its accuracy

@@ -26,6 +26,9 @@ train.lasgd
     both and replies with the model like ``train``.
 query.labels
     Replies with ``metrics``: ``labels``, the distinct labels of the node's data.
+query.partition
+    Replies with ``metrics``: ``partition-id`` from the node config (the server's
+    virtual clock knows Flower's nodes by their partitions).
 evaluate
     Receives ``arrays``; replies with ``metrics``: ``num-examples``, ``eval-loss``,
     ``eval-accuracy`` on the node's own data (regression targets: ``eval-loss`` is the
@@ -145,4 +148,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = MetricRecord(
         {wire.NUM_EXAMPLES: len(job.data.y), wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: acc}
     )
+    return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)
+
+
+@app.query(wire.QUERY_PARTITION.split(".", 1)[1])
+def partition(msg: Message, context: Context) -> Message:
+    """Say which partition this node holds (its ``partition-id``)."""
+    partition_id = int(context.node_config[wire.PARTITION_ID])
+    metrics = MetricRecord({wire.PARTITION_ID: partition_id})
     return Message(RecordDict({wire.METRICS: metrics}), reply_to=msg)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from fedsim.algorithms.spec import VIRTUAL_CLOCK
+from fedsim.algorithms.spec import ROUND_CLOCK, VIRTUAL_CLOCK
 from fedsim.config.section import (
     MAX_WORKERS,
     Section,
@@ -67,7 +67,7 @@ class InProcessEngine(_EngineSection):
     name: Literal["inprocess"] = "inprocess"
     resumable: ClassVar[bool] = True
     stops_late_clients: ClassVar[bool] = True
-    capabilities: ClassVar[frozenset[str]] = frozenset({VIRTUAL_CLOCK})
+    capabilities: ClassVar[frozenset[str]] = frozenset({VIRTUAL_CLOCK, ROUND_CLOCK})
     # Processes that run the clients: 1 = this process (no IPC); N long-lived worker
     # processes, nodes pinned to one; auto = physical cores // threads_per_worker.
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
@@ -105,6 +105,8 @@ class RayEngine(_EngineSection):
     num_cpus: Annotated[int, Field(ge=1)] | None = None
     object_store_mb: Annotated[int, Field(ge=80)] = 512
     ray_address: str | None = None
+    # Flower's grid, wrapped: fedsim keeps the clock of Flower's rounds on it.
+    capabilities: ClassVar[frozenset[str]] = frozenset({ROUND_CLOCK})
 
 
 EngineConfig = Annotated[InProcessEngine | RayEngine, Field(discriminator="name")]

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from fedsim.algorithms.spec import VIRTUAL_CLOCK, StrategyLink
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.algorithms.spec import ROUND_CLOCK, VIRTUAL_CLOCK, StrategyLink
 from fedsim.config.schema import ENGINE_SECTIONS, Scenario, has_regression_targets
 from fedsim.errors import Problem
 from fedsim.registry import Registry
@@ -31,7 +33,10 @@ DP_EVALUATE_REFUSAL = (
 )
 
 # Which engine sections provide a capability an algorithm's spec may need.
-CAPABILITIES = {VIRTUAL_CLOCK: "a virtual clock"}
+CAPABILITIES = {VIRTUAL_CLOCK: "a virtual clock", ROUND_CLOCK: "a clock on its rounds"}
+# `system` keys that change which replies reach the strategy, or when (drawn and cut on
+# the clock of the rounds).
+ROUND_CLOCK_KEYS = ("deadline_s", "straggle_prob", "dropout_prob", "failure_prob")
 
 
 @runtime_checkable
@@ -136,9 +141,24 @@ def regression_targets(scenario: Scenario, links: Sequence[StrategyLink]) -> lis
 def engine_needs(scenario: Scenario, links: Sequence[StrategyLink]) -> list[Problem]:
     """An algorithm that needs a capability runs only on engines that provide it."""
     problems = []
-    if scenario.system.trace is not None and VIRTUAL_CLOCK not in scenario.engine.capabilities:
+    caps = scenario.engine.capabilities
+    if scenario.system.trace is not None and VIRTUAL_CLOCK not in caps:
         problems.append(
             Problem("system.trace", "needs engine 'inprocess' (the others have no clock)")
+        )
+    asked = [k for k in ROUND_CLOCK_KEYS if getattr(scenario.system, k) not in (None, 0, 0.0)]
+    # Flower's grid keeps the clock for Flower's own round loop; a strategy with a loop
+    # of its own (it pushes and pulls) needs the engine's full virtual clock.
+    own_loop = bool(links) and getattr(links[0].strategy_cls, "start", None) is not Strategy.start
+    need = VIRTUAL_CLOCK if own_loop else ROUND_CLOCK
+    if asked and need not in caps:
+        problems.append(
+            Problem(
+                f"system.{asked[0]}",
+                f"engine '{scenario.engine.name}' cannot honour it"
+                + (" for a strategy that runs its own loop" if own_loop else "")
+                + "; use engine 'inprocess', or remove the key",
+            )
         )
     for link in links:
         for need in link.spec.needs:

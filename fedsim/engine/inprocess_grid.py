@@ -16,22 +16,20 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim import wire
-from fedsim.array_codec import decoding_arrays
-from fedsim.engine.clock import Fate, VirtualClock
+from fedsim.engine.clock import VirtualClock
 from fedsim.engine.delivery import (
     DeviceTraceExhausted,
     InjectedFault,
     Pending,
     Plan,
-    arrive,
-    is_local,
+    cut_at_deadline,
     online_nodes,
     plan_message,
-    work_of,
+    settle,
 )
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.executor import (
@@ -43,8 +41,8 @@ from fedsim.engine.flower_compat import assign_message_id, empty_run
 from fedsim.engine.node_contexts import NODE_ID_OFFSET as NODE_ID_OFFSET
 from fedsim.engine.node_contexts import NodeContexts
 from fedsim.engine.node_contexts import node_contexts as node_contexts
-from fedsim.engine.reply_check import ReplyRules, WorkBound, agreeing, checked
-from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
+from fedsim.engine.reply_check import ReplyRules, WorkBound, agreeing
+from fedsim.engine.telemetry import Telemetry, content_bytes
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimWarning
 
@@ -259,23 +257,8 @@ class InProcessGrid(Grid):
         """
         start = self.clock.now
         results = self._dispatch_all(messages)
-        arrived = sorted(
-            (arrival, i, reply)
-            for i, (arrival, _, reply) in enumerate(results)
-            if reply is not None
-        )
-        cutoff = float("inf") if self.deadline_s is None else start + self.deadline_s
-        # A device that goes offline mid-round is seen to drop out when it does; the
-        # round waits for that as it would for its reply (random dropouts carry no time).
-        lost = [a for a, _, reply in results if reply is None and start < a <= cutoff]
-        if not arrived:
-            self.clock.now = max([start, *lost])
-            return []
-        on_time = [(a, r) for a, _, r in arrived if a <= cutoff]
-        late = len(arrived) - len(on_time)
-        self.telemetry.current.stragglers += late
-        self.clock.now = cutoff if late else max([*(a for a, _ in on_time), *lost])
-        replies = [r for _, r in on_time]
+        settled = [(arrival, reply) for arrival, _, reply in results]
+        replies = cut_at_deadline(self.clock, self.telemetry, start, self.deadline_s, settled)
         if self.reply_rules is not None:
             replies = agreeing(replies, self._sent)
         for reply in replies:
@@ -349,48 +332,5 @@ class InProcessGrid(Grid):
 
     def _settle(self, plan: Plan) -> tuple[float, str, Message | None]:
         """Stamp one message's outcome on the clock; return (arrival, id, reply or None)."""
-        message, node, device, now = plan.message, plan.node, plan.device, plan.now
-        local = is_local(message)  # nothing crosses the simulated network
-        self.telemetry.current.bytes_down += 0 if local else plan.nbytes
-        if plan.fate is Fate.DROPOUT:
-            self.telemetry.current.dropouts += 1
-            return 0.0, plan.message_id, None
-        if plan.offline:
-            self.clock.record(now, node, "offline", self._dispatch)
-            self.telemetry.current.dropouts += 1
-            return now, plan.message_id, None
-        self.clock.record(now, node, "sent", self._dispatch)
-        t = now + (0.0 if local else self.clock.download_s(device, plan.nbytes))
-        outcome = plan.outcome
-        try:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            reply = checked(self.reply_rules, message, outcome)  # type: ignore[arg-type]  # set by the executor
-        except Exception as exc:  # a failing client never kills a run
-            reply = Message(
-                Error(
-                    wire.CLIENT_APP_RAISED_EXCEPTION, f"node {node}: {type(exc).__name__}: {exc}"
-                ),
-                reply_to=message,
-            )
-        if reply.has_error():
-            up_s = 0.0 if local else self.clock.upload_s(device, 0)
-            arrival, delivered_reply = arrive(
-                self.clock, self.telemetry, self._dispatch, node, device, now, t + up_s, reply
-            )
-            return arrival, plan.message_id, delivered_reply
-        for record in reply.content.values():
-            if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
-                decoding_arrays(record)
-        up = 0 if local else content_bytes(reply)
-        metrics = reply_metrics(reply)
-        t += self.clock.compute_s(
-            device, work_of(message.metadata.message_type, metrics), plan.fate
-        )
-        up_s = 0.0 if local else self.clock.upload_s(device, up)
-        arrival, delivered_reply = arrive(
-            self.clock, self.telemetry, self._dispatch, node, device, now, t + up_s, reply
-        )
-        if delivered_reply is not None:
-            self.telemetry.record_upload(reply, up, metrics)
-        return arrival, plan.message_id, delivered_reply
+        arrival, reply = settle(self.clock, self.telemetry, self.reply_rules, self._dispatch, plan)
+        return arrival, plan.message_id, reply

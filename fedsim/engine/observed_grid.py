@@ -6,6 +6,18 @@ it counts the same participants, failures, dropouts, bytes and train loss from t
 messages that pass through, so ``metrics.jsonl`` has the same fields on every engine.
 It also checks every reply (:mod:`fedsim.engine.reply_check`) before the strategy sees
 it, and bounds a round's wait by ``engine.client_timeout_s``.
+
+Given the scenario's virtual clock and device population, it keeps the clock as the
+in-process grid does, with the same code (:mod:`fedsim.engine.delivery`): each
+message's fate is drawn by (seed, dispatch, the node's partition); dropouts and injected
+failures are not sent (a failure becomes the error reply the in-process engine makes);
+each reply is stamped with its virtual arrival, those past ``system.deadline_s`` are
+cut and counted as stragglers, and the replies reach the strategy in arrival order.
+Nodes are known by their partition (:mod:`fedsim.engine.node_partitions`) and listed
+in partition order, so Flower's sampling picks the partitions the in-process engine
+picks. A round's metrics, virtual time and telemetry then equal the in-process run's.
+Pushed and pulled messages (a strategy that runs its own loop) pass unclocked: the
+ServerApp refuses such a strategy with a clock that would change anything.
 """
 
 from __future__ import annotations
@@ -17,8 +29,21 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedsim.engine.clock import VirtualClock
+from fedsim.engine.delivery import cut_at_deadline, plan_message, settle
+from fedsim.engine.devices import DeviceProfile
+from fedsim.engine.flower_compat import assign_message_id
+from fedsim.engine.node_contexts import NODE_ID_OFFSET
+from fedsim.engine.node_partitions import NodePartitions
 from fedsim.engine.reply_check import ReplyRules, WorkBound, agreeing, checked
 from fedsim.engine.telemetry import Telemetry, content_bytes
+
+# Longest wait for the nodes to say their partitions without engine.client_timeout_s.
+PARTITION_QUERY_TIMEOUT_S = 300.0
+
+
+class NoReply(TimeoutError):
+    """A node that did not reply within ``engine.client_timeout_s`` (a failure)."""
 
 
 class ObservedGrid(Grid):
@@ -31,14 +56,38 @@ class ObservedGrid(Grid):
     client_timeout_s : float, optional
         Longest wait for a round's replies; a node that has not replied by then counts
         as a failure (Flower's runtimes run nodes in parallel, so this bounds each one).
+    clock : VirtualClock, optional
+        The scenario's virtual clock; with it, rounds are kept on the clock.
+    population : sequence of DeviceProfile
+        Partition ``k``'s simulated device at ``k`` (with ``clock``).
+    deadline_s : float, optional
+        ``system.deadline_s`` (with ``clock``).
     """
 
-    def __init__(self, inner: Grid, client_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        inner: Grid,
+        client_timeout_s: float | None = None,
+        clock: VirtualClock | None = None,
+        population: Sequence[DeviceProfile] = (),
+        deadline_s: float | None = None,
+    ) -> None:
         self.inner = inner
         self.telemetry = Telemetry()
         self.client_timeout_s = client_timeout_s
         self.reply_rules: ReplyRules | None = None
         self._sent: dict[str, Message] = {}  # pushed messages whose replies are not pulled
+        self.clock = clock
+        self.deadline_s = deadline_s
+        self._devices = {NODE_ID_OFFSET + k: d for k, d in enumerate(population)}
+        wait = PARTITION_QUERY_TIMEOUT_S if client_timeout_s is None else client_timeout_s
+        self.partitions = NodePartitions(inner, wait)
+        self._dispatch = 0
+
+    @property
+    def virtual_time_s(self) -> float | None:
+        """Simulated seconds since the run started (None without a clock)."""
+        return None if self.clock is None else self.clock.now
 
     def check_replies(
         self,
@@ -78,8 +127,9 @@ class ObservedGrid(Grid):
         return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        """Return the ids of the connected nodes."""
-        return self.inner.get_node_ids()
+        """Return the ids of the connected nodes (on the clock: in partition order)."""
+        ids = self.inner.get_node_ids()
+        return ids if self.clock is None else self.partitions.in_partition_order(ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push messages, counting their bytes."""
@@ -104,10 +154,12 @@ class ObservedGrid(Grid):
     ) -> Iterable[Message]:
         """Push messages and wait for their replies (or ``timeout``), counting both."""
         messages = list(messages)
-        self._count_sent(messages)
         limit = timeout
         if self.client_timeout_s is not None:
             limit = min(math.inf if timeout is None else timeout, self.client_timeout_s)
+        if self.clock is not None:
+            return self._clocked_round(messages, limit)
+        self._count_sent(messages)
         replies = list(self.inner.send_and_receive(messages, timeout=limit))
         sent = {m.metadata.message_id: m for m in messages}
         if self.client_timeout_s is not None:
@@ -141,3 +193,54 @@ class ObservedGrid(Grid):
             self.telemetry.record_upload(reply)
             self.telemetry.record_delivery(reply)
         return replies
+
+    def _clocked_round(self, messages: list[Message], limit: float | None) -> list[Message]:
+        """:meth:`send_and_receive` on the virtual clock, as ``InProcessGrid`` runs a round."""
+        clock = self.clock
+        assert clock is not None  # only called with a clock
+        self._dispatch += 1
+        if self.reply_rules is not None:
+            self.reply_rules.new_dispatch()
+        start = clock.now
+        self.partitions.learn(m.metadata.dst_node_id for m in messages)
+        sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
+        plans = []
+        for i, message in enumerate(messages):
+            key = id(message.content)
+            if key not in sizes:
+                sizes[key] = content_bytes(message)
+            node = self.partitions.clock_id(message.metadata.dst_node_id)
+            plans.append(
+                plan_message(
+                    clock, self._devices, self._dispatch, message, str(i), sizes[key], node
+                )
+            )
+        # Dropouts never reach their node; injected failures are the engine's, not a
+        # client's: only the others are sent (and their clients run), as in-process.
+        runs = [p for p in plans if p.delivered is not None]
+        # (Nothing to send when every message was dropped: no call to Flower at all.)
+        replies = (
+            self.inner.send_and_receive([p.message for p in runs], timeout=limit) if runs else []
+        )
+        by_message = {r.metadata.reply_to_message_id: r for r in replies}
+        waited = (
+            "the round's timeout"
+            if self.client_timeout_s is None
+            else (f"engine.client_timeout_s={self.client_timeout_s:g}")
+        )
+        for plan in runs:
+            reply = by_message.get(plan.message.metadata.message_id)
+            plan.outcome = NoReply(f"no reply within {waited}") if reply is None else reply
+        for plan in plans:
+            if not plan.message.metadata.message_id:  # not sent: its error reply needs an id
+                assign_message_id(plan.message, f"unsent-{self._dispatch}-{plan.message_id}")
+        settled = [
+            settle(clock, self.telemetry, self.reply_rules, self._dispatch, p) for p in plans
+        ]
+        on_time = cut_at_deadline(clock, self.telemetry, start, self.deadline_s, settled)
+        if self.reply_rules is not None:
+            sent = {p.message.metadata.message_id: p.message for p in plans}
+            on_time = agreeing(on_time, sent)
+        for reply in on_time:
+            self.telemetry.record_delivery(reply)
+        return on_time

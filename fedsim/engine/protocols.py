@@ -65,6 +65,15 @@ class Link(Protocol):
 
 
 @runtime_checkable
+class TimedGrid(Protocol):
+    """A grid that keeps simulated time (fedsim's grids; None where it keeps none)."""
+
+    @property
+    def virtual_time_s(self) -> float | None:
+        """Simulated seconds since the run started."""
+
+
+@runtime_checkable
 class VirtualClockGrid(Protocol):
     """A grid with simulated time and device links (fedsim's in-process engine)."""
 

@@ -12,8 +12,12 @@ in its node config, as the ClientApp expects); nodes are run by a pool of Ray ac
 each reserving ``engine.client_resources``. With ``engine.ray_address`` the actors
 run on an existing Ray cluster instead of a Ray started for the run.
 
-This engine has no virtual clock (``system`` timing, stragglers and dropouts are the
-in-process engine's): every reply reaches the strategy.
+The ServerApp keeps the scenario's virtual clock on Flower's grid
+(:class:`fedsim.engine.observed_grid.ObservedGrid`): device timing, stragglers,
+dropouts, injected failures and ``system.deadline_s`` give the in-process engine's
+stragglers, virtual time and metrics. The ServerApp runs in Flower's process, so this
+one follows its ``metrics.jsonl`` (:func:`fedsim.outputs.metrics_log.following`): the
+progress bar advances per round.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from fedsim.config.schema import RayEngine, Scenario
 from fedsim.deploy.flwr_cli import check_completed, submit_run
 from fedsim.engine.local_superlink import local_superlink
 from fedsim.errors import Problem, ScenarioError
+from fedsim.outputs.metrics_log import following
 from fedsim.submission_policy import SubmissionPolicy
 from fedsim.training_device import check_devices
 
@@ -102,5 +107,7 @@ def run_ray(scenario: Scenario, run_config: UserConfig) -> None:
         local_superlink(Path(tmp) / "home", logs, env) as link,
     ):
         federation = federation_config(scenario.data.num_clients, engine)
-        run = submit_run(link, run_config, logs / RUN_LOG, federation_config=federation)
-        check_completed(link, run, logs / RUN_LOG)
+        metrics = Path(str(run_config[wire.RUN_DIR])) / "metrics.jsonl"
+        with following(metrics):
+            run = submit_run(link, run_config, logs / RUN_LOG, federation_config=federation)
+            check_completed(link, run, logs / RUN_LOG)

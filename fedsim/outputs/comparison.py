@@ -189,12 +189,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``comparison.csv`` and ``comparison.md``."""
-    csv_path, md_path = out_dir / "comparison.csv", out_dir / "comparison.md"
-    with csv_path.open("w", newline="", encoding="utf-8") as f:
+def write_comparison_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Write comparison rows as CSV at full precision (every column some row has)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns(rows))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_comparison(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``comparison.csv`` and ``comparison.md``."""
+    csv_path, md_path = out_dir / "comparison.csv", out_dir / "comparison.md"
+    write_comparison_csv(rows, csv_path)
     md_path.write_text(markdown_table(rows), encoding="utf-8")
     return csv_path, md_path

@@ -2,7 +2,7 @@
 
 The ServerApp appends records; listeners registered in the same process (the CLI's
 progress bar) see each record as it is written. Engines in other processes are
-followed by reading the file.
+followed by reading the file as it grows (:func:`following`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,55 @@ def replay(records: list[Record]) -> None:
     for record in records:
         for listener in list(_listeners):
             listener(record)
+
+
+@contextmanager
+def following(path: Path, poll_s: float = 0.2) -> Iterator[None]:
+    """Show the listeners each record another process appends to ``path`` in the block.
+
+    An engine whose ServerApp runs in another process (Flower's Ray simulation) writes
+    ``metrics.jsonl`` there; a thread reads each complete line as it lands, so a progress
+    bar advances per round. Nothing is started without listeners. Lines that are not a
+    record are left to :func:`read_metrics` to report.
+    """
+    if not _listeners:
+        yield
+        return
+    stop = threading.Event()
+
+    def tail() -> None:
+        offset, partial = 0, b""
+        while True:
+            stopping = stop.is_set()  # read once more after the block ends
+            size = path.stat().st_size if path.is_file() else 0
+            if size < offset:  # the log was started afresh
+                offset, partial = 0, b""
+            if size > offset:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read(size - offset)
+                offset = size
+                *lines, partial = (partial + chunk).split(b"\n")
+                replay([r for r in map(_record_or_none, lines) if r is not None])
+            if stopping:
+                return
+            stop.wait(poll_s)
+
+    thread = threading.Thread(target=tail, name="fedsim-metrics-follower", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _record_or_none(line: bytes) -> Record | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _clean(value: Any) -> Any:

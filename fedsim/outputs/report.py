@@ -2,8 +2,12 @@
 
 Any run directories can be compared (different scenarios, engines, strategies): each
 is one row, labelled by its directory name. Runs whose scenarios differ only in the
-seed are one curve (mean ± std, the seed count in the legend), named by their variant
-(or scenario name) where those tell the curves apart, else by directory. The table's
+seed are one variant: one curve (mean and 95% CI, the seed count in the legend) and one
+row of the variants table (final accuracy as mean ± 95% CI over its seeds, from
+:func:`fedsim.outputs.comparison.comparison_rows`; no interval from one seed). A
+variant is labelled by the scenario keys in which the variants differ
+(``lr=0.1, proximal_mu=0.5``), where at most :data:`MAX_LABEL_KEYS` do; else by its
+variant (or scenario) name where those tell the variants apart, else by directory. The table's
 numbers come from :func:`fedsim.outputs.summary.summarize`, the plots from
 :func:`fedsim.outputs.plots.plot_comparison`, so a report agrees with each run's own
 ``summary.json`` and plots. :func:`differences` lists the scenario keys and the
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import RunDirectoryError
+from fedsim.outputs.comparison import comparison_rows, write_comparison_csv
 from fedsim.outputs.metrics_log import Record, read_metrics
 from fedsim.outputs.plots import PANELS, metric_panel, plot_comparison
 from fedsim.outputs.provenance import read_provenance
@@ -36,6 +41,13 @@ X_AXES = {
     "virtual_time": "virtual_time_s",
     "bytes_up": "cumulative_bytes_up",
 }
+
+# What runs of one variant may differ in: the seed (pooled) and where it ran.
+_POOLED = {"seed", "output.dir"}
+# Names tell variants apart but say nothing of how: a label uses them only when no key does.
+_NAMES = {"variant", "name"}
+# More differing keys than this make a label no one reads: names are used instead.
+MAX_LABEL_KEYS = 4
 
 COLUMNS = (
     "run",
@@ -64,6 +76,10 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     # (dotted key, value in each run) for every key in which the runs differ.
     differences: list[tuple[str, list[str]]] = field(default_factory=list)
+    # One comparison row per variant (runs that differ only in the seed), in run order.
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    # report_variants.csv, written where some variant pooled several seeds.
+    variants_csv: list[Path] = field(default_factory=list)
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
@@ -166,24 +182,66 @@ def differences(run_dirs: Sequence[Path]) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _config(path: Path) -> dict[str, str]:
+    """A run's resolved scenario as flat text, less what runs of one variant may differ in."""
+    raw = _resolved(path)
+    if raw is None:  # no scenario: the run is a variant of its own
+        return {"dir": str(path)}
+    return {k: v for k, v in _flat(raw).items() if k not in _POOLED}
+
+
+def _short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted key's shortest suffix that no other key ends in, of two parts at least.
+
+    Two parts keep the section in sight (``strategy.name``, ``optimizer.lr``).
+    """
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for start in range(max(len(parts) - 2, 0), -1, -1):
+            short = ".".join(parts[start:])
+            if not any(other != key and other.endswith("." + short) for other in keys):
+                break
+        out[key] = short
+    return out
+
+
+def _key_labels(configs: Sequence[dict[str, str]]) -> list[str] | None:
+    """``key=value, ...`` per config over the keys that differ (None: none, or too many).
+
+    Names are left out; None too where two configs differ only in their names.
+    """
+    keys = sorted({k for c in configs for k in c} - _NAMES)
+    differing = [k for k in keys if len({c.get(k, "-") for c in configs}) > 1]
+    if not differing or len(differing) > MAX_LABEL_KEYS:
+        return None
+    short = _short_keys(differing)
+    labels = [", ".join(f"{short[k]}={c.get(k, '-')}" for k in differing) for c in configs]
+    return labels if len(set(labels)) == len(labels) else None
+
+
 def _curve_labels(run_dirs: Sequence[Path], labels: Sequence[str]) -> list[str]:
-    """One label per run for the plots: runs that differ only in the seed share it."""
-
-    def config(path: Path) -> str:
-        raw = _resolved(path) or {"dir": str(path)}
-        raw = {k: v for k, v in raw.items() if k != "seed"}
-        raw["output"] = {k: v for k, v in (raw.get("output") or {}).items() if k != "dir"}
-        return json.dumps(raw, sort_keys=True)
-
-    configs = [config(p) for p in run_dirs]
+    """One label per run for the variants: runs that differ only in the seed share it."""
+    configs = [_config(p) for p in run_dirs]
+    texts = [json.dumps(c, sort_keys=True) for c in configs]
+    distinct = list(dict.fromkeys(texts))
+    by_keys = _key_labels([configs[texts.index(t)] for t in distinct])
+    if by_keys is not None:
+        return [by_keys[distinct.index(t)] for t in texts]
     names = []
     for path, label in zip(run_dirs, labels, strict=True):
         raw = _resolved(path) or {}
         names.append(str(raw.get("variant") or raw.get("name") or label))
     # The names serve if runs of one configuration share a name and no two share one.
-    if len(set(zip(names, configs, strict=True))) == len(set(configs)) == len(set(names)):
+    if len(set(zip(names, texts, strict=True))) == len(distinct) == len(set(names)):
         return names
     return list(labels)
+
+
+def _seed(run_dir: Path) -> int:
+    """The run's seed (0 for a directory without a resolved scenario)."""
+    value = (_resolved(run_dir) or {}).get("seed")
+    return value if isinstance(value, int) else 0
 
 
 def write_report(
@@ -196,6 +254,9 @@ def write_report(
     formats: Sequence[str] = ("png",),
 ) -> Report:
     """Compare runs: ``report.csv`` and ``report_accuracy.png`` / ``report_loss.png``.
+
+    Where some variant pooled several seeds, ``report_variants.csv`` holds one row per
+    variant (:data:`fedsim.outputs.comparison.COLUMNS`).
 
     Parameters
     ----------
@@ -222,10 +283,13 @@ def write_report(
     runs = {label: _records(path, warnings) for label, path in zip(labels, run_dirs, strict=True)}
     rows = []
     targets = []
-    for (label, records), path in zip(runs.items(), run_dirs, strict=True):
+    curves = _curve_labels(run_dirs, labels)
+    summaries: dict[str, list[dict[str, Any]]] = {}
+    for (label, records), path, curve in zip(runs.items(), run_dirs, curves, strict=True):
         targets.append(_target(path, records, target))
-        summary = summarize(records, variant=None, seed=0, target_accuracy=targets[-1])
+        summary = summarize(records, variant=curve, seed=_seed(path), target_accuracy=targets[-1])
         rows.append({"run": label, **{c: summary[c] for c in COLUMNS[1:]}})
+        summaries.setdefault(curve, []).append(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "report.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
@@ -233,7 +297,7 @@ def write_report(
         writer.writeheader()
         writer.writerows(rows)
     groups: dict[str, list[list[Record]]] = {}
-    for curve, records in zip(_curve_labels(run_dirs, labels), runs.values(), strict=True):
+    for curve, records in zip(curves, runs.values(), strict=True):
         groups.setdefault(curve, []).append(records)
     known = {t for t in targets if t is not None}
     plots = plot_comparison(
@@ -246,4 +310,9 @@ def write_report(
         formats=formats,
         panels=[metric_panel(m) for m in metrics] if metrics else PANELS,
     )
-    return Report(rows, csv_path, plots, warnings, differences(run_dirs))
+    variants = comparison_rows(summaries)
+    variants_csv = []
+    if any(len(runs) > 1 for runs in summaries.values()):
+        variants_csv.append(out_dir / "report_variants.csv")
+        write_comparison_csv(variants, variants_csv[0])
+    return Report(rows, csv_path, plots, warnings, differences(run_dirs), variants, variants_csv)

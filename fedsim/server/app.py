@@ -26,6 +26,8 @@ from fedsim import wire
 from fedsim.compose import compose
 from fedsim.data.federated import federated_data
 from fedsim.data.label_noise import flipped_per_client
+from fedsim.engine.clock import VirtualClock
+from fedsim.engine.devices import sample_population
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.protocols import (
     ClockedGrid,
@@ -101,8 +103,14 @@ def main(grid: Grid, context: Context) -> None:
     # Every check of `fedsim validate` (done already when this process ran it).
     composition = compose(scenario)
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
-    if flower_grid:  # count and check what passes
-        grid = ObservedGrid(grid, scenario.engine.client_timeout_s)
+    if flower_grid:  # count and check what passes, and keep the virtual clock on it
+        grid = ObservedGrid(
+            grid,
+            scenario.engine.client_timeout_s,
+            VirtualClock(scenario.system, scenario.seed),
+            sample_population(scenario.system, scenario.data.num_clients, scenario.seed),
+            scenario.system.deadline_s,
+        )
         replace_dead_actors()  # Flower's Ray simulation: a dead actor is one failure
     wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))

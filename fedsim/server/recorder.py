@@ -18,7 +18,7 @@ from fedsim.config.schema import Scenario
 from fedsim.data.federated import FederatedData
 from fedsim.engine.protocols import (
     ObservedRounds,
-    VirtualClockGrid,
+    TimedGrid,
 )
 from fedsim.engine.telemetry import Telemetry
 from fedsim.errors import DivergedError, Problem, ScenarioError
@@ -177,7 +177,7 @@ class RoundRecorder:
         record: dict[str, Any] = {
             "round": server_round,
             "virtual_time_s": (
-                self.grid.virtual_time_s if isinstance(self.grid, VirtualClockGrid) else None
+                self.grid.virtual_time_s if isinstance(self.grid, TimedGrid) else None
             ),
             "wall_time_s": time.perf_counter() - self.started,
             "eval_loss": loss,

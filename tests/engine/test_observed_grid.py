@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
-from flwr.serverapp import Grid
 
 from fedsim import wire
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.engine.observed_grid import ObservedGrid
 from fedsim.engine.telemetry import NODE_UNAVAILABLE, content_bytes
 from fedsim.server.app import wait_for_nodes
+from tests.engine.stub_grid import StubGrid
 
 
 def test_node_unavailable_is_flowers_error_code() -> None:
     assert ErrorCode.NODE_UNAVAILABLE == NODE_UNAVAILABLE
 
 
-class _Replying(Grid):
+class _Replying(StubGrid):
     """A stand-in for Flower's grid: node 10 trains, 11 is gone, 12 raises."""
 
     def __init__(self) -> None:
         self.polls = 0
-
-    def set_run(self, run: Any) -> None: ...
-
-    @property
-    def run(self) -> Any:
-        return None
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        raise NotImplementedError
 
     def get_node_ids(self) -> list[int]:
         self.polls += 1

@@ -144,3 +144,66 @@ def test_report_of_a_comparison_folder_reports_its_runs(
     (folder / "comparison.csv").write_text("variant\n")
     report = write_report([folder], tmp_path / "out")
     assert [r["run"] for r in report.rows] == ["fedavg", "fedprox"]
+
+
+def _cli(*args: str, cwd: Path) -> Any:
+    """``fedsim ARGS`` in a subprocess, as a user runs it, on a wide terminal."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", "from fedsim.cli.main import main; main()", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "250"},  # rich wraps cells to the terminal's width
+    )
+
+
+def test_report_of_a_comparison_folder_from_the_cli_pools_each_variants_seeds(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """`fedsim run` of 2 variants x 2 seeds, then `fedsim report` on its folder.
+
+    The variants table holds each variant's mean ± 95% CI over its seeds, computed here
+    from the runs' own summary.json files (t(0.975, 1)·s/√2), labelled by the key in
+    which the variants differ. Reported on one run of a variant, no interval is shown.
+    """
+    import statistics
+
+    from scipy.stats import t
+
+    from tests.conftest import write_yaml
+
+    tiny.pop("seed")
+    tiny["seeds"] = [0, 1]
+    tiny["variants"] = {"slow": {"client.optimizer.lr": 0.05}, "fast": {"client.optimizer.lr": 0.2}}
+    write_yaml(tmp_path / "cmp.yaml", tiny)
+    ran = _cli("run", "cmp.yaml", "--out", "cmp", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    report = _cli("report", "cmp", "--out", "rep", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "variants (over their seeds)" in report.stdout
+    for variant, lr in (("slow", 0.05), ("fast", 0.2)):
+        finals = [
+            json.loads((tmp_path / "cmp" / f"{variant}-seed{s}" / "summary.json").read_text())[
+                "final_eval_accuracy"
+            ]
+            for s in (0, 1)
+        ]
+        half = t.ppf(0.975, 1) * statistics.stdev(finals) / 2**0.5
+        row = next(line for line in report.stdout.splitlines() if f"optimizer.lr={lr} " in line)
+        assert f"{statistics.fmean(finals):.4f} ± {half:.4f}" in row
+    assert (tmp_path / "rep" / "report_variants.csv").is_file()
+    # One run of `slow` beside both of `fast`: `slow`'s mean alone, no ±.
+    report = _cli(
+        "report", "slow-seed0", "fast-seed0", "fast-seed1", "--out", "../rep2", cwd=tmp_path / "cmp"
+    )
+    assert report.returncode == 0, report.stderr
+    slow_row = next(line for line in report.stdout.splitlines() if "optimizer.lr=0.05 " in line)
+    assert "±" not in slow_row
+    fast_row = next(line for line in report.stdout.splitlines() if "optimizer.lr=0.2 " in line)
+    assert "±" in fast_row
