@@ -13,15 +13,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fedsim import run_lock
 from fedsim.cli.supervisor import died_message, wants_supervisor
 from fedsim.engine.node_contexts import NODE_ID_OFFSET
 from fedsim.process_note import CLIENT, FINISHED, NO_ROUND, SERVER, ProcessNote
 from fedsim.run_directory import CRASH_FILE
+from fedsim.run_lock import RunLock
 from tests.conftest import TINY, strip_wall_clock, write_yaml
 
 FEDSIM = [sys.executable, "-c", "from fedsim.cli.main import main; main()"]
@@ -192,3 +195,23 @@ def test_a_forked_child_writes_the_note_its_parent_reads() -> None:
         os._exit(0)
     os.waitpid(child, 0)
     assert note.read().node == 1002 and note.read().server_round == 2
+
+
+def test_a_lock_whose_named_holder_died_is_taken_once_its_child_lets_go(tmp_path: Path) -> None:
+    """A SIGKILLed supervisor's child holds the lock a moment longer: it is waited for."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ready, go = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover  (the child: the run process of a dead supervisor)
+        run_lock.name_owner(gone.pid)
+        RunLock(tmp_path).acquire()
+        os.write(go, b"x")
+        time.sleep(0.5)
+        os._exit(0)  # the kernel drops the lock
+    os.read(ready, 1)
+    try:
+        with RunLock(tmp_path):  # without the wait: RunDirectoryBusy naming a dead pid
+            assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    finally:
+        os.waitpid(child, 0)
