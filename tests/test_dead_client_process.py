@@ -215,3 +215,41 @@ def test_a_lock_whose_named_holder_died_is_taken_once_its_child_lets_go(tmp_path
             assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
     finally:
         os.waitpid(child, 0)
+
+
+@pytest.mark.slow  # two fedsim processes
+@pytest.mark.parametrize(
+    ("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)]
+)
+def test_a_signal_to_fedsim_stops_the_run_as_it_did_before_the_supervisor(
+    tmp_path: Path, sent: int, code: int
+) -> None:
+    """``kill -INT/-TERM PID`` reaches the run (the supervisor passes it on); fedsim ends
+    as one process would: Ctrl-C's exit 130 with a CRASHED marker, SIGTERM's death.
+    No run process is left behind."""
+    import psutil
+
+    scenario = write_yaml(tmp_path / "s.yaml", {**TINY, "rounds": 2000})
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*FEDSIM, "run", "-q", str(scenario), "--out", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    while (
+        proc.poll() is None
+        and len(metrics.read_text().splitlines() if metrics.exists() else []) < 2
+    ):
+        time.sleep(0.05)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "fedsim ran in one process"
+    proc.send_signal(sent)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "died" not in err  # a stop, not a crash
+    psutil.wait_procs(children, timeout=10)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    if sent == signal.SIGINT:
+        assert json.loads((run_dir / CRASH_FILE).read_text())["error"] == "KeyboardInterrupt"
