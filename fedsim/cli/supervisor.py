@@ -52,9 +52,9 @@ from fedsim.run_directory import mark_crashed
 from fedsim.server.checkpoint import checkpoint_path
 
 SUPERVISED_COMMANDS = frozenset({"run"})
-# Sent to this process alone, these stop the run: passed on to the child.
-_PASSED_ON = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-_WATCHED = _PASSED_ON | {signal.SIGCHLD}
+# Sent to this process alone, these stop the run: passed on to the child. By name:
+# Windows has neither SIGHUP nor SIGCHLD, and this module must import there too.
+_PASSED_ON = ("SIGINT", "SIGTERM", "SIGHUP")
 _SI_KERNEL = 0x80  # si_code of a signal the kernel sent (a terminal's, to its group)
 _PR_SET_PDEATHSIG = 1
 
@@ -77,6 +77,11 @@ def _can_supervise() -> bool:
     return sys.platform.startswith("linux") and hasattr(signal, "sigwaitinfo")
 
 
+def _watched() -> set[signal.Signals]:
+    """The signals the parent waits for: those it passes on, and its child's end."""
+    return {getattr(signal, name) for name in (*_PASSED_ON, "SIGCHLD")}
+
+
 def run_supervised(command: Callable[[], object]) -> None:
     """Run ``command`` in a forked child; in this process, wait and end as it did.
 
@@ -90,7 +95,7 @@ def run_supervised(command: Callable[[], object]) -> None:
     # An inherited SIG_IGN would reap the child unseen; blocked, the watched signals
     # wait for sigwaitinfo (the child unblocks them at once).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _watched())
     child = os.fork()
     if child == 0:
         _die_with(parent)
@@ -117,8 +122,9 @@ def _die_with(parent: int) -> None:
 def _wait(child: int) -> tuple[int, set[int]]:
     """Wait for ``child`` to end, passing on signals; return its status and what came."""
     received: set[int] = set()
+    watched = _watched()
     while True:
-        info = signal.sigwaitinfo(_WATCHED)
+        info = signal.sigwaitinfo(watched)
         if info.si_signo == signal.SIGCHLD:
             pid, status = os.waitpid(child, os.WNOHANG)
             if pid == child:
