@@ -21,6 +21,7 @@ locks); on platforms without ``fcntl`` fedsim cannot lock and says so.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -85,6 +86,17 @@ def _died_here(info: dict[str, object] | None) -> bool:
     return False
 
 
+def _locked(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` if no one holds it; whether it was taken."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 class RunLock:
     """The exclusive lock on a run directory (a context manager).
 
@@ -101,35 +113,26 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`RunDirectoryBusy` naming who has it."""
-        try:
-            import fcntl
-        except ImportError:  # Windows
-            raise RunDirectoryError(
-                "fedsim needs fcntl (Linux, macOS) to lock run directories"
-            ) from None
+        if importlib.util.find_spec("fcntl") is None:  # Windows
+            raise RunDirectoryError("fedsim needs fcntl (Linux, macOS) to lock run directories")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirectoryError(f"cannot create run directory {self.run_dir}: {exc}") from None
         # Never through a link: a planted run.lock -> ~/.bashrc would be truncated.
         fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
-        waited_until = None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                holder = _holder(self.path)
-                if waited_until is None and _died_here(holder):
-                    waited_until = time.monotonic() + DEAD_HOLDER_WAIT_S
-                if waited_until is not None and time.monotonic() < waited_until:
-                    time.sleep(0.02)
-                    continue
-                os.close(fd)
-                raise RunDirectoryBusy(
-                    f"{self.run_dir} is in use by another run ({_holder_text(holder)}); "
-                    "wait for it to end or choose another --out"
-                ) from None
+        if not _locked(fd):
+            holder = _holder(self.path)
+            # A dead supervisor's run process lets go in a moment: wait for that only.
+            until = time.monotonic() + (DEAD_HOLDER_WAIT_S if _died_here(holder) else 0.0)
+            while not _locked(fd):
+                if time.monotonic() >= until:
+                    os.close(fd)
+                    raise RunDirectoryBusy(
+                        f"{self.run_dir} is in use by another run ({_holder_text(holder)}); "
+                        "wait for it to end or choose another --out"
+                    ) from None
+                time.sleep(0.02)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         pid = os.getpid() if _owner_pid is None else _owner_pid
         info = {"pid": pid, "host": socket.gethostname(), "started": started}
