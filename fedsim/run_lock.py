@@ -10,12 +10,18 @@ the next run takes it and writes itself in. A ``run.lock`` that is a symbolic li
 refused (``O_NOFOLLOW``), never written through. The file stays behind on purpose (removing
 it would let a second run lock a new file while a third still waits on the old one).
 
+``fedsim run`` does its run in a child of the process the user sees
+(:mod:`fedsim.cli.supervisor`); the lock names the process the user sees (the one to
+signal), and that child dies with it. Between the two deaths the lock is still held
+for a moment, so a lock whose named holder on this host is dead is waited for, briefly.
+
 ``flock`` works on local file systems and, on Linux, on NFS (emulated with byte-range
 locks); on platforms without ``fcntl`` fedsim cannot lock and says so.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -27,21 +33,68 @@ from fedsim.errors import RunDirectoryError
 from fedsim.run_files import open_nofollow
 
 LOCK_FILE = "run.lock"
+# How long a lock whose named holder has died may stay held (its run process, killed
+# with it, is still exiting: freeing a large run's memory takes a moment).
+DEAD_HOLDER_WAIT_S = 10.0
+_owner_pid: int | None = None
 
 
 class RunDirectoryBusy(RunDirectoryError):
     """Another live run holds the run directory's lock."""
 
 
-def _holder_text(path: Path) -> str:
-    """Who holds the lock, as its holder wrote it (it may be mid-write: retry briefly)."""
+def name_owner(pid: int | None) -> None:
+    """Name ``pid`` instead of this process in the locks it takes (None: this process).
+
+    The supervised child of ``fedsim run`` names its supervisor, the process the user
+    started and sees.
+    """
+    global _owner_pid
+    _owner_pid = pid
+
+
+def _holder(path: Path) -> dict[str, object] | None:
+    """The holder's entry, as it wrote it (it may be mid-write: retry briefly)."""
     for _ in range(20):
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
-            return f"pid {info['pid']} on {info['host']}, started {info['started']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            time.sleep(0.05)
-    return "a process that has not said who it is"
+            if isinstance(info, dict) and {"pid", "host", "started"} <= info.keys():
+                return info
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def _holder_text(info: dict[str, object] | None) -> str:
+    """Who holds the lock, in words."""
+    if info is None:
+        return "a process that has not said who it is"
+    return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+
+
+def _died_here(info: dict[str, object] | None) -> bool:
+    """Whether the holder named in ``info`` ran on this host and is gone."""
+    if info is None or info["host"] != socket.gethostname() or not isinstance(info["pid"], int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def _locked(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` if no one holds it; whether it was taken."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 class RunLock:
@@ -60,28 +113,29 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`RunDirectoryBusy` naming who has it."""
-        try:
-            import fcntl
-        except ImportError:  # Windows
-            raise RunDirectoryError(
-                "fedsim needs fcntl (Linux, macOS) to lock run directories"
-            ) from None
+        if importlib.util.find_spec("fcntl") is None:  # Windows
+            raise RunDirectoryError("fedsim needs fcntl (Linux, macOS) to lock run directories")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirectoryError(f"cannot create run directory {self.run_dir}: {exc}") from None
         # Never through a link: a planted run.lock -> ~/.bashrc would be truncated.
         fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise RunDirectoryBusy(
-                f"{self.run_dir} is in use by another run ({_holder_text(self.path)}); "
-                "wait for it to end or choose another --out"
-            ) from None
+        if not _locked(fd):
+            holder = _holder(self.path)
+            # A dead supervisor's run process lets go in a moment: wait for that only.
+            until = time.monotonic() + (DEAD_HOLDER_WAIT_S if _died_here(holder) else 0.0)
+            while not _locked(fd):
+                if time.monotonic() >= until:
+                    os.close(fd)
+                    raise RunDirectoryBusy(
+                        f"{self.run_dir} is in use by another run ({_holder_text(holder)}); "
+                        "wait for it to end or choose another --out"
+                    ) from None
+                time.sleep(0.02)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+        pid = os.getpid() if _owner_pid is None else _owner_pid
+        info = {"pid": pid, "host": socket.gethostname(), "started": started}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd

@@ -43,6 +43,7 @@ from fedsim.outputs.metrics_log import Record, listening, read_metrics
 from fedsim.outputs.per_client import NO_CLIENT_TESTS
 from fedsim.outputs.provenance import write_provenance
 from fedsim.outputs.summary import summarize
+from fedsim.process_note import current as process_note
 from fedsim.resume_rules import check_resume
 from fedsim.run_config import scenario_digest
 from fedsim.run_directory import CRASH_FILE, FAILED_FILE, claim, is_crashed, mark_crashed
@@ -313,10 +314,15 @@ def _execute(
     into the directory replaces it (:mod:`fedsim.run_directory`).
     """
     before = entry_names(run_dir)
+    note = process_note()  # `fedsim run`'s supervisor marks this directory if we die
+    if note is not None:
+        note.set_run_dir(run_dir)
     try:
         return _execute_recorded(scenario, run_dir, resume=resume, engine=engine)
     finally:  # whatever the run wrote (a callback's files too) is the run's to replace
         record_manifest(run_dir, before - {RESOLVED})
+        if note is not None:
+            note.set_run_dir(None)
 
 
 def _execute_recorded(

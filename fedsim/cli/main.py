@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import typer
 
@@ -12,6 +13,7 @@ from fedsim.cli.errors import install_warning_printer
 from fedsim.cli.list_cmd import list_registry
 from fedsim.cli.report_cmd import report
 from fedsim.cli.run_cmd import run
+from fedsim.cli.supervisor import run_supervised, wants_supervisor
 from fedsim.cli.validate_cmd import validate
 from fedsim.config.plugins import cwd_on_path
 
@@ -64,5 +66,12 @@ def _configure(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    ``fedsim run`` runs in a child process that this one supervises (Linux), so a
+    client that kills the run process is named (:mod:`fedsim.cli.supervisor`).
+    """
+    if wants_supervisor(sys.argv[1:]):
+        run_supervised(app)
+    else:
+        app()

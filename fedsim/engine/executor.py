@@ -37,8 +37,10 @@ from flwr.app import (
     UserConfig,
 )
 
+from fedsim import wire
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimError
+from fedsim.process_note import NO_ROUND, ProcessNote
 
 ClientCallable = Callable[[Message, Context], Message]
 Outcome = Message | BaseException  # a reply, or what the ClientApp raised
@@ -70,6 +72,18 @@ def _with_own_lists(record: ConfigRecord | MetricRecord) -> ConfigRecord | Metri
         if isinstance(value, list):
             copied[name] = value.copy()  # type: ignore[assignment]  # same type as before
     return copied
+
+
+def server_round(message: Message) -> int:
+    """The round a message's config names (Flower's strategies set ``server-round``).
+
+    :data:`~fedsim.process_note.NO_ROUND` when it names none (an asynchronous
+    strategy's messages). Looked up by key: ``content.config_records`` builds a view
+    of every record (24 against 1.6 µs, flwr 1.41).
+    """
+    config = message.content.get(wire.CONFIG)
+    value = config.get(wire.SERVER_ROUND) if isinstance(config, ConfigRecord) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else NO_ROUND
 
 
 # ``engine.batch_clients: auto`` on its way to the app: the app sizes each chunk itself.
@@ -144,6 +158,9 @@ class SerialExecutor:
         ``engine.batch_clients``: above 0 (and without a watchdog, which times each
         client alone), a dispatch's train jobs go to the app's ``train_together`` first
         (:class:`TrainsTogether`), up to this many at a time.
+    note : ProcessNote, optional
+        Where to note each client call before making it (:mod:`fedsim.process_note`):
+        the clients run in this process, so one that kills it can still be named.
     """
 
     def __init__(
@@ -152,11 +169,13 @@ class SerialExecutor:
         contexts: Mapping[int, Context],
         watchdog: Watchdog | None = None,
         batch_clients: int = 0,
+        note: ProcessNote | None = None,
     ) -> None:
         self.client_app = client_app
         self.contexts = contexts
         self.watchdog = watchdog
         self.batch_clients = batch_clients
+        self.note = note
 
     def run(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Each job's reply or exception, in order."""
@@ -165,15 +184,23 @@ class SerialExecutor:
     def each(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         """Yield each job's reply or exception as soon as it is done."""
         together = self._trained_together(jobs)
+        note = self.note
+        # A dispatch's messages belong to one round (the note only names it).
+        dispatch_round = server_round(jobs[0][0]) if note is not None and jobs else NO_ROUND
         for i, (message, node) in enumerate(jobs):
             ready = together.get(i)
             if ready is not None:
                 yield ready
                 continue
+            if note is not None:
+                note.client_call(node, dispatch_round, message.metadata.message_type)
             try:
-                yield self._call(message, node)
+                outcome: Outcome = self._call(message, node)
             except Exception as exc:  # a failing client never kills a run
-                yield exc
+                outcome = exc
+            if note is not None:
+                note.server_work()
+            yield outcome
 
     def _trained_together(self, jobs: Sequence[Job]) -> dict[int, Message]:
         """With ``batch_clients``: the replies of the train jobs the app trains together.
@@ -188,9 +215,16 @@ class SerialExecutor:
         train = [i for i, (m, _) in enumerate(jobs) if m.metadata.message_type == "train"]
         if len(train) < 2:
             return {}
-        replies = app.train_together(
-            [(jobs[i][0], self.contexts[jobs[i][1]]) for i in train], self.batch_clients
-        )
+        first, node = jobs[train[0]]
+        if self.note is not None:
+            self.note.client_call(node, server_round(first), "train", nodes=len(train))
+        try:
+            replies = app.train_together(
+                [(jobs[i][0], self.contexts[jobs[i][1]]) for i in train], self.batch_clients
+            )
+        finally:
+            if self.note is not None:
+                self.note.server_work()
         return {i: r for i, r in zip(train, replies, strict=True) if r is not None}
 
     def _call(self, message: Message, node: int) -> Message:

@@ -45,6 +45,7 @@ from fedsim.engine.reply_check import ReplyRules, WorkBound, agreeing
 from fedsim.engine.telemetry import Telemetry, content_bytes
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimWarning
+from fedsim.process_note import current as process_note
 
 __all__ = [
     "NODE_ID_OFFSET",
@@ -125,9 +126,10 @@ class InProcessGrid(Grid):
         self.reply_rules: ReplyRules | None = None
         self._sent: dict[str, Message] = {}  # this dispatch's messages by id
         watchdog = None if client_timeout_s is None else Watchdog(client_timeout_s)
-        # The client calls: here, one after another, unless the engine brings a pool.
+        # The client calls: here, one after another, unless the engine brings a pool;
+        # here, each call is noted first, for the supervisor of `fedsim run`.
         self.executor: ClientExecutor = executor or SerialExecutor(
-            client_app, self.contexts, watchdog, batch_clients
+            client_app, self.contexts, watchdog, batch_clients, process_note()
         )
         self.min_online = min_online
         self._availability = {n: d.availability for n, d in self.devices.items()}

@@ -23,7 +23,7 @@ ServerApp refuses such a strategy with a clock that would change anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, RecordDict
@@ -62,6 +62,12 @@ class ObservedGrid(Grid):
         Partition ``k``'s simulated device at ``k`` (with ``clock``).
     deadline_s : float, optional
         ``system.deadline_s`` (with ``clock``).
+    simulated : mapping of node id to partition id, optional
+        Flower's simulated nodes' partitions, as the simulation itself assigned them
+        (:func:`fedsim.engine.ray_actors.simulated_partitions`, filled before each
+        node's first job); None where nodes hold their own data (a deployment). The
+        reply bounds use these, not what the nodes say (:attr:`partitions`, which the
+        clock needs before any job has run): a bound must not rest on a node's word.
     """
 
     def __init__(
@@ -71,10 +77,12 @@ class ObservedGrid(Grid):
         clock: VirtualClock | None = None,
         population: Sequence[DeviceProfile] = (),
         deadline_s: float | None = None,
+        simulated: Mapping[int, int] | None = None,
     ) -> None:
         self.inner = inner
         self.telemetry = Telemetry()
         self.client_timeout_s = client_timeout_s
+        self.simulated = simulated
         self.reply_rules: ReplyRules | None = None
         self._sent: dict[str, Message] = {}  # pushed messages whose replies are not pulled
         self.clock = clock
@@ -98,13 +106,29 @@ class ObservedGrid(Grid):
     ) -> None:
         """Refuse replies that do not fit ``model`` (see :mod:`fedsim.engine.reply_check`).
 
-        ``partition_examples`` goes unused: Flower's runtimes do not tell the server
-        which partition a node holds (a deployed node may hold its own file), so
-        ``num-examples`` is only required to be finite and positive here, and
-        ``train-samples`` bounded by ``work`` only where it does not depend on the
-        examples (``client.local_steps``).
+        In a simulation (:attr:`simulated` known) a node holds
+        ``partition_examples[its partition]`` examples, as in-process: its
+        ``num-examples`` and ``train-samples`` are bounded by them (by the largest
+        partition for a node not seen yet). A deployed node holds its own data, which
+        the server cannot know: its ``num-examples`` is bounded by
+        :data:`~fedsim.engine.reply_check.MAX_NODE_EXAMPLES`, and the ``train-samples``
+        of its model replies by ``work`` over that ``num-examples``.
         """
-        self.reply_rules = ReplyRules.for_model(model, per_parameter=per_parameter, work=work)
+        partitions = self.simulated
+        if partitions is None:
+            self.reply_rules = ReplyRules.for_model(model, per_parameter=per_parameter, work=work)
+            return
+        sizes = [float(n) for n in partition_examples]
+        largest = max(sizes, default=math.inf)
+
+        def node_examples(node: int) -> float:
+            partition = partitions.get(node)
+            in_range = partition is not None and 0 <= partition < len(sizes)
+            return sizes[partition] if in_range else largest  # type: ignore[index]  # checked
+
+        self.reply_rules = ReplyRules.for_model(
+            model, node_examples, sum(sizes), per_parameter, work
+        )
 
     def set_run(self, run: Any) -> None:
         """Set the run the inner grid operates in."""

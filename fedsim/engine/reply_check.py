@@ -27,11 +27,13 @@ names the node. Nothing here knows a strategy; the rules are the wire's:
 - every metric is finite; a train or evaluate reply has one ``num-examples``, positive
   and at most the examples the node holds (in simulation the engine knows them; a
   reply without model arrays, such as AGC's, may count shared examples too, so it is
-  bounded by the whole federation);
+  bounded by the whole federation); where the server cannot know them (a deployed
+  node), at most :data:`MAX_NODE_EXAMPLES`;
 - the numbers that drive the virtual clock are what the node could have done: a train
   reply's ``train-samples`` at most the work :class:`WorkBound` allows on the examples
   it may count (``local_steps x batch_size``, or ``local_epochs x (examples +
-  batch_size)``), and ``duration-s`` between 0 and the wall-clock seconds since the
+  batch_size)``; for a deployed node's model reply, the examples are its own
+  ``num-examples``), and ``duration-s`` between 0 and the wall-clock seconds since the
   message was created (plus :data:`CLOCK_SLACK_S`).
 
 :func:`agreeing` adds the round-level rule Flower's aggregation assumes (all replies
@@ -60,7 +62,7 @@ from fedsim.engine.reply_values import (
     cast_problem,
     sent_kinds,
 )
-from fedsim.engine.reply_work import CLOCK_SLACK_S, WorkBound, work_problem
+from fedsim.engine.reply_work import CLOCK_SLACK_S, MAX_NODE_EXAMPLES, WorkBound, work_problem
 from fedsim.rounding import decode_rounded, is_rounded
 
 # Re-exported: the engines and tests name them through this module.
@@ -68,6 +70,7 @@ __all__ = [
     "CLOCK_SLACK_S",
     "MAGNITUDE_CAP",
     "MAGNITUDE_FACTOR",
+    "MAX_NODE_EXAMPLES",
     "REPLY_REJECTED",
     "ReplyRules",
     "WorkBound",
@@ -80,8 +83,8 @@ __all__ = [
 REPLY_REJECTED = 100
 
 
-def _unbounded(_node: int) -> float:
-    return math.inf
+def _unknown(_node: int) -> float | None:
+    return None
 
 
 _NO_ARRAYS = ArrayRecord()
@@ -108,14 +111,17 @@ class ReplyRules:
     model : mapping of str to shape
         The global model's arrays (name -> shape).
     node_examples : callable, optional
-        Node id -> the number of examples the node holds (``inf`` when unknown).
+        Node id -> the number of examples the node holds, or None where the server
+        cannot know it (a deployed node): its reply's ``num-examples`` is then bounded
+        by ``max_examples`` only, and bounds the work of its model replies itself.
     max_examples : float
-        Upper bound on any reply's ``num-examples`` (the whole federation's examples).
+        Upper bound on any reply's ``num-examples`` (the whole federation's examples,
+        or :data:`MAX_NODE_EXAMPLES` where they are unknown).
     """
 
     model: Mapping[str, tuple[int, ...]]
-    node_examples: Callable[[int], float] = _unbounded
-    max_examples: float = math.inf
+    node_examples: Callable[[int], float | None] = _unknown
+    max_examples: float = MAX_NODE_EXAMPLES
     # Reply array prefixes that stand for one model parameter each (the algorithms'
     # specs say which: FedCurv's "curv.F.", AGC's "agc.grad.").
     per_parameter: tuple[str, ...] = ()
@@ -131,8 +137,8 @@ class ReplyRules:
     def for_model(
         cls,
         arrays: ArrayRecord,
-        node_examples: Callable[[int], float] = _unbounded,
-        max_examples: float = math.inf,
+        node_examples: Callable[[int], float | None] = _unknown,
+        max_examples: float = MAX_NODE_EXAMPLES,
         per_parameter: Sequence[str] = (),
         work: WorkBound | None = None,
     ) -> ReplyRules:
@@ -304,10 +310,13 @@ class ReplyRules:
         # A model's weight in the average is its node's examples; evaluations count the
         # node's examples too. Other replies (AGC) may count examples shared with them.
         own = carries_model or kind.startswith("evaluate")
-        bound = self.node_examples(sent.metadata.dst_node_id) if own else self.max_examples
+        held = self.node_examples(sent.metadata.dst_node_id) if own else self.max_examples
+        bound = self.max_examples if held is None else held
         if n > bound:
             return f"{wire.NUM_EXAMPLES} {n:g} exceeds the {bound:g} examples it can hold"
-        return work_problem(sent, metrics, self.work, bound)
+        # The work is over the examples the node holds; a node whose examples the server
+        # cannot know trained its model on the examples it counts.
+        return work_problem(sent, metrics, self.work, n if held is None else held)
 
 
 def _key_difference(returned: set[str], expected: set[str]) -> str:

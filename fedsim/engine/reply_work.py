@@ -17,6 +17,10 @@ from fedsim import wire
 # A client's wall-clock seconds cannot exceed the time since the server made its message;
 # the slack covers timestamps taken on different clocks of one host (and rounding).
 CLOCK_SLACK_S = 1.0
+# The most examples a node's reply may count where the server cannot know its data (a
+# deployed node): a plausibility cap, far above any device's data, that keeps absurd
+# counts (1e300) out of weighted averages and work bounds; not a proof of honesty.
+MAX_NODE_EXAMPLES = 1e9
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from fedsim.engine.executor import (
 )
 from fedsim.engine.process_start import main_module_hidden, process_context
 from fedsim.engine.watchdog import Watchdog
+from fedsim.process_note import process_ending
 
 __all__ = ["AppRef", "WorkerPool", "WorkerSpec", "app_ref", "main_module_hidden", "process_context"]
 
@@ -155,18 +156,6 @@ def _worker_main(conn: Connection, spec: WorkerSpec) -> None:
                 return
         except (BrokenPipeError, OSError):
             return
-
-
-def _ending(code: int | None) -> str:
-    """How a process ended, in words: ``was killed by SIGKILL``, ``exited with code 3``."""
-    if code is None:
-        return "stopped answering"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def _dumps_outcome(index: int, outcome: Outcome) -> bytes:
@@ -354,7 +343,7 @@ class WorkerPool:
         """Worker ``w`` died: its unanswered jobs fail, and a fresh worker takes its nodes."""
         worker = self._workers[w]
         worker.process.join(5)
-        how = _ending(worker.process.exitcode)
+        how = process_ending(worker.process.exitcode)
         for i in indices:
             outcomes[i] = WorkerDied(f"its worker process {how} before replying")
         worker.conn.close()

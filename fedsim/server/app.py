@@ -34,7 +34,7 @@ from fedsim.engine.protocols import (
     ObservedRounds,
     ReplyCheckingGrid,
 )
-from fedsim.engine.ray_actors import replace_dead_actors
+from fedsim.engine.ray_actors import replace_dead_actors, simulated_partitions
 from fedsim.engine.reply_check import WorkBound
 from fedsim.errors import Problem, ScenarioError
 from fedsim.models import build_model
@@ -104,14 +104,17 @@ def main(grid: Grid, context: Context) -> None:
     composition = compose(scenario)
     run_dir = Path(str(context.run_config.get(wire.RUN_DIR) or "."))
     if flower_grid:  # count and check what passes, and keep the virtual clock on it
+        replace_dead_actors()  # Flower's Ray simulation: a dead actor is one failure
+        # In a simulation the nodes hold the scenario's partitions: replies are bounded
+        # by their node's, as in-process (None in a deployment: nodes hold their own).
         grid = ObservedGrid(
             grid,
             scenario.engine.client_timeout_s,
             VirtualClock(scenario.system, scenario.seed),
             sample_population(scenario.system, scenario.data.num_clients, scenario.seed),
             scenario.system.deadline_s,
+            simulated_partitions(),
         )
-        replace_dead_actors()  # Flower's Ray simulation: a dead actor is one failure
     wait_for_nodes(grid, int(context.run_config.get(wire.RUN_WAIT_NODES, 0)))
     resume = bool(context.run_config.get(wire.RUN_RESUME, False))
     # Flower samples nodes with the global `random` module; seed everything up front.

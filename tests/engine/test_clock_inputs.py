@@ -16,10 +16,10 @@ from flwr.app import Context, Message
 
 import fedsim
 from fedsim import wire
-from fedsim.engine.reply_check import CLOCK_SLACK_S, ReplyRules, WorkBound
+from fedsim.engine.reply_check import CLOCK_SLACK_S, MAX_NODE_EXAMPLES, ReplyRules, WorkBound
 from fedsim.outputs.metrics_log import read_metrics
 from tests.conftest import run_with_client_app
-from tests.engine.test_reply_check import MODEL, _record, _reply, _sent
+from tests.engine.test_reply_check import MODEL, NODE, _record, _reply, _sent
 
 
 def test_work_bound_is_steps_or_epochs_over_the_examples() -> None:
@@ -82,3 +82,68 @@ def test_a_boasting_client_cannot_move_the_clock(tiny: dict[str, Any], tmp_path:
     # The refused reply costs no more simulated time than an honest one would have.
     assert boast[-1]["virtual_time_s"] <= clean[-1]["virtual_time_s"] + 1e-9
     assert all(abs(r.get("train/duration-s") or 0) < 1e3 for r in boast)
+
+
+# ------------------------------------------------- Flower's grids (Ray, deployment)
+
+
+class _Inner:
+    """The part of Flower's grid that ``check_replies`` touches (none of it)."""
+
+
+def _observed(
+    partitions: dict[int, int] | None, work: WorkBound, per_parameter: tuple[str, ...] = ()
+) -> ReplyRules:
+    """The rules an ObservedGrid sets for partitions of 40 and 100 examples."""
+    from fedsim.engine.observed_grid import ObservedGrid
+
+    grid = ObservedGrid(_Inner(), simulated=partitions)  # type: ignore[arg-type]  # unused
+    grid.check_replies(_record(MODEL), [40, 100], per_parameter, work)
+    assert grid.reply_rules is not None
+    return grid.reply_rules
+
+
+def test_a_deployed_nodes_work_is_bounded_by_its_own_count_within_the_plausible() -> None:
+    """The server cannot know a deployed node's data: its reply's num-examples stands
+    for it, within MAX_NODE_EXAMPLES, and bounds the train-samples of its model reply."""
+    rules = _observed(None, WorkBound(2, None, 8))  # 2 epochs in batches of 8
+    sent = _sent()
+    # 2 x (40 + 8) = 96 samples over the 40 examples it counts.
+    assert rules.problem(sent, _reply(sent, num_examples=40, train_samples=96)) is None
+    problem = rules.problem(sent, _reply(sent, num_examples=40, train_samples=97))
+    assert problem is not None and "train-samples 97 exceeds the 96" in problem
+    problem = rules.problem(sent, _reply(sent, num_examples=40, train_samples=1e300))
+    assert problem is not None and "train-samples 1e+300 exceeds the 96" in problem
+    # Counting more examples buys more work, up to the plausibility cap.
+    big = MAX_NODE_EXAMPLES
+    assert rules.problem(sent, _reply(sent, num_examples=big, train_samples=2 * big)) is None
+    problem = rules.problem(sent, _reply(sent, num_examples=1e300, train_samples=1))
+    assert problem is not None and f"num-examples 1e+300 exceeds the {big:g}" in problem
+
+
+def test_a_deployed_reply_without_the_model_is_bounded_by_the_plausible_count() -> None:
+    """AGC's replies count shared examples (fewer than they train on): the cap bounds them."""
+    rules = _observed(None, WorkBound(1, None, 8), ("agc.grad.",))
+    sent = _sent()
+    gradient = {f"agc.grad.{k}": v for k, v in MODEL.items()}
+    honest = _reply(sent, gradient, num_examples=10, train_samples=400)
+    assert rules.problem(sent, honest) is None
+    boast = _reply(sent, gradient, num_examples=10, train_samples=1e300)
+    problem = rules.problem(sent, boast)
+    assert problem is not None and f"exceeds the {MAX_NODE_EXAMPLES + 8:g}" in problem
+
+
+def test_a_simulated_nodes_replies_are_bounded_by_its_partition() -> None:
+    """On Ray the simulation names each node's partition: bounds as in-process."""
+    rules = _observed({NODE: 0}, WorkBound(1, None, 8))  # NODE holds partition 0: 40
+    sent = _sent()
+    assert rules.problem(sent, _reply(sent, num_examples=40, train_samples=48)) is None
+    problem = rules.problem(sent, _reply(sent, num_examples=41))
+    assert problem is not None and "num-examples 41 exceeds the 40 examples" in problem
+    problem = rules.problem(sent, _reply(sent, num_examples=12, train_samples=49))
+    assert problem is not None and "train-samples 49 exceeds the 48" in problem
+    # A node the simulation has not named yet holds at most the largest partition.
+    unnamed = _observed({}, WorkBound(1, None, 8))
+    assert unnamed.problem(sent, _reply(sent, num_examples=100, train_samples=108)) is None
+    problem = unnamed.problem(sent, _reply(sent, num_examples=101))
+    assert problem is not None and "exceeds the 100 examples" in problem
