@@ -17,6 +17,10 @@ from fedsim.outputs.plots import plot_comparison
 from fedsim.runner import RunResult, default_out_dir, preflight, progress_display, run
 
 
+class JobProcessDied(TrainingStopped):
+    """A ``--jobs`` process ended abruptly: the comparison stops (the CLI exits 1)."""
+
+
 @dataclass(frozen=True)
 class ExperimentResult:
     """All runs of a scenario (variants x seeds) and their comparison table."""
@@ -158,7 +162,9 @@ def _run_parallel(
     """
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
+    from fedsim.config.plugins import plugin_roots, pythonpath_with
     from fedsim.engine.workers import main_module_hidden, process_context
     from fedsim.outputs.metrics_log import replay
 
@@ -167,6 +173,10 @@ def _run_parallel(
     )
     results: list[RunResult | None] = [None] * len(runs)
     environ = dict(os.environ)  # a forkserver's children inherit its older environment
+    # The job processes import the runs' plugins from where this process found them (the
+    # working directory, which the `fedsim` script put on sys.path, included).
+    plugins = list(dict.fromkeys(name for r in runs for name in r.plugins))
+    environ["PYTHONPATH"] = pythonpath_with(plugin_roots(plugins), environ.get("PYTHONPATH"))
     with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:
         with main_module_hidden():  # the job processes start here (see its docstring)
             futures = {
@@ -175,7 +185,14 @@ def _run_parallel(
             }
         for future in as_completed(futures):
             i = futures[future]
-            results[i] = future.result()  # a run's error is raised here, as with jobs=1
+            try:
+                results[i] = future.result()  # a run's error is raised here, as with jobs=1
+            except BrokenProcessPool:
+                raise JobProcessDied(
+                    f"the job process of run {targets[i]} ended without a word (a client "
+                    "that kills its process, or the out-of-memory killer), and the "
+                    "comparison stopped; `fedsim run` of that run alone names the node"
+                ) from None
             for started in on_run_start:
                 started(i, len(runs), runs[i])
             if isinstance(results[i], RunResult):
@@ -186,9 +203,16 @@ def _run_parallel(
 def _run_in_job(
     scenario: Scenario, run_dir: Path, verbose: bool | None, environ: dict[str, str]
 ) -> RunResult:
-    """One run of a parallel comparison, in a job process."""
+    """One run of a parallel comparison, in a job process (its plugins imported first)."""
     import os
+    import sys
+
+    from fedsim.config.plugins import import_plugins
 
     os.environ.clear()
     os.environ.update(environ)
+    for root in reversed(environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if root and root not in sys.path:
+            sys.path.insert(0, root)
+    import_plugins(scenario.plugins)
     return run(scenario, run_dir, verbose=verbose, progress=False)

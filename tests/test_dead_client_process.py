@@ -253,3 +253,28 @@ def test_a_signal_to_fedsim_stops_the_run_as_it_did_before_the_supervisor(
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
     if sent == signal.SIGINT:
         assert json.loads((run_dir / CRASH_FILE).read_text())["error"] == "KeyboardInterrupt"
+
+
+def test_a_job_process_that_dies_stops_a_comparison_with_one_line(tmp_path: Path) -> None:
+    """``--jobs 2``: the dying client takes its job process with it, not the comparison's."""
+    work, env = _work(tmp_path, "exit")
+    scenario = {
+        **TINY,
+        "rounds": 3,
+        "seeds": [1, 2],
+        "plugins": ["dying"],
+        "strategy": {"name": "dying-avg", "params": {"min_available_nodes": 4}},
+    }
+    write_yaml(work / "s.yaml", scenario)
+    done = subprocess.run(
+        [*FEDSIM, "run", "-q", "s.yaml", "--jobs", "2", "--out", "out"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "job process" in errors[0], done.stderr

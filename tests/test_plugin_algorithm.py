@@ -72,6 +72,18 @@ def test_runs_in_process(tmp_path: Path, workers: int) -> None:
     assert len(sums) == 2 and all(s is not None and s > 0 for s in sums)
 
 
+def test_runs_as_a_comparison_in_job_processes(tmp_path: Path) -> None:
+    """``--jobs 2``: each job process imports the plugin from the working directory."""
+    work = _work(tmp_path, seeds=[1, 2])
+    done = _fedsim(work, "run", "s.yaml", "-q", "--jobs", "2", "--out", "r")
+    assert done.returncode == 0, done.stderr
+    runs = sorted(p.parent for p in (work / "r").rglob("metrics.jsonl"))
+    assert len(runs) == 2
+    for run_dir in runs:
+        sums = _sums(run_dir)
+        assert len(sums) == 2 and all(s is not None and s > 0 for s in sums)
+
+
 def test_undeclared_reply_keys_are_refused_by_the_engine(tmp_path: Path) -> None:
     """The spec's reply prefixes are what lets those arrays through: without them every
     reply is refused (failures), and nothing of the plugin's arrays reaches the server."""
