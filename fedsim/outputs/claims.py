@@ -103,18 +103,28 @@ def metric_table(result: dict[str, Any], columns: dict[str, str], digits: int = 
 
 
 def tuning_table(result: dict[str, Any], digits: int = 3) -> str:
-    """Each variant's tuning score per grid point (mean over tuning seeds; * chosen)."""
+    """Each variant's tuning score per grid point (mean over tuning seeds; * chosen).
+
+    A choice at the first or last point of a grid of several is flagged: the best
+    setting may lie beyond the grid, so the variant may be under-tuned.
+    """
     tuning = result["tuning"]
     config = tuning["config"]
-    rows: dict[str, list[str]] = {}
+    points: dict[str, list[dict[str, Any]]] = {}
     for point in tuning["points"]:
-        score = "diverged" if point["diverged"] else fmt(point["mean"], digits)
-        mark = " *" if point["chosen"] else ""
-        rows.setdefault(point["variant"], []).append(
-            f"{settings_text(point['settings'])}: {score}{mark}"
-        )
+        points.setdefault(point["variant"], []).append(point)
     seeds = ", ".join(str(s) for s in config["seeds"])
     what = f"{config['select']} {config['metric']}, mean over seeds {seeds}; * chosen"
     lines = [f"| variant | tuning score ({what}) |", "|---|---|"]
-    lines += [f"| {name} | {'; '.join(cells)} |" for name, cells in rows.items()]
+    for name, grid in points.items():
+        cells = [
+            f"{settings_text(p['settings'])}: "
+            + ("diverged" if p["diverged"] else fmt(p["mean"], digits))
+            + (" *" if p["chosen"] else "")
+            for p in grid
+        ]
+        edge = len(grid) > 1 and (grid[0]["chosen"] or grid[-1]["chosen"])
+        lines.append(
+            f"| {name} | {'; '.join(cells)}{' (chosen at the grid edge)' if edge else ''} |"
+        )
     return "\n".join(lines) + "\n"

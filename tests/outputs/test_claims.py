@@ -77,4 +77,12 @@ def test_tables_show_per_seed_values_tuned_settings_and_diverged_points() -> Non
     }
     table = metric_table(result, {"final_acc": "final accuracy"})
     assert "| a | lr 0.3 | 0.600 ± 1.271 | 0.500 0.700 |" in table  # 12.706·0.1414/√2
-    assert "| a | lr 0.3: 0.610 *; lr 3.0: diverged |" in tuning_table(result)
+    assert "| a | lr 0.3: 0.610 *; lr 3.0: diverged (chosen at the grid edge) |" in tuning_table(
+        result
+    )
+    inside = [  # the middle of three points chosen: no flag
+        {"variant": "b", "settings": {"lr": lr}, "mean": m, "diverged": None, "chosen": m == 0.7}
+        for lr, m in ((0.1, 0.6), (0.3, 0.7), (1.0, 0.5))
+    ]
+    result["tuning"]["points"] = inside
+    assert "| b | lr 0.1: 0.600; lr 0.3: 0.700 *; lr 1.0: 0.500 |" in tuning_table(result)
