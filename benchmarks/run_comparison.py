@@ -3,7 +3,8 @@
 The result file is what docs/strategies.md's tables are generated from
 (``benchmarks/strategies_doc.py``): per variant, the chosen settings, the final test
 accuracy (or, for least squares, the final test loss) per evaluation seed, rounds to
-target per seed, and the tuning table::
+target per seed, the figures some claims need beyond those (``extra_metrics``), and the
+tuning table::
 
     nice -n 10 python benchmarks/run_comparison.py scenarios/scaffold_digits.yaml \\
         --out runs/scaffold --results benchmarks/results/scaffold_digits.json --jobs 2
@@ -23,6 +24,18 @@ from fedsim.compose import load_scenario
 from fedsim.experiment import ExperimentResult, run_experiment
 
 
+def extra_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """A run's figures beyond accuracy and loss that a section's claims need.
+
+    The worst class's final test recall (``output.class_recall``: the label-skew losses)
+    and every final diagnostic (FedAwS's ``embedding_mean_cosine``), each kept only
+    where the run reports it.
+    """
+    found = {"final_recall_min": summary.get("final_eval_recall_min")}
+    found.update({f"final_{k}": v for k, v in (summary.get("diagnostics") or {}).items()})
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def result_file(experiment: ExperimentResult, scenario_path: str) -> dict[str, Any]:
     """The compact record of one comparison's reported runs (and its tuning)."""
     variants: dict[str, Any] = {}
@@ -33,6 +46,8 @@ def result_file(experiment: ExperimentResult, scenario_path: str) -> dict[str, A
         entry["final_acc"][seed] = run.summary.get("final_eval_accuracy")
         entry["final_loss"][seed] = run.summary.get("final_eval_loss")
         entry["rounds_to_target"][seed] = run.summary.get("rounds_to_target")
+        for key, value in extra_metrics(run.summary).items():
+            entry.setdefault(key, {})[seed] = value
     tuning_path = experiment.out_dir / "tuning.json"
     tuning = json.loads(tuning_path.read_text(encoding="utf-8")) if tuning_path.exists() else None
     if tuning is not None:

@@ -75,6 +75,41 @@ def test_the_scripts_run_a_one_round_comparison(tiny: dict[str, Any], tmp_path: 
     json.dumps(result)  # what the script writes
 
 
-@pytest.mark.parametrize("name", ["scaffold_digits", "compressed_digits", "robust_suite"])
+def test_a_reduced_tuned_ldpc_comparison_renders_its_section(tmp_path: Path) -> None:
+    """CI's reduced version of a loss-based tuned comparison: the shipped LDPC scenario at
+    2 rounds, 1 tuning seed, 2 grid points, 2 seeds, through the script to its section."""
+    runner, doc = _script("run_comparison"), _script("strategies_doc")
+    from fedsim.compose import load_scenario
+    from fedsim.experiment import run_experiment
+
+    overrides = [
+        "rounds=2",
+        "seeds=[0, 1]",
+        "tuning.seeds=[100]",
+        "tuning.grid={strategy.params.lr: [0.5, 1.0]}",
+        "output.plots=false",
+    ]
+    path = "scenarios/ldpc_regression.yaml"
+    experiment = run_experiment(load_scenario(ROOT / path, overrides), tmp_path)
+    result = runner.result_file(experiment, path)
+    assert {v["tuned"]["strategy.params.lr"] for v in result["variants"].values()} <= {0.5, 1.0}
+    section = doc.ldpc(result)
+    assert re.search(r"\| uncoded-rescaled \| lr (0\.5|1\.0) \| [0-9.]+ ± [0-9.]+ \|", section)
+    assert section.count("held") == 3  # one verdict per baseline
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "scaffold_digits",
+        "compressed_digits",
+        "robust_suite",
+        "fedcurv_digits",
+        "fedaws_digits",
+        "label_skew_losses",
+        "label_noise",
+        "ldpc_regression",
+    ],
+)
 def test_result_files_are_committed(name: str) -> None:
     assert (ROOT / "benchmarks" / "results" / f"{name}.json").is_file()

@@ -101,9 +101,10 @@ def test_cli_run_whose_final_round_is_nan_exits_diverged(
 @pytest.mark.parametrize(
     "overrides",
     [
-        # The shipped scenario without its variants and seeds: one regression run.
-        ["rounds=2", "seeds=null", "variants={}"],
-        ["rounds=2", "seeds=[0]", "data.dataset.num_samples=400"],  # with its variants
+        # The shipped scenario without its variants, seeds and tuning: one regression run.
+        ["rounds=2", "seeds=null", "variants={}", "tuning=null"],
+        # with its variants (untuned: tests/test_strategies_doc.py runs its tuning)
+        ["rounds=2", "seeds=[0]", "data.dataset.num_samples=400", "tuning=null"],
     ],
     ids=["one-run", "variants"],
 )

@@ -85,13 +85,18 @@ def _scenario(**overrides: object) -> Scenario:
     return Scenario.model_validate({**base, **overrides})
 
 
-def test_run_takes_full_gradient_steps_and_reports_mse(tmp_path: Path) -> None:
-    """Without stragglers three rounds are three exact GD steps from the initial model.
+@pytest.mark.parametrize(("lr", "scale"), [(0.5, 1.0), (0.25, 2.0)])
+def test_run_takes_full_gradient_steps_and_reports_mse(
+    lr: float, scale: float, tmp_path: Path
+) -> None:
+    """Without stragglers three rounds are three exact GD steps of size lr·scale.
 
     The server builds the initial model right after ``torch.manual_seed(seed)``; the
     arrays travel as float32 between rounds, hence the float32 rounding of the reference.
+    ``gradient_scale`` multiplies the decoded gradient: lr 0.25 at scale 2 steps as 0.5.
     """
-    scenario = _scenario()
+    params = {"lr": lr, "gradient_scale": scale}
+    scenario = _scenario(strategy={"name": "ldpc", "params": params})
     result = fedsim.run(scenario, tmp_path)
     with np.load(tmp_path / "final_arrays.npz") as f:
         theta = np.concatenate([f[k].ravel().astype(np.float64) for k in f.files])
@@ -101,8 +106,15 @@ def test_run_takes_full_gradient_steps_and_reports_mse(tmp_path: Path) -> None:
     torch.manual_seed(scenario.seed)
     ref = linear_parameters(build_model("linear", {}, (7,), 1)).numpy()
     for _ in range(3):
-        ref = (ref - 0.5 * _exact_gradient(scenario.data, ref)).astype(np.float32).astype(float)
+        step = ref - lr * scale * _exact_gradient(scenario.data, ref)
+        ref = step.astype(np.float32).astype(float)
     assert np.allclose(theta, ref, atol=1e-5)
+
+
+def test_a_nonpositive_gradient_scale_is_a_scenario_error(tmp_path: Path) -> None:
+    scenario = _scenario(strategy={"name": "ldpc", "params": {"gradient_scale": 0.0}})
+    with pytest.raises(ScenarioError, match=r"strategy\.params"):
+        fedsim.run(scenario, tmp_path)
 
 
 def test_refused_under_dp_and_with_target_accuracy() -> None:

@@ -18,7 +18,9 @@ The codes ``uncoded`` (ignore stragglers: their blocks are dropped) and ``replic
 share this strategy and decoder, so one scenario compares them at equal simulated time.
 What is our reconstruction (the paper's text was not available): the real-valued
 weights of the parity checks, the systematic encoding, and the step size rule (a fixed
-``lr``, no rescaling of the recovered blocks).
+``lr``, no rescaling of the recovered blocks). ``gradient_scale`` multiplies the decoded
+gradient by a constant: ``1/(1 − p)`` makes the uncoded gradient unbiased when each
+client straggles with probability ``p`` (the baseline LDPC must beat at its own lr).
 
 Client contract
 ---------------
@@ -59,17 +61,29 @@ class MomentEncodedGD(FedAvg):
         Step size on the decoded gradient ``ĝ / N`` (``2 / λ_max(M / N)`` diverges).
     max_iterations : int
         Cap on the peeling decoder's passes.
+    gradient_scale : float
+        Constant the decoded gradient is multiplied by before the step (default 1: no
+        rescaling; ``1/(1 − p)`` for the unbiased uncoded baseline under straggle
+        probability ``p``).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train`` ...).
     """
 
     client_step: ClassVar[str] = "moment-product"  # the local step clients run (clients/)
 
-    def __init__(self, *, lr: float = 0.5, max_iterations: int = 100, **kwargs: Any) -> None:
-        if lr <= 0 or max_iterations < 1:
-            raise ValueError("lr must be > 0 and max_iterations >= 1")
+    def __init__(
+        self,
+        *,
+        lr: float = 0.5,
+        max_iterations: int = 100,
+        gradient_scale: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        if lr <= 0 or max_iterations < 1 or gradient_scale <= 0:
+            raise ValueError("lr and gradient_scale must be > 0 and max_iterations >= 1")
         super().__init__(**kwargs)
         self.lr, self.max_iterations = lr, max_iterations
+        self.gradient_scale = gradient_scale
         # Set by the offline phase; plain arrays and numbers, so checkpoints keep them.
         self.generator: np.ndarray | None = None  # the code's G, checks H and positions
         self.checks: np.ndarray | None = None
@@ -144,7 +158,8 @@ class MomentEncodedGD(FedAvg):
         if not received.any():
             return None, None
         decoded = peel(code, symbols, received, self.max_iterations)
-        gradient = decoded.source.reshape(-1)[: self.num_features] / self.num_examples
+        decoded_sum = decoded.source.reshape(-1)[: self.num_features]
+        gradient = self.gradient_scale * decoded_sum / self.num_examples
         updated = step_linear(current, gradient, self.lr)
         out = MetricRecord(
             {
