@@ -46,9 +46,38 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
         "engine.client_timeout_s",
     ),
     "curv-lambda-negative": (
-        "build",
+        "typed-params",
         {"strategy": {"name": "fedcurv", "params": {"curv_lambda": -1}}},
         "strategy.params.curv_lambda",
+    ),
+    "typed-param-wrong-type": (
+        "typed-params",
+        {"strategy": {"name": "agc", "params": {"p": "0.3"}}},
+        "strategy.params.p",
+    ),
+    "typed-param-not-a-choice": (
+        "typed-params",
+        {"strategy": {"name": "scaffold", "params": {"option": "III"}}},
+        "strategy.params.option",
+    ),
+    "typed-param-of-an-inner-strategy": (
+        "typed-params",
+        {
+            "strategy": {
+                "name": "median-of-means",
+                "params": {"strategy": {"name": "fedcurv", "params": {"curv_lambda": -1}}},
+            }
+        },
+        "strategy.params.strategy.params.curv_lambda",
+    ),
+    "fedaws-federated-evaluation": (
+        "typed-params",
+        {
+            "strategy": {"name": "fedaws", "params": {"fraction_evaluate": 0.5}},
+            "model": {"name": "cosine", "params": {}},
+            "data": {**TINY["data"], "num_clients": 10, "partitioner": {"name": "one-class"}},
+        },
+        "strategy.params.fraction_evaluate",
     ),
     "dp-fedcurv": ("dp-releases", {"strategy": {"name": "fedcurv"}, "client": DP}, "client.dp"),
     "dp-agc": ("dp-releases", {"strategy": {"name": "agc"}, "client": DP}, "client.dp"),
@@ -173,3 +202,89 @@ def test_a_scenario_is_validated_once_per_process(tmp_path: Path) -> None:
     fedsim.load_scenario(raw)  # loaded again, as `validate` then `run` would
     fedsim.run(scenario, tmp_path / "run")  # preflight and the in-process ServerApp
     assert CHECKS_RUN[digest(scenario)] == 1
+
+
+# Plain `register_strategy` classes (no spec) whose clients would run a step that refuses
+# client.dp, or one that no module registered: old plugin code (a `client_step` class
+# attribute) and code that only says so in configure_train.
+PLAIN_STRATEGIES = """
+import fedsim
+from flwr.serverapp.strategy import FedAvg
+
+
+@fedsim.register_strategy("legacy-curvature-TAG")
+class LegacyCurvature(FedAvg):
+    client_step = "curvature"  # how plugins declared their step before specs
+
+    def configure_train(self, server_round, arrays, config, grid):
+        config["local-step"] = self.client_step
+        config["curv-lambda"] = 0.1
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+@fedsim.register_strategy("sends-curvature-TAG")
+class SendsCurvature(FedAvg):
+    def configure_train(self, server_round, arrays, config, grid):
+        config["curv-lambda"] = 0.1  # the curvature step's trigger key
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+@fedsim.register_strategy("sends-unknown-TAG")
+class SendsUnknown(FedAvg):
+    def configure_train(self, server_round, arrays, config, grid):
+        config["local-step"] = "no-such-step"
+        return super().configure_train(server_round, arrays, config, grid)
+"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "dp", "line"),
+    [
+        (
+            "legacy-curvature",
+            True,
+            "client.dp: cannot be used with strategy 'legacy-curvature-TAG': its clients "
+            "run local step 'curvature': fedcurv clients upload",
+        ),
+        (
+            "sends-curvature",
+            True,
+            "client.dp: cannot be used with strategy 'sends-curvature-TAG': its clients run "
+            "local step 'curvature': fedcurv clients upload",
+        ),
+        (
+            "sends-unknown",
+            False,
+            "strategy.name: algorithm 'sends-unknown-TAG' names local step 'no-such-step', "
+            "which no module registered",
+        ),
+    ],
+)
+def test_a_plain_strategys_refused_step_is_caught_before_training(
+    strategy: str, dp: bool, line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    module = f"plain_strategies_{tag}"
+    (tmp_path / f"{module}.py").write_text(PLAIN_STRATEGIES.replace("TAG", tag))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    changes: dict[str, Any] = {"strategy": {"name": f"{strategy}-{tag}"}}
+    if dp:
+        changes["client"] = DP
+    path = _scenario(tmp_path, changes)
+    text = path.read_text().replace("name: refusal", f"plugins: [{module}]\nname: refusal", 1)
+    path.write_text(text)
+    runner = CliRunner()
+    validate = runner.invoke(app, ["validate", str(path)])
+    run = runner.invoke(app, ["run", str(path), "-q", "--out", str(tmp_path / "run")])
+    assert validate.exit_code == run.exit_code == 2, (validate.output, run.output)
+    assert _errors(validate.output) == _errors(run.output), (validate.output, run.output)
+    assert len(_errors(run.output)) == 1, run.output
+    assert line.replace("TAG", tag) in _errors(run.output)[0]
+    assert not (tmp_path / "run").exists()
+    if dp:  # without DP the same strategy validates: the probe refuses only the step's refusal
+        changes.pop("client")
+        plain = _scenario(tmp_path, changes)
+        plain.write_text(
+            plain.read_text().replace("name: refusal", f"plugins: [{module}]\nname: refusal", 1)
+        )
+        assert runner.invoke(app, ["validate", str(plain)]).exit_code == 0

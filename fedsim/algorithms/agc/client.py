@@ -24,7 +24,7 @@ from fedsim.config.schema import ClientConfig
 from fedsim.data.node_data import NodeData
 
 
-@register_step("coded-gradient")
+@register_step(keys.STEP)
 class CodedGradientStep(LocalStep):
     """Encode the gradient over the held examples (selected by ``agc-p``)."""
 

@@ -5,18 +5,61 @@ The spec; the strategy is in ``server.py``, the client half in ``client.py``.
 
 from __future__ import annotations
 
+from pydantic import Field, field_validator
+
 from fedsim.algorithms import add_algorithm
 from fedsim.algorithms.fedaws import keys
+from fedsim.algorithms.params import FedAvgParams, one_of
 from fedsim.algorithms.spec import AlgorithmSpec
+
+
+class FedAwSParams(FedAvgParams):
+    """FedAwS's ``strategy.params`` (and Flower's FedAvg ones)."""
+
+    positive_margin: float = Field(0.9, ge=-1, le=1)
+    """ν_pos, the cosine each example is pulled up to."""
+    margin: float | None = None
+    """ν, the spreadout margin (None: the distance's orthogonal margin)."""
+    distance: str = "sqeuclid"
+    """Spreadout distance between class embeddings (a name in its registry)."""
+    top_k: int | None = Field(None, ge=1)
+    """Spread each class from its k nearest classes only (None: from all)."""
+    spread_steps: int = Field(1, ge=0)
+    """Spreadout gradient steps on W per round."""
+    spread_lr: float = Field(0.1, ge=0)
+    """Step size of the spreadout steps."""
+    spread_weight: float = Field(1.0, ge=0)
+    """Weight of the spreadout loss (multiplies the step size)."""
+    train_embeddings: bool = True
+    """Whether clients train their own class row (False: W stays as initialised)."""
+    spreadout: bool = True
+    """Whether the server takes spreadout steps (False: the collapse baseline)."""
+
+    @field_validator("fraction_evaluate")
+    @classmethod
+    def _no_federated_evaluation(cls, share: float) -> float:
+        # Federated evaluation would need W on the clients; fedsim evaluates centrally.
+        if share > 0:
+            raise ValueError(f"must be 0 (fedaws keeps W on the server), got {share}")
+        return share
+
+    @field_validator("distance")
+    @classmethod
+    def _known_distance(cls, value: str) -> str:
+        from fedsim.algorithms.fedaws.spreadout import DISTANCES
+
+        return one_of(value, DISTANCES.names())
+
 
 SPEC = add_algorithm(
     AlgorithmSpec(
         name="fedaws",
         server="fedsim.algorithms.fedaws.server:FedAwS",
         client="fedsim.algorithms.fedaws.client",
-        steps=("positive-only",),
+        steps=(keys.STEP,),
         actions=(f"query.{keys.QUERY_LABELS}",),
         dp_refusal=keys.DP_REFUSAL,
+        params=FedAwSParams,
         help="federated averaging with spreadout (Yu et al. 2020)",
     )
 )

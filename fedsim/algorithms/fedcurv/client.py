@@ -69,7 +69,7 @@ def curvature_penalty(
     return lam * total  # type: ignore[return-value]
 
 
-@register_step("curvature")
+@register_step(keys.STEP)
 class CurvatureStep(LocalStep):
     """The EWC-penalised step FedCurv asks for (config ``curv-lambda``)."""
 

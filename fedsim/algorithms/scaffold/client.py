@@ -48,7 +48,7 @@ def settle_pending(state: RecordDict, confirmed_round: int) -> None:
     del state[PENDING_ROUND]
 
 
-@fedsim.register_step("scaffold", help="SCAFFOLD: gradient corrected by c - c_i")
+@fedsim.register_step(keys.STEP, help="SCAFFOLD: gradient corrected by c - c_i")
 class ScaffoldStep(fedsim.LocalStep):
     """Local SGD with the drift correction ``c - c_i``; replies with ``Δc_i`` too."""
 
