@@ -139,6 +139,13 @@ def preflight(scenario: Scenario) -> None:
 
         sample_population(scenario.system, scenario.data.num_clients, scenario.seed)
     data = federated_data(scenario.data, scenario.seed)
+    if scenario.data.sharing is not None:  # the offline phase's plan fits the population
+        from fedsim.data.sharing import sharing_plan
+
+        try:
+            sharing_plan(scenario.data, scenario.seed)
+        except ValueError as exc:
+            raise ScenarioError([Problem("data.sharing", str(exc))]) from None
     if scenario.output.per_client_eval and data.test_parts is None:
         raise ScenarioError(
             [Problem("output.per_client_eval", f"needs per-client test data {NO_CLIENT_TESTS}")]

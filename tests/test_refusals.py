@@ -152,6 +152,25 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
         {"strategy": {"name": "fedavg", "params": {"min_available_nodes": 9}}},
         "strategy.params.min_available_nodes",
     ),
+    # Checks that need the data (the runner's preflight, which validate makes too).
+    "more-clients-than-examples": (
+        "data",
+        {"data": {**TINY["data"], "num_clients": 5000}},
+        "data.num_clients",
+    ),
+    "agc-holders-beyond-the-population": (
+        "data",
+        {
+            "strategy": {"name": "agc"},
+            "data": {**TINY["data"], "sharing": {"c": 0.1, "d": 5}},
+        },
+        "data.sharing",
+    ),
+    "per-client-eval-without-client-test-data": (
+        "data",
+        {"output": {"plots": False, "per_client_eval": True}},
+        "output.per_client_eval",
+    ),
     "checkpoint-own-loop": (
         "checkpoints",
         {"strategy": {"name": "lasgd"}, "output": {"plots": False, "checkpoint_every": 1}},
