@@ -19,18 +19,18 @@ class AGCParams(FedAvgParams):
     """AGC's ``strategy.params`` (and Flower's FedAvg ones); c and d are ``data.sharing``'s."""
 
     p: float = Field(0.0, ge=0, lt=1)
-    """Straggle probability the encoding weights assume."""
+    """Straggle probability: drawn by the strategy and assumed by the weights."""
     decoder: Literal["unbiased", "per-client", "ignore-stragglers"] = "unbiased"
-    """How the server decodes: 1/(1-p) weights, each client's on-time rate, or the
-    responders' plain average (the baseline)."""
+    """``unbiased`` ((K/m) Σ e_k / |D|), ``per-client`` (each reply also times
+    (1−p)/π̂_k, for deadline-driven stragglers) or ``ignore-stragglers``."""
     draw_stragglers: bool = True
-    """Whether the strategy drops each sampled client with probability p itself."""
+    """Drop each asked client with probability ``p`` before sending."""
     server_lr: float = Field(0.5, gt=0)
     """The server's SGD step size on the decoded gradient."""
     server_momentum: float = Field(0.0, ge=0, lt=1)
     """The server's heavy-ball momentum."""
     seed: int | None = None
-    """Seed of the straggler draws (None: drawn from the run's seeded numpy)."""
+    """Seed of the straggler draws (null: from the run seed)."""
 
 
 SPEC = add_algorithm(

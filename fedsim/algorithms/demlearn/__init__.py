@@ -20,21 +20,22 @@ class DemLearnParams(FedAvgParams):
     """DemLearn's ``strategy.params`` (and Flower's FedAvg ones)."""
 
     groups: list[int] = Field(default_factory=lambda: [4, 2])
-    """Groups per level from the bottom up (each ≥ 2, decreasing; the root is implicit)."""
+    """Groups per level between the agents and the root, bottom up, strictly decreasing,
+    each ≥ 2 (``[]``: the root alone = FedAvg); a level never has more groups than
+    agents."""
     recluster_every: int = Field(5, ge=1)
     """τ: rebuild the hierarchy in rounds 1, 1 + τ, …"""
     linkage: Literal["single", "complete", "average", "weighted", "ward"] = "ward"
-    """scipy's agglomerative linkage: only those whose merge heights never decrease, so
-    cutting one dendrogram at several group counts gives nested partitions (centroid
-    and median can invert)."""
+    """scipy's method (``centroid`` and ``median`` can invert the dendrogram, so their
+    cuts would not nest: refused)."""
     metric: str = "euclidean"
-    """scipy's pdist metric between agents (Ward's linkage needs 'euclidean')."""
+    """A ``scipy.spatial.distance.pdist`` metric (``ward`` needs ``euclidean``)."""
     cluster_on: Literal["models", "updates"] = "models"
-    """What is clustered: the agents' latest models, or their latest updates."""
+    """``models`` or ``updates`` (zero for an agent that has not trained yet)."""
     mixing: float = Field(0.5, ge=0, le=1)
-    """Weight of the agent's own model against its group's when a round starts."""
+    """β ∈ [0, 1], the mixing weight (above)."""
     personalized: bool = False
-    """DemLearn-P: each agent starts from its personalised mix instead of the root."""
+    """DemLearn-P."""
 
     @field_validator("groups")
     @classmethod

@@ -19,21 +19,22 @@ class FedAwSParams(FedAvgParams):
     positive_margin: float = Field(0.9, ge=-1, le=1)
     """ν_pos, the cosine each example is pulled up to."""
     margin: float | None = None
-    """ν, the spreadout margin (None: the distance's orthogonal margin)."""
+    """ν; null: the distance of two orthogonal unit rows (2 for ``sqeuclid``, 1 for
+    ``cosine``)."""
     distance: str = "sqeuclid"
-    """Spreadout distance between class embeddings (a name in its registry)."""
+    """``sqeuclid`` (‖w_c − w_c'‖²) or ``cosine`` (1 − cos)."""
     top_k: int | None = Field(None, ge=1)
-    """Spread each class from its k nearest classes only (None: from all)."""
+    """Only the k nearest other classes of each class (null: all)."""
     spread_steps: int = Field(1, ge=0)
-    """Spreadout gradient steps on W per round."""
+    """Regularizer steps per round."""
     spread_lr: float = Field(0.1, ge=0)
-    """Step size of the spreadout steps."""
+    """η: a step moves ``W`` by ``−λη ∇reg(W)``."""
     spread_weight: float = Field(1.0, ge=0)
-    """Weight of the spreadout loss (multiplies the step size)."""
+    """λ: a step moves ``W`` by ``−λη ∇reg(W)``."""
     train_embeddings: bool = True
-    """Whether clients train their own class row (False: W stays as initialised)."""
+    """False: ``W`` stays at its random start, clients train θ only (``frozen-w``)."""
     spreadout: bool = True
-    """Whether the server takes spreadout steps (False: the collapse baseline)."""
+    """False: rows written back with no regularizer (the positive-only baseline)."""
 
     @field_validator("fraction_evaluate")
     @classmethod

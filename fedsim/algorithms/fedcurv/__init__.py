@@ -21,8 +21,9 @@ class FedCurvParams(FedAvgParams):
     curv_lambda: float = Field(0.01, ge=0)
     """λ, the weight of the EWC penalty (0 is FedAvg exactly)."""
     fisher: Literal["empirical", "batch"] = "empirical"
-    """Fisher estimator: mean squared per-example gradients, or OpenFL's squared batch
-    gradient (for comparison)."""
+    """``empirical``: the mean over the local data of squared per-example gradients at the
+    trained θ (``torch.func``); ``batch``: OpenFL's estimate, the squared batch-mean
+    gradient of the last batch, for comparison."""
 
 
 SPEC = add_algorithm(

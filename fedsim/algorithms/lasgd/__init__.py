@@ -17,15 +17,16 @@ class LASGDParams(StrategyParams):
     """LASGD's ``strategy.params`` (it runs its own loop: no Flower FedAvg parameters)."""
 
     alpha: float = Field(1.0, ge=0, le=1)
-    """α in the merge x_k ← x̄ + α(x_k − s_k) (1 keeps the workers' mean)."""
+    """α in x ← x̄ + α(x − s); 1 keeps the workers' mean."""
     period: int = Field(5, ge=1)
-    """H, local steps between two snapshots."""
+    """H: local jobs between snapshots."""
     in_flight: int = Field(1, ge=0)
-    """Exchanges a worker may have under way (0: blocking)."""
+    """Exchanges a worker may have under way; 0 blocks at every snapshot (synchronous)."""
     communication: str = "allreduce"
-    """How workers exchange models (a name in its registry)."""
+    """``allreduce`` (ring All-Reduce, the merge above) or ``gossip`` (push-sum)."""
     eval_interval_s: float = Field(10.0, gt=0)
-    """Simulated seconds between central evaluations of the mean worker model."""
+    """Simulated seconds between central evaluations of the mean worker model; the budget
+    is ``rounds × eval_interval_s``."""
 
     @field_validator("communication")
     @classmethod

@@ -17,7 +17,7 @@ class LDPCParams(FedAvgParams):
     """LDPC moment encoding's ``strategy.params`` (and Flower's FedAvg ones)."""
 
     lr: float = Field(0.5, gt=0)
-    """Gradient-descent step size on the decoded least-squares gradient."""
+    """Step size on the decoded gradient / N."""
     max_iterations: int = Field(100, ge=1)
     """Cap on the peeling decoder's passes."""
 

@@ -18,15 +18,16 @@ class MedianOfMeansParams(StrategyParams):
     """Median-of-means's ``strategy.params`` (its inner ``strategy`` is walked apart)."""
 
     blocks: int = Field(5, ge=1)
-    """K, the number of blocks the round's replies are split into."""
+    """K, blocks per round (K = n when fewer replies arrive)."""
     median: Literal["coordinate", "geometric"] = "coordinate"
-    """The median of the block means: coordinate-wise or geometric (Weiszfeld)."""
+    """The median of the block means: ``coordinate`` or ``geometric``."""
     tol: float = Field(1e-7, gt=0)
-    """Convergence tolerance of the geometric median."""
+    """Weiszfeld's relative stopping tolerance."""
     blocks_sampling: Literal["without_replacement", "disjoint"] = "without_replacement"
-    """K independent blocks of ⌊n/K⌋ replies, or one permutation cut into K blocks."""
+    """``without_replacement``: K independent blocks of ⌊n/K⌋ replies each (the paper's);
+    ``disjoint``: one permutation cut into K blocks."""
     seed: int | None = None
-    """Seed of the block draws (None: drawn from the run's seeded numpy)."""
+    """Seed of the block draws (null: from the run seed)."""
 
 
 SPEC = add_algorithm(

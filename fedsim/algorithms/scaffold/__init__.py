@@ -19,10 +19,10 @@ class ScaffoldParams(FedAvgParams):
     """SCAFFOLD's ``strategy.params`` (and Flower's FedAvg ones)."""
 
     option: Literal["I", "II"] = "II"
-    """How a client updates its control variate: I, the gradient at the server model
-    (one more pass over its data); II, from its own update (no extra pass)."""
+    """How clients update ``c_i``: ``I``, the gradient of their data at the server model
+    (one more pass); ``II``, from their own update."""
     server_lr: float = Field(1.0, gt=0)
-    """Global step size η_g applied to the averaged update."""
+    """η_g, the server's step size on the averaged update."""
 
 
 SPEC = add_algorithm(
