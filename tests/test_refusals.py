@@ -193,6 +193,20 @@ def _errors(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error")]
 
 
+def _refused_alike(path: Path, run_dir: Path) -> str:
+    """Both commands exit 2 with the same one error line, before a run directory exists."""
+    runner = CliRunner()
+    validate = runner.invoke(app, ["validate", str(path)])
+    run = runner.invoke(app, ["run", str(path), "-q", "--out", str(run_dir)])
+    assert validate.exit_code == 2, validate.output
+    assert run.exit_code == 2, run.output
+    assert "Traceback" not in validate.output + run.output
+    assert _errors(validate.output) == _errors(run.output), (validate.output, run.output)
+    assert len(_errors(run.output)) == 1, run.output
+    assert not run_dir.exists()  # refused before a run directory was claimed
+    return _errors(run.output)[0]
+
+
 def test_every_rule_has_a_case() -> None:
     exercised = {what for what, _, _ in CASES.values()}
     assert set(RULES.names()) <= exercised
@@ -201,16 +215,7 @@ def test_every_rule_has_a_case() -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_validate_and_run_refuse_alike(case: str, tmp_path: Path) -> None:
     _, changes, key = CASES[case]
-    path = _scenario(tmp_path, changes)
-    runner = CliRunner()
-    validate = runner.invoke(app, ["validate", str(path)])
-    run = runner.invoke(app, ["run", str(path), "-q", "--out", str(tmp_path / "run")])
-    assert validate.exit_code == 2, validate.output
-    assert run.exit_code == 2, run.output
-    assert "Traceback" not in validate.output + run.output
-    assert _errors(validate.output) == _errors(run.output), (validate.output, run.output)
-    assert len(_errors(run.output)) == 1 and f"{key}:" in _errors(run.output)[0]
-    assert not (tmp_path / "run").exists()  # refused before a run directory was claimed
+    assert f"{key}:" in _refused_alike(_scenario(tmp_path, changes), tmp_path / "run")
 
 
 def test_a_scenario_is_validated_once_per_process(tmp_path: Path) -> None:
@@ -292,18 +297,43 @@ def test_a_plain_strategys_refused_step_is_caught_before_training(
     path = _scenario(tmp_path, changes)
     text = path.read_text().replace("name: refusal", f"plugins: [{module}]\nname: refusal", 1)
     path.write_text(text)
-    runner = CliRunner()
-    validate = runner.invoke(app, ["validate", str(path)])
-    run = runner.invoke(app, ["run", str(path), "-q", "--out", str(tmp_path / "run")])
-    assert validate.exit_code == run.exit_code == 2, (validate.output, run.output)
-    assert _errors(validate.output) == _errors(run.output), (validate.output, run.output)
-    assert len(_errors(run.output)) == 1, run.output
-    assert line.replace("TAG", tag) in _errors(run.output)[0]
-    assert not (tmp_path / "run").exists()
+    assert line.replace("TAG", tag) in _refused_alike(path, tmp_path / "run")
     if dp:  # without DP the same strategy validates: the probe refuses only the step's refusal
         changes.pop("client")
         plain = _scenario(tmp_path, changes)
         plain.write_text(
             plain.read_text().replace("name: refusal", f"plugins: [{module}]\nname: refusal", 1)
         )
-        assert runner.invoke(app, ["validate", str(plain)]).exit_code == 0
+        assert CliRunner().invoke(app, ["validate", str(plain)]).exit_code == 0
+
+
+def test_a_data_check_of_a_strategy_is_refused_by_validate_and_run_alike(
+    tmp_path: Path,
+) -> None:
+    """FedAwS needs one class per client; under a natural partition only the loaded data
+    can say (client 3 below holds two): once found only in the running ServerApp."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = np.repeat([f"u{k}" for k in range(4)], 10)
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 10 + [3] * 5 + [0] * 5)
+    np.savez(
+        tmp_path / "natural.npz",
+        x=rng.random((40, 1, 8, 8), dtype=np.float32),
+        y=labels,
+        client_id=ids,
+        x_test=rng.random((8, 1, 8, 8), dtype=np.float32),
+        y_test=np.array([0, 1, 2, 3] * 2),
+    )
+    data = {
+        "dataset": f"npz:{tmp_path / 'natural.npz'}",
+        "num_clients": 4,
+        "partitioner": "natural",
+    }
+    path = _scenario(
+        tmp_path,
+        {"data": data, "model": {"name": "cosine", "params": {}}, "strategy": {"name": "fedaws"}},
+    )
+    line = _refused_alike(path, tmp_path / "run")
+    assert "data.partitioner: fedaws needs one class per client" in line
+    assert "client 3 holds labels [0, 3]" in line

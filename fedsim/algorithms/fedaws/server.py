@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedsim.algorithms.fedaws import FedAwSParams, keys
 from fedsim.algorithms.fedaws.spreadout import DISTANCES, normalize_rows, spreadout_steps
 from fedsim.config.schema import Scenario
+from fedsim.data.federated import FederatedData
 from fedsim.errors import Problem, ScenarioError
 from fedsim.models.cosine import EMBEDDINGS_KEY, mean_offdiagonal_cosine
 from fedsim.strategies import register_strategy
@@ -127,6 +128,19 @@ class FedAwS(FedAvg):
                 )
             )
         return problems
+
+    @classmethod
+    def check_data(cls, scenario: Scenario, data: FederatedData) -> list[Problem]:
+        """Each client holds one class (a natural partition may not: only its data says)."""
+        for client, part in enumerate(data.parts):
+            labels = sorted({int(label) for label in np.unique(data.y[part])})
+            if len(labels) != 1:
+                reason = (
+                    f"fedaws needs one class per client (partitioner 'one-class'); client "
+                    f"{client} holds labels {labels}"
+                )
+                return [Problem("data.partitioner", reason)]
+        return []
 
     # ------------------------------------------------------------------- train
 
