@@ -2,7 +2,8 @@
 
 Every table between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in
 docs/strategies.md is rendered here from ``benchmarks/results/NAME.json`` (written by
-``benchmarks/run_comparison.py`` or ``benchmarks/robust_suite.py``); nothing in those
+``benchmarks/run_comparison.py`` or ``benchmarks/robust_suite.py``), or, for
+``params-<algorithm>``, from the algorithm's typed params model; nothing in those
 blocks is typed by hand. Each paper claim is stated beside what was measured: a claim
 that a beats b is *held* when the 95% t-interval of the paired difference (a - b, paired
 by seed) lies above 0, *not held* otherwise (a tie counts as not held)::
@@ -291,8 +292,67 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
+# Blocks "params-<algorithm>": its strategy.params table, from its typed params model
+# (fedsim/algorithms/<name>/__init__.py), so the docs and validation share one source.
+PARAMS_PREFIX = "params-"
+PARAM_SECTIONS = (
+    "agc",
+    "demlearn",
+    "fedaws",
+    "fedcurv",
+    "fednova",
+    "lasgd",
+    "ldpc",
+    "median-of-means",
+    "scaffold",
+)
+
+
+def _default(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return f"`{json.dumps(value) if isinstance(value, list) else value}`"
+
+
+def _cell(text: str) -> str:
+    """Docstring text as one Markdown table cell (rst literals as code, pipes escaped)."""
+    return " ".join(text.split()).replace("``", "`").replace("|", "\\|")
+
+
+def params_table(algorithm: str) -> str:
+    """The ``strategy.params`` table of ``algorithm``: name, type and range, default, meaning."""
+    from fedsim.algorithms import ALGORITHMS, shipped_algorithms
+    from fedsim.algorithms.params import FedAvgParams, expectation
+
+    shipped_algorithms()
+    model = ALGORITHMS.get(algorithm).params
+    assert model is not None, f"{algorithm} has no typed params"
+    flower = issubclass(model, FedAvgParams)
+    rows = ["| param | type | default | meaning |", "|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        if flower and name in FedAvgParams.model_fields:
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append(
+            f"| `{name}` | {_cell(expectation(field))} | {_default(default)} | "
+            f"{_cell(field.description or '')} |"
+        )
+    if flower:
+        rows.append(
+            "| FedAvg's params | | | `fraction_train` (a number in (0, 1]), "
+            "`fraction_evaluate`, `min_train_nodes`, `min_available_nodes`, ... |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def render(name: str) -> str:
-    """The generated block for ``name`` from its committed result file."""
+    """The generated block for ``name``: from its committed result file, or its params."""
+    if name.startswith(PARAMS_PREFIX):
+        return params_table(name.removeprefix(PARAMS_PREFIX))
     result = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
     return SECTIONS[name](result)
 

@@ -11,7 +11,8 @@ The public Python API::
 Extension points: :func:`register_algorithm` (a strategy with its spec: its local steps,
 per-parameter reply keys, DP refusal; see docs/write-a-strategy.md),
 :func:`register_strategy`, :func:`register_model`, and client-side training through
-:class:`LocalStep` subclasses registered with :func:`register_step`.
+:class:`LocalStep` subclasses registered with :func:`register_step` (a step that needs
+the gradient over the node's whole data calls :func:`full_data_gradient`).
 Outputs are callbacks: subclass :class:`Callback` and register it with
 :func:`register_callback` (or pass objects to ``fedsim.run(callbacks=...)``).
 """
@@ -41,6 +42,7 @@ __all__ = [
     "ScenarioError",
     "StepInputs",
     "TrainResult",
+    "full_data_gradient",
     "load_scenario",
     "register_algorithm",
     "register_callback",
@@ -54,6 +56,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from fedsim.algorithms import register_algorithm
+    from fedsim.client.full_gradient import full_data_gradient
     from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
     from fedsim.compose import load_scenario
     from fedsim.config.schema import Scenario
@@ -74,6 +77,7 @@ _LAZY = {
     "StepInputs": "fedsim.client.steps",
     "TrainResult": "fedsim.client.steps",
     "register_step": "fedsim.client.steps",
+    "full_data_gradient": "fedsim.client.full_gradient",
     "NodeData": "fedsim.data.node_data",
     "Problem": "fedsim.errors",
     "ScenarioError": "fedsim.errors",

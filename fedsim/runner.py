@@ -22,6 +22,7 @@ from flwr.app import UserConfig
 
 from fedsim import wire
 from fedsim.compose import compose, load_scenario
+from fedsim.compose.data_checks import data_problems
 from fedsim.config.schema import Scenario
 from fedsim.config.sources import to_yaml
 from fedsim.data.federated import federated_data
@@ -118,7 +119,7 @@ def preflight(scenario: Scenario) -> None:
     scenario in this process), then those that need the data: it can be had, and the
     model can take it.
     """
-    compose(scenario)
+    composition = compose(scenario)
     try:
         ENGINES.get(scenario.engine.name)
     except UnknownNameError as exc:
@@ -135,6 +136,9 @@ def preflight(scenario: Scenario) -> None:
 
     sample_population(scenario.system, scenario.data.num_clients, scenario.seed)
     data = federated_data(scenario.data, scenario.seed)
+    data_checked = data_problems(scenario, composition.chain, data)
+    if data_checked:
+        raise ScenarioError(data_checked)
     if scenario.output.per_client_eval and data.test_parts is None:
         raise ScenarioError(
             [Problem("output.per_client_eval", f"needs per-client test data {NO_CLIENT_TESTS}")]

@@ -113,9 +113,9 @@ def _bad_files(tmp: Path) -> dict[str, str]:
         "15 images but 10 labels",  # five training batches of 3 and 2
     )
     for name, value, expect in [
-        ("fraction_2.yaml", 2.0, "must lie in [0, 1]"),
-        ("fraction_0.yaml", 0.0, "is 0: no client would ever train"),
-        ("fraction_negative.yaml", -0.5, "must lie in [0, 1]"),
+        ("fraction_2.yaml", 2.0, "must be a number in (0, 1], got 2.0"),
+        ("fraction_0.yaml", 0.0, "must be a number in (0, 1], got 0.0"),
+        ("fraction_negative.yaml", -0.5, "must be a number in (0, 1], got -0.5"),
     ]:
         scenario(
             name,
@@ -165,8 +165,7 @@ def test_a_share_of_2_exits_2_from_run_before_anything_runs(tmp_path: Path) -> N
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        f"error: {path}: strategy.params.fraction_train: must lie in [0, 1] (a share of the "
-        "nodes), got 2.0"
+        f"error: {path}: strategy.params.fraction_train: must be a number in (0, 1], got 2.0"
     ]
     assert not (tmp_path / "out").exists()
 

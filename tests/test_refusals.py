@@ -46,9 +46,38 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
         "engine.client_timeout_s",
     ),
     "curv-lambda-negative": (
-        "build",
+        "typed-params",
         {"strategy": {"name": "fedcurv", "params": {"curv_lambda": -1}}},
         "strategy.params.curv_lambda",
+    ),
+    "typed-param-wrong-type": (
+        "typed-params",
+        {"strategy": {"name": "agc", "params": {"p": "0.3"}}},
+        "strategy.params.p",
+    ),
+    "typed-param-not-a-choice": (
+        "typed-params",
+        {"strategy": {"name": "scaffold", "params": {"option": "III"}}},
+        "strategy.params.option",
+    ),
+    "typed-param-of-an-inner-strategy": (
+        "typed-params",
+        {
+            "strategy": {
+                "name": "median-of-means",
+                "params": {"strategy": {"name": "fedcurv", "params": {"curv_lambda": -1}}},
+            }
+        },
+        "strategy.params.strategy.params.curv_lambda",
+    ),
+    "fedaws-federated-evaluation": (
+        "typed-params",
+        {
+            "strategy": {"name": "fedaws", "params": {"fraction_evaluate": 0.5}},
+            "model": {"name": "cosine", "params": {}},
+            "data": {**TINY["data"], "num_clients": 10, "partitioner": {"name": "one-class"}},
+        },
+        "strategy.params.fraction_evaluate",
     ),
     "dp-fedcurv": ("dp-releases", {"strategy": {"name": "fedcurv"}, "client": DP}, "client.dp"),
     "dp-agc": ("dp-releases", {"strategy": {"name": "agc"}, "client": DP}, "client.dp"),
@@ -123,6 +152,25 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
         {"strategy": {"name": "fedavg", "params": {"min_available_nodes": 9}}},
         "strategy.params.min_available_nodes",
     ),
+    # Checks that need the data (the runner's preflight, which validate makes too).
+    "more-clients-than-examples": (
+        "data",
+        {"data": {**TINY["data"], "num_clients": 5000}},
+        "data.num_clients",
+    ),
+    "agc-holders-beyond-the-population": (
+        "data",
+        {
+            "strategy": {"name": "agc"},
+            "data": {**TINY["data"], "sharing": {"c": 0.1, "d": 5}},
+        },
+        "data.sharing",
+    ),
+    "per-client-eval-without-client-test-data": (
+        "data",
+        {"output": {"plots": False, "per_client_eval": True}},
+        "output.per_client_eval",
+    ),
     "checkpoint-own-loop": (
         "checkpoints",
         {"strategy": {"name": "lasgd"}, "output": {"plots": False, "checkpoint_every": 1}},
@@ -145,6 +193,20 @@ def _errors(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error")]
 
 
+def _refused_alike(path: Path, run_dir: Path) -> str:
+    """Both commands exit 2 with the same one error line, before a run directory exists."""
+    runner = CliRunner()
+    validate = runner.invoke(app, ["validate", str(path)])
+    run = runner.invoke(app, ["run", str(path), "-q", "--out", str(run_dir)])
+    assert validate.exit_code == 2, validate.output
+    assert run.exit_code == 2, run.output
+    assert "Traceback" not in validate.output + run.output
+    assert _errors(validate.output) == _errors(run.output), (validate.output, run.output)
+    assert len(_errors(run.output)) == 1, run.output
+    assert not run_dir.exists()  # refused before a run directory was claimed
+    return _errors(run.output)[0]
+
+
 def test_every_rule_has_a_case() -> None:
     exercised = {what for what, _, _ in CASES.values()}
     assert set(RULES.names()) <= exercised
@@ -153,16 +215,7 @@ def test_every_rule_has_a_case() -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_validate_and_run_refuse_alike(case: str, tmp_path: Path) -> None:
     _, changes, key = CASES[case]
-    path = _scenario(tmp_path, changes)
-    runner = CliRunner()
-    validate = runner.invoke(app, ["validate", str(path)])
-    run = runner.invoke(app, ["run", str(path), "-q", "--out", str(tmp_path / "run")])
-    assert validate.exit_code == 2, validate.output
-    assert run.exit_code == 2, run.output
-    assert "Traceback" not in validate.output + run.output
-    assert _errors(validate.output) == _errors(run.output), (validate.output, run.output)
-    assert len(_errors(run.output)) == 1 and f"{key}:" in _errors(run.output)[0]
-    assert not (tmp_path / "run").exists()  # refused before a run directory was claimed
+    assert f"{key}:" in _refused_alike(_scenario(tmp_path, changes), tmp_path / "run")
 
 
 def test_a_scenario_is_validated_once_per_process(tmp_path: Path) -> None:
@@ -173,3 +226,114 @@ def test_a_scenario_is_validated_once_per_process(tmp_path: Path) -> None:
     fedsim.load_scenario(raw)  # loaded again, as `validate` then `run` would
     fedsim.run(scenario, tmp_path / "run")  # preflight and the in-process ServerApp
     assert CHECKS_RUN[digest(scenario)] == 1
+
+
+# Plain `register_strategy` classes (no spec) whose clients would run a step that refuses
+# client.dp, or one that no module registered: old plugin code (a `client_step` class
+# attribute) and code that only says so in configure_train.
+PLAIN_STRATEGIES = """
+import fedsim
+from flwr.serverapp.strategy import FedAvg
+
+
+@fedsim.register_strategy("legacy-curvature-TAG")
+class LegacyCurvature(FedAvg):
+    client_step = "curvature"  # how plugins declared their step before specs
+
+    def configure_train(self, server_round, arrays, config, grid):
+        config["local-step"] = self.client_step
+        config["curv-lambda"] = 0.1
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+@fedsim.register_strategy("sends-curvature-TAG")
+class SendsCurvature(FedAvg):
+    def configure_train(self, server_round, arrays, config, grid):
+        config["curv-lambda"] = 0.1  # the curvature step's trigger key
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+@fedsim.register_strategy("sends-unknown-TAG")
+class SendsUnknown(FedAvg):
+    def configure_train(self, server_round, arrays, config, grid):
+        config["local-step"] = "no-such-step"
+        return super().configure_train(server_round, arrays, config, grid)
+"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "dp", "line"),
+    [
+        (
+            "legacy-curvature",
+            True,
+            "client.dp: cannot be used with strategy 'legacy-curvature-TAG': its clients "
+            "run local step 'curvature': fedcurv clients upload",
+        ),
+        (
+            "sends-curvature",
+            True,
+            "client.dp: cannot be used with strategy 'sends-curvature-TAG': its clients run "
+            "local step 'curvature': fedcurv clients upload",
+        ),
+        (
+            "sends-unknown",
+            False,
+            "strategy.name: algorithm 'sends-unknown-TAG' names local step 'no-such-step', "
+            "which no module registered",
+        ),
+    ],
+)
+def test_a_plain_strategys_refused_step_is_caught_before_training(
+    strategy: str, dp: bool, line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    module = f"plain_strategies_{tag}"
+    (tmp_path / f"{module}.py").write_text(PLAIN_STRATEGIES.replace("TAG", tag))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    changes: dict[str, Any] = {"strategy": {"name": f"{strategy}-{tag}"}}
+    if dp:
+        changes["client"] = DP
+    path = _scenario(tmp_path, changes)
+    text = path.read_text().replace("name: refusal", f"plugins: [{module}]\nname: refusal", 1)
+    path.write_text(text)
+    assert line.replace("TAG", tag) in _refused_alike(path, tmp_path / "run")
+    if dp:  # without DP the same strategy validates: the probe refuses only the step's refusal
+        changes.pop("client")
+        plain = _scenario(tmp_path, changes)
+        plain.write_text(
+            plain.read_text().replace("name: refusal", f"plugins: [{module}]\nname: refusal", 1)
+        )
+        assert CliRunner().invoke(app, ["validate", str(plain)]).exit_code == 0
+
+
+def test_a_data_check_of_a_strategy_is_refused_by_validate_and_run_alike(
+    tmp_path: Path,
+) -> None:
+    """FedAwS needs one class per client; under a natural partition only the loaded data
+    can say (client 3 below holds two): once found only in the running ServerApp."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = np.repeat([f"u{k}" for k in range(4)], 10)
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 10 + [3] * 5 + [0] * 5)
+    np.savez(
+        tmp_path / "natural.npz",
+        x=rng.random((40, 1, 8, 8), dtype=np.float32),
+        y=labels,
+        client_id=ids,
+        x_test=rng.random((8, 1, 8, 8), dtype=np.float32),
+        y_test=np.array([0, 1, 2, 3] * 2),
+    )
+    data = {
+        "dataset": f"npz:{tmp_path / 'natural.npz'}",
+        "num_clients": 4,
+        "partitioner": "natural",
+    }
+    path = _scenario(
+        tmp_path,
+        {"data": data, "model": {"name": "cosine", "params": {}}, "strategy": {"name": "fedaws"}},
+    )
+    line = _refused_alike(path, tmp_path / "run")
+    assert "data.partitioner: fedaws needs one class per client" in line
+    assert "client 3 holds labels [0, 3]" in line

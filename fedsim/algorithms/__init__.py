@@ -25,12 +25,16 @@ __all__ = [
     "AlgorithmSpec",
     "StrategyLink",
     "add_algorithm",
+    "is_declared",
+    "load_client_halves",
     "register_algorithm",
     "shipped_algorithms",
     "spec_of",
 ]
 
 ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithms")
+# The class attribute that named a strategy's local step before specs (old plugins).
+LEGACY_STEP_ATTRIBUTE = "client_step"
 _BY_SERVER: dict[str, AlgorithmSpec] = {}  # "module:Class" -> spec
 _loaded = False
 
@@ -108,12 +112,27 @@ def shipped_algorithms() -> list[AlgorithmSpec]:
     return [ALGORITHMS.get(n) for n in ALGORITHMS.names()]
 
 
+def load_client_halves() -> None:
+    """Import every shipped algorithm's client half (its steps and actions register)."""
+    for spec in shipped_algorithms():
+        if spec.client is not None:
+            importlib.import_module(spec.client)
+
+
+def is_declared(spec: AlgorithmSpec) -> bool:
+    """Whether ``spec`` was registered (not the default one of a strategy that has none)."""
+    return _BY_SERVER.get(spec.server) is spec
+
+
 def spec_of(name: str, strategy_cls: Any) -> AlgorithmSpec:
     """The spec of a strategy class: its own, else its nearest registered base's.
 
     A subclass of FedCurv without a spec of its own still sends FedCurv's step, so it
     inherits FedCurv's spec (under its own name); a class with no registered base gets
-    the default spec (a Flower-like strategy).
+    the default spec (a Flower-like strategy). Plugins written before specs existed
+    declared their local step as a ``client_step`` class attribute: it stands for
+    ``steps=(client_step,)`` here, the one place that reads it, so their step's checks
+    (its DP refusal) apply as to a spec's steps.
     """
     shipped_algorithms()
     if inspect.isclass(strategy_cls):
@@ -121,4 +140,6 @@ def spec_of(name: str, strategy_cls: Any) -> AlgorithmSpec:
             spec = _BY_SERVER.get(f"{klass.__module__}:{klass.__qualname__}")
             if spec is not None:
                 return spec
-    return default_spec(name, f"{getattr(strategy_cls, '__module__', '?')}:{name}")
+    server = f"{getattr(strategy_cls, '__module__', '?')}:{name}"
+    legacy = getattr(strategy_cls, LEGACY_STEP_ATTRIBUTE, None)
+    return default_spec(name, server, (legacy,) if isinstance(legacy, str) else ("plain",))

@@ -70,9 +70,9 @@ class AlgorithmSpec:
 
 # What a strategy that registered no spec (Flower's own, a register_strategy class) is
 # taken to be: it asks for the plain (or proximal) step and releases only models.
-def default_spec(name: str, server: str) -> AlgorithmSpec:
-    """The spec of a strategy that declares none."""
-    return AlgorithmSpec(name=name, server=server)
+def default_spec(name: str, server: str, steps: tuple[str, ...] = ("plain",)) -> AlgorithmSpec:
+    """The spec of a strategy that declares none (``steps``: what it is known to ask for)."""
+    return AlgorithmSpec(name=name, server=server, steps=steps)
 
 
 @dataclass(frozen=True)

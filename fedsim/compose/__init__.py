@@ -16,7 +16,7 @@ import hashlib
 import importlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def compose(scenario: Scenario, *, imports: bool = True) -> Composition:
     if imports:  # both look strategies up, which imports a `pkg.module:Class` name
         problems = problems or check_population(scenario, links)
         problems += check_combinations(scenario, links)
-        problems += _step_problems(links)
+        problems += _step_problems(scenario, links)
         problems += _checkpoint_problems(scenario, links)
         if not problems:  # build what is named: its own checks run (no data, no training)
             problems += _built_problems(scenario, links)
@@ -121,10 +121,17 @@ def _unique(problems: list[Problem]) -> list[Problem]:
     return list(dict.fromkeys(problems))
 
 
-def _step_problems(links: Iterable[StrategyLink]) -> list[Problem]:
-    """Every local step an algorithm's spec names is registered (its client half loaded)."""
+def _step_problems(scenario: Scenario, links: Iterable[StrategyLink]) -> list[Problem]:
+    """Each step a spec names is registered, and none that refuses ``client.dp`` runs with it.
+
+    Importing the spec's client half registers its steps. The step's own refusal counts
+    even where the spec declares none (a plain ``register_strategy`` class whose step
+    refuses): the clients would refuse every job at run time.
+    """
+    from fedsim.algorithms import load_client_halves
     from fedsim.client.steps import STEPS
 
+    load_client_halves()  # a plugin may name a shipped step (a ClientApp has them all)
     problems = []
     for link in links:
         if link.spec.client is not None:
@@ -133,6 +140,11 @@ def _step_problems(links: Iterable[StrategyLink]) -> list[Problem]:
             if step not in STEPS:
                 text = f"algorithm '{link.spec.name}' names local step '{step}', which no "
                 problems.append(Problem(f"{link.key}.name", text + "module registered"))
+                continue
+            refusal = STEPS.get(step).dp_refusal
+            if scenario.client.dp is not None and refusal is not None and not link.spec.dp_refusal:
+                text = f"cannot be used with strategy '{link.name}': its clients run local step"
+                problems.append(Problem("client.dp", f"{text} '{step}': {refusal}"))
     return problems
 
 
@@ -171,9 +183,11 @@ def _built_problems(scenario: Scenario, links: list[StrategyLink]) -> list[Probl
 
     problems: list[Problem] = []
     try:
-        build_strategy(scenario, links)
+        strategy = build_strategy(scenario, links)
     except ScenarioError as exc:
         problems += exc.problems
+    else:
+        problems += _probed_problems(scenario, links, strategy)
     try:
         shape = model_input(scenario.data.dataset)
     except DataUnavailableError:  # a missing file: validate and the run's preflight say so
@@ -184,6 +198,30 @@ def _built_problems(scenario: Scenario, links: list[StrategyLink]) -> list[Probl
         except ScenarioError as exc:
             problems += exc.problems
     return problems
+
+
+def _probed_problems(
+    scenario: Scenario, links: list[StrategyLink], strategy: Strategy
+) -> list[Problem]:
+    """The steps a chain without a declared spec selects at run time, checked as a spec's.
+
+    A plain ``register_strategy`` class chooses its clients' step in ``configure_train``;
+    one dry call (:mod:`fedsim.compose.probe`) says which, so a step no module registered,
+    or one that refuses ``client.dp``, is refused here rather than on every client.
+    """
+    from fedsim.algorithms import is_declared
+    from fedsim.compose.probe import probed_steps
+    from fedsim.server.loop import uses_flower_loop_class
+
+    if all(is_declared(link.spec) for link in links):
+        return []
+    if not uses_flower_loop_class(links[0].strategy_cls):
+        return []
+    steps = probed_steps(strategy, scenario.data.num_clients)
+    if not steps:
+        return []
+    probed = replace(links[0], spec=replace(links[0].spec, steps=steps))
+    return _step_problems(scenario, [probed])
 
 
 def validate_mapping(raw: Mapping[str, Any], *, imports: bool = True) -> Scenario:

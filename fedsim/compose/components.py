@@ -11,8 +11,7 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
+from fedsim.algorithms.params import param_problems
 from fedsim.algorithms.spec import StrategyLink
 from fedsim.config.param_types import param_type_problems
 from fedsim.config.plugins import import_plugins
@@ -103,13 +102,18 @@ def check_components(
     problems: list[Problem] = []
     for i, link in enumerate(links):
         key = f"{link.key}.params"
-        if link.spec.params is not None:  # the algorithm's typed params
-            problems += typed_param_problems(link.spec.params, link.params, key)
+        typed = link.spec.params
         unknown = unknown_params(link.strategy_cls, link.params, key)
-        if i == 0:
-            problems += unknown or param_type_problems(link.strategy_cls, link.params, key)
-        else:
-            problems += unknown
+        if typed is not None:  # the algorithm's typed params: types and bounds
+            problems += [
+                Problem(f"{key}.{n}", text) for n, text in param_problems(typed, link.params)
+            ]
+        if i == 0 and not unknown:  # what no typed model covers: the signature's annotations
+            rest = {
+                k: v for k, v in link.params.items() if typed is None or k not in typed.model_fields
+            }
+            problems += param_type_problems(link.strategy_cls, rest, key)
+        problems += unknown
     lookups: list[tuple[str, Any, str, Mapping[str, Any] | None, tuple[str, ...]]] = [
         (
             "model",
@@ -132,21 +136,6 @@ def check_components(
             unknown = unknown_params(component, params, f"{section}.params", skip=skip)
             problems += unknown or param_type_problems(component, params, f"{section}.params")
     return problems
-
-
-def typed_param_problems(
-    model: type[BaseModel], params: Mapping[str, Any], key: str
-) -> list[Problem]:
-    """Check ``params`` against an algorithm's pydantic parameters model."""
-    try:
-        model.model_validate(dict(params))
-    except ValidationError as exc:
-        return [
-            Problem(".".join([key, *(str(part) for part in error["loc"])]), error["msg"])
-            for error in exc.errors()
-            if error["type"] != "extra_forbidden"  # unknown keys: reported once, by name
-        ]
-    return []
 
 
 # Flower strategy parameters that make a round wait until so many nodes exist; the
@@ -189,7 +178,8 @@ def check_population(scenario: Scenario, links: Sequence[StrategyLink]) -> list[
     if isinstance(fraction, int | float) and fraction > 0:
         names.append(EVALUATE_MINIMUM)
     n = scenario.data.num_clients
-    problems = fraction_problems(given)  # a share of 2.0 waits forever too
+    # A share of 2.0 waits forever too (typed params bound their shares themselves).
+    problems = fraction_problems(given) if links[0].spec.params is None else []
     for name in names:
         need = values.get(name)
         if not isinstance(need, int) or need <= n:

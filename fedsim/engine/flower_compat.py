@@ -9,6 +9,8 @@ so an upgrade that moves these fails loudly in one place.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flwr.app import Message
@@ -24,6 +26,23 @@ def set_task_identity(run_id: int) -> None:
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = run_id
     TaskIdentity.node_id = SERVER_NODE_ID
+
+
+@contextmanager
+def some_task_identity() -> Iterator[None]:
+    """Within: a task identity, so messages can be built (a dummy one if there is none).
+
+    The process's own identity, or none, is back afterwards.
+    """
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    if saved[1] is None:
+        set_task_identity(0)
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def empty_run(run_id: int) -> Any:

@@ -1,8 +1,7 @@
-"""Central evaluation and the per-round record it hands to the run's callbacks."""
+"""The per-round record and the run's callbacks it goes to (central evaluation first)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,22 +14,13 @@ from flwr.serverapp import Grid
 
 from fedsim import wire
 from fedsim.config.schema import Scenario
-from fedsim.data.federated import FederatedData
 from fedsim.engine.protocols import (
     ObservedRounds,
     TimedGrid,
 )
 from fedsim.engine.telemetry import Telemetry
-from fedsim.errors import DivergedError, Problem, ScenarioError
-from fedsim.evaluation import (
-    class_recall,
-    evaluate_model,
-    mean_squared_error,
-    per_example_scores,
-)
+from fedsim.errors import DivergedError
 from fedsim.failure_watch import FailureWatch
-from fedsim.label_prior import log_prior
-from fedsim.models import build_model
 from fedsim.outputs.callbacks import (
     Callback,
     CallbackList,
@@ -45,37 +35,31 @@ from fedsim.outputs.metrics_log import (
     MetricsLog,
     clean_record,
 )
-from fedsim.outputs.own_models import ClientTests, HoldsOwnModels, score_own_models
-from fedsim.outputs.per_client import (
-    NO_CLIENT_TESTS,
-    PER_CLIENT_FILE,
-    append_rows,
-    client_scores,
-    summarize_clients,
-)
 from fedsim.outputs.plots import PlotsCallback
-from fedsim.outputs.summary import NON_FINITE
 from fedsim.server.checkpoint import (
     capture_rng,
     restore_rng,
 )
+from fedsim.server.evaluation import CentralEvaluation
 from fedsim.server.loop import FED_EVAL_METRICS
-from fedsim.training_device import first, resolve
 
 _PREFIXES = {"train": TRAIN_PREFIX, FED_EVAL_METRICS: FED_EVAL_PREFIX}
 
 
 def build_callbacks(
-    scenario: Scenario, log: MetricsLog, checkpointer: Callback | None = None
+    scenario: Scenario,
+    evaluation: CentralEvaluation,
+    log: MetricsLog,
+    checkpointer: Callback | None = None,
 ) -> CallbackList:
     """The run's callbacks, in the order they are called.
 
-    The metrics log, the checkpointer (it counts on the log's length and captures the
-    RNG state before any later callback could draw from it), the trackers, the
-    scenario's callbacks, those of the Python API (in-process only), then the plots
-    (they draw the finished log).
+    Central evaluation (it completes the round's record), the metrics log, the
+    checkpointer (it counts on the log's length and captures the RNG state before any
+    later callback could draw from it), the trackers, the scenario's callbacks, those of
+    the Python API (in-process only), then the plots (they draw the finished log).
     """
-    callbacks: list[Callback] = [log]
+    callbacks: list[Callback] = [evaluation, log]
     if checkpointer is not None:
         callbacks.append(checkpointer)
     callbacks += build_trackers(scenario.output.trackers)
@@ -103,40 +87,26 @@ def rng_kept() -> Iterator[None]:
 
 
 class RoundRecorder:
-    """Central evaluation (``evaluate_fn``) that also hands each round's record on.
+    """Flower's ``evaluate_fn``: each round's record, handed to the run's callbacks.
 
-    The record goes to the run's callbacks (the metrics log first); the metrics the
-    strategy returned for the round (``strategy_metrics``) join it, prefixed.
+    The record starts with the round, its times and the engine's telemetry; the metrics
+    the strategy returned for the round (``strategy_metrics``) join it, prefixed; the
+    callbacks complete it in order (central evaluation first) and log it.
     """
 
     def __init__(
         self,
         scenario: Scenario,
-        data: FederatedData,
         grid: Grid,
         callbacks: CallbackList,
+        evaluation: CentralEvaluation,
         run: RunInfo,
-        owner: HoldsOwnModels | None = None,
     ) -> None:
-        self.scenario = scenario
-        self.owner = owner  # a strategy whose own models are scored too
-        self.client_tests: ClientTests | None = None
-        self.data = data
-        self.grid = grid
-        self.callbacks = callbacks
-        self.run = run
-        self.log_path = run.run_dir / "metrics.jsonl"
+        self.scenario, self.grid, self.run = scenario, grid, run
+        self.callbacks, self.evaluation = callbacks, evaluation
         self.telemetry = grid.telemetry if isinstance(grid, ObservedRounds) else Telemetry()
-        self.model = build_model(
-            scenario.model.name, scenario.model.params, data.input_shape, data.num_classes
-        ).to(resolve(first(scenario.engine.device)))  # central evaluation there too
         self.started = time.perf_counter()
         self.final_arrays: ArrayRecord | None = None
-        tau = scenario.output.eval_logit_adjust
-        # Post-hoc logit adjustment: predict argmax f(x) - tau * log(global prior).
-        self.logit_shift = (
-            None if tau is None else -tau * log_prior(data.global_label_counts, data.num_classes)
-        )
         self.pending: dict[str, Any] = {}
         engine = scenario.engine
         self.failures = FailureWatch(engine.max_failure_fraction, engine.max_failed_rounds)
@@ -148,7 +118,7 @@ class RoundRecorder:
             self.pending[f"{_PREFIXES[kind]}{name}"] = value
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Evaluate on the test set (every ``output.evaluate_every`` rounds) and log.
+        """Record the round (callbacks evaluate and log it); return its test scores.
 
         Raises
         ------
@@ -156,23 +126,6 @@ class RoundRecorder:
             If the global model has non-finite values: nothing after that is meaningful.
         """
         check_finite(server_round, arrays)
-        every = self.scenario.output.evaluate_every
-        evaluate = server_round % every == 0 or server_round == self.scenario.rounds
-        loss = acc = None
-        batch = self.scenario.client.eval_batch_size
-        regression = self.data.y_test.dtype.kind == "f"
-        if evaluate:
-            self.model.load_state_dict(arrays.to_torch_state_dict())
-            if regression:  # least squares: the test MSE, and no accuracy
-                loss = mean_squared_error(self.model, self.data.x_test, self.data.y_test, batch)
-            else:
-                loss, acc = evaluate_model(
-                    self.model,
-                    self.data.x_test,
-                    self.data.y_test,
-                    batch,
-                    logit_shift=self.logit_shift,
-                )
         self.final_arrays = arrays
         record: dict[str, Any] = {
             "round": server_round,
@@ -180,32 +133,10 @@ class RoundRecorder:
                 self.grid.virtual_time_s if isinstance(self.grid, TimedGrid) else None
             ),
             "wall_time_s": time.perf_counter() - self.started,
-            "eval_loss": loss,
-            "eval_accuracy": acc,
+            "eval_loss": None,  # central evaluation's, on the rounds it evaluates
+            "eval_accuracy": None,
         }
-        if evaluate and not all(v is None or math.isfinite(v) for v in (loss, acc)):
-            # The log writes NaN as null: this says the round was evaluated, to NaN.
-            record["eval_status"] = NON_FINITE
-        if evaluate and self.scenario.output.class_recall and not regression:
-            recall = class_recall(
-                self.model,
-                self.data.x_test,
-                self.data.y_test,
-                self.data.num_classes,
-                batch,
-                logit_shift=self.logit_shift,
-            )
-            record["eval_recall"] = recall
-            record["eval_recall_min"] = min((r for r in recall if r is not None), default=None)
-        if evaluate and self.scenario.output.per_client_eval:
-            record.update(self._per_client(server_round))
-        if evaluate and self.owner is not None:
-            record.update(self._own_models(arrays))
         record.update(self.telemetry.pop().as_record())
-        diagnostics = getattr(self.model, "diagnostics", None)
-        if evaluate and callable(diagnostics):
-            # Model-specific numbers (e.g. how spread out class embeddings are).
-            record["diagnostics"] = diagnostics()
         # Prefixed, so a strategy's metric never replaces one of fedsim's fields.
         record.update(self.pending)
         self.pending = {}
@@ -215,6 +146,7 @@ class RoundRecorder:
         self.failures.after_round(
             server_round, int(record.get("participants") or 0), self._new_failures()
         )
+        loss, acc = self.evaluation.last
         if loss is None:
             return None
         if acc is None:
@@ -228,33 +160,6 @@ class RoundRecorder:
         kept[self.failures_seen :] = [r.split(wire.TRACEBACK_MARK, 1)[0] for r in new]
         self.failures_seen = len(kept)
         return new
-
-    def _own_models(self, arrays: ArrayRecord) -> dict[str, Any]:
-        """Generalisation per level and specialisation per client (:mod:`own_models`)."""
-        assert self.owner is not None
-        data = self.data
-        if self.client_tests is None:
-            self.client_tests = ClientTests.build(
-                data.y, data.parts, data.y_test, data.test_parts, data.num_classes
-            )
-        batch = self.scenario.client.eval_batch_size
-        return score_own_models(
-            self.model, self.owner, arrays, data.x_test, data.y_test, self.client_tests, batch
-        )
-
-    def _per_client(self, server_round: int) -> dict[str, Any]:
-        """Score the loaded model on every client's own test split; log the rows."""
-        parts = self.data.test_parts
-        if parts is None:
-            raise ScenarioError(
-                [Problem("output.per_client_eval", "needs per-client test data " + NO_CLIENT_TESTS)]
-            )
-        losses, correct = per_example_scores(
-            self.model, self.data.x_test, self.data.y_test, self.scenario.client.eval_batch_size
-        )
-        scores = client_scores(losses, correct, parts)
-        append_rows(self.log_path.parent / PER_CLIENT_FILE, server_round, scores)
-        return summarize_clients(scores)
 
 
 def check_finite(server_round: int, arrays: ArrayRecord) -> None:

@@ -22,9 +22,7 @@ def test_the_strategy_is_built_so_its_own_checks_run(tiny: dict[str, Any], tmp_p
     assert _validate(path)[0] == 0
     code, lines = _validate(path, "--set", "strategy.params.curv_lambda=-1")
     assert code == 2
-    assert lines == [
-        f"error: {path}: strategy.params.curv_lambda: curv_lambda must be >= 0, got -1"
-    ]
+    assert lines == [f"error: {path}: strategy.params.curv_lambda: must be a number >= 0, got -1"]
 
 
 def test_parameters_are_checked_against_their_annotations(

@@ -165,9 +165,9 @@ def test_dp_and_bad_parameters_are_refused(tiny: dict[str, Any]) -> None:
         fedsim.load_scenario(tiny)
     for bad, match in [
         ({"groups": [2, 4]}, "groups must decrease"),
-        ({"linkage": "centroid"}, "linkage must be one of"),
+        ({"linkage": "centroid"}, "linkage must be one of 'single', "),
         ({"linkage": "ward", "metric": "cosine"}, "metric must be 'euclidean'"),
-        ({"mixing": 1.5}, r"mixing must be in \[0, 1\]"),
+        ({"mixing": 1.5}, r"mixing must be a number in \[0, 1\], got 1.5"),
         ({"cluster_on": "grads"}, "cluster_on must be one of"),
     ]:
         with pytest.raises(ValueError, match=match):

@@ -202,9 +202,9 @@ def test_zero_control_variates_give_fedavg(tiny: dict[str, Any], tmp_path: Path)
 
 
 def test_scaffold_refuses_unknown_options() -> None:
-    with pytest.raises(ValueError, match="option must be one of"):
+    with pytest.raises(ValueError, match="option must be one of 'I', 'II', got 'III'"):
         Scaffold(option="III")
-    with pytest.raises(ValueError, match="server_lr must be > 0"):
+    with pytest.raises(ValueError, match="server_lr must be a number > 0, got 0"):
         Scaffold(server_lr=0)
 
 

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from fedsim.algorithms.agc import keys
+from fedsim.client.full_gradient import full_data_gradient
 from fedsim.client.loop import batches
 from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
 from fedsim.config.schema import ClientConfig
 from fedsim.data.node_data import NodeData
 
 
-@register_step("coded-gradient")
+@register_step(keys.STEP)
 class CodedGradientStep(LocalStep):
     """Encode the gradient over the held examples (selected by ``agc-p``)."""
 
@@ -53,22 +54,22 @@ class CodedGradientStep(LocalStep):
         The reply's only arrays are the encoded gradient.
         """
         cfg = ClientConfig(batch_size=self.batch_size)  # reshuffled batches, as training's
-        generator = self.generator
-        model.train()
-        model.zero_grad(set_to_none=True)
         n = len(self.y)
         steps = math.ceil(n / min(cfg.batch_size, n)) if n else 0
-        loss_sum = 0.0
-        for idx in batches(n, cfg, steps, generator):  # one epoch: every example once
-            losses = self.data_loss(model(self.x[idx]), self.y[idx])
-            (losses * self.weights[idx]).sum().backward()  # grads add up across batches
-            loss_sum += float(losses.detach().sum())
+        order = batches(n, cfg, steps, self.generator)  # one epoch: every example once
+        coded = full_data_gradient(
+            model, self.data_loss, self.x, self.y, n, order=order, weights=self.weights
+        )
         gradient = {
-            f"{keys.AGC_GRAD_PREFIX}{name}": (
-                p.grad.detach().cpu().numpy().copy() if p.grad is not None else np.zeros(p.shape)
-            ).astype(np.float32)
-            for name, p in model.named_parameters()
+            f"{keys.AGC_GRAD_PREFIX}{name}": coded.sums[name]
+            .detach()
+            .cpu()
+            .numpy()
+            .astype(np.float32)
+            for name, _ in model.named_parameters()
         }
+        assert coded.loss_sum is not None  # summed whenever the gradients are not squared
+        loss_sum = coded.loss_sum
         # The reply stands for Σ w·(1−p) examples: |P_k| + |S_k|/d.
         effective = float(self.weights.double().sum()) * (1.0 - self.p)
         return Reply(gradient, TrainResult(loss_sum / max(n, 1), n, 0, num_examples=effective))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+# The local step its clients run (its spec's steps, the step the client half registers).
+STEP: Final = "coded-gradient"
 # Approximate gradient coding (AGC): the straggle probability p the encoding weights
 # assume (the sharing plan is the nodes' data); the reply's arrays are the encoded
 # gradient, "<prefix><parameter name>".

@@ -31,7 +31,7 @@ Train messages carry the model and ``agc-p`` in the config (it selects
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -39,12 +39,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import wire
-from fedsim.algorithms.agc import keys
+from fedsim.algorithms.agc import AGCParams, keys
 from fedsim.config.schema import DataConfig
 from fedsim.data.sharing import sharing_plan
 from fedsim.strategies import register_strategy
-
-DECODERS = ("unbiased", "per-client", "ignore-stragglers")
 
 
 @register_strategy("agc")
@@ -76,8 +74,6 @@ class ApproxGradientCoding(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train`` ...).
     """
 
-    client_step: ClassVar[str] = "coded-gradient"  # the local step clients run (clients/)
-
     def __init__(
         self,
         *,
@@ -89,12 +85,14 @@ class ApproxGradientCoding(FedAvg):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"p must be in [0, 1), got {p}")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {list(DECODERS)}, got '{decoder}'")
-        if server_lr <= 0 or not 0.0 <= server_momentum < 1.0:
-            raise ValueError("server_lr must be > 0 and server_momentum in [0, 1)")
+        AGCParams.checked(
+            p=p,
+            decoder=decoder,
+            draw_stragglers=draw_stragglers,
+            server_lr=server_lr,
+            server_momentum=server_momentum,
+            seed=seed,
+        )
         super().__init__(**kwargs)
         self.p, self.decoder = p, decoder
         self.draw_stragglers = draw_stragglers

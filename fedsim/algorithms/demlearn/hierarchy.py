@@ -20,11 +20,6 @@ from scipy.cluster.hierarchy import cut_tree, linkage
 
 Arrays = dict[str, np.ndarray]
 
-# scipy's linkage methods whose merge heights never decrease, so cutting one dendrogram
-# at several group counts gives nested partitions (centroid and median can invert).
-LINKAGE_METHODS = ("single", "complete", "average", "weighted", "ward")
-EUCLIDEAN_ONLY = frozenset({"ward"})  # scipy computes Ward's criterion on Euclidean distances
-
 
 def check_groups(groups: Sequence[int]) -> None:
     """Refuse group counts that do not shrink level by level.

@@ -31,22 +31,18 @@ as the ``demlearn-partition`` metric (:mod:`fedsim.algorithms.demlearn.client`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from scipy.spatial.distance import _METRICS_NAMES
 
 import fedsim
 from fedsim import wire
-from fedsim.algorithms.demlearn import keys
+from fedsim.algorithms.demlearn import DemLearnParams, keys
 from fedsim.algorithms.demlearn.hierarchy import (
-    EUCLIDEAN_ONLY,
-    LINKAGE_METHODS,
     Arrays,
     Tree,
-    check_groups,
     cluster,
     flatten,
     generalise,
@@ -56,9 +52,6 @@ from fedsim.algorithms.demlearn.hierarchy import (
 from fedsim.algorithms.fedavg.server import FedAvg, weighted_metrics
 from fedsim.array_codec import decode, encode_record
 from fedsim.outputs.own_models import OwnModels
-
-CLUSTER_ON = ("models", "updates")
-METRICS = tuple(_METRICS_NAMES)  # scipy's pdist metrics
 
 
 @fedsim.register_strategy("demlearn")
@@ -89,8 +82,6 @@ class DemLearn(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``, ...).
     """
 
-    client_step: ClassVar[str] = keys.STEP
-
     def __init__(
         self,
         *,
@@ -103,19 +94,15 @@ class DemLearn(FedAvg):
         personalized: bool = False,
         **kwargs: Any,
     ) -> None:
-        check_groups(list(groups))
-        if int(recluster_every) < 1:
-            raise ValueError(f"recluster_every must be >= 1, got {recluster_every}")
-        if linkage not in LINKAGE_METHODS:
-            raise ValueError(f"linkage must be one of {list(LINKAGE_METHODS)}, got {linkage!r}")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of scipy's {sorted(METRICS)}, got {metric!r}")
-        if linkage in EUCLIDEAN_ONLY and metric != "euclidean":
-            raise ValueError(f"metric must be 'euclidean' with linkage {linkage!r}, got {metric!r}")
-        if cluster_on not in CLUSTER_ON:
-            raise ValueError(f"cluster_on must be one of {list(CLUSTER_ON)}, got {cluster_on!r}")
-        if not 0.0 <= float(mixing) <= 1.0:
-            raise ValueError(f"mixing must be in [0, 1], got {mixing}")
+        DemLearnParams.checked(
+            groups=list(groups),
+            recluster_every=recluster_every,
+            linkage=linkage,
+            metric=metric,
+            cluster_on=cluster_on,
+            mixing=mixing,
+            personalized=personalized,
+        )
         super().__init__(**kwargs)
         self.groups = [int(g) for g in groups]
         self.recluster_every, self.linkage, self.metric = int(recluster_every), linkage, metric
@@ -164,7 +151,7 @@ class DemLearn(FedAvg):
         if new:  # one shared (never mutated) object: the tree's means keep it unrounded
             received = {k: decode(v) for k, v in arrays.items()}
             self.models.update(dict.fromkeys(new, received))
-        config[wire.LOCAL_STEP] = self.client_step
+        config[wire.LOCAL_STEP] = keys.STEP
         messages = list(super().configure_train(server_round, arrays, config, grid))
         tree = self.tree()
         out = []

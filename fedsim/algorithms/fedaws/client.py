@@ -22,7 +22,7 @@ from fedsim.data.node_data import NodeData
 from fedsim.models.cosine import EMBEDDINGS_KEY, CosineClassifier
 
 
-@register_step("positive-only", help="FedAwS: positive-only squared hinge on the own class")
+@register_step(keys.STEP, help="FedAwS: positive-only squared hinge on the own class")
 class PositiveOnlyStep(LocalStep):
     """Pull each feature's cosine with its own class row up to the positive margin."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+# The local step its clients run (its spec's steps, the step the client half registers).
+STEP: Final = "positive-only"
 # FedAwS: the class a client holds and the one class-embedding row it may see (never
 # the whole matrix). Config: the class, the positive margin, whether to train the row;
 # array key (both directions): the row.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +32,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedsim.algorithms.fedaws import keys
+from fedsim.algorithms.fedaws import FedAwSParams, keys
 from fedsim.algorithms.fedaws.spreadout import DISTANCES, normalize_rows, spreadout_steps
 from fedsim.config.schema import Scenario
+from fedsim.data.federated import FederatedData
 from fedsim.errors import Problem, ScenarioError
 from fedsim.models.cosine import EMBEDDINGS_KEY, mean_offdiagonal_cosine
 from fedsim.strategies import register_strategy
@@ -72,8 +73,6 @@ class FedAwS(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    client_step: ClassVar[str] = "positive-only"  # the local step clients run (clients/)
-
     def __init__(
         self,
         *,
@@ -88,18 +87,19 @@ class FedAwS(FedAvg):
         spreadout: bool = True,
         **kwargs: Any,
     ) -> None:
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES.names()}, got '{distance}'")
-        if not -1.0 <= positive_margin <= 1.0:
-            raise ValueError(f"positive_margin is a cosine, in [-1, 1]; got {positive_margin}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if spread_steps < 0 or spread_lr < 0 or spread_weight < 0:
-            raise ValueError("spread_steps, spread_lr and spread_weight must be >= 0")
         super().__init__(**kwargs)
-        if self.fraction_evaluate > 0:
-            # Federated evaluation would need W on the clients; fedsim evaluates centrally.
-            raise ValueError("fedaws keeps W on the server: fraction_evaluate must be 0")
+        FedAwSParams.checked(
+            fraction_evaluate=self.fraction_evaluate,
+            positive_margin=positive_margin,
+            margin=margin,
+            distance=distance,
+            top_k=top_k,
+            spread_steps=spread_steps,
+            spread_lr=spread_lr,
+            spread_weight=spread_weight,
+            train_embeddings=train_embeddings,
+            spreadout=spreadout,
+        )
         self.positive_margin = positive_margin
         self.distance = distance
         self.margin = DISTANCES.get(distance).orthogonal_margin if margin is None else margin
@@ -128,6 +128,19 @@ class FedAwS(FedAvg):
                 )
             )
         return problems
+
+    @classmethod
+    def check_data(cls, scenario: Scenario, data: FederatedData) -> list[Problem]:
+        """Each client holds one class (a natural partition may not: only its data says)."""
+        for client, part in enumerate(data.parts):
+            labels = sorted({int(label) for label in np.unique(data.y[part])})
+            if len(labels) != 1:
+                reason = (
+                    f"fedaws needs one class per client (partitioner 'one-class'); client "
+                    f"{client} holds labels {labels}"
+                )
+                return [Problem("data.partitioner", reason)]
+        return []
 
     # ------------------------------------------------------------------- train
 

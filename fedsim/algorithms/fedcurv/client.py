@@ -26,10 +26,10 @@ from torch import nn
 
 from fedsim import wire
 from fedsim.algorithms.fedcurv import keys
+from fedsim.client.full_gradient import full_data_gradient
 from fedsim.client.losses import LossFn
 from fedsim.client.steps import LocalStep, Reply, StepInputs, TrainResult, register_step
 from fedsim.data.node_data import NodeData
-from fedsim.kernels.oracle import per_example_grads_func, per_example_grads_loop
 from fedsim.training_device import model_device
 
 # context.state records "curv-own.<round>": this client's F, F⊙θ, F⊙θ² of that round.
@@ -40,22 +40,8 @@ FISHER_CHUNK = 64  # examples per vectorised per-example-gradient call
 def empirical_fisher(
     model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher: the mean over examples of squared per-example gradients.
-
-    ``torch.func`` computes the per-example gradients (batch-of-one backward passes for
-    layers it cannot vectorise, such as fedsim's LSTM).
-    """
-    total: dict[str, torch.Tensor] = {}
-    for start in range(0, len(y), FISHER_CHUNK):
-        xb, yb = x[start : start + FISHER_CHUNK], y[start : start + FISHER_CHUNK]
-        try:
-            grads = per_example_grads_func(model, loss_fn, xb, yb)
-        except (RuntimeError, NotImplementedError):
-            grads = per_example_grads_loop(model, loss_fn, xb, yb)
-        for name, g in grads.items():
-            sq = g.pow(2).sum(0)
-            total[name] = total[name] + sq if name in total else sq
-    return {name: v / len(y) for name, v in total.items()}
+    """Diagonal empirical Fisher: the mean over examples of squared per-example gradients."""
+    return full_data_gradient(model, loss_fn, x, y, FISHER_CHUNK, squared=True).mean()
 
 
 def batch_fisher(
@@ -83,7 +69,7 @@ def curvature_penalty(
     return lam * total  # type: ignore[return-value]
 
 
-@register_step("curvature")
+@register_step(keys.STEP)
 class CurvatureStep(LocalStep):
     """The EWC-penalised step FedCurv asks for (config ``curv-lambda``)."""
 

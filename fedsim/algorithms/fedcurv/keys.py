@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+# The local step its clients run (its spec's steps, the step the client half registers).
+STEP: Final = "curvature"
 CURV_LAMBDA: Final = "curv-lambda"  # FedCurv: penalty weight (selects the curvature step)
 CURV_FISHER: Final = "curv-fisher"  # FedCurv: "empirical" | "batch" Fisher estimate
 # FedCurv: the round whose replies the sums U, V, W cover, and the node ids (as strings:

@@ -24,7 +24,7 @@ keeps the previous sums and members.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -32,10 +32,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import wire
-from fedsim.algorithms.fedcurv import keys
+from fedsim.algorithms.fedcurv import FedCurvParams, keys
 from fedsim.strategies import register_strategy
-
-FISHER_ESTIMATORS = ("empirical", "batch")
 
 
 @register_strategy("fedcurv")
@@ -53,15 +51,10 @@ class FedCurv(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    client_step: ClassVar[str] = "curvature"  # the local step clients run (clients/)
-
     def __init__(
         self, *, curv_lambda: float = 0.01, fisher: str = "empirical", **kwargs: Any
     ) -> None:
-        if curv_lambda < 0:
-            raise ValueError(f"curv_lambda must be >= 0, got {curv_lambda}")
-        if fisher not in FISHER_ESTIMATORS:
-            raise ValueError(f"fisher must be one of {FISHER_ESTIMATORS}, got '{fisher}'")
+        FedCurvParams.checked(curv_lambda=curv_lambda, fisher=fisher)
         super().__init__(**kwargs)
         self.curv_lambda, self.fisher = curv_lambda, fisher
         self.sums: dict[str, np.ndarray] = {}  # "curv.U.<name>" etc.

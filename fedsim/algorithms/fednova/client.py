@@ -14,7 +14,7 @@ from fedsim.client.steps import LocalStep, Reply, TrainResult, register_step
 from fedsim.data.node_data import NodeData
 
 
-@register_step("fednova", help="FedNova: plain local SGD, reporting its step count")
+@register_step(keys.STEP, help="FedNova: plain local SGD, reporting its step count")
 class FedNovaStep(LocalStep):
     """Plain local training; the reply adds the number of local steps τ_i."""
 

@@ -15,7 +15,7 @@ implemented. The step count comes from the clients' ``fednova-steps`` metric
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -40,8 +40,6 @@ class FedNova(FedAvg):
     Takes Flower's :class:`~flwr.serverapp.strategy.FedAvg` parameters.
     """
 
-    client_step: ClassVar[str] = "fednova"
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._sent = ArrayRecord()  # this round's x
@@ -58,7 +56,7 @@ class FedNova(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Ask for the fednova step; remember x."""
-        config[wire.LOCAL_STEP] = self.client_step
+        config[wire.LOCAL_STEP] = keys.STEP
         self._sent = arrays
         return super().configure_train(server_round, arrays, config, grid)
 

@@ -44,7 +44,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedsim import wire
-from fedsim.algorithms.lasgd import keys
+from fedsim.algorithms.lasgd import LASGDParams, keys
 from fedsim.algorithms.lasgd.communication import (
     COMMUNICATIONS,
     Arrays,
@@ -54,7 +54,7 @@ from fedsim.algorithms.lasgd.communication import (
 )
 from fedsim.config.schema import Scenario
 from fedsim.engine.protocols import VirtualClockGrid
-from fedsim.errors import Problem, UnknownNameError
+from fedsim.errors import Problem
 from fedsim.strategies import register_strategy
 
 logger = logging.getLogger(__name__)
@@ -139,18 +139,14 @@ class LASGD(Strategy):
         communication: str = "allreduce",
         eval_interval_s: float = 10.0,
     ) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if period < 1:
-            raise ValueError(f"period must be >= 1, got {period}")
-        if in_flight < 0:
-            raise ValueError(f"in_flight must be >= 0 (0: blocking), got {in_flight}")
-        if eval_interval_s <= 0:
-            raise ValueError(f"eval_interval_s must be > 0, got {eval_interval_s}")
-        try:
-            self.communication = COMMUNICATIONS.get(communication)
-        except UnknownNameError as exc:
-            raise ValueError(f"communication: {exc}") from None
+        LASGDParams.checked(
+            alpha=alpha,
+            period=period,
+            in_flight=in_flight,
+            communication=communication,
+            eval_interval_s=eval_interval_s,
+        )
+        self.communication = COMMUNICATIONS.get(communication)
         self.alpha, self.period, self.in_flight = alpha, period, in_flight
         self.eval_interval_s = eval_interval_s
         self.sim: _Run | None = None  # the last run's state, kept for inspection (tests)

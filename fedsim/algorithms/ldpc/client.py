@@ -27,7 +27,7 @@ def linear_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]).double().cpu()
 
 
-@register_step("moment-product")
+@register_step(keys.STEP)
 class MomentProductStep(LocalStep):
     """Reply ``A_j θ − c_j`` at the received model (selected by ``local-step``)."""
 

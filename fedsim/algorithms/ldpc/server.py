@@ -33,7 +33,7 @@ its metrics carry ``moment-block`` (the client's partition id: the code position
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -41,7 +41,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import wire
-from fedsim.algorithms.ldpc import keys
+from fedsim.algorithms.ldpc import LDPCParams, keys
 from fedsim.config.schema import DataConfig, Scenario
 from fedsim.data.moments import make_code, moment_plan
 from fedsim.erasure_code import ErasureCode, peel
@@ -69,8 +69,6 @@ class MomentEncodedGD(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train`` ...).
     """
 
-    client_step: ClassVar[str] = "moment-product"  # the local step clients run (clients/)
-
     def __init__(
         self,
         *,
@@ -79,8 +77,7 @@ class MomentEncodedGD(FedAvg):
         gradient_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        if lr <= 0 or max_iterations < 1 or gradient_scale <= 0:
-            raise ValueError("lr and gradient_scale must be > 0 and max_iterations >= 1")
+        LDPCParams.checked(lr=lr, max_iterations=max_iterations, gradient_scale=gradient_scale)
         super().__init__(**kwargs)
         self.lr, self.max_iterations = lr, max_iterations
         self.gradient_scale = gradient_scale
@@ -127,7 +124,7 @@ class MomentEncodedGD(FedAvg):
         if self.generator is None:
             raise RuntimeError("offline_phase must run before the first round")
         self.current = arrays
-        config[wire.LOCAL_STEP] = self.client_step
+        config[wire.LOCAL_STEP] = keys.STEP
         sent = ArrayRecord(dict(arrays.items()))
         sent[keys.MOMENT_PRODUCT] = Array(np.zeros(self.rows))
         return super().configure_train(server_round, sent, config, grid)

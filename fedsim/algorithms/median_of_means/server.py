@@ -42,12 +42,12 @@ from numpy.typing import NDArray
 from fedsim import wire
 from fedsim.algorithms.fedavg.server import FedAvg as FastFedAvg
 from fedsim.algorithms.fedavg.server import single_records, weighted_arrays, weighted_metrics
+from fedsim.algorithms.median_of_means import MedianOfMeansParams
 from fedsim.array_codec import decode, encode_record
 from fedsim.strategies import register_strategy
 from fedsim.strategies.wrapper import StrategyWrapper
 
 _BLOCKS = 0x30A  # purpose tag of the block draws
-SAMPLINGS = ("without_replacement", "disjoint")
 
 
 def geometric_median(
@@ -133,16 +133,9 @@ class MedianOfMeans(StrategyWrapper):
         seed: int | None = None,
     ) -> None:
         super().__init__(strategy if strategy is not None else FastFedAvg())
-        if not isinstance(blocks, int) or blocks < 1:
-            raise ValueError(f"blocks must be an integer >= 1, got {blocks!r}")
-        if median not in _MEDIANS:
-            raise ValueError(f"median must be one of {sorted(_MEDIANS)}, got {median!r}")
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol!r}")
-        if blocks_sampling not in SAMPLINGS:
-            raise ValueError(
-                f"blocks_sampling must be one of {list(SAMPLINGS)}, got {blocks_sampling!r}"
-            )
+        MedianOfMeansParams.checked(
+            blocks=blocks, median=median, tol=tol, blocks_sampling=blocks_sampling, seed=seed
+        )
         self.blocks, self.median, self.tol = blocks, median, tol
         self.blocks_sampling = blocks_sampling
         self.seed = int(np.random.randint(2**31)) if seed is None else seed

@@ -48,7 +48,7 @@ def settle_pending(state: RecordDict, confirmed_round: int) -> None:
     del state[PENDING_ROUND]
 
 
-@fedsim.register_step("scaffold", help="SCAFFOLD: gradient corrected by c - c_i")
+@fedsim.register_step(keys.STEP, help="SCAFFOLD: gradient corrected by c - c_i")
 class ScaffoldStep(fedsim.LocalStep):
     """Local SGD with the drift correction ``c - c_i``; replies with ``Δc_i`` too."""
 
@@ -85,25 +85,12 @@ class ScaffoldStep(fedsim.LocalStep):
         if self.option == "I":
             if inputs.data is None:
                 raise ValueError("SCAFFOLD's option I needs the node's data")
-            self.c_at_x = self._mean_gradient(inputs.global_model, inputs.data, inputs.batch_size)
-
-    def _mean_gradient(
-        self, model: nn.Module, data: fedsim.NodeData, batch: int
-    ) -> dict[str, torch.Tensor]:
-        """``g_i(x)``: the gradient of the mean data loss over all of the node's data."""
-        model.train()
-        device = next(model.parameters()).device  # the training device
-        x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
-        params = [p for _, p in model.named_parameters()]
-        total = [torch.zeros_like(p) for p in params]
-        for start in range(0, len(y), batch):
-            loss = self.data_loss(model(x[start : start + batch]), y[start : start + batch])
-            grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
-            for t, g in zip(total, grads, strict=True):
-                if g is not None:
-                    t.add_(g)
-        names = [n for n, _ in model.named_parameters()]
-        return {n: t / max(len(y), 1) for n, t in zip(names, total, strict=True)}
+            # g_i(x): the gradient of the mean data loss over all of the node's data
+            model, data = inputs.global_model, inputs.data
+            device = next(model.parameters()).device  # the training device
+            x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
+            gradient = fedsim.full_data_gradient(model, self.data_loss, x, y, inputs.batch_size)
+            self.c_at_x = gradient.mean()
 
     def correction(self, params: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         """``c - c_i`` for every parameter (the same at every step of the job)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+# The local step its clients run (its spec's steps, the step the client half registers).
+STEP: Final = "scaffold"
 # SCAFFOLD: the option ("I" | "II") by which clients update their control variate c_i;
 # array keys "<prefix><parameter name>": server -> client the server control variate c,
 # client -> server the change of the client's control variate, c_i+ - c_i (an array

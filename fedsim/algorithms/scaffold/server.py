@@ -31,7 +31,7 @@ purpose). So ``c = (1/N) Σ_i c_i`` holds after every round.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -40,9 +40,7 @@ from flwr.serverapp.strategy import FedAvg
 
 import fedsim
 from fedsim import wire
-from fedsim.algorithms.scaffold import keys
-
-OPTIONS = ("I", "II")
+from fedsim.algorithms.scaffold import ScaffoldParams, keys
 
 
 @fedsim.register_strategy("scaffold")
@@ -60,13 +58,8 @@ class Scaffold(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    client_step: ClassVar[str] = "scaffold"  # the local step clients run (clients/)
-
     def __init__(self, *, option: str = "II", server_lr: float = 1.0, **kwargs: Any) -> None:
-        if option not in OPTIONS:
-            raise ValueError(f"option must be one of {list(OPTIONS)}, got {option!r}")
-        if not server_lr > 0:
-            raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        ScaffoldParams.checked(option=option, server_lr=server_lr)
         super().__init__(**kwargs)
         self.option, self.server_lr = option, float(server_lr)
         # "<name>" -> the server's control variate, in float64 (sent in the model's dtype)
@@ -92,7 +85,7 @@ class Scaffold(FedAvg):
     ) -> Iterable[Message]:
         """Send the model, c (zeros before any client replied) and the option."""
         self.num_nodes = len(list(grid.get_node_ids()))
-        config[wire.LOCAL_STEP] = self.client_step
+        config[wire.LOCAL_STEP] = keys.STEP
         config[keys.SCAFFOLD_OPTION] = self.option
         payload = ArrayRecord(dict(arrays.items()))
         for name, value in arrays.items():
