@@ -74,9 +74,9 @@ def test_comparison_counts_diverged_runs() -> None:
 def test_cli_run_whose_final_round_is_nan_exits_diverged(
     tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedsim.server.recorder as recorder
+    import fedsim.server.evaluation as evaluation
 
-    real = recorder.evaluate_model
+    real = evaluation.evaluate_model
     calls: list[int] = []
 
     def nan_in_the_last_round(*args: Any, **kwargs: Any) -> tuple[float, float]:
@@ -85,7 +85,7 @@ def test_cli_run_whose_final_round_is_nan_exits_diverged(
             return real(*args, **kwargs)  # type: ignore[no-any-return]
         return math.nan, math.nan
 
-    monkeypatch.setattr(recorder, "evaluate_model", nan_in_the_last_round)
+    monkeypatch.setattr(evaluation, "evaluate_model", nan_in_the_last_round)
     out = tmp_path / "out"
     result = CliRunner().invoke(
         app, ["run", str(write_yaml(tmp_path / "s.yaml", tiny)), "--out", str(out), "-q"]
