@@ -137,6 +137,7 @@ def main(grid: Grid, context: Context) -> None:
         (run_dir / LABEL_NOISE_FILE).write_text(text, encoding="utf-8")
     every = scenario.output.checkpoint_every
     run = RunInfo(run_dir, scenario, resumed=resume)
+    owner = strategy if isinstance(strategy, HoldsOwnModels) else None
     if not uses_flower_loop(strategy):
         # Asynchronous strategies own their loop; they run as written, without checkpoints.
         if every is not None or resume:
@@ -144,7 +145,7 @@ def main(grid: Grid, context: Context) -> None:
                 [Problem("output.checkpoint_every", "this strategy runs its own loop")]
             )
         callbacks = build_callbacks(scenario, MetricsLog(run_dir))
-        recorder = RoundRecorder(scenario, data, grid, callbacks, run)
+        recorder = RoundRecorder(scenario, data, grid, callbacks, run, owner)
         with rng_kept():
             callbacks.on_run_start(run)
         strategy.start(
@@ -168,7 +169,6 @@ def main(grid: Grid, context: Context) -> None:
             None if every is None else Checkpointer(scenario, run_dir, strategy, grid, log, state)
         )
         callbacks = build_callbacks(scenario, log, checkpointer)
-        owner = strategy if isinstance(strategy, HoldsOwnModels) else None
         recorder = RoundRecorder(scenario, data, grid, callbacks, run, owner)
         with rng_kept():
             callbacks.on_run_start(run)
