@@ -95,9 +95,55 @@ def test_a_reduced_tuned_ldpc_comparison_renders_its_section(tmp_path: Path) -> 
     experiment = run_experiment(load_scenario(ROOT / path, overrides), tmp_path)
     result = runner.result_file(experiment, path)
     assert {v["tuned"]["strategy.params.lr"] for v in result["variants"].values()} <= {0.5, 1.0}
-    section = doc.ldpc(result)
+    section = doc.SECTIONS["ldpc_regression"](result)
     assert re.search(r"\| uncoded-rescaled \| lr (0\.5|1\.0) \| [0-9.]+ ± [0-9.]+ \|", section)
     assert section.count("held") == 3  # one verdict per baseline
+
+
+OWN = ["gen_accuracy_l0", "spec_accuracy_mean", "spec_accuracy_worst", "spec_global_accuracy_mean"]
+LR = "client.optimizer.lr"
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "curves", "tuned"),
+    [
+        ("agc_digits", [], [], "strategy.params.server_lr"),
+        ("rgp_digits", ["epsilon"], [], LR),
+        ("demlearn_digits", OWN, [], LR),
+        ("lasgd_digits", ["gen_accuracy_l1"], ["eval_accuracy", "gen_accuracy_l1"], LR),
+    ],
+)
+def test_a_reduced_shipped_comparison_renders_its_block(
+    name: str, fields: list[str], curves: list[str], tuned: str, tmp_path: Path
+) -> None:
+    """CI's reduced version of a shipped comparison (1 round, 2 seeds, one tuning run per
+    variant): the result file carries the fields the block reads, and every variant and
+    claim of the block renders with a verdict."""
+    from fedsim.compose import load_scenario
+    from fedsim.experiment import run_experiment
+
+    runner, doc = _script("run_comparison"), _script("strategies_doc")
+    reduced = ["rounds=1", "seeds=[0, 1]", "tuning.seeds=[100]", f"tuning.grid={{{tuned}: [0.1]}}"]
+    scenario = load_scenario(ROOT / "scenarios" / f"{name}.yaml", [*reduced, "output.plots=false"])
+    result = runner.result_file(run_experiment(scenario, tmp_path), name, fields, curves)
+    non_private = result["variants"].get("non-private")
+    for variant in result["variants"].values():
+        assert variant["tuned"] == {tuned: 0.1}
+        for field in fields:  # only the non-private variant has no epsilon
+            assert None not in variant["final"][field].values() or variant is non_private
+        for curve in variant.get("curves", {}).values():
+            assert curve["round"] == [0, 1] and None not in curve["gen_accuracy_l1"]
+    block = doc.SECTIONS[name](result)
+    assert "nan" not in block
+    verdicts = re.findall(r"\| (held|not held) \|$", block, re.M)
+    assert len(verdicts) >= 3
+
+
+def test_time_to_target_is_the_first_evaluation_at_the_target() -> None:
+    doc = _script("strategies_doc").recorded  # its LASGD section's helper
+    curve = {"time_s": [0.0, 2.0, 4.0, 6.0], "acc": [0.1, 0.85, 0.95, 0.7]}
+    assert doc.time_to_target(curve, "acc", 0.9) == 4.0
+    assert doc.time_to_target(curve, "acc", 0.96) is None
 
 
 @pytest.mark.parametrize(
@@ -111,6 +157,12 @@ def test_a_reduced_tuned_ldpc_comparison_renders_its_section(tmp_path: Path) -> 
         "label_skew_losses",
         "label_noise",
         "ldpc_regression",
+        "agc_digits",
+        "rgp_digits",
+        "demlearn_digits",
+        "demlearn_mnist1d",
+        "lasgd_digits",
+        "lasgd_digits_skewed",
     ],
 )
 def test_result_files_are_committed(name: str) -> None:

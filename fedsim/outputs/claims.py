@@ -128,3 +128,39 @@ def tuning_table(result: dict[str, Any], digits: int = 3) -> str:
             f"| {name} | {'; '.join(cells)}{' (chosen at the grid edge)' if edge else ''} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def comparison_table(result: dict[str, Any]) -> str:
+    """Variant | tuned settings | final accuracy mean ± 95% CI | rounds to target."""
+    lines = [
+        "| variant | tuned | final accuracy (mean ± 95% CI) | per seed "
+        "| rounds to target (mean ± sd) | never reached |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in result["variants"].items():
+        finals = [x for x in v["final_acc"].values() if x is not None]
+        reached = v.get("rounds_to_target", {})
+        rtt = [x for x in reached.values() if x is not None]
+        never = sum(x is None for x in reached.values())
+        tuned = ", ".join(f"{k.rsplit('.', 1)[-1]} {x}" for k, x in (v.get("tuned") or {}).items())
+        per_seed = " ".join(fmt(x) for x in v["final_acc"].values())
+        rounds = "-" if not rtt else f"{statistics.fmean(rtt):.1f}"
+        if len(rtt) > 1:
+            rounds += f" ± {statistics.stdev(rtt):.1f}"
+        lines.append(
+            f"| {name} | {tuned or '-'} | {mean_ci(finals)} | {per_seed} | {rounds} | {never} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+Claim = tuple[str, str, str]  # (claim, a variant, b variant): "a beats b"
+
+
+def claims_table(result: dict[str, Any], claims: list[Claim]) -> str:
+    """Each claim, the measured paired difference a - b, and held / not held."""
+    lines = ["| claim | measured a − b (95% CI) | verdict |", "|---|---|---|"]
+    variants = result["variants"]
+    for text, a, b in claims:
+        measured, held = verdict(paired(variants[a]["final_acc"], variants[b]["final_acc"]))
+        lines.append(f"| {text} ({a} − {b}) | {measured} | {'held' if held else 'not held'} |")
+    return "\n".join(lines) + "\n"

@@ -118,7 +118,8 @@ def own_loop(
     scenario = run.scenario
     if scenario.output.checkpoint_every is not None or run.resumed:
         raise ScenarioError([Problem("output.checkpoint_every", "this strategy runs its own loop")])
-    evaluation = CentralEvaluation(scenario, data)
+    owner = strategy if isinstance(strategy, HoldsOwnModels) else None  # LASGD's workers'
+    evaluation = CentralEvaluation(scenario, data, owner)
     callbacks = build_callbacks(scenario, evaluation, MetricsLog(run.run_dir))
     recorder = RoundRecorder(scenario, grid, callbacks, evaluation, run)
     with rng_kept():

@@ -27,6 +27,7 @@ from fedsim.engine.inprocess_grid import InProcessGrid
 from fedsim.engine.inprocess_run import build_grid
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import WALL_CLOCK_FIELDS
+from fedsim.outputs.own_models import ClientTests, score_own_models
 from fedsim.strategies import register_strategy
 
 Model = dict[str, np.ndarray]
@@ -69,7 +70,9 @@ class Watcher:
         return reply
 
 
-def _start(tiny: dict[str, Any], tmp_path: Path, client: Watcher) -> tuple[LASGD, InProcessGrid]:
+def _start(
+    tiny: dict[str, Any], tmp_path: Path, client: Watcher, evaluate_fn: Any = None
+) -> tuple[LASGD, InProcessGrid]:
     """Run the scenario's strategy on the in-process grid through ``client``."""
     scenario = fedsim.load_scenario(tiny)
     resolved = tmp_path / "scenario.resolved.yaml"
@@ -81,8 +84,13 @@ def _start(tiny: dict[str, Any], tmp_path: Path, client: Watcher) -> tuple[LASGD
     model = build_model(scenario.model.name, scenario.model.params, data.input_shape, 10)
     strategy = build_strategy(scenario)
     assert isinstance(strategy, LASGD)
+    if evaluate_fn is not None:
+        evaluate_fn.strategy = strategy
     strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=tiny["rounds"]
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=tiny["rounds"],
+        evaluate_fn=evaluate_fn,
     )
     return strategy, grid
 
@@ -335,6 +343,49 @@ def test_same_seed_same_metrics(tiny: dict[str, Any], tmp_path: Path, communicat
     tiny["seed"] = 4
     c = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "c")
     assert _strip(c.metrics) != _strip(a.metrics)
+
+
+class OwnModelScores:
+    """An evaluate_fn that scores, at each evaluation, every worker's model by hand and
+    through the strategy's ``own_models()`` (what the ServerApp's recorder reports)."""
+
+    def __init__(self, scenario: Any) -> None:
+        self.data = federated_data(scenario.data, scenario.seed)
+        self.model = build_model(scenario.model.name, scenario.model.params, (64,), 10)
+        self.strategy: LASGD | None = None
+        self.rows: list[tuple[float, float, float]] = []  # by hand, reported, mean model
+
+    def accuracy(self, state: dict[str, Any]) -> float:
+        self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+        with torch.no_grad():
+            predicted = self.model(torch.from_numpy(self.data.x_test)).argmax(1).numpy()
+        return float((predicted == self.data.y_test).mean())
+
+    def __call__(self, index: int, arrays: ArrayRecord) -> None:
+        assert self.strategy is not None
+        workers = _sim(self.strategy).models.values()
+        by_hand = float(np.mean([self.accuracy(w) for w in workers]))
+        tests = ClientTests([])
+        reported = score_own_models(
+            self.model, self.strategy, arrays, self.data.x_test, self.data.y_test, tests, 64
+        )["gen_accuracy_l1"]
+        mean_model = self.accuracy({k: v.numpy() for k, v in arrays.items()})
+        self.rows.append((by_hand, reported, mean_model))
+
+
+def test_each_workers_own_model_is_scored(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """``gen_accuracy_l1`` is the mean test accuracy of the workers' own models, by hand;
+    it is not the average model's, and a whole run logs it at every evaluation."""
+    _lasgd(tiny)
+    scores = OwnModelScores(fedsim.load_scenario(tiny))
+    _start(tiny, tmp_path, Watcher(), scores)
+    assert len(scores.rows) == 4  # time 0 and 3 evaluations
+    for by_hand, reported, _ in scores.rows:
+        assert reported == pytest.approx(by_hand, abs=1e-12)
+    assert scores.rows[0][0] == scores.rows[0][2]  # at time 0 every worker holds the start
+    assert any(abs(by_hand - mean) > 1e-9 for by_hand, _, mean in scores.rows[1:])
+    run = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "run")
+    assert all(0.0 <= r["gen_accuracy_l1"] <= 1.0 for r in run.metrics)
 
 
 @pytest.mark.parametrize(

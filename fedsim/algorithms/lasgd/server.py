@@ -55,6 +55,7 @@ from fedsim.algorithms.lasgd.communication import (
 from fedsim.config.schema import Scenario
 from fedsim.engine.protocols import VirtualClockGrid
 from fedsim.errors import Problem
+from fedsim.outputs.own_models import OwnModels
 from fedsim.strategies import register_strategy
 
 logger = logging.getLogger(__name__)
@@ -310,6 +311,22 @@ class LASGD(Strategy):
         (message_id,) = run.grid.push_messages([message])
         worker.job = message_id
         run.jobs[message_id] = node
+
+    def own_models(self) -> OwnModels:
+        """The workers' own models, as level 1: scored as ``gen_accuracy_l1``.
+
+        Each evaluation scores the mean worker model (``eval_accuracy``) and, through
+        this, every worker's own model on the central test set (their mean accuracy):
+        a decentralised method deploys a worker's model, not the average nobody holds.
+        Only the server's test set is read, so nothing about a worker's data is scored.
+        """
+        if self.sim is None:
+            return OwnModels(levels={}, clients={})
+        workers = [
+            ArrayRecord({k: Array(v) for k, v in self.sim.models[n].items()})
+            for n in sorted(self.sim.models)
+        ]
+        return OwnModels(levels={1: workers}, clients={})
 
     # Flower's round hooks: LASGD has no rounds; start() sends and merges by itself.
 
