@@ -41,10 +41,11 @@ def test_every_generated_block_equals_its_result_file() -> None:
 
 
 def test_a_verdict_is_held_only_when_the_interval_is_above_zero() -> None:
-    doc = _script("strategies_doc")
-    assert doc.verdict([0.1, 0.12, 0.11])[1] is True
-    assert doc.verdict([0.1, -0.12, 0.11])[1] is False  # the interval straddles 0
-    assert doc.verdict([0.5])[1] is False  # one pair: no interval, no verdict
+    from fedsim.outputs.claims import verdict
+
+    assert verdict([0.1, 0.12, 0.11])[1] is True
+    assert verdict([0.1, -0.12, 0.11])[1] is False  # the interval straddles 0
+    assert verdict([0.5])[1] is False  # one pair: no interval, no verdict
 
 
 def test_the_scripts_run_a_one_round_comparison(tiny: dict[str, Any], tmp_path: Path) -> None:
@@ -60,7 +61,8 @@ def test_the_scripts_run_a_one_round_comparison(tiny: dict[str, Any], tmp_path: 
     assert set(rows["variants"]) == {"fedavg-none-0", "fedavg-alie-20", "mom-none-0", "mom-alie-20"}
     rows["rounds"] = 1
     assert re.search(
-        r"\| alie, 20% \| [-0-9.]+ ± [0-9.]+ \| [-0-9.]+ ± [0-9.]+ \|", doc.robust(rows)
+        r"\| alie, 20% \| [-0-9.]+ ± [0-9.]+ \| [-0-9.]+ ± [0-9.]+ \|",
+        doc.SECTIONS["robust_suite"](rows),
     )
 
     from fedsim.compose import load_scenario
@@ -72,7 +74,9 @@ def test_the_scripts_run_a_one_round_comparison(tiny: dict[str, Any], tmp_path: 
     result = runner.result_file(experiment, "tiny")
     assert result["variants"]["a"]["tuned"]["client.optimizer.lr"] in (0.05, 0.2)
     assert result["variants"]["b"]["tuned"] == {}  # nothing to tune: as written
-    table = doc.comparison_table(result) + doc.claims_table(result, [("a beats b", "a", "b")])
+    from fedsim.outputs.claims import claims_table, comparison_table
+
+    table = comparison_table(result) + claims_table(result, [("a beats b", "a", "b")])
     assert "| a | lr " in table and "| b | - |" in table and "| a beats b (a − b) |" in table
     json.dumps(result)  # what the script writes
 
