@@ -221,3 +221,20 @@ def ldpc(result: dict[str, Any]) -> str:
     ]
     table = metric_table(result, {"final_loss": "final test MSE"}, digits=4)
     return _with_claims(table, result, claims, digits=4)
+
+
+def fednova(result: dict[str, Any]) -> str:
+    """FedNova's table and Wang et al.'s claims (unequal local work)."""
+    paper = "Wang et al. 2020"
+    claims = [
+        Gain(
+            f"FedNova reaches the target in fewer rounds than FedAvg when local work "
+            f"differs ({paper}: faster convergence)",
+            "fednova",
+            "fedavg",
+            metric="rounds_to_target",
+            lower_is_better=True,
+        ),
+        Gain(f"FedNova beats FedAvg's final accuracy ({paper})", "fednova", "fedavg"),
+    ]
+    return _with_claims(comparison_table(result), result, claims)

@@ -44,6 +44,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "label_skew_losses": accuracy.label_skew,
     "label_noise": accuracy.label_noise,
     "ldpc_regression": accuracy.ldpc,
+    "fednova_digits": accuracy.fednova,
     "agc_digits": recorded.agc,
     "rgp_digits": recorded.rgp,
     "demlearn_digits": recorded.demlearn,

@@ -161,6 +161,7 @@ def test_time_to_target_is_the_first_evaluation_at_the_target() -> None:
         "label_skew_losses",
         "label_noise",
         "ldpc_regression",
+        "fednova_digits",
         "agc_digits",
         "rgp_digits",
         "demlearn_digits",
