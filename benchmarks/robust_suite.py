@@ -9,8 +9,12 @@ evaluation seeds; then writes one compact result file (final accuracy per seed, 
     nice -n 10 python benchmarks/robust_suite.py --jobs 2 --out runs/robust-suite \\
         --results benchmarks/results/robust_suite.json
 
-``--rounds``, ``--seeds``, ``--strategies``, ``--attacks`` and ``--fractions`` shrink it
-(CI runs a 1-round, 1-seed version through :func:`suite_scenario` and :func:`results`).
+Each strategy's learning rate is first tuned attack-free on its own seeds
+(``--tuning-seeds``, grid ``--lrs``; :mod:`fedsim.tuning`'s rules: the best final
+accuracy, a diverged point never chosen), and every run of that strategy, attacked or
+not, uses it (``--no-tuning``: the scenario's lr for all). ``--rounds``, ``--seeds``,
+``--strategies``, ``--attacks`` and ``--fractions`` shrink it (CI runs a 1-round,
+1-seed version through :func:`suite_scenario` and :func:`results`).
 ``benchmarks/strategies_doc.py`` turns the result file into the docs' table. Runs that
 finished are read back, so the same command resumes an interrupted suite.
 """
@@ -29,7 +33,7 @@ from fedsim.config.schema import Scenario
 from fedsim.experiment import execute_runs
 from fedsim.outputs.comparison import ci95_half_width
 from fedsim.runner import RunResult
-from fedsim.tuning import finished, run_or_reuse
+from fedsim.tuning import finished, run_or_reuse, tune
 
 BASE = Path(__file__).parents[1] / "scenarios" / "robust_digits.yaml"
 STRATEGIES: dict[str, Any] = {
@@ -56,8 +60,12 @@ def suite_scenario(
     fractions: list[float],
     seeds: list[int],
     rounds: int | None = None,
+    lrs: dict[str, float] | None = None,
 ) -> Scenario:
-    """The base scenario with one variant per strategy x (attack-free | attack x fraction)."""
+    """The base scenario with one variant per strategy x (attack-free | attack x fraction).
+
+    ``lrs``: each strategy's tuned learning rate (the scenario's where absent).
+    """
     base = load_scenario(BASE)
     clients = base.data.num_clients
     variants: dict[str, dict[str, Any]] = {}
@@ -71,6 +79,8 @@ def suite_scenario(
             if name == "krum":
                 strategy["params"] = {"num_malicious_nodes": round(fraction * clients)}
             override: dict[str, Any] = {"strategy": strategy, "system.attackers.fraction": fraction}
+            if lrs and name in lrs:
+                override["client.optimizer.lr"] = lrs[name]
             if attack != "none":
                 override["system.attackers.attack"] = ATTACKS[attack]
             variants[f"{name}-{attack}-{round(100 * fraction)}"] = override
@@ -82,6 +92,27 @@ def suite_scenario(
     if rounds is not None:
         raw["rounds"] = rounds
     return load_scenario(raw)
+
+
+def tuned_lrs(
+    strategies: list[str],
+    tuning_seeds: list[int],
+    lrs: list[float],
+    out: Path,
+    jobs: int,
+    rounds: int | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Each strategy's lr tuned attack-free on ``tuning_seeds``, and the tuning record."""
+    clean = suite_scenario(strategies, [], [], [0], rounds)
+    raw = clean.model_dump(mode="json", exclude={"variant"})
+    raw["tuning"] = {"seeds": tuning_seeds, "grid": {"client.optimizer.lr": lrs}}
+    tunable = load_scenario(raw)
+    _, choices = tune(tunable, out, lambda r, t: execute_runs(r, t, jobs, None, stops_diverge=True))
+    chosen = {
+        v.split("-", 1)[0]: float(p.settings["client.optimizer.lr"]) for v, p in choices.items()
+    }
+    record = json.loads((out / "tuning.json").read_text(encoding="utf-8"))
+    return chosen, record
 
 
 def run_suite(scenario: Scenario, out: Path, jobs: int) -> list[RunResult]:
@@ -143,12 +174,26 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--tuning-seeds", type=int, nargs="+", default=[100, 101])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4, 0.8])
+    parser.add_argument("--no-tuning", action="store_true", help="the scenario's lr for all")
     parser.add_argument(
         "--collect", action="store_true", help="write the results of the runs finished so far"
     )
     args = parser.parse_args()
+    lrs: dict[str, float] | None = None
+    tuning: dict[str, Any] | None = None
+    if not args.no_tuning:
+        lrs, tuning = tuned_lrs(
+            args.strategies,
+            args.tuning_seeds,
+            args.lrs,
+            args.out / "tuning",
+            args.jobs,
+            args.rounds,
+        )
     scenario = suite_scenario(
-        args.strategies, args.attacks, args.fractions, args.seeds, args.rounds
+        args.strategies, args.attacks, args.fractions, args.seeds, args.rounds, lrs
     )
     if args.collect:
         runs = finished_runs(scenario, args.out)
@@ -156,6 +201,8 @@ def main() -> None:
         runs = run_suite(scenario, args.out, args.jobs)
     payload: dict[str, Any] = {"command": "benchmarks/robust_suite.py", "rounds": scenario.rounds}
     payload.update(results(runs))
+    payload["lrs"] = lrs
+    payload["tuning"] = tuning
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 

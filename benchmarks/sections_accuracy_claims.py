@@ -102,7 +102,13 @@ def robust(result: dict[str, Any]) -> str:
         f"Seeds {result['seeds']}, {result['rounds']} rounds. Cells: accuracy drop against "
         "the same strategy attack-free (mean ± 95% CI, paired by seed; positive = worse).\n\n"
     )
-    return head + table + claim
+    if not result.get("tuning"):
+        return head + table + claim
+    lrs = ", ".join(f"{name} {lr:g}" for name, lr in result["lrs"].items())
+    tuned = (
+        f"Each strategy's learning rate, tuned attack-free and used under every attack: {lrs}.\n\n"
+    )
+    return head + tuned + table + claim + "\n" + tuning_table(result)
 
 
 def _with_claims(

@@ -48,6 +48,18 @@ def test_a_verdict_is_held_only_when_the_interval_is_above_zero() -> None:
     assert verdict([0.5])[1] is False  # one pair: no interval, no verdict
 
 
+def test_the_robust_suite_tunes_each_strategy_attack_free(tmp_path: Path) -> None:
+    """CI's reduced tuning of the suite: one strategy, one round, two grid points."""
+    suite = _script("robust_suite")
+    lrs, record = suite.tuned_lrs(["fedavg", "mom"], [100], [0.05, 0.2], tmp_path, 1, rounds=1)
+    assert set(lrs) == {"fedavg", "mom"} and set(lrs.values()) <= {0.05, 0.2}
+    chosen = {p["variant"]: p["settings"] for p in record["points"] if p["chosen"]}
+    assert chosen == {f"{s}-none-0": {"client.optimizer.lr": lr} for s, lr in lrs.items()}
+    scenario = suite.suite_scenario(["fedavg", "mom"], ["alie"], [0.2], [0], 1, lrs)
+    for name, override in scenario.variants.items():
+        assert override["client.optimizer.lr"] == lrs[name.split("-", 1)[0]]
+
+
 def test_the_scripts_run_a_one_round_comparison(tiny: dict[str, Any], tmp_path: Path) -> None:
     """CI's reduced version: the robust suite (2 strategies x ALIE at 20%, 1 round) and a
     tuned comparison's result file, rendered into tables as the docs' blocks are."""
