@@ -10,7 +10,10 @@ is measured where it can be wrong: ``benchmarks/structured_dropout.py`` prints t
 for every benchmark shape and ``worst_speedup_vs_torch_lstm``.
 
 CPU (measured, docs/benchmarks.md): B = 20 gathers at 0.65-0.95x and p = 0.3 at 0.90x
-of the dense decoder; B = 64 with p >= 0.5 gains. CUDA (not yet measured here: no GPU was
+of the dense decoder; B = 64 with p >= 0.5 gains at hidden 650 and 1,500, but loses at
+hidden 256 (the char-LM: 0.86-0.87x of ``nn.LSTM`` on a quiet machine), where each
+step's gathered GEMM is too small to repay its own launch; 512 is the threshold we
+chose between the measured 256 and 650. CUDA (not yet measured here: no GPU was
 lent when the rule was written): the batched route gathers every step's weight slice at
 once, a memory-bound copy of ``T·kept·out`` floats, which a half-size GEMM repays only
 when the hidden size is large (PTB-large, 1,500); below 1,024 units cuBLAS runs the dense
@@ -33,7 +36,7 @@ class GatherRule:
 
 # Keyed by ``torch.device.type``; a device type missing here takes the dense route.
 GATHER_RULES: dict[str, GatherRule] = {
-    "cpu": GatherRule(min_batch=48, min_p=0.4),
+    "cpu": GatherRule(min_batch=48, min_p=0.4, min_hidden=512),
     "cuda": GatherRule(min_batch=48, min_p=0.4, min_hidden=1024),
 }
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from fedsim.kernels import (
     GATHER_RULES,
+    GatherRule,
     StructuredDropoutLSTM,
     clip_and_accumulate,
     gathered,
@@ -171,6 +172,7 @@ def test_padded_kept_index_lists_kept_units_first_and_never_repeats() -> None:
         ("cpu", 64, 650, 0.5, True),
         ("cpu", 20, 650, 0.5, False),  # B rows per step: too narrow a GEMM
         ("cpu", 64, 650, 0.3, False),  # too little dropped
+        ("cpu", 64, 256, 0.5, False),  # the char-LM's width: too small a GEMM per step
         ("cuda", 64, 650, 0.5, False),  # the gathered copy outweighs the halved GEMM
         ("cuda", 64, 1500, 0.5, True),
         ("mps", 64, 1500, 0.5, False),  # no rule for the device: the dense route
@@ -197,6 +199,8 @@ def test_charlm_gathers_exactly_where_the_rule_says(
         return gathered_linear(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(charlm, "gathered_linear", spy)
+    # A tiny model under the CPU rule without its width threshold: the batch decides.
+    monkeypatch.setitem(GATHER_RULES, "cpu", GatherRule(GATHER_RULES["cpu"].min_batch, 0.4))
     torch.manual_seed(0)
     model = build_model("charlm", {"hidden": 8, "dropout": 0.5}, (5,), 11).train()
     model(torch.randint(0, 11, (batch, 5)))

@@ -64,10 +64,20 @@ def test_charlm_logits_layout(dropout: float) -> None:
     torch.nn.functional.cross_entropy(out, x).backward()
 
 
-def test_charlm_gathered_decoder_equals_dense() -> None:
+def test_charlm_gathered_decoder_equals_dense(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the same masks, the decoder on kept columns gives the dense decoder's logits."""
-    from fedsim.kernels import GATHER_RULES
+    from fedsim.kernels import GATHER_RULES, GatherRule, gathered_linear
+    from fedsim.models import charlm
 
+    # A 16-unit model gathers only under a rule without the CPU's width threshold.
+    monkeypatch.setitem(GATHER_RULES, "cpu", GatherRule(GATHER_RULES["cpu"].min_batch, 0.4))
+    calls: list[int] = []
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return gathered_linear(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(charlm, "gathered_linear", spy)
     torch.manual_seed(1)
     model = build_model("charlm", {"hidden": 16, "dropout": 0.5}, (9,), 80).train()
     x = torch.randint(0, 80, (GATHER_RULES["cpu"].min_batch, 9))
@@ -75,6 +85,7 @@ def test_charlm_gathered_decoder_equals_dense() -> None:
     masks, input_mask = model.lstm.last_masks, model.lstm.last_input_mask
     out, _ = model.lstm(model.emb(x), masks=masks, input_mask=input_mask)
     dense = model.dec(out).permute(0, 2, 1)
+    assert calls  # the decoder did gather
     torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
 
 
