@@ -164,7 +164,7 @@ def _run_parallel(
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    from fedsim.config.plugins import plugin_roots, pythonpath_with
+    from fedsim.config.import_paths import plugin_pythonpath
     from fedsim.engine.workers import main_module_hidden, process_context
     from fedsim.outputs.metrics_log import replay
 
@@ -173,10 +173,13 @@ def _run_parallel(
     )
     results: list[RunResult | None] = [None] * len(runs)
     environ = dict(os.environ)  # a forkserver's children inherit its older environment
-    # The job processes import the runs' plugins from where this process found them (the
-    # working directory, which the `fedsim` script put on sys.path, included).
-    plugins = list(dict.fromkeys(name for r in runs for name in r.plugins))
-    environ["PYTHONPATH"] = pythonpath_with(plugin_roots(plugins), environ.get("PYTHONPATH"))
+    # The job processes import the runs' plugins and import-path modules from where this
+    # process found them (the working directory, which `fedsim` put on sys.path, included).
+    # Variants share the scenario's plugins; one run's import-path names may differ.
+    paths = [plugin_pythonpath(r) for r in runs]
+    environ["PYTHONPATH"] = os.pathsep.join(
+        dict.fromkeys(p for path in paths for p in path.split(os.pathsep) if p)
+    )
     with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context) as pool:
         with main_module_hidden():  # the job processes start here (see its docstring)
             futures = {

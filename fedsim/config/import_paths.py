@@ -10,10 +10,12 @@ submitted runs that name any unless its operator allowed them
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from fedsim.config.plugins import plugin_roots, pythonpath_with, scenario_modules
 from fedsim.config.schema import Scenario
 from fedsim.registry import IMPORT_PATH, is_import_path
 
@@ -84,3 +86,16 @@ def _section_strings(raw: dict[str, Any]) -> Iterator[tuple[str, str]]:
         section = top.split(".", 1)[0]
         if section in _SECTIONS:
             yield from _strings(value, top)
+
+
+def plugin_pythonpath(scenario: Scenario) -> str:
+    """``PYTHONPATH`` for processes fedsim starts: where this one found the user's code.
+
+    The SuperLink's ServerApp, Ray's workers and ``--jobs`` processes are processes of
+    their own, started elsewhere; with the working directory and the folders of the
+    scenario's plugins and import-path modules on their path they import what this
+    process imported.
+    """
+    specs = [name.spec for name in scenario_imports(scenario) if ":" in name.spec]
+    modules = scenario_modules(scenario.plugins, specs)
+    return pythonpath_with(plugin_roots(modules), os.environ.get("PYTHONPATH"))

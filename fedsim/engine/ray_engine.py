@@ -23,15 +23,13 @@ progress bar advances per round.
 from __future__ import annotations
 
 import importlib.util
-import os
 import tempfile
 from pathlib import Path
 
 from flwr.app import UserConfig
 
 from fedsim import wire
-from fedsim.config.import_paths import scenario_imports
-from fedsim.config.plugins import plugin_roots, pythonpath_with, scenario_modules
+from fedsim.config.import_paths import plugin_pythonpath
 from fedsim.config.schema import RayEngine, Scenario
 from fedsim.deploy.flwr_cli import check_completed, submit_run
 from fedsim.engine.local_superlink import local_superlink
@@ -68,18 +66,6 @@ def ray_environment(engine: RayEngine) -> dict[str, str]:
     if engine.ray_address is not None:
         env["RAY_ADDRESS"] = engine.ray_address
     return env
-
-
-def plugin_pythonpath(scenario: Scenario) -> str:
-    """``PYTHONPATH`` for the SuperLink's processes: where this one found the user's code.
-
-    The ServerApp and Ray's workers are processes of their own, started elsewhere; with
-    the working directory and the folders of the scenario's plugins and import-path
-    modules on their path they import what this process imported.
-    """
-    specs = [name.spec for name in scenario_imports(scenario) if ":" in name.spec]
-    modules = scenario_modules(scenario.plugins, specs)
-    return pythonpath_with(plugin_roots(modules), os.environ.get("PYTHONPATH"))
 
 
 def run_ray(scenario: Scenario, run_config: UserConfig) -> None:
