@@ -142,7 +142,7 @@ def comparison_table(result: dict[str, Any]) -> str:
         reached = v.get("rounds_to_target", {})
         rtt = [x for x in reached.values() if x is not None]
         never = sum(x is None for x in reached.values())
-        tuned = ", ".join(f"{k.rsplit('.', 1)[-1]} {x}" for k, x in (v.get("tuned") or {}).items())
+        tuned = settings_text(v.get("tuned") or {})
         per_seed = " ".join(fmt(x) for x in v["final_acc"].values())
         rounds = "-" if not rtt else f"{statistics.fmean(rtt):.1f}"
         if len(rtt) > 1:
