@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import wire
 from fedsim.engine.flower_compat import empty_run, some_task_identity
+from fedsim.server.node_sampling import SAMPLER
 
 
 class _Delivery(Exception):
@@ -69,13 +70,14 @@ class _ProbeGrid(Grid):
 def probed_steps(strategy: Strategy, num_nodes: int) -> tuple[str, ...] | None:
     """Names of the local steps ``strategy``'s first train messages select (None: unknown).
 
-    The global ``random`` state (Flower samples nodes with it) is restored afterwards.
+    The states of ``random`` and of Flower's node sampler
+    (:data:`~fedsim.server.node_sampling.SAMPLER`) are restored afterwards.
     """
     from fedsim.algorithms import load_client_halves
     from fedsim.client.steps import STEPS, select_step
 
     load_client_halves()  # every shipped step registered, as in a ClientApp
-    state = random.getstate()
+    state, sampling = random.getstate(), SAMPLER.getstate()
     try:
         with some_task_identity():
             messages = list(
@@ -85,6 +87,7 @@ def probed_steps(strategy: Strategy, num_nodes: int) -> tuple[str, ...] | None:
         return None
     finally:
         random.setstate(state)
+        SAMPLER.setstate(sampling)
     names = {STEPS.get(name): name for name in STEPS.names()}
     found: list[str] = []
     for msg in messages:

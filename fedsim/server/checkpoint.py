@@ -45,6 +45,7 @@ from fedsim.outputs.callbacks import Callback, RunInfo
 from fedsim.outputs.metrics_log import MetricsLog
 from fedsim.resume_rules import check_resume
 from fedsim.server.loop import LoopState
+from fedsim.server.node_sampling import SAMPLER
 from fedsim.server.state_codec import Decoder, Encoder, StateCodecError, register_state_type
 
 CHECKPOINT_DIR = "checkpoints"
@@ -114,8 +115,9 @@ def scenario_fingerprint(scenario: dict[str, Any]) -> str:
 
 
 def capture_rng() -> dict[str, Any]:
-    """Return the global RNG states the server and in-process clients draw from."""
+    """Return the RNG states the server and in-process clients draw from."""
     return {
+        "sampling": SAMPLER.getstate(),
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
@@ -123,7 +125,12 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Put back the RNG states :func:`capture_rng` returned."""
+    """Put back the RNG states :func:`capture_rng` returned.
+
+    A checkpoint from before :data:`~fedsim.server.node_sampling.SAMPLER` has no
+    ``sampling`` state: the global ``random`` it saved was the sampling stream then.
+    """
+    SAMPLER.setstate(state.get("sampling", state["python"]))
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])

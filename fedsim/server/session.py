@@ -39,6 +39,7 @@ from fedsim.outputs.per_client import PER_CLIENT_FILE, keep_rounds
 from fedsim.server.checkpoint import Checkpointer, restore_rng, resume_from
 from fedsim.server.evaluation import CentralEvaluation
 from fedsim.server.loop import LoopState, run_rounds
+from fedsim.server.node_sampling import seed_sampling
 from fedsim.server.recorder import RoundRecorder, build_callbacks, rng_kept, save_arrays
 
 SHARING_FILE = "sharing.json"  # the offline phase's transfer log, if the strategy has one
@@ -61,7 +62,8 @@ def observed(grid: Grid, scenario: Scenario) -> ObservedGrid:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed ``random`` (Flower samples nodes with it), numpy and torch, before anything."""
+    """Seed Flower's node sampling, ``random``, numpy and torch, before anything."""
+    seed_sampling(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

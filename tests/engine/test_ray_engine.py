@@ -85,14 +85,6 @@ def test_fedavg_gives_the_same_weights_on_inprocess_and_ray(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known open defect (issue 27, item 5): in 1 of 5 clean runs one round's late reply "
-        "was not counted as a straggler on Ray (round 4: 0 vs 1 straggler, virtual time "
-        "5.706 vs 6.009 s); cause not found yet"
-    ),
-)
 def test_a_ray_run_with_stragglers_reports_what_inprocess_reports(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
