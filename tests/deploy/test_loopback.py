@@ -39,6 +39,12 @@ FEDSIM = str(Path(sys.executable).with_name("fedsim"))
 # Three ClientApp processes train at once on a small machine: one thread each.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RUN_TIMEOUT_S = 240  # a hang fails the test instead of blocking CI
+# Half the messages straggle and a 1.5 s deadline cuts them: in-process, round 1 keeps
+# 2 replies (1 straggler) and round 2 keeps 1 (2 stragglers).
+ON_THE_CLOCK: dict[str, Any] = {
+    **SCENARIO,
+    "system": {**TINY["system"], "straggle_prob": 0.5, "deadline_s": 1.5},
+}
 
 
 def _start_federation(
@@ -81,10 +87,14 @@ def test_three_nodes_run_two_rounds_as_the_simulation_does(tmp_path: Path) -> No
     an in-process run of the same scenario (same seeds per node and round; only the
     order in which FedAvg sums the replies may differ).
 
+    The scenario has stragglers and a deadline: the deployed grid keeps the virtual
+    clock as in-process, so each round cuts the same replies (fates drawn per seed,
+    dispatch and the partition each node says it holds) at the same virtual times.
+
     The nodes start as docs/deployment.md says, with no thread settings of the test's:
     the run config carries the scenario's ``engine.threads_per_worker`` to every
     ClientApp (torch's default of a thread per core once gave max |Δw| = 0.066)."""
-    scenario = write_yaml(tmp_path / "scenario.yaml", SCENARIO)
+    scenario = write_yaml(tmp_path / "scenario.yaml", ON_THE_CLOCK)
     run_dir = tmp_path / "deployed"
     with cluster(tmp_path) as c:
         address = _start_federation(c, tmp_path, node_env=None)
@@ -93,13 +103,17 @@ def test_three_nodes_run_two_rounds_as_the_simulation_does(tmp_path: Path) -> No
 
     records = metrics_records(run_dir)
     assert [r["round"] for r in records] == [0, 1, 2]
-    assert [r["participants"] for r in records[1:]] == [NODES, NODES]
+    assert all(r["participants"] + r["stragglers"] == NODES for r in records[1:])
     assert all(r["bytes_up"] > 0 and r["failures"] == 0 for r in records[1:])
     assert {"summary.json", "scenario.resolved.yaml", "flower.log"} <= {
         p.name for p in run_dir.iterdir()
     }
 
-    reference = fedsim.run(fedsim.load_scenario(SCENARIO), tmp_path / "inprocess")
+    reference = fedsim.run(fedsim.load_scenario(ON_THE_CLOCK), tmp_path / "inprocess")
+    assert sum(r["stragglers"] for r in reference.metrics) > 0  # the test needs some
+    for got, want in zip(records, reference.metrics, strict=True):
+        for key in ("participants", "stragglers", "dropouts", "virtual_time_s"):
+            assert got[key] == want[key], (got["round"], key)
     deployed = np.load(run_dir / "final_arrays.npz")
     simulated = np.load(reference.run_dir / "final_arrays.npz")
     assert sorted(deployed.files) == sorted(simulated.files)
