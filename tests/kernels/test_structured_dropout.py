@@ -14,6 +14,7 @@ from fedsim.kernels import (
     clip_and_accumulate,
     gathered,
     gathered_linear,
+    narrow_gemm,
     structure_pays,
 )
 from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
@@ -286,6 +287,60 @@ def test_charlm_drops_its_embedding_output_by_default() -> None:
     assert off.lstm.last_input_mask is None
     model.eval()(torch.randint(0, 20, (3, 40)))
     assert model.lstm.last_input_mask is None  # eval: no mask
+
+
+class _CountCalls:
+    """Wraps an op and counts its calls (attribute access passes through)."""
+
+    def __init__(self, op: object) -> None:
+        self.op, self.calls = op, 0
+
+    def __call__(self, *args: object) -> object:
+        self.calls += 1
+        return self.op(*args)  # type: ignore[operator]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.op, name)
+
+
+@pytest.mark.skipif(not narrow_gemm.ONEDNN, reason="torch built without oneDNN")
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl"])
+def test_float32_narrow_gemm_routes_match_the_float64_reference(
+    onednn: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In float32 the per-step GEMMs (recurrence, gathered input and decoder) run in
+    oneDNN, which has no float64 matmul: the step-loop LSTM and the gathered decoder,
+    forward and every gradient, against the float64 reference to float32 rounding."""
+    monkeypatch.setattr(narrow_gemm, "ONEDNN", onednn)
+    spy = _CountCalls(torch.ops.mkldnn._linear_pointwise)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", spy)
+    torch.manual_seed(8)
+    b, t, i, h, layers, p, vocab = 5, 7, 6, 9, 2, 0.5, 11
+    lstm = StructuredDropoutLSTM(i, h, layers, dropout=p, fused=False, dropout_input=True)
+    lstm = lstm.float().train()
+    dec = nn.Linear(h, vocab).float()
+    masks, input_mask = torch.rand(layers, t, h) >= p, torch.rand(t, i) >= p
+    masks[1, 3] = input_mask[2] = False  # steps that keep no unit (oneDNN refuses k = 0)
+    x = torch.randn(b, t, i, dtype=torch.float32, requires_grad=True)
+    out, _ = lstm(x, masks=masks, input_mask=input_mask)
+    logits = gathered_linear(out, masks[-1], dec.weight, dec.bias)  # (T, B, V)
+    w = torch.randn(t, b, vocab)
+    (logits.double() * w).sum().backward()
+    assert (spy.calls > 0) is onednn
+
+    params = {n: q.detach().double().requires_grad_(True) for n, q in lstm.named_parameters()}
+    wd, bd = (q.detach().double().requires_grad_(True) for q in (dec.weight, dec.bias))
+    x2 = x.detach().double().requires_grad_(True)
+    ref_out, _, _ = reference_lstm(x2 * input_mask / (1 - p), params, masks, p, layers)
+    ref_logits = (ref_out @ wd.T + bd).transpose(0, 1)
+    (ref_logits * w).sum().backward()
+    tol = {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(logits.double(), ref_logits, **tol)
+    torch.testing.assert_close(x.grad.double(), x2.grad, **tol)
+    for n, q in lstm.named_parameters():
+        torch.testing.assert_close(q.grad.double(), params[n].grad, **tol, msg=n)
+    torch.testing.assert_close(dec.weight.grad.double(), wd.grad, **tol)
+    torch.testing.assert_close(dec.bias.grad.double(), bd.grad, **tol)
 
 
 @pytest.mark.gpu
