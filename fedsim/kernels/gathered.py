@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.autograd.function import FunctionCtx
 
-from fedsim.kernels.narrow_gemm import linear_rows
+from fedsim.kernels.gemm import linear_rows
 
 
 def draw_keep_masks(

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.autograd.function import FunctionCtx
 
-from fedsim.kernels.narrow_gemm import linear_rows, pack_weight
+from fedsim.kernels.gemm import linear_rows, pack_weight
 
 
 class Recurrence(torch.autograd.Function):

@@ -14,10 +14,11 @@ from fedsim.kernels import (
     clip_and_accumulate,
     gathered,
     gathered_linear,
-    narrow_gemm,
+    gemm,
     structure_pays,
 )
 from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
+from tests.kernels.test_gemm import CountCalls
 
 
 @pytest.fixture(autouse=True)
@@ -248,6 +249,26 @@ def test_fast_clipping_serves_the_structured_lstm(
         torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
 
 
+def test_charlm_decoder_keeps_its_dp_hook() -> None:
+    """A DP pass through CharLM runs the decoder as nn.Linear (its kernel needs the hook),
+    not the dense or gathered routes: clipped sums equal the batch-of-one oracle's."""
+    from fedsim.models import build_model
+
+    torch.manual_seed(9)
+    model = build_model("charlm", {"embed": 4, "hidden": 6}, (7,), 9).train()
+    x, y = torch.randint(0, 9, (5, 7)), torch.randint(0, 9, (5, 7))
+
+    def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, t, reduction="none").mean(1)
+
+    ref = per_example_grads_loop(model, loss, x, y)
+    norms = clip_and_accumulate(model, loss, x, y, 0.3)
+    torch.testing.assert_close(norms, norms_of(ref), rtol=1e-5, atol=1e-12)
+    expected = clipped_sum_of(ref, 0.3)
+    for n, q in model.named_parameters():
+        torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "step-loop+gathered"])
 def test_input_dropout_matches_the_reference_on_the_masked_input(fused: bool) -> None:
     """dropout_input: the first layer's input is masked (T, I), batch-shared, 1/(1-p)."""
@@ -289,30 +310,16 @@ def test_charlm_drops_its_embedding_output_by_default() -> None:
     assert model.lstm.last_input_mask is None  # eval: no mask
 
 
-class _CountCalls:
-    """Wraps an op and counts its calls (attribute access passes through)."""
-
-    def __init__(self, op: object) -> None:
-        self.op, self.calls = op, 0
-
-    def __call__(self, *args: object) -> object:
-        self.calls += 1
-        return self.op(*args)  # type: ignore[operator]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.op, name)
-
-
-@pytest.mark.skipif(not narrow_gemm.ONEDNN, reason="torch built without oneDNN")
+@pytest.mark.skipif(not gemm.ONEDNN, reason="torch built without oneDNN")
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl"])
-def test_float32_narrow_gemm_routes_match_the_float64_reference(
+def test_float32_gemm_routes_match_the_float64_reference(
     onednn: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In float32 the per-step GEMMs (recurrence, gathered input and decoder) run in
     oneDNN, which has no float64 matmul: the step-loop LSTM and the gathered decoder,
     forward and every gradient, against the float64 reference to float32 rounding."""
-    monkeypatch.setattr(narrow_gemm, "ONEDNN", onednn)
-    spy = _CountCalls(torch.ops.mkldnn._linear_pointwise)
+    monkeypatch.setattr(gemm, "ONEDNN", onednn)
+    spy = CountCalls(torch.ops.mkldnn._linear_pointwise)
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", spy)
     torch.manual_seed(8)
     b, t, i, h, layers, p, vocab = 5, 7, 6, 9, 2, 0.5, 11
