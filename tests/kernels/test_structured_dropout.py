@@ -225,6 +225,21 @@ class _FixedMaskLM(nn.Module):
         return self.dec(self.lstm(self.emb(x), masks=self.masks)[0]).transpose(1, 2)
 
 
+def _assert_clipping_matches_the_oracle(model: nn.Module) -> None:
+    """Norms and clipped sums of a (vocab 9, T = 7) LM against the batch-of-one oracle."""
+    x, y = torch.randint(0, 9, (5, 7)), torch.randint(0, 9, (5, 7))
+
+    def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, t, reduction="none").mean(1)
+
+    ref = per_example_grads_loop(model, loss, x, y)
+    norms = clip_and_accumulate(model, loss, x, y, 0.3)
+    torch.testing.assert_close(norms, norms_of(ref), rtol=1e-5, atol=1e-12)
+    expected = clipped_sum_of(ref, 0.3)
+    for n, q in model.named_parameters():
+        torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
+
+
 @pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
 def test_fast_clipping_serves_the_structured_lstm(
     fused_forward: bool, route: str, monkeypatch: pytest.MonkeyPatch
@@ -236,17 +251,7 @@ def test_fast_clipping_serves_the_structured_lstm(
     monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", {"cpu"} if fused_forward else set())
     torch.manual_seed(4)
     model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
-    x, y = torch.randint(0, 9, (5, 7)), torch.randint(0, 9, (5, 7))
-
-    def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out, t, reduction="none").mean(1)
-
-    ref = per_example_grads_loop(model, loss, x, y)
-    norms = clip_and_accumulate(model, loss, x, y, 0.3)
-    torch.testing.assert_close(norms, norms_of(ref), rtol=1e-5, atol=1e-12)
-    expected = clipped_sum_of(ref, 0.3)
-    for n, q in model.named_parameters():
-        torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
+    _assert_clipping_matches_the_oracle(model)
 
 
 def test_charlm_decoder_keeps_its_dp_hook() -> None:
@@ -256,17 +261,7 @@ def test_charlm_decoder_keeps_its_dp_hook() -> None:
 
     torch.manual_seed(9)
     model = build_model("charlm", {"embed": 4, "hidden": 6}, (7,), 9).train()
-    x, y = torch.randint(0, 9, (5, 7)), torch.randint(0, 9, (5, 7))
-
-    def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out, t, reduction="none").mean(1)
-
-    ref = per_example_grads_loop(model, loss, x, y)
-    norms = clip_and_accumulate(model, loss, x, y, 0.3)
-    torch.testing.assert_close(norms, norms_of(ref), rtol=1e-5, atol=1e-12)
-    expected = clipped_sum_of(ref, 0.3)
-    for n, q in model.named_parameters():
-        torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
+    _assert_clipping_matches_the_oracle(model)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "step-loop+gathered"])
