@@ -7,7 +7,8 @@ needs only ``x_t[:, K_t]`` and ``W[:, K_t]``, so its forward GEMM and both backw
 (data and weight gradient) shrink by the keep ratio. :func:`gathered_linear` does that
 with its own backward, by one of two routes chosen by the device (:data:`ROUTES`):
 
-* per step (CPU): T GEMMs of B rows, each against its own gathered weight slice;
+* per step (CPU): T GEMMs of B rows, each against its own gathered weight slice, run by
+  :func:`~fedsim.kernels.gemm.linear_rows` (oneDNN in float32: faster at so few rows);
 * batched (CUDA and other accelerators): the kept index sets of all steps are found in
   one call (one host synchronisation, for the largest kept count), padded to that count
   with dropped units whose inputs are zeroed, and every step's slice is gathered at once,
