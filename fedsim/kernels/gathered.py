@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.autograd.function import FunctionCtx
 
-from fedsim.kernels.gemm import linear_rows
+from fedsim.kernels.gemm import column_sums, linear_rows
 
 
 def draw_keep_masks(
@@ -78,7 +78,9 @@ class _GatheredLinear(torch.autograd.Function):
             if dwt is not None:  # (k_t, out): the weight-gradient GEMM, shrunk
                 xs = x[:, s].index_select(1, idx[s]).mul_(scale)
                 dwt.index_add_(0, idx[s], linear_rows(xs.t(), d.t()))
-        db = d_out.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        db = None
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            db = column_sums(d_out.reshape(-1, d_out.shape[-1]))
         return dx, None, None if dwt is None else dwt.t(), db, None
 
 

@@ -98,6 +98,14 @@ def weight_grad(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return linear_rows(x.t(), d.t()).t()
 
 
+def column_sums(d: torch.Tensor) -> torch.Tensor:
+    """``d.sum(0)`` of a (N, out) matrix, a bias gradient, as a matrix-vector product.
+
+    On the CPU ``sum(0)`` ran on one thread and took twice the time of ``dᵀ 1``.
+    """
+    return torch.mv(d.t(), d.new_ones(d.shape[0]))
+
+
 class _DenseLinear(torch.autograd.Function):
     """``nn.Linear``'s product and gradients, each GEMM on its fastest route."""
 
@@ -117,7 +125,7 @@ class _DenseLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         dx = linear_rows(d, weight.t()) if ctx.needs_input_grad[0] else None
         dw = weight_grad(x, d) if ctx.needs_input_grad[1] else None
-        db = d.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        db = column_sums(d) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 

@@ -94,3 +94,8 @@ def test_linear_rows_adds_and_reuses_a_packed_weight(onednn_calls: CountCalls) -
 def test_weight_grad_is_the_transposed_product() -> None:
     x, d = torch.randn(10, 4, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
     torch.testing.assert_close(gemm.weight_grad(x, d), d.T @ x, rtol=0, atol=1e-12)
+
+
+def test_column_sums_is_the_bias_gradient() -> None:
+    d = torch.randn(12, 5, dtype=torch.float64)
+    torch.testing.assert_close(gemm.column_sums(d), d.sum(0), rtol=0, atol=1e-12)
