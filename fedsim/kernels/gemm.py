@@ -26,7 +26,8 @@ from torch.autograd.function import FunctionCtx
 
 
 def _onednn_ready() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    ops = ("_linear_pointwise", "_reorder_linear_weight")
+    return torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, o) for o in ops)
 
 
 # Whether float32 CPU GEMMs here go to oneDNN (tests switch it off to compare the routes).
