@@ -6,7 +6,8 @@
   fallback for layers without one.
 - :class:`LSTM`: an ``nn.LSTM``-compatible layer built so that those kernels apply, and
   :class:`StructuredDropoutLSTM` with :func:`gathered_linear` for consumers of its
-  output; :func:`structure_pays` is the rule for when gathering pays.
+  output; :func:`structure_pays` is the rule for when gathering pays, and
+  :func:`dense_linear` the dense route (``F.linear`` with faster-routed GEMMs).
 - :func:`mlp_cross_entropy_grad`: a plain MLP's cross-entropy gradient without autograd
   (:func:`mlp_linears` tells whether a model is one), and
   :func:`stacked_mlp_cross_entropy_grad` for many MLPs at once.
@@ -20,6 +21,7 @@ from fedsim.kernels.clipping import (
     per_example_grad_norms,
 )
 from fedsim.kernels.gathered import gathered_linear
+from fedsim.kernels.gemm import dense_linear
 from fedsim.kernels.lstm import LSTM, StructuredDropoutLSTM
 from fedsim.kernels.mlp import (
     mlp_cross_entropy_grad,
@@ -41,6 +43,7 @@ __all__ = [
     "UnsupportedModuleError",
     "clip_and_accumulate",
     "clipped_gradient",
+    "dense_linear",
     "gathered_linear",
     "mlp_cross_entropy_grad",
     "mlp_linears",

@@ -7,7 +7,8 @@ needs only ``x_t[:, K_t]`` and ``W[:, K_t]``, so its forward GEMM and both backw
 (data and weight gradient) shrink by the keep ratio. :func:`gathered_linear` does that
 with its own backward, by one of two routes chosen by the device (:data:`ROUTES`):
 
-* per step (CPU): T GEMMs of B rows, each against its own gathered weight slice;
+* per step (CPU): T GEMMs of B rows, each against its own gathered weight slice, run by
+  :func:`~fedsim.kernels.gemm.linear_rows` (oneDNN in float32: faster at so few rows);
 * batched (CUDA and other accelerators): the kept index sets of all steps are found in
   one call (one host synchronisation, for the largest kept count), padded to that count
   with dropped units whose inputs are zeroed, and every step's slice is gathered at once,
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 from torch.autograd.function import FunctionCtx
+
+from fedsim.kernels.gemm import column_sums, linear_rows
 
 
 def draw_keep_masks(
@@ -55,10 +58,7 @@ class _GatheredLinear(torch.autograd.Function):
         for s in range(t):
             xs = x[:, s].index_select(1, idx[s]).mul_(scale)  # (B, k_t)
             ws = wt.index_select(0, idx[s])  # (k_t, out)
-            if bias is None:
-                torch.mm(xs, ws, out=out[s])
-            else:
-                torch.addmm(bias, xs, ws, out=out[s])
+            out[s] = linear_rows(xs, ws.t(), bias)
         ctx.save_for_backward(x, wt)
         ctx.idx, ctx.scale, ctx.has_bias = idx, scale, bias is not None  # type: ignore[attr-defined]
         return out
@@ -71,12 +71,16 @@ class _GatheredLinear(torch.autograd.Function):
         dwt = torch.zeros_like(wt) if ctx.needs_input_grad[2] else None
         for s in range(x.shape[1]):
             d = d_out[s]  # (B, out)
-            if dx is not None:  # (B, k_t): the data-gradient GEMM, shrunk
-                dx[:, s].index_copy_(1, idx[s], (d @ wt.index_select(0, idx[s]).t()).mul_(scale))
+            if dx is not None:  # (k_t, B): the data-gradient GEMM, shrunk, transposed so
+                # that the big gathered slice is the GEMM's input, not a weight to reorder
+                dxs_t = linear_rows(wt.index_select(0, idx[s]), d).mul_(scale)
+                dx[:, s].index_copy_(1, idx[s], dxs_t.t())
             if dwt is not None:  # (k_t, out): the weight-gradient GEMM, shrunk
                 xs = x[:, s].index_select(1, idx[s]).mul_(scale)
-                dwt.index_add_(0, idx[s], xs.t() @ d)
-        db = d_out.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+                dwt.index_add_(0, idx[s], linear_rows(xs.t(), d.t()))
+        db = None
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            db = column_sums(d_out.reshape(-1, d_out.shape[-1]))
         return dx, None, None if dwt is None else dwt.t(), db, None
 
 

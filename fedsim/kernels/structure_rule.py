@@ -3,17 +3,20 @@
 Gathering the kept columns halves a consumer's GEMM flops at p = 0.5, but each time step
 then runs its own GEMM of only B rows against its own weight slice. Where that GEMM runs
 far below the throughput of the one dense (B·T)-row GEMM, or too little is dropped, the
-gathered route loses, and the model takes the dense route (the masked input through an
-ordinary GEMM), which is exactly the computation a user writes with ``nn.LSTM`` and
-``nn.Dropout``. So the structure never slows a step down where the rule is right, and it
-is measured where it can be wrong: ``benchmarks/structured_dropout.py`` prints the ratio
+gathered route loses, and the model takes the dense route (the masked input through one
+dense GEMM per product), the same sums a user's ``nn.LSTM`` and ``nn.Dropout`` compute.
+So the structure never slows a step down where the rule is right, and it is measured
+where it can be wrong: ``benchmarks/structured_dropout.py`` prints the ratio
 for every benchmark shape and ``worst_speedup_vs_torch_lstm``.
 
 CPU (measured, docs/benchmarks.md): B = 20 gathers at 0.65-0.95x and p = 0.3 at 0.90x
 of the dense decoder; B = 64 with p >= 0.5 gains at hidden 650 and 1,500, but loses at
 hidden 256 (the char-LM: 0.86-0.87x of ``nn.LSTM`` on a quiet machine), where each
 step's gathered GEMM is too small to repay its own launch; 512 is the threshold we
-chose between the measured 256 and 650. CUDA (not yet measured here: no GPU was
+chose between the measured 256 and 650. With oneDNN running the per-step GEMMs
+(:mod:`fedsim.kernels.gemm`) the rule still holds: the gathered decoder took 1.4x (B = 20,
+p = 0.5), 1.9x (B = 20, p = 0.3), 1.06x (B = 64, p = 0.3) and 3.7x (the char-LM) the CPU
+time of the dense one, and 0.77x at B = 64, p = 0.5. CUDA (not yet measured here: no GPU was
 lent when the rule was written): the batched route gathers every step's weight slice at
 once, a memory-bound copy of ``T·kept·out`` floats, which a half-size GEMM repays only
 when the hidden size is large (PTB-large, 1,500); below 1,024 units cuBLAS runs the dense

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.kernels import StructuredDropoutLSTM, gathered_linear, structure_pays
+from fedsim.kernels import StructuredDropoutLSTM, dense_linear, gathered_linear, structure_pays
 from fedsim.models import IncompatibleDataError, register_model
 
 
@@ -20,7 +20,8 @@ class CharLM(nn.Module):
     says gathering pays for the device, batch, hidden size and drop rate, the decoder
     reads only the kept units of each step (:func:`~fedsim.kernels.gathered_linear`),
     so its forward and backward GEMMs shrink with the keep ratio too; elsewhere it is
-    the dense decoder on the dropped output, what ``nn.Dropout`` + ``nn.Linear`` do.
+    the dense decoder on the dropped output, what ``nn.Dropout`` + ``nn.Linear`` do,
+    computed by :func:`~fedsim.kernels.dense_linear` (the same GEMMs on faster routes).
     Logits are (B, V, T) (time major (T, B, V) with ``time_major=True``), ready for a
     cross-entropy against (B, T) targets.
     """
@@ -52,10 +53,14 @@ class CharLM(nn.Module):
         gather = not lstm.per_element and structure_pays(
             x.device.type, x.shape[0], lstm.hidden_size, lstm.dropout
         )
-        if masks is not None and gather and self.lstm.dp_capture is None:
-            logits = gathered_linear(out, masks[-1], self.dec.weight, self.dec.bias)  # (T, B, V)
-        else:  # eval, per-element dropout, or a DP pass (the decoder's kernel needs its hook)
+        logits: torch.Tensor
+        if self.lstm.dp_capture is not None:  # a DP pass: the decoder's kernel needs its hook
             logits = self.dec(out).transpose(0, 1)
+        elif masks is not None and gather:
+            logits = gathered_linear(out, masks[-1], self.dec.weight, self.dec.bias)  # (T, B, V)
+        else:  # eval, per-element dropout, or where gathering does not pay: time major
+            # rows, so the (T, B, V) logits need no copy, and faster-oriented GEMMs
+            logits = dense_linear(out.transpose(0, 1), self.dec.weight, self.dec.bias)
         return logits if self.time_major else logits.permute(1, 2, 0)
 
 

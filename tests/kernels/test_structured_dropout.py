@@ -14,9 +14,11 @@ from fedsim.kernels import (
     clip_and_accumulate,
     gathered,
     gathered_linear,
+    gemm,
     structure_pays,
 )
 from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
+from tests.kernels.test_gemm import CountCalls
 
 
 @pytest.fixture(autouse=True)
@@ -223,17 +225,8 @@ class _FixedMaskLM(nn.Module):
         return self.dec(self.lstm(self.emb(x), masks=self.masks)[0]).transpose(1, 2)
 
 
-@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
-def test_fast_clipping_serves_the_structured_lstm(
-    fused_forward: bool, route: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """DP clipping through the gathered input projections (both routes) and both forward
-    recurrences of a DP pass, against the batch-of-one oracle."""
-    from fedsim.kernels import lstm as lstm_module
-
-    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", {"cpu"} if fused_forward else set())
-    torch.manual_seed(4)
-    model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
+def _assert_clipping_matches_the_oracle(model: nn.Module) -> None:
+    """Norms and clipped sums of a (vocab 9, T = 7) LM against the batch-of-one oracle."""
     x, y = torch.randint(0, 9, (5, 7)), torch.randint(0, 9, (5, 7))
 
     def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -245,6 +238,30 @@ def test_fast_clipping_serves_the_structured_lstm(
     expected = clipped_sum_of(ref, 0.3)
     for n, q in model.named_parameters():
         torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
+
+
+@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
+def test_fast_clipping_serves_the_structured_lstm(
+    fused_forward: bool, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DP clipping through the gathered input projections (both routes) and both forward
+    recurrences of a DP pass, against the batch-of-one oracle."""
+    from fedsim.kernels import lstm as lstm_module
+
+    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", {"cpu"} if fused_forward else set())
+    torch.manual_seed(4)
+    model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
+    _assert_clipping_matches_the_oracle(model)
+
+
+def test_charlm_decoder_keeps_its_dp_hook() -> None:
+    """A DP pass through CharLM runs the decoder as nn.Linear (its kernel needs the hook),
+    not the dense or gathered routes: clipped sums equal the batch-of-one oracle's."""
+    from fedsim.models import build_model
+
+    torch.manual_seed(9)
+    model = build_model("charlm", {"embed": 4, "hidden": 6}, (7,), 9).train()
+    _assert_clipping_matches_the_oracle(model)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "step-loop+gathered"])
@@ -286,6 +303,46 @@ def test_charlm_drops_its_embedding_output_by_default() -> None:
     assert off.lstm.last_input_mask is None
     model.eval()(torch.randint(0, 20, (3, 40)))
     assert model.lstm.last_input_mask is None  # eval: no mask
+
+
+@pytest.mark.skipif(not gemm.ONEDNN, reason="torch built without oneDNN")
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl"])
+def test_float32_gemm_routes_match_the_float64_reference(
+    onednn: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In float32 the per-step GEMMs (recurrence, gathered input and decoder) run in
+    oneDNN, which has no float64 matmul: the step-loop LSTM and the gathered decoder,
+    forward and every gradient, against the float64 reference to float32 rounding."""
+    monkeypatch.setattr(gemm, "ONEDNN", onednn)
+    spy = CountCalls(torch.ops.mkldnn._linear_pointwise)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", spy)
+    torch.manual_seed(8)
+    b, t, i, h, layers, p, vocab = 5, 7, 6, 9, 2, 0.5, 11
+    lstm = StructuredDropoutLSTM(i, h, layers, dropout=p, fused=False, dropout_input=True)
+    lstm = lstm.float().train()
+    dec = nn.Linear(h, vocab).float()
+    masks, input_mask = torch.rand(layers, t, h) >= p, torch.rand(t, i) >= p
+    masks[1, 3] = input_mask[2] = False  # steps that keep no unit (oneDNN refuses k = 0)
+    x = torch.randn(b, t, i, dtype=torch.float32, requires_grad=True)
+    out, _ = lstm(x, masks=masks, input_mask=input_mask)
+    logits = gathered_linear(out, masks[-1], dec.weight, dec.bias)  # (T, B, V)
+    w = torch.randn(t, b, vocab)
+    (logits.double() * w).sum().backward()
+    assert (spy.calls > 0) is onednn
+
+    params = {n: q.detach().double().requires_grad_(True) for n, q in lstm.named_parameters()}
+    wd, bd = (q.detach().double().requires_grad_(True) for q in (dec.weight, dec.bias))
+    x2 = x.detach().double().requires_grad_(True)
+    ref_out, _, _ = reference_lstm(x2 * input_mask / (1 - p), params, masks, p, layers)
+    ref_logits = (ref_out @ wd.T + bd).transpose(0, 1)
+    (ref_logits * w).sum().backward()
+    tol = {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(logits.double(), ref_logits, **tol)
+    torch.testing.assert_close(x.grad.double(), x2.grad, **tol)
+    for n, q in lstm.named_parameters():
+        torch.testing.assert_close(q.grad.double(), params[n].grad, **tol, msg=n)
+    torch.testing.assert_close(dec.weight.grad.double(), wd.grad, **tol)
+    torch.testing.assert_close(dec.bias.grad.double(), bd.grad, **tol)
 
 
 @pytest.mark.gpu
