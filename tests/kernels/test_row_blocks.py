@@ -1,0 +1,79 @@
+"""Step loops split into row blocks on several threads: the blocks and the results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from fedsim.kernels import LSTM
+from fedsim.kernels.row_blocks import MIN_BLOCK_ROWS, SPLIT_MAX_MACS, row_blocks, run_by_rows
+from tests.kernels.test_clipping import check
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_blocks_cover_the_batch_once_in_order(two_threads: None) -> None:
+    blocks = row_blocks(37, 1000, CPU)
+    assert blocks == [slice(0, 18), slice(18, 37)]
+    assert torch.get_num_threads() == 2
+
+
+def test_small_batches_big_steps_and_gpus_are_not_split(two_threads: None) -> None:
+    assert row_blocks(2 * MIN_BLOCK_ROWS - 1, 1000, CPU) == [slice(0, 2 * MIN_BLOCK_ROWS - 1)]
+    assert row_blocks(128, SPLIT_MAX_MACS + 1, CPU) is None
+    assert row_blocks(128, 1000, torch.device("cuda")) is None
+
+
+def test_each_block_runs_on_one_thread_and_the_count_is_restored(two_threads: None) -> None:
+    seen: dict[int, int] = {}
+
+    def work(rows: slice) -> None:
+        seen[rows.start] = torch.get_num_threads()
+
+    run_by_rows(work, 64, 1000, CPU)
+    assert seen == {0: 1, 32: 1}
+    assert torch.get_num_threads() == 2
+
+
+def test_a_block_that_raises_reraises_in_the_caller(two_threads: None) -> None:
+    def work(rows: slice) -> None:
+        if rows.start > 0:
+            raise ArithmeticError("second block")
+
+    with pytest.raises(ArithmeticError, match="second block"):
+        run_by_rows(work, 64, 1000, CPU)
+    assert torch.get_num_threads() == 2
+
+
+def test_split_lstm_clipping_matches_the_oracle(two_threads: None) -> None:
+    """A batch of 24 on two threads: the forward and BPTT loops run as two row blocks
+    (float64, as every oracle test)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(5)
+
+        class LM(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.emb = nn.Embedding(7, 3)
+                self.lstm = LSTM(3, 6, 2)
+                self.dec = nn.Linear(6, 7)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.dec(self.lstm(self.emb(x))[0]).transpose(1, 2)
+
+        assert row_blocks(24, 24 * 6 * 24, CPU) == [slice(0, 12), slice(12, 24)]
+        check(LM(), torch.randint(0, 7, (24, 5)), torch.randint(0, 7, (24, 5)))
+    finally:
+        torch.set_default_dtype(torch.float32)
