@@ -25,9 +25,14 @@ import torch
 
 # Above this many multiply-adds in a step's recurrent GEMM (B·H·4H) the GEMM itself
 # pays for several threads and the loop runs whole, on all of them: PTB-medium's
-# 64 x 650 x 2,600 = 108 M keeps them; the DP benchmark's LSTMs (128 x 128 x 512 = 8.4 M,
-# 128 x 256 x 1,024 = 34 M) are split into row blocks.
+# 64 x 650 x 2,600 = 108 M keeps them.
 SPLIT_MAX_MACS = 2**26
+# Below this many the loop runs whole on one thread: each op of a block is then so
+# small that the blocks' threads spend their time handing the GIL to each other. The
+# DP benchmark's LSTM classifier (128 x 128 x 512 = 8.4 M a step) took 1.65x a
+# non-private step split against 1.45x whole (three A/Bs, 2 threads, load 4); its
+# char-LSTM (128 x 256 x 1,024 = 34 M) took 1.16-1.31x split against 1.51-1.57x whole.
+SPLIT_MIN_MACS = 2**24
 # Fewest rows a block gets: below this a block's GEMM is too thin to pay for a thread.
 MIN_BLOCK_ROWS = 8
 
@@ -60,12 +65,15 @@ def row_blocks(batch: int, step_macs: int, device: torch.device) -> list[slice] 
     list of slice or None
         ``None``: run the loop whole on every intra-op thread (a GPU, or a step whose
         GEMM pays for several threads). Otherwise up to ``torch.get_num_threads()``
-        blocks of at least :data:`MIN_BLOCK_ROWS` rows (a single block if the batch is
-        too small to split: it still runs on one thread, a small op's fastest).
+        blocks of at least :data:`MIN_BLOCK_ROWS` rows; a single block (still run on one
+        thread, a small op's fastest) if the batch is too small to split or a step
+        does fewer than :data:`SPLIT_MIN_MACS` multiply-adds.
     """
     if device.type != "cpu" or step_macs > SPLIT_MAX_MACS:
         return None
     count = max(1, min(torch.get_num_threads(), batch // MIN_BLOCK_ROWS))
+    if step_macs < SPLIT_MIN_MACS:
+        count = 1
     bounds = [batch * k // count for k in range(count + 1)]
     return [slice(bounds[k], bounds[k + 1]) for k in range(count)]
 

@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from fedsim.kernels import LSTM
-from fedsim.kernels.row_blocks import MIN_BLOCK_ROWS, SPLIT_MAX_MACS, row_blocks, run_by_rows
+from fedsim.kernels import row_blocks as row_blocks_module
+from fedsim.kernels.row_blocks import (
+    MIN_BLOCK_ROWS,
+    SPLIT_MAX_MACS,
+    SPLIT_MIN_MACS,
+    row_blocks,
+    run_by_rows,
+)
 from tests.kernels.test_clipping import check
 
 CPU = torch.device("cpu")
@@ -24,15 +31,17 @@ def two_threads() -> Iterator[None]:
 
 
 def test_blocks_cover_the_batch_once_in_order(two_threads: None) -> None:
-    blocks = row_blocks(37, 1000, CPU)
+    blocks = row_blocks(37, SPLIT_MIN_MACS, CPU)
     assert blocks == [slice(0, 18), slice(18, 37)]
     assert torch.get_num_threads() == 2
 
 
-def test_small_batches_big_steps_and_gpus_are_not_split(two_threads: None) -> None:
-    assert row_blocks(2 * MIN_BLOCK_ROWS - 1, 1000, CPU) == [slice(0, 2 * MIN_BLOCK_ROWS - 1)]
+def test_small_batches_small_and_big_steps_and_gpus_are_not_split(two_threads: None) -> None:
+    rows = 2 * MIN_BLOCK_ROWS - 1
+    assert row_blocks(rows, SPLIT_MIN_MACS, CPU) == [slice(0, rows)]
+    assert row_blocks(128, SPLIT_MIN_MACS - 1, CPU) == [slice(0, 128)]
     assert row_blocks(128, SPLIT_MAX_MACS + 1, CPU) is None
-    assert row_blocks(128, 1000, torch.device("cuda")) is None
+    assert row_blocks(128, SPLIT_MIN_MACS, torch.device("cuda")) is None
 
 
 def test_each_block_runs_on_one_thread_and_the_count_is_restored(two_threads: None) -> None:
@@ -41,7 +50,7 @@ def test_each_block_runs_on_one_thread_and_the_count_is_restored(two_threads: No
     def work(rows: slice) -> None:
         seen[rows.start] = torch.get_num_threads()
 
-    run_by_rows(work, 64, 1000, CPU)
+    run_by_rows(work, 64, SPLIT_MIN_MACS, CPU)
     assert seen == {0: 1, 32: 1}
     assert torch.get_num_threads() == 2
 
@@ -52,13 +61,16 @@ def test_a_block_that_raises_reraises_in_the_caller(two_threads: None) -> None:
             raise ArithmeticError("second block")
 
     with pytest.raises(ArithmeticError, match="second block"):
-        run_by_rows(work, 64, 1000, CPU)
+        run_by_rows(work, 64, SPLIT_MIN_MACS, CPU)
     assert torch.get_num_threads() == 2
 
 
-def test_split_lstm_clipping_matches_the_oracle(two_threads: None) -> None:
-    """A batch of 24 on two threads: the forward and BPTT loops run as two row blocks
-    (float64, as every oracle test)."""
+def test_split_lstm_clipping_matches_the_oracle(
+    two_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of 24 on two threads, every step split however small: the forward and
+    BPTT loops run as two row blocks (float64, as every oracle test)."""
+    monkeypatch.setattr(row_blocks_module, "SPLIT_MIN_MACS", 0)
     torch.set_default_dtype(torch.float64)
     try:
         torch.manual_seed(5)
