@@ -89,8 +89,10 @@ def seq_weighted_sum(
         d_rows = d_rows * weight
     else:
         a_rows = [a * weight for a in a_rows]
-    g = d_rows.reshape(-1, d.shape[2]).t()
-    return [g @ a.reshape(-1, a.shape[2]) for a in a_rows]
+    g = d_rows.reshape(-1, d.shape[2])
+    # As (Aᵀ Δ)ᵀ: MKL ran Δᵀ A with a narrow A (the char-LSTM's 8 embedding columns) at
+    # a tenth of the speed (67 against 6.7 ms, one thread), and never faster elsewhere.
+    return [(a.reshape(-1, a.shape[2]).t() @ g).t().contiguous() for a in a_rows]
 
 
 def _time_major(x: torch.Tensor) -> bool:
