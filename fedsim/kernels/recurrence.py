@@ -65,17 +65,30 @@ class Recurrence(torch.autograd.Function):
 
             def steps(rows: slice) -> None:  # only what the recurrence needs, step by step
                 n = rows.stop - rows.start
-                act, tc = gx.new_empty(n, 4 * hid), gx.new_empty(n, hid)  # this step's
+                # Per-step views made once (Python's indexing cost about as much as the
+                # elementwise ops of a small step), and this step's buffers, reused.
+                gx_s, h_s, c_s = gx[:, rows].unbind(), hs[:, rows].unbind(), cs[:, rows].unbind()
+                fac_s, oq_s, f_s = (
+                    fac[:, rows].unbind(),
+                    oq[:, rows].unbind(),
+                    f_all[:, rows].unbind(),
+                )
+                gates, act, tc = (
+                    gx.new_empty(n, 4 * hid),
+                    gx.new_empty(n, 4 * hid),
+                    gx.new_empty(n, hid),
+                )
+                gates_g, act_g = gates[:, 2 * hid : 3 * hid], act[:, 2 * hid : 3 * hid]
+                i, f, g, o = act.chunk(4, 1)
                 for s in range(t):
-                    gates = torch.addmm(gx[s, rows], hs[s, rows], w_hh_t)  # pre-activations
+                    torch.addmm(gx_s[s], h_s[s], w_hh_t, out=gates)  # pre-activations
                     torch.sigmoid(gates, out=act)
-                    torch.tanh(gates[:, 2 * hid : 3 * hid], out=act[:, 2 * hid : 3 * hid])
-                    i, f, g, o = act.chunk(4, 1)
-                    torch.mul(f, cs[s, rows], out=cs[s + 1, rows]).addcmul_(i, g)
-                    torch.mul(o, torch.tanh(cs[s + 1, rows], out=tc), out=hs[s + 1, rows])
+                    torch.tanh(gates_g, out=act_g)
+                    torch.mul(f, c_s[s], out=c_s[s + 1]).addcmul_(i, g)
+                    torch.mul(o, torch.tanh(c_s[s + 1], out=tc), out=h_s[s + 1])
                     # While the step's gates are in cache: measured 4x faster on the CPU
                     # than the same ops over all steps at once, after the loop.
-                    _bptt_factors(act, cs[s, rows], tc, fac[s, rows], oq[s, rows], f_all[s, rows])
+                    _bptt_factors(act, c_s[s], tc, fac_s[s], oq_s[s], f_s[s])
 
             run_by_rows(steps, b, _step_macs(gx), gx.device)
         ctx.save_for_backward(w_hh, hs, f_all, fac, oq)
@@ -99,13 +112,22 @@ class Recurrence(torch.autograd.Function):
 
         def steps(rows: slice) -> None:  # dh and dc of the block's rows, updated in place
             dh_r, dc_r = dh[rows], dc[rows]
+            dc3 = dc_r.unsqueeze(1)
+            d_hs_s, oq_s, f_s = (
+                d_hs_t[:, rows].unbind(),
+                oq[:, rows].unbind(),
+                f_all[:, rows].unbind(),
+            )
+            fac3_s, dg3_s = fac3[:, rows].unbind(), dg3[:, rows].unbind()
+            fac_o_s, dg_o_s = fac[:, rows, 3 * hid :].unbind(), dg_all[:, rows, 3 * hid :].unbind()
+            dg_s = dg_all[:, rows].unbind()
             for s in reversed(range(t)):
-                dh_r += d_hs_t[s, rows]
-                dc_r.addcmul_(dh_r, oq[s, rows])
-                torch.mul(fac3[s, rows], dc_r.unsqueeze(1), out=dg3[s, rows])
-                torch.mul(fac[s, rows, 3 * hid :], dh_r, out=dg_all[s, rows, 3 * hid :])
-                dc_r.mul_(f_all[s, rows])
-                torch.mm(dg_all[s, rows], w_hh, out=dh_r)  # (rows, H)
+                dh_r += d_hs_s[s]
+                dc_r.addcmul_(dh_r, oq_s[s])
+                torch.mul(fac3_s[s], dc3, out=dg3_s[s])
+                torch.mul(fac_o_s[s], dh_r, out=dg_o_s[s])
+                dc_r.mul_(f_s[s])
+                torch.mm(dg_s[s], w_hh, out=dh_r)  # (rows, H)
 
         run_by_rows(steps, b, _step_macs(fac), fac.device)
         capture = ctx.capture
