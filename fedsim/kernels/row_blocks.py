@@ -17,6 +17,7 @@ deliberately, so results stay reproducible.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from threading import Lock
@@ -38,6 +39,16 @@ MIN_BLOCK_ROWS = 8
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child: the pools came without their threads, the lock maybe held."""
+    global _pools_lock
+    _pools_lock = Lock()
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _workers(count: int) -> ThreadPoolExecutor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -89,3 +92,25 @@ def test_split_lstm_clipping_matches_the_oracle(
         check(LM(), torch.randint(0, 7, (24, 5)), torch.randint(0, 7, (24, 5)))
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_block_threads(two_threads: None) -> None:
+    """The parent's pool threads do not survive a fork; the child must not wait on them."""
+    run_by_rows(lambda rows: None, 64, SPLIT_MIN_MACS, CPU)  # the parent's pool exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: split a loop, report, exit without running pytest's teardown
+        seen: list[int] = []
+        run_by_rows(lambda rows: seen.append(rows.start), 64, SPLIT_MIN_MACS, CPU)
+        os.write(write, bytes(sorted(seen)))
+        os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 30)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    report = os.read(read, 8) if ready else b""
+    os.close(read)
+    assert ready, "the forked child hung waiting for its parent's block threads"
+    assert report == bytes([0, 32])
