@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fedsim.kernels import conv as conv_module
-from fedsim.kernels.conv import GHOST_ROUTES, MATERIALISE, conv_route
+from fedsim.kernels.conv import CHANNELS_LAST_MIN, GHOST_ROUTES, MATERIALISE, conv_route
 from fedsim.kernels.conv_gram import patch_gram
 from tests.kernels.test_clipping import check
 
@@ -87,3 +87,30 @@ def test_the_cost_model_picks_the_pixel_gram_for_the_28x28_cnn() -> None:
     batch = torch.Size
     assert conv_route(first, batch((128, 1, 28, 28)), batch((128, 32, 24, 24))) == MATERIALISE
     assert conv_route(second, batch((128, 32, 12, 12)), batch((128, 64, 8, 8))) == "pixel-gram"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_wide_inputs_take_channels_last_patches_in_every_route(route: str) -> None:
+    """From CHANNELS_LAST_MIN input channels the patches are gathered channels last."""
+    torch.manual_seed(7)
+    conv = nn.Conv2d(CHANNELS_LAST_MIN, 4, 3, padding=1, stride=2)
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv_module, "conv_route", lambda *_: route)
+        check(model, torch.randn(3, CHANNELS_LAST_MIN, 5, 5), torch.randint(0, 3, (3,)))
+
+
+def test_a_conv_called_twice_materialises_both_calls() -> None:
+    """Several calls of one layer add up per example before the norm (wide input)."""
+    torch.manual_seed(8)
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(CHANNELS_LAST_MIN, CHANNELS_LAST_MIN, 3, padding=1)
+            self.out = nn.Linear(CHANNELS_LAST_MIN * 16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.conv(torch.tanh(self.conv(x))).flatten(1))
+
+    check(Twice(), torch.randn(3, CHANNELS_LAST_MIN, 4, 4), torch.randint(0, 3, (3,)))
