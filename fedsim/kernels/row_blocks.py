@@ -94,8 +94,10 @@ def run_by_rows(
 ) -> None:
     """Call ``work(rows)`` for the row blocks of :func:`row_blocks`, side by side.
 
-    Each block runs on one intra-op thread; the calling thread takes the first block.
-    ``work`` must write only its own rows of any shared tensor.
+    Each block runs on one intra-op thread; the calling thread takes the first block,
+    then any block whose pool thread has not started by then (on a shared machine its
+    core may be busy: the loop then costs what it costs whole, no more). ``work`` must
+    write only its own rows of any shared tensor.
     """
     blocks = row_blocks(batch, step_macs, device)
     if blocks is None:
@@ -116,8 +118,11 @@ def run_by_rows(
         )
         try:
             work(blocks[0])
+            for future, rows in zip(futures, blocks[1:], strict=True):
+                if future.cancel():  # its thread never got a core: the caller runs it
+                    work(rows)
         finally:
-            errors = [f.exception() for f in futures]
+            errors = [f.exception() for f in futures if not f.cancelled()]
         for error in errors:
             if error is not None:
                 raise error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -114,3 +115,22 @@ def test_a_forked_child_starts_its_own_block_threads(two_threads: None) -> None:
     os.close(read)
     assert ready, "the forked child hung waiting for its parent's block threads"
     assert report == bytes([0, 32])
+
+
+def test_the_caller_runs_a_block_whose_thread_never_started(two_threads: None) -> None:
+    """A busy pool (its core taken, here a task that waits) delays nothing: the caller
+    runs the second block itself once its own is done."""
+    release = threading.Event()
+    busy = row_blocks_module._workers(1).submit(release.wait, 30)
+    seen: dict[int, str] = {}
+    try:
+
+        def work(rows: slice) -> None:
+            seen[rows.start] = threading.current_thread().name
+
+        run_by_rows(work, 64, SPLIT_MIN_MACS, CPU)
+    finally:
+        release.set()
+        busy.result()
+    assert seen == {0: threading.current_thread().name, 32: threading.current_thread().name}
+    assert torch.get_num_threads() == 2
