@@ -86,6 +86,8 @@ def linear_rows(
         else:
             out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
         return out
+    if add is not None and bias is None:  # one fused op (a recurrence's every step)
+        return torch.addmm(add, x, weight.t())
     out = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
     return out if add is None else out.add_(add)
 

@@ -231,27 +231,15 @@ class LSTMKernel(Kernel):
     layer is one sequence-Linear case, the weight ``[W_ih | W_hh]`` on the input
     ``Z_k = [X̃_k, H_k]`` (B, T, I + H), and its route (ghost norm or materialised
     per-example gradients, :func:`~fedsim.kernels.linear.prefer_ghost`) is decided once
-    per layer by that shape: a ghost norm computes ``G_k G_kᵀ`` once for both weights,
-    and the clipped sums of both are one GEMM, split by columns. Each bias gets
-    ``Σ_t G_k``.
+    per layer by that shape: a ghost norm computes ``G_k G_kᵀ`` once for both weights
+    (and ``Z_k Z_kᵀ`` as the sum of both blocks' Grams, ``Z_k`` is never built), and each
+    weight's clipped sum is one GEMM over all positions. Each bias gets ``Σ_t G_k``.
     """
 
     captures_itself = True
 
     def _layers(self, record: Record) -> dict[int, dict[str, torch.Tensor]]:
         return record.cache.get("layers", {})  # type: ignore[no-any-return]
-
-    def _z(self, k: int, rec: dict[str, torch.Tensor], cache: dict[str, Any]) -> torch.Tensor:
-        """``[X̃_k, H_k]`` (B, T, I + H), built once per pass.
-
-        Stored time major, like the captured ``G``, so the clipped sum's GEMM over all
-        positions reads both without a copy (:func:`~fedsim.kernels.linear.seq_weighted_sum`).
-        """
-        key = f"z{k}"
-        if key not in cache:
-            parts = (rec["x"].transpose(0, 1), rec["hprev"].transpose(0, 1))
-            cache[key] = torch.cat(parts, dim=2).transpose(0, 1)
-        return cache[key]  # type: ignore[no-any-return]
 
     def _g_sum(self, k: int, rec: dict[str, torch.Tensor], cache: dict[str, Any]) -> torch.Tensor:
         """``Σ_t G_k`` (B, 4H): each example's bias gradient, reduced over time once."""
@@ -268,8 +256,8 @@ class LSTMKernel(Kernel):
         for k, rec in self._layers(record).items():
             dg = rec["dg"]
             bias = self._g_sum(k, rec, record.cache).pow(2).sum(1)
-            z = self._z(k, rec, record.cache)
-            total = total + seq_norm_sq(z, dg, record.cache, f"w{k}") + 2 * bias
+            parts = (rec["x"], rec["hprev"])
+            total = total + seq_norm_sq(parts, dg, record.cache, f"w{k}") + 2 * bias
         assert isinstance(total, torch.Tensor), "LSTM ran no layer in capture mode"
         return total
 
@@ -279,10 +267,10 @@ class LSTMKernel(Kernel):
         for k, rec in self._layers(record).items():
             dg = rec["dg"]
             w_ih, w_hh, b_ih, b_hh = module.layer_params(k)
-            z = self._z(k, rec, record.cache)
-            dw = seq_weighted_sum(z, dg, coef, record.cache, f"w{k}")  # (4H, I + H)
-            set_grad(w_ih, dw[:, : w_ih.shape[1]].contiguous())
-            set_grad(w_hh, dw[:, w_ih.shape[1] :].contiguous())
+            parts = (rec["x"], rec["hprev"])
+            dw_ih, dw_hh = seq_weighted_sum(parts, dg, coef, record.cache, f"w{k}")
+            set_grad(w_ih, dw_ih)
+            set_grad(w_hh, dw_hh)
             db = coef @ self._g_sum(k, rec, record.cache)
             set_grad(b_ih, db)
             set_grad(b_hh, db.clone())

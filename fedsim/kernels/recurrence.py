@@ -8,14 +8,13 @@ keeps every step's gate pre-activation gradients ``G`` for the per-example kerne
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch.autograd.function import FunctionCtx
 
 from fedsim.kernels.gemm import linear_rows, pack_weight
+from fedsim.kernels.row_blocks import run_by_rows
 
 
 class Recurrence(torch.autograd.Function):
@@ -44,6 +43,10 @@ class Recurrence(torch.autograd.Function):
         cs = gx.new_empty(t + 1, b, hid)
         hs[0], cs[0] = h0, c0
         w_hh_t = w_hh.t()
+        # What BPTT multiplies each step's dc or dh by (see :func:`_bptt_factors`).
+        fac = gx.new_empty(t, b, 4 * hid)
+        oq = gx.new_empty(t, b, hid)
+        f_all = gx.new_empty(t, b, hid)
         if known_h is not None:
             # The fused kernel ran the recurrence; what the backward pass needs follows
             # from its hidden states with one GEMM over all steps and bulk elementwise
@@ -54,38 +57,43 @@ class Recurrence(torch.autograd.Function):
             torch.tanh(
                 gates.view(t, b, 4 * hid)[..., 2 * hid : 3 * hid], out=acts[..., 2 * hid : 3 * hid]
             )
-            i_all, f_all, g_all, _ = acts.chunk(4, 2)
+            i_all, f_bulk, g_all, _ = acts.chunk(4, 2)
             ig = i_all * g_all
             for s in range(t):
-                torch.addcmul(ig[s], f_all[s], cs[s], out=cs[s + 1])
-            tcs = torch.tanh(cs[1:])  # tanh(c_t)
+                torch.addcmul(ig[s], f_bulk[s], cs[s], out=cs[s + 1])
+            _bptt_factors(acts, cs[:-1], torch.tanh(cs[1:]), fac, oq, f_all)
         else:
-            tcs = gx.new_empty(t, b, hid)
-            acts = gx.new_empty(t, b, 4 * hid)  # activated gates i, f, g, o
-            w_packed = pack_weight(w_hh, b)
-            with _one_thread(gx):
-                for s in range(t):  # only what the recurrence needs happens step by step
-                    gates = linear_rows(hs[s], w_packed, add=gx[s])  # (B, 4H) pre-activations
-                    act = torch.sigmoid(gates, out=acts[s])
-                    torch.tanh(gates[:, 2 * hid : 3 * hid], out=act[:, 2 * hid : 3 * hid])
-                    i, f, g, o = act.chunk(4, 1)
-                    torch.mul(f, cs[s], out=cs[s + 1]).addcmul_(i, g)
-                    torch.mul(o, torch.tanh(cs[s + 1], out=tcs[s]), out=hs[s + 1])
-        # What the backward pass multiplies each step's dc or dh by, for all steps at once
-        # (big ops): dL/dz_i = dc·g·σ'(z_i), dL/dz_f = dc·c_{t-1}·σ'(z_f),
-        # dL/dz_g = dc·i·tanh'(z_g), dL/dz_o = dh·tanh(c_t)·σ'(z_o). So each step of the
-        # backward loop is two multiplies, two accumulations and one GEMM.
-        # aten's fused activation backwards: sigmoid_backward(u, y) = u·y(1-y) and
-        # tanh_backward(u, y) = u(1-y²), one pass each over (T, B, H).
-        # On contiguous (T, B, 4H) operands: on the gate slices (strided) the same op ran
-        # about ten times slower on the CPU.
-        i_all, f_all, g_all, o_all = acts.chunk(4, 2)
-        aten = torch.ops.aten
-        partner = torch.cat((g_all, cs[:-1], i_all, tcs), dim=2)  # what each gate meets
-        fac = aten.sigmoid_backward(partner, acts)  # right for i, f, o
-        fac[..., 2 * hid : 3 * hid] = aten.tanh_backward(i_all, g_all)  # and g
-        oq = aten.tanh_backward(o_all, tcs)  # o · tanh'(c) = dc_t/dh_t: (T, B, H)
-        ctx.save_for_backward(w_hh, hs, f_all.contiguous(), fac, oq)
+
+            def steps(rows: slice) -> None:  # only what the recurrence needs, step by step
+                n = rows.stop - rows.start
+                # Per-step views made once (Python's indexing cost about as much as the
+                # elementwise ops of a small step), and this step's buffers, reused.
+                gx_s, h_s, c_s = gx[:, rows].unbind(), hs[:, rows].unbind(), cs[:, rows].unbind()
+                fac_s, oq_s, f_s = (
+                    fac[:, rows].unbind(),
+                    oq[:, rows].unbind(),
+                    f_all[:, rows].unbind(),
+                )
+                act, tc = gx.new_empty(n, 4 * hid), gx.new_empty(n, hid)
+                act_g = act[:, 2 * hid : 3 * hid]
+                i, f, g, o = act.chunk(4, 1)
+                w_rows = pack_weight(w_hh, n)  # reordered once for this block's GEMMs
+                for s in range(t):
+                    gates = linear_rows(h_s[s], w_rows, add=gx_s[s])  # pre-activations
+                    # tanh(z) = 2σ(2z) - 1 for g and for c: torch's CPU tanh took 2-3x
+                    # the time of these ops together (e.g. 43 against 18 us at 128 x 128).
+                    gates[:, 2 * hid : 3 * hid].mul_(2)
+                    torch.sigmoid(gates, out=act)
+                    act_g.mul_(2).sub_(1)
+                    torch.mul(f, c_s[s], out=c_s[s + 1]).addcmul_(i, g)
+                    torch.sigmoid(torch.mul(c_s[s + 1], 2, out=tc), out=tc).mul_(2).sub_(1)
+                    torch.mul(o, tc, out=h_s[s + 1])
+                    # While the step's gates are in cache: measured 4x faster on the CPU
+                    # than the same ops over all steps at once, after the loop.
+                    _bptt_factors(act, c_s[s], tc, fac_s[s], oq_s[s], f_s[s])
+
+            run_by_rows(steps, b, _step_macs(gx), gx.device)
+        ctx.save_for_backward(w_hh, hs, f_all, fac, oq)
         ctx.capture = capture  # type: ignore[attr-defined]
         return hs[1:].transpose(0, 1), hs[t].clone(), cs[t].clone()
 
@@ -96,7 +104,6 @@ class Recurrence(torch.autograd.Function):
         """Backpropagate through time; gradients for ``gx``, ``h0``, ``c0``, ``w_hh``."""
         w_hh, hs, f_all, fac, oq = ctx.saved_tensors
         t, b, four_h = fac.shape
-        w_packed = pack_weight(w_hh.t(), b)
         hid = four_h // 4
         d_hs_t = d_hs.transpose(0, 1)  # (T, B, H)
         dg_all = fac.new_empty(t, b, four_h)  # gate pre-activation gradients
@@ -104,56 +111,73 @@ class Recurrence(torch.autograd.Function):
         fac3, dg3 = fac.view(t, b, 4, hid)[:, :, :3], dg_all.view(t, b, 4, hid)[:, :, :3]
         dh = d_ht.clone()
         dc = d_ct.clone()
-        with _one_thread(fac):
+
+        def steps(rows: slice) -> None:  # dh and dc of the block's rows (dc in place)
+            dh_r, dc_r = dh[rows], dc[rows]
+            dc3 = dc_r.unsqueeze(1)
+            d_hs_s, oq_s, f_s = (
+                d_hs_t[:, rows].unbind(),
+                oq[:, rows].unbind(),
+                f_all[:, rows].unbind(),
+            )
+            fac3_s, dg3_s = fac3[:, rows].unbind(), dg3[:, rows].unbind()
+            fac_o_s, dg_o_s = fac[:, rows, 3 * hid :].unbind(), dg_all[:, rows, 3 * hid :].unbind()
+            dg_s = dg_all[:, rows].unbind()
+            w_rows = pack_weight(w_hh.t(), rows.stop - rows.start)
             for s in reversed(range(t)):
-                dh += d_hs_t[s]
-                dc.addcmul_(dh, oq[s])
-                torch.mul(fac3[s], dc.unsqueeze(1), out=dg3[s])
-                torch.mul(fac[s, :, 3 * hid :], dh, out=dg_all[s, :, 3 * hid :])
-                dc.mul_(f_all[s])
-                dh = linear_rows(dg_all[s], w_packed)  # (B, H)
+                dh_r += d_hs_s[s]
+                dc_r.addcmul_(dh_r, oq_s[s])
+                torch.mul(fac3_s[s], dc3, out=dg3_s[s])
+                torch.mul(fac_o_s[s], dh_r, out=dg_o_s[s])
+                dc_r.mul_(f_s[s])
+                dh_r = linear_rows(dg_s[s], w_rows)  # (rows, H), a new tensor
+            dh[rows] = dh_r
+
+        run_by_rows(steps, b, _step_macs(fac), fac.device)
         capture = ctx.capture
         if capture is not None:
             # Per-example kernels want (B, T, ·) views.
             capture["hprev"], capture["dg"] = hs[:-1].transpose(0, 1), dg_all.transpose(0, 1)
             dw_hh = None
         else:
-            # As (Hprevᵀ G)ᵀ: MKL ran this orientation in two thirds of the time of Gᵀ Hprev.
-            dw_hh = (hs[:-1].reshape(t * b, -1).t() @ dg_all.view(t * b, -1)).t()
+            dw_hh = dg_all.view(t * b, -1).t() @ hs[:-1].reshape(t * b, -1)
         return dg_all, dh, dc, dw_hh, None, None
 
 
-# Above this many multiply-adds in a step's recurrent GEMM (B·H·4H) the GEMM itself
-# needs every thread: PTB-medium's 64 x 650 x 2,600 = 108 M keeps them; the DP
-# benchmark's LSTMs (128 x 128 x 512 = 8.4 M, 128 x 256 x 1,024 = 34 M) do not.
-ONE_THREAD_MAX_MACS = 2**26
+def _bptt_factors(
+    act: torch.Tensor,
+    c_prev: torch.Tensor,
+    tanh_c: torch.Tensor,
+    fac: torch.Tensor,
+    oq: torch.Tensor,
+    f_keep: torch.Tensor,
+) -> None:
+    """Fill what BPTT multiplies each step's dc or dh by, for one step or for all.
+
+    ``act`` (..., 4H) holds the activated gates i, f, g, o, ``c_prev`` and ``tanh_c``
+    (..., H) the cell states c_{t-1} and tanh(c_t). Then dL/dz_i = dc·g·σ'(z_i),
+    dL/dz_f = dc·c_{t-1}·σ'(z_f), dL/dz_g = dc·i·tanh'(z_g), dL/dz_o = dh·tanh(c_t)·σ'(z_o),
+    so ``fac`` (..., 4H) gets g·σ'(z_i), c_{t-1}·σ'(z_f), i·tanh'(z_g), tanh(c_t)·σ'(z_o),
+    ``oq`` (..., H) gets o·tanh'(c_t) (= dc_t/dh_t) and ``f_keep`` a contiguous f: each
+    step of the backward loop is then two multiplies, two accumulations and one GEMM.
+    aten's fused activation backwards do it, sigmoid_backward(u, y) = u·y(1-y) and
+    tanh_backward(u, y) = u(1-y²), on one contiguous (..., 4H) operand (on the strided
+    gate slices the same op ran about ten times slower on the CPU).
+    """
+    aten = torch.ops.aten
+    i, f, g, o = act.chunk(4, -1)
+    partner = torch.cat((g, c_prev, i, tanh_c), dim=-1)  # what each gate meets
+    aten.sigmoid_backward.grad_input(partner, act, grad_input=fac)  # right for i, f, o
+    hid = oq.shape[-1]
+    aten.tanh_backward.grad_input(i, g, grad_input=fac[..., 2 * hid : 3 * hid])  # and g
+    aten.tanh_backward.grad_input(o, tanh_c, grad_input=oq)
+    f_keep.copy_(f)
 
 
 def _step_macs(like: torch.Tensor) -> int:
     """B·H·4H of a (T, B, 4H) tensor: the multiply-adds of one step's recurrent GEMM."""
     _, b, four_h = like.shape
     return b * four_h * four_h // 4
-
-
-@contextmanager
-def _one_thread(like: torch.Tensor) -> Iterator[None]:
-    """Run a CPU step loop on one intra-op thread, restoring the count afterwards.
-
-    A step of the recurrence is a handful of small ops (B x 4H elements and a B-row
-    GEMM); with several OpenMP threads each op pays a fork/join and, on a shared
-    machine, the wake-up of sleeping threads. On the project's 2-core machine under load
-    the forward loop ran 2.2x (H = 128) and 1.3x (H = 256) faster on one thread than on
-    two. The count is the same at every call, so results stay deterministic.
-    """
-    threads = torch.get_num_threads()
-    if like.device.type != "cpu" or threads == 1 or _step_macs(like) > ONE_THREAD_MAX_MACS:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def fused_layer(
