@@ -129,6 +129,13 @@ class DecodingArray(Array):
         return decode(self)
 
 
+def decoding(array: Array) -> Array:
+    """``array`` as a :class:`DecodingArray` (same object; see :func:`decoding_arrays`)."""
+    if type(array) is Array:
+        array.__class__ = DecodingArray
+    return array
+
+
 def decoding_arrays(record: ArrayRecord) -> None:
     """Make every plain array of ``record`` a :class:`DecodingArray`, in place.
 
@@ -138,5 +145,4 @@ def decoding_arrays(record: ArrayRecord) -> None:
     engine, of a reply handed to it).
     """
     for array in record.values():
-        if type(array) is Array:
-            array.__class__ = DecodingArray
+        decoding(array)

@@ -1,33 +1,38 @@
-"""One message's way over the virtual clock: its fate, its copy, its work, its arrival.
+"""A dispatch's way over the virtual clock: its fates, its work, its arrivals.
 
-Every grid that keeps the clock handles a dispatch in three phases: :func:`plan_message`
-draws each message's fate (seeded by run seed, dispatch and node), the clients run
-(in-process: ``InProcessGrid._dispatch_all``; on Flower's runtimes: the messages not
-dropped are sent, see :mod:`fedsim.engine.observed_grid`), then :func:`settle` stamps
-each outcome with its virtual arrival and :func:`cut_at_deadline` keeps the replies that
-beat ``system.deadline_s``. A :class:`Plan` carries one message between the phases. One
-code path decides fates and times on every engine, so their metrics agree.
+Every grid that keeps the clock handles a dispatch in three phases: :func:`plan_dispatch`
+draws every message's fate at once (each seeded by run seed, dispatch and node), the
+clients run (in-process: ``InProcessGrid._dispatch_all``; on Flower's runtimes: the
+messages not dropped are sent, see :mod:`fedsim.engine.observed_grid`), then
+:func:`settle` checks the replies (a stacked chunk's at once), stamps every outcome with
+its virtual arrival and :func:`cut_at_deadline` keeps the replies that beat
+``system.deadline_s``. A :class:`DispatchPlan` carries the dispatch between the phases
+as columns (fates, bytes, devices), so the engine's cost per message is a few array
+entries, not objects. One code path decides fates and times on every engine, so their
+metrics agree.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from numpy.typing import NDArray
 
 from fedsim import wire
 from fedsim.array_codec import decoding_arrays
 from fedsim.engine.availability import wait_for_online
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
-from fedsim.engine.executor import Outcome
-from fedsim.engine.reply_check import ReplyRules, checked
-from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
+from fedsim.engine.executor import Outcome, Outcomes
+from fedsim.engine.reply_check import ReplyRules, Signature, checked, rejected, signature
+from fedsim.engine.telemetry import RoundStats, Telemetry, content_bytes, reply_metrics
 from fedsim.errors import FedsimError
+from fedsim.reply_chunk import ReplyChunk
 
 CLIENT_APP_RAISED_EXCEPTION = 2  # flwr.common.constant.ErrorCode
 
@@ -50,54 +55,117 @@ class Pending:
     reply: Message = field(compare=False)
 
 
-@dataclass
-class Plan:
-    """One message of a dispatch between its three phases (see ``_dispatch_all``)."""
+@dataclass(frozen=True)
+class DeviceTable:
+    """The device population as columns, so a dispatch looks its devices up at once.
 
-    message: Message
-    message_id: str
-    node: int
-    device: DeviceProfile
-    fate: Fate
-    nbytes: int
-    now: float  # simulated time it was sent
-    offline: bool = False  # its node was offline when it was sent
-    delivered: Message | None = None  # the node's own copy, when the client runs
-    outcome: Outcome | None = None  # its reply or what the client raised
-
-
-def plan_message(
-    clock: VirtualClock,
-    devices: Mapping[int, DeviceProfile],
-    dispatch: int,
-    message: Message,
-    message_id: str,
-    nbytes: int,
-    node: int | None = None,
-) -> Plan:
-    """Draw ``message``'s fate; copy what its node will be handed if it runs.
-
-    ``node`` is the node's id on the clock (its partition's in-process id), by default
-    the message's destination: fates are drawn and devices looked up by it.
+    ``rows[node]`` is the node's row; ``link`` its (speed, downlink, uplink) columns.
     """
-    node = message.metadata.dst_node_id if node is None else node
-    device = devices[node]
-    fate = clock.draw(dispatch, node)
-    plan = Plan(message, message_id, node, device, fate, nbytes, clock.now)
-    if fate is Fate.DROPOUT:
-        return plan
-    if device.availability is not None and not device.availability.online_at(plan.now):
-        plan.offline = True
-        return plan
-    if fate is Fate.FAILURE:
-        plan.outcome = InjectedFault("fault injected by system.failure_prob")
-        return plan
-    # The node's own metadata; its own content containers only if the ClientApp is
-    # called (the executor copies then: training together only reads them).
-    plan.delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
-        content=message.content, metadata=copy.copy(message.metadata)
-    )
-    return plan
+
+    rows: dict[int, int]
+    profiles: list[DeviceProfile]
+    link: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]
+    traced: bool  # some device has an availability trace
+
+    @classmethod
+    def of(cls, devices: Mapping[int, DeviceProfile]) -> DeviceTable:
+        """The table of ``devices`` (node id -> profile)."""
+        profiles = list(devices.values())
+        link = tuple(
+            np.array([getattr(d, name) for d in profiles], dtype=np.float64)
+            for name in ("speed", "downlink_mbps", "uplink_mbps")
+        )
+        return cls(
+            {node: row for row, node in enumerate(devices)},
+            profiles,
+            link,  # type: ignore[arg-type]  # three columns
+            any(d.availability is not None for d in profiles),
+        )
+
+
+@dataclass
+class DispatchPlan:
+    """One dispatch between its three phases (see the module docstring), as columns.
+
+    Position ``i`` is the dispatch's ``i``-th message throughout.
+    """
+
+    messages: list[Message]
+    ids: list[str]
+    nodes: list[int]  # each message's node on the clock
+    rows: NDArray[np.intp]  # its device's row in the DeviceTable
+    fates: NDArray[np.int8]  # Fate codes
+    nbytes: NDArray[np.int64]  # payload bytes
+    crosses: NDArray[np.bool_]  # crosses the simulated network (not local-compute)
+    now: float  # simulated time the dispatch was sent
+    offline: NDArray[np.bool_]  # its node was offline when it was sent
+    outcomes: list[Outcome | None]  # each reply or what its client raised
+    chunks: list[ReplyChunk] = field(default_factory=list)  # stacked replies, by position
+
+    def runs(self) -> list[int]:
+        """The positions whose clients run: not dropped, online, no injected failure."""
+        runs = (self.fates != Fate.DROPOUT.value) & (self.fates != Fate.FAILURE.value)
+        return np.flatnonzero(runs & ~self.offline).tolist()
+
+    def deliver(self, runs: list[int], outcomes: Outcomes) -> None:
+        """Take the executor's ``outcomes`` of the jobs at positions ``runs``."""
+        for i, outcome in zip(runs, outcomes.each, strict=True):
+            self.outcomes[i] = outcome
+        self.chunks = [chunk.at(runs) for chunk in outcomes.chunks]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A settled dispatch: each message's (arrival, reply or None for a dropout).
+
+    ``known`` holds the record keys (:func:`~fedsim.engine.reply_check.signature`) of
+    the stacked replies, by ``id``: they share one, worked out once per chunk.
+    """
+
+    arrivals: list[tuple[float, Message | None]]
+    known: dict[int, Signature]
+
+
+def plan_dispatch(
+    clock: VirtualClock,
+    table: DeviceTable,
+    dispatch: int,
+    messages: list[Message],
+    ids: list[str],
+    nodes: list[int] | None = None,
+) -> DispatchPlan:
+    """Draw every message's fate at once; note which nodes are offline.
+
+    ``nodes[i]`` is message ``i``'s node on the clock (its partition's in-process id),
+    by default its destination: fates are drawn and devices looked up by it. Nothing is
+    copied: the executor copies what a ClientApp will be handed (training together only
+    reads the messages).
+    """
+    nodes = [m.metadata.dst_node_id for m in messages] if nodes is None else nodes
+    count = len(messages)
+    rows = np.fromiter((table.rows[n] for n in nodes), dtype=np.intp, count=count)
+    fates = clock.draw_many(dispatch, np.asarray(nodes, dtype=np.int64))
+    # Flower's strategies share one content among a dispatch's messages: sized once.
+    sizes: dict[int, tuple[int, bool]] = {}
+    for message in messages:
+        key = id(message.content)  # the contents stay alive, so ids stay unique
+        if key not in sizes:
+            sizes[key] = (content_bytes(message), not is_local(message))
+    each = [sizes[id(m.content)] for m in messages]
+    nbytes = np.fromiter((b for b, _ in each), dtype=np.int64, count=count)
+    crosses = np.fromiter((c for _, c in each), dtype=bool, count=count)
+    now = clock.now
+    offline = np.zeros(count, dtype=bool)
+    if table.traced:
+        for i, row in enumerate(rows.tolist()):
+            availability = table.profiles[row].availability
+            if fates[i] == Fate.DROPOUT.value or availability is None:
+                continue  # a dropout is never sent: its node is not asked
+            offline[i] = not availability.online_at(now)
+    outcomes: list[Outcome | None] = [None] * count
+    for i in np.flatnonzero((fates == Fate.FAILURE.value) & ~offline).tolist():
+        outcomes[i] = InjectedFault("fault injected by system.failure_prob")
+    return DispatchPlan(messages, ids, nodes, rows, fates, nbytes, crosses, now, offline, outcomes)
 
 
 def is_local(message: Message) -> bool:
@@ -113,31 +181,6 @@ def work_of(kind: str, metrics: MetricRecord) -> float:
     if kind.startswith("evaluate"):
         return EVAL_COST_FACTOR * float(metrics.get(wire.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
     return 0.0
-
-
-def arrive(
-    clock: VirtualClock,
-    telemetry: Telemetry,
-    dispatch: int,
-    node: int,
-    device: DeviceProfile,
-    sent: float,
-    arrival: float,
-    reply: Message,
-) -> tuple[float, Message | None]:
-    """The reply at its arrival time, or a dropout if the device goes offline first.
-
-    The client has run by then (its ``context.state`` keeps what it did, as a real
-    device that trained and lost its connection before uploading would).
-    """
-    if device.availability is not None:
-        offline = device.availability.offline_at(sent)
-        if offline < arrival:
-            clock.record(offline, node, "dropout", dispatch)
-            telemetry.current.dropouts += 1
-            return offline, None
-    clock.record(arrival, node, "reply", dispatch)
-    return arrival, reply
 
 
 def online_nodes(
@@ -168,50 +211,155 @@ def settle(
     telemetry: Telemetry,
     rules: ReplyRules | None,
     dispatch: int,
-    plan: Plan,
-) -> tuple[float, Message | None]:
-    """Stamp one message's outcome on the clock: (arrival, reply or None for a dropout).
+    plan: DispatchPlan,
+    table: DeviceTable,
+) -> Settled:
+    """Stamp every outcome on the clock: its arrival and reply (None for a dropout).
 
-    ``plan.outcome`` is the client's reply or what it raised (an injected fault, a
-    timeout); a raised one becomes an error reply naming the node. The reply is checked
-    against ``rules`` and counted (bytes both ways, privacy spent) in ``telemetry``.
+    ``plan.outcomes`` are the clients' replies or what they raised (an injected fault,
+    a timeout); a raised one becomes an error reply naming the node. Replies are
+    checked against ``rules`` (a stacked chunk's at once) and counted (bytes both
+    ways, privacy spent) in ``telemetry``. The arrivals are computed for the whole
+    dispatch at once (:meth:`VirtualClock.arrivals`).
     """
-    message, node, device, now = plan.message, plan.node, plan.device, plan.now
-    local = is_local(message)  # nothing crosses the simulated network
-    telemetry.current.bytes_down += 0 if local else plan.nbytes
-    if plan.fate is Fate.DROPOUT:
-        telemetry.current.dropouts += 1
-        return 0.0, None
-    if plan.offline:
-        clock.record(now, node, "offline", dispatch)
-        telemetry.current.dropouts += 1
-        return now, None
-    clock.record(now, node, "sent", dispatch)
-    t = now + (0.0 if local else clock.download_s(device, plan.nbytes))
-    outcome = plan.outcome
+    count = len(plan.messages)
+    stats = telemetry.current
+    stats.bytes_down += int(plan.nbytes[plan.crosses].sum())
+    dropped = plan.fates == Fate.DROPOUT.value
+    stats.dropouts += int(dropped.sum()) + int(plan.offline.sum())
+    replies: list[Message | None] = [None] * count
+    samples = np.zeros(count)  # work done (none for an error reply)
+    up = np.zeros(count, dtype=np.int64)
+    eps = np.full(count, np.nan)  # privacy spent, where a reply says
+    done: set[int] = set()
+    known: dict[int, Signature] = {}
+    for chunk in plan.chunks:
+        _take_chunk(rules, plan, chunk, replies, samples, up, eps)
+        done.update(chunk.jobs)
+        keys = signature(chunk.replies[0])  # every row carries the same records and keys
+        known.update((id(r), keys) for r in chunk.replies)
+    runs = np.flatnonzero(~dropped & ~plan.offline)
+    for i in runs.tolist():
+        if i not in done:
+            replies[i], samples[i], up[i], eps[i] = _take_single(rules, plan, i)
+    up[~plan.crosses] = 0  # nothing crosses the simulated network
+    arrival = np.zeros(count)
+    arrival[plan.offline] = plan.now
+    rows = plan.rows[runs]
+    link = tuple(column[rows] for column in table.link)
+    arrival[runs] = clock.arrivals(
+        plan.now,
+        link,  # type: ignore[arg-type]  # three columns
+        plan.nbytes[runs],
+        samples[runs],
+        plan.fates[runs],
+        up[runs],
+        plan.crosses[runs],
+    )
+    if table.traced:
+        _gone_offline(table, plan, runs, arrival, replies, stats)
+    if clock.events is not None:
+        _log(clock, dispatch, plan, arrival, replies)
+    arrived = np.array([r is not None and not r.has_error() for r in replies], dtype=bool)
+    stats.bytes_up += int(up[arrived].sum())
+    spent = eps[arrived]
+    spent = spent[np.isfinite(spent)]
+    if len(spent):
+        top = float(spent.max())
+        stats.epsilon = top if stats.epsilon is None else max(stats.epsilon, top)
+    return Settled(list(zip(arrival.tolist(), replies, strict=True)), known)
+
+
+def _take_chunk(
+    rules: ReplyRules | None,
+    plan: DispatchPlan,
+    chunk: ReplyChunk,
+    replies: list[Message | None],
+    samples: NDArray[np.float64],
+    up: NDArray[np.int64],
+    eps: NDArray[np.float64],
+) -> None:
+    """Check a stacked chunk's replies at once and put their numbers in the columns."""
+    jobs = list(chunk.jobs)
+    sent = [plan.messages[i] for i in jobs]
+    problems = [None] * len(jobs) if rules is None else rules.chunk_problems(sent, chunk)
+    work = chunk.column(wire.TRAIN_SAMPLES)
+    work = np.where(np.isnan(work), chunk.column(wire.NUM_EXAMPLES, 0.0), work)
+    ok = np.array([p is None for p in problems], dtype=bool)
+    samples[jobs] = np.where(ok, work, 0.0)
+    up[jobs] = np.where(ok, chunk.reply_bytes, 0)
+    eps[jobs] = chunk.column(wire.EPSILON)
+    for i, message, reply, problem in zip(jobs, sent, chunk.replies, problems, strict=True):
+        replies[i] = reply if problem is None else rejected(message, problem)
+
+
+def _take_single(
+    rules: ReplyRules | None, plan: DispatchPlan, i: int
+) -> tuple[Message, float, int, float]:
+    """One outcome as a checked reply: (reply, work done, bytes up, privacy spent)."""
+    message, outcome = plan.messages[i], plan.outcomes[i]
     try:
         if isinstance(outcome, BaseException):
             raise outcome
         reply = checked(rules, message, outcome)  # type: ignore[arg-type]  # set by the caller
     except Exception as exc:  # a failing client never kills a run
+        node = plan.nodes[i]
         reply = Message(
             Error(wire.CLIENT_APP_RAISED_EXCEPTION, f"node {node}: {type(exc).__name__}: {exc}"),
             reply_to=message,
         )
     if reply.has_error():
-        up_s = 0.0 if local else clock.upload_s(device, 0)
-        return arrive(clock, telemetry, dispatch, node, device, now, t + up_s, reply)
+        return reply, 0.0, 0, math.nan
     for record in reply.content.values():
         if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
             decoding_arrays(record)
-    up = 0 if local else content_bytes(reply)
     metrics = reply_metrics(reply)
-    t += clock.compute_s(device, work_of(message.metadata.message_type, metrics), plan.fate)
-    up_s = 0.0 if local else clock.upload_s(device, up)
-    arrival, delivered = arrive(clock, telemetry, dispatch, node, device, now, t + up_s, reply)
-    if delivered is not None:
-        telemetry.record_upload(reply, up, metrics)
-    return arrival, delivered
+    eps = metrics.get(wire.EPSILON)
+    spent = float(eps) if isinstance(eps, int | float) else math.nan
+    work = work_of(message.metadata.message_type, metrics)
+    return reply, work, content_bytes(reply), spent
+
+
+def _gone_offline(
+    table: DeviceTable,
+    plan: DispatchPlan,
+    runs: NDArray[np.intp],
+    arrival: NDArray[np.float64],
+    replies: list[Message | None],
+    stats: RoundStats,
+) -> None:
+    """Replies whose device goes offline before they arrive become dropouts then.
+
+    The client has run by then (its ``context.state`` keeps what it did, as a real
+    device that trained and lost its connection before uploading would).
+    """
+    for i in runs.tolist():
+        availability = table.profiles[plan.rows[i]].availability
+        if availability is None:
+            continue
+        offline = availability.offline_at(plan.now)
+        if offline < arrival[i]:
+            arrival[i], replies[i] = offline, None
+            stats.dropouts += 1
+
+
+def _log(
+    clock: VirtualClock,
+    dispatch: int,
+    plan: DispatchPlan,
+    arrival: NDArray[np.float64],
+    replies: list[Message | None],
+) -> None:
+    """The clock's log of the dispatch, message by message (runs with a device trace)."""
+    for i, fate in enumerate(plan.fates.tolist()):
+        node = plan.nodes[i]
+        if fate == Fate.DROPOUT.value:
+            continue
+        if plan.offline[i]:
+            clock.record(plan.now, node, "offline", dispatch)
+            continue
+        clock.record(plan.now, node, "sent", dispatch)
+        clock.record(float(arrival[i]), node, "reply" if replies[i] else "dropout", dispatch)
 
 
 def cut_at_deadline(

@@ -109,7 +109,8 @@ class Telemetry:
             return
         stats.participants += 1
         metrics = reply_metrics(reply)
-        if metrics.get(wire.ATTACKER_METRIC) == 1:
+        # ``in`` first: a record's ``get`` of a missing key raises and catches inside.
+        if wire.ATTACKER_METRIC in metrics and metrics[wire.ATTACKER_METRIC] == 1:
             stats.attackers += 1
         loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
         # A reply's numbers are the client's word: a NaN count must not crash the count.

@@ -27,7 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import (
     validate_message_reply_consistency,
 )
 
-from fedsim.array_codec import decode, encode_record
+from fedsim.array_codec import decode, encode_record, view
 from fedsim.strategies import register_strategy
 
 
@@ -96,7 +96,42 @@ def single_records(
 
 
 def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRecord:
-    """``Σ factor·array`` per key, accumulated as Flower's ``aggregate_arrayrecords`` does."""
+    """``Σ factor·array`` per key, accumulated as Flower's ``aggregate_arrayrecords`` does.
+
+    Per key, one product of the replies' arrays stacked along a leading axis with their
+    factors, then the sum in reply order (``np.add.accumulate``: ``total += row`` row
+    after row, as Flower adds), so the result is bit-identical to Flower's; each factor
+    is cast as numpy casts a Python float multiplying the array.
+    """
+    if not records:
+        return encode_record({})
+    if any(set(r.keys()) != set(records[0].keys()) for r in records):
+        return _weighted_arrays_by_key(records, factors)
+    total: dict[str, np.ndarray] = {}
+    for key in records[0]:
+        stack = np.stack([view(record[key]) for record in records])
+        weights = np.asarray(factors, dtype=np.result_type(stack.dtype, 1.0))
+        products = stack * weights.reshape(-1, *([1] * (stack.ndim - 1)))
+        total[key] = _in_order_sum(products)
+    return encode_record(total)
+
+
+# Rows summed per np.add.accumulate call: bounds its partial sums' memory (8 MiB float64).
+_ACCUMULATE_ELEMENTS = 1 << 20
+
+
+def _in_order_sum(products: np.ndarray) -> np.ndarray:
+    """``products[0] + products[1] + ...`` added strictly in row order."""
+    block = max(1, _ACCUMULATE_ELEMENTS // max(1, products[0].size))
+    total = products[0]
+    for start in range(1, len(products), block):
+        part = np.concatenate([total[None], products[start : start + block]])
+        total = np.add.accumulate(part, axis=0)[-1]
+    return np.asarray(total)
+
+
+def _weighted_arrays_by_key(records: list[ArrayRecord], factors: list[float]) -> ArrayRecord:
+    """:func:`weighted_arrays` for records whose keys differ (Flower's loop, key by key)."""
     total: dict[str, np.ndarray] = {}
     for record, factor in zip(records, factors, strict=True):
         for key, value in record.items():
