@@ -16,10 +16,11 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedsim import wire
-from fedsim.array_codec import decoding, encode
+from fedsim.array_codec import row_array
 from fedsim.client.dp import spend
 from fedsim.client.stacked_training import ChunkResult, Result
 from fedsim.client.steps import LocalStep, TrainResult
+from fedsim.engine.flower_compat import reply_message
 from fedsim.engine.telemetry import content_bytes
 from fedsim.fast_records import filled
 from fedsim.reply_chunk import ReplyChunk
@@ -115,10 +116,8 @@ def _message(
 ) -> Message:
     """The reply to ``client``'s message carrying ``arrays`` and the metrics ``values``."""
     metrics = filled(_EMPTY_METRICS, values)
-    # Decoding arrays: the in-process engine hands them on to the server's strategy.
-    record = filled(
-        _EMPTY_ARRAYS,
-        {name: decoding(encode(np.ascontiguousarray(value))) for name, value in arrays.items()},
-    )
+    # Row arrays: the in-process engine hands them on to the server's strategy, which
+    # reads their values without parsing their bytes.
+    record = filled(_EMPTY_ARRAYS, {name: row_array(value) for name, value in arrays.items()})
     content = filled(_EMPTY_CONTENT, {wire.ARRAYS: record, wire.METRICS: metrics})
-    return Message(content, reply_to=client.message)
+    return reply_message(content, client.message)

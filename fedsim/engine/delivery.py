@@ -30,7 +30,13 @@ from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
 from fedsim.engine.devices import DeviceProfile
 from fedsim.engine.executor import Outcome, Outcomes
 from fedsim.engine.reply_check import ReplyRules, Signature, checked, rejected, signature
-from fedsim.engine.telemetry import RoundStats, Telemetry, content_bytes, reply_metrics
+from fedsim.engine.telemetry import (
+    Delivered,
+    RoundStats,
+    Telemetry,
+    content_bytes,
+    reply_metrics,
+)
 from fedsim.errors import FedsimError
 from fedsim.reply_chunk import ReplyChunk
 
@@ -119,11 +125,13 @@ class Settled:
     """A settled dispatch: each message's (arrival, reply or None for a dropout).
 
     ``known`` holds the record keys (:func:`~fedsim.engine.reply_check.signature`) of
-    the stacked replies, by ``id``: they share one, worked out once per chunk.
+    the stacked replies, by ``id``: they share one, worked out once per chunk;
+    ``delivered`` their metrics as telemetry counts them (read from the chunk's columns).
     """
 
     arrivals: list[tuple[float, Message | None]]
     known: dict[int, Signature]
+    delivered: dict[int, Delivered] = field(default_factory=dict)  # stacked, by id
 
 
 def plan_dispatch(
@@ -233,11 +241,13 @@ def settle(
     eps = np.full(count, np.nan)  # privacy spent, where a reply says
     done: set[int] = set()
     known: dict[int, Signature] = {}
+    delivered: dict[int, Delivered] = {}
     for chunk in plan.chunks:
         _take_chunk(rules, plan, chunk, replies, samples, up, eps)
         done.update(chunk.jobs)
         keys = signature(chunk.replies[0])  # every row carries the same records and keys
         known.update((id(r), keys) for r in chunk.replies)
+        delivered.update(zip(map(id, chunk.replies), _delivered(chunk), strict=True))
     runs = np.flatnonzero(~dropped & ~plan.offline)
     for i in runs.tolist():
         if i not in done:
@@ -267,7 +277,18 @@ def settle(
     if len(spent):
         top = float(spent.max())
         stats.epsilon = top if stats.epsilon is None else max(stats.epsilon, top)
-    return Settled(list(zip(arrival.tolist(), replies, strict=True)), known)
+    return Settled(list(zip(arrival.tolist(), replies, strict=True)), known, delivered)
+
+
+def _delivered(chunk: ReplyChunk) -> list[Delivered]:
+    """Each row's (train loss, num-examples, attacker), the values its reply carries."""
+    rows = len(chunk.jobs)
+    metrics = chunk.metrics
+    losses = metrics[wire.TRAIN_LOSS].tolist() if wire.TRAIN_LOSS in metrics else [None] * rows
+    counts = metrics[wire.NUM_EXAMPLES].tolist() if wire.NUM_EXAMPLES in metrics else [None] * rows
+    attacker = metrics.get(wire.ATTACKER_METRIC)
+    flags = [False] * rows if attacker is None else (attacker == 1).tolist()
+    return list(zip(losses, counts, flags, strict=True))
 
 
 def _take_chunk(

@@ -151,10 +151,15 @@ class InProcessGrid(Grid):
         ``work`` bounds the ``train-samples`` a reply may claim (they drive the clock).
         """
         sizes = list(partition_examples)
+        known: dict[int, float] = {}  # a node's partition never changes in-process
 
         def node_examples(node: int) -> float:
-            partition = int(self.contexts[node].node_config[wire.PARTITION_ID])
-            return sizes[partition] if 0 <= partition < len(sizes) else math.inf
+            examples = known.get(node)
+            if examples is None:
+                partition = int(self.contexts[node].node_config[wire.PARTITION_ID])
+                examples = sizes[partition] if 0 <= partition < len(sizes) else math.inf
+                known[node] = examples
+            return examples
 
         total = float(sum(sizes))
         self.reply_rules = ReplyRules.for_model(model, node_examples, total, per_parameter, work)
@@ -266,8 +271,7 @@ class InProcessGrid(Grid):
         )
         if self.reply_rules is not None:
             replies = agreeing(replies, self._sent, settled.known)
-        for reply in replies:
-            self.telemetry.record_delivery(reply)
+        self.telemetry.record_deliveries(replies, settled.delivered)
         return replies
 
     # ------------------------------------------------------------- checkpoints

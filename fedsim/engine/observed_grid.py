@@ -255,6 +255,5 @@ class ObservedGrid(Grid):
         if self.reply_rules is not None:
             by_id = {m.metadata.message_id: m for m in messages}
             on_time = agreeing(on_time, by_id, settled.known)
-        for reply in on_time:
-            self.telemetry.record_delivery(reply)
+        self.telemetry.record_deliveries(on_time, settled.delivered)
         return on_time

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedsim import wire
+from fedsim.array_codec import view
 from fedsim.config.schema import Scenario
 from fedsim.engine.protocols import (
     ObservedRounds,
@@ -165,7 +166,7 @@ class RoundRecorder:
 def check_finite(server_round: int, arrays: ArrayRecord) -> None:
     """Raise :class:`DivergedError` naming the round if any array is not finite."""
     for name, array in arrays.items():
-        value = array.numpy()
+        value = view(array)  # no copy, no header parsed again (Array.numpy() does both)
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise DivergedError(
                 f"round {server_round}: the global model has non-finite values in '{name}' "
