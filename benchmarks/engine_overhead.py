@@ -60,6 +60,7 @@ from fedsim.engine.inprocess_grid import node_contexts
 from fedsim.models import build_model
 from fedsim.outputs.metrics_log import read_metrics
 from fedsim.run_config import _cache as scenario_cache
+from fedsim.run_config import scenario_digest
 
 CLIENTS, ROUNDS = 100, 5
 
@@ -132,8 +133,15 @@ def pure_rounds(scenario: Scenario, work: Path, stacked: bool = False) -> list[f
 
     work.mkdir(parents=True, exist_ok=True)
     resolved = work / "scenario.resolved.yaml"
-    resolved.write_text(to_yaml(scenario), encoding="utf-8")
-    run_config = {wire.RUN_SCENARIO: str(resolved), wire.RUN_DIR: str(work)}
+    text = to_yaml(scenario)
+    resolved.write_text(text, encoding="utf-8")
+    # The run config fedsim.run gives its nodes: the scenario pinned by its digest, so a
+    # client looks it up by that digest instead of reading the file (as in the engine).
+    run_config = {
+        wire.RUN_SCENARIO: str(resolved),
+        wire.RUN_SCENARIO_SHA256: scenario_digest(text),
+        wire.RUN_DIR: str(work),
+    }
     set_task_identity(1)
     contexts = node_contexts(CLIENTS, run_config)
     data = federated.federated_data(scenario.data, scenario.seed)

@@ -166,7 +166,7 @@ def row_array(values: NDArray[Any]) -> Array:
     array = encode(values)
     if type(array) is not Array or values.dtype.hasobject:
         return array
-    array.__class__ = RowArray
+    object.__setattr__(array, "__class__", RowArray)  # past Array's field bookkeeping
     array.__dict__["_values"] = values
     return array
 

@@ -74,7 +74,7 @@ from fedsim.config.schema import Scenario
 from fedsim.data.node_data import NodeData
 from fedsim.errors import FedsimWarning
 from fedsim.reply_chunk import ReplyChunk, TrainedTogether
-from fedsim.run_config import scenario_from_run_config
+from fedsim.run_config import scenario_of_run_config
 from fedsim.training_device import client_device
 
 # Layers whose forward pass draws random numbers or keeps state between calls: the
@@ -127,10 +127,11 @@ def train_chunks(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> Tra
     out: list[Message | None] = [None] * len(jobs)
     chunks: list[ReplyChunk] = []
     groups: dict[tuple[Any, ...], list[StackedJob]] = {}
+    shared: dict[int, tuple[Any, ...]] = {}  # a content's config and arrays, keyed once
     for i, (message, context) in enumerate(jobs):
         client = _resolve(i, message, context)
         if client is not None:
-            groups.setdefault(_group_key(client), []).append(client)
+            groups.setdefault(_group_key(client, shared), []).append(client)
     for members in groups.values():
         # Most steps first (stable): the clients still training are a prefix of the stack.
         cfg = members[0].scenario.client
@@ -199,7 +200,7 @@ _nodes: dict[int, tuple[Context, Scenario, int, NodeData]] = {}
 
 def _node(context: Context) -> tuple[Scenario, int, NodeData]:
     """``context``'s scenario, partition id and data (see :data:`_nodes`)."""
-    scenario = scenario_from_run_config(context.run_config)
+    scenario = scenario_of_run_config(context.run_config)  # per run-config object
     hit = _nodes.get(id(context))
     if hit is not None and hit[0] is context and hit[1] is scenario:
         return scenario, hit[2], hit[3]
@@ -271,18 +272,26 @@ def _step_refusal(step_cls: type[LocalStep]) -> str | None:
     return None
 
 
-def _group_key(client: StackedJob) -> tuple[Any, ...]:
-    """Clients with equal keys share the model, the step and its hyperparameters."""
-    config = tuple(sorted((k, repr(v)) for k, v in client.config.items()))
-    # Flower's strategies send every node the same arrays: one group per round.
-    arrays = tuple((k, id(v)) for k, v in client.arrays.items())
+def _group_key(client: StackedJob, shared: dict[int, tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Clients with equal keys share the model, the step and its hyperparameters.
+
+    ``shared`` keeps the key's config and arrays part by message content: Flower's
+    strategies send one content to every node, so it is worked out once per round.
+    """
+    content = client.message.content
+    sent = shared.get(id(content))
+    if sent is None or sent[0] is not content:
+        config = tuple(sorted((k, repr(v)) for k, v in client.config.items()))
+        # Flower's strategies send every node the same arrays: one group per round.
+        arrays = tuple((k, id(v)) for k, v in client.arrays.items())
+        sent = shared[id(content)] = (content, config, arrays)
     data = client.data
     return (
         id(client.scenario),
         client.step_cls,
         client.device,
-        config,
-        arrays,
+        sent[1],
+        sent[2],
         data.input_shape,
         data.num_classes,
         data.x.dtype,

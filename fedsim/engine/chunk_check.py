@@ -40,10 +40,11 @@ def rows_within_rules(
     """
     rows = len(sent)
     unsure = np.zeros(rows, dtype=bool)
-    if not sent or not all(m.has_content() for m in sent):
+    if not sent or not sent[0].has_content():
         return unsure
     first = sent[0]
-    if any(m.content is not first.content for m in sent):
+    content = first.content
+    if any(m.content is not content for m in sent):
         return unsure  # a round's messages share one content; others are checked singly
     ok = _arrays_within(rules, first, chunk)
     if ok is None:

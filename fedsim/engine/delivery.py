@@ -270,7 +270,9 @@ def settle(
         _gone_offline(table, plan, runs, arrival, replies, stats)
     if clock.events is not None:
         _log(clock, dispatch, plan, arrival, replies)
-    arrived = np.array([r is not None and not r.has_error() for r in replies], dtype=bool)
+    arrived = np.fromiter(
+        (r is not None and not r.has_error() for r in replies), dtype=bool, count=count
+    )
     stats.bytes_up += int(up[arrived].sum())
     spent = eps[arrived]
     spent = spent[np.isfinite(spent)]

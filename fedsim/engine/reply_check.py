@@ -377,10 +377,13 @@ def agreeing(
     stacked chunk's replies share one).
     """
     replies = list(replies)
+    known = known or {}
+    shared = known.get(id(replies[0])) if replies else None
+    if shared is not None and all(known.get(id(r)) is shared for r in replies):
+        return replies  # one chunk's replies, all with its (one) keys
     content = [r for r in replies if not r.has_error() and r.has_content()]
     if len(content) < 2:
         return replies
-    known = known or {}
     keys = {id(r): known.get(id(r)) or signature(r) for r in content}
     counts = Counter(keys.values())
     best = max(counts.values())

@@ -24,6 +24,8 @@ import os
 import random
 import types
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -120,6 +122,20 @@ def capture_rng() -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
+
+
+@contextmanager
+def rng_kept() -> Iterator[None]:
+    """Put the global RNG states back after the block: callbacks never change a run.
+
+    A tracker or user callback that draws from ``random``/numpy/torch would otherwise
+    shift Flower's client sampling and the clients' shuffles in later rounds.
+    """
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 def restore_rng(state: dict[str, Any]) -> None:
