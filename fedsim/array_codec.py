@@ -141,9 +141,9 @@ class RowArray(DecodingArray):
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self.__class__ = DecodingArray  # type: ignore[assignment]  # the values may be stale
+        object.__setattr__(self, "__class__", DecodingArray)  # its values may be stale now
         self.__dict__.pop("_values", None)
-        super().__setattr__(name, value)
+        DecodingArray.__setattr__(self, name, value)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_decoding_array, (self.dtype, self.shape, self.stype, self.data))
