@@ -101,7 +101,9 @@ def _counts_within(
     samples = chunk.metrics.get(wire.TRAIN_SAMPLES)
     if samples is not None:
         work = rules.work
-        most = np.inf if work is None else np.array([work.samples(h) for h in bounds])
+        sizes = bounds.tolist()
+        by_size = {} if work is None else {h: work.samples(h) for h in set(sizes)}
+        most = np.inf if work is None else np.array([by_size[h] for h in sizes])
         ok &= (samples >= 0) & (samples <= most)
     duration = chunk.metrics.get(wire.DURATION_S)
     if duration is not None:

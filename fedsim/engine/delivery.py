@@ -239,11 +239,12 @@ def settle(
     samples = np.zeros(count)  # work done (none for an error reply)
     up = np.zeros(count, dtype=np.int64)
     eps = np.full(count, np.nan)  # privacy spent, where a reply says
+    answered = np.zeros(count, dtype=bool)  # a reply that is not an error
     done: set[int] = set()
     known: dict[int, Signature] = {}
     delivered: dict[int, Delivered] = {}
     for chunk in plan.chunks:
-        _take_chunk(rules, plan, chunk, replies, samples, up, eps)
+        _take_chunk(rules, plan, chunk, replies, samples, up, eps, answered)
         done.update(chunk.jobs)
         keys = signature(chunk.replies[0])  # every row carries the same records and keys
         known.update((id(r), keys) for r in chunk.replies)
@@ -252,6 +253,7 @@ def settle(
     for i in runs.tolist():
         if i not in done:
             replies[i], samples[i], up[i], eps[i] = _take_single(rules, plan, i)
+            answered[i] = not replies[i].has_error()  # type: ignore[union-attr]  # just set
     up[~plan.crosses] = 0  # nothing crosses the simulated network
     arrival = np.zeros(count)
     arrival[plan.offline] = plan.now
@@ -270,9 +272,7 @@ def settle(
         _gone_offline(table, plan, runs, arrival, replies, stats)
     if clock.events is not None:
         _log(clock, dispatch, plan, arrival, replies)
-    arrived = np.fromiter(
-        (r is not None and not r.has_error() for r in replies), dtype=bool, count=count
-    )
+    arrived = answered & np.fromiter((r is not None for r in replies), dtype=bool, count=count)
     stats.bytes_up += int(up[arrived].sum())
     spent = eps[arrived]
     spent = spent[np.isfinite(spent)]
@@ -301,6 +301,7 @@ def _take_chunk(
     samples: NDArray[np.float64],
     up: NDArray[np.int64],
     eps: NDArray[np.float64],
+    answered: NDArray[np.bool_],
 ) -> None:
     """Check a stacked chunk's replies at once and put their numbers in the columns."""
     jobs = list(chunk.jobs)
@@ -309,6 +310,7 @@ def _take_chunk(
     work = chunk.column(wire.TRAIN_SAMPLES)
     work = np.where(np.isnan(work), chunk.column(wire.NUM_EXAMPLES, 0.0), work)
     ok = np.array([p is None for p in problems], dtype=bool)
+    answered[jobs] = ok
     samples[jobs] = np.where(ok, work, 0.0)
     up[jobs] = np.where(ok, chunk.reply_bytes, 0)
     eps[jobs] = chunk.column(wire.EPSILON)

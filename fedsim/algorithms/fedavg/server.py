@@ -122,12 +122,14 @@ def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRe
     """
     if not records:
         return encode_record({})
-    first = records[0].keys()
-    if any(r.keys() != first for r in records):
+    keys = list(records[0])
+    if any(list(r) != keys for r in records):
         return _weighted_arrays_by_key(records, factors)
+    # Every record's arrays in key order, then per key: one pass over the records.
+    columns = zip(*[r.values() for r in records], strict=True)
     total: dict[str, np.ndarray] = {}
-    for key in records[0]:
-        stack = _stacked([view(record[key]) for record in records])
+    for key, arrays in zip(keys, columns, strict=True):
+        stack = _stacked([view(array) for array in arrays])
         weights = np.asarray(factors, dtype=np.result_type(stack.dtype, 1.0))
         products = stack * weights.reshape(-1, *([1] * (stack.ndim - 1)))
         total[key] = _in_order_sum(products)
