@@ -28,7 +28,14 @@ Usage::
 Then the same with ``engine.batch_clients: 100`` (issue 29): each batched in-process run
 against the stacked compute alone (``train_together`` on the round's 100 train messages
 in a plain loop, no engine), alternated the same way; the engine's own cost per client
-update is the difference of the steady rounds over 100.
+update is the difference of the steady rounds over 100. It counts everything a round
+does besides training: the strategy's messages and aggregation, planning and settling
+the dispatch, reply checks, the clock, telemetry and the round's record.
+
+The plain loops get the run config ``fedsim.run`` gives its nodes, the scenario pinned
+by its SHA-256 (issue 29; before, they got the path alone, so every client call read and
+hashed the scenario file again, which no engine run does: the references were slower
+than the engine's clients by that much, and the engine's measured cost smaller).
 
 The last line printed is ``engine_us_per_update_batched: X`` (that cost, in µs);
 ``speedup_vs_flower_ray: X`` (ray end to end / inprocess end to end) comes before it.

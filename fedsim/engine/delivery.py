@@ -155,13 +155,15 @@ def plan_dispatch(
     fates = clock.draw_many(dispatch, np.asarray(nodes, dtype=np.int64))
     # Flower's strategies share one content among a dispatch's messages: sized once.
     sizes: dict[int, tuple[int, bool]] = {}
+    each = []
     for message in messages:
         key = id(message.content)  # the contents stay alive, so ids stay unique
-        if key not in sizes:
-            sizes[key] = (content_bytes(message), not is_local(message))
-    each = [sizes[id(m.content)] for m in messages]
-    nbytes = np.fromiter((b for b, _ in each), dtype=np.int64, count=count)
-    crosses = np.fromiter((c for _, c in each), dtype=bool, count=count)
+        size = sizes.get(key)
+        if size is None:
+            size = sizes[key] = (content_bytes(message), not is_local(message))
+        each.append(size)
+    nbytes = np.array([b for b, _ in each], dtype=np.int64).reshape(count)
+    crosses = np.array([c for _, c in each], dtype=bool).reshape(count)
     now = clock.now
     offline = np.zeros(count, dtype=bool)
     if table.traced:

@@ -196,6 +196,8 @@ class SerialExecutor:
     def run(self, jobs: Sequence[Job]) -> Outcomes:
         """Each job's reply or exception, in order, and the stacked chunks among them."""
         together = self._trained_together(jobs)
+        if all(r is not None for r in together.replies):  # every job trained together
+            return Outcomes(list(together.replies), together.chunks)  # type: ignore[arg-type]
         return Outcomes(list(self._each(jobs, together.replies)), together.chunks)
 
     def each(self, jobs: Sequence[Job]) -> Iterator[Outcome]:

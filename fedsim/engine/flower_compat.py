@@ -62,6 +62,12 @@ def assign_message_id(message: Message, message_id: str) -> None:
     message.metadata.__dict__["_message_id"] = message_id
 
 
+def assign_message_ids(messages: Sequence[Message], message_ids: Sequence[str]) -> None:
+    """:func:`assign_message_id` for each message (a dispatch's, in one call)."""
+    for message, message_id in zip(messages, message_ids, strict=True):
+        message.__dict__["_metadata"].__dict__["_message_id"] = message_id
+
+
 def instruction_messages(content: RecordDict, node_ids: Sequence[int], kind: str) -> list[Message]:
     """``Message(content=content, dst_node_id=n, message_type=kind)`` for each node ``n``.
 

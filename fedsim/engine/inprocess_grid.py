@@ -38,7 +38,7 @@ from fedsim.engine.executor import (
     ClientExecutor,
     SerialExecutor,
 )
-from fedsim.engine.flower_compat import assign_message_id, empty_run
+from fedsim.engine.flower_compat import assign_message_ids, empty_run
 from fedsim.engine.node_contexts import NODE_ID_OFFSET as NODE_ID_OFFSET
 from fedsim.engine.node_contexts import NodeContexts
 from fedsim.engine.node_contexts import node_contexts as node_contexts
@@ -321,8 +321,7 @@ class InProcessGrid(Grid):
             self.reply_rules.new_dispatch()
         messages = list(messages)
         ids = [f"{self._dispatch}-{i}" for i in range(len(messages))]
-        for message, message_id in zip(messages, ids, strict=True):
-            assign_message_id(message, message_id)
+        assign_message_ids(messages, ids)
         self._sent = dict(zip(ids, messages, strict=True))
         plan = plan_dispatch(self.clock, self.table, self._dispatch, messages, ids)
         runs = plan.runs()
