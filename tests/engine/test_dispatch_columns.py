@@ -169,9 +169,11 @@ def test_the_stack_size_changes_no_metric(tmp_path: Path) -> None:
 
 
 def _counted_round(tmp_path: Path, clients: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Message constructions, content copies and global-model decodes of a batched run."""
-    counts = {"messages": 0, "copies": 0}
-    init, copy_content = Message.__init__, executor.copy_content
+    """Message constructions, content copies and model decodes of a batched run."""
+    from fedsim.client import stacked
+
+    counts = {"messages": 0, "copies": 0, "decodes": 0}
+    init, copy_content, decode_array = Message.__init__, executor.copy_content, stacked.decode
 
     def counting_init(self: Message, *args: Any, **kwargs: Any) -> None:
         counts["messages"] += 1
@@ -181,8 +183,13 @@ def _counted_round(tmp_path: Path, clients: int, monkeypatch: pytest.MonkeyPatch
         counts["copies"] += 1
         return copy_content(content)
 
+    def counting_decode(array: Any) -> Any:
+        counts["decodes"] += 1
+        return decode_array(array)
+
     monkeypatch.setattr(Message, "__init__", counting_init)
     monkeypatch.setattr(executor, "copy_content", counting_copy)
+    monkeypatch.setattr(stacked, "decode", counting_decode)
     scenario = _scenario(
         rounds=2,
         data={"num_clients": clients, "partitioner": "iid"},
@@ -201,8 +208,10 @@ def test_a_batched_round_builds_no_message_or_copy_per_client(
     few = _counted_round(tmp_path, 6, monkeypatch)
     many = _counted_round(tmp_path, 18, monkeypatch)
     assert few["copies"] == many["copies"] == 0  # no client's own copy of the content
-    # Flower's constructor runs a fixed number of times a run, not once per client.
+    # Flower's constructor runs a fixed number of times a run, not once per client; the
+    # global model is decoded once per chunk (one chunk a round here), not per client.
     assert many["messages"] == few["messages"]
+    assert many["decodes"] == few["decodes"] > 0
 
 
 def test_a_row_array_reads_its_values_and_pickles_as_a_decoding_array() -> None:
