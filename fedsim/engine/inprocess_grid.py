@@ -22,17 +22,15 @@ from flwr.serverapp import Grid
 from fedsim import wire
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.delivery import (
-    DeviceTable,
     DeviceTraceExhausted,
-    InjectedFault,
     Pending,
     Settled,
     cut_at_deadline,
     online_nodes,
-    plan_dispatch,
     settle,
 )
 from fedsim.engine.devices import DeviceProfile
+from fedsim.engine.dispatch_plan import DeviceTable, InjectedFault, plan_dispatch
 from fedsim.engine.executor import (
     ClientCallable,
     ClientExecutor,

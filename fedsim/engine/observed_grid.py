@@ -30,8 +30,9 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.engine.clock import VirtualClock
-from fedsim.engine.delivery import DeviceTable, cut_at_deadline, plan_dispatch, settle
+from fedsim.engine.delivery import cut_at_deadline, settle
 from fedsim.engine.devices import DeviceProfile
+from fedsim.engine.dispatch_plan import DeviceTable, plan_dispatch
 from fedsim.engine.flower_compat import assign_message_id
 from fedsim.engine.node_contexts import NODE_ID_OFFSET
 from fedsim.engine.node_partitions import NodePartitions
