@@ -267,6 +267,8 @@ class Checkpointer(Callback):
     at a round's end it saves what ``Strategy.start`` would carry into the next round.
     """
 
+    draws_random = False  # it reads the generators' states, and draws from none
+
     def __init__(
         self,
         scenario: Scenario,
