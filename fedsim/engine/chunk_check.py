@@ -93,7 +93,8 @@ def _counts_within(
     examples = chunk.metrics.get(wire.NUM_EXAMPLES)
     if examples is None:
         return ok & False
-    held = [rules.node_examples(m.metadata.dst_node_id) for m in sent]
+    metadata = [m.metadata for m in sent]
+    held = [rules.node_examples(meta.dst_node_id) for meta in metadata]
     if any(h is None for h in held):
         return ok & False  # a node whose examples the server cannot know
     bounds = np.array(held, dtype=np.float64)
@@ -107,6 +108,6 @@ def _counts_within(
         ok &= (samples >= 0) & (samples <= most)
     duration = chunk.metrics.get(wire.DURATION_S)
     if duration is not None:
-        created = np.array([m.metadata.created_at for m in sent])
+        created = np.array([meta.created_at for meta in metadata])
         ok &= (duration >= 0) & (duration <= time.time() - created + CLOCK_SLACK_S)
     return ok
