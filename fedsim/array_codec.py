@@ -86,6 +86,8 @@ def view(array: Array) -> NDArray[Any]:
     Raises what ``Array.numpy()`` raises for bytes it cannot read (object arrays among
     them: Flower loads without pickle).
     """
+    if type(array) is RowArray:
+        return array.__dict__["_values"]  # type: ignore[no-any-return]  # set with the class
     data = array.data
     if array.stype == NUMPY_STYPE and data[: len(_MAGIC_V1)] == _MAGIC_V1:
         end = _PREFIX + int.from_bytes(data[len(_MAGIC_V1) : _PREFIX], "little")
@@ -129,6 +131,53 @@ class DecodingArray(Array):
         return decode(self)
 
 
+class RowArray(DecodingArray):
+    """A :class:`DecodingArray` that keeps the read-only values its bytes were made from.
+
+    A stacked chunk's replies carry rows of the chunk's trained arrays
+    (:mod:`fedsim.client.stacked_reply`); the server's strategy then reads each reply's
+    values without parsing its bytes again (:func:`view`). Anything that sets the
+    array's fields makes it a plain :class:`DecodingArray`; a copy or a pickle is one.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, "__class__", DecodingArray)  # its values may be stale now
+        self.__dict__.pop("_values", None)
+        DecodingArray.__setattr__(self, name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_decoding_array, (self.dtype, self.shape, self.stype, self.data))
+
+
+def _decoding_array(dtype: str, shape: tuple[int, ...], stype: str, data: bytes) -> Array:
+    """A :class:`DecodingArray` of these fields (what a :class:`RowArray` pickles as)."""
+    array = _array(dtype, shape, data)
+    array.__dict__["stype"] = stype
+    array.__class__ = DecodingArray
+    return array
+
+
+def row_array(values: NDArray[Any]) -> Array:
+    """``encode(values)`` as a :class:`RowArray` keeping ``values`` (made read-only here)."""
+    values = np.ascontiguousarray(values)
+    if values.flags.writeable:
+        values = values.copy()  # ours alone, then read-only: nobody changes them later
+        values.flags.writeable = False
+    array = encode(values)
+    if type(array) is not Array or values.dtype.hasobject:
+        return array
+    object.__setattr__(array, "__class__", RowArray)  # past Array's field bookkeeping
+    array.__dict__["_values"] = values
+    return array
+
+
+def decoding(array: Array) -> Array:
+    """``array`` as a :class:`DecodingArray` (same object; see :func:`decoding_arrays`)."""
+    if type(array) is Array:
+        array.__class__ = DecodingArray
+    return array
+
+
 def decoding_arrays(record: ArrayRecord) -> None:
     """Make every plain array of ``record`` a :class:`DecodingArray`, in place.
 
@@ -138,5 +187,4 @@ def decoding_arrays(record: ArrayRecord) -> None:
     engine, of a reply handed to it).
     """
     for array in record.values():
-        if type(array) is Array:
-            array.__class__ = DecodingArray
+        decoding(array)

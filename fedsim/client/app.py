@@ -62,6 +62,7 @@ from fedsim.client.job import (
 from fedsim.client.steps import STEPS  # all shipped
 from fedsim.data.node_data import node_data
 from fedsim.evaluation import evaluate_model, mean_squared_error
+from fedsim.reply_chunk import TrainedTogether
 from fedsim.run_config import scenario_from_run_config
 
 # Every shipped algorithm's client half: its local steps and actions register on import
@@ -104,9 +105,9 @@ class FedsimClientApp(ClientApp):
 
     def train_together(
         self, jobs: Sequence[tuple[Message, Context]], max_batch: int
-    ) -> list[Message | None]:
-        """See :func:`fedsim.client.stacked.train_together` (None: call the app)."""
-        return stacked.train_together(jobs, max_batch)
+    ) -> TrainedTogether:
+        """See :func:`fedsim.client.stacked.train_chunks` (None: call the app)."""
+        return stacked.train_chunks(jobs, max_batch)
 
     def prepare(self, run_config: UserConfig) -> None:
         """Load the scenario and its data once per process, before any job is timed.

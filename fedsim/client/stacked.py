@@ -65,15 +65,16 @@ from fedsim.client.job import (
 from fedsim.client.loop import num_local_steps
 from fedsim.client.losses import build_loss
 from fedsim.client.model_cache import model_for_job
-from fedsim.client.stacked_reply import custom_reply, train_reply
+from fedsim.client.stacked_reply import chunk_replies, custom_reply
 from fedsim.client.stacked_steps import StackedStep
 from fedsim.client.stacked_training import train_stacked
-from fedsim.client.steps import LocalStep, StepInputs, TrainResult, select_step
+from fedsim.client.steps import LocalStep, StepInputs, select_step
 from fedsim.client.unread_keys import warn_unread
 from fedsim.config.schema import Scenario
 from fedsim.data.node_data import NodeData
 from fedsim.errors import FedsimWarning
-from fedsim.run_config import scenario_from_run_config
+from fedsim.reply_chunk import ReplyChunk, TrainedTogether
+from fedsim.run_config import scenario_of_run_config
 from fedsim.training_device import client_device
 
 # Layers whose forward pass draws random numbers or keeps state between calls: the
@@ -118,12 +119,19 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         rounding), or None where the job must go through the ClientApp. Nothing here
         raises for a bad job: it gets None and the ClientApp reports its error.
     """
+    return train_chunks(jobs, max_batch).replies
+
+
+def train_chunks(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> TrainedTogether:
+    """:func:`train_together`, with the stacked replies also as columns (see ReplyChunk)."""
     out: list[Message | None] = [None] * len(jobs)
+    chunks: list[ReplyChunk] = []
     groups: dict[tuple[Any, ...], list[StackedJob]] = {}
+    shared: dict[int, tuple[Any, ...]] = {}  # a content's config and arrays, keyed once
     for i, (message, context) in enumerate(jobs):
         client = _resolve(i, message, context)
         if client is not None:
-            groups.setdefault(_group_key(client), []).append(client)
+            groups.setdefault(_group_key(client, shared), []).append(client)
     for members in groups.values():
         # Most steps first (stable): the clients still training are a prefix of the stack.
         cfg = members[0].scenario.client
@@ -131,14 +139,17 @@ def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> l
         size = max(1, max_batch) if max_batch >= 0 else _auto_size(members[0])
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
-            for client, reply in zip(chunk, _train_chunk(chunk), strict=True):
+            replies, columns = _train_chunk(chunk)
+            for client, reply in zip(chunk, replies, strict=True):
                 out[client.index] = reply
+            if columns is not None:
+                chunks.append(columns)
     trained = [c for g in groups.values() for c in g if out[c.index] is not None]
     if trained:
         # As after the last of these jobs had run through the ClientApp (which leaves
         # torch's default generator seeded with its job seed).
         torch.default_generator.manual_seed(max(trained, key=lambda c: c.index).seed)
-    return out
+    return TrainedTogether(out, chunks)
 
 
 def _auto_size(client: StackedJob) -> int:
@@ -189,7 +200,7 @@ _nodes: dict[int, tuple[Context, Scenario, int, NodeData]] = {}
 
 def _node(context: Context) -> tuple[Scenario, int, NodeData]:
     """``context``'s scenario, partition id and data (see :data:`_nodes`)."""
-    scenario = scenario_from_run_config(context.run_config)
+    scenario = scenario_of_run_config(context.run_config)  # per run-config object
     hit = _nodes.get(id(context))
     if hit is not None and hit[0] is context and hit[1] is scenario:
         return scenario, hit[2], hit[3]
@@ -261,63 +272,72 @@ def _step_refusal(step_cls: type[LocalStep]) -> str | None:
     return None
 
 
-def _group_key(client: StackedJob) -> tuple[Any, ...]:
-    """Clients with equal keys share the model, the step and its hyperparameters."""
-    config = tuple(sorted((k, repr(v)) for k, v in client.config.items()))
-    # Flower's strategies send every node the same arrays: one group per round.
-    arrays = tuple((k, id(v)) for k, v in client.arrays.items())
+def _group_key(client: StackedJob, shared: dict[int, tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Clients with equal keys share the model, the step and its hyperparameters.
+
+    ``shared`` keeps the key's config and arrays part by message content: Flower's
+    strategies send one content to every node, so it is worked out once per round.
+    """
+    content = client.message.content
+    sent = shared.get(id(content))
+    if sent is None or sent[0] is not content:
+        config = tuple(sorted((k, repr(v)) for k, v in client.config.items()))
+        # Flower's strategies send every node the same arrays: one group per round.
+        arrays = tuple((k, id(v)) for k, v in client.arrays.items())
+        sent = shared[id(content)] = (content, config, arrays)
     data = client.data
     return (
         id(client.scenario),
         client.step_cls,
         client.device,
-        config,
-        arrays,
+        sent[1],
+        sent[2],
         data.input_shape,
         data.num_classes,
         data.x.dtype,
     )
 
 
-def _train_chunk(chunk: list[StackedJob]) -> list[Message | None]:
-    """Train the clients of one group together; None for each if they cannot be."""
+def _train_chunk(chunk: list[StackedJob]) -> tuple[list[Message | None], ReplyChunk | None]:
+    """Train the clients of one group together.
+
+    Returns their replies (None for each if they cannot be) and, for plain replies (no
+    step's own ``reply``), the same replies as the chunk's columns.
+    """
     start = time.perf_counter()
     first = chunk[0]
     scenario = first.scenario
+    untrained: tuple[list[Message | None], None] = ([None] * len(chunk), None)
     try:
         model = _model(first, first.arrays.keys())
     except Exception:  # the ClientApp reports it
-        return [None] * len(chunk)
+        return untrained
     reason = _unstackable(model, first.arrays)
     if reason is not None:
         _say(first.context, reason)
-        return [None] * len(chunk)
+        return untrained
     try:
         own = frozenset(model.state_dict())
         model.load_state_dict({k: torch.from_numpy(decode(first.arrays[k])) for k in own})
         steps = [_step(model, own, c) for c in chunk]
         stacked = StackedStep(steps)
     except Exception:  # arrays that do not fit, a bad config: the ClientApp reports it
-        return [None] * len(chunk)
+        return untrained
     try:
-        results = train_stacked(model, stacked, chunk)
+        result = train_stacked(model, stacked, chunk)
     except Exception as exc:  # vmap cannot run this model (data-dependent control flow...)
         what = (str(exc).splitlines() or [""])[0][:200]
         _say(
             first.context,
             f"model {scenario.model.name!r} cannot be stacked ({type(exc).__name__}: {what})",
         )
-        return [None] * len(chunk)
+        return untrained
     if stacked.has_custom_reply:
         return [
             custom_reply(model, step, c, r, start)
-            for c, step, r in zip(chunk, steps, results, strict=True)
-        ]
-    share = (time.perf_counter() - start) / len(chunk)
-    return [
-        train_reply(c, arrays, TrainResult(loss, samples, taken), {}, share)
-        for c, (arrays, loss, samples, taken) in zip(chunk, results, strict=True)
-    ]
+            for c, step, r in zip(chunk, steps, result.rows(), strict=True)
+        ], None
+    return chunk_replies(chunk, result, (time.perf_counter() - start) / len(chunk))
 
 
 def _step(model: nn.Module, own: frozenset[str], client: StackedJob) -> LocalStep:

@@ -16,11 +16,14 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedsim import wire
-from fedsim.array_codec import encode
+from fedsim.array_codec import row_array
 from fedsim.client.dp import spend
-from fedsim.client.stacked_training import Result
+from fedsim.client.stacked_training import ChunkResult, Result
 from fedsim.client.steps import LocalStep, TrainResult
+from fedsim.engine.flower_compat import reply_message
+from fedsim.engine.telemetry import content_bytes
 from fedsim.fast_records import filled
+from fedsim.reply_chunk import ReplyChunk
 
 if TYPE_CHECKING:
     from fedsim.client.stacked import StackedJob
@@ -40,7 +43,7 @@ def custom_reply(
     try:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                p.copy_(torch.from_numpy(arrays[name]))
+                p.copy_(torch.from_numpy(np.array(arrays[name])))  # the chunk's are read-only
         reply = step.reply(model, client.data, TrainResult(loss, samples, taken))
     except Exception:
         return None
@@ -60,7 +63,36 @@ def train_reply(
     duration: float,
 ) -> Message:
     """The reply the ClientApp's train handler gives (see :mod:`fedsim.client.app`)."""
-    values: dict[str, Any] = {  # what the handler puts there, in its order (Python numbers)
+    return _message(client, arrays, reply_values(client, work, step_metrics, duration))
+
+
+def chunk_replies(
+    chunk: list[StackedJob], result: ChunkResult, share: float
+) -> tuple[list[Message | None], ReplyChunk]:
+    """The plain replies of a stacked chunk (each client's time: ``share``), and as columns."""
+    rows = [
+        reply_values(c, TrainResult(loss, samples, taken), {}, share)
+        for c, (loss, samples, taken) in zip(
+            chunk, zip(result.mean_losses, result.samples, result.steps, strict=True), strict=True
+        )
+    ]
+    values = result.values
+    replies = [
+        _message(c, {n: v[k] for n, v in values.items()}, row)
+        for k, (c, row) in enumerate(zip(chunk, rows, strict=True))
+    ]
+    columns = {name: np.array([row[name] for row in rows]) for name in rows[0]}
+    sent: list[Message | None] = list(replies)
+    return sent, ReplyChunk(
+        tuple(c.index for c in chunk), replies, dict(values), columns, content_bytes(replies[0])
+    )
+
+
+def reply_values(
+    client: StackedJob, work: TrainResult, step_metrics: Mapping[str, float], duration: float
+) -> dict[str, Any]:
+    """The metrics the ClientApp's train handler puts in its reply, in its order."""
+    values: dict[str, Any] = {  # Python numbers, as the handler's
         wire.NUM_EXAMPLES: len(client.data.y)
         if work.num_examples is None
         else float(work.num_examples),
@@ -76,10 +108,16 @@ def train_reply(
         values[wire.EPSILON] = spend(
             client.context.state, dp, n, min(client.scenario.client.batch_size, n), work.steps
         )
+    return values
+
+
+def _message(
+    client: StackedJob, arrays: Mapping[str, np.ndarray], values: dict[str, Any]
+) -> Message:
+    """The reply to ``client``'s message carrying ``arrays`` and the metrics ``values``."""
     metrics = filled(_EMPTY_METRICS, values)
-    record = filled(
-        _EMPTY_ARRAYS,
-        {name: encode(np.ascontiguousarray(value)) for name, value in arrays.items()},
-    )
+    # Row arrays: the in-process engine hands them on to the server's strategy, which
+    # reads their values without parsing their bytes.
+    record = filled(_EMPTY_ARRAYS, {name: row_array(value) for name, value in arrays.items()})
     content = filled(_EMPTY_CONTENT, {wire.ARRAYS: record, wire.METRICS: metrics})
-    return Message(content, reply_to=client.message)
+    return reply_message(content, client.message)

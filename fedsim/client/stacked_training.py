@@ -169,7 +169,30 @@ def chunk_data(chunk: list[StackedJob], device: str) -> tuple[torch.Tensor, torc
 Result = tuple[dict[str, np.ndarray], float, int, int]  # arrays, mean loss, samples, steps
 
 
-def train_stacked(model: nn.Module, stacked: StackedStep, chunk: list[StackedJob]) -> list[Result]:
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a chunk's clients did: their trained arrays stacked on a leading client axis."""
+
+    values: dict[str, np.ndarray]  # name -> (clients, *shape), on the host
+    mean_losses: list[float]
+    samples: list[int]
+    steps: list[int]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def rows(self) -> list[Result]:
+        """Per client: its arrays (row views of :attr:`values`), mean loss, samples, steps."""
+        values = self.values
+        return [
+            ({n: v[k] for n, v in values.items()}, loss, n_samples, n_steps)
+            for k, (loss, n_samples, n_steps) in enumerate(
+                zip(self.mean_losses, self.samples, self.steps, strict=True)
+            )
+        ]
+
+
+def train_stacked(model: nn.Module, stacked: StackedStep, chunk: list[StackedJob]) -> ChunkResult:
     """Train the chunk's clients from the model's weights; per client what it did."""
     cfg = chunk[0].scenario.client
     device = chunk[0].device
@@ -215,15 +238,14 @@ def train_stacked(model: nn.Module, stacked: StackedStep, chunk: list[StackedJob
             loss_sums[:a] += (losses * s.real).sum(1, dtype=torch.float64)
         samples[:a] += s.samples
         taken[:a] += 1
-    # One device-to-host copy per array for the whole chunk.
-    values = {n: params_now[n].cpu().numpy() for n in names}  # rows: contiguous views
-    sums = loss_sums.cpu().numpy()
-    return [
-        (
-            {n: values[n][k] for n in names},
-            float(sums[k]) / max(int(samples[k]), 1),
-            int(samples[k]),
-            int(taken[k]),
-        )
-        for k in range(len(chunk))
-    ]
+    # One device-to-host copy per array for the whole chunk; nothing writes to them.
+    values = {n: params_now[n].cpu().numpy() for n in names}
+    for value in values.values():
+        value.flags.writeable = False
+    counts = [max(int(n), 1) for n in samples]
+    return ChunkResult(
+        values,
+        [float(v) / c for v, c in zip(loss_sums.cpu().tolist(), counts, strict=True)],
+        samples.tolist(),
+        taken.tolist(),
+    )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fedsim.config.schema import SystemConfig
 from fedsim.engine.devices import DeviceProfile
@@ -15,12 +16,44 @@ EVAL_COST_FACTOR = 1.0 / 3.0
 
 
 class Fate(Enum):
-    """What happens to one message, drawn before the client runs."""
+    """What happens to one message, drawn before the client runs.
 
-    OK = "ok"
-    STRAGGLE = "straggle"  # runs `straggle_slowdown` times slower this time
-    DROPOUT = "dropout"  # never replies (device went offline)
-    FAILURE = "failure"  # the ClientApp raises (injected fault)
+    The values are the codes :meth:`VirtualClock.draw_many` returns (int8 arrays).
+    """
+
+    OK = 0
+    STRAGGLE = 1  # runs `straggle_slowdown` times slower this time
+    DROPOUT = 2  # never replies (device went offline)
+    FAILURE = 3  # the ClientApp raises (injected fault)
+
+
+FATES = tuple(Fate)  # by code
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """SplitMix64's finaliser (Steele et al. 2014): a bijection that scatters every bit."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def uniforms(seed: int, dispatch: int, nodes: NDArray[np.int64], k: int) -> NDArray[np.float64]:
+    """``(len(nodes), k)`` uniforms in [0, 1), each a function of (seed, dispatch, node, j).
+
+    A counter-based draw: one vectorised hash per dispatch, whatever the nodes' order,
+    the other nodes of the dispatch or how many there are (a per-node generator costs
+    ~20 µs a message to seed).
+    """
+    key = _mix64(np.array([(seed * 0x632BE59BD9B4E019 + dispatch) & _MASK64], dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        counters = (
+            nodes.astype(np.uint64)[:, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)
+        ) * _GOLDEN
+        bits = _mix64(_mix64(counters ^ key[0]))
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 @dataclass(frozen=True)
@@ -78,17 +111,24 @@ class VirtualClock:
 
     def draw(self, dispatch: int, node_id: int) -> Fate:
         """Draw the fate of the message sent in ``dispatch`` to ``node_id``."""
-        if not (self.cfg.dropout_prob or self.cfg.failure_prob or self.cfg.straggle_prob):
-            return Fate.OK  # what the draw below returns then, without seeding a generator
-        rng = np.random.default_rng([self.seed, dispatch, node_id])
-        u = rng.random(3)
-        if u[0] < self.cfg.dropout_prob:
-            return Fate.DROPOUT
-        if u[1] < self.cfg.failure_prob:
-            return Fate.FAILURE
-        if u[2] < self.cfg.straggle_prob:
-            return Fate.STRAGGLE
-        return Fate.OK
+        return FATES[int(self.draw_many(dispatch, np.array([node_id], dtype=np.int64))[0])]
+
+    def draw_many(self, dispatch: int, nodes: NDArray[np.int64]) -> NDArray[np.int8]:
+        """The fates (:class:`Fate` codes) of the messages sent in ``dispatch`` to ``nodes``.
+
+        One draw for the whole dispatch; each node's fate depends only on (run seed,
+        dispatch, node), so it does not depend on the order messages are handled.
+        """
+        cfg = self.cfg
+        fates = np.zeros(len(nodes), dtype=np.int8)
+        if not (cfg.dropout_prob or cfg.failure_prob or cfg.straggle_prob):
+            return fates  # what the draw below returns then, without drawing
+        u = uniforms(self.seed, dispatch, nodes, 3)
+        # The first test that fires decides: dropout, then failure, then straggling.
+        fates[u[:, 2] < cfg.straggle_prob] = Fate.STRAGGLE.value
+        fates[u[:, 1] < cfg.failure_prob] = Fate.FAILURE.value
+        fates[u[:, 0] < cfg.dropout_prob] = Fate.DROPOUT.value
+        return fates
 
     def download_s(self, device: DeviceProfile, nbytes: int) -> float:
         """Seconds to receive ``nbytes`` (one latency plus transfer)."""
@@ -102,3 +142,28 @@ class VirtualClock:
         """Seconds to process ``samples`` training examples on ``device``."""
         slow = self.cfg.straggle_slowdown if fate is Fate.STRAGGLE else 1.0
         return samples * self.cfg.seconds_per_sample * slow / device.speed
+
+    def arrivals(
+        self,
+        now: float,
+        link: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]],
+        down: NDArray[np.int64],
+        samples: NDArray[np.float64],
+        fates: NDArray[np.int8],
+        up: NDArray[np.int64],
+        crosses: NDArray[np.bool_],
+    ) -> NDArray[np.float64]:
+        """The arrival times of a dispatch's replies sent at ``now``, at once.
+
+        ``link`` holds each message's device (speed, downlink and uplink Mbit/s);
+        ``down``/``up`` the bytes each way, ``samples`` the work done and ``crosses``
+        whether the message crosses the simulated network (not ``local-compute``).
+        ``now`` + :meth:`download_s`, + :meth:`compute_s`, + :meth:`upload_s`,
+        operation for operation, so either way gives the same floats.
+        """
+        speed, downlink, uplink = link
+        latency = self.cfg.latency_s
+        slow = np.where(fates == Fate.STRAGGLE.value, self.cfg.straggle_slowdown, 1.0)
+        down_s = np.where(crosses, latency + 8.0 * down / (downlink * 1e6), 0.0)
+        up_s = np.where(crosses, latency + 8.0 * up / (uplink * 1e6), 0.0)
+        return now + down_s + samples * self.cfg.seconds_per_sample * slow / speed + up_s

@@ -1,39 +1,46 @@
-"""One message's way over the virtual clock: its fate, its copy, its work, its arrival.
+"""A dispatch's way over the virtual clock: its fates, its work, its arrivals.
 
-Every grid that keeps the clock handles a dispatch in three phases: :func:`plan_message`
-draws each message's fate (seeded by run seed, dispatch and node), the clients run
-(in-process: ``InProcessGrid._dispatch_all``; on Flower's runtimes: the messages not
-dropped are sent, see :mod:`fedsim.engine.observed_grid`), then :func:`settle` stamps
-each outcome with its virtual arrival and :func:`cut_at_deadline` keeps the replies that
-beat ``system.deadline_s``. A :class:`Plan` carries one message between the phases. One
-code path decides fates and times on every engine, so their metrics agree.
+Every grid that keeps the clock handles a dispatch in three phases:
+:func:`~fedsim.engine.dispatch_plan.plan_dispatch`
+draws every message's fate at once (each seeded by run seed, dispatch and node), the
+clients run (in-process: ``InProcessGrid._dispatch_all``; on Flower's runtimes: the
+messages not dropped are sent, see :mod:`fedsim.engine.observed_grid`), then
+:func:`settle` checks the replies (a stacked chunk's at once), stamps every outcome with
+its virtual arrival and :func:`cut_at_deadline` keeps the replies that beat
+``system.deadline_s``. A :class:`DispatchPlan` carries the dispatch between the phases
+as columns (fates, bytes, devices), so the engine's cost per message is a few array
+entries, not objects. One code path decides fates and times on every engine, so their
+metrics agree.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, Error, Message, MetricRecord
+from numpy.typing import NDArray
 
 from fedsim import wire
 from fedsim.array_codec import decoding_arrays
 from fedsim.engine.availability import wait_for_online
 from fedsim.engine.clock import EVAL_COST_FACTOR, Fate, VirtualClock
-from fedsim.engine.devices import DeviceProfile
-from fedsim.engine.executor import Outcome
-from fedsim.engine.reply_check import ReplyRules, checked
-from fedsim.engine.telemetry import Telemetry, content_bytes, reply_metrics
+from fedsim.engine.dispatch_plan import DeviceTable, DispatchPlan
+from fedsim.engine.reply_check import ReplyRules, Signature, checked, rejected, signature
+from fedsim.engine.telemetry import (
+    Delivered,
+    RoundStats,
+    Telemetry,
+    content_bytes,
+    reply_metrics,
+)
 from fedsim.errors import FedsimError
+from fedsim.reply_chunk import ReplyChunk
 
 CLIENT_APP_RAISED_EXCEPTION = 2  # flwr.common.constant.ErrorCode
-
-
-class InjectedFault(RuntimeError):
-    """Raised in place of a client when the scenario's ``system.failure_prob`` fires."""
 
 
 class DeviceTraceExhausted(FedsimError):
@@ -50,60 +57,18 @@ class Pending:
     reply: Message = field(compare=False)
 
 
-@dataclass
-class Plan:
-    """One message of a dispatch between its three phases (see ``_dispatch_all``)."""
+@dataclass(frozen=True)
+class Settled:
+    """A settled dispatch: each message's (arrival, reply or None for a dropout).
 
-    message: Message
-    message_id: str
-    node: int
-    device: DeviceProfile
-    fate: Fate
-    nbytes: int
-    now: float  # simulated time it was sent
-    offline: bool = False  # its node was offline when it was sent
-    delivered: Message | None = None  # the node's own copy, when the client runs
-    outcome: Outcome | None = None  # its reply or what the client raised
-
-
-def plan_message(
-    clock: VirtualClock,
-    devices: Mapping[int, DeviceProfile],
-    dispatch: int,
-    message: Message,
-    message_id: str,
-    nbytes: int,
-    node: int | None = None,
-) -> Plan:
-    """Draw ``message``'s fate; copy what its node will be handed if it runs.
-
-    ``node`` is the node's id on the clock (its partition's in-process id), by default
-    the message's destination: fates are drawn and devices looked up by it.
+    ``known`` holds the record keys (:func:`~fedsim.engine.reply_check.signature`) of
+    the stacked replies, by ``id``: they share one, worked out once per chunk;
+    ``delivered`` their metrics as telemetry counts them (read from the chunk's columns).
     """
-    node = message.metadata.dst_node_id if node is None else node
-    device = devices[node]
-    fate = clock.draw(dispatch, node)
-    plan = Plan(message, message_id, node, device, fate, nbytes, clock.now)
-    if fate is Fate.DROPOUT:
-        return plan
-    if device.availability is not None and not device.availability.online_at(plan.now):
-        plan.offline = True
-        return plan
-    if fate is Fate.FAILURE:
-        plan.outcome = InjectedFault("fault injected by system.failure_prob")
-        return plan
-    # The node's own metadata; its own content containers only if the ClientApp is
-    # called (the executor copies then: training together only reads them).
-    plan.delivered = Message(  # type: ignore[call-overload]  # flwr's own copy path
-        content=message.content, metadata=copy.copy(message.metadata)
-    )
-    return plan
 
-
-def is_local(message: Message) -> bool:
-    """Whether ``message`` asks for compute only (config ``local-compute``)."""
-    config = message.content.get(wire.CONFIG) if message.has_content() else None
-    return isinstance(config, ConfigRecord) and bool(config.get(wire.LOCAL_COMPUTE, False))
+    arrivals: list[tuple[float, Message | None]]
+    known: dict[int, Signature]
+    delivered: dict[int, Delivered] = field(default_factory=dict)  # stacked, by id
 
 
 def work_of(kind: str, metrics: MetricRecord) -> float:
@@ -113,31 +78,6 @@ def work_of(kind: str, metrics: MetricRecord) -> float:
     if kind.startswith("evaluate"):
         return EVAL_COST_FACTOR * float(metrics.get(wire.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
     return 0.0
-
-
-def arrive(
-    clock: VirtualClock,
-    telemetry: Telemetry,
-    dispatch: int,
-    node: int,
-    device: DeviceProfile,
-    sent: float,
-    arrival: float,
-    reply: Message,
-) -> tuple[float, Message | None]:
-    """The reply at its arrival time, or a dropout if the device goes offline first.
-
-    The client has run by then (its ``context.state`` keeps what it did, as a real
-    device that trained and lost its connection before uploading would).
-    """
-    if device.availability is not None:
-        offline = device.availability.offline_at(sent)
-        if offline < arrival:
-            clock.record(offline, node, "dropout", dispatch)
-            telemetry.current.dropouts += 1
-            return offline, None
-    clock.record(arrival, node, "reply", dispatch)
-    return arrival, reply
 
 
 def online_nodes(
@@ -168,50 +108,172 @@ def settle(
     telemetry: Telemetry,
     rules: ReplyRules | None,
     dispatch: int,
-    plan: Plan,
-) -> tuple[float, Message | None]:
-    """Stamp one message's outcome on the clock: (arrival, reply or None for a dropout).
+    plan: DispatchPlan,
+    table: DeviceTable,
+) -> Settled:
+    """Stamp every outcome on the clock: its arrival and reply (None for a dropout).
 
-    ``plan.outcome`` is the client's reply or what it raised (an injected fault, a
-    timeout); a raised one becomes an error reply naming the node. The reply is checked
-    against ``rules`` and counted (bytes both ways, privacy spent) in ``telemetry``.
+    ``plan.outcomes`` are the clients' replies or what they raised (an injected fault,
+    a timeout); a raised one becomes an error reply naming the node. Replies are
+    checked against ``rules`` (a stacked chunk's at once) and counted (bytes both
+    ways, privacy spent) in ``telemetry``. The arrivals are computed for the whole
+    dispatch at once (:meth:`VirtualClock.arrivals`).
     """
-    message, node, device, now = plan.message, plan.node, plan.device, plan.now
-    local = is_local(message)  # nothing crosses the simulated network
-    telemetry.current.bytes_down += 0 if local else plan.nbytes
-    if plan.fate is Fate.DROPOUT:
-        telemetry.current.dropouts += 1
-        return 0.0, None
-    if plan.offline:
-        clock.record(now, node, "offline", dispatch)
-        telemetry.current.dropouts += 1
-        return now, None
-    clock.record(now, node, "sent", dispatch)
-    t = now + (0.0 if local else clock.download_s(device, plan.nbytes))
-    outcome = plan.outcome
+    count = len(plan.messages)
+    stats = telemetry.current
+    stats.bytes_down += int(plan.nbytes[plan.crosses].sum())
+    dropped = plan.fates == Fate.DROPOUT.value
+    stats.dropouts += int(dropped.sum()) + int(plan.offline.sum())
+    replies: list[Message | None] = [None] * count
+    samples = np.zeros(count)  # work done (none for an error reply)
+    up = np.zeros(count, dtype=np.int64)
+    eps = np.full(count, np.nan)  # privacy spent, where a reply says
+    answered = np.zeros(count, dtype=bool)  # a reply that is not an error
+    done: set[int] = set()
+    known: dict[int, Signature] = {}
+    delivered: dict[int, Delivered] = {}
+    for chunk in plan.chunks:
+        _take_chunk(rules, plan, chunk, replies, samples, up, eps, answered)
+        done.update(chunk.jobs)
+        keys = signature(chunk.replies[0])  # every row carries the same records and keys
+        known.update((id(r), keys) for r in chunk.replies)
+        delivered.update(zip(map(id, chunk.replies), _delivered(chunk), strict=True))
+    runs = np.flatnonzero(~dropped & ~plan.offline)
+    for i in runs.tolist():
+        if i not in done:
+            replies[i], samples[i], up[i], eps[i] = _take_single(rules, plan, i)
+            answered[i] = not replies[i].has_error()  # type: ignore[union-attr]  # just set
+    up[~plan.crosses] = 0  # nothing crosses the simulated network
+    arrival = np.zeros(count)
+    arrival[plan.offline] = plan.now
+    rows = plan.rows[runs]
+    link = tuple(column[rows] for column in table.link)
+    arrival[runs] = clock.arrivals(
+        plan.now,
+        link,  # type: ignore[arg-type]  # three columns
+        plan.nbytes[runs],
+        samples[runs],
+        plan.fates[runs],
+        up[runs],
+        plan.crosses[runs],
+    )
+    if table.traced:
+        _gone_offline(table, plan, runs, arrival, replies, stats)
+    if clock.events is not None:
+        _log(clock, dispatch, plan, arrival, replies)
+    arrived = answered & np.fromiter((r is not None for r in replies), dtype=bool, count=count)
+    stats.bytes_up += int(up[arrived].sum())
+    spent = eps[arrived]
+    spent = spent[np.isfinite(spent)]
+    if len(spent):
+        top = float(spent.max())
+        stats.epsilon = top if stats.epsilon is None else max(stats.epsilon, top)
+    return Settled(list(zip(arrival.tolist(), replies, strict=True)), known, delivered)
+
+
+def _delivered(chunk: ReplyChunk) -> list[Delivered]:
+    """Each row's (train loss, num-examples, attacker), the values its reply carries."""
+    rows = len(chunk.jobs)
+    metrics = chunk.metrics
+    losses = metrics[wire.TRAIN_LOSS].tolist() if wire.TRAIN_LOSS in metrics else [None] * rows
+    counts = metrics[wire.NUM_EXAMPLES].tolist() if wire.NUM_EXAMPLES in metrics else [None] * rows
+    attacker = metrics.get(wire.ATTACKER_METRIC)
+    flags = [False] * rows if attacker is None else (attacker == 1).tolist()
+    return list(zip(losses, counts, flags, strict=True))
+
+
+def _take_chunk(
+    rules: ReplyRules | None,
+    plan: DispatchPlan,
+    chunk: ReplyChunk,
+    replies: list[Message | None],
+    samples: NDArray[np.float64],
+    up: NDArray[np.int64],
+    eps: NDArray[np.float64],
+    answered: NDArray[np.bool_],
+) -> None:
+    """Check a stacked chunk's replies at once and put their numbers in the columns."""
+    jobs = list(chunk.jobs)
+    sent = [plan.messages[i] for i in jobs]
+    problems = [None] * len(jobs) if rules is None else rules.chunk_problems(sent, chunk)
+    work = chunk.column(wire.TRAIN_SAMPLES)
+    work = np.where(np.isnan(work), chunk.column(wire.NUM_EXAMPLES, 0.0), work)
+    ok = np.array([p is None for p in problems], dtype=bool)
+    answered[jobs] = ok
+    samples[jobs] = np.where(ok, work, 0.0)
+    up[jobs] = np.where(ok, chunk.reply_bytes, 0)
+    eps[jobs] = chunk.column(wire.EPSILON)
+    for i, message, reply, problem in zip(jobs, sent, chunk.replies, problems, strict=True):
+        replies[i] = reply if problem is None else rejected(message, problem)
+
+
+def _take_single(
+    rules: ReplyRules | None, plan: DispatchPlan, i: int
+) -> tuple[Message, float, int, float]:
+    """One outcome as a checked reply: (reply, work done, bytes up, privacy spent)."""
+    message, outcome = plan.messages[i], plan.outcomes[i]
     try:
         if isinstance(outcome, BaseException):
             raise outcome
         reply = checked(rules, message, outcome)  # type: ignore[arg-type]  # set by the caller
     except Exception as exc:  # a failing client never kills a run
+        node = plan.nodes[i]
         reply = Message(
             Error(wire.CLIENT_APP_RAISED_EXCEPTION, f"node {node}: {type(exc).__name__}: {exc}"),
             reply_to=message,
         )
     if reply.has_error():
-        up_s = 0.0 if local else clock.upload_s(device, 0)
-        return arrive(clock, telemetry, dispatch, node, device, now, t + up_s, reply)
+        return reply, 0.0, 0, math.nan
     for record in reply.content.values():
         if isinstance(record, ArrayRecord):  # the strategy decodes them: fast, please
             decoding_arrays(record)
-    up = 0 if local else content_bytes(reply)
     metrics = reply_metrics(reply)
-    t += clock.compute_s(device, work_of(message.metadata.message_type, metrics), plan.fate)
-    up_s = 0.0 if local else clock.upload_s(device, up)
-    arrival, delivered = arrive(clock, telemetry, dispatch, node, device, now, t + up_s, reply)
-    if delivered is not None:
-        telemetry.record_upload(reply, up, metrics)
-    return arrival, delivered
+    eps = metrics.get(wire.EPSILON)
+    spent = float(eps) if isinstance(eps, int | float) else math.nan
+    work = work_of(message.metadata.message_type, metrics)
+    return reply, work, content_bytes(reply), spent
+
+
+def _gone_offline(
+    table: DeviceTable,
+    plan: DispatchPlan,
+    runs: NDArray[np.intp],
+    arrival: NDArray[np.float64],
+    replies: list[Message | None],
+    stats: RoundStats,
+) -> None:
+    """Replies whose device goes offline before they arrive become dropouts then.
+
+    The client has run by then (its ``context.state`` keeps what it did, as a real
+    device that trained and lost its connection before uploading would).
+    """
+    for i in runs.tolist():
+        availability = table.profiles[plan.rows[i]].availability
+        if availability is None:
+            continue
+        offline = availability.offline_at(plan.now)
+        if offline < arrival[i]:
+            arrival[i], replies[i] = offline, None
+            stats.dropouts += 1
+
+
+def _log(
+    clock: VirtualClock,
+    dispatch: int,
+    plan: DispatchPlan,
+    arrival: NDArray[np.float64],
+    replies: list[Message | None],
+) -> None:
+    """The clock's log of the dispatch, message by message (runs with a device trace)."""
+    for i, fate in enumerate(plan.fates.tolist()):
+        node = plan.nodes[i]
+        if fate == Fate.DROPOUT.value:
+            continue
+        if plan.offline[i]:
+            clock.record(plan.now, node, "offline", dispatch)
+            continue
+        clock.record(plan.now, node, "sent", dispatch)
+        clock.record(float(arrival[i]), node, "reply" if replies[i] else "dropout", dispatch)
 
 
 def cut_at_deadline(

@@ -24,7 +24,9 @@ none: whatever those nodes kept since (a DP accountant's history, an LASGD worke
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from flwr.app import (
@@ -41,10 +43,23 @@ from fedsim import wire
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimError
 from fedsim.process_note import NO_ROUND, ProcessNote
+from fedsim.reply_chunk import ReplyChunk, TrainedTogether
 
 ClientCallable = Callable[[Message, Context], Message]
 Outcome = Message | BaseException  # a reply, or what the ClientApp raised
-Job = tuple[Message, int]  # (delivered message, node id)
+Job = tuple[Message, int]  # (message, node id); the executor copies what a ClientApp gets
+
+
+@dataclass
+class Outcomes:
+    """A dispatch's outcomes: ``each[i]`` is job ``i``'s.
+
+    ``chunks`` hold the stacked replies among them as columns
+    (:class:`~fedsim.reply_chunk.ReplyChunk`, jobs by position).
+    """
+
+    each: list[Outcome]
+    chunks: list[ReplyChunk] = field(default_factory=list)
 
 
 def copy_content(content: RecordDict) -> RecordDict:
@@ -103,14 +118,15 @@ class TrainsTogether(Protocol):
     """A client app that can also train several nodes' train messages at once.
 
     ``train_together(jobs, max_batch)`` returns, per ``(message, context)`` job, the
-    reply the app would give it (up to float rounding) or None: run the app as usual.
+    reply the app would give it (up to float rounding) or None: run the app as usual;
+    and the stacked replies as columns too.
     fedsim's ClientApp is one (:mod:`fedsim.client.stacked`, ``engine.batch_clients``).
     """
 
     def train_together(
         self, jobs: Sequence[tuple[Message, Context]], max_batch: int
-    ) -> list[Message | None]:
-        """Replies of the jobs trained together (None: not trained)."""
+    ) -> TrainedTogether:
+        """Replies of the jobs trained together (None: not trained), with their chunks."""
 
 
 @runtime_checkable
@@ -129,7 +145,7 @@ class Preparable(Protocol):
 class ClientExecutor(Protocol):
     """Runs a dispatch's client calls; owns the nodes' ``Context`` states."""
 
-    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
+    def run(self, jobs: Sequence[Job]) -> Outcomes:
         """Each job's reply or the exception its ClientApp raised, in the order of ``jobs``."""
 
     def node_states(self) -> dict[int, RecordDict]:
@@ -177,18 +193,23 @@ class SerialExecutor:
         self.batch_clients = batch_clients
         self.note = note
 
-    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
-        """Each job's reply or exception, in order."""
-        return list(self.each(jobs))
+    def run(self, jobs: Sequence[Job]) -> Outcomes:
+        """Each job's reply or exception, in order, and the stacked chunks among them."""
+        together = self._trained_together(jobs)
+        if all(r is not None for r in together.replies):  # every job trained together
+            return Outcomes(list(together.replies), together.chunks)  # type: ignore[arg-type]
+        return Outcomes(list(self._each(jobs, together.replies)), together.chunks)
 
     def each(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         """Yield each job's reply or exception as soon as it is done."""
-        together = self._trained_together(jobs)
+        return self._each(jobs, self._trained_together(jobs).replies)
+
+    def _each(self, jobs: Sequence[Job], together: Sequence[Message | None]) -> Iterator[Outcome]:
+        """Each job's reply: trained together already, or from the ClientApp now."""
         note = self.note
         # A dispatch's messages belong to one round (the note only names it).
         dispatch_round = server_round(jobs[0][0]) if note is not None and jobs else NO_ROUND
-        for i, (message, node) in enumerate(jobs):
-            ready = together.get(i)
+        for (message, node), ready in zip(jobs, together, strict=True):
             if ready is not None:
                 yield ready
                 continue
@@ -202,38 +223,42 @@ class SerialExecutor:
                 note.server_work()
             yield outcome
 
-    def _trained_together(self, jobs: Sequence[Job]) -> dict[int, Message]:
-        """With ``batch_clients``: the replies of the train jobs the app trains together.
+    def _trained_together(self, jobs: Sequence[Job]) -> TrainedTogether:
+        """With ``batch_clients``: the train jobs the app trains together, by job position.
 
-        Keyed by the job's position; the others run one by one through the ClientApp.
+        The others (None) run one by one through the ClientApp.
         """
         app = self.client_app
+        alone = TrainedTogether([None] * len(jobs))
         if not self.batch_clients or self.watchdog is not None:
-            return {}
+            return alone
         if not isinstance(app, TrainsTogether):
-            return {}
+            return alone
         train = [i for i, (m, _) in enumerate(jobs) if m.metadata.message_type == "train"]
         if len(train) < 2:
-            return {}
+            return alone
         first, node = jobs[train[0]]
         if self.note is not None:
             self.note.client_call(node, server_round(first), "train", nodes=len(train))
         try:
-            replies = app.train_together(
+            together = app.train_together(
                 [(jobs[i][0], self.contexts[jobs[i][1]]) for i in train], self.batch_clients
             )
         finally:
             if self.note is not None:
                 self.note.server_work()
-        return {i: r for i, r in zip(train, replies, strict=True) if r is not None}
+        for i, reply in zip(train, together.replies, strict=True):
+            alone.replies[i] = reply
+        alone.chunks = [chunk.at(train) for chunk in together.chunks]
+        return alone
 
     def _call(self, message: Message, node: int) -> Message:
         """Call the ClientApp for ``node``, under the watchdog when there is one."""
         context = self.contexts[node]
         # Flower's strategies share one content among a dispatch's messages; a ClientApp
-        # may change what it is handed, so it gets its own containers.
+        # may change what it is handed, so it gets its own containers and metadata.
         message = Message(  # type: ignore[call-overload]  # flwr's own copy path
-            content=copy_content(message.content), metadata=message.metadata
+            content=copy_content(message.content), metadata=copy.copy(message.metadata)
         )
         if self.watchdog is None:
             return self.client_app(message, context)

@@ -23,26 +23,25 @@ from fedsim import wire
 from fedsim.engine.clock import VirtualClock
 from fedsim.engine.delivery import (
     DeviceTraceExhausted,
-    InjectedFault,
     Pending,
-    Plan,
+    Settled,
     cut_at_deadline,
     online_nodes,
-    plan_message,
     settle,
 )
 from fedsim.engine.devices import DeviceProfile
+from fedsim.engine.dispatch_plan import DeviceTable, InjectedFault, plan_dispatch
 from fedsim.engine.executor import (
     ClientCallable,
     ClientExecutor,
     SerialExecutor,
 )
-from fedsim.engine.flower_compat import assign_message_id, empty_run
+from fedsim.engine.flower_compat import assign_message_ids, empty_run
 from fedsim.engine.node_contexts import NODE_ID_OFFSET as NODE_ID_OFFSET
 from fedsim.engine.node_contexts import NodeContexts
 from fedsim.engine.node_contexts import node_contexts as node_contexts
 from fedsim.engine.reply_check import ReplyRules, WorkBound, agreeing
-from fedsim.engine.telemetry import Telemetry, content_bytes
+from fedsim.engine.telemetry import Telemetry
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimWarning
 from fedsim.process_note import current as process_note
@@ -116,6 +115,7 @@ class InProcessGrid(Grid):
         # A NodeContexts stays lazy; any other mapping is copied as before.
         self.contexts = contexts if isinstance(contexts, NodeContexts) else dict(contexts)
         self.devices = dict(devices)
+        self.table = DeviceTable.of(self.devices)
         self.clock = clock
         self.deadline_s = deadline_s
         self.telemetry = Telemetry()
@@ -149,10 +149,15 @@ class InProcessGrid(Grid):
         ``work`` bounds the ``train-samples`` a reply may claim (they drive the clock).
         """
         sizes = list(partition_examples)
+        known: dict[int, float] = {}  # a node's partition never changes in-process
 
         def node_examples(node: int) -> float:
-            partition = int(self.contexts[node].node_config[wire.PARTITION_ID])
-            return sizes[partition] if 0 <= partition < len(sizes) else math.inf
+            examples = known.get(node)
+            if examples is None:
+                partition = int(self.contexts[node].node_config[wire.PARTITION_ID])
+                examples = sizes[partition] if 0 <= partition < len(sizes) else math.inf
+                known[node] = examples
+            return examples
 
         total = float(sum(sizes))
         self.reply_rules = ReplyRules.for_model(model, node_examples, total, per_parameter, work)
@@ -207,9 +212,9 @@ class InProcessGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Deliver messages now; their replies become pullable at their arrival times."""
-        ids: list[str] = []
-        for arrival, message_id, reply in self._dispatch_all(messages):
-            ids.append(message_id)
+        settled = self._settled(messages)
+        ids = list(self._sent)
+        for message_id, (arrival, reply) in zip(ids, settled.arrivals, strict=True):
             if reply is not None:
                 heapq.heappush(self._pending, Pending(arrival, self._seq, message_id, reply))
                 self._seq += 1
@@ -258,13 +263,13 @@ class InProcessGrid(Grid):
         scenario's ``system.deadline_s`` plays its part.
         """
         start = self.clock.now
-        results = self._dispatch_all(messages)
-        settled = [(arrival, reply) for arrival, _, reply in results]
-        replies = cut_at_deadline(self.clock, self.telemetry, start, self.deadline_s, settled)
+        settled = self._settled(messages)
+        replies = cut_at_deadline(
+            self.clock, self.telemetry, start, self.deadline_s, settled.arrivals
+        )
         if self.reply_rules is not None:
-            replies = agreeing(replies, self._sent)
-        for reply in replies:
-            self.telemetry.record_delivery(reply)
+            replies = agreeing(replies, self._sent, settled.known)
+        self.telemetry.record_deliveries(replies, settled.delivered)
         return replies
 
     # ------------------------------------------------------------- checkpoints
@@ -301,38 +306,24 @@ class InProcessGrid(Grid):
 
     # ---------------------------------------------------------------- internals
 
-    def _dispatch_all(self, messages: Iterable[Message]) -> list[tuple[float, str, Message | None]]:
-        """Handle every message of one dispatch; return (arrival, id, reply or None).
+    def _settled(self, messages: Iterable[Message]) -> Settled:
+        """Handle every message of one dispatch: each one's arrival and reply (or None).
 
         Three phases, so that what the strategy sees does not depend on the executor:
-        fates and copies in message order, the client calls all at once through
-        :attr:`executor`, then clock stamps and telemetry in message order again.
+        fates for the whole dispatch, the client calls all at once through
+        :attr:`executor`, then clock stamps and telemetry for the whole dispatch again.
+        The dispatch's message ids are :attr:`_sent`'s keys, in message order.
         """
         self._dispatch += 1
         if self.reply_rules is not None:
             self.reply_rules.new_dispatch()
-        sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
-        self._sent = {}
-        plans: list[Plan] = []
-        for i, message in enumerate(messages):
-            message_id = f"{self._dispatch}-{i}"
-            assign_message_id(message, message_id)
-            self._sent[message_id] = message
-            key = id(message.content)  # the contents stay alive, so ids stay unique
-            if key not in sizes:
-                sizes[key] = content_bytes(message)
-            plans.append(
-                plan_message(
-                    self.clock, self.devices, self._dispatch, message, message_id, sizes[key]
-                )
-            )
-        runs = [p for p in plans if p.delivered is not None]
-        outcomes = self.executor.run([(p.delivered, p.node) for p in runs])  # type: ignore[misc]  # delivered is set
-        for plan, outcome in zip(runs, outcomes, strict=True):
-            plan.outcome = outcome
-        return [self._settle(p) for p in plans]
-
-    def _settle(self, plan: Plan) -> tuple[float, str, Message | None]:
-        """Stamp one message's outcome on the clock; return (arrival, id, reply or None)."""
-        arrival, reply = settle(self.clock, self.telemetry, self.reply_rules, self._dispatch, plan)
-        return arrival, plan.message_id, reply
+        messages = list(messages)
+        ids = [f"{self._dispatch}-{i}" for i in range(len(messages))]
+        assign_message_ids(messages, ids)
+        self._sent = dict(zip(ids, messages, strict=True))
+        plan = plan_dispatch(self.clock, self.table, self._dispatch, messages, ids)
+        runs = plan.runs()
+        plan.deliver(runs, self.executor.run([(messages[i], plan.nodes[i]) for i in runs]))
+        return settle(
+            self.clock, self.telemetry, self.reply_rules, self._dispatch, plan, self.table
+        )

@@ -30,8 +30,9 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsim.engine.clock import VirtualClock
-from fedsim.engine.delivery import cut_at_deadline, plan_message, settle
+from fedsim.engine.delivery import cut_at_deadline, settle
 from fedsim.engine.devices import DeviceProfile
+from fedsim.engine.dispatch_plan import DeviceTable, plan_dispatch
 from fedsim.engine.flower_compat import assign_message_id
 from fedsim.engine.node_contexts import NODE_ID_OFFSET
 from fedsim.engine.node_partitions import NodePartitions
@@ -87,7 +88,7 @@ class ObservedGrid(Grid):
         self._sent: dict[str, Message] = {}  # pushed messages whose replies are not pulled
         self.clock = clock
         self.deadline_s = deadline_s
-        self._devices = {NODE_ID_OFFSET + k: d for k, d in enumerate(population)}
+        self._devices = DeviceTable.of({NODE_ID_OFFSET + k: d for k, d in enumerate(population)})
         wait = PARTITION_QUERY_TIMEOUT_S if client_timeout_s is None else client_timeout_s
         self.partitions = NodePartitions(inner, wait)
         self._dispatch = 0
@@ -227,44 +228,33 @@ class ObservedGrid(Grid):
             self.reply_rules.new_dispatch()
         start = clock.now
         self.partitions.learn(m.metadata.dst_node_id for m in messages)
-        sizes: dict[int, int] = {}  # Flower's strategies share one content among messages
-        plans = []
-        for i, message in enumerate(messages):
-            key = id(message.content)
-            if key not in sizes:
-                sizes[key] = content_bytes(message)
-            node = self.partitions.clock_id(message.metadata.dst_node_id)
-            plans.append(
-                plan_message(
-                    clock, self._devices, self._dispatch, message, str(i), sizes[key], node
-                )
-            )
+        nodes = [self.partitions.clock_id(m.metadata.dst_node_id) for m in messages]
+        ids = [str(i) for i in range(len(messages))]
+        plan = plan_dispatch(clock, self._devices, self._dispatch, messages, ids, nodes)
         # Dropouts never reach their node; injected failures are the engine's, not a
         # client's: only the others are sent (and their clients run), as in-process.
-        runs = [p for p in plans if p.delivered is not None]
+        runs = plan.runs()
         # (Nothing to send when every message was dropped: no call to Flower at all.)
-        replies = (
-            self.inner.send_and_receive([p.message for p in runs], timeout=limit) if runs else []
-        )
+        sent = [messages[i] for i in runs]
+        replies = self.inner.send_and_receive(sent, timeout=limit) if runs else []
         by_message = {r.metadata.reply_to_message_id: r for r in replies}
         waited = (
             "the round's timeout"
             if self.client_timeout_s is None
             else (f"engine.client_timeout_s={self.client_timeout_s:g}")
         )
-        for plan in runs:
-            reply = by_message.get(plan.message.metadata.message_id)
-            plan.outcome = NoReply(f"no reply within {waited}") if reply is None else reply
-        for plan in plans:
-            if not plan.message.metadata.message_id:  # not sent: its error reply needs an id
-                assign_message_id(plan.message, f"unsent-{self._dispatch}-{plan.message_id}")
-        settled = [
-            settle(clock, self.telemetry, self.reply_rules, self._dispatch, p) for p in plans
-        ]
-        on_time = cut_at_deadline(clock, self.telemetry, start, self.deadline_s, settled)
+        for i, message in zip(runs, sent, strict=True):
+            reply = by_message.get(message.metadata.message_id)
+            plan.outcomes[i] = NoReply(f"no reply within {waited}") if reply is None else reply
+        for i, message in enumerate(messages):
+            if not message.metadata.message_id:  # not sent: its error reply needs an id
+                assign_message_id(message, f"unsent-{self._dispatch}-{i}")
+        settled = settle(
+            clock, self.telemetry, self.reply_rules, self._dispatch, plan, self._devices
+        )
+        on_time = cut_at_deadline(clock, self.telemetry, start, self.deadline_s, settled.arrivals)
         if self.reply_rules is not None:
-            sent = {p.message.metadata.message_id: p.message for p in plans}
-            on_time = agreeing(on_time, sent)
-        for reply in on_time:
-            self.telemetry.record_delivery(reply)
+            by_id = {m.metadata.message_id: m for m in messages}
+            on_time = agreeing(on_time, by_id, settled.known)
+        self.telemetry.record_deliveries(on_time, settled.delivered)
         return on_time

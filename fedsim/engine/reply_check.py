@@ -55,6 +55,7 @@ from numpy.typing import NDArray
 
 from fedsim import wire
 from fedsim.array_codec import encode, view
+from fedsim.engine.chunk_check import rows_within_rules
 from fedsim.engine.reply_values import (
     MAGNITUDE_CAP,
     MAGNITUDE_FACTOR,
@@ -63,6 +64,7 @@ from fedsim.engine.reply_values import (
     sent_kinds,
 )
 from fedsim.engine.reply_work import CLOCK_SLACK_S, MAX_NODE_EXAMPLES, WorkBound, work_problem
+from fedsim.reply_chunk import ReplyChunk
 from fedsim.rounding import decode_rounded, is_rounded
 
 # Re-exported: the engines and tests name them through this module.
@@ -91,7 +93,7 @@ _NO_ARRAYS = ArrayRecord()
 
 
 @dataclass(frozen=True)
-class _SentView:
+class SentView:
     """What one sent content allows a reply to carry."""
 
     records: dict[str, ArrayRecord]  # the array records sent, by name
@@ -129,7 +131,7 @@ class ReplyRules:
     work: WorkBound | None = None  # None: train-samples only has to be non-negative
     # What a sent content allows, by the content's id (the content kept alive beside
     # it): a round's messages share one content, so it is worked out once per round.
-    _sent_views: dict[int, tuple[object, _SentView]] = field(
+    _sent_views: dict[int, tuple[object, SentView]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -167,13 +169,25 @@ class ReplyRules:
         carries_model, problem = self._arrays_problem(sent, arrays)
         return problem or self._metrics_problem(sent, metrics, carries_model)
 
+    def chunk_problems(self, sent: Sequence[Message], chunk: ReplyChunk) -> list[str | None]:
+        """:meth:`problem` of each row of ``chunk`` (``sent[r]``: what row ``r`` answers).
+
+        The chunk's columns are checked at once (:mod:`fedsim.engine.chunk_check`); only
+        rows that may break a rule are checked one by one, by :meth:`problem`.
+        """
+        passing = rows_within_rules(self, sent, chunk)
+        return [
+            None if ok else self.problem(message, reply)
+            for ok, message, reply in zip(passing.tolist(), sent, chunk.replies, strict=True)
+        ]
+
     # ------------------------------------------------------------------ arrays
 
     def new_dispatch(self) -> None:
         """Forget what earlier sent contents allowed (a strategy may reuse and change one)."""
         self._sent_views.clear()
 
-    def _sent_view(self, sent: Message) -> _SentView:
+    def sent_view(self, sent: Message) -> SentView:
         """The array records ``sent`` carried and the shapes a reply may return."""
         content = sent.content if sent.has_content() else None
         key = id(content)
@@ -185,7 +199,7 @@ class ReplyRules:
             for name, record in (content.items() if content is not None else ())
             if isinstance(record, ArrayRecord)
         }
-        view_ = _SentView(
+        view_ = SentView(
             records,
             set(records) or {wire.ARRAYS},
             {
@@ -205,7 +219,7 @@ class ReplyRules:
     def _arrays_problem(
         self, sent: Message, arrays: dict[str, ArrayRecord]
     ) -> tuple[bool, str | None]:
-        view_ = self._sent_view(sent)
+        view_ = self.sent_view(sent)
         carries_model = False
         for name, record in arrays.items():
             if name not in view_.allowed:
@@ -219,8 +233,8 @@ class ReplyRules:
             sent_arrays = view_.records.get(name, _NO_ARRAYS)
             kinds = view_.kinds.get(name, {})
             for key, array in list(record.items()):
-                shape = shapes.get(key) or self._expected_shape(key, sent_arrays)
-                want = kinds.get(key) or (self._expected_dtype(key), MAGNITUDE_CAP)
+                shape = shapes.get(key) or self.expected_shape(key, sent_arrays)
+                want = kinds.get(key) or (self.expected_dtype(key), MAGNITUDE_CAP)
                 problem, cast = self._array_problem(key, array, shape, *want)
                 if problem:
                     return carries_model, problem
@@ -267,7 +281,7 @@ class ReplyRules:
             return problem or f"array '{key}' is coded as {value.dtype}, expected {dtype}", None
         return None, value.astype(dtype)
 
-    def _expected_dtype(self, key: str) -> np.dtype[Any] | None:
+    def expected_dtype(self, key: str) -> np.dtype[Any] | None:
         """The dtype of the model array ``key`` is, or names (a per-parameter array)."""
         if key in self.dtypes:
             return self.dtypes[key]
@@ -276,7 +290,8 @@ class ReplyRules:
                 return self.dtypes[key[len(prefix) :]]
         return None
 
-    def _expected_shape(self, key: str, sent: ArrayRecord) -> tuple[int, ...] | None:
+    def expected_shape(self, key: str, sent: ArrayRecord) -> tuple[int, ...] | None:
+        """The shape a reply's array ``key`` must have (None: it is unexpected)."""
         if key in sent:
             return tuple(int(d) for d in sent[key].shape)
         if key in self.model:
@@ -340,28 +355,42 @@ def checked(rules: ReplyRules | None, sent: Message, reply: Message) -> Message:
     return reply if problem is None else rejected(sent, problem)
 
 
-def _signature(reply: Message) -> tuple[tuple[str, tuple[str, ...]], ...]:
+Signature = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def signature(reply: Message) -> Signature:
     """The record names and keys of a reply (what Flower's aggregation compares)."""
     return tuple(sorted((name, tuple(sorted(rec))) for name, rec in reply.content.items()))
 
 
-def agreeing(replies: Iterable[Message], sent: Mapping[str, Message]) -> list[Message]:
+def agreeing(
+    replies: Iterable[Message],
+    sent: Mapping[str, Message],
+    known: Mapping[int, Signature] | None = None,
+) -> list[Message]:
     """Refuse the replies whose record keys differ from the round's majority.
 
     Flower's aggregations abort a round when replies carry different keys; the keys most
     replies carry (the earliest such reply's, on a tie) win and the others become error
-    replies. ``sent`` maps a message id to the message each reply answers.
+    replies. ``sent`` maps a message id to the message each reply answers; ``known``
+    holds :func:`signature` of replies by ``id`` where the caller knows it already (a
+    stacked chunk's replies share one).
     """
     replies = list(replies)
+    known = known or {}
+    shared = known.get(id(replies[0])) if replies else None
+    if shared is not None and all(known.get(id(r)) is shared for r in replies):
+        return replies  # one chunk's replies, all with its (one) keys
     content = [r for r in replies if not r.has_error() and r.has_content()]
     if len(content) < 2:
         return replies
-    counts = Counter(_signature(r) for r in content)
+    keys = {id(r): known.get(id(r)) or signature(r) for r in content}
+    counts = Counter(keys.values())
     best = max(counts.values())
-    majority = next(s for s in map(_signature, content) if counts[s] == best)
+    majority = next(keys[id(r)] for r in content if counts[keys[id(r)]] == best)
     out: list[Message] = []
     for reply in replies:
-        if reply.has_error() or not reply.has_content() or _signature(reply) == majority:
+        if reply.has_error() or not reply.has_content() or keys[id(reply)] == majority:
             out.append(reply)
             continue
         original = sent[reply.metadata.reply_to_message_id]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from flwr.app import Message, MetricRecord
 
 from fedsim import wire
+
+# A delivered train reply's (train loss, num-examples, attacker flag), where known.
+Delivered = tuple[Any, Any, bool]
 
 # flwr.common.constant.ErrorCode: the SuperLink answers a message for a node that went
 # offline (missed its heartbeats) with this error; it is a dropout, not a client failure.
@@ -107,11 +111,29 @@ class Telemetry:
             return
         if not reply.metadata.message_type.startswith("train"):
             return
-        stats.participants += 1
         metrics = reply_metrics(reply)
-        if metrics.get(wire.ATTACKER_METRIC) == 1:
-            stats.attackers += 1
-        loss, n = metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES)
+        # ``in`` first: a record's ``get`` of a missing key raises and catches inside.
+        attacker = wire.ATTACKER_METRIC in metrics and metrics[wire.ATTACKER_METRIC] == 1
+        self._count_train(metrics.get(wire.TRAIN_LOSS), metrics.get(wire.NUM_EXAMPLES), attacker)
+
+    def record_deliveries(self, replies: Iterable[Message], known: Mapping[int, Delivered]) -> None:
+        """:meth:`record_delivery` of each reply, in order.
+
+        ``known`` holds, by reply ``id``, the (train loss, num-examples, attacker) of
+        train replies whose metrics the caller has read already (a stacked chunk's).
+        """
+        for reply in replies:
+            row = known.get(id(reply))
+            if row is None:
+                self.record_delivery(reply)
+            else:
+                self._count_train(*row)
+
+    def _count_train(self, loss: object, n: object, attacker: bool) -> None:
+        """Count one delivered train reply with these metrics."""
+        stats = self.current
+        stats.participants += 1
+        stats.attackers += bool(attacker)
         # A reply's numbers are the client's word: a NaN count must not crash the count.
         if _finite(loss) and _finite(n):
             stats.train_loss_sum += float(loss) * float(n)

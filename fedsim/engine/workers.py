@@ -30,6 +30,7 @@ from fedsim.engine.executor import (
     ClientCallable,
     Job,
     Outcome,
+    Outcomes,
     Preparable,
     SerialExecutor,
     WorkerDied,
@@ -261,8 +262,11 @@ class WorkerPool:
         """The worker that runs ``node``."""
         return node % len(self._workers)
 
-    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
-        """Send each worker its share of ``jobs`` at once, then collect every outcome."""
+    def run(self, jobs: Sequence[Job]) -> Outcomes:
+        """Send each worker its share of ``jobs`` at once, then collect every outcome.
+
+        Replies come back one by one (no chunk columns): the engine checks them singly.
+        """
         shares: dict[int, list[int]] = {}  # worker -> indices into jobs, in order
         for i, (_, node) in enumerate(jobs):
             shares.setdefault(self.owner(node), []).append(i)
@@ -307,7 +311,7 @@ class WorkerPool:
                 started[w] = time.monotonic()  # the worker's next job starts now
                 if not remaining[w]:
                     del remaining[w]
-        return outcomes  # type: ignore[return-value]  # every slot is filled above
+        return Outcomes(outcomes)  # type: ignore[arg-type]  # every slot is filled above
 
     def _stop(
         self,

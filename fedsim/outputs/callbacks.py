@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fedsim.errors import Problem, ScenarioError, UnknownNameError
 from fedsim.registry import ImportKind, Registry, is_import_path
@@ -57,7 +57,15 @@ class RunInfo:
 
 
 class Callback:
-    """Base of every callback: each hook does nothing until overridden."""
+    """Base of every callback: each hook does nothing until overridden.
+
+    ``draws_random``: whether a hook may draw from the global random generators
+    (``random``, numpy's, torch's); the round loop then puts their states back after
+    the hooks (a callback never changes a run). A callback that draws nothing, or keeps
+    the states itself, says False and spares the round that.
+    """
+
+    draws_random: ClassVar[bool] = True
 
     def on_run_start(self, run: RunInfo) -> None:
         """Called once, before round 0's evaluation (or the first resumed round)."""
@@ -92,6 +100,11 @@ class CallbackList(Callback):
 
     def __init__(self, callbacks: Sequence[Callback]) -> None:
         self.callbacks = list(callbacks)
+
+    @property
+    def draws_random(self) -> bool:  # type: ignore[override]  # from its callbacks
+        """Whether any of the callbacks may draw from the global random generators."""
+        return any(cb.draws_random for cb in self.callbacks)
 
     def on_run_start(self, run: RunInfo) -> None:  # noqa: D102
         for cb in self.callbacks:

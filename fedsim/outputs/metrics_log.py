@@ -131,6 +131,8 @@ class MetricsLog(Callback):
         checkpoints stores them in each checkpoint).
     """
 
+    draws_random = False
+
     def __init__(self, run_dir: Path, *, keep_recent: bool = False, _keep: bool = False) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.keep_recent = keep_recent

@@ -295,6 +295,8 @@ def plot_client_accuracy(
 class PlotsCallback(Callback):
     """``plots/``: the run's figures, drawn when the run ends (``output.plots``)."""
 
+    draws_random = False  # figures only: no hook draws from the global generators
+
     def on_run_end(self, run: RunInfo, records: Sequence[Record]) -> None:  # noqa: D102
         from fedsim.config.expand import run_label
 

@@ -56,6 +56,8 @@ class Tracker(Callback):
 class CsvTracker(Tracker):
     """``metrics.csv``: the rounds' numeric fields, one column each."""
 
+    draws_random = False
+
     def __init__(self) -> None:
         self.rows: list[dict[str, int | float]] = []
         self.header: list[str] = []

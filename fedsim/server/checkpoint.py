@@ -24,6 +24,8 @@ import os
 import random
 import types
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -122,6 +124,20 @@ def capture_rng() -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
+
+
+@contextmanager
+def rng_kept() -> Iterator[None]:
+    """Put the global RNG states back after the block: callbacks never change a run.
+
+    A tracker or user callback that draws from ``random``/numpy/torch would otherwise
+    shift Flower's client sampling and the clients' shuffles in later rounds.
+    """
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -257,6 +273,8 @@ class Checkpointer(Callback):
     It holds the loop's :class:`LoopState`, which the round loop updates in place, so
     at a round's end it saves what ``Strategy.start`` would carry into the next round.
     """
+
+    draws_random = False  # it reads the generators' states, and draws from none
 
     def __init__(
         self,

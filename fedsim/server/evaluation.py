@@ -32,6 +32,7 @@ from fedsim.outputs.per_client import (
     summarize_clients,
 )
 from fedsim.outputs.summary import NON_FINITE
+from fedsim.server.checkpoint import rng_kept
 from fedsim.training_device import first, resolve
 
 
@@ -47,6 +48,8 @@ class CentralEvaluation(Callback):
     owner : HoldsOwnModels, optional
         A strategy whose own models are scored too (DemLearn's hierarchy).
     """
+
+    draws_random = False  # it keeps the states itself, on the rounds it evaluates
 
     def __init__(
         self, scenario: Scenario, data: FederatedData, owner: HoldsOwnModels | None = None
@@ -76,6 +79,13 @@ class CentralEvaluation(Callback):
         self.last = (None, None)
         if not self.evaluates(server_round):
             return
+        with rng_kept():  # a model's own draws (diagnostics, say) never change the run
+            self._evaluate(run, server_round, record, arrays)
+
+    def _evaluate(
+        self, run: RunInfo, server_round: int, record: dict[str, Any], arrays: ArrayRecord
+    ) -> None:
+        """Score ``arrays`` on the test split (and more, as the output section asks)."""
         output, data = self.scenario.output, self.data
         batch = self.scenario.client.eval_batch_size
         regression = data.y_test.dtype.kind == "f"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedsim import wire
+from fedsim.array_codec import view
 from fedsim.config.schema import Scenario
 from fedsim.engine.protocols import (
     ObservedRounds,
@@ -36,10 +36,7 @@ from fedsim.outputs.metrics_log import (
     clean_record,
 )
 from fedsim.outputs.plots import PlotsCallback
-from fedsim.server.checkpoint import (
-    capture_rng,
-    restore_rng,
-)
+from fedsim.server.checkpoint import rng_kept as rng_kept  # re-exported: older imports
 from fedsim.server.evaluation import CentralEvaluation
 from fedsim.server.loop import FED_EVAL_METRICS
 
@@ -70,20 +67,6 @@ def build_callbacks(
     if scenario.output.plots:
         callbacks.append(PlotsCallback())
     return CallbackList(callbacks)
-
-
-@contextmanager
-def rng_kept() -> Iterator[None]:
-    """Put the global RNG states back after the block: callbacks never change a run.
-
-    A tracker or user callback that draws from ``random``/numpy/torch would otherwise
-    shift Flower's client sampling and the clients' shuffles in later rounds.
-    """
-    state = capture_rng()
-    try:
-        yield
-    finally:
-        restore_rng(state)
 
 
 class RoundRecorder:
@@ -140,7 +123,8 @@ class RoundRecorder:
         # Prefixed, so a strategy's metric never replaces one of fedsim's fields.
         record.update(self.pending)
         self.pending = {}
-        with rng_kept():
+        # Callbacks that say they draw nothing skip keeping the states (~0.1 ms a round).
+        with rng_kept() if self.callbacks.draws_random else contextlib.nullcontext():
             self.callbacks.on_round_end(self.run, server_round, clean_record(record), arrays)
         # After the round is logged: a run that stops shows what it did until then.
         self.failures.after_round(
@@ -165,7 +149,7 @@ class RoundRecorder:
 def check_finite(server_round: int, arrays: ArrayRecord) -> None:
     """Raise :class:`DivergedError` naming the round if any array is not finite."""
     for name, array in arrays.items():
-        value = array.numpy()
+        value = view(array)  # no copy, no header parsed again (Array.numpy() does both)
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise DivergedError(
                 f"round {server_round}: the global model has non-finite values in '{name}' "

@@ -18,7 +18,7 @@ import fedsim
 from fedsim import wire
 from fedsim.array_codec import decode
 from fedsim.client.app import app
-from fedsim.client.stacked import train_together
+from fedsim.client.stacked import train_chunks, train_together
 from fedsim.client.steps import STEPS, LocalStep, PlainStep
 from fedsim.compose import load_scenario
 from fedsim.config.sources import to_yaml
@@ -28,6 +28,7 @@ from fedsim.engine.inprocess_grid import node_contexts
 from fedsim.errors import FedsimWarning
 from fedsim.models import build_model, register_model
 from fedsim.outputs.metrics_log import read_metrics
+from fedsim.reply_chunk import TrainedTogether
 from tests.conftest import strip_wall_clock
 
 RTOL = 1e-5
@@ -286,12 +287,12 @@ def _count_stacked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     stacked_replies: list[int] = []
 
-    def counting(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> list[Message | None]:
-        replies = train_together(jobs, max_batch)
-        stacked_replies.append(sum(r is not None for r in replies))
-        return replies
+    def counting(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> TrainedTogether:
+        together = train_chunks(jobs, max_batch)
+        stacked_replies.append(sum(r is not None for r in together.replies))
+        return together
 
-    monkeypatch.setattr(batched, "train_together", counting)
+    monkeypatch.setattr(batched, "train_chunks", counting)
     return stacked_replies
 
 

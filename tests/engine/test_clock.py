@@ -72,3 +72,44 @@ def test_slow_nodes_divide_the_drawn_speed() -> None:
     )
     ratio = [p.speed / s.speed for p, s in zip(plain, slow, strict=True)]
     assert ratio == pytest.approx([4.0, 4.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_a_dispatchs_draw_is_each_nodes_own() -> None:
+    """One draw per dispatch: each node's fate is the one it is drawn alone, whatever
+    the other nodes of the dispatch and their order."""
+    cfg = SystemConfig(straggle_prob=0.3, dropout_prob=0.2, failure_prob=0.1)
+    clock = VirtualClock(cfg, seed=5)
+    nodes = np.array([1000, 1007, 1003, 1042, 1001, 1999], dtype=np.int64)
+    fates = clock.draw_many(4, nodes)
+    assert [Fate(int(f)) for f in fates] == [clock.draw(4, int(n)) for n in nodes]
+    order = np.array([3, 0, 5, 1, 4, 2])
+    assert np.array_equal(clock.draw_many(4, nodes[order]), fates[order])
+    assert np.array_equal(clock.draw_many(4, nodes[:2]), fates[:2])
+    assert not np.array_equal(clock.draw_many(5, nodes), fates) or len(set(fates)) == 1
+
+
+def test_arrivals_are_the_per_message_sums() -> None:
+    """The dispatch's arrivals equal now + download_s + compute_s + upload_s, bit for bit."""
+    cfg = SystemConfig(latency_s=0.07, seconds_per_sample=0.0013, straggle_slowdown=3.0)
+    clock = VirtualClock(cfg, seed=0)
+    devices = [DeviceProfile(1.7, 3.3, 9.1), DeviceProfile(0.4, 1.1, 2.9), DeviceProfile(2, 5, 7)]
+    down, samples, up = [123_456, 7_890, 0], [640.0, 96.0, 0.0], [98_765, 4_321, 0]
+    fates = [Fate.OK, Fate.STRAGGLE, Fate.OK]
+    link = tuple(
+        np.array([getattr(d, k) for d in devices])
+        for k in ("speed", "downlink_mbps", "uplink_mbps")
+    )
+    got = clock.arrivals(
+        12.5,
+        link,  # type: ignore[arg-type]
+        np.array(down),
+        np.array(samples),
+        np.array([f.value for f in fates], dtype=np.int8),
+        np.array(up),
+        np.array([True, True, False]),
+    )
+    for i, device in enumerate(devices[:2]):
+        t = 12.5 + clock.download_s(device, down[i])
+        t += clock.compute_s(device, samples[i], fates[i])
+        assert got[i] == t + clock.upload_s(device, up[i])
+    assert got[2] == 12.5 + clock.compute_s(devices[2], 0.0, Fate.OK)  # local compute only

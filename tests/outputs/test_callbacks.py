@@ -179,6 +179,27 @@ def test_a_callback_drawing_random_numbers_changes_nothing(
     assert strip_wall_clock(plain.metrics) == strip_wall_clock(gambled.metrics)
 
 
+class _Undeclared(Gambler):
+    """Draws as Gambler does but says it draws nothing (Callback.draws_random)."""
+
+    draws_random = False
+
+
+def test_a_round_skips_keeping_rng_states_when_no_callback_draws(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """fedsim's own callbacks say they draw nothing, so a round keeps no RNG states:
+    a callback that draws while saying it does not is not undone (it shifts Flower's
+    sampling), and one that says it may draw is (the test above)."""
+    from tests.conftest import strip_wall_clock
+
+    tiny["strategy"]["params"]["fraction_train"] = 0.5
+    tiny["output"]["plots"] = False
+    plain = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "a")
+    undeclared = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "b", callbacks=[_Undeclared()])
+    assert strip_wall_clock(plain.metrics) != strip_wall_clock(undeclared.metrics)
+
+
 def test_a_tracker_whose_library_is_missing_names_the_extra(
     tiny: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

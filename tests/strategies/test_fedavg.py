@@ -99,3 +99,25 @@ def test_no_valid_replies() -> None:
     failed = Message(Error(2, "boom"), reply_to=Message(RecordDict(), 999, "train"))
     assert FedAvg().aggregate_train(1, [failed]) == (None, None)
     assert FedAvg().aggregate_train(1, []) == (None, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(), (1,), (2,), (5, 3)])
+def test_bit_identical_for_every_shape_and_float(dtype: Any, shape: tuple[int, ...]) -> None:
+    """One stacked sum per key adds in reply order, as Flower's running sum (scalars and
+    one-element arrays included, which numpy would otherwise sum pairwise)."""
+    rng = np.random.default_rng(1)
+    replies = []
+    for n in rng.integers(1, 200, 40):
+        value = (rng.normal(size=shape) * 10 ** rng.uniform(-3, 3)).astype(dtype)
+        arrays = ArrayRecord({"w": Array(np.asarray(value))})
+        metrics = MetricRecord({wire.NUM_EXAMPLES: int(n)})
+        instruction = Message(RecordDict(), 1000 + int(n), "train")
+        content = RecordDict({wire.ARRAYS: arrays, wire.METRICS: metrics})
+        replies.append(Message(content, reply_to=instruction))
+    ours = FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)[0]
+    flowers = flwr_strategies.FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)[
+        0
+    ]
+    assert ours is not None and flowers is not None
+    assert ours["w"].data == flowers["w"].data

@@ -18,7 +18,8 @@ from fedsim.algorithms.fedaws.server import FedAwS
 from fedsim.algorithms.fedaws.spreadout import normalize_rows, spreadout_loss, spreadout_steps
 from fedsim.client.steps import StepInputs, TrainResult
 from fedsim.data.node_data import NodeData
-from fedsim.engine.inprocess_grid import InProcessGrid
+from fedsim.engine import inprocess_grid
+from fedsim.engine.delivery import Settled
 from fedsim.models import build_model
 from fedsim.models.cosine import EMBEDDINGS_KEY, mean_offdiagonal_cosine
 
@@ -127,15 +128,17 @@ def test_each_train_message_holds_one_row_and_w_never_leaves_the_server(
     tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[Message, Message | None]] = []
-    settle = InProcessGrid._settle
+    settle = inprocess_grid.settle
 
-    def spy(self: InProcessGrid, plan: Any) -> tuple[float, str, Message | None]:
-        arrival, message_id, reply = settle(self, plan)
+    def spy(*args: Any) -> Settled:
+        settled = settle(*args)
+        plan = args[4]
         # Copies: the strategy strips the row off the replies it aggregates.
-        seen.append((copy.deepcopy(plan.message), copy.deepcopy(reply)))
-        return arrival, message_id, reply
+        for message, (_, reply) in zip(plan.messages, settled.arrivals, strict=True):
+            seen.append((copy.deepcopy(message), copy.deepcopy(reply)))
+        return settled
 
-    monkeypatch.setattr(InProcessGrid, "_settle", spy)
+    monkeypatch.setattr(inprocess_grid, "settle", spy)
     result = fedsim.run(fedsim.load_scenario(_fedaws(tiny)), tmp_path)
     classes, dim = 10, 8
     trains = [(m, r) for m, r in seen if m.metadata.message_type == "train"]

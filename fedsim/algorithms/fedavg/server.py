@@ -10,16 +10,17 @@ arithmetic. :class:`FedAvg` reads each reply once, decodes with
 and so is its arithmetic, operation for operation and in the same order: the averaged
 arrays are bit-identical and the metrics equal (a test compares the two on the same
 replies). Replies Flower's checks would reject, and a custom
-``train_metrics_aggr_fn``, go to Flower's own code.
+``train_metrics_aggr_fn``, go to Flower's own code. Its train and evaluate messages are
+Flower's, built as copies of the first (``flower_compat.instruction_messages``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.strategy.strategy_utils import (
     aggregate_arrayrecords,
@@ -27,7 +28,8 @@ from flwr.serverapp.strategy.strategy_utils import (
     validate_message_reply_consistency,
 )
 
-from fedsim.array_codec import decode, encode_record
+from fedsim.array_codec import decode, encode_record, view
+from fedsim.engine.flower_compat import instruction_messages
 from fedsim.strategies import register_strategy
 
 
@@ -38,6 +40,12 @@ class FedAvg(flwr_strategies.FedAvg):
     Takes Flower's :class:`~flwr.serverapp.strategy.FedAvg` parameters and behaves as it
     does in every respect but speed (see the module docstring).
     """
+
+    def _construct_messages(
+        self, record: RecordDict, node_ids: list[int], message_type: str
+    ) -> Iterable[Message]:
+        """Flower's messages to ``node_ids`` (built faster: ``instruction_messages``)."""
+        return instruction_messages(record, node_ids, message_type)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -75,19 +83,27 @@ def single_records(
     """
     parts: list[tuple[ArrayRecord, MetricRecord]] = []
     names: tuple[str, str] | None = None
-    keys: tuple[set[str], set[str]] | None = None
+    keys: tuple[KeysView[str], KeysView[str]] | None = None
     for reply in replies:
-        arrays = [(k, r) for k, r in reply.content.items() if isinstance(r, ArrayRecord)]
-        metrics = [(k, r) for k, r in reply.content.items() if isinstance(r, MetricRecord)]
+        arrays: list[tuple[str, ArrayRecord]] = []
+        metrics: list[tuple[str, MetricRecord]] = []
+        for name, record in reply.content.items():
+            if isinstance(record, ArrayRecord):
+                arrays.append((name, record))
+            elif isinstance(record, MetricRecord):
+                metrics.append((name, record))
         if len(arrays) != 1 or len(metrics) != 1:
             return None
         (array_name, array_record), (metric_name, metric_record) = arrays[0], metrics[0]
         if names is None:
             names = (array_name, metric_name)
-            keys = (set(array_record), set(metric_record))
+            keys = (array_record.keys(), metric_record.keys())
             if weighted_by_key not in keys[1]:
                 return None
-        elif (array_name, metric_name) != names or (set(array_record), set(metric_record)) != keys:
+        # Key views compare as sets, without building any.
+        elif (array_name, metric_name) != names or (
+            array_record.keys() != keys[0] or metric_record.keys() != keys[1]  # type: ignore[index]
+        ):
             return None
         if isinstance(metric_record[weighted_by_key], list):
             return None
@@ -96,7 +112,51 @@ def single_records(
 
 
 def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRecord:
-    """``Σ factor·array`` per key, accumulated as Flower's ``aggregate_arrayrecords`` does."""
+    """``Σ factor·array`` per key, accumulated as Flower's ``aggregate_arrayrecords`` does.
+
+    Per key, one product of the replies' arrays stacked along a leading axis with their
+    factors, then one sum over that axis: numpy adds a leading axis of a C-ordered array
+    row after row (``total += row``, as Flower adds), so the result is bit-identical to
+    Flower's (a test holds it for several shapes and types); each factor is cast as
+    numpy casts a Python float multiplying the array.
+    """
+    if not records:
+        return encode_record({})
+    keys = list(records[0])
+    if any(list(r) != keys for r in records):
+        return _weighted_arrays_by_key(records, factors)
+    # Every record's arrays in key order, then per key: one pass over the records.
+    columns = zip(*[r.values() for r in records], strict=True)
+    total: dict[str, np.ndarray] = {}
+    for key, arrays in zip(keys, columns, strict=True):
+        stack = _stacked([view(array) for array in arrays])
+        weights = np.asarray(factors, dtype=np.result_type(stack.dtype, 1.0))
+        products = stack * weights.reshape(-1, *([1] * (stack.ndim - 1)))
+        total[key] = _in_order_sum(products)
+    return encode_record(total)
+
+
+def _stacked(rows: list[np.ndarray]) -> np.ndarray:
+    """``np.stack(rows)`` of equally shaped arrays (concatenated: a tenth of stack's cost)."""
+    first = rows[0]
+    if first.ndim == 0 or any(r.shape != first.shape for r in rows):
+        return np.stack(rows)  # (raises for unequal shapes, as Flower's sum would)
+    return np.concatenate(rows).reshape(len(rows), *first.shape)
+
+
+def _in_order_sum(products: np.ndarray) -> np.ndarray:
+    """``products[0] + products[1] + ...`` added in row order."""
+    rows = products.reshape(len(products), -1)
+    if rows.shape[1] == 1:
+        # One column would be summed along its contiguous axis, pairwise; beside a
+        # column of zeros it is summed row by row again (the zeros add nothing).
+        rows = np.concatenate([rows, np.zeros_like(rows)], axis=1)
+    total: np.ndarray = np.add.reduce(rows, axis=0)
+    return total[: products[0].size].reshape(products.shape[1:])
+
+
+def _weighted_arrays_by_key(records: list[ArrayRecord], factors: list[float]) -> ArrayRecord:
+    """:func:`weighted_arrays` for records whose keys differ (Flower's loop, key by key)."""
     total: dict[str, np.ndarray] = {}
     for record, factor in zip(records, factors, strict=True):
         for key, value in record.items():
