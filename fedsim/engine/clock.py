@@ -29,32 +29,6 @@ class Fate(Enum):
 
 FATES = tuple(Fate)  # by code
 
-_MASK64 = (1 << 64) - 1
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """SplitMix64's finaliser (Steele et al. 2014): a bijection that scatters every bit."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def uniforms(seed: int, dispatch: int, nodes: NDArray[np.int64], k: int) -> NDArray[np.float64]:
-    """``(len(nodes), k)`` uniforms in [0, 1), each a function of (seed, dispatch, node, j).
-
-    A counter-based draw: one vectorised hash per dispatch, whatever the nodes' order,
-    the other nodes of the dispatch or how many there are (a per-node generator costs
-    ~20 µs a message to seed).
-    """
-    key = _mix64(np.array([(seed * 0x632BE59BD9B4E019 + dispatch) & _MASK64], dtype=np.uint64))
-    with np.errstate(over="ignore"):
-        counters = (
-            nodes.astype(np.uint64)[:, None] * np.uint64(k) + np.arange(k, dtype=np.uint64)
-        ) * _GOLDEN
-        bits = _mix64(_mix64(counters ^ key[0]))
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
 
 @dataclass(frozen=True)
 class ClockEvent:
@@ -116,18 +90,26 @@ class VirtualClock:
     def draw_many(self, dispatch: int, nodes: NDArray[np.int64]) -> NDArray[np.int8]:
         """The fates (:class:`Fate` codes) of the messages sent in ``dispatch`` to ``nodes``.
 
-        One draw for the whole dispatch; each node's fate depends only on (run seed,
-        dispatch, node), so it does not depend on the order messages are handled.
+        Each node's fate depends only on (run seed, dispatch, node), so it does not depend
+        on the order messages are handled or on the other nodes of the dispatch. Each is
+        drawn from its own generator seeded by those three numbers, the draw recorded
+        runs were made with (about 20 us a message: only runs whose ``system`` draws
+        fates pay it). A counter-based hash over the whole dispatch would be faster but
+        would give every recorded run with stragglers other fates.
         """
         cfg = self.cfg
         fates = np.zeros(len(nodes), dtype=np.int8)
         if not (cfg.dropout_prob or cfg.failure_prob or cfg.straggle_prob):
-            return fates  # what the draw below returns then, without drawing
-        u = uniforms(self.seed, dispatch, nodes, 3)
-        # The first test that fires decides: dropout, then failure, then straggling.
-        fates[u[:, 2] < cfg.straggle_prob] = Fate.STRAGGLE.value
-        fates[u[:, 1] < cfg.failure_prob] = Fate.FAILURE.value
-        fates[u[:, 0] < cfg.dropout_prob] = Fate.DROPOUT.value
+            return fates  # what the draw below returns then, without seeding a generator
+        for k, node in enumerate(nodes.tolist()):
+            u = np.random.default_rng([self.seed, dispatch, node]).random(3)
+            # The first test that fires decides: dropout, then failure, then straggling.
+            if u[0] < cfg.dropout_prob:
+                fates[k] = Fate.DROPOUT.value
+            elif u[1] < cfg.failure_prob:
+                fates[k] = Fate.FAILURE.value
+            elif u[2] < cfg.straggle_prob:
+                fates[k] = Fate.STRAGGLE.value
         return fates
 
     def download_s(self, device: DeviceProfile, nbytes: int) -> float:

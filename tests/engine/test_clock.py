@@ -75,8 +75,9 @@ def test_slow_nodes_divide_the_drawn_speed() -> None:
 
 
 def test_a_dispatchs_draw_is_each_nodes_own() -> None:
-    """One draw per dispatch: each node's fate is the one it is drawn alone, whatever
-    the other nodes of the dispatch and their order."""
+    """A dispatch's draw gives each node the fate it is drawn alone, whatever the other
+    nodes of the dispatch and their order, and that fate is the one recorded runs drew
+    (a generator seeded by (seed, dispatch, node), computed here independently)."""
     cfg = SystemConfig(straggle_prob=0.3, dropout_prob=0.2, failure_prob=0.1)
     clock = VirtualClock(cfg, seed=5)
     nodes = np.array([1000, 1007, 1003, 1042, 1001, 1999], dtype=np.int64)
@@ -86,6 +87,10 @@ def test_a_dispatchs_draw_is_each_nodes_own() -> None:
     assert np.array_equal(clock.draw_many(4, nodes[order]), fates[order])
     assert np.array_equal(clock.draw_many(4, nodes[:2]), fates[:2])
     assert not np.array_equal(clock.draw_many(5, nodes), fates) or len(set(fates)) == 1
+    for node, fate in zip(nodes.tolist(), fates.tolist(), strict=True):
+        u = np.random.default_rng([5, 4, node]).random(3)
+        first = next((f for f, hit in zip((2, 3, 1), u < [0.2, 0.1, 0.3], strict=True) if hit), 0)
+        assert fate == first, node
 
 
 def test_arrivals_are_the_per_message_sums() -> None:
