@@ -156,7 +156,11 @@ def test_callback_and_sweep_import_paths_count_as_code(tiny: dict[str, Any]) -> 
 
 
 class Gambler(Callback):
-    """Draws from every global RNG each round (as a careless tracker might)."""
+    """Draws from every RNG of the process each round (as a careless tracker might).
+
+    Among them the generator Flower samples nodes with (``node_sampling.SAMPLER``, which
+    the docs tell strategies to sample with): a draw from it shifts later samples.
+    """
 
     def on_round_end(self, run: RunInfo, server_round: int, record: Any, arrays: Any) -> None:
         import random
@@ -164,16 +168,18 @@ class Gambler(Callback):
         import numpy as np
         import torch
 
-        random.random(), np.random.rand(), torch.rand(3)
+        from fedsim.server.node_sampling import SAMPLER
+
+        random.random(), np.random.rand(), torch.rand(3), SAMPLER.random()
 
 
 def test_a_callback_drawing_random_numbers_changes_nothing(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Flower samples clients with `random`: callbacks run with the RNG states put back."""
+    """Flower samples nodes with `SAMPLER`: callbacks run with the RNG states put back."""
     from tests.conftest import strip_wall_clock
 
-    tiny["strategy"]["params"]["fraction_train"] = 0.5  # sampling draws from `random`
+    tiny["strategy"]["params"]["fraction_train"] = 0.5  # sampling draws from `SAMPLER`
     plain = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "a")
     gambled = fedsim.run(fedsim.load_scenario(tiny), tmp_path / "b", callbacks=[Gambler()])
     assert strip_wall_clock(plain.metrics) == strip_wall_clock(gambled.metrics)
