@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -114,16 +115,24 @@ class VirtualClock:
 
     def download_s(self, device: DeviceProfile, nbytes: int) -> float:
         """Seconds to receive ``nbytes`` (one latency plus transfer)."""
-        return self.cfg.latency_s + 8.0 * nbytes / (device.downlink_mbps * 1e6)
+        return float(self._transfer_s(nbytes, device.downlink_mbps))
 
     def upload_s(self, device: DeviceProfile, nbytes: int) -> float:
         """Seconds to send ``nbytes`` back."""
-        return self.cfg.latency_s + 8.0 * nbytes / (device.uplink_mbps * 1e6)
+        return float(self._transfer_s(nbytes, device.uplink_mbps))
 
     def compute_s(self, device: DeviceProfile, samples: float, fate: Fate) -> float:
         """Seconds to process ``samples`` training examples on ``device``."""
         slow = self.cfg.straggle_slowdown if fate is Fate.STRAGGLE else 1.0
-        return samples * self.cfg.seconds_per_sample * slow / device.speed
+        return float(self._work_s(samples, slow, device.speed))
+
+    # The timing model's two formulas, on numbers or on a dispatch's columns alike (one
+    # expression for both, so the per-message and the dispatch's times are the same floats).
+    def _transfer_s(self, nbytes: Any, mbps: Any) -> Any:
+        return self.cfg.latency_s + 8.0 * nbytes / (mbps * 1e6)
+
+    def _work_s(self, samples: Any, slow: Any, speed: Any) -> Any:
+        return samples * self.cfg.seconds_per_sample * slow / speed
 
     def arrivals(
         self,
@@ -144,8 +153,7 @@ class VirtualClock:
         operation for operation, so either way gives the same floats.
         """
         speed, downlink, uplink = link
-        latency = self.cfg.latency_s
         slow = np.where(fates == Fate.STRAGGLE.value, self.cfg.straggle_slowdown, 1.0)
-        down_s = np.where(crosses, latency + 8.0 * down / (downlink * 1e6), 0.0)
-        up_s = np.where(crosses, latency + 8.0 * up / (uplink * 1e6), 0.0)
-        return now + down_s + samples * self.cfg.seconds_per_sample * slow / speed + up_s
+        down_s = np.where(crosses, self._transfer_s(down, downlink), 0.0)
+        up_s = np.where(crosses, self._transfer_s(up, uplink), 0.0)
+        return now + down_s + self._work_s(samples, slow, speed) + up_s  # type: ignore[no-any-return]

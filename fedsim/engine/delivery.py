@@ -166,8 +166,7 @@ def settle(
     spent = eps[arrived]
     spent = spent[np.isfinite(spent)]
     if len(spent):
-        top = float(spent.max())
-        stats.epsilon = top if stats.epsilon is None else max(stats.epsilon, top)
+        telemetry.record_epsilon(float(spent.max()))
     return Settled(list(zip(arrival.tolist(), replies, strict=True)), known, delivered)
 
 

@@ -97,7 +97,12 @@ class Telemetry:
         stats.bytes_up += content_bytes(reply) if nbytes is None else nbytes
         eps = (reply_metrics(reply) if metrics is None else metrics).get(wire.EPSILON)
         if isinstance(eps, int | float) and math.isfinite(eps):
-            stats.epsilon = float(eps) if stats.epsilon is None else max(stats.epsilon, float(eps))
+            self.record_epsilon(float(eps))
+
+    def record_epsilon(self, eps: float) -> None:
+        """Count privacy spent by a reply that left its device: the round keeps the most."""
+        stats = self.current
+        stats.epsilon = eps if stats.epsilon is None else max(stats.epsilon, eps)
 
     def record_delivery(self, reply: Message) -> None:
         """Count a reply handed to the strategy (participant, failure or dropout)."""
