@@ -108,6 +108,31 @@ def batch_spans(
             taken += 1
 
 
+def batch_rows(n: int, cfg: ClientConfig, steps: int, seed: int) -> NDArray[np.int64]:
+    """The batches of :func:`batch_spans` from a generator seeded with ``seed``, as rows.
+
+    Returns a ``(steps, width)`` array: row ``t`` holds batch ``t``'s example indices,
+    then ``-1`` up to the widest batch. Reshuffled epochs are reshaped from whole
+    permutations at once (the stacked path builds every client's rows each round, so a
+    Python step per batch would cost more than the stacked training step itself); the
+    DP draws come from :func:`batch_spans` itself. Tests hold the two equal.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if cfg.dp is None:
+        batch = min(cfg.batch_size, n)
+        per_epoch = -(-n // batch)
+        epochs = max(1, -(-steps // per_epoch))
+        padded = np.full((epochs, per_epoch * batch), -1, dtype=np.int64)
+        for e in range(epochs):  # batch_spans' draws, in its order
+            padded[e, :n] = torch.randperm(n, generator=generator).numpy()
+        return padded.reshape(epochs * per_epoch, batch)[:steps]
+    drawn = [order[span].numpy() for order, span in batch_spans(n, cfg, steps, generator)]
+    rows = np.full((steps, max((len(d) for d in drawn), default=0)), -1, dtype=np.int64)
+    for t, d in enumerate(drawn):
+        rows[t, : len(d)] = d
+    return rows
+
+
 def train_local(
     model: nn.Module,
     x: NDArray[np.float32] | torch.Tensor,

@@ -419,6 +419,37 @@ def test_dp_replies_together_equal_each_clients_own(
         assert wire.TRAIN_LOSS not in m_got and m_got[wire.EPSILON] == m_want[wire.EPSILON] > 0
 
 
+def test_an_empty_poisson_batch_mid_stack_still_takes_its_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose Poisson batch is empty at a step still trains on (and the others too).
+
+    Who trains at a step follows the step counts: counting the non-empty batches dropped
+    the stack's last client whenever an earlier one drew no example.
+    """
+    from fedsim.client import stacked_training
+
+    dp = {"noise_multiplier": 0.7, "max_grad_norm": 0.5, "sampling": "poisson"}
+    scenario = _scenario(client={"local_steps": 4, "batch_size": 1, "dp": dp})
+    jobs = _jobs(scenario, tmp_path, {})
+    seen: list[stacked_training.Schedule] = []
+    original = stacked_training.schedule
+
+    def recorded(*args: Any, **kwargs: Any) -> list[stacked_training.Schedule]:
+        steps = original(*args, **kwargs)
+        seen.extend(steps)
+        return steps
+
+    monkeypatch.setattr(stacked_training, "schedule", recorded)
+    alone = [app(_delivered(m), c) for m, c in twin_jobs(jobs)]
+    together = train_together([(_delivered(m), c) for m, c in jobs], max_batch=6)
+    # The case is there: some step has an empty batch before its stack's last client.
+    assert any(s.active == 6 and (s.samples[:-1] == 0).any() for s in seen)
+    for batched, own in zip(together, alone, strict=True):
+        assert batched is not None
+        _assert_same_reply(batched, own)
+
+
 def test_batch_clients_auto_sizes_chunks_from_free_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,3 +132,34 @@ def test_a_registered_step_is_selected_by_name_and_listed(monkeypatch: pytest.Mo
     assert ("test-halved", "half the data loss") in STEPS.describe()
     with pytest.raises(TypeError, match="not a LocalStep subclass"):
         fedsim.register_step("test-bad")(int)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "steps", "dp"),
+    [
+        (64, 32, 5, None),  # epochs end exactly: the next one is drawn mid-run
+        (70, 32, 7, None),  # a short last batch per epoch
+        (10, 32, 3, None),  # the batch is the whole client
+        (50, 8, 4, "fixed"),
+        (50, 8, 4, "poisson"),
+        (5, 1, 6, "poisson"),  # empty batches
+    ],
+)
+def test_batch_rows_are_batch_spans_as_rows(n: int, batch: int, steps: int, dp: str | None) -> None:
+    """The stacked path's batch rows are the per-client batches, in order, padded by -1."""
+    from fedsim.client.loop import batch_rows, batch_spans
+    from fedsim.config.client import ClientConfig
+
+    dp_cfg = None if dp is None else {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "sampling": dp}
+    cfg = ClientConfig.model_validate({"batch_size": batch, "local_steps": steps, "dp": dp_cfg})
+    want = [
+        order[span].tolist()
+        for order, span in batch_spans(n, cfg, steps, torch.Generator().manual_seed(11))
+    ]
+    rows = batch_rows(n, cfg, steps, 11)
+    assert len(rows) == steps
+    assert [[int(v) for v in row if v >= 0] for row in rows] == want
+    assert all(
+        (row[: len(w)] >= 0).all() and (row[len(w) :] == -1).all()
+        for row, w in zip(rows, want, strict=True)
+    )
