@@ -171,6 +171,40 @@ def row_array(values: NDArray[Any]) -> Array:
     return array
 
 
+def row_arrays(stack: NDArray[Any]) -> list[Array]:
+    """``[row_array(row) for row in stack]``, the header built once for all the rows.
+
+    A stacked chunk's replies (:mod:`fedsim.client.stacked_reply`) carry one row each of
+    its trained arrays: per row only the data bytes are new. ``stack`` must be
+    read-only (its rows are then handed on without a copy, as :func:`row_array` does).
+    """
+    if (
+        stack.ndim < 2
+        or not len(stack)
+        or stack.flags.writeable
+        or not stack.flags.c_contiguous
+        or stack.dtype.hasobject
+    ):
+        return [row_array(row) for row in stack]
+    encode(stack[0])  # the header of this dtype and row shape, made once per process
+    header, dtype = _headers[(stack.dtype, stack.shape[1:])]
+    shape = stack.shape[1:]
+    rows: list[Array] = []
+    for k in range(len(stack)):
+        row = stack[k]
+        array = RowArray.__new__(RowArray)
+        array.__dict__.update(
+            _is_dirty=True,
+            dtype=dtype,
+            shape=shape,
+            stype=NUMPY_STYPE,
+            data=header + row.tobytes(),
+            _values=row,
+        )
+        rows.append(array)
+    return rows
+
+
 def decoding(array: Array) -> Array:
     """``array`` as a :class:`DecodingArray` (same object; see :func:`decoding_arrays`)."""
     if type(array) is Array:

@@ -28,3 +28,14 @@ def filled(empty: R, items: Mapping[str, Any]) -> R:
     record = empty.copy()
     record.__dict__["_data"].update(items)  # the store ``TypedDict.copy`` copies too
     return record
+
+
+def store(record: ArrayRecord | MetricRecord | ConfigRecord | RecordDict) -> dict[str, Any]:
+    """The plain dict behind ``record``'s mapping interface, for reading only.
+
+    Each lookup or iteration through a Flower record goes through ``TypedDict``'s
+    methods (~0.3 µs a call); a server reading a hundred replies a round makes thousands.
+    Nothing may be written to the dict returned: it skips the record's checks.
+    """
+    data: dict[str, Any] = record.__dict__["_data"]
+    return data

@@ -32,8 +32,8 @@ one copy per array and chunk.
 So a reply equals the ClientApp's up to float rounding (tests hold them within 1e-5
 relative). A job that cannot be trained this way gets None, and the caller runs the
 ClientApp as usual: not a train message, a step whose class is not ``vectorisable``
-(undeclared custom steps), a step that does not train the whole received model,
-DP-SGD, low-precision weights, link compression, attackers, a model with buffers
+(undeclared custom steps), a step that does not train the whole received model, a
+step that refuses DP-SGD, low-precision weights, link compression, attackers, a model with buffers
 (BatchNorm), dropout or recurrent layers, extra or withheld arrays, steps whose
 tensors cannot be stacked, or a model that ``vmap`` cannot run (data-dependent
 control flow). Each reason is said once per run (:class:`~fedsim.errors.FedsimWarning`),
@@ -45,7 +45,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,20 +54,15 @@ from torch import nn
 from fedsim import wire
 from fedsim.array_codec import decode
 from fedsim.client.chunk_size import auto_chunk
-from fedsim.client.job import (
-    TRAIN_PURPOSE,
-    job_seed,
-    partition,
-    received_arrays,
-    train_config,
-)
+from fedsim.client.job import partition
 from fedsim.client.loop import num_local_steps
 from fedsim.client.losses import build_loss
 from fedsim.client.model_cache import model_for_job
+from fedsim.client.stacked_jobs import SentContent, StackedJob, read_content, seed_jobs
 from fedsim.client.stacked_reply import chunk_replies, custom_reply
 from fedsim.client.stacked_steps import StackedStep
 from fedsim.client.stacked_training import train_stacked
-from fedsim.client.steps import LocalStep, StepInputs, select_step
+from fedsim.client.steps import LocalStep, StepInputs
 from fedsim.client.unread_keys import warn_unread
 from fedsim.config.schema import Scenario
 from fedsim.data.node_data import NodeData
@@ -81,23 +75,6 @@ from fedsim.training_device import client_device
 # stacked computation cannot reproduce the ClientApp's draws.
 _UNSTACKABLE = (nn.modules.dropout._DropoutNd, nn.RNNBase)
 _said: set[tuple[Hashable, str]] = set()  # (run, reason): each said once per run
-
-
-@dataclass
-class StackedJob:
-    """One train job, resolved."""
-
-    index: int  # position among the jobs
-    message: Message
-    context: Context
-    scenario: Scenario
-    partition_id: int
-    data: NodeData
-    config: dict[str, Any]
-    arrays: ArrayRecord
-    seed: int
-    step_cls: type[LocalStep]
-    device: str
 
 
 def train_together(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> list[Message | None]:
@@ -128,8 +105,10 @@ def train_chunks(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> Tra
     chunks: list[ReplyChunk] = []
     groups: dict[tuple[Any, ...], list[StackedJob]] = {}
     shared: dict[int, tuple[Any, ...]] = {}  # a content's config and arrays, keyed once
-    for i, (message, context) in enumerate(jobs):
-        client = _resolve(i, message, context)
+    sent: dict[int, SentContent] = {}  # what each content says, read once
+    resolved = [_resolve(i, m, c, sent) for i, (m, c) in enumerate(jobs)]
+    seed_jobs(c for c in resolved if c is not None)
+    for client in resolved:
         if client is not None:
             groups.setdefault(_group_key(client, shared), []).append(client)
     for members in groups.values():
@@ -212,41 +191,50 @@ def _node(context: Context) -> tuple[Scenario, int, NodeData]:
     return scenario, pid, data
 
 
-def _resolve(index: int, message: Message, context: Context) -> StackedJob | None:
-    """The job's client if it can be trained together with others, else None."""
+def _resolve(
+    index: int, message: Message, context: Context, sent: dict[int, SentContent]
+) -> StackedJob | None:
+    """The job's client if it can be trained together with others, else None.
+
+    ``sent`` keeps what each message content says: Flower's strategies send one content
+    to every node of a round, so it is read once per round.
+    """
     if message.metadata.message_type != "train" or not message.has_content():
         return None  # not what the ClientApp's plain train handler does
     try:
         scenario, pid, data = _node(context)
     except Exception:  # the ClientApp reports it
         return None
-    reason = _refusal(scenario)
-    device = client_device(scenario.engine.device, context.node_config)
-    config = dict(train_config(message))
-    try:
-        step_cls = select_step(config)
-    except ValueError:
+    said = sent.get(id(message.content))
+    if said is None or said.content is not message.content:
+        said = sent[id(message.content)] = read_content(message)
+    step_cls = said.step_cls
+    if step_cls is None:
         return None
     if scenario.client.dp is not None and step_cls.dp_refusal is not None:
         return None  # the ClientApp refuses it (validation already does)
-    if reason is None:
-        reason = _step_refusal(step_cls)
-    if reason is None and config.get(wire.LABEL_FLIP):
+    reason = _refusal(scenario) or _step_refusal(step_cls)
+    if reason is None and said.config.get(wire.LABEL_FLIP):
         reason = "label-flip attackers"
     if reason is not None:
         _say(context, reason)
         return None
-    warn_unread(_run_key(context), step_cls, config)  # as the ClientApp's train handler does
-    if len(data.y) == 0:
+    warn_unread(_run_key(context), step_cls, said.config)  # as the ClientApp's handler does
+    if len(data.y) == 0 or said.arrays is None:
         return None
-    try:
-        arrays = received_arrays(message)
-    except StopIteration:  # no arrays: the ClientApp reports it
-        return None
-    server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
-    seed = job_seed(scenario.seed, pid, server_round, TRAIN_PURPOSE)
+    device = client_device(scenario.engine.device, context.node_config)
     return StackedJob(
-        index, message, context, scenario, pid, data, config, arrays, seed, step_cls, device
+        index,
+        message,
+        context,
+        scenario,
+        pid,
+        data,
+        said.config,
+        said.arrays,
+        said.server_round,
+        step_cls,
+        device,
     )
 
 

@@ -12,21 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedsim import wire
-from fedsim.array_codec import row_array
+from fedsim.array_codec import row_array, row_arrays
 from fedsim.client.dp import spend
 from fedsim.client.stacked_training import ChunkResult, Result
 from fedsim.client.steps import LocalStep, TrainResult
-from fedsim.engine.flower_compat import reply_message
+from fedsim.engine.flower_compat import reply_message, timestamp
 from fedsim.engine.telemetry import content_bytes
 from fedsim.fast_records import filled
 from fedsim.reply_chunk import ReplyChunk
 
 if TYPE_CHECKING:
-    from fedsim.client.stacked import StackedJob
+    from fedsim.client.stacked_jobs import StackedJob
 
 _EMPTY_ARRAYS, _EMPTY_METRICS, _EMPTY_CONTENT = ArrayRecord(), MetricRecord(), RecordDict()
 
@@ -63,7 +63,8 @@ def train_reply(
     duration: float,
 ) -> Message:
     """The reply the ClientApp's train handler gives (see :mod:`fedsim.client.app`)."""
-    return _message(client, arrays, reply_values(client, work, step_metrics, duration))
+    encoded = {name: row_array(value) for name, value in arrays.items()}
+    return _message(client, encoded, reply_values(client, work, step_metrics, duration))
 
 
 def chunk_replies(
@@ -76,15 +77,21 @@ def chunk_replies(
             chunk, zip(result.mean_losses, result.samples, result.steps, strict=True), strict=True
         )
     ]
-    values = result.values
+    # Every row's arrays at once (one header per array), then one reply per row.
+    cells = {name: row_arrays(stack) for name, stack in result.values.items()}
+    current = timestamp()  # one chunk, made at one time
     replies = [
-        _message(c, {n: v[k] for n, v in values.items()}, row)
+        _message(c, {n: column[k] for n, column in cells.items()}, row, current)
         for k, (c, row) in enumerate(zip(chunk, rows, strict=True))
     ]
     columns = {name: np.array([row[name] for row in rows]) for name in rows[0]}
     sent: list[Message | None] = list(replies)
     return sent, ReplyChunk(
-        tuple(c.index for c in chunk), replies, dict(values), columns, content_bytes(replies[0])
+        tuple(c.index for c in chunk),
+        replies,
+        dict(result.values),
+        columns,
+        content_bytes(replies[0]),
     )
 
 
@@ -112,12 +119,18 @@ def reply_values(
 
 
 def _message(
-    client: StackedJob, arrays: Mapping[str, np.ndarray], values: dict[str, Any]
+    client: StackedJob,
+    arrays: Mapping[str, Array],
+    values: dict[str, Any],
+    current: float | None = None,
 ) -> Message:
-    """The reply to ``client``'s message carrying ``arrays`` and the metrics ``values``."""
+    """The reply to ``client``'s message carrying ``arrays`` and the metrics ``values``.
+
+    ``arrays`` are encoded already: row arrays (:func:`fedsim.array_codec.row_arrays`)
+    that the in-process engine hands on to the server's strategy, which reads their
+    values without parsing their bytes. ``current``: the reply's creation time.
+    """
     metrics = filled(_EMPTY_METRICS, values)
-    # Row arrays: the in-process engine hands them on to the server's strategy, which
-    # reads their values without parsing their bytes.
-    record = filled(_EMPTY_ARRAYS, {name: row_array(value) for name, value in arrays.items()})
+    record = filled(_EMPTY_ARRAYS, arrays)
     content = filled(_EMPTY_CONTENT, {wire.ARRAYS: record, wire.METRICS: metrics})
-    return reply_message(content, client.message)
+    return reply_message(content, client.message, current)

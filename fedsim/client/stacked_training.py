@@ -29,7 +29,7 @@ from fedsim.kernels import mlp_linears, stacked_mlp_cross_entropy_grad
 from fedsim.training_device import on_device
 
 if TYPE_CHECKING:
-    from fedsim.client.stacked import StackedJob
+    from fedsim.client.stacked_jobs import StackedJob
 
 
 @dataclass(frozen=True)

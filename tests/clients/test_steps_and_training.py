@@ -163,3 +163,25 @@ def test_batch_rows_are_batch_spans_as_rows(n: int, batch: int, steps: int, dp: 
         (row[: len(w)] >= 0).all() and (row[len(w) :] == -1).all()
         for row, w in zip(rows, want, strict=True)
     )
+
+
+def test_job_seeds_at_once_equal_each_jobs_seed() -> None:
+    """The vectorised SeedSequence gives every job the seed numpy gives it."""
+    from fedsim.client.job import job_seed
+    from fedsim.client.job_seeds import job_seeds
+
+    rng = np.random.default_rng(5)
+    ids = [0, 1, 2**32 - 1, *rng.integers(0, 2**32, 200).tolist()]
+    for run_seed, server_round, purpose in [
+        (0, 1, 0),
+        (2**32 - 1, 2**31, 1),
+        *[tuple(int(v) for v in rng.integers(0, 2**32, 3)) for _ in range(5)],
+    ]:
+        want = [job_seed(run_seed, p, server_round, purpose) for p in ids]
+        assert job_seeds(run_seed, ids, server_round, purpose) == want
+    # Words past 32 bits take numpy's own path.
+    assert job_seeds(2**40, [3, 2**33], 1, 0) == [
+        job_seed(2**40, 3, 1, 0),
+        job_seed(2**40, 2**33, 1, 0),
+    ]
+    assert job_seeds(1, [], 1, 0) == []

@@ -16,11 +16,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 import fedsim
 from fedsim import wire
-from fedsim.array_codec import DecodingArray, RowArray, decode, encode_record, row_array, view
+from fedsim.array_codec import (
+    DecodingArray,
+    RowArray,
+    decode,
+    encode_record,
+    row_array,
+    row_arrays,
+    view,
+)
 from fedsim.client.stacked import train_chunks
 from fedsim.engine import executor
 from fedsim.engine.reply_check import ReplyRules, WorkBound, signature
@@ -226,3 +234,31 @@ def test_a_row_array_reads_its_values_and_pickles_as_a_decoding_array() -> None:
     assert "_values" not in copied.__dict__
     array.data = encode_record({"x": np.zeros(4, np.float32)})["x"].data  # changed: no longer a row
     assert type(array) is DecodingArray and np.array_equal(view(array), np.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [
+        np.arange(24, dtype=np.float32).reshape(3, 2, 4),
+        np.arange(6, dtype=np.float64).reshape(3, 2),
+        np.arange(6, dtype=">i4").reshape(2, 3),  # big-endian
+        np.zeros((2, 0, 3), np.float32),  # empty rows
+    ],
+    ids=lambda a: f"{a.dtype}{a.shape}",
+)
+@pytest.mark.parametrize("read_only", [True, False])
+def test_row_arrays_are_each_rows_row_array(stack: np.ndarray, read_only: bool) -> None:
+    """The chunk's rows encoded at once: the same class, fields, bytes and values."""
+    stack = stack.copy()
+    stack.flags.writeable = not read_only
+    got = row_arrays(stack)
+    want = [row_array(stack[k]) for k in range(len(stack))]
+    assert len(got) == len(want) == len(stack)
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert type(a) is type(b) is RowArray
+        fields = ("dtype", "shape", "stype", "data", "_is_dirty")
+        assert {f: a.__dict__[f] for f in fields} == {f: b.__dict__[f] for f in fields}
+        assert a.data == Array(np.ascontiguousarray(stack[k])).data  # Flower's bytes
+        assert np.array_equal(view(a), stack[k]) and not view(a).flags.writeable
+        # A read-only stack's rows are handed on without a copy.
+        assert np.shares_memory(view(a), stack) == (read_only and stack[k].size > 0)

@@ -16,7 +16,7 @@ Flower's, built as copies of the first (``flower_compat.instruction_messages``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, KeysView
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from flwr.serverapp.strategy.strategy_utils import (
 
 from fedsim.array_codec import decode, encode_record, view
 from fedsim.engine.flower_compat import instruction_messages
+from fedsim.fast_records import store
 from fedsim.strategies import register_strategy
 
 
@@ -83,11 +84,11 @@ def single_records(
     """
     parts: list[tuple[ArrayRecord, MetricRecord]] = []
     names: tuple[str, str] | None = None
-    keys: tuple[KeysView[str], KeysView[str]] | None = None
+    keys: tuple[list[str], list[str]] | None = None
     for reply in replies:
         arrays: list[tuple[str, ArrayRecord]] = []
         metrics: list[tuple[str, MetricRecord]] = []
-        for name, record in reply.content.items():
+        for name, record in store(reply.content).items():
             if isinstance(record, ArrayRecord):
                 arrays.append((name, record))
             elif isinstance(record, MetricRecord):
@@ -95,20 +96,27 @@ def single_records(
         if len(arrays) != 1 or len(metrics) != 1:
             return None
         (array_name, array_record), (metric_name, metric_record) = arrays[0], metrics[0]
+        array_keys, metric_keys = list(store(array_record)), list(store(metric_record))
         if names is None:
             names = (array_name, metric_name)
-            keys = (array_record.keys(), metric_record.keys())
-            if weighted_by_key not in keys[1]:
+            keys = (array_keys, metric_keys)
+            if weighted_by_key not in metric_keys:
                 return None
-        # Key views compare as sets, without building any.
-        elif (array_name, metric_name) != names or (
-            array_record.keys() != keys[0] or metric_record.keys() != keys[1]  # type: ignore[index]
+        # Flower compares the key sets; equal lists (the usual case) are equal sets.
+        elif (array_name, metric_name) != names or not (
+            _same_keys(array_keys, keys[0])  # type: ignore[index]
+            and _same_keys(metric_keys, keys[1])  # type: ignore[index]
         ):
             return None
-        if isinstance(metric_record[weighted_by_key], list):
+        if isinstance(store(metric_record)[weighted_by_key], list):
             return None
         parts.append((array_record, metric_record))
     return parts
+
+
+def _same_keys(keys: list[str], first: list[str]) -> bool:
+    """Whether ``keys`` and ``first`` hold the same keys (in any order)."""
+    return keys == first or set(keys) == set(first)
 
 
 def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRecord:
@@ -122,14 +130,13 @@ def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRe
     """
     if not records:
         return encode_record({})
-    keys = list(records[0])
-    if any(list(r) != keys for r in records):
+    stores = [store(r) for r in records]
+    keys = list(stores[0])
+    if any(list(s) != keys for s in stores):
         return _weighted_arrays_by_key(records, factors)
-    # Every record's arrays in key order, then per key: one pass over the records.
-    columns = zip(*[r.values() for r in records], strict=True)
     total: dict[str, np.ndarray] = {}
-    for key, arrays in zip(keys, columns, strict=True):
-        stack = _stacked([view(array) for array in arrays])
+    for key in keys:
+        stack = _stacked([view(s[key]) for s in stores])
         weights = np.asarray(factors, dtype=np.result_type(stack.dtype, 1.0))
         products = stack * weights.reshape(-1, *([1] * (stack.ndim - 1)))
         total[key] = _in_order_sum(products)
@@ -139,7 +146,7 @@ def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRe
 def _stacked(rows: list[np.ndarray]) -> np.ndarray:
     """``np.stack(rows)`` of equally shaped arrays (concatenated: a tenth of stack's cost)."""
     first = rows[0]
-    if first.ndim == 0 or any(r.shape != first.shape for r in rows):
+    if first.ndim == 0 or len({r.shape for r in rows}) != 1:
         return np.stack(rows)  # (raises for unequal shapes, as Flower's sum would)
     return np.concatenate(rows).reshape(len(rows), *first.shape)
 
@@ -173,7 +180,7 @@ def weighted_metrics(
     """``Σ factor·metric`` per key (lists element-wise), as ``aggregate_metricrecords``."""
     total: dict[str, Any] = {}
     for record, factor in zip(records, factors, strict=True):
-        for key, value in record.items():
+        for key, value in store(record).items():
             if key == weighted_by_key:
                 continue
             if key not in total:
