@@ -7,7 +7,7 @@ through the gradient it plugs in.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -112,20 +112,53 @@ def batch_rows(n: int, cfg: ClientConfig, steps: int, seed: int) -> NDArray[np.i
     """The batches of :func:`batch_spans` from a generator seeded with ``seed``, as rows.
 
     Returns a ``(steps, width)`` array: row ``t`` holds batch ``t``'s example indices,
-    then ``-1`` up to the widest batch. Reshuffled epochs are reshaped from whole
-    permutations at once (the stacked path builds every client's rows each round, so a
-    Python step per batch would cost more than the stacked training step itself); the
-    DP draws come from :func:`batch_spans` itself. Tests hold the two equal.
+    then ``-1`` up to the widest batch. Tests hold it equal to :func:`batch_spans`.
     """
-    generator = torch.Generator().manual_seed(seed)
-    if cfg.dp is None:
-        batch = min(cfg.batch_size, n)
+    return clients_batch_rows([n], cfg, [steps], [seed])[0]
+
+
+def clients_batch_rows(
+    sizes: Sequence[int], cfg: ClientConfig, steps: Sequence[int], seeds: Sequence[int]
+) -> list[NDArray[np.int64]]:
+    """:func:`batch_rows` of many clients (``sizes[k]`` examples, ``steps[k]`` steps).
+
+    The stacked path builds every client's rows each round, so a Python step per batch
+    would cost more than the stacked training step itself. Reshuffled epochs are drawn
+    as :func:`batch_spans` draws them (one generator, reseeded per client) and cut into
+    batches for all clients of one size at once; the DP draws come from
+    :func:`batch_spans` itself.
+    """
+    if cfg.dp is not None:
+        return [_drawn_rows(n, cfg, t, s) for n, t, s in zip(sizes, steps, seeds, strict=True)]
+    generator = torch.Generator()
+    orders: list[torch.Tensor] = []  # every client's epochs, one permutation each
+    epochs: list[int] = []
+    for n, t, seed in zip(sizes, steps, seeds, strict=True):
+        generator.manual_seed(seed)
+        per_epoch = -(-n // min(cfg.batch_size, n))
+        epochs.append(max(1, -(-t // per_epoch)))
+        orders.extend(torch.randperm(n, generator=generator) for _ in range(epochs[-1]))
+    # Clients of one size and step count are cut into batches together.
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, key in enumerate(zip(sizes, steps, strict=True)):
+        groups.setdefault(key, []).append(k)
+    starts = np.cumsum([0, *epochs[:-1]]).tolist()
+    rows: list[NDArray[np.int64]] = [np.empty((0, 0), dtype=np.int64)] * len(sizes)
+    for (n, t), members in groups.items():
+        batch, count = min(cfg.batch_size, n), epochs[members[0]]
         per_epoch = -(-n // batch)
-        epochs = max(1, -(-steps // per_epoch))
-        padded = np.full((epochs, per_epoch * batch), -1, dtype=np.int64)
-        for e in range(epochs):  # batch_spans' draws, in its order
-            padded[e, :n] = torch.randperm(n, generator=generator).numpy()
-        return padded.reshape(epochs * per_epoch, batch)[:steps]
+        drawn = torch.stack([orders[starts[k] + e] for k in members for e in range(count)])
+        padded = np.full((len(members), count, per_epoch * batch), -1, dtype=np.int64)
+        padded[:, :, :n] = drawn.numpy().reshape(len(members), count, n)
+        cut = padded.reshape(len(members), count * per_epoch, batch)[:, :t]
+        for k, client_rows in zip(members, cut, strict=True):
+            rows[k] = client_rows
+    return rows
+
+
+def _drawn_rows(n: int, cfg: ClientConfig, steps: int, seed: int) -> NDArray[np.int64]:
+    """One client's :func:`batch_spans` batches as rows padded with ``-1`` (any sampling)."""
+    generator = torch.Generator().manual_seed(seed)
     drawn = [order[span].numpy() for order, span in batch_spans(n, cfg, steps, generator)]
     rows = np.full((steps, max((len(d) for d in drawn), default=0)), -1, dtype=np.int64)
     for t, d in enumerate(drawn):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedsim import wire
-from fedsim.client.loop import batch_rows, num_local_steps
+from fedsim.client.loop import clients_batch_rows, num_local_steps
 from fedsim.client.losses import cross_entropy
 from fedsim.client.optimizers import update_rule
 from fedsim.client.stacked_dp import StackedPrivateGradient
@@ -58,10 +58,9 @@ def schedule(
     cfg = chunk[0].scenario.client
     sizes_n = [len(c.data.y) for c in chunk]
     offsets = np.cumsum([0, *sizes_n[:-1]])
-    rows = [
-        batch_rows(n, cfg, num_local_steps(n, cfg), c.seed)
-        for c, n in zip(chunk, sizes_n, strict=True)
-    ]
+    rows = clients_batch_rows(
+        sizes_n, cfg, [num_local_steps(n, cfg) for n in sizes_n], [c.seed for c in chunk]
+    )
     steps, width = max(len(r) for r in rows), max(r.shape[1] for r in rows)
     index = np.full((steps, len(chunk), width), -1, dtype=np.int64)
     for k, r in enumerate(rows):

@@ -185,3 +185,21 @@ def test_job_seeds_at_once_equal_each_jobs_seed() -> None:
         job_seed(2**40, 2**33, 1, 0),
     ]
     assert job_seeds(1, [], 1, 0) == []
+
+
+@pytest.mark.parametrize("dp", [None, "fixed"])
+def test_many_clients_batch_rows_are_each_clients_own(dp: str | None) -> None:
+    """Rows drawn for many clients at once (sizes and step counts mixed) are each one's."""
+    from fedsim.client.loop import batch_rows, clients_batch_rows
+    from fedsim.config.client import ClientConfig
+
+    dp_cfg = None if dp is None else {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "sampling": dp}
+    cfg = ClientConfig.model_validate({"batch_size": 8, "local_epochs": 2, "dp": dp_cfg})
+    sizes = [20, 64, 20, 5, 64, 17]
+    steps = [num_local_steps(n, cfg) for n in sizes]
+    steps[1] = 3  # a client cut short of its epochs
+    seeds = [3, 99, 4, 7, 2**32 - 1, 0]
+    together = clients_batch_rows(sizes, cfg, steps, seeds)
+    for rows, n, t, seed in zip(together, sizes, steps, seeds, strict=True):
+        own = batch_rows(n, cfg, t, seed)
+        assert rows.shape == own.shape and np.array_equal(rows, own)
