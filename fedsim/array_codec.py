@@ -140,7 +140,23 @@ class RowArray(DecodingArray):
     array's fields makes it a plain :class:`DecodingArray`; a copy or a pickle is one.
     """
 
+    def __getattr__(self, name: str) -> Any:
+        # Only for attributes not set: the bytes of a row from :func:`row_arrays`, made
+        # when first read (the in-process strategy reads the values, never the bytes).
+        if name == "data":
+            return self._materialise()
+        raise AttributeError(name)
+
+    def _materialise(self) -> bytes:
+        fields = self.__dict__
+        data: bytes | None = fields.get("data")
+        if data is None:
+            values = fields["_values"]
+            data = fields["data"] = _headers[(values.dtype, values.shape)][0] + values.tobytes()
+        return data
+
     def __setattr__(self, name: str, value: Any) -> None:
+        self._materialise()  # the bytes of the values it held, before they go
         object.__setattr__(self, "__class__", DecodingArray)  # its values may be stale now
         self.__dict__.pop("_values", None)
         DecodingArray.__setattr__(self, name, value)
@@ -172,11 +188,12 @@ def row_array(values: NDArray[Any]) -> Array:
 
 
 def row_arrays(stack: NDArray[Any]) -> list[Array]:
-    """``[row_array(row) for row in stack]``, the header built once for all the rows.
+    """``[row_array(row) for row in stack]``, each row's bytes made when first read.
 
     A stacked chunk's replies (:mod:`fedsim.client.stacked_reply`) carry one row each of
-    its trained arrays: per row only the data bytes are new. ``stack`` must be
-    read-only (its rows are then handed on without a copy, as :func:`row_array` does).
+    its trained arrays, which the in-process strategy reads as values; bytes are made
+    only for what reads them (a pickle, a size, Flower's own decoding). A writable
+    ``stack`` is copied row by row, as :func:`row_array` does.
     """
     if (
         stack.ndim < 2
@@ -187,19 +204,14 @@ def row_arrays(stack: NDArray[Any]) -> list[Array]:
     ):
         return [row_array(row) for row in stack]
     encode(stack[0])  # the header of this dtype and row shape, made once per process
-    header, dtype = _headers[(stack.dtype, stack.shape[1:])]
+    dtype = _headers[(stack.dtype, stack.shape[1:])][1]
     shape = stack.shape[1:]
     rows: list[Array] = []
     for k in range(len(stack)):
-        row = stack[k]
         array = RowArray.__new__(RowArray)
+        # The bytes (``data``) are made from the values when first read.
         array.__dict__.update(
-            _is_dirty=True,
-            dtype=dtype,
-            shape=shape,
-            stype=NUMPY_STYPE,
-            data=header + row.tobytes(),
-            _values=row,
+            _is_dirty=True, dtype=dtype, shape=shape, stype=NUMPY_STYPE, _values=stack[k]
         )
         rows.append(array)
     return rows

@@ -127,12 +127,28 @@ class Telemetry:
         ``known`` holds, by reply ``id``, the (train loss, num-examples, attacker) of
         train replies whose metrics the caller has read already (a stacked chunk's).
         """
+        rows: list[Delivered] = []  # known rows waiting, counted in arrival order
         for reply in replies:
             row = known.get(id(reply))
             if row is None:
+                self._count_rows(rows)
+                rows = []
                 self.record_delivery(reply)
             else:
-                self._count_train(*row)
+                rows.append(row)
+        self._count_rows(rows)
+
+    def _count_rows(self, rows: list[Delivered]) -> None:
+        """:meth:`_count_train` of each row, the loss sum still added in row order."""
+        if not rows:
+            return
+        stats = self.current
+        stats.participants += len(rows)
+        stats.attackers += sum(1 for _, _, attacker in rows if attacker)
+        for loss, n, _ in rows:
+            if _finite(loss) and _finite(n):
+                stats.train_loss_sum += float(loss) * float(n)
+                stats.train_examples += int(n)
 
     def _count_train(self, loss: object, n: object, attacker: bool) -> None:
         """Count one delivered train reply with these metrics."""

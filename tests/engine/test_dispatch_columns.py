@@ -256,9 +256,26 @@ def test_row_arrays_are_each_rows_row_array(stack: np.ndarray, read_only: bool) 
     assert len(got) == len(want) == len(stack)
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
         assert type(a) is type(b) is RowArray
-        fields = ("dtype", "shape", "stype", "data", "_is_dirty")
-        assert {f: a.__dict__[f] for f in fields} == {f: b.__dict__[f] for f in fields}
-        assert a.data == Array(np.ascontiguousarray(stack[k])).data  # Flower's bytes
         assert np.array_equal(view(a), stack[k]) and not view(a).flags.writeable
         # A read-only stack's rows are handed on without a copy.
         assert np.shares_memory(view(a), stack) == (read_only and stack[k].size > 0)
+        fields = ("dtype", "shape", "stype", "data", "_is_dirty")
+        assert {f: getattr(a, f) for f in fields} == {f: getattr(b, f) for f in fields}
+        assert a.data == Array(np.ascontiguousarray(stack[k])).data  # Flower's bytes
+
+
+def test_a_rows_bytes_are_made_when_first_read_and_kept_when_it_changes() -> None:
+    """Rows of a chunk carry their values; bytes appear for what reads them."""
+    stack = np.arange(12, dtype=np.float32).reshape(3, 4)
+    stack.flags.writeable = False
+    first, second, third = row_arrays(stack)
+    assert "data" not in first.__dict__  # nothing made yet
+    want = Array(stack[0].copy()).data
+    assert first.data == want and first.__dict__["data"] == want  # made once, then kept
+    copied = pickle.loads(pickle.dumps(second))  # a pickle carries the bytes
+    assert type(copied) is DecodingArray and copied.data == Array(stack[1].copy()).data
+    third.stype = third.stype  # a changed field: a plain array that keeps its bytes
+    assert type(third) is DecodingArray and third.data == Array(stack[2].copy()).data
+    assert np.array_equal(third.numpy(), stack[2])
+    with pytest.raises(AttributeError):
+        _ = first.not_a_field
