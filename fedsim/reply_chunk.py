@@ -70,3 +70,29 @@ class TrainedTogether:
 
     replies: list[Message | None]
     chunks: list[ReplyChunk] = field(default_factory=list)
+
+
+class ChunkRows(list[Message]):
+    """A dispatch's replies, every one of them a row of the same stacked chunk.
+
+    The in-process engine returns its replies as this list when that holds:
+    ``positions[i]`` is reply ``i``'s row in :attr:`chunk`, whose columns hold what the
+    reply carries. A strategy may read the columns instead of the replies (fedsim's
+    ``FedAvg`` sums each key as one gathered stack); a copy of the list is a plain list.
+    """
+
+    def __init__(self, replies: Sequence[Message], chunk: ReplyChunk, positions: list[int]):
+        super().__init__(replies)
+        self.chunk = chunk
+        self.positions = positions
+
+
+def chunk_rows(replies: list[Message], rows: dict[int, tuple[ReplyChunk, int]]) -> list[Message]:
+    """``replies`` as :class:`ChunkRows` if each is a row of one chunk (``rows``, by id)."""
+    if not replies:
+        return replies
+    found = [rows.get(id(r)) for r in replies]
+    first = found[0]
+    if first is None or any(f is None or f[0] is not first[0] for f in found):
+        return replies
+    return ChunkRows(replies, first[0], [f[1] for f in found])  # type: ignore[index]

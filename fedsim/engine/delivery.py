@@ -63,12 +63,14 @@ class Settled:
 
     ``known`` holds the record keys (:func:`~fedsim.engine.reply_check.signature`) of
     the stacked replies, by ``id``: they share one, worked out once per chunk;
-    ``delivered`` their metrics as telemetry counts them (read from the chunk's columns).
+    ``delivered`` their metrics as telemetry counts them (read from the chunk's columns);
+    ``rows`` each one's chunk and row.
     """
 
     arrivals: list[tuple[float, Message | None]]
     known: dict[int, Signature]
     delivered: dict[int, Delivered] = field(default_factory=dict)  # stacked, by id
+    rows: dict[int, tuple[ReplyChunk, int]] = field(default_factory=dict)  # stacked, by id
 
 
 def work_of(kind: str, metrics: MetricRecord) -> float:
@@ -132,12 +134,14 @@ def settle(
     done: set[int] = set()
     known: dict[int, Signature] = {}
     delivered: dict[int, Delivered] = {}
+    rows_of: dict[int, tuple[ReplyChunk, int]] = {}
     for chunk in plan.chunks:
         _take_chunk(rules, plan, chunk, replies, samples, up, eps, answered)
         done.update(chunk.jobs)
         keys = signature(chunk.replies[0])  # every row carries the same records and keys
         known.update((id(r), keys) for r in chunk.replies)
         delivered.update(zip(map(id, chunk.replies), _delivered(chunk), strict=True))
+        rows_of.update((id(r), (chunk, k)) for k, r in enumerate(chunk.replies))
     runs = np.flatnonzero(~dropped & ~plan.offline)
     for i in runs.tolist():
         if i not in done:
@@ -167,7 +171,7 @@ def settle(
     spent = spent[np.isfinite(spent)]
     if len(spent):
         telemetry.record_epsilon(float(spent.max()))
-    return Settled(list(zip(arrival.tolist(), replies, strict=True)), known, delivered)
+    return Settled(list(zip(arrival.tolist(), replies, strict=True)), known, delivered, rows_of)
 
 
 def _delivered(chunk: ReplyChunk) -> list[Delivered]:

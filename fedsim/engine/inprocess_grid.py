@@ -45,6 +45,7 @@ from fedsim.engine.telemetry import Telemetry
 from fedsim.engine.watchdog import Watchdog
 from fedsim.errors import FedsimWarning
 from fedsim.process_note import current as process_note
+from fedsim.reply_chunk import chunk_rows
 
 __all__ = [
     "NODE_ID_OFFSET",
@@ -270,7 +271,7 @@ class InProcessGrid(Grid):
         if self.reply_rules is not None:
             replies = agreeing(replies, self._sent, settled.known)
         self.telemetry.record_deliveries(replies, settled.delivered)
-        return replies
+        return chunk_rows(replies, settled.rows)
 
     # ------------------------------------------------------------- checkpoints
 

@@ -12,8 +12,9 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 
 from fedsim import wire
 from fedsim.algorithms.fedavg.server import FedAvg
-from fedsim.array_codec import decoding_arrays
+from fedsim.array_codec import decoding_arrays, row_arrays
 from fedsim.engine.flower_compat import set_task_identity
+from fedsim.reply_chunk import ChunkRows, ReplyChunk, chunk_rows
 from fedsim.strategies import STRATEGIES
 
 SHAPES = {"1.weight": (6, 4), "1.bias": (6,), "3.weight": (3, 6), "3.bias": (3,)}
@@ -121,3 +122,79 @@ def test_bit_identical_for_every_shape_and_float(dtype: Any, shape: tuple[int, .
     ]
     assert ours is not None and flowers is not None
     assert ours["w"].data == flowers["w"].data
+
+
+def _chunk(rng: np.random.Generator, rows: int) -> ReplyChunk:
+    """A stacked chunk's replies as the in-process engine holds them (rows of columns)."""
+    values = {k: rng.normal(size=(rows, *s)).astype(np.float32) for k, s in SHAPES.items()}
+    for value in values.values():
+        value.flags.writeable = False
+    cells = {k: row_arrays(v) for k, v in values.items()}
+    counts = rng.integers(1, 200, rows)
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    wire.ARRAYS: ArrayRecord({k: cells[k][r] for k in SHAPES}),
+                    wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(counts[r])}),
+                }
+            ),
+            reply_to=Message(RecordDict(), 1000 + r, "train"),
+        )
+        for r in range(rows)
+    ]
+    return ReplyChunk(tuple(range(rows)), replies, values, {wire.NUM_EXAMPLES: counts}, 0)
+
+
+def test_chunk_rows_are_summed_from_the_columns_to_flowers_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replies that are rows of one chunk (in arrival order): the columns' sum, Flower's bits."""
+    from fedsim.algorithms.fedavg import server
+
+    chunk = _chunk(np.random.default_rng(3), 30)
+    order = np.random.default_rng(4).permutation(30).tolist()[:25]  # five missed the deadline
+    replies = chunk_rows(
+        [chunk.replies[k] for k in order], {id(r): (chunk, k) for k, r in enumerate(chunk.replies)}
+    )
+    assert isinstance(replies, ChunkRows) and replies.positions == order
+    flowers = flwr_strategies.FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(
+        1, list(replies)
+    )
+    used: list[int] = []
+    original = server.chunk_weighted_arrays
+    monkeypatch.setattr(server, "chunk_weighted_arrays", lambda *a: used.append(1) or original(*a))
+    ours = FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)
+    assert used and ours[0] is not None and flowers[0] is not None
+    for key in SHAPES:
+        assert ours[0][key].data == flowers[0][key].data
+    assert ours[1] == flowers[1]
+
+
+def test_a_subclass_that_changes_chunk_rows_gets_the_changed_sum() -> None:
+    """A strategy's own aggregate_train may change the replies first: no column is read."""
+
+    class Halved(FedAvg):
+        def aggregate_train(self, server_round: int, replies: Any) -> Any:
+            for reply in replies:
+                record = reply.content[wire.ARRAYS]
+                record["1.bias"] = Array(record["1.bias"].numpy() / 2)
+            return super().aggregate_train(server_round, replies)
+
+    chunk = _chunk(np.random.default_rng(5), 8)
+    rows = {id(r): (chunk, k) for k, r in enumerate(chunk.replies)}
+    replies = chunk_rows(list(chunk.replies), rows)
+    assert isinstance(replies, ChunkRows)
+    ours = Halved(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)[0]
+    assert ours is not None
+    factors = chunk.metrics[wire.NUM_EXAMPLES] / chunk.metrics[wire.NUM_EXAMPLES].sum()
+    want = (chunk.arrays["1.bias"] / 2 * factors[:, None].astype(np.float32)).sum(0)
+    np.testing.assert_allclose(ours["1.bias"].numpy(), want, rtol=1e-5)
+    # Replies from two chunks, or some not from a chunk, are a plain list.
+    other = _chunk(np.random.default_rng(6), 2)
+    rows.update({id(r): (other, k) for k, r in enumerate(other.replies)})
+    assert type(chunk_rows([chunk.replies[0], other.replies[0]], rows)) is list
+    assert (
+        type(chunk_rows([chunk.replies[0], _reply(np.random.default_rng(0), 3, True)], rows))
+        is list
+    )

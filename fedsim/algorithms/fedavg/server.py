@@ -28,9 +28,11 @@ from flwr.serverapp.strategy.strategy_utils import (
     validate_message_reply_consistency,
 )
 
+from fedsim import wire
 from fedsim.array_codec import decode, encode_record, view
 from fedsim.engine.flower_compat import instruction_messages
 from fedsim.fast_records import store
+from fedsim.reply_chunk import ChunkRows
 from fedsim.strategies import register_strategy
 
 
@@ -67,8 +69,15 @@ class FedAvg(flwr_strategies.FedAvg):
         weights = [metrics[self.weighted_by_key] for _, metrics in parts]
         total = sum(weights)  # type: ignore[arg-type]
         factors = [w / total for w in weights]  # type: ignore[operator]
+        records = [a for a, _ in parts]
+        arrays = None
+        # The in-process engine's replies as untouched rows of one stacked chunk: each key
+        # is gathered from the chunk's column. Not for a subclass's own aggregate_train,
+        # which may have changed the replies before calling this one.
+        if isinstance(replies, ChunkRows) and type(self).aggregate_train is FedAvg.aggregate_train:
+            arrays = chunk_weighted_arrays(replies, records, factors)
         return (
-            weighted_arrays([a for a, _ in parts], factors),
+            weighted_arrays(records, factors) if arrays is None else arrays,
             weighted_metrics([m for _, m in parts], factors, self.weighted_by_key),
         )
 
@@ -134,13 +143,36 @@ def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRe
     keys = list(stores[0])
     if any(list(s) != keys for s in stores):
         return _weighted_arrays_by_key(records, factors)
-    total: dict[str, np.ndarray] = {}
-    for key in keys:
-        stack = _stacked([view(s[key]) for s in stores])
-        weights = np.asarray(factors, dtype=np.result_type(stack.dtype, 1.0))
-        products = stack * weights.reshape(-1, *([1] * (stack.ndim - 1)))
-        total[key] = _in_order_sum(products)
-    return encode_record(total)
+    return encode_record(
+        {key: _weighted_sum(_stacked([view(s[key]) for s in stores]), factors) for key in keys}
+    )
+
+
+def chunk_weighted_arrays(
+    replies: ChunkRows, records: list[ArrayRecord], factors: list[float]
+) -> ArrayRecord | None:
+    """:func:`weighted_arrays` of the replies' ``records`` read from their chunk's columns.
+
+    The same products summed in the same order, so the same bits, without a view per
+    reply and key. None where the records are not the chunk's rows as it made them.
+    """
+    chunk, positions = replies.chunk, replies.positions
+    if len(records) != len(replies) or not records:
+        return None
+    keys = list(store(records[0]))
+    if keys != list(chunk.arrays) or any(
+        record is not store(reply.content).get(wire.ARRAYS)
+        for record, reply in zip(records, replies, strict=True)
+    ):
+        return None
+    rows = np.asarray(positions)
+    return encode_record({key: _weighted_sum(chunk.arrays[key][rows], factors) for key in keys})
+
+
+def _weighted_sum(stack: np.ndarray, factors: list[float]) -> np.ndarray:
+    """``Σ factor·row`` over the stack's rows, in row order (see :func:`weighted_arrays`)."""
+    weights = np.asarray(factors, dtype=np.result_type(stack.dtype, 1.0))
+    return _in_order_sum(stack * weights.reshape(-1, *([1] * (stack.ndim - 1))))
 
 
 def _stacked(rows: list[np.ndarray]) -> np.ndarray:
