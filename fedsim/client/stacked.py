@@ -112,9 +112,12 @@ def train_chunks(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> Tra
         if client is not None:
             groups.setdefault(_group_key(client, shared), []).append(client)
     for members in groups.values():
-        # Most steps first (stable): the clients still training are a prefix of the stack.
+        # Most steps first: the clients still training are a prefix of the stack. Then by
+        # partition, so that a round's stack holds its clients in the same rows whatever
+        # order the strategy sampled them in (the rows train independently; a chunk of the
+        # same clients as the last one reuses its examples, see chunk_data).
         cfg = members[0].scenario.client
-        members.sort(key=lambda c: -num_local_steps(len(c.data.y), cfg))
+        members.sort(key=lambda c: (-num_local_steps(len(c.data.y), cfg), c.partition_id))
         size = max(1, max_batch) if max_batch >= 0 else _auto_size(members[0])
         for start in range(0, len(members), size):
             chunk = members[start : start + size]

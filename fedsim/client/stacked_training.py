@@ -25,6 +25,7 @@ from fedsim.client.optimizers import update_rule
 from fedsim.client.stacked_dp import StackedPrivateGradient
 from fedsim.client.stacked_steps import StackedStep
 from fedsim.client.steps import LocalStep
+from fedsim.data.node_data import NodeData
 from fedsim.kernels import mlp_linears, stacked_mlp_cross_entropy_grad
 from fedsim.training_device import on_device
 
@@ -160,11 +161,23 @@ def mlp_gradient(
     return gradient
 
 
+# The last chunk's concatenated examples, with the node data they were made from: with
+# full participation a round's chunk holds the same clients in the same order as the
+# last round's, and the copy (a whole dataset's bytes) is not made again.
+_last_chunk: list[tuple[list[NodeData], tuple[torch.Tensor, torch.Tensor]]] = []
+
+
 def chunk_data(chunk: list[StackedJob], device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk's examples, concatenated on ``device`` (each node's moved there once)."""
     if device == "cpu":
-        x = torch.from_numpy(np.concatenate([c.data.x for c in chunk]))
-        y = torch.from_numpy(np.concatenate([c.data.y for c in chunk]))
+        held = [c.data for c in chunk]
+        if _last_chunk and len(_last_chunk[0][0]) == len(held):
+            last, tensors = _last_chunk[0]
+            if all(a is b for a, b in zip(last, held, strict=True)):
+                return tensors
+        x = torch.from_numpy(np.concatenate([d.x for d in held]))
+        y = torch.from_numpy(np.concatenate([d.y for d in held]))
+        _last_chunk[:] = [(held, (x, y))]
         return x, y
     xs, ys = [], []
     for c in chunk:
