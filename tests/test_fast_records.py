@@ -22,6 +22,8 @@ def test_filled_records_equal_checked_ones_and_leave_the_template_empty() -> Non
         got = filled(empty, items)
         assert type(got) is type(checked) and got == checked and list(got) == list(checked)
         assert len(empty) == 0
+        assert got.__dict__.keys() == empty.copy().__dict__.keys()  # what Flower's copy sets
+        assert got.__dict__["_data"] is not items  # its own store
         got["extra"] = checked[next(iter(checked))]  # still the record's own checked store
         assert "extra" in got and "extra" not in empty
     content = filled(

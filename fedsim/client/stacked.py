@@ -214,15 +214,16 @@ def _resolve(
     step_cls = said.step_cls
     if step_cls is None:
         return None
-    if scenario.client.dp is not None and step_cls.dp_refusal is not None:
-        return None  # the ClientApp refuses it (validation already does)
-    reason = _refusal(scenario) or _step_refusal(step_cls)
-    if reason is None and said.config.get(wire.LABEL_FLIP):
-        reason = "label-flip attackers"
+    verdict = said.verdicts.get(id(scenario))
+    if verdict is None or verdict[0] is not scenario:  # once per content and scenario
+        verdict = (scenario, *_verdict(scenario, step_cls, said.config, context))
+        said.verdicts[id(scenario)] = verdict
+    _, refused, reason = verdict
+    if refused:
+        return None
     if reason is not None:
         _say(context, reason)
         return None
-    warn_unread(_run_key(context), step_cls, said.config)  # as the ClientApp's handler does
     if len(data.y) == 0 or said.arrays is None:
         return None
     device = client_device(scenario.engine.device, context.node_config)
@@ -239,6 +240,24 @@ def _resolve(
         step_cls,
         device,
     )
+
+
+def _verdict(
+    scenario: Scenario, step_cls: type[LocalStep], config: dict[str, Any], context: Context
+) -> tuple[bool, str | None]:
+    """(the ClientApp refuses the job, why it trains one by one) for one content's jobs.
+
+    ``(False, None)``: they may be trained together (their unread config keys are then
+    warned of, as the ClientApp's train handler does, once per run).
+    """
+    if scenario.client.dp is not None and step_cls.dp_refusal is not None:
+        return True, None  # the ClientApp refuses it (validation already does)
+    reason = _refusal(scenario) or _step_refusal(step_cls)
+    if reason is None and config.get(wire.LABEL_FLIP):
+        reason = "label-flip attackers"
+    if reason is None:
+        warn_unread(_run_key(context), step_cls, config)
+    return False, reason
 
 
 def _refusal(scenario: Scenario) -> str | None:

@@ -8,7 +8,7 @@ are computed for the whole dispatch at once (:func:`seed_jobs`).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message
@@ -48,6 +48,8 @@ class SentContent:
     step_cls: type[LocalStep] | None  # None: the ClientApp reports the bad step
     arrays: ArrayRecord | None  # None: no arrays, the ClientApp reports it
     server_round: int
+    # By scenario id: (scenario, refused by the ClientApp, why they train one by one).
+    verdicts: dict[int, tuple[Scenario, bool, str | None]] = field(default_factory=dict)
 
 
 def read_content(message: Message) -> SentContent:

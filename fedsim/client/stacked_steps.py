@@ -34,8 +34,14 @@ class UnstackableSteps(ValueError):
     """The clients' steps hold tensors of different structure or shape."""
 
 
+# Values that hold no tensor: a step's config is mostly these (checked first, by type).
+_LEAVES = frozenset({int, float, str, bool, bytes, type(None)})
+
+
 def _slots(obj: Any, path: Path, out: list[tuple[Path, torch.Tensor]], depth: int) -> None:
     """Append every tensor under ``obj`` with the path that reaches it."""
+    if type(obj) in _LEAVES:
+        return
     if isinstance(obj, torch.Tensor):
         out.append((path, obj))
     elif depth > 6:  # deep structures are no step's hook state
