@@ -19,7 +19,8 @@ The in-process overhead is the median, over in-process runs, of the run's time m
 the mean of the pure loops run just before and just after it (pure loops and
 in-process runs alternate); Ray's is its time minus the median pure time. Ray's figures
 are those of its fastest run. Both the pure loop and the in-process engine run their
-rounds with Python's garbage collector frozen (``gc.freeze``), as the engine does.
+rounds under the collector settings the engine runs its rounds with
+(:func:`fedsim.engine.collector.rounds_collector`: frozen, fewer young collections).
 
 Usage::
 
@@ -44,7 +45,6 @@ The last line printed is ``engine_us_per_update_batched: X`` (that cost, in µs)
 from __future__ import annotations
 
 import argparse
-import gc
 import itertools
 import logging
 import math
@@ -62,6 +62,7 @@ from fedsim import wire
 from fedsim.config.schema import Scenario
 from fedsim.config.sources import to_yaml
 from fedsim.data import federated
+from fedsim.engine.collector import rounds_collector
 from fedsim.engine.flower_compat import set_task_identity
 from fedsim.engine.inprocess_grid import node_contexts
 from fedsim.models import build_model
@@ -169,15 +170,14 @@ def pure_rounds(scenario: Scenario, work: Path, stacked: bool = False) -> list[f
             )
             for node in contexts
         ]
-        gc.freeze()  # as the in-process engine does for its rounds
-        start = time.perf_counter()
-        if stacked:
-            train_together([(m, contexts[m.metadata.dst_node_id]) for m in messages], CLIENTS)
-        else:
-            for message in messages:
-                client_app(message, contexts[message.metadata.dst_node_id])
-        rounds.append(time.perf_counter() - start)
-        gc.unfreeze()
+        with rounds_collector():  # the collector as the in-process engine sets it
+            start = time.perf_counter()
+            if stacked:
+                train_together([(m, contexts[m.metadata.dst_node_id]) for m in messages], CLIENTS)
+            else:
+                for message in messages:
+                    client_app(message, contexts[message.metadata.dst_node_id])
+            rounds.append(time.perf_counter() - start)
     return rounds
 
 
