@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -187,14 +187,15 @@ def row_array(values: NDArray[Any]) -> Array:
     return array
 
 
-def row_arrays(stack: NDArray[Any]) -> list[Array]:
-    """``[row_array(row) for row in stack]``, each row's bytes made when first read.
+def row_arrays(stack: NDArray[Any], rows: Sequence[int] | None = None) -> list[Array]:
+    """``[row_array(stack[k]) for k in rows]`` (every row by default), bytes made when read.
 
     A stacked chunk's replies (:mod:`fedsim.client.stacked_reply`) carry one row each of
     its trained arrays, which the in-process strategy reads as values; bytes are made
     only for what reads them (a pickle, a size, Flower's own decoding). A writable
     ``stack`` is copied row by row, as :func:`row_array` does.
     """
+    picked = range(len(stack)) if rows is None else rows
     if (
         stack.ndim < 2
         or not len(stack)
@@ -202,19 +203,19 @@ def row_arrays(stack: NDArray[Any]) -> list[Array]:
         or not stack.flags.c_contiguous
         or stack.dtype.hasobject
     ):
-        return [row_array(row) for row in stack]
+        return [row_array(stack[k]) for k in picked]
     encode(stack[0])  # the header of this dtype and row shape, made once per process
     dtype = _headers[(stack.dtype, stack.shape[1:])][1]
     shape = stack.shape[1:]
-    rows: list[Array] = []
-    for k in range(len(stack)):
+    out: list[Array] = []
+    for k in picked:
         array = RowArray.__new__(RowArray)
         # The bytes (``data``) are made from the values when first read.
         array.__dict__.update(
             _is_dirty=True, dtype=dtype, shape=shape, stype=NUMPY_STYPE, _values=stack[k]
         )
-        rows.append(array)
-    return rows
+        out.append(array)
+    return out
 
 
 def decoding(array: Array) -> Array:

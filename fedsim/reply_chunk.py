@@ -41,6 +41,9 @@ class ReplyChunk:
         The ``wire.METRICS`` record of every row: name -> ``(rows,)``.
     reply_bytes : int
         The payload bytes of one reply (equal for every row).
+    metric_rows : list of dict, optional
+        Row ``r``'s ``wire.METRICS`` record as the Python numbers it holds (a reader
+        that needs the values exactly as the replies carry them takes them here).
     """
 
     jobs: tuple[int, ...]
@@ -48,6 +51,7 @@ class ReplyChunk:
     arrays: dict[str, NDArray[Any]]
     metrics: dict[str, NDArray[Any]]
     reply_bytes: int
+    metric_rows: list[dict[str, Any]] | None = None
 
     def at(self, positions: Sequence[int]) -> ReplyChunk:
         """The same chunk with its jobs renumbered: job ``j`` becomes ``positions[j]``."""

@@ -20,7 +20,7 @@ from fedsim.array_codec import row_array, row_arrays
 from fedsim.client.dp import spend
 from fedsim.client.stacked_training import ChunkResult, Result
 from fedsim.client.steps import LocalStep, TrainResult
-from fedsim.engine.flower_compat import reply_message, timestamp
+from fedsim.engine.flower_compat import plain_message, reply_message, timestamp
 from fedsim.engine.telemetry import content_bytes
 from fedsim.fast_records import filled
 from fedsim.reply_chunk import ReplyChunk
@@ -70,20 +70,23 @@ def train_reply(
 def chunk_replies(
     chunk: list[StackedJob], result: ChunkResult, share: float
 ) -> tuple[list[Message | None], ReplyChunk]:
-    """The plain replies of a stacked chunk (each client's time: ``share``), and as columns."""
+    """The plain replies of a stacked chunk (each client's time: ``share``), and as columns.
+
+    Each reply is a :class:`ChunkReply`: its records are made when first read.
+    """
     rows = [
         reply_values(c, TrainResult(loss, samples, taken), {}, share)
         for c, (loss, samples, taken) in zip(
             chunk, zip(result.mean_losses, result.samples, result.steps, strict=True), strict=True
         )
     ]
-    # Every row's arrays at once (one header per array), then one reply per row.
-    cells = {name: row_arrays(stack) for name, stack in result.values.items()}
+    contents = _ChunkContents(result.values, rows)
     current = timestamp()  # one chunk, made at one time
-    replies = [
-        _message(c, {n: column[k] for n, column in cells.items()}, row, current)
-        for k, (c, row) in enumerate(zip(chunk, rows, strict=True))
-    ]
+    replies = []
+    for k, client in enumerate(chunk):
+        reply = reply_message(_UNMADE, client.message, current, ChunkReply)
+        reply.__dict__["_row"] = (contents, k)
+        replies.append(reply)
     columns = {name: np.array([row[name] for row in rows]) for name in rows[0]}
     sent: list[Message | None] = list(replies)
     return sent, ReplyChunk(
@@ -92,7 +95,59 @@ def chunk_replies(
         dict(result.values),
         columns,
         content_bytes(replies[0]),
+        rows,
     )
+
+
+# The content of a reply not made yet (not None: the reply has content).
+_UNMADE: Any = RecordDict()
+
+
+class _ChunkContents:
+    """What a chunk's replies carry: the stacked arrays and each row's metrics."""
+
+    def __init__(self, values: Mapping[str, np.ndarray], rows: list[dict[str, Any]]) -> None:
+        self.values, self.rows = values, rows
+
+    def content(self, row: int) -> RecordDict:
+        """Row ``row``'s records, as the ClientApp's train handler makes them."""
+        arrays = {name: row_arrays(stack, (row,))[0] for name, stack in self.values.items()}
+        return filled(
+            _EMPTY_CONTENT,
+            {
+                wire.ARRAYS: filled(_EMPTY_ARRAYS, arrays),
+                wire.METRICS: filled(_EMPTY_METRICS, self.rows[row]),
+            },
+        )
+
+
+class ChunkReply(Message):
+    """A stacked chunk's reply whose records are made when its content is first read.
+
+    Its chunk's columns (:class:`~fedsim.reply_chunk.ReplyChunk`) hold what it carries:
+    the in-process engine and fedsim's ``FedAvg`` read those, so a round's replies need
+    no records unless a strategy reads them. Anything else sees a Flower ``Message``: its
+    ``content`` is the records the ClientApp's train handler makes (arrays as rows of the
+    chunk's, :func:`fedsim.array_codec.row_arrays`); a copy or a pickle is a plain one.
+    """
+
+    @property  # Message's property, its records made on first read
+    def content(self) -> RecordDict:
+        """The reply's records (made now if not made yet)."""
+        fields = self.__dict__
+        if fields["_content"] is _UNMADE:
+            contents, row = fields.pop("_row")
+            fields["_content"] = contents.content(row)
+        content: RecordDict = fields["_content"]
+        return content
+
+    @content.setter
+    def content(self, value: RecordDict) -> None:
+        self.__dict__.pop("_row", None)
+        Message.content.fset(self, value)  # type: ignore[attr-defined]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return plain_message, (self.metadata, self.content)
 
 
 def reply_values(

@@ -178,10 +178,15 @@ def test_the_stack_size_changes_no_metric(tmp_path: Path) -> None:
 
 def _counted_round(tmp_path: Path, clients: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Message constructions, content copies and model decodes of a batched run."""
-    from fedsim.client import stacked
+    from fedsim.client import stacked, stacked_reply
 
-    counts = {"messages": 0, "copies": 0, "decodes": 0}
+    counts = {"messages": 0, "copies": 0, "decodes": 0, "contents": 0}
     init, copy_content, decode_array = Message.__init__, executor.copy_content, stacked.decode
+    make = stacked_reply._ChunkContents.content
+
+    def counting_make(self: Any, row: int) -> RecordDict:
+        counts["contents"] += 1
+        return make(self, row)
 
     def counting_init(self: Message, *args: Any, **kwargs: Any) -> None:
         counts["messages"] += 1
@@ -198,6 +203,7 @@ def _counted_round(tmp_path: Path, clients: int, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(Message, "__init__", counting_init)
     monkeypatch.setattr(executor, "copy_content", counting_copy)
     monkeypatch.setattr(stacked, "decode", counting_decode)
+    monkeypatch.setattr(stacked_reply._ChunkContents, "content", counting_make)
     scenario = _scenario(
         rounds=2,
         data={"num_clients": clients, "partitioner": "iid"},
@@ -220,6 +226,9 @@ def test_a_batched_round_builds_no_message_or_copy_per_client(
     # global model is decoded once per chunk (one chunk a round here), not per client.
     assert many["messages"] == few["messages"]
     assert many["decodes"] == few["decodes"] > 0
+    # FedAvg reads the chunk's columns: a reply's records are made only for the one
+    # reply whose size and keys stand for the chunk's (once per round).
+    assert many["contents"] == few["contents"] == 2
 
 
 def test_a_row_array_reads_its_values_and_pickles_as_a_decoding_array() -> None:
@@ -279,3 +288,31 @@ def test_a_rows_bytes_are_made_when_first_read_and_kept_when_it_changes() -> Non
     assert np.array_equal(third.numpy(), stack[2])
     with pytest.raises(AttributeError):
         _ = first.not_a_field
+
+
+def test_a_chunk_reply_makes_its_records_when_read_and_pickles_as_a_message(
+    tmp_path: Path,
+) -> None:
+    """A chunk's reply: its records when first read, equal to the columns; a plain copy."""
+    import copy
+
+    from fedsim.client.stacked_reply import ChunkReply
+
+    _, together = _chunks(tmp_path)
+    chunk = together.chunks[0]
+    key = next(iter(chunk.arrays))
+    first, second = chunk.replies[1], chunk.replies[2]
+    assert type(first) is ChunkReply and "_row" in first.__dict__ and first.has_content()
+    record = first.content[wire.ARRAYS]
+    assert "_row" not in first.__dict__ and first.content is first.content  # made once
+    for key, column in chunk.arrays.items():
+        assert np.array_equal(view(record[key]), column[1])
+    assert dict(first.content[wire.METRICS]) == chunk.metric_rows[1]
+    for twin in (pickle.loads(pickle.dumps(second)), copy.copy(second)):
+        assert type(twin) is Message and twin.metadata.reply_to_message_id == (
+            second.metadata.reply_to_message_id
+        )
+        assert np.array_equal(decode(twin.content[wire.ARRAYS][key]), chunk.arrays[key][2])
+    replaced = RecordDict({wire.METRICS: MetricRecord({"x": 1.0})})
+    chunk.replies[3].content = replaced  # set before it was read: the set one stays
+    assert chunk.replies[3].content is replaced

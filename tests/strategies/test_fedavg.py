@@ -131,19 +131,24 @@ def _chunk(rng: np.random.Generator, rows: int) -> ReplyChunk:
         value.flags.writeable = False
     cells = {k: row_arrays(v) for k, v in values.items()}
     counts = rng.integers(1, 200, rows)
+    metric_rows = [
+        {wire.NUM_EXAMPLES: int(n), wire.TRAIN_LOSS: float(v), "per-class": [1.0, float(v)]}
+        for n, v in zip(counts, rng.random(rows), strict=True)
+    ]
     replies = [
         Message(
             RecordDict(
                 {
                     wire.ARRAYS: ArrayRecord({k: cells[k][r] for k in SHAPES}),
-                    wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(counts[r])}),
+                    wire.METRICS: MetricRecord(metric_rows[r]),
                 }
             ),
             reply_to=Message(RecordDict(), 1000 + r, "train"),
         )
         for r in range(rows)
     ]
-    return ReplyChunk(tuple(range(rows)), replies, values, {wire.NUM_EXAMPLES: counts}, 0)
+    columns = {wire.NUM_EXAMPLES: counts}
+    return ReplyChunk(tuple(range(rows)), replies, values, columns, 0, metric_rows)
 
 
 def test_chunk_rows_are_summed_from_the_columns_to_flowers_bits(
@@ -162,8 +167,8 @@ def test_chunk_rows_are_summed_from_the_columns_to_flowers_bits(
         1, list(replies)
     )
     used: list[int] = []
-    original = server.chunk_weighted_arrays
-    monkeypatch.setattr(server, "chunk_weighted_arrays", lambda *a: used.append(1) or original(*a))
+    original = server.chunk_aggregate
+    monkeypatch.setattr(server, "chunk_aggregate", lambda *a: used.append(1) or original(*a))
     ours = FedAvg(weighted_by_key=wire.NUM_EXAMPLES).aggregate_train(1, replies)
     assert used and ours[0] is not None and flowers[0] is not None
     for key in SHAPES:

@@ -16,7 +16,7 @@ Flower's, built as copies of the first (``flower_compat.instruction_messages``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,6 @@ from flwr.serverapp.strategy.strategy_utils import (
     validate_message_reply_consistency,
 )
 
-from fedsim import wire
 from fedsim.array_codec import decode, encode_record, view
 from fedsim.engine.flower_compat import instruction_messages
 from fedsim.fast_records import store
@@ -59,6 +58,17 @@ class FedAvg(flwr_strategies.FedAvg):
         valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         if not valid:
             return None, None
+        # The in-process engine's replies as untouched rows of one stacked chunk: read from
+        # the chunk's columns, without making their records. Not under a subclass's own
+        # aggregate_train, which may have changed the replies before calling this one.
+        if (
+            isinstance(replies, ChunkRows)
+            and len(valid) == len(replies)
+            and type(self).aggregate_train is FedAvg.aggregate_train
+        ):
+            done = chunk_aggregate(replies, self.weighted_by_key)
+            if done is not None:
+                return done
         parts = single_records(valid, self.weighted_by_key)
         if parts is None:  # let Flower say what is wrong (or aggregate what it accepts)
             contents = [msg.content for msg in valid]
@@ -66,20 +76,47 @@ class FedAvg(flwr_strategies.FedAvg):
             return aggregate_arrayrecords(contents, self.weighted_by_key), aggregate_metricrecords(
                 contents, self.weighted_by_key
             )
-        weights = [metrics[self.weighted_by_key] for _, metrics in parts]
-        total = sum(weights)  # type: ignore[arg-type]
-        factors = [w / total for w in weights]  # type: ignore[operator]
-        records = [a for a, _ in parts]
-        arrays = None
-        # The in-process engine's replies as untouched rows of one stacked chunk: each key
-        # is gathered from the chunk's column. Not for a subclass's own aggregate_train,
-        # which may have changed the replies before calling this one.
-        if isinstance(replies, ChunkRows) and type(self).aggregate_train is FedAvg.aggregate_train:
-            arrays = chunk_weighted_arrays(replies, records, factors)
+        factors = _factors([store(metrics) for _, metrics in parts], self.weighted_by_key)
         return (
-            weighted_arrays(records, factors) if arrays is None else arrays,
-            weighted_metrics([m for _, m in parts], factors, self.weighted_by_key),
+            weighted_arrays([a for a, _ in parts], factors),
+            weighted_metrics([store(m) for _, m in parts], factors, self.weighted_by_key),
         )
+
+
+def _factors(metrics: Sequence[Mapping[str, Any]], weighted_by_key: str) -> list[float]:
+    """Each reply's weight over their sum, in Flower's arithmetic."""
+    weights = [m[weighted_by_key] for m in metrics]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def chunk_aggregate(
+    replies: ChunkRows, weighted_by_key: str
+) -> tuple[ArrayRecord, MetricRecord] | None:
+    """What :meth:`FedAvg.aggregate_train` returns for ``replies``, from their chunk's columns.
+
+    Every row of a chunk carries one ``wire.ARRAYS`` and one ``wire.METRICS`` record
+    with the chunk's keys, so Flower's consistency checks hold by construction; the
+    weighting metric must be there and a number. The same products and sums in reply
+    order, so the same bits (tests compare). None where the chunk cannot say.
+    """
+    chunk, positions = replies.chunk, replies.positions
+    if chunk.metric_rows is None:
+        return None
+    metrics = [chunk.metric_rows[p] for p in positions]
+    keys = list(metrics[0])
+    if (
+        weighted_by_key not in keys
+        or any(list(m) != keys for m in metrics)
+        or any(isinstance(m[weighted_by_key], list) for m in metrics)
+    ):
+        return None
+    factors = _factors(metrics, weighted_by_key)
+    rows = np.asarray(positions)
+    arrays = encode_record(
+        {key: _weighted_sum(stack[rows], factors) for key, stack in chunk.arrays.items()}
+    )
+    return arrays, weighted_metrics(metrics, factors, weighted_by_key)
 
 
 def single_records(
@@ -148,27 +185,6 @@ def weighted_arrays(records: list[ArrayRecord], factors: list[float]) -> ArrayRe
     )
 
 
-def chunk_weighted_arrays(
-    replies: ChunkRows, records: list[ArrayRecord], factors: list[float]
-) -> ArrayRecord | None:
-    """:func:`weighted_arrays` of the replies' ``records`` read from their chunk's columns.
-
-    The same products summed in the same order, so the same bits, without a view per
-    reply and key. None where the records are not the chunk's rows as it made them.
-    """
-    chunk, positions = replies.chunk, replies.positions
-    if len(records) != len(replies) or not records:
-        return None
-    keys = list(store(records[0]))
-    if keys != list(chunk.arrays) or any(
-        record is not store(reply.content).get(wire.ARRAYS)
-        for record, reply in zip(records, replies, strict=True)
-    ):
-        return None
-    rows = np.asarray(positions)
-    return encode_record({key: _weighted_sum(chunk.arrays[key][rows], factors) for key in keys})
-
-
 def _weighted_sum(stack: np.ndarray, factors: list[float]) -> np.ndarray:
     """``Σ factor·row`` over the stack's rows, in row order (see :func:`weighted_arrays`)."""
     weights = np.asarray(factors, dtype=np.result_type(stack.dtype, 1.0))
@@ -207,12 +223,12 @@ def _weighted_arrays_by_key(records: list[ArrayRecord], factors: list[float]) ->
 
 
 def weighted_metrics(
-    records: list[MetricRecord], factors: list[float], weighted_by_key: str
+    records: Sequence[Mapping[str, Any]], factors: list[float], weighted_by_key: str
 ) -> MetricRecord:
     """``Σ factor·metric`` per key (lists element-wise), as ``aggregate_metricrecords``."""
     total: dict[str, Any] = {}
     for record, factor in zip(records, factors, strict=True):
-        for key, value in store(record).items():
+        for key, value in record.items():
             if key == weighted_by_key:
                 continue
             if key not in total:
