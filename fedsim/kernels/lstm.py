@@ -23,18 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedsim.kernels.dp_recurrence import LayerPass, run_dp_layer
 from fedsim.kernels.gathered import draw_keep_masks, gathered_linear
 from fedsim.kernels.linear import seq_norm_sq, seq_weighted_sum
 from fedsim.kernels.recurrence import Recurrence, fused_layer
 from fedsim.kernels.registry import Kernel, Record, register_kernel, set_grad
-
-# Device types on which a DP pass runs each layer's forward recurrence in torch's fused
-# kernel and rebuilds what BPTT needs from its hidden states in bulk (one GEMM over all
-# steps, fused elementwise ops, one op a step for the cell state). On CUDA that replaces
-# a launch-bound loop of seven kernels a step with cuDNN (not yet measured: no GPU was
-# lent when this was written). On this project's 2-core CPU it measured slower (1.9-2.3x
-# against 1.5-2.0x of a non-private step in A/Bs under load), so the CPU keeps the loop.
-DP_FUSED_FORWARD: set[str] = {"cuda"}
 
 
 class StructuredDropoutLSTM(nn.Module):
@@ -196,15 +189,14 @@ class StructuredDropoutLSTM(nn.Module):
             else:  # structured: only the kept columns of each step enter the GEMMs
                 gx = gathered_linear(out, mask, w_ih, bias, scale)
                 x_eff = out * mask * scale if capture is not None else out
-            known_h = None
             if capture is not None:
+                # A DP pass: the recurrence runs by its device's route (dp_recurrence.py).
                 capture["x"] = x_eff = x_eff.detach()
-            if capture is not None and x_eff.device.type in DP_FUSED_FORWARD:
-                # A DP pass: the fused kernel runs the forward recurrence (no graph);
-                # Recurrence rebuilds what BPTT needs from its hidden states in bulk.
-                with torch.no_grad():
-                    known_h = fused_layer(x_eff, state, k, (w_ih, w_hh, b_ih, b_hh), False)[0]
-            seq, h, c = Recurrence.apply(gx, state[0][k], state[1][k], w_hh, capture, known_h)
+                params = (w_ih, w_hh, b_ih, b_hh)
+                layer = LayerPass(gx, x_eff, state[0][k], state[1][k], params, capture)
+                seq, h, c = run_dp_layer(layer)
+            else:
+                seq, h, c = Recurrence.apply(gx, state[0][k], state[1][k], w_hh, None, None)
             h_n.append(h)
             c_n.append(c)
             out = seq

@@ -52,6 +52,24 @@ def test_noise_has_the_documented_scale() -> None:
     assert noise.std().item() == pytest.approx(2.0 * 0.5 / 4.0, rel=0.03)
 
 
+def test_noise_is_one_flat_draw_of_the_client_generator_sliced_in_parameter_order() -> None:
+    """What every device adds: ``σC·randn(P)`` from the client's generator, split by
+    parameter order, plus the clipped sum, over the expected batch (by hand below)."""
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+    cfg = DPConfig(noise_multiplier=1.5, max_grad_norm=0.3)
+    expected = clipped_sum_of(per_example_grads_loop(model, ce, x, y), 0.3)
+    PrivateGradient(cfg, model, 2.5, torch.Generator().manual_seed(11))(model, ce, x, y)
+    draw = torch.randn(3 * 4 + 3 + 2 * 3 + 2, generator=torch.Generator().manual_seed(11))
+    start = 0
+    for name, p in model.named_parameters():
+        noise = draw[start : start + p.numel()].view(p.shape)
+        start += p.numel()
+        by_hand = (expected[name] + 1.5 * 0.3 * noise) / 2.5
+        torch.testing.assert_close(p.grad, by_hand, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_large_bound_without_noise_is_plain_sgd() -> None:
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))

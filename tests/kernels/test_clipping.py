@@ -24,6 +24,8 @@ from fedsim.kernels import (
     clip_and_accumulate,
     per_example_grad_norms,
 )
+from fedsim.kernels.dp_recurrence import DP_RECURRENCE
+from fedsim.kernels.dp_recurrence import ROUTES as DP_ROUTES
 from fedsim.kernels.oracle import (
     clipped_sum_of,
     norms_of,
@@ -185,17 +187,12 @@ def test_lstm_language_model(b: int, t: int, i: int, h: int, layers: int) -> Non
     check(LM(), torch.randint(0, 7, (b, t)), torch.randint(0, 7, (b, t)))
 
 
-@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
-def test_lstm_classifier_on_raw_inputs(
-    fused_forward: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The LSTM as first layer (its input needs no gradient) with the last state read;
-    the DP pass's forward recurrence both as fedsim's step loop (the CPU's route) and as
-    torch's fused kernel with the BPTT terms rebuilt in bulk (CUDA's route)."""
-    from fedsim.kernels import lstm as lstm_module
-
-    routes = {"cpu"} if fused_forward else set()
-    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", routes)
+@pytest.mark.parametrize("recurrence", sorted(DP_ROUTES))
+def test_lstm_classifier_on_raw_inputs(recurrence: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LSTM as first layer (its input needs no gradient) with the last state read,
+    by every recurrence route of a DP pass (dp_recurrence.py: the CPU's step loop, the
+    fused forward with the BPTT terms rebuilt in bulk, and CUDA's cuDNN-gates route)."""
+    monkeypatch.setitem(DP_RECURRENCE, "cpu", recurrence)
     torch.manual_seed(0)
 
     class Clf(nn.Module):

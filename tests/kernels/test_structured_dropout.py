@@ -17,6 +17,8 @@ from fedsim.kernels import (
     gemm,
     structure_pays,
 )
+from fedsim.kernels.dp_recurrence import DP_RECURRENCE
+from fedsim.kernels.dp_recurrence import ROUTES as DP_ROUTES
 from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
 from tests.kernels.test_gemm import CountCalls
 
@@ -240,15 +242,13 @@ def _assert_clipping_matches_the_oracle(model: nn.Module) -> None:
         torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
 
 
-@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
+@pytest.mark.parametrize("recurrence", sorted(DP_ROUTES))
 def test_fast_clipping_serves_the_structured_lstm(
-    fused_forward: bool, route: str, monkeypatch: pytest.MonkeyPatch
+    recurrence: str, route: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DP clipping through the gathered input projections (both routes) and both forward
-    recurrences of a DP pass, against the batch-of-one oracle."""
-    from fedsim.kernels import lstm as lstm_module
-
-    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", {"cpu"} if fused_forward else set())
+    """DP clipping through the gathered input projections (both routes) and every
+    recurrence route of a DP pass, against the batch-of-one oracle."""
+    monkeypatch.setitem(DP_RECURRENCE, "cpu", recurrence)
     torch.manual_seed(4)
     model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
     _assert_clipping_matches_the_oracle(model)
