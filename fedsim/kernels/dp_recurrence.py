@@ -19,6 +19,9 @@ Three routes deliver them, all exact:
   GEMMs instead of ~7 launches per step (the DP char-LSTM: T = 80, two layers).
   No weight gradient is computed (the weights enter detached): the kernel forms the
   clipped sums from ``G``.
+* ``triton``: fedsim's own Triton kernels (:mod:`fedsim.kernels.triton_lstm`), one launch
+  forward and one backward, ``G`` written by the backward kernel itself. Optional (the
+  ``gpu`` extra); not the default anywhere until measured on a GPU.
 
 :data:`DP_RECURRENCE` maps a device type to its route; a device missing there takes
 ``step-loop``. Any route runs on any device, so the tests run all of them on the CPU.
@@ -100,10 +103,20 @@ def cudnn_gates(layer: LayerPass) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return out.transpose(0, 1), h[0], c[0]
 
 
+def triton(layer: LayerPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fedsim's Triton kernels (:mod:`fedsim.kernels.triton_lstm`; needs ``triton``)."""
+    from fedsim.kernels import triton_lstm  # optional: imported only when chosen
+
+    triton_lstm.require(layer.gx.device.type)
+    w_hh = layer.params[1]
+    return triton_lstm.TritonRecurrence.apply(layer.gx, layer.h0, layer.c0, w_hh, layer.capture)  # type: ignore[no-any-return]
+
+
 ROUTES: dict[str, RecurrenceRoute] = {
     "step-loop": step_loop,
     "fused-forward": fused_forward,
     "cudnn-gates": cudnn_gates,
+    "triton": triton,
 }
 
 # Route by device type (``torch.device.type``); others take ``step-loop``. CUDA runs the

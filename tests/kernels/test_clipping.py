@@ -25,13 +25,13 @@ from fedsim.kernels import (
     per_example_grad_norms,
 )
 from fedsim.kernels.dp_recurrence import DP_RECURRENCE
-from fedsim.kernels.dp_recurrence import ROUTES as DP_ROUTES
 from fedsim.kernels.oracle import (
     clipped_sum_of,
     norms_of,
     per_example_grads_func,
     per_example_grads_loop,
 )
+from tests.kernels.routes import DP_ROUTE_PARAMS
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SETTINGS = settings(max_examples=12, deadline=None)
@@ -187,7 +187,7 @@ def test_lstm_language_model(b: int, t: int, i: int, h: int, layers: int) -> Non
     check(LM(), torch.randint(0, 7, (b, t)), torch.randint(0, 7, (b, t)))
 
 
-@pytest.mark.parametrize("recurrence", sorted(DP_ROUTES))
+@pytest.mark.parametrize("recurrence", DP_ROUTE_PARAMS)
 def test_lstm_classifier_on_raw_inputs(recurrence: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The LSTM as first layer (its input needs no gradient) with the last state read,
     by every recurrence route of a DP pass (dp_recurrence.py: the CPU's step loop, the
@@ -337,3 +337,28 @@ def test_kernels_on_cuda() -> None:
     model = LM().cuda()
     x, y = torch.randint(0, 9, (5, 7)).cuda(), torch.randint(0, 9, (5, 7)).cuda()
     check(model, x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("recurrence", ["step-loop", "fused-forward", "cudnn-gates", "triton"])
+def test_lstm_recurrence_routes_on_cuda(recurrence: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every DP recurrence route on CUDA (cuDNN, the Triton kernels compiled) against the
+    batch-of-one oracle, two layers under an embedding (G flows on to the embedding)."""
+    if recurrence == "triton":
+        pytest.importorskip("triton", reason="the optional 'gpu' extra is not installed")
+    monkeypatch.setitem(DP_RECURRENCE, "cuda", recurrence)
+    torch.manual_seed(7)
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(9, 5)
+            self.lstm = LSTM(5, 20, 2)
+            self.dec = nn.Linear(20, 9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.dec(self.lstm(self.emb(x))[0]).transpose(1, 2)
+
+    x, y = torch.randint(0, 9, (18, 7)).cuda(), torch.randint(0, 9, (18, 7)).cuda()
+    check(LM().cuda(), x, y)

@@ -18,8 +18,8 @@ from fedsim.kernels import (
     structure_pays,
 )
 from fedsim.kernels.dp_recurrence import DP_RECURRENCE
-from fedsim.kernels.dp_recurrence import ROUTES as DP_ROUTES
 from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
+from tests.kernels.routes import DP_ROUTE_PARAMS
 from tests.kernels.test_gemm import CountCalls
 
 
@@ -42,8 +42,8 @@ def reference_lstm(x, params, masks, p, layers):  # type: ignore[no-untyped-def]
             params[f"{n}_l{k}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         )
         hid = w_hh.shape[1]
-        h = torch.zeros(b, hid)
-        c = torch.zeros(b, hid)
+        h = x.new_zeros(b, hid)
+        c = x.new_zeros(b, hid)
         outs = []
         for s in range(t):
             z = inp[:, s] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
@@ -242,7 +242,7 @@ def _assert_clipping_matches_the_oracle(model: nn.Module) -> None:
         torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
 
 
-@pytest.mark.parametrize("recurrence", sorted(DP_ROUTES))
+@pytest.mark.parametrize("recurrence", DP_ROUTE_PARAMS)
 def test_fast_clipping_serves_the_structured_lstm(
     recurrence: str, route: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
