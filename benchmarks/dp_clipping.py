@@ -14,7 +14,7 @@ Usage::
         [--recurrence step-loop|fused-forward|cudnn-gates]
 
 ``--recurrence`` overrides the device's route for the fast mode's LSTM recurrence
-(``fedsim.kernels.dp_recurrence.DP_RECURRENCE``) to compare the routes on one device.
+(``fedsim.kernels.recurrence_routes.DP_RECURRENCE``) to compare the routes on one device.
 
 Every step is timed with device synchronisation (CUDA runs asynchronously).
 
@@ -34,7 +34,7 @@ from torch import nn
 from fedsim.client.dp import PrivateGradient
 from fedsim.config.schema import DPConfig
 from fedsim.kernels import LSTM as FastLSTM
-from fedsim.kernels.dp_recurrence import DP_RECURRENCE, ROUTES
+from fedsim.kernels.recurrence_routes import DP_RECURRENCE, ROUTES
 from fedsim.models import build_model
 
 BATCH = 128

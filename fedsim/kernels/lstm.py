@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.kernels.dp_recurrence import LayerPass, run_dp_layer
 from fedsim.kernels.gathered import draw_keep_masks, gathered_linear
 from fedsim.kernels.linear import seq_norm_sq, seq_weighted_sum
-from fedsim.kernels.recurrence import Recurrence, fused_layer
+from fedsim.kernels.recurrence import fused_layer
+from fedsim.kernels.recurrence_routes import LayerPass, run_layer
 from fedsim.kernels.registry import Kernel, Record, register_kernel, set_grad
 
 
@@ -190,13 +190,10 @@ class StructuredDropoutLSTM(nn.Module):
                 gx = gathered_linear(out, mask, w_ih, bias, scale)
                 x_eff = out * mask * scale if capture is not None else out
             if capture is not None:
-                # A DP pass: the recurrence runs by its device's route (dp_recurrence.py).
                 capture["x"] = x_eff = x_eff.detach()
-                params = (w_ih, w_hh, b_ih, b_hh)
-                layer = LayerPass(gx, x_eff, state[0][k], state[1][k], params, capture)
-                seq, h, c = run_dp_layer(layer)
-            else:
-                seq, h, c = Recurrence.apply(gx, state[0][k], state[1][k], w_hh, None, None)
+            # The recurrence runs by its device's route (recurrence_routes.py).
+            params = (w_ih, w_hh, b_ih, b_hh)
+            seq, h, c = run_layer(LayerPass(gx, x_eff, state[0][k], state[1][k], params, capture))
             h_n.append(h)
             c_n.append(c)
             out = seq

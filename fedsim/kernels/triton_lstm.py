@@ -17,7 +17,7 @@ Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (the tests do that).
 
 Parallelism is one program per block of :data:`BLOCK_B` rows, so a small batch fills few
 of a GPU's multiprocessors: the route is not the default anywhere
-(:data:`fedsim.kernels.dp_recurrence.DP_RECURRENCE`); ``benchmarks/dp_clipping.py
+(:data:`fedsim.kernels.recurrence_routes.DP_RECURRENCE`); ``benchmarks/dp_clipping.py
 --recurrence triton`` measures it against cuDNN.
 """
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from fedsim.kernels.dp_recurrence import ROUTES
+from fedsim.kernels.recurrence_routes import ROUTES
 
 
 def _triton_on_cpu() -> bool:

@@ -24,13 +24,13 @@ from fedsim.kernels import (
     clip_and_accumulate,
     per_example_grad_norms,
 )
-from fedsim.kernels.dp_recurrence import DP_RECURRENCE
 from fedsim.kernels.oracle import (
     clipped_sum_of,
     norms_of,
     per_example_grads_func,
     per_example_grads_loop,
 )
+from fedsim.kernels.recurrence_routes import DP_RECURRENCE
 from tests.kernels.routes import DP_ROUTE_PARAMS
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -190,7 +190,7 @@ def test_lstm_language_model(b: int, t: int, i: int, h: int, layers: int) -> Non
 @pytest.mark.parametrize("recurrence", DP_ROUTE_PARAMS)
 def test_lstm_classifier_on_raw_inputs(recurrence: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The LSTM as first layer (its input needs no gradient) with the last state read,
-    by every recurrence route of a DP pass (dp_recurrence.py: the CPU's step loop, the
+    by every recurrence route of a DP pass (recurrence_routes.py: the CPU's step loop, the
     fused forward with the BPTT terms rebuilt in bulk, and CUDA's cuDNN-gates route)."""
     monkeypatch.setitem(DP_RECURRENCE, "cpu", recurrence)
     torch.manual_seed(0)

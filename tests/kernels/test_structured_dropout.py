@@ -17,8 +17,8 @@ from fedsim.kernels import (
     gemm,
     structure_pays,
 )
-from fedsim.kernels.dp_recurrence import DP_RECURRENCE
 from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
+from fedsim.kernels.recurrence_routes import DP_RECURRENCE
 from tests.kernels.routes import DP_ROUTE_PARAMS
 from tests.kernels.test_gemm import CountCalls
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedsim.kernels import StructuredDropoutLSTM, gathered
+from fedsim.kernels.recurrence_routes import LOOP_RECURRENCE
 from tests.kernels.test_structured_dropout import reference_lstm
 
 pytest.importorskip("triton", reason="the optional 'gpu' extra (triton) is not installed")
@@ -66,6 +68,49 @@ def test_interpreted_kernels_match_the_textbook_lstm(
 ) -> None:
     """Batch and hidden sizes below, across and exactly at the kernels' block sizes."""
     _compare("cpu", dtype, b, t, i, h)
+
+
+@pytest.mark.skipif(not triton_lstm.runs_on("cpu"), reason="TRITON_INTERPRET=1 not set")
+@pytest.mark.parametrize("batched", [False, True], ids=["per-step-gather", "batched-gather"])
+def test_structured_lstm_on_gathered_projections_and_triton_matches_the_reference(
+    batched: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The structured-dropout LSTM outside DP with fedsim's own layers (``fused=False``):
+    each dropped input enters through the gathered GEMM (per step, and CUDA's batched
+    route over (T, B, kept)), the recurrence runs in the Triton kernels; outputs, state
+    and every gradient equal the masked dense textbook LSTM in float64."""
+    cls = gathered._GatheredLinearBatched if batched else gathered._GatheredLinear
+    monkeypatch.setitem(gathered.ROUTES, "cpu", cls)
+    monkeypatch.setitem(LOOP_RECURRENCE, "cpu", "triton")
+    calls = []
+    apply = triton_lstm.TritonRecurrence.apply
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return apply(*args)
+
+    monkeypatch.setattr(triton_lstm.TritonRecurrence, "apply", counted)
+    torch.manual_seed(3)
+    b, t, i, h, layers, p = 5, 6, 4, 20, 2, 0.5
+    lstm = StructuredDropoutLSTM(i, h, layers, dropout=p, fused=False).double().train()
+    masks = torch.rand(layers, t, h) >= p
+    x = torch.randn(b, t, i, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(b, t, h, dtype=torch.float64)
+    out, (hn, cn) = lstm(x, masks=masks)
+    (out * w).sum().add(hn.sum() * 0.3 + cn.sum() * 0.7).backward()
+    assert len(calls) == layers  # every layer's recurrence ran in the Triton kernels
+
+    params = {n: q.detach().clone().requires_grad_(True) for n, q in lstm.named_parameters()}
+    x2 = x.detach().clone().requires_grad_(True)
+    ref_out, ref_h, ref_c = reference_lstm(x2, params, masks, p, layers)
+    (ref_out * w).sum().add(ref_h.sum() * 0.3 + ref_c.sum() * 0.7).backward()
+    tol = {"rtol": 1e-13, "atol": 1e-13}
+    torch.testing.assert_close(out, ref_out, **tol)
+    torch.testing.assert_close(hn, ref_h, **tol)
+    torch.testing.assert_close(cn, ref_c, **tol)
+    torch.testing.assert_close(x.grad, x2.grad, **tol)
+    for n, q in lstm.named_parameters():
+        torch.testing.assert_close(q.grad, params[n].grad, **tol, msg=n)
 
 
 def test_the_route_refuses_tensors_it_cannot_run_on() -> None:

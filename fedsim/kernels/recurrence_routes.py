@@ -1,4 +1,8 @@
-"""How a DP pass runs an LSTM layer's recurrence: routes by name, one per device type.
+"""How fedsim's LSTM runs a layer's recurrence: routes by name, chosen per device type.
+
+Two tables pick a route by ``torch.device.type``: :data:`DP_RECURRENCE` for DP passes,
+:data:`LOOP_RECURRENCE` for layers that run fedsim's own recurrence outside DP passes
+(``fused=False``; by default torch's fused LSTM runs them instead).
 
 A DP pass needs every step's gate pre-activation gradients ``G`` (T, B, 4H) and the
 previous hidden states for the per-example kernel (:class:`~fedsim.kernels.lstm.LSTMKernel`).
@@ -52,8 +56,9 @@ class LayerPass:
         (B, H) initial state.
     params : tuple of Tensor
         ``(w_ih, w_hh, b_ih, b_hh)``.
-    capture : dict
-        Where the route leaves ``hprev`` and ``dg`` ((B, T, ·) views) for the kernel.
+    capture : dict or None
+        Where the route leaves ``hprev`` and ``dg`` ((B, T, ·) views) for the kernel; ``None``
+        outside DP passes (the weights' gradients are then computed as usual).
     """
 
     gx: torch.Tensor
@@ -61,7 +66,7 @@ class LayerPass:
     h0: torch.Tensor
     c0: torch.Tensor
     params: tuple[torch.Tensor, ...]
-    capture: dict[str, Any]
+    capture: dict[str, Any] | None
 
 
 # A route returns the hidden states (B, T, H) and the last h and c (B, H).
@@ -89,6 +94,7 @@ def cudnn_gates(layer: LayerPass) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     if not gx.requires_grad:  # the first layer: nothing upstream needs a gradient
         gx = gx.detach().requires_grad_(True)
     capture = layer.capture
+    assert capture is not None, "cudnn-gates serves DP passes only (run_layer checks)"
 
     def keep(g: torch.Tensor) -> None:
         capture["dg"] = g.transpose(0, 1)  # (B, T, 4H) view of time-major storage
@@ -124,10 +130,30 @@ ROUTES: dict[str, RecurrenceRoute] = {
 # the DP LSTM 4.50x and the char-LSTM 4.23x of a non-private step). Not yet measured with
 # this route on a GPU.
 DP_RECURRENCE: dict[str, str] = {"cuda": "cudnn-gates"}
+# Outside DP passes (no gate gradients needed) only these routes apply; ``step-loop``
+# everywhere until ``triton`` is measured on a GPU (``benchmarks/structured_dropout.py
+# --impls structured-loop --recurrence triton``).
+LOOP_ROUTES = ("step-loop", "triton")
+LOOP_RECURRENCE: dict[str, str] = {}
 DEFAULT_ROUTE = "step-loop"
 
 
-def run_dp_layer(layer: LayerPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run ``layer`` by the route :data:`DP_RECURRENCE` names for its device."""
-    route = DP_RECURRENCE.get(layer.gx.device.type, DEFAULT_ROUTE)
+def run_layer(layer: LayerPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``layer`` by its device's route.
+
+    :data:`DP_RECURRENCE` names it when the layer captures (a DP pass), else
+    :data:`LOOP_RECURRENCE`.
+
+    Raises
+    ------
+    ValueError
+        A table names a route that does not exist, or one that needs a DP capture.
+    """
+    device = layer.gx.device.type
+    dp = layer.capture is not None
+    route = (DP_RECURRENCE if dp else LOOP_RECURRENCE).get(device, DEFAULT_ROUTE)
+    choices = tuple(ROUTES) if dp else LOOP_ROUTES
+    if route not in choices:
+        table = "DP_RECURRENCE" if dp else "LOOP_RECURRENCE"
+        raise ValueError(f"{table}[{device!r}] = {route!r}; choose one of {', '.join(choices)}")
     return ROUTES[route](layer)
