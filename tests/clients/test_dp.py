@@ -154,3 +154,47 @@ def test_fixed_size_dp_batches_are_independent_uniform_subsets() -> None:
     assert any(len(set(e.tolist())) < 20 for e in epochs)
     counts = torch.bincount(torch.cat(drawn), minlength=20).float()
     assert counts.min() > 0.7 * counts.mean()  # every example about equally often
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model_name", ["cnn", "lstm"])
+def test_a_fast_dp_step_on_cuda_never_waits_for_the_host(model_name: str) -> None:
+    """Clipping (the LSTM's whole recurrence in cuDNN) and noise (one pinned copy) of a
+    DP step on CUDA: torch's sync debug mode turns any host synchronisation into an error
+    naming the op. The gradient is checked against the oracle after the step."""
+    from fedsim.kernels import LSTM
+
+    torch.manual_seed(3)
+    if model_name == "cnn":
+        model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, (1, 8, 8), 10)
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    else:
+
+        class Clf(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lstm, self.head = LSTM(6, 12, 2), torch.nn.Linear(12, 10)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.head(self.lstm(x)[0][:, -1])
+
+        model = Clf()
+        x, y = torch.randn(16, 9, 6), torch.randint(0, 10, (16,))
+    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    expected = clipped_sum_of(per_example_grads_loop(model, ce, x, y), 0.5)
+    cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=0.5)
+    grad = PrivateGradient(cfg, model, 16.0, torch.Generator().manual_seed(0))
+    grad(model, ce, x, y)  # warm-up: cuDNN plans, the caching allocators
+    noisy = PrivateGradient(
+        cfg.model_copy(update={"noise_multiplier": 1.0}), model, 16.0, torch.Generator()
+    )
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        noisy(model, ce, x, y)
+        grad(model, ce, x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name] / 16.0, rtol=1e-4, atol=1e-6)
