@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsim.kernels import StructuredDropoutLSTM, gathered
 from fedsim.kernels.recurrence_routes import LOOP_RECURRENCE
@@ -68,6 +70,37 @@ def test_interpreted_kernels_match_the_textbook_lstm(
 ) -> None:
     """Batch and hidden sizes below, across and exactly at the kernels' block sizes."""
     _compare("cpu", dtype, b, t, i, h)
+
+
+@pytest.mark.skipif(not triton_lstm.runs_on("cpu"), reason="TRITON_INTERPRET=1 not set")
+@settings(max_examples=8, deadline=None)
+@given(b=st.integers(1, 40), t=st.integers(1, 4), h=st.integers(1, 40), seed=st.integers(0, 99))
+def test_given_state_and_its_gradients_match_torch_lstm(b: int, t: int, h: int, seed: int) -> None:
+    """A non-zero initial state (h0, c0) and the gradients reaching it, on drawn shapes,
+    against torch's own LSTM (float64, the CPU's native kernel): the Triton recurrence
+    fed the same input projections through an identity input weight."""
+    torch.manual_seed(seed)
+    kw = {"dtype": torch.float64}
+    gx = torch.randn(t, b, 4 * h, **kw, requires_grad=True)
+    h0 = torch.randn(b, h, **kw, requires_grad=True)
+    c0 = torch.randn(b, h, **kw, requires_grad=True)
+    w_hh = (torch.randn(4 * h, h, **kw) * 0.5).requires_grad_(True)
+    w_out = torch.randn(t, b, h, **kw)
+    out, hn, cn = triton_lstm.TritonRecurrence.apply(gx, h0, c0, w_hh, None)
+    loss = (out.transpose(0, 1) * w_out).sum() + 0.3 * hn.sum() + 0.7 * cn.sum()
+    ours = torch.autograd.grad(loss, (gx, h0, c0, w_hh))
+    eye = torch.eye(4 * h, **kw)
+    ref_out, ref_h, ref_c = torch.lstm(
+        gx, (h0[None], c0[None]), [eye, w_hh], False, 1, 0.0, True, False, False
+    )
+    ref_loss = (ref_out * w_out).sum() + 0.3 * ref_h.sum() + 0.7 * ref_c.sum()
+    ref = torch.autograd.grad(ref_loss, (gx, h0, c0, w_hh))
+    tol = {"rtol": 1e-13, "atol": 1e-13}
+    torch.testing.assert_close(out.transpose(0, 1), ref_out, **tol)
+    torch.testing.assert_close(hn, ref_h[0], **tol)
+    torch.testing.assert_close(cn, ref_c[0], **tol)
+    for name, a, r in zip(("gx", "h0", "c0", "w_hh"), ours, ref, strict=True):
+        torch.testing.assert_close(a, r, **tol, msg=name)
 
 
 @pytest.mark.skipif(not triton_lstm.runs_on("cpu"), reason="TRITON_INTERPRET=1 not set")
