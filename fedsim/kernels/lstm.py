@@ -28,6 +28,7 @@ from fedsim.kernels.linear import seq_norm_sq, seq_weighted_sum
 from fedsim.kernels.recurrence import fused_layer
 from fedsim.kernels.recurrence_routes import LayerPass, run_layer
 from fedsim.kernels.registry import Kernel, Record, register_kernel, set_grad
+from fedsim.kernels.structure_rule import INPUT_GATHER_BY_RULE, structure_pays
 
 
 class StructuredDropoutLSTM(nn.Module):
@@ -182,7 +183,9 @@ class StructuredDropoutLSTM(nn.Module):
                 gx = torch.addmm(bias, out.transpose(0, 1).reshape(t * b, -1), w_ih.t())
                 gx = gx.view(t, b, -1)
                 x_eff = out
-            elif self.per_element:
+            elif self.per_element or not _gathers_input(out, self.dropout):
+                # Per-element masks, or a structured one where gathering does not pay:
+                # the masked input through one dense GEMM ((T, H) masks broadcast).
                 x_eff = out * mask * scale
                 gx = torch.addmm(bias, x_eff.transpose(0, 1).reshape(t * b, -1), w_ih.t())
                 gx = gx.view(t, b, -1)
@@ -200,6 +203,20 @@ class StructuredDropoutLSTM(nn.Module):
         if keep is not None:
             out = out * (keep[-1] * scale).to(out.dtype)
         return out, (torch.stack(h_n), torch.stack(c_n))
+
+
+def _gathers_input(x: torch.Tensor, p: float) -> bool:
+    """Whether a step-loop layer's structurally dropped input (B, T, I) is gathered.
+
+    The CPU always gathers it (its measured route; the rule there was calibrated on the
+    decoder); devices in :data:`~fedsim.kernels.structure_rule.INPUT_GATHER_BY_RULE` ask
+    :func:`~fedsim.kernels.structure_rule.structure_pays`, so a DP pass on CUDA takes the
+    batched gather, and its one host synchronisation, only where gathering pays.
+    """
+    device = x.device.type
+    if device not in INPUT_GATHER_BY_RULE:
+        return True
+    return structure_pays(device, x.shape[0], x.shape[2], p)
 
 
 class LSTM(StructuredDropoutLSTM):

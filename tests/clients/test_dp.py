@@ -158,26 +158,31 @@ def test_fixed_size_dp_batches_are_independent_uniform_subsets() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("model_name", ["cnn", "lstm"])
+@pytest.mark.parametrize("model_name", ["cnn", "lstm", "structured-lstm"])
 def test_a_fast_dp_step_on_cuda_never_waits_for_the_host(model_name: str) -> None:
-    """Clipping (the LSTM's whole recurrence in cuDNN) and noise (one pinned copy) of a
-    DP step on CUDA: torch's sync debug mode turns any host synchronisation into an error
-    naming the op. The gradient is checked against the oracle after the step."""
-    from fedsim.kernels import LSTM
+    """Clipping (the LSTM's whole recurrence in cuDNN; a structurally dropped input where
+    the rule says dense, not gathered) and noise (one pinned copy) of a DP step on CUDA:
+    torch's sync debug mode turns any host synchronisation into an error naming the op.
+    The gradient is checked against the oracle after the step."""
+    from fedsim.kernels import LSTM, StructuredDropoutLSTM
 
     torch.manual_seed(3)
     if model_name == "cnn":
         model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, (1, 8, 8), 10)
         x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     else:
+        masks = (torch.rand(2, 9, 12) >= 0.5).cuda()  # fixed, so the oracle sees the same
 
         class Clf(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.lstm, self.head = LSTM(6, 12, 2), torch.nn.Linear(12, 10)
+                structured = model_name == "structured-lstm"
+                self.lstm = StructuredDropoutLSTM(6, 12, 2, 0.5) if structured else LSTM(6, 12, 2)
+                self.head = torch.nn.Linear(12, 10)
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.head(self.lstm(x)[0][:, -1])
+                given = masks if isinstance(self.lstm, StructuredDropoutLSTM) else None
+                return self.head(self.lstm(x, masks=given)[0][:, -1])
 
         model = Clf()
         x, y = torch.randn(16, 9, 6), torch.randint(0, 10, (16,))

@@ -254,6 +254,33 @@ def test_fast_clipping_serves_the_structured_lstm(
     _assert_clipping_matches_the_oracle(model)
 
 
+@pytest.mark.parametrize("pays", [True, False], ids=["rule-gathers", "rule-says-dense"])
+def test_a_device_asking_the_rule_gathers_the_dp_input_only_where_it_pays(
+    pays: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA's choice for a DP pass's dropped layer inputs, run on the CPU: with the CPU
+    among the devices that ask ``structure_pays``, the input is gathered exactly where
+    the rule says so and takes the dense masked GEMM elsewhere; clipped sums equal the
+    batch-of-one oracle's either way."""
+    from fedsim.kernels import lstm as lstm_module
+
+    monkeypatch.setattr(lstm_module, "INPUT_GATHER_BY_RULE", {"cpu"})
+    min_batch = 1 if pays else 10**6
+    monkeypatch.setitem(GATHER_RULES, "cpu", GatherRule(min_batch, 0.4))
+    calls: list[int] = []
+    real = lstm_module.gathered_linear
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lstm_module, "gathered_linear", spy)
+    torch.manual_seed(4)
+    model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
+    _assert_clipping_matches_the_oracle(model)
+    assert bool(calls) is pays
+
+
 def test_charlm_decoder_keeps_its_dp_hook() -> None:
     """A DP pass through CharLM runs the decoder as nn.Linear (its kernel needs the hook),
     not the dense or gathered routes: clipped sums equal the batch-of-one oracle's."""
