@@ -11,6 +11,10 @@ Usage::
 
     python benchmarks/dp_clipping.py [--repeats 5] [--threads 2] [--device cpu]
         [--models cnn8,cnn28,lstm,charlstm] [--skip naive,opacus-hooks]
+        [--recurrence step-loop|fused-forward|cudnn-gates]
+
+``--recurrence`` overrides the device's route for the fast mode's LSTM recurrence
+(``fedsim.kernels.recurrence_routes.DP_RECURRENCE``) to compare the routes on one device.
 
 Every step is timed with device synchronisation (CUDA runs asynchronously).
 
@@ -30,6 +34,7 @@ from torch import nn
 from fedsim.client.dp import PrivateGradient
 from fedsim.config.schema import DPConfig
 from fedsim.kernels import LSTM as FastLSTM
+from fedsim.kernels.recurrence_routes import DP_RECURRENCE, ROUTES
 from fedsim.models import build_model
 
 BATCH = 128
@@ -134,11 +139,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", default="cnn8,cnn28,lstm,charlstm")
     parser.add_argument("--skip", default="", help="modes to skip, e.g. naive,opacus-hooks")
+    parser.add_argument("--recurrence", choices=sorted(ROUTES), help="the fast LSTM's DP route")
     args = parser.parse_args()
+    if args.recurrence:
+        DP_RECURRENCE[args.device] = args.recurrence
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     print(
         f"torch {torch.__version__}, {args.device}, {args.threads} threads, batch {BATCH}, "
+        f"LSTM DP route {DP_RECURRENCE.get(args.device, 'step-loop')}, "
         f"median of {args.repeats} interleaved runs after warm-up; "
         "ms, ratio = mode / non-private"
     )

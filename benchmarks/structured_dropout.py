@@ -13,6 +13,11 @@ round-robin in one process (median after warm-up, with device synchronisation):
   the batch, redrawn per step), which takes whichever of its paths
   :func:`fedsim.kernels.structure_pays` picks for the shape and device;
 * element: the same implementation with ordinary per-element masks;
+* structured-loop (only when asked for): the same model with ``fused=False``, every
+  layer's dropped input through the gathered GEMM (batched over (T, B, kept) on CUDA) and
+  the recurrence by ``--recurrence`` (``step-loop`` or ``triton``, fedsim's Triton
+  kernels): the route to measure before CUDA takes it
+  (``fedsim.kernels.recurrence_routes.LOOP_RECURRENCE``);
 * torch: what a user writes without fedsim, ``nn.LSTM(dropout=p)`` + ``nn.Dropout(p)``
   before the decoder (oneDNN's fused LSTM on the CPU, cuDNN on CUDA).
 
@@ -20,6 +25,7 @@ Usage::
 
     python benchmarks/structured_dropout.py [--repeats 3] [--threads 2] [--device cpu]
         [--shapes ptb-medium-b64,...] [--impls structured,torch] [--ps 0.3,0.5,0.65]
+        [--impls structured,element,torch,structured-loop --recurrence triton]
 
 Last lines: ``speedup_vs_torch_lstm_p0.5: X`` (PTB-medium, B = 64) and
 ``worst_speedup_vs_torch_lstm: Y`` (the minimum of torch/structured over every shape
@@ -36,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.kernels.recurrence_routes import LOOP_RECURRENCE, LOOP_ROUTES
 from fedsim.models.charlm import CharLM
 
 SHAPES = {  # name: (vocab, embed, hidden, T, batch)
@@ -46,7 +53,8 @@ SHAPES = {  # name: (vocab, embed, hidden, T, batch)
 }
 PS = (0.3, 0.5, 0.65)
 LARGE = "ptb-large-b64"
-IMPLS = ("structured", "element", "torch")
+IMPLS = ("structured", "element", "torch", "structured-loop")
+OPTIONAL = ("element", "structured-loop")
 
 
 class TorchLM(nn.Module):
@@ -66,7 +74,9 @@ class TorchLM(nn.Module):
 def build(impl: str, vocab: int, embed: int, hidden: int, p: float) -> nn.Module:
     if impl == "torch":
         return TorchLM(vocab, embed, hidden, p)
-    return CharLM(vocab, embed, hidden, 2, p, per_element=impl == "element", time_major=True)
+    model = CharLM(vocab, embed, hidden, 2, p, per_element=impl == "element", time_major=True)
+    model.lstm.fused = impl != "structured-loop"
+    return model
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -88,13 +98,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--impls", default=",".join(IMPLS), help="structured and torch always")
+    parser.add_argument(
+        "--impls", default="structured,element,torch", help="structured and torch always"
+    )
     parser.add_argument("--ps", default=",".join(map(str, PS)), help="dropout rates")
     parser.add_argument("--large-ps", default="0.5", help=f"dropout rates for {LARGE}")
+    parser.add_argument(
+        "--recurrence", choices=LOOP_ROUTES, default="step-loop", help="structured-loop's route"
+    )
     args = parser.parse_args()
+    LOOP_RECURRENCE[args.device] = args.recurrence
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    impls = [i for i in IMPLS if i in args.impls.split(",") or i != "element"]
+    impls = [i for i in IMPLS if i in args.impls.split(",") or i not in OPTIONAL]
     print(
         f"torch {torch.__version__}, {args.device}, {args.threads} threads, median of "
         f"{args.repeats} interleaved steps after 2 warm-up steps; ms per training step"
@@ -102,6 +118,7 @@ def main() -> None:
     print(
         f"{'shape':<16} {'p':>5} {'structured':>11} {'element':>9} {'torch':>9} "
         f"{'elem/struct':>12} {'torch/struct':>13}"
+        + (f" {'loop':>9} {'torch/loop':>11}" if "structured-loop" in impls else "")
     )
     key_speedup, speedups = None, []
     for name in args.shapes.split(","):
@@ -121,7 +138,12 @@ def main() -> None:
             e = med.get("element", float("nan"))
             print(
                 f"{name:<16} {p:>5.2f} {s * 1e3:>11.1f} {e * 1e3:>9.1f} {tt * 1e3:>9.1f} "
-                f"{e / s:>12.2f} {tt / s:>13.2f}",
+                f"{e / s:>12.2f} {tt / s:>13.2f}"
+                + (
+                    f" {med['structured-loop'] * 1e3:>9.1f} {tt / med['structured-loop']:>11.2f}"
+                    if "structured-loop" in med
+                    else ""
+                ),
                 flush=True,
             )
             speedups.append(tt / s)

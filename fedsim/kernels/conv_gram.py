@@ -77,10 +77,19 @@ def patch_gram(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return out.view(b, ho * wo, ho * wo)
 
 
+# Device types on which a shifted-block sum is one strided reduction over the taps: on
+# CUDA each per-tap addition is a kernel launch. The CPU keeps its measured route, one
+# contiguous clone and an in-place addition per tap.
+ONE_OP_SHIFT_SUM: set[str] = {"cuda"}
+
+
 def _shift_sum(
     src: torch.Tensor, size: tuple[int, ...], stride: tuple[int, ...], step: int, taps: int
 ) -> torch.Tensor:
     """``Σ_k src.as_strided(size, stride, k·step)`` for k < taps, into a new tensor."""
+    if src.device.type in ONE_OP_SHIFT_SUM:
+        # The taps as a leading axis of one strided view, reduced in one op.
+        return src.as_strided((taps, *size), (step, *stride), src.storage_offset()).sum(0)
     out = src.as_strided(size, stride, src.storage_offset()).clone()
     for k in range(1, taps):
         out.add_(src.as_strided(size, stride, src.storage_offset() + k * step))

@@ -25,16 +25,10 @@ from torch import nn
 
 from fedsim.kernels.gathered import draw_keep_masks, gathered_linear
 from fedsim.kernels.linear import seq_norm_sq, seq_weighted_sum
-from fedsim.kernels.recurrence import Recurrence, fused_layer
+from fedsim.kernels.recurrence import fused_layer
+from fedsim.kernels.recurrence_routes import LayerPass, run_layer
 from fedsim.kernels.registry import Kernel, Record, register_kernel, set_grad
-
-# Device types on which a DP pass runs each layer's forward recurrence in torch's fused
-# kernel and rebuilds what BPTT needs from its hidden states in bulk (one GEMM over all
-# steps, fused elementwise ops, one op a step for the cell state). On CUDA that replaces
-# a launch-bound loop of seven kernels a step with cuDNN (not yet measured: no GPU was
-# lent when this was written). On this project's 2-core CPU it measured slower (1.9-2.3x
-# against 1.5-2.0x of a non-private step in A/Bs under load), so the CPU keeps the loop.
-DP_FUSED_FORWARD: set[str] = {"cuda"}
+from fedsim.kernels.structure_rule import INPUT_GATHER_BY_RULE, structure_pays
 
 
 class StructuredDropoutLSTM(nn.Module):
@@ -189,28 +183,40 @@ class StructuredDropoutLSTM(nn.Module):
                 gx = torch.addmm(bias, out.transpose(0, 1).reshape(t * b, -1), w_ih.t())
                 gx = gx.view(t, b, -1)
                 x_eff = out
-            elif self.per_element:
+            elif self.per_element or not _gathers_input(out, self.dropout):
+                # Per-element masks, or a structured one where gathering does not pay:
+                # the masked input through one dense GEMM ((T, H) masks broadcast).
                 x_eff = out * mask * scale
                 gx = torch.addmm(bias, x_eff.transpose(0, 1).reshape(t * b, -1), w_ih.t())
                 gx = gx.view(t, b, -1)
             else:  # structured: only the kept columns of each step enter the GEMMs
                 gx = gathered_linear(out, mask, w_ih, bias, scale)
                 x_eff = out * mask * scale if capture is not None else out
-            known_h = None
             if capture is not None:
                 capture["x"] = x_eff = x_eff.detach()
-            if capture is not None and x_eff.device.type in DP_FUSED_FORWARD:
-                # A DP pass: the fused kernel runs the forward recurrence (no graph);
-                # Recurrence rebuilds what BPTT needs from its hidden states in bulk.
-                with torch.no_grad():
-                    known_h = fused_layer(x_eff, state, k, (w_ih, w_hh, b_ih, b_hh), False)[0]
-            seq, h, c = Recurrence.apply(gx, state[0][k], state[1][k], w_hh, capture, known_h)
+            # The recurrence runs by its device's route (recurrence_routes.py).
+            params = (w_ih, w_hh, b_ih, b_hh)
+            seq, h, c = run_layer(LayerPass(gx, x_eff, state[0][k], state[1][k], params, capture))
             h_n.append(h)
             c_n.append(c)
             out = seq
         if keep is not None:
             out = out * (keep[-1] * scale).to(out.dtype)
         return out, (torch.stack(h_n), torch.stack(c_n))
+
+
+def _gathers_input(x: torch.Tensor, p: float) -> bool:
+    """Whether a step-loop layer's structurally dropped input (B, T, I) is gathered.
+
+    The CPU always gathers it (its measured route; the rule there was calibrated on the
+    decoder); devices in :data:`~fedsim.kernels.structure_rule.INPUT_GATHER_BY_RULE` ask
+    :func:`~fedsim.kernels.structure_rule.structure_pays`, so a DP pass on CUDA takes the
+    batched gather, and its one host synchronisation, only where gathering pays.
+    """
+    device = x.device.type
+    if device not in INPUT_GATHER_BY_RULE:
+        return True
+    return structure_pays(device, x.shape[0], x.shape[2], p)
 
 
 class LSTM(StructuredDropoutLSTM):

@@ -44,6 +44,13 @@ GATHER_RULES: dict[str, GatherRule] = {
 }
 
 
+# Device types on which a step-loop LSTM layer (DP passes, ``fused=False``) also asks the
+# rule before gathering its structurally dropped input; elsewhere it always gathers. On
+# CUDA the batched gather costs a host synchronisation (the largest kept count) and a
+# copy of every step's weight slice, which the rule's dense route avoids.
+INPUT_GATHER_BY_RULE: set[str] = {"cuda"}
+
+
 def structure_pays(device_type: str, batch: int, hidden: int, p: float) -> bool:
     """Whether a consumer of structurally dropped (B, T, hidden) inputs should gather.
 

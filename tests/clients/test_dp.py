@@ -52,6 +52,24 @@ def test_noise_has_the_documented_scale() -> None:
     assert noise.std().item() == pytest.approx(2.0 * 0.5 / 4.0, rel=0.03)
 
 
+def test_noise_is_one_flat_draw_of_the_client_generator_sliced_in_parameter_order() -> None:
+    """What every device adds: ``σC·randn(P)`` from the client's generator, split by
+    parameter order, plus the clipped sum, over the expected batch (by hand below)."""
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+    cfg = DPConfig(noise_multiplier=1.5, max_grad_norm=0.3)
+    expected = clipped_sum_of(per_example_grads_loop(model, ce, x, y), 0.3)
+    PrivateGradient(cfg, model, 2.5, torch.Generator().manual_seed(11))(model, ce, x, y)
+    draw = torch.randn(3 * 4 + 3 + 2 * 3 + 2, generator=torch.Generator().manual_seed(11))
+    start = 0
+    for name, p in model.named_parameters():
+        noise = draw[start : start + p.numel()].view(p.shape)
+        start += p.numel()
+        by_hand = (expected[name] + 1.5 * 0.3 * noise) / 2.5
+        torch.testing.assert_close(p.grad, by_hand, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_large_bound_without_noise_is_plain_sgd() -> None:
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
@@ -136,3 +154,52 @@ def test_fixed_size_dp_batches_are_independent_uniform_subsets() -> None:
     assert any(len(set(e.tolist())) < 20 for e in epochs)
     counts = torch.bincount(torch.cat(drawn), minlength=20).float()
     assert counts.min() > 0.7 * counts.mean()  # every example about equally often
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model_name", ["cnn", "lstm", "structured-lstm"])
+def test_a_fast_dp_step_on_cuda_never_waits_for_the_host(model_name: str) -> None:
+    """Clipping (the LSTM's whole recurrence in cuDNN; a structurally dropped input where
+    the rule says dense, not gathered) and noise (one pinned copy) of a DP step on CUDA:
+    torch's sync debug mode turns any host synchronisation into an error naming the op.
+    The gradient is checked against the oracle after the step."""
+    from fedsim.kernels import LSTM, StructuredDropoutLSTM
+
+    torch.manual_seed(3)
+    if model_name == "cnn":
+        model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, (1, 8, 8), 10)
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    else:
+        masks = (torch.rand(2, 9, 12) >= 0.5).cuda()  # fixed, so the oracle sees the same
+
+        class Clf(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                structured = model_name == "structured-lstm"
+                self.lstm = StructuredDropoutLSTM(6, 12, 2, 0.5) if structured else LSTM(6, 12, 2)
+                self.head = torch.nn.Linear(12, 10)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                given = masks if isinstance(self.lstm, StructuredDropoutLSTM) else None
+                return self.head(self.lstm(x, masks=given)[0][:, -1])
+
+        model = Clf()
+        x, y = torch.randn(16, 9, 6), torch.randint(0, 10, (16,))
+    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    expected = clipped_sum_of(per_example_grads_loop(model, ce, x, y), 0.5)
+    cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=0.5)
+    grad = PrivateGradient(cfg, model, 16.0, torch.Generator().manual_seed(0))
+    grad(model, ce, x, y)  # warm-up: cuDNN plans, the caching allocators
+    noisy = PrivateGradient(
+        cfg.model_copy(update={"noise_multiplier": 1.0}), model, 16.0, torch.Generator()
+    )
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        noisy(model, ce, x, y)
+        grad(model, ce, x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name] / 16.0, rtol=1e-4, atol=1e-6)

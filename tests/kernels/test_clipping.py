@@ -30,6 +30,8 @@ from fedsim.kernels.oracle import (
     per_example_grads_func,
     per_example_grads_loop,
 )
+from fedsim.kernels.recurrence_routes import DP_RECURRENCE
+from tests.kernels.routes import DP_ROUTE_PARAMS
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SETTINGS = settings(max_examples=12, deadline=None)
@@ -185,17 +187,12 @@ def test_lstm_language_model(b: int, t: int, i: int, h: int, layers: int) -> Non
     check(LM(), torch.randint(0, 7, (b, t)), torch.randint(0, 7, (b, t)))
 
 
-@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
-def test_lstm_classifier_on_raw_inputs(
-    fused_forward: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The LSTM as first layer (its input needs no gradient) with the last state read;
-    the DP pass's forward recurrence both as fedsim's step loop (the CPU's route) and as
-    torch's fused kernel with the BPTT terms rebuilt in bulk (CUDA's route)."""
-    from fedsim.kernels import lstm as lstm_module
-
-    routes = {"cpu"} if fused_forward else set()
-    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", routes)
+@pytest.mark.parametrize("recurrence", DP_ROUTE_PARAMS)
+def test_lstm_classifier_on_raw_inputs(recurrence: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LSTM as first layer (its input needs no gradient) with the last state read,
+    by every recurrence route of a DP pass (recurrence_routes.py: the CPU's step loop, the
+    fused forward with the BPTT terms rebuilt in bulk, and CUDA's cuDNN-gates route)."""
+    monkeypatch.setitem(DP_RECURRENCE, "cpu", recurrence)
     torch.manual_seed(0)
 
     class Clf(nn.Module):
@@ -340,3 +337,28 @@ def test_kernels_on_cuda() -> None:
     model = LM().cuda()
     x, y = torch.randint(0, 9, (5, 7)).cuda(), torch.randint(0, 9, (5, 7)).cuda()
     check(model, x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("recurrence", ["step-loop", "fused-forward", "cudnn-gates", "triton"])
+def test_lstm_recurrence_routes_on_cuda(recurrence: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every DP recurrence route on CUDA (cuDNN, the Triton kernels compiled) against the
+    batch-of-one oracle, two layers under an embedding (G flows on to the embedding)."""
+    if recurrence == "triton":
+        pytest.importorskip("triton", reason="the optional 'gpu' extra is not installed")
+    monkeypatch.setitem(DP_RECURRENCE, "cuda", recurrence)
+    torch.manual_seed(7)
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(9, 5)
+            self.lstm = LSTM(5, 20, 2)
+            self.dec = nn.Linear(20, 9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.dec(self.lstm(self.emb(x))[0]).transpose(1, 2)
+
+    x, y = torch.randint(0, 9, (18, 7)).cuda(), torch.randint(0, 9, (18, 7)).cuda()
+    check(LM().cuda(), x, y)

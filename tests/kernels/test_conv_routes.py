@@ -18,7 +18,7 @@ from torch import nn
 
 from fedsim.kernels import conv as conv_module
 from fedsim.kernels.conv import CHANNELS_LAST_MIN, GHOST_ROUTES, MATERIALISE, conv_route
-from fedsim.kernels.conv_gram import patch_gram
+from fedsim.kernels.conv_gram import ONE_OP_SHIFT_SUM, patch_gram
 from tests.kernels.test_clipping import check
 
 ROUTES = (MATERIALISE, *GHOST_ROUTES)
@@ -64,7 +64,18 @@ def test_pixel_gram_equals_the_gram_of_unfolded_patches(
         x4, kernel, dilation = x.unsqueeze(2), (1, conv.kernel_size[0]), (1, conv.dilation[0])
         padding, strides = (0, conv.padding[0]), (1, conv.stride[0])
     u = F.unfold(x4, kernel, dilation, padding, strides).transpose(1, 2)  # (B, L, K)
-    torch.testing.assert_close(patch_gram(conv, x), u @ u.transpose(1, 2))
+    # Both ways of summing the shifted blocks: per tap (the CPU's), one strided
+    # reduction (CUDA's, here forced onto the CPU).
+    for one_op in (False, True):
+        devices = ONE_OP_SHIFT_SUM.copy()
+        ONE_OP_SHIFT_SUM.clear()
+        ONE_OP_SHIFT_SUM.update({"cpu"} if one_op else set())
+        try:
+            gram = patch_gram(conv, x)
+        finally:
+            ONE_OP_SHIFT_SUM.clear()
+            ONE_OP_SHIFT_SUM.update(devices)
+        torch.testing.assert_close(gram, u @ u.transpose(1, 2), msg=f"one_op={one_op}")
 
 
 @pytest.mark.parametrize("route", ROUTES)

@@ -18,6 +18,8 @@ from fedsim.kernels import (
     structure_pays,
 )
 from fedsim.kernels.oracle import clipped_sum_of, norms_of, per_example_grads_loop
+from fedsim.kernels.recurrence_routes import DP_RECURRENCE
+from tests.kernels.routes import DP_ROUTE_PARAMS
 from tests.kernels.test_gemm import CountCalls
 
 
@@ -40,8 +42,8 @@ def reference_lstm(x, params, masks, p, layers):  # type: ignore[no-untyped-def]
             params[f"{n}_l{k}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         )
         hid = w_hh.shape[1]
-        h = torch.zeros(b, hid)
-        c = torch.zeros(b, hid)
+        h = x.new_zeros(b, hid)
+        c = x.new_zeros(b, hid)
         outs = []
         for s in range(t):
             z = inp[:, s] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
@@ -240,18 +242,43 @@ def _assert_clipping_matches_the_oracle(model: nn.Module) -> None:
         torch.testing.assert_close(q.grad, expected[n], rtol=1e-5, atol=1e-10, msg=n)
 
 
-@pytest.mark.parametrize("fused_forward", [False, True], ids=["step-loop", "fused-forward"])
+@pytest.mark.parametrize("recurrence", DP_ROUTE_PARAMS)
 def test_fast_clipping_serves_the_structured_lstm(
-    fused_forward: bool, route: str, monkeypatch: pytest.MonkeyPatch
+    recurrence: str, route: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DP clipping through the gathered input projections (both routes) and both forward
-    recurrences of a DP pass, against the batch-of-one oracle."""
-    from fedsim.kernels import lstm as lstm_module
-
-    monkeypatch.setattr(lstm_module, "DP_FUSED_FORWARD", {"cpu"} if fused_forward else set())
+    """DP clipping through the gathered input projections (both routes) and every
+    recurrence route of a DP pass, against the batch-of-one oracle."""
+    monkeypatch.setitem(DP_RECURRENCE, "cpu", recurrence)
     torch.manual_seed(4)
     model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
     _assert_clipping_matches_the_oracle(model)
+
+
+@pytest.mark.parametrize("pays", [True, False], ids=["rule-gathers", "rule-says-dense"])
+def test_a_device_asking_the_rule_gathers_the_dp_input_only_where_it_pays(
+    pays: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA's choice for a DP pass's dropped layer inputs, run on the CPU: with the CPU
+    among the devices that ask ``structure_pays``, the input is gathered exactly where
+    the rule says so and takes the dense masked GEMM elsewhere; clipped sums equal the
+    batch-of-one oracle's either way."""
+    from fedsim.kernels import lstm as lstm_module
+
+    monkeypatch.setattr(lstm_module, "INPUT_GATHER_BY_RULE", {"cpu"})
+    min_batch = 1 if pays else 10**6
+    monkeypatch.setitem(GATHER_RULES, "cpu", GatherRule(min_batch, 0.4))
+    calls: list[int] = []
+    real = lstm_module.gathered_linear
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lstm_module, "gathered_linear", spy)
+    torch.manual_seed(4)
+    model = _FixedMaskLM(torch.rand(2, 7, 6) >= 0.5).train()
+    _assert_clipping_matches_the_oracle(model)
+    assert bool(calls) is pays
 
 
 def test_charlm_decoder_keeps_its_dp_hook() -> None:
