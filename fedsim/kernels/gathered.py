@@ -28,6 +28,7 @@ import torch
 from torch.autograd.function import FunctionCtx
 
 from fedsim.kernels.gemm import column_sums, linear_rows
+from fedsim.kernels.row_blocks import run_side_by_side
 
 
 def draw_keep_masks(
@@ -69,15 +70,27 @@ class _GatheredLinear(torch.autograd.Function):
         idx, scale = ctx.idx, ctx.scale
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         dwt = torch.zeros_like(wt) if ctx.needs_input_grad[2] else None
-        for s in range(x.shape[1]):
-            d = d_out[s]  # (B, out)
-            if dx is not None:  # (k_t, B): the data-gradient GEMM, shrunk, transposed so
-                # that the big gathered slice is the GEMM's input, not a weight to reorder
-                dxs_t = linear_rows(wt.index_select(0, idx[s]), d).mul_(scale)
+
+        def data_grads(dx: torch.Tensor) -> None:
+            for s in range(x.shape[1]):  # (k_t, B): the data-gradient GEMM, shrunk,
+                # transposed so that the big gathered slice is the GEMM's input, not a
+                # weight to reorder
+                dxs_t = linear_rows(wt.index_select(0, idx[s]), d_out[s]).mul_(scale)
                 dx[:, s].index_copy_(1, idx[s], dxs_t.t())
-            if dwt is not None:  # (k_t, out): the weight-gradient GEMM, shrunk
+
+        def weight_grads(dwt: torch.Tensor) -> None:
+            for s in range(x.shape[1]):  # (k_t, out): the weight-gradient GEMM, shrunk
                 xs = x[:, s].index_select(1, idx[s]).mul_(scale)
-                dwt.index_add_(0, idx[s], linear_rows(xs.t(), d.t()))
+                dwt.index_add_(0, idx[s], linear_rows(xs.t(), d_out[s].t()))
+
+        loops = [(f, g) for f, g in ((weight_grads, dwt), (data_grads, dx)) if g is not None]
+        if len(loops) == 2 and torch.get_num_threads() > 1:
+            # The two loops share no output: side by side, each on its share of the
+            # threads, the scatter-add (single-threaded in aten) no longer idles a core.
+            run_side_by_side(lambda loop: loop[0](loop[1]), loops)
+        else:
+            for loop, grad in loops:
+                loop(grad)
         db = None
         if ctx.has_bias and ctx.needs_input_grad[3]:
             db = column_sums(d_out.reshape(-1, d_out.shape[-1]))
