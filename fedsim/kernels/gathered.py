@@ -8,7 +8,12 @@ needs only ``x_t[:, K_t]`` and ``W[:, K_t]``, so its forward GEMM and both backw
 with its own backward, by one of two routes chosen by the device (:data:`ROUTES`):
 
 * per step (CPU): T GEMMs of B rows, each against its own gathered weight slice, run by
-  :func:`~fedsim.kernels.gemm.linear_rows` (oneDNN in float32: faster at so few rows);
+  :func:`~fedsim.kernels.gemm.linear_rows` (oneDNN in float32: faster at so few rows).
+  The steps are dealt to the intra-op threads, each GEMM on one thread, and the
+  backward pass runs its data-gradient and weight-gradient loops side by side
+  (:func:`~fedsim.kernels.row_blocks.run_side_by_side`): on this project's 2-core CPU
+  multi-threaded narrow GEMMs and aten's single-threaded scatter-add left a core idle
+  (docs/benchmarks.md);
 * batched (CUDA and other accelerators): the kept index sets of all steps are found in
   one call (one host synchronisation, for the largest kept count), padded to that count
   with dropped units whose inputs are zeroed, and every step's slice is gathered at once,
@@ -56,10 +61,20 @@ class _GatheredLinear(torch.autograd.Function):
         # (H, out), contiguous once per call: each step then gathers whole rows (memcpy)
         # instead of striding through W's columns.
         wt = weight.t().contiguous()
-        for s in range(t):
-            xs = x[:, s].index_select(1, idx[s]).mul_(scale)  # (B, k_t)
-            ws = wt.index_select(0, idx[s])  # (k_t, out)
-            out[s] = linear_rows(xs, ws.t(), bias)
+
+        def steps(part: range) -> None:
+            for s in part:
+                xs = x[:, s].index_select(1, idx[s]).mul_(scale)  # (B, k_t)
+                ws = wt.index_select(0, idx[s])  # (k_t, out)
+                out[s] = linear_rows(xs, ws.t(), bias)
+
+        # Steps dealt round-robin to the threads, one thread each (the same GEMMs, so the
+        # same sums): no OpenMP fork/join per narrow GEMM, no core idle in the gathers.
+        threads = min(torch.get_num_threads(), t)
+        if threads > 1:
+            run_side_by_side(steps, [range(k, t, threads) for k in range(threads)])
+        else:
+            steps(range(t))
         ctx.save_for_backward(x, wt)
         ctx.idx, ctx.scale, ctx.has_bias = idx, scale, bias is not None  # type: ignore[attr-defined]
         return out

@@ -162,12 +162,12 @@ def test_gathered_linear_equals_the_dense_masked_linear(
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["in-sequence", "side-by-side"])
-def test_gathered_backward_loops_side_by_side_match_the_dense_reference(
+def test_gathered_loops_side_by_side_match_the_dense_reference(
     threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On several CPU threads the per-step route's data-gradient and weight-gradient
-    loops run side by side (one thread each); on one they run in sequence. Both equal
-    the dense masked linear's gradients (float64), and the threads are restored."""
+    """On several CPU threads the per-step route's forward steps, then its data-gradient
+    and weight-gradient loops, run side by side (one thread each); on one they run in
+    sequence. Both equal the dense masked linear (float64); the threads are restored."""
     monkeypatch.setitem(gathered.ROUTES, "cpu", gathered._GatheredLinear)
     spy = CountCalls(gathered.run_side_by_side)
     monkeypatch.setattr(gathered, "run_side_by_side", spy)
@@ -180,16 +180,18 @@ def test_gathered_backward_loops_side_by_side_match_the_dense_reference(
         keep[1] = False  # a step that keeps nothing
         lin = nn.Linear(8, 7)
         y = gathered_linear(x, keep, lin.weight, lin.bias, scale=2.0)
+        assert spy.calls == (1 if threads > 1 else 0)
         w = torch.randn_like(y)
         (y * w).sum().backward()
-        assert spy.calls == (1 if threads > 1 else 0)
+        assert spy.calls == (2 if threads > 1 else 0)
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
-    got = (x.grad.clone(), lin.weight.grad.clone())
+    got = (y.detach(), x.grad.clone(), lin.weight.grad.clone())
     x.grad = lin.weight.grad = None
-    (lin(x * keep * 2.0).transpose(0, 1) * w).sum().backward()
-    for a, b in zip(got, (x.grad, lin.weight.grad), strict=True):
+    ref = lin(x * keep * 2.0).transpose(0, 1)
+    (ref * w).sum().backward()
+    for a, b in zip(got, (ref, x.grad, lin.weight.grad), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
