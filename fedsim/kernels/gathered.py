@@ -34,6 +34,7 @@ from torch.autograd.function import FunctionCtx
 
 from fedsim.kernels.gemm import column_sums, linear_rows
 from fedsim.kernels.row_blocks import run_side_by_side
+from fedsim.kernels.spare_buffers import empty_reusing
 
 
 def draw_keep_masks(
@@ -57,7 +58,9 @@ class _GatheredLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         b, t, _ = x.shape
         idx = [torch.nonzero(keep[s]).flatten() for s in range(t)]
-        out = x.new_empty(t, b, weight.shape[0])
+        # The (T, B, out) output, on the previous call's memory when that is dead: a
+        # decoder's logits are large enough that fresh pages cost a fault each.
+        out = empty_reusing(f"gathered_linear:{weight.shape[0]}", (t, b, weight.shape[0]), x)
         # (H, out), contiguous once per call: each step then gathers whole rows (memcpy)
         # instead of striding through W's columns.
         wt = weight.t().contiguous()

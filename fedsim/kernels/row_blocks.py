@@ -127,11 +127,14 @@ def run_side_by_side(
     """
     threads, grad_enabled = torch.get_num_threads(), torch.is_grad_enabled()
     share = threads_each or max(1, threads // max(len(parts), 1))
+    # A pool thread drops its work item a moment after the caller sees it done: through
+    # this box, emptied on return, nothing ``work`` holds (an output) outlives the call.
+    box = [work]
 
     def in_pool(part: Part) -> None:
         torch.set_num_threads(share)  # this worker's own setting (the caller restores its own)
         with torch.set_grad_enabled(grad_enabled):  # grad mode is per thread: the caller's
-            work(part)
+            box[0](part)
 
     torch.set_num_threads(share)
     try:
@@ -148,4 +151,5 @@ def run_side_by_side(
             if error is not None:
                 raise error
     finally:
+        box.clear()
         torch.set_num_threads(threads)
