@@ -220,6 +220,29 @@ def test_structure_pays_by_device_and_shape(
     assert structure_pays(device, batch, hidden, p) is pays
 
 
+@pytest.mark.parametrize("gather", [True, False], ids=["gathered", "dense"])
+def test_charlm_decoder_weight_lives_transposed_and_keeps_its_gradient_layout(
+    gather: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nn.Linear's shape and values, one memory row per hidden unit: both decoder
+    routes' weight gradients come out in that layout (autograd keeps them, no copy), the
+    state dict loads into nn.Linear and back, and SGD updates it like any weight."""
+    from fedsim.models import build_model
+
+    monkeypatch.setitem(GATHER_RULES, "cpu", GatherRule(1 if gather else 10**6, 0.4))
+    torch.manual_seed(0)
+    model = build_model("charlm", {"hidden": 8, "dropout": 0.5}, (5,), 11).train()
+    weight = model.dec.weight
+    assert weight.shape == (11, 8) and weight.t().is_contiguous()
+    model(torch.randint(0, 11, (4, 5))).sum().backward()
+    assert weight.grad is not None and weight.grad.stride() == weight.stride()
+    plain = nn.Linear(8, 11)
+    plain.load_state_dict({"weight": weight.detach(), "bias": model.dec.bias.detach()})
+    assert torch.equal(plain.weight, weight)
+    model.dec.load_state_dict(plain.state_dict())
+    assert weight.t().is_contiguous() and torch.equal(plain.weight, weight)
+
+
 @pytest.mark.parametrize(
     "batch", [GATHER_RULES["cpu"].min_batch - 1, GATHER_RULES["cpu"].min_batch]
 )
