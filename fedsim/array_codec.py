@@ -99,7 +99,8 @@ def view(array: Array) -> NDArray[Any]:
             dtype, shape, count = layout
             if len(data) == end + count * dtype.itemsize:
                 return np.frombuffer(data, dtype, count, end).reshape(shape)
-    return array.numpy()
+    # Flower's own decoder, not a subclass's ``numpy`` (a DecodingArray's comes back here)
+    return Array.numpy(array)
 
 
 def _parse(header: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int] | None:

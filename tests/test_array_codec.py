@@ -72,3 +72,13 @@ def test_decoding_arrays_wraps_in_place() -> None:
     assert (
         record.count_bytes() == ArrayRecord({k: Array(v) for k, v in values.items()}).count_bytes()
     )
+
+
+@pytest.mark.parametrize("value", CASES[-4:], ids=lambda a: f"{a.dtype}{a.shape}")
+def test_decoding_arrays_off_the_fast_path_decode_with_flowers_reader(value: np.ndarray) -> None:
+    """Fortran order (a transposed weight's bytes), strings, structured dtypes: values
+    the fast path leaves to Flower, through a DecodingArray's own ``numpy`` too."""
+    record = ArrayRecord({"v": Array(value)})
+    decoding_arrays(record)
+    decoded = record["v"].numpy()
+    assert decoded.dtype == value.dtype and np.array_equal(decoded, value)

@@ -8,7 +8,12 @@ needs only ``x_t[:, K_t]`` and ``W[:, K_t]``, so its forward GEMM and both backw
 with its own backward, by one of two routes chosen by the device (:data:`ROUTES`):
 
 * per step (CPU): T GEMMs of B rows, each against its own gathered weight slice, run by
-  :func:`~fedsim.kernels.gemm.linear_rows` (oneDNN in float32: faster at so few rows);
+  :func:`~fedsim.kernels.gemm.linear_rows` (oneDNN in float32: faster at so few rows).
+  The steps are dealt to the intra-op threads, each GEMM on one thread, and the
+  backward pass runs its data-gradient and weight-gradient loops side by side
+  (:func:`~fedsim.kernels.row_blocks.run_side_by_side`): on this project's 2-core CPU
+  multi-threaded narrow GEMMs and aten's single-threaded scatter-add left a core idle
+  (docs/benchmarks.md);
 * batched (CUDA and other accelerators): the kept index sets of all steps are found in
   one call (one host synchronisation, for the largest kept count), padded to that count
   with dropped units whose inputs are zeroed, and every step's slice is gathered at once,
@@ -28,6 +33,8 @@ import torch
 from torch.autograd.function import FunctionCtx
 
 from fedsim.kernels.gemm import column_sums, linear_rows
+from fedsim.kernels.row_blocks import run_side_by_side
+from fedsim.kernels.spare_buffers import empty_reusing
 
 
 def draw_keep_masks(
@@ -51,14 +58,26 @@ class _GatheredLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         b, t, _ = x.shape
         idx = [torch.nonzero(keep[s]).flatten() for s in range(t)]
-        out = x.new_empty(t, b, weight.shape[0])
+        # The (T, B, out) output, on the previous call's memory when that is dead: a
+        # decoder's logits are large enough that fresh pages cost a fault each.
+        out = empty_reusing(f"gathered_linear:{weight.shape[0]}", (t, b, weight.shape[0]), x)
         # (H, out), contiguous once per call: each step then gathers whole rows (memcpy)
         # instead of striding through W's columns.
         wt = weight.t().contiguous()
-        for s in range(t):
-            xs = x[:, s].index_select(1, idx[s]).mul_(scale)  # (B, k_t)
-            ws = wt.index_select(0, idx[s])  # (k_t, out)
-            out[s] = linear_rows(xs, ws.t(), bias)
+
+        def steps(part: range) -> None:
+            for s in part:
+                xs = x[:, s].index_select(1, idx[s]).mul_(scale)  # (B, k_t)
+                ws = wt.index_select(0, idx[s])  # (k_t, out)
+                out[s] = linear_rows(xs, ws.t(), bias)
+
+        # Steps dealt round-robin to the threads, one thread each (the same GEMMs, so the
+        # same sums): no OpenMP fork/join per narrow GEMM, no core idle in the gathers.
+        threads = min(torch.get_num_threads(), t)
+        if threads > 1:
+            run_side_by_side(steps, [range(k, t, threads) for k in range(threads)])
+        else:
+            steps(range(t))
         ctx.save_for_backward(x, wt)
         ctx.idx, ctx.scale, ctx.has_bias = idx, scale, bias is not None  # type: ignore[attr-defined]
         return out
@@ -69,15 +88,27 @@ class _GatheredLinear(torch.autograd.Function):
         idx, scale = ctx.idx, ctx.scale
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         dwt = torch.zeros_like(wt) if ctx.needs_input_grad[2] else None
-        for s in range(x.shape[1]):
-            d = d_out[s]  # (B, out)
-            if dx is not None:  # (k_t, B): the data-gradient GEMM, shrunk, transposed so
-                # that the big gathered slice is the GEMM's input, not a weight to reorder
-                dxs_t = linear_rows(wt.index_select(0, idx[s]), d).mul_(scale)
+
+        def data_grads(dx: torch.Tensor) -> None:
+            for s in range(x.shape[1]):  # (k_t, B): the data-gradient GEMM, shrunk,
+                # transposed so that the big gathered slice is the GEMM's input, not a
+                # weight to reorder
+                dxs_t = linear_rows(wt.index_select(0, idx[s]), d_out[s]).mul_(scale)
                 dx[:, s].index_copy_(1, idx[s], dxs_t.t())
-            if dwt is not None:  # (k_t, out): the weight-gradient GEMM, shrunk
+
+        def weight_grads(dwt: torch.Tensor) -> None:
+            for s in range(x.shape[1]):  # (k_t, out): the weight-gradient GEMM, shrunk
                 xs = x[:, s].index_select(1, idx[s]).mul_(scale)
-                dwt.index_add_(0, idx[s], linear_rows(xs.t(), d.t()))
+                dwt.index_add_(0, idx[s], linear_rows(xs.t(), d_out[s].t()))
+
+        loops = [(f, g) for f, g in ((weight_grads, dwt), (data_grads, dx)) if g is not None]
+        if len(loops) == 2 and torch.get_num_threads() > 1:
+            # The two loops share no output: side by side, each on its share of the
+            # threads, the scatter-add (single-threaded in aten) no longer idles a core.
+            run_side_by_side(lambda loop: loop[0](loop[1]), loops)
+        else:
+            for loop, grad in loops:
+                loop(grad)
         db = None
         if ctx.has_bias and ctx.needs_input_grad[3]:
             db = column_sums(d_out.reshape(-1, d_out.shape[-1]))

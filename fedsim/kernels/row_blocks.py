@@ -13,14 +13,19 @@ row blocks (and 85 ms for the layer in torch's fused oneDNN kernel).
 Every row of every op is computed by the same single-threaded kernel whatever the block
 it falls in; the number of blocks follows ``torch.get_num_threads()``, which a run sets
 deliberately, so results stay reproducible.
+
+:func:`run_side_by_side` is the mechanism for any independent loops: the gathered
+decoder's data-gradient and weight-gradient loops run that way too
+(:mod:`fedsim.kernels.gathered`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from threading import Lock
+from typing import TypeVar
 
 import torch
 
@@ -36,6 +41,8 @@ SPLIT_MAX_MACS = 2**26
 SPLIT_MIN_MACS = 2**24
 # Fewest rows a block gets: below this a block's GEMM is too thin to pay for a thread.
 MIN_BLOCK_ROWS = 8
+
+Part = TypeVar("Part")
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = Lock()
@@ -94,37 +101,55 @@ def run_by_rows(
 ) -> None:
     """Call ``work(rows)`` for the row blocks of :func:`row_blocks`, side by side.
 
-    Each block runs on one intra-op thread; the calling thread takes the first block,
-    then any block whose pool thread has not started by then (on a shared machine its
-    core may be busy: the loop then costs what it costs whole, no more). ``work`` must
-    write only its own rows of any shared tensor.
+    Each block, a lone one too, runs on one intra-op thread (:func:`run_side_by_side`).
+    ``work`` must write only its own rows of any shared tensor.
     """
     blocks = row_blocks(batch, step_macs, device)
     if blocks is None:
         work(slice(0, batch))
         return
+    run_side_by_side(work, blocks, threads_each=1)
+
+
+def run_side_by_side(
+    work: Callable[[Part], None], parts: Sequence[Part], threads_each: int | None = None
+) -> None:
+    """Call ``work(part)`` for every part at once, each on its own Python thread.
+
+    Each part runs on ``threads_each`` intra-op threads, by default an equal share of
+    the caller's (one each when there are as many parts as threads), so no op pays an
+    OpenMP fork/join and a single-threaded op (a scatter-add) leaves no core idle. The
+    calling thread takes the first part, then any part whose pool thread has not started
+    by then (on a shared machine its core may be busy: the work then costs what it costs
+    in sequence, no more). Torch releases the GIL inside every op, so the parts' ops
+    overlap. ``work`` must write only its own part of any shared tensor; the first
+    exception raised by a part is raised here once every started part has finished.
+    """
     threads, grad_enabled = torch.get_num_threads(), torch.is_grad_enabled()
+    share = threads_each or max(1, threads // max(len(parts), 1))
+    # A pool thread drops its work item a moment after the caller sees it done: through
+    # this box, emptied on return, nothing ``work`` holds (an output) outlives the call.
+    box = [work]
 
-    def one_thread(rows: slice) -> None:
-        torch.set_num_threads(1)  # this worker's own setting (the caller restores its own)
+    def in_pool(part: Part) -> None:
+        torch.set_num_threads(share)  # this worker's own setting (the caller restores its own)
         with torch.set_grad_enabled(grad_enabled):  # grad mode is per thread: the caller's
-            work(rows)
+            box[0](part)
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(share)
     try:
-        pool = _workers(len(blocks) - 1) if len(blocks) > 1 else None
-        futures: list[Future[None]] = (
-            [pool.submit(one_thread, r) for r in blocks[1:]] if pool else []
-        )
+        pool = _workers(len(parts) - 1) if len(parts) > 1 else None
+        futures: list[Future[None]] = [pool.submit(in_pool, p) for p in parts[1:]] if pool else []
         try:
-            work(blocks[0])
-            for future, rows in zip(futures, blocks[1:], strict=True):
+            work(parts[0])
+            for future, part in zip(futures, parts[1:], strict=True):
                 if future.cancel():  # its thread never got a core: the caller runs it
-                    work(rows)
+                    work(part)
         finally:
             errors = [f.exception() for f in futures if not f.cancelled()]
         for error in errors:
             if error is not None:
                 raise error
     finally:
+        box.clear()
         torch.set_num_threads(threads)

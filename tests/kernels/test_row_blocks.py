@@ -20,6 +20,7 @@ from fedsim.kernels.row_blocks import (
     SPLIT_MIN_MACS,
     row_blocks,
     run_by_rows,
+    run_side_by_side,
 )
 from tests.kernels.test_clipping import check
 
@@ -133,4 +134,19 @@ def test_the_caller_runs_a_block_whose_thread_never_started(two_threads: None) -
         release.set()
         busy.result()
     assert seen == {0: threading.current_thread().name, 32: threading.current_thread().name}
+    assert torch.get_num_threads() == 2
+
+
+def test_side_by_side_parts_share_the_threads_and_the_count_is_restored(
+    two_threads: None,
+) -> None:
+    """Two parts on two threads: each part gets one, on its own Python thread."""
+    seen: dict[str, tuple[int, str]] = {}
+
+    def work(part: str) -> None:
+        seen[part] = (torch.get_num_threads(), threading.current_thread().name)
+
+    run_side_by_side(work, ["first", "second"])
+    assert seen["first"] == (1, threading.current_thread().name)
+    assert seen["second"][0] == 1
     assert torch.get_num_threads() == 2

@@ -163,6 +163,40 @@ def test_gathered_linear_equals_the_dense_masked_linear(
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("threads", [1, 2], ids=["in-sequence", "side-by-side"])
+def test_gathered_loops_side_by_side_match_the_dense_reference(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On several CPU threads the per-step route's forward steps, then its data-gradient
+    and weight-gradient loops, run side by side (one thread each); on one they run in
+    sequence. Both equal the dense masked linear (float64); the threads are restored."""
+    monkeypatch.setitem(gathered.ROUTES, "cpu", gathered._GatheredLinear)
+    spy = CountCalls(gathered.run_side_by_side)
+    monkeypatch.setattr(gathered, "run_side_by_side", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(4)
+        x = torch.randn(6, 5, 8, requires_grad=True)
+        keep = torch.rand(5, 8) > 0.5
+        keep[1] = False  # a step that keeps nothing
+        lin = nn.Linear(8, 7)
+        y = gathered_linear(x, keep, lin.weight, lin.bias, scale=2.0)
+        assert spy.calls == (1 if threads > 1 else 0)
+        w = torch.randn_like(y)
+        (y * w).sum().backward()
+        assert spy.calls == (2 if threads > 1 else 0)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    got = (y.detach(), x.grad.clone(), lin.weight.grad.clone())
+    x.grad = lin.weight.grad = None
+    ref = lin(x * keep * 2.0).transpose(0, 1)
+    (ref * w).sum().backward()
+    for a, b in zip(got, (ref, x.grad, lin.weight.grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_padded_kept_index_lists_kept_units_first_and_never_repeats() -> None:
     keep = torch.tensor([[True, False, True, False], [False, False, False, True]])
     idx, valid = gathered.padded_kept_index(keep)
@@ -186,6 +220,29 @@ def test_structure_pays_by_device_and_shape(
     device: str, batch: int, hidden: int, p: float, pays: bool
 ) -> None:
     assert structure_pays(device, batch, hidden, p) is pays
+
+
+@pytest.mark.parametrize("gather", [True, False], ids=["gathered", "dense"])
+def test_charlm_decoder_weight_lives_transposed_and_keeps_its_gradient_layout(
+    gather: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nn.Linear's shape and values, one memory row per hidden unit: both decoder
+    routes' weight gradients come out in that layout (autograd keeps them, no copy), the
+    state dict loads into nn.Linear and back, and SGD updates it like any weight."""
+    from fedsim.models import build_model
+
+    monkeypatch.setitem(GATHER_RULES, "cpu", GatherRule(1 if gather else 10**6, 0.4))
+    torch.manual_seed(0)
+    model = build_model("charlm", {"hidden": 8, "dropout": 0.5}, (5,), 11).train()
+    weight = model.dec.weight
+    assert weight.shape == (11, 8) and weight.t().is_contiguous()
+    model(torch.randint(0, 11, (4, 5))).sum().backward()
+    assert weight.grad is not None and weight.grad.stride() == weight.stride()
+    plain = nn.Linear(8, 11)
+    plain.load_state_dict({"weight": weight.detach(), "bias": model.dec.bias.detach()})
+    assert torch.equal(plain.weight, weight)
+    model.dec.load_state_dict(plain.state_dict())
+    assert weight.t().is_contiguous() and torch.equal(plain.weight, weight)
 
 
 @pytest.mark.parametrize(
