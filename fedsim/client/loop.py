@@ -194,7 +194,8 @@ def train_local(
     xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
     yt = y if isinstance(y, torch.Tensor) else torch.from_numpy(y)
     total_steps = num_local_steps(len(y), cfg)
-    loss_sum, samples, taken = 0.0, 0, 0
+    tally = LossTally(on_host=xt.device.type == "cpu")
+    samples, taken = 0, 0
     for idx in batches(len(y), cfg, total_steps, generator):
         optimizer.zero_grad(set_to_none=True)
         losses = gradient(model, step.data_loss, xt[idx], yt[idx])
@@ -211,7 +212,34 @@ def train_local(
         optimizer.step()
         if after_step is not None:
             after_step(model)
-        loss_sum += float(losses.sum())
+        tally.add(losses)
         samples += len(idx)
         taken += 1
-    return TrainResult(mean_loss=loss_sum / max(samples, 1), samples=samples, steps=taken)
+    return TrainResult(mean_loss=tally.total() / max(samples, 1), samples=samples, steps=taken)
+
+
+class LossTally:
+    """The sum of a job's per-example losses, step after step.
+
+    Each step's float32 sum is added in float64 (a Python float's arithmetic). On the
+    host that is a Python float; on an accelerator (``on_host=False``) a float64 tensor
+    on the device, read once at the end: reading it every step would make the host wait
+    for the device at every step. Both add the same numbers in the same order.
+    """
+
+    def __init__(self, on_host: bool) -> None:
+        self.on_host = on_host
+        self.value = 0.0
+        self.tensor: torch.Tensor | None = None
+
+    def add(self, losses: torch.Tensor) -> None:
+        """Add one step's losses."""
+        if self.on_host:
+            self.value += float(losses.sum())
+            return
+        step = losses.detach().sum().to(torch.float64)
+        self.tensor = step if self.tensor is None else self.tensor + step
+
+    def total(self) -> float:
+        """The sum so far (one device read, where it is kept there)."""
+        return self.value if self.tensor is None else self.value + float(self.tensor)

@@ -203,3 +203,20 @@ def test_many_clients_batch_rows_are_each_clients_own(dp: str | None) -> None:
     for rows, n, t, seed in zip(together, sizes, steps, seeds, strict=True):
         own = batch_rows(n, cfg, t, seed)
         assert rows.shape == own.shape and np.array_equal(rows, own)
+
+
+def test_a_loss_tally_kept_on_the_device_adds_what_the_host_adds() -> None:
+    """The device-side tally (read once) is the host's float sum, bit for bit."""
+    from fedsim.client.loop import LossTally
+
+    rng = np.random.default_rng(2)
+    steps = [
+        torch.from_numpy(rng.normal(size=n).astype(np.float32) * 10**e)
+        for n, e in [(32, 0), (7, 3), (1, -4), (32, 2)]
+    ]
+    host, device = LossTally(on_host=True), LossTally(on_host=False)
+    for losses in steps:
+        host.add(losses)
+        device.add(losses)
+    assert device.tensor is not None and device.total() == host.total()
+    assert LossTally(on_host=False).total() == 0.0
