@@ -108,19 +108,15 @@ def batch_spans(
             taken += 1
 
 
-def batch_rows(n: int, cfg: ClientConfig, steps: int, seed: int) -> NDArray[np.int64]:
-    """The batches of :func:`batch_spans` from a generator seeded with ``seed``, as rows.
-
-    Returns a ``(steps, width)`` array: row ``t`` holds batch ``t``'s example indices,
-    then ``-1`` up to the widest batch. Tests hold it equal to :func:`batch_spans`.
-    """
-    return clients_batch_rows([n], cfg, [steps], [seed])[0]
-
-
 def clients_batch_rows(
     sizes: Sequence[int], cfg: ClientConfig, steps: Sequence[int], seeds: Sequence[int]
 ) -> list[NDArray[np.int64]]:
-    """:func:`batch_rows` of many clients (``sizes[k]`` examples, ``steps[k]`` steps).
+    """The batches of :func:`batch_spans` of many clients, each client's as rows.
+
+    Client ``k`` has ``sizes[k]`` examples and takes ``steps[k]`` steps from a generator
+    seeded with ``seeds[k]``; its ``(steps[k], width)`` array holds batch ``t``'s example
+    indices in row ``t``, then ``-1`` up to the widest batch. Tests hold it equal to
+    :func:`batch_spans`.
 
     The stacked path builds every client's rows each round, so a Python step per batch
     would cost more than the stacked training step itself. Reshuffled epochs are drawn

@@ -33,9 +33,9 @@ So a reply equals the ClientApp's up to float rounding (tests hold them within 1
 relative). A job that cannot be trained this way gets None, and the caller runs the
 ClientApp as usual: not a train message, a step whose class is not ``vectorisable``
 (undeclared custom steps), a step that does not train the whole received model, a
-step that refuses DP-SGD, low-precision weights, link compression, attackers, a model with buffers
-(BatchNorm), dropout or recurrent layers, extra or withheld arrays, steps whose
-tensors cannot be stacked, or a model that ``vmap`` cannot run (data-dependent
+step that refuses DP-SGD, low-precision weights, link compression, attackers, a model
+with buffers (BatchNorm), dropout or recurrent layers, extra or withheld arrays, steps
+whose tensors cannot be stacked, or a model that ``vmap`` cannot run (data-dependent
 control flow). Each reason is said once per run (:class:`~fedsim.errors.FedsimWarning`),
 never silently.
 """
@@ -104,13 +104,12 @@ def train_chunks(jobs: Sequence[tuple[Message, Context]], max_batch: int) -> Tra
     out: list[Message | None] = [None] * len(jobs)
     chunks: list[ReplyChunk] = []
     groups: dict[tuple[Any, ...], list[StackedJob]] = {}
-    shared: dict[int, tuple[Any, ...]] = {}  # a content's config and arrays, keyed once
     sent: dict[int, SentContent] = {}  # what each content says, read once
     resolved = [_resolve(i, m, c, sent) for i, (m, c) in enumerate(jobs)]
     seed_jobs(c for c in resolved if c is not None)
     for client in resolved:
         if client is not None:
-            groups.setdefault(_group_key(client, shared), []).append(client)
+            groups.setdefault(_group_key(client), []).append(client)
     for members in groups.values():
         # Most steps first: the clients still training are a prefix of the stack. Then by
         # partition, so that a round's stack holds its clients in the same rows whatever
@@ -239,6 +238,7 @@ def _resolve(
         said.server_round,
         step_cls,
         device,
+        said.key,
     )
 
 
@@ -282,26 +282,14 @@ def _step_refusal(step_cls: type[LocalStep]) -> str | None:
     return None
 
 
-def _group_key(client: StackedJob, shared: dict[int, tuple[Any, ...]]) -> tuple[Any, ...]:
-    """Clients with equal keys share the model, the step and its hyperparameters.
-
-    ``shared`` keeps the key's config and arrays part by message content: Flower's
-    strategies send one content to every node, so it is worked out once per round.
-    """
-    content = client.message.content
-    sent = shared.get(id(content))
-    if sent is None or sent[0] is not content:
-        config = tuple(sorted((k, repr(v)) for k, v in client.config.items()))
-        # Flower's strategies send every node the same arrays: one group per round.
-        arrays = tuple((k, id(v)) for k, v in client.arrays.items())
-        sent = shared[id(content)] = (content, config, arrays)
+def _group_key(client: StackedJob) -> tuple[Any, ...]:
+    """Clients with equal keys share the model, the step and its hyperparameters."""
     data = client.data
     return (
         id(client.scenario),
         client.step_cls,
         client.device,
-        sent[1],
-        sent[2],
+        *client.content_key,
         data.input_shape,
         data.num_classes,
         data.x.dtype,

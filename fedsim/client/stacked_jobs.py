@@ -36,6 +36,7 @@ class StackedJob:
     server_round: int
     step_cls: type[LocalStep]
     device: str
+    content_key: tuple[Any, ...]  # its content's part of the group key (SentContent.key)
     seed: int = 0  # the ClientApp job's seed: set for a dispatch's jobs at once
 
 
@@ -48,6 +49,10 @@ class SentContent:
     step_cls: type[LocalStep] | None  # None: the ClientApp reports the bad step
     arrays: ArrayRecord | None  # None: no arrays, the ClientApp reports it
     server_round: int
+    # What jobs must share to train together, as far as the content says: the config's
+    # values and the arrays' identity (Flower's strategies send every node the same
+    # arrays, so a round makes one group).
+    key: tuple[Any, ...]
     # By scenario id: (scenario, refused by the ClientApp, why they train one by one).
     verdicts: dict[int, tuple[Scenario, bool, str | None]] = field(default_factory=dict)
 
@@ -64,7 +69,11 @@ def read_content(message: Message) -> SentContent:
     except StopIteration:
         arrays = None
     server_round = int(config.get(wire.SERVER_ROUND, 0))  # type: ignore[arg-type]
-    return SentContent(message.content, config, step_cls, arrays, server_round)
+    key = (
+        tuple(sorted((k, repr(v)) for k, v in config.items())),
+        tuple((k, id(v)) for k, v in (arrays or {}).items()),
+    )
+    return SentContent(message.content, config, step_cls, arrays, server_round, key)
 
 
 def seed_jobs(clients: Iterable[StackedJob]) -> None:

@@ -200,9 +200,6 @@ class ChunkResult:
     samples: list[int]
     steps: list[int]
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def rows(self) -> list[Result]:
         """Per client: its arrays (row views of :attr:`values`), mean loss, samples, steps."""
         values = self.values

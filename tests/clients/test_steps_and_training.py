@@ -147,16 +147,28 @@ def test_a_registered_step_is_selected_by_name_and_listed(monkeypatch: pytest.Mo
 )
 def test_batch_rows_are_batch_spans_as_rows(n: int, batch: int, steps: int, dp: str | None) -> None:
     """The stacked path's batch rows are the per-client batches, in order, padded by -1."""
-    from fedsim.client.loop import batch_rows, batch_spans
-    from fedsim.config.client import ClientConfig
+    from fedsim.client.loop import clients_batch_rows
 
+    cfg = _client_cfg(batch, dp, local_steps=steps)
+    (rows,) = clients_batch_rows([n], cfg, [steps], [11])
+    _assert_rows_are_spans(rows, n, cfg, steps, 11)
+
+
+def _client_cfg(batch: int, dp: str | None, **steps: int) -> ClientConfig:
     dp_cfg = None if dp is None else {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "sampling": dp}
-    cfg = ClientConfig.model_validate({"batch_size": batch, "local_steps": steps, "dp": dp_cfg})
+    return ClientConfig.model_validate({"batch_size": batch, "dp": dp_cfg, **steps})
+
+
+def _assert_rows_are_spans(
+    rows: np.ndarray, n: int, cfg: ClientConfig, steps: int, seed: int
+) -> None:
+    """``rows`` hold batch_spans' batches from a generator seeded ``seed``, -1 padded."""
+    from fedsim.client.loop import batch_spans
+
     want = [
         order[span].tolist()
-        for order, span in batch_spans(n, cfg, steps, torch.Generator().manual_seed(11))
+        for order, span in batch_spans(n, cfg, steps, torch.Generator().manual_seed(seed))
     ]
-    rows = batch_rows(n, cfg, steps, 11)
     assert len(rows) == steps
     assert [[int(v) for v in row if v >= 0] for row in rows] == want
     assert all(
@@ -190,19 +202,16 @@ def test_job_seeds_at_once_equal_each_jobs_seed() -> None:
 @pytest.mark.parametrize("dp", [None, "fixed"])
 def test_many_clients_batch_rows_are_each_clients_own(dp: str | None) -> None:
     """Rows drawn for many clients at once (sizes and step counts mixed) are each one's."""
-    from fedsim.client.loop import batch_rows, clients_batch_rows
-    from fedsim.config.client import ClientConfig
+    from fedsim.client.loop import clients_batch_rows
 
-    dp_cfg = None if dp is None else {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "sampling": dp}
-    cfg = ClientConfig.model_validate({"batch_size": 8, "local_epochs": 2, "dp": dp_cfg})
+    cfg = _client_cfg(8, dp, local_epochs=2)
     sizes = [20, 64, 20, 5, 64, 17]
     steps = [num_local_steps(n, cfg) for n in sizes]
     steps[1] = 3  # a client cut short of its epochs
     seeds = [3, 99, 4, 7, 2**32 - 1, 0]
     together = clients_batch_rows(sizes, cfg, steps, seeds)
     for rows, n, t, seed in zip(together, sizes, steps, seeds, strict=True):
-        own = batch_rows(n, cfg, t, seed)
-        assert rows.shape == own.shape and np.array_equal(rows, own)
+        _assert_rows_are_spans(rows, n, cfg, t, seed)
 
 
 def test_a_loss_tally_kept_on_the_device_adds_what_the_host_adds() -> None:

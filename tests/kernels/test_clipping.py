@@ -173,18 +173,20 @@ class _Transpose(nn.Module):
 def test_lstm_language_model(b: int, t: int, i: int, h: int, layers: int) -> None:
     """Embedding -> fedsim LSTM -> Linear decoder over every position (char-LM shape)."""
     torch.manual_seed(b * 31 + t + h)
+    check(TinyLM(7, i, h, layers), torch.randint(0, 7, (b, t)), torch.randint(0, 7, (b, t)))
 
-    class LM(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb = nn.Embedding(7, i)
-            self.lstm = LSTM(i, h, layers)
-            self.dec = nn.Linear(h, 7)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.dec(self.lstm(self.emb(x))[0]).transpose(1, 2)
+class TinyLM(nn.Module):
+    """Embedding -> fedsim LSTM -> Linear decoder over every position (char-LM shape)."""
 
-    check(LM(), torch.randint(0, 7, (b, t)), torch.randint(0, 7, (b, t)))
+    def __init__(self, vocab: int, emb: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.lstm = LSTM(emb, hidden, layers)
+        self.dec = nn.Linear(hidden, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dec(self.lstm(self.emb(x))[0]).transpose(1, 2)
 
 
 @pytest.mark.parametrize("recurrence", DP_ROUTE_PARAMS)
@@ -349,16 +351,5 @@ def test_lstm_recurrence_routes_on_cuda(recurrence: str, monkeypatch: pytest.Mon
         pytest.importorskip("triton", reason="the optional 'gpu' extra is not installed")
     monkeypatch.setitem(DP_RECURRENCE, "cuda", recurrence)
     torch.manual_seed(7)
-
-    class LM(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb = nn.Embedding(9, 5)
-            self.lstm = LSTM(5, 20, 2)
-            self.dec = nn.Linear(20, 9)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.dec(self.lstm(self.emb(x))[0]).transpose(1, 2)
-
     x, y = torch.randint(0, 9, (18, 7)).cuda(), torch.randint(0, 9, (18, 7)).cuda()
-    check(LM().cuda(), x, y)
+    check(TinyLM(9, 5, 20, 2).cuda(), x, y)

@@ -10,9 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from torch import nn
 
-from fedsim.kernels import LSTM
 from fedsim.kernels import row_blocks as row_blocks_module
 from fedsim.kernels.row_blocks import (
     MIN_BLOCK_ROWS,
@@ -22,7 +20,7 @@ from fedsim.kernels.row_blocks import (
     run_by_rows,
     run_side_by_side,
 )
-from tests.kernels.test_clipping import check
+from tests.kernels.test_clipping import TinyLM, check
 
 CPU = torch.device("cpu")
 
@@ -80,18 +78,8 @@ def test_split_lstm_clipping_matches_the_oracle(
     try:
         torch.manual_seed(5)
 
-        class LM(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.emb = nn.Embedding(7, 3)
-                self.lstm = LSTM(3, 6, 2)
-                self.dec = nn.Linear(6, 7)
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.dec(self.lstm(self.emb(x))[0]).transpose(1, 2)
-
         assert row_blocks(24, 24 * 6 * 24, CPU) == [slice(0, 12), slice(12, 24)]
-        check(LM(), torch.randint(0, 7, (24, 5)), torch.randint(0, 7, (24, 5)))
+        check(TinyLM(7, 3, 6, 2), torch.randint(0, 7, (24, 5)), torch.randint(0, 7, (24, 5)))
     finally:
         torch.set_default_dtype(torch.float32)
 
